@@ -1,0 +1,222 @@
+"""The paper's models, written once as layer specs and run by one functional forward.
+
+Every model runs *batched over clients*: parameters carry a leading client axis ``K``
+(``conv1.weight`` is ``(K, out, in, kh, kw)``) and inputs are ``(K, B, C, H, W)``. A single
+device is simply ``K = 1``. Convolutions of the ``K`` clients run as one grouped convolution
+and linear layers as one batched matrix product, so the simulator trains a whole round's
+clients in one pass while the edge agent runs the very same code with ``K = 1``.
+
+Outputs are logits; the loss applies the softmax (the reference code's double softmax is a bug).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Conv:
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel: int
+
+
+@dataclass(frozen=True)
+class MaxPool:
+    kernel: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class Linear:
+    name: str
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class ReLU:
+    pass
+
+
+@dataclass(frozen=True)
+class Flatten:
+    pass
+
+
+Layer = Conv | MaxPool | Linear | ReLU | Flatten
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A feed-forward model: an input shape and a list of layers."""
+
+    name: str
+    input_shape: tuple[int, int, int]  # (C, H, W) of one sample
+    num_classes: int
+    layers: tuple[Layer, ...]
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every parameter of *one* client, in forward order (weights before biases)."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for layer in self.layers:
+            if isinstance(layer, Conv):
+                k = layer.kernel
+                shapes[f"{layer.name}.weight"] = (layer.out_channels, layer.in_channels, k, k)
+                shapes[f"{layer.name}.bias"] = (layer.out_channels,)
+            elif isinstance(layer, Linear):
+                shapes[f"{layer.name}.weight"] = (layer.out_features, layer.in_features)
+                shapes[f"{layer.name}.bias"] = (layer.out_features,)
+        return shapes
+
+    def masked_names(self) -> list[str]:
+        """Parameters that carry a sparsity mask: every weight tensor, never a bias."""
+        return [n for n, s in self.parameter_shapes().items() if len(s) >= 2]
+
+    def num_parameters(self) -> int:
+        return sum(math.prod(s) for s in self.parameter_shapes().values())
+
+
+# --- the models --------------------------------------------------------------------------------
+
+# Paper MNIST CNN: 28x28 -> conv5 -> 24 -> pool3/1 -> 22 -> conv5 -> 18 -> pool3/1 -> 16; 20*16*16 = 5120.
+MNIST_CNN = ModelSpec(
+    name="mnist_cnn",
+    input_shape=(1, 28, 28),
+    num_classes=10,
+    layers=(
+        Conv("conv1", 1, 10, 5), MaxPool(3, 1), ReLU(),
+        Conv("conv2", 10, 20, 5), MaxPool(3, 1), ReLU(),
+        Flatten(),
+        Linear("fc1", 5120, 50), ReLU(),
+        Linear("fc2", 50, 10),
+    ),
+)
+
+# Paper CIFAR-10 CNN: 32 -> conv5 -> 28 -> pool -> 26 -> conv5 -> 22 -> pool -> 20; 16*20*20 = 6400.
+CIFAR10_CNN = ModelSpec(
+    name="cifar10_cnn",
+    input_shape=(3, 32, 32),
+    num_classes=10,
+    layers=(
+        Conv("conv1", 3, 6, 5), MaxPool(3, 1), ReLU(),
+        Conv("conv2", 6, 16, 5), MaxPool(3, 1), ReLU(),
+        Flatten(),
+        Linear("fc1", 6400, 120), ReLU(),
+        Linear("fc2", 120, 84), ReLU(),
+        Linear("fc3", 84, 10),
+    ),
+)
+
+# Small model for scikit-learn's 8x8 digits: 8 -> conv3 -> 6 -> pool2/1 -> 5; 16*5*5 = 400.
+DIGITS_CNN = ModelSpec(
+    name="digits_cnn",
+    input_shape=(1, 8, 8),
+    num_classes=10,
+    layers=(
+        Conv("conv1", 1, 16, 3), MaxPool(2, 1), ReLU(),
+        Flatten(),
+        Linear("fc1", 400, 64), ReLU(),
+        Linear("fc2", 64, 10),
+    ),
+)
+
+MODELS: dict[str, ModelSpec] = {m.name: m for m in (MNIST_CNN, CIFAR10_CNN, DIGITS_CNN)}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+# --- parameters ----------------------------------------------------------------------------------
+
+
+def init_params(spec: ModelSpec, generator: torch.Generator) -> Params:
+    """PyTorch's default initialisation (Kaiming-uniform weights, fan-in-uniform biases), seeded.
+
+    Returns one client's parameters (no client axis).
+    """
+    params: Params = {}
+    for name, shape in spec.parameter_shapes().items():
+        if name.endswith(".weight"):
+            fan_in = math.prod(shape[1:])
+            bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform_(a=sqrt(5)) reduces to this
+            params[name] = (torch.rand(shape, generator=generator) * 2 - 1) * bound
+        else:
+            weight_shape = spec.parameter_shapes()[name[: -len(".bias")] + ".weight"]
+            bound = 1.0 / math.sqrt(math.prod(weight_shape[1:]))
+            params[name] = (torch.rand(shape, generator=generator) * 2 - 1) * bound
+    return params
+
+
+def stack_clients(per_client: list[Mapping[str, torch.Tensor]]) -> Params:
+    """K dicts of one client's tensors -> one dict of (K, ...) tensors."""
+    assert per_client, "need at least one client"
+    return {name: torch.stack([p[name] for p in per_client]) for name in per_client[0]}
+
+
+def unstack_clients(stacked: Mapping[str, torch.Tensor]) -> list[Params]:
+    """One dict of (K, ...) tensors -> K dicts of one client's tensors (views)."""
+    k = next(iter(stacked.values())).shape[0]
+    return [{name: t[i] for name, t in stacked.items()} for i in range(k)]
+
+
+# --- forward ------------------------------------------------------------------------------------
+
+
+def forward(spec: ModelSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Logits of K clients' models on K batches.
+
+    params: each ``(K, *shape)``; x: ``(K, B, C, H, W)``. Returns ``(K, B, num_classes)``.
+    """
+    k, b = x.shape[:2]
+    c, h, w = x.shape[2:]
+    # Convolutional stage runs in the grouped layout (B, K*C, H, W): client k owns channels [k*C, (k+1)*C).
+    act = x.transpose(0, 1).reshape(b, k * c, h, w)  # (B, K*C, H, W)
+    flat: torch.Tensor | None = None  # (K, B, F) once flattened
+    for layer in spec.layers:
+        if isinstance(layer, Conv):
+            weight = params[f"{layer.name}.weight"]  # (K, out, in, kh, kw)
+            bias = params[f"{layer.name}.bias"]  # (K, out)
+            act = F.conv2d(act, weight.reshape(k * layer.out_channels, *weight.shape[2:]),
+                           bias.reshape(-1), groups=k)  # (B, K*out, H', W')
+        elif isinstance(layer, MaxPool):
+            act = F.max_pool2d(act, layer.kernel, layer.stride)
+        elif isinstance(layer, ReLU):
+            if flat is None:
+                act = F.relu(act)
+            else:
+                flat = F.relu(flat)
+        elif isinstance(layer, Flatten):
+            flat = act.reshape(b, k, -1).transpose(0, 1)  # (K, B, C*H*W), per-sample C,H,W order
+        elif isinstance(layer, Linear):
+            assert flat is not None, "a Linear layer must follow Flatten"
+            weight = params[f"{layer.name}.weight"]  # (K, out, in)
+            bias = params[f"{layer.name}.bias"]  # (K, out)
+            flat = torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2))  # (K, B, out)
+    assert flat is not None, "a model must end in Linear layers"
+    return flat
+
+
+def forward_single(spec: ModelSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Logits of one model (params without client axis) on ``x`` of shape (B, C, H, W) -> (B, classes)."""
+    stacked = {n: t.unsqueeze(0) for n, t in params.items()}
+    return forward(spec, stacked, x.unsqueeze(0))[0]
+
+
+@torch.no_grad()
+def predict(spec: ModelSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+            batch_size: int = 1000) -> torch.Tensor:
+    """Predicted class of every sample of ``x`` (N, C, H, W) -> (N,) int64."""
+    out = [forward_single(spec, params, x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
