@@ -183,6 +183,8 @@ def forward(spec: ModelSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor
     c, h, w = x.shape[2:]
     # Convolutional stage runs in the grouped layout (B, K*C, H, W): client k owns channels [k*C, (k+1)*C).
     act = x.transpose(0, 1).reshape(b, k * c, h, w)  # (B, K*C, H, W)
+    # channels-last is ~8x faster for the stride-1 max-pools on CPU (oneDNN), and no slower for convs.
+    act = act.contiguous(memory_format=torch.channels_last)
     flat: torch.Tensor | None = None  # (K, B, F) once flattened
     for layer in spec.layers:
         if isinstance(layer, Conv):
@@ -203,7 +205,9 @@ def forward(spec: ModelSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor
             assert flat is not None, "a Linear layer must follow Flatten"
             weight = params[f"{layer.name}.weight"]  # (K, out, in)
             bias = params[f"{layer.name}.bias"]  # (K, out)
-            flat = torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2))  # (K, B, out)
+            # W @ x^T rather than x @ W^T: autograd then returns a contiguous (K, out, in) weight gradient,
+            # which keeps the optimiser's element-wise passes over the big fc1 weight cache-friendly.
+            flat = torch.baddbmm(bias.unsqueeze(2), weight, flat.transpose(1, 2)).transpose(1, 2)  # (K, B, out)
     assert flat is not None, "a model must end in Linear layers"
     return flat
 

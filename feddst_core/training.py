@@ -138,17 +138,17 @@ class LocalTrainer:
         """torch.optim.SGD semantics (dampening 0, no Nesterov) on masked gradients."""
         cfg = self.config
         for name, p in params.items():
-            g = grads[name]
+            g = grads[name].contiguous()  # fresh from autograd.grad: safe to modify in place
             if name in masks:
-                g = g * masks[name]  # masked-out: gradient 0, weight 0 => decay 0, momentum stays 0
+                g.mul_(masks[name])  # masked-out: gradient 0, weight 0 => decay 0, momentum stays 0
             if cfg.weight_decay:
-                g = g.add(p, alpha=cfg.weight_decay)
+                g.add_(p, alpha=cfg.weight_decay)
             if cfg.momentum:
                 buf = buffers.get(name)
                 if buf is None:
-                    buf = buffers[name] = g.clone()
+                    buf = buffers[name] = g
                 else:
-                    buf.mul_(cfg.momentum).add_(g)
+                    torch.add(g, buf, alpha=cfg.momentum, out=buf)  # buf = momentum * buf + g
                 g = buf
             p.sub_(g, alpha=cfg.lr)
 

@@ -1,0 +1,38 @@
+"""The ``feddst`` command: one entry point, one sub-command per job."""
+
+from __future__ import annotations
+
+import typer
+
+from feddst_cli import simulate_command
+
+app = typer.Typer(
+    name="feddst",
+    help="FedDST Edge: federated dynamic sparse training for edge devices.\n\n"
+    "Run `feddst simulate --help` to plan a field trial in-process.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"feddst {version('feddst-edge')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """FedDST Edge command line."""
+
+
+app.command("simulate")(simulate_command.simulate)
+
+if __name__ == "__main__":
+    app()

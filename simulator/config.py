@@ -1,0 +1,88 @@
+"""``SimulationConfig``: every ``feddst simulate`` flag, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from feddst_core.masks import DISTRIBUTIONS
+from feddst_core.partition import PARTITIONS
+from feddst_core.strategies import ALGORITHMS
+
+DATASET_MODELS = {"digits": "digits_cnn", "mnist": "mnist_cnn", "cifar10": "cifar10_cnn", "npz": None}
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Defaults are the paper's MNIST setting (400 clients x 2 classes x 20 images, 20 per round)."""
+
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    partition: str = "pathological"
+    clients: int = 400
+    classes_per_client: int = 2
+    samples_per_class: int = 20
+    beta: float = 0.1  # Dirichlet concentration (dirichlet partition only)
+    clients_per_round: int = 20
+    rounds: int = 200
+    local_epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.001
+    algorithm: str = "feddst"
+    sparsity: float = 0.8
+    readjust_ratio: float = 0.01  # alpha
+    readjust_every: int = 10  # R_adj
+    readjust_until: int | None = None  # T_end; None = rounds // 2
+    prox_mu: float = 0.0
+    server_momentum: float = 0.9  # used by fedavgm only
+    seed: int = 0
+    eval_every: int = 10  # evaluate every N rounds (and always after the last one)
+    out: str = "runs/simulate"
+    distribution: str = "erk"
+    mask_init: str = "magnitude"
+    min_votes: int = 1
+    model: str | None = None  # default: the paper's model for the dataset
+    client_batching: bool = True  # train a round's clients together (grouped convs); off = one by one
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.dataset in DATASET_MODELS, f"unknown dataset {self.dataset!r}; choose one of "
+             + ", ".join(DATASET_MODELS)),
+            (self.partition in PARTITIONS, f"unknown partition {self.partition!r}; choose one of "
+             + ", ".join(PARTITIONS)),
+            (self.algorithm in ALGORITHMS, f"unknown algorithm {self.algorithm!r}; choose one of "
+             + ", ".join(ALGORITHMS)),
+            (self.distribution in DISTRIBUTIONS, f"unknown sparsity distribution {self.distribution!r}"),
+            (0.0 <= self.sparsity < 1.0, f"--sparsity must be in [0, 1), got {self.sparsity}"),
+            (self.clients >= 1, f"--clients must be >= 1, got {self.clients}"),
+            (1 <= self.clients_per_round <= self.clients,
+             f"--clients-per-round ({self.clients_per_round}) must be between 1 and --clients ({self.clients})"),
+            (self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}"),
+            (self.local_epochs >= 0, f"--local-epochs must be >= 0, got {self.local_epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (0.0 <= self.momentum < 1.0, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (0.0 <= self.readjust_ratio <= 1.0, f"--readjust-ratio must be in [0, 1], got {self.readjust_ratio}"),
+            (self.readjust_every >= 1, f"--readjust-every must be >= 1, got {self.readjust_every}"),
+            (self.prox_mu >= 0, f"--prox-mu must be >= 0, got {self.prox_mu}"),
+            (0.0 <= self.server_momentum < 1.0, f"--server-momentum must be in [0, 1), got {self.server_momentum}"),
+            (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
+            (self.beta > 0, f"--beta must be > 0, got {self.beta}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.dataset != "digits" and not self.data_dir:
+            raise ValueError(f"--dataset {self.dataset} needs --data-dir")
+
+    @property
+    def t_end(self) -> int:
+        return self.readjust_until if self.readjust_until is not None else self.rounds // 2
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["readjust_until"] = self.t_end
+        return d

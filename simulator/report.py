@@ -1,0 +1,73 @@
+"""Writing a run's results: ``report.json`` (the contract), ``metrics.csv`` and ``accuracy_vs_upload.png``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from simulator.engine import RoundRecord
+
+ROW_FIELDS = ("round", "accuracy", "global_accuracy", "upload_bytes", "download_bytes", "density")
+
+
+def build_report(algorithm: str, config: dict[str, Any], records: Sequence[RoundRecord]) -> dict[str, Any]:
+    """The ``report.json`` object. Rows are the evaluated rounds; byte counts are cumulative."""
+    rows = [{f: getattr(r, f) for f in ROW_FIELDS} for r in records if r.accuracy is not None]
+    last = records[-1] if records else None
+    return {
+        "algorithm": algorithm,
+        "config": config,
+        "rounds": rows,
+        "final_accuracy": rows[-1]["accuracy"] if rows else None,
+        "total_upload_bytes": last.upload_bytes if last else 0,
+        "total_download_bytes": last.download_bytes if last else 0,
+    }
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_report(out_dir: str | Path, report: dict[str, Any]) -> Path:
+    """Write report.json, metrics.csv and the plot into ``out_dir`` (created); returns the report path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
+    tmp_csv = out / "metrics.csv.tmp"
+    with open(tmp_csv, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=ROW_FIELDS)
+        writer.writeheader()
+        writer.writerows(report["rounds"])
+    os.replace(tmp_csv, out / "metrics.csv")
+    plot_accuracy_vs_upload({report["algorithm"]: report}, out / "accuracy_vs_upload.png")
+    return out / "report.json"
+
+
+def plot_accuracy_vs_upload(reports: dict[str, dict[str, Any]], path: Path) -> None:
+    """Accuracy (mean client local-test accuracy) against cumulative upload in MB, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for label, report in reports.items():
+        rows = report["rounds"]
+        ax.plot([r["upload_bytes"] / 1e6 for r in rows], [r["accuracy"] for r in rows], marker="o",
+                markersize=3, label=label)
+    ax.set_xlabel("cumulative upload (MB)")
+    ax.set_ylabel("accuracy (mean over clients' local test sets)")
+    ax.set_title("Accuracy per uploaded byte")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
