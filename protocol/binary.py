@@ -1,0 +1,141 @@
+"""Bounds-checked little-endian reading and writing of primitive fields.
+
+Every multi-byte integer and float on the wire is little-endian. Strings are UTF-8 preceded by
+their length in bytes as an unsigned 16-bit integer. :class:`ByteReader` checks that every field
+lies inside the bytes actually present before touching it and raises :class:`TruncatedError`
+otherwise, so callers never index past the end of the input.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from protocol.errors import InvalidMessageError, LimitExceededError, MalformedError, TruncatedError
+
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_F32 = struct.Struct("<f")
+_F64 = struct.Struct("<d")
+
+
+class ByteReader:
+    """A cursor over an immutable byte buffer; every read is bounds-checked."""
+
+    def __init__(self, data: bytes | bytearray | memoryview, start: int = 0, end: int | None = None):
+        self.view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        self.position = start
+        self.end = len(self.view) if end is None else end
+
+    @property
+    def remaining(self) -> int:
+        return self.end - self.position
+
+    def require(self, size: int, what: str) -> None:
+        """Raise :class:`TruncatedError` unless ``size`` more bytes are present."""
+        if size < 0 or size > self.remaining:
+            raise TruncatedError(f"{what}: need {size} bytes, {self.remaining} present")
+
+    def _unpack(self, layout: struct.Struct, what: str) -> object:
+        self.require(layout.size, what)
+        (value,) = layout.unpack_from(self.view, self.position)
+        self.position += layout.size
+        return value
+
+    def u8(self, what: str) -> int:
+        return int(self._unpack(_U8, what))  # type: ignore[call-overload]
+
+    def u16(self, what: str) -> int:
+        return int(self._unpack(_U16, what))  # type: ignore[call-overload]
+
+    def u32(self, what: str) -> int:
+        return int(self._unpack(_U32, what))  # type: ignore[call-overload]
+
+    def u64(self, what: str) -> int:
+        return int(self._unpack(_U64, what))  # type: ignore[call-overload]
+
+    def f32(self, what: str) -> float:
+        return float(self._unpack(_F32, what))  # type: ignore[arg-type]
+
+    def f64(self, what: str) -> float:
+        return float(self._unpack(_F64, what))  # type: ignore[arg-type]
+
+    def boolean(self, what: str) -> bool:
+        value = self.u8(what)
+        if value > 1:
+            raise MalformedError(f"{what}: boolean byte must be 0 or 1, got {value}")
+        return value == 1
+
+    def take(self, size: int, what: str) -> memoryview:
+        """Return the next ``size`` bytes as a zero-copy view and advance past them."""
+        self.require(size, what)
+        chunk = self.view[self.position : self.position + size]
+        self.position += size
+        return chunk
+
+    def string(self, what: str, max_bytes: int) -> str:
+        length = self.u16(what + " length")
+        if length > max_bytes:
+            raise LimitExceededError(f"{what}: {length} bytes exceeds limit {max_bytes}")
+        raw = self.take(length, what)
+        try:
+            return str(raw, "utf-8")
+        except UnicodeDecodeError as error:
+            raise MalformedError(f"{what}: invalid UTF-8") from error
+
+    def expect_end(self, what: str) -> None:
+        if self.remaining != 0:
+            raise MalformedError(f"{what}: {self.remaining} unexpected trailing bytes")
+
+
+class ByteWriter:
+    """Accumulates fields into a list of byte chunks (joined once at the end)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes | memoryview] = []
+        self.size = 0
+
+    def raw(self, data: bytes | bytearray | memoryview) -> None:
+        self.parts.append(data if isinstance(data, bytes | memoryview) else bytes(data))
+        self.size += len(data)
+
+    def _pack(self, layout: struct.Struct, value: object, what: str) -> None:
+        try:
+            self.raw(layout.pack(value))
+        except struct.error as error:
+            raise InvalidMessageError(f"{what}: {value!r} does not fit the wire field") from error
+
+    def u8(self, value: int, what: str = "u8") -> None:
+        self._pack(_U8, value, what)
+
+    def u16(self, value: int, what: str = "u16") -> None:
+        self._pack(_U16, value, what)
+
+    def u32(self, value: int, what: str = "u32") -> None:
+        self._pack(_U32, value, what)
+
+    def u64(self, value: int, what: str = "u64") -> None:
+        self._pack(_U64, value, what)
+
+    def f32(self, value: float, what: str = "f32") -> None:
+        self._pack(_F32, value, what)
+
+    def f64(self, value: float, what: str = "f64") -> None:
+        self._pack(_F64, value, what)
+
+    def boolean(self, value: bool) -> None:
+        self.u8(1 if value else 0)
+
+    def string(self, value: str, what: str, max_bytes: int) -> None:
+        try:
+            encoded = value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidMessageError(f"{what}: not encodable as UTF-8") from error
+        if len(encoded) > max_bytes:
+            raise InvalidMessageError(f"{what}: {len(encoded)} UTF-8 bytes exceeds limit {max_bytes}")
+        self.u16(len(encoded), what)
+        self.raw(encoded)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.parts)

@@ -1,0 +1,186 @@
+"""Splitting large encoded messages into packets and reassembling them.
+
+A chunk is (little-endian)::
+
+    offset  size  field
+    0       4     magic b"FDSC"
+    4       1     chunking version (1)
+    5       1     flags, must be 0
+    6       2     reserved, must be 0
+    8       8     transfer id (first 8 bytes of BLAKE2b-64 of the whole message)
+    16      4     u32 total length of the whole message in bytes
+    20      4     u32 chunk count
+    24      4     u32 chunk index (0-based)
+    28      ...   piece: bytes [index * piece_size, ...) of the message
+
+Every chunk but the last carries ``piece_size = max_packet - 28`` bytes; the last carries the
+rest. The reassembled message is an ordinary envelope (checked by its own CRC and HMAC), so
+chunks themselves carry no checksum. A message no larger than ``max_packet`` is sent as is
+(no chunk header); :meth:`ChunkReassembler.add` passes such messages straight through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+from dataclasses import dataclass, field
+
+from protocol.envelope import CHUNK_MAGIC, MAGIC
+from protocol.errors import (
+    InvalidMessageError,
+    LimitExceededError,
+    MalformedError,
+    TruncatedError,
+    UnsupportedVersionError,
+)
+from protocol.limits import DEFAULT_LIMITS, KIB, MIB
+
+CHUNK_VERSION = 1
+CHUNK_HEADER = struct.Struct("<4sBBH8sIII")
+CHUNK_HEADER_BYTES = CHUNK_HEADER.size  # 28
+DEFAULT_MAX_PACKET = 128 * KIB
+MIN_MAX_PACKET = CHUNK_HEADER_BYTES + 1
+SET_OVERHEAD_BYTES = 256
+"""Bookkeeping charged per pending set against ``max_pending_bytes`` (besides its pieces)."""
+PIECE_OVERHEAD_BYTES = 64
+"""Bookkeeping charged per stored piece against ``max_pending_bytes``."""
+
+
+def transfer_id_of(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=8).digest()
+
+
+def split_into_chunks(data: bytes, max_packet: int = DEFAULT_MAX_PACKET) -> list[bytes]:
+    """Split an encoded message into packets of at most ``max_packet`` bytes.
+
+    Returns ``[data]`` unchanged when it already fits.
+    """
+    if max_packet < MIN_MAX_PACKET:
+        raise InvalidMessageError(f"max_packet must be at least {MIN_MAX_PACKET} bytes")
+    if len(data) <= max_packet:
+        return [bytes(data)]
+    piece_size = max_packet - CHUNK_HEADER_BYTES
+    count = -(-len(data) // piece_size)
+    if len(data) > 0xFFFFFFFF or count > 0xFFFFFFFF:
+        raise InvalidMessageError("message too large to chunk")
+    transfer_id = transfer_id_of(data)
+    view = memoryview(data)
+    return [
+        CHUNK_HEADER.pack(CHUNK_MAGIC, CHUNK_VERSION, 0, 0, transfer_id, len(data), count, index)
+        + view[index * piece_size : (index + 1) * piece_size]
+        for index in range(count)
+    ]
+
+
+def is_chunk(packet: bytes) -> bool:
+    return bytes(packet[:4]) == CHUNK_MAGIC
+
+
+@dataclass
+class _PendingSet:
+    total_length: int
+    count: int
+    first_seen: float
+    pieces: dict[int, bytes] = field(default_factory=dict)
+    received_bytes: int = 0
+    charged_bytes: int = SET_OVERHEAD_BYTES
+
+
+class ChunkReassembler:
+    """Reassembles chunk sets; incomplete sets expire after ``timeout_s`` and are dropped.
+
+    Memory is bounded: pending pieces plus bookkeeping never exceed ``max_pending_bytes``; a
+    chunk that would exceed it raises :class:`LimitExceededError` and its whole set is dropped.
+    ``source`` (e.g. the MQTT topic) separates transfers from different senders.
+    """
+
+    def __init__(self, timeout_s: float = 60.0, max_pending_bytes: int = 64 * MIB,
+                 max_message_bytes: int = DEFAULT_LIMITS.max_message_bytes) -> None:
+        self.timeout_s = timeout_s
+        self.max_pending_bytes = max_pending_bytes
+        self.max_message_bytes = max_message_bytes
+        self._pending: dict[tuple[str, bytes], _PendingSet] = {}
+        self.pending_bytes = 0
+        self.expired_sets = 0
+
+    @property
+    def pending_sets(self) -> int:
+        return len(self._pending)
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop sets older than ``timeout_s``; return how many were dropped."""
+        now = time.monotonic() if now is None else now
+        stale = [key for key, pending in self._pending.items() if now - pending.first_seen > self.timeout_s]
+        for key in stale:
+            self._drop(key)
+        self.expired_sets += len(stale)
+        return len(stale)
+
+    def _drop(self, key: tuple[str, bytes]) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            self.pending_bytes -= pending.charged_bytes
+
+    def add(self, packet: bytes | bytearray | memoryview, now: float | None = None, source: str = ""
+            ) -> bytes | None:
+        """Feed one received packet; return the whole message once complete, else None.
+
+        A packet that is not a chunk (starts with the envelope magic) is returned as is.
+        Raises only :class:`ProtocolError` subclasses for bad packets.
+        """
+        if not isinstance(packet, bytes | bytearray | memoryview):
+            raise MalformedError(f"expected bytes, got {type(packet).__name__}")
+        packet = bytes(packet)
+        now = time.monotonic() if now is None else now
+        self.expire(now)
+        if packet[:4] == MAGIC:
+            return packet
+        if len(packet) < CHUNK_HEADER_BYTES:
+            raise TruncatedError(f"chunk of {len(packet)} bytes is shorter than its header")
+        magic, version, flags, reserved, transfer_id, total_length, count, index = \
+            CHUNK_HEADER.unpack_from(packet, 0)
+        if magic != CHUNK_MAGIC:
+            raise MalformedError(f"bad chunk magic {magic!r}")
+        if version != CHUNK_VERSION:
+            raise UnsupportedVersionError(f"chunking version {version} is not supported")
+        if flags or reserved:
+            raise MalformedError("reserved chunk header fields must be 0")
+        if total_length > self.max_message_bytes:
+            raise LimitExceededError(f"chunked message of {total_length} bytes exceeds the limit")
+        piece = packet[CHUNK_HEADER_BYTES:]
+        if count < 2 or index >= count or not piece or count > total_length:
+            raise MalformedError("inconsistent chunk count, index or size")
+        key = (source, transfer_id)
+        pending = self._pending.get(key)
+        if pending is None:
+            if self.pending_bytes + SET_OVERHEAD_BYTES > self.max_pending_bytes:
+                raise LimitExceededError(f"pending chunk memory would exceed {self.max_pending_bytes} bytes")
+            pending = _PendingSet(total_length, count, now)
+            self._pending[key] = pending
+            self.pending_bytes += pending.charged_bytes
+        elif (pending.total_length, pending.count) != (total_length, count):
+            self._drop(key)
+            raise MalformedError("chunk disagrees with its set on total length or count")
+        if index in pending.pieces:
+            return None  # duplicate delivery (QoS 1): ignore
+        if pending.received_bytes + len(piece) > total_length:
+            self._drop(key)
+            raise MalformedError("chunks carry more bytes than the declared total length")
+        cost = len(piece) + PIECE_OVERHEAD_BYTES
+        if self.pending_bytes + cost > self.max_pending_bytes:
+            self._drop(key)
+            raise LimitExceededError(
+                f"pending chunk memory would exceed {self.max_pending_bytes} bytes; set dropped"
+            )
+        pending.charged_bytes += cost
+        self.pending_bytes += cost
+        pending.pieces[index] = piece
+        pending.received_bytes += len(piece)
+        if len(pending.pieces) < count:
+            return None
+        self._drop(key)
+        whole = b"".join(pending.pieces[i] for i in range(count))
+        if len(whole) != total_length:
+            raise MalformedError("reassembled length differs from the declared total length")
+        return whole

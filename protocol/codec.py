@@ -1,0 +1,255 @@
+"""Message payloads and the public ``encode_message`` / ``decode_message`` pair.
+
+Every payload starts with ``u8 schema_version`` (1 for every message type in protocol version 1);
+an unknown schema version raises :class:`UnsupportedVersionError`. Then, little-endian, with
+``str`` meaning ``u16 byte length + UTF-8 bytes``:
+
+* Register (1): ``str arch, u32 cores, u32 memory_mb, u32 library_count,
+  library_count x (str name, str version)`` (sorted by name), ``u64 sample_count``.
+* Status (2): ``u8 state`` (0 online, 1 offline, 2 busy), ``str detail``.
+* Task (3): ``u32 selected_count, selected_count x str device_id, u32 model_round,
+  u32 local_epochs, u32 batch_size, f64 lr, f64 momentum, f64 weight_decay, f64 prox_mu,
+  u8 readjust, f64 alpha, f64 deadline_unix, u64 seed, str model_name``.
+* ModelBroadcast (4): ``u8 has_base_round, u32 base_round`` (0 when absent), tensor set.
+* Update (5): ``u64 sample_count, f64 train_loss, f64 compute_s``, tensor set, mask changes.
+* Ack (6): ``str device_id, u8 ok, str detail``.
+* Abort (7): ``str reason``.
+
+``run_id``, ``server_round`` and (for Register, Status, Update) ``device_id`` come from the
+envelope. The payload must be consumed exactly (trailing bytes are an error).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from protocol.binary import ByteReader, ByteWriter
+from protocol.envelope import Envelope, KeySource, decode_envelope, encode_envelope
+from protocol.errors import InvalidMessageError, LimitExceededError, MalformedError, UnsupportedVersionError
+from protocol.limits import DEFAULT_LIMITS, Limits
+from protocol.messages import (
+    COORDINATOR_ID,
+    DEVICE_STATES,
+    MESSAGE_CLASSES,
+    RUNLESS_MESSAGE_TYPES,
+    Abort,
+    Ack,
+    Capabilities,
+    Message,
+    ModelBroadcast,
+    Register,
+    Status,
+    Task,
+    Update,
+    is_identifier,
+)
+from protocol.tensors import read_mask_changes, read_tensor_set, write_mask_changes, write_tensor_set
+
+MAX_STRING_BYTES = 65535
+
+
+def _write_payload(writer: ByteWriter, msg: Message, value_format: str, compression: str) -> None:
+    writer.u8(msg.SCHEMA_VERSION)
+    if isinstance(msg, Register):
+        caps = msg.capabilities
+        writer.string(caps.arch, "arch", MAX_STRING_BYTES)
+        writer.u32(caps.cores, "cores")
+        writer.u32(caps.memory_mb, "memory_mb")
+        writer.u32(len(caps.library_versions), "library count")
+        for name in sorted(caps.library_versions):
+            writer.string(name, "library name", MAX_STRING_BYTES)
+            writer.string(caps.library_versions[name], "library version", MAX_STRING_BYTES)
+        writer.u64(msg.sample_count, "sample_count")
+    elif isinstance(msg, Status):
+        if msg.state not in DEVICE_STATES:
+            raise InvalidMessageError(f"Status.state must be one of {DEVICE_STATES}, got {msg.state!r}")
+        writer.u8(DEVICE_STATES.index(msg.state))
+        writer.string(msg.detail, "detail", MAX_STRING_BYTES)
+    elif isinstance(msg, Task):
+        writer.u32(len(msg.selected), "selected count")
+        for device_id in msg.selected:
+            if not is_identifier(device_id):
+                raise InvalidMessageError(f"selected device id {device_id!r} is not a valid identifier")
+            writer.string(device_id, "device id", MAX_STRING_BYTES)
+        writer.u32(msg.model_round, "model_round")
+        writer.u32(msg.local_epochs, "local_epochs")
+        writer.u32(msg.batch_size, "batch_size")
+        for name in ("lr", "momentum", "weight_decay", "prox_mu"):
+            writer.f64(getattr(msg, name), name)
+        writer.boolean(msg.readjust)
+        writer.f64(msg.alpha, "alpha")
+        writer.f64(msg.deadline_unix, "deadline_unix")
+        writer.u64(msg.seed, "seed")
+        writer.string(msg.model_name, "model_name", MAX_STRING_BYTES)
+    elif isinstance(msg, ModelBroadcast):
+        writer.boolean(msg.base_round is not None)
+        writer.u32(0 if msg.base_round is None else msg.base_round, "base_round")
+        write_tensor_set(writer, msg.tensors, value_format, compression)
+    elif isinstance(msg, Update):
+        writer.u64(msg.sample_count, "sample_count")
+        writer.f64(msg.train_loss, "train_loss")
+        writer.f64(msg.compute_s, "compute_s")
+        write_tensor_set(writer, msg.tensors, value_format, compression)
+        shapes = {name: tensor.shape for name, tensor in msg.tensors.items()}
+        write_mask_changes(writer, msg.mask_changes, shapes)
+    elif isinstance(msg, Ack):
+        if not is_identifier(msg.device_id):
+            raise InvalidMessageError(f"Ack.device_id {msg.device_id!r} is not a valid identifier")
+        writer.string(msg.device_id, "device_id", MAX_STRING_BYTES)
+        writer.boolean(msg.ok)
+        writer.string(msg.detail, "detail", MAX_STRING_BYTES)
+    elif isinstance(msg, Abort):
+        writer.string(msg.reason, "reason", MAX_STRING_BYTES)
+    else:
+        raise InvalidMessageError(f"not a protocol message: {type(msg).__name__}")
+
+
+def _envelope_fields(msg: Message, sender_id: str | None) -> tuple[str, int, str]:
+    """Return ``(run_id, server_round, sender_id)`` for the envelope of ``msg``."""
+    if isinstance(msg, Register | Status):
+        run_id, server_round = "", 0
+    else:
+        run_id, server_round = msg.run_id, msg.server_round
+        if not is_identifier(run_id):
+            raise InvalidMessageError(f"run_id {run_id!r} is not a valid identifier")
+    if isinstance(msg, Register | Status | Update):
+        if sender_id is not None and sender_id != msg.device_id:
+            raise InvalidMessageError("sender_id must equal device_id for device messages")
+        sender_id = msg.device_id
+    return run_id, server_round, COORDINATOR_ID if sender_id is None else sender_id
+
+
+def encode_message(msg: Message, key: bytes | None = None, *, sender_id: str | None = None, seq: int = 0,
+                   timestamp: float | None = None, value_format: str = "float32",
+                   compression: str = "auto") -> bytes:
+    """Encode ``msg`` in an envelope; ``len()`` of the result is the exact wire size.
+
+    ``key``: per-device (or coordinator) HMAC key, at least 16 bytes, or None for no tag.
+    ``sender_id``: defaults to ``msg.device_id`` for Register/Status/Update (where it must match)
+    and to ``"coordinator"`` otherwise. ``seq``: per-sender sequence number (u64).
+    ``timestamp``: Unix seconds, default now; stored in milliseconds.
+    ``value_format`` / ``compression``: how tensor values are stored (see ``encode_tensor_set``).
+    Raises :class:`InvalidMessageError` if the message cannot be represented.
+    """
+    if type(msg) not in MESSAGE_CLASSES.values():
+        raise InvalidMessageError(f"not a protocol message: {type(msg).__name__}")
+    run_id, server_round, sender = _envelope_fields(msg, sender_id)
+    writer = ByteWriter()
+    _write_payload(writer, msg, value_format, compression)
+    timestamp_ms = round((time.time() if timestamp is None else timestamp) * 1000)
+    return encode_envelope(msg.MESSAGE_TYPE, run_id, server_round, sender, seq, timestamp_ms,
+                           writer.getvalue(), key)
+
+
+def encoded_size(msg: Message, *, authenticated: bool = True, value_format: str = "float32",
+                 compression: str = "auto") -> int:
+    """Exact wire size of ``msg`` (it encodes the message; identifiers and sizes are what count)."""
+    key = b"\x00" * 32 if authenticated else None
+    return len(encode_message(msg, key, timestamp=0, value_format=value_format, compression=compression))
+
+
+def _read_payload(envelope: Envelope, limits: Limits) -> Message:
+    reader = ByteReader(envelope.payload)
+    message_type = envelope.message_type
+    cls = MESSAGE_CLASSES[message_type]
+    schema = reader.u8("schema version")
+    if schema != cls.SCHEMA_VERSION:  # type: ignore[attr-defined]
+        raise UnsupportedVersionError(f"{cls.__name__} schema version {schema} is not supported")
+    if message_type in RUNLESS_MESSAGE_TYPES and (envelope.run_id or envelope.server_round):
+        raise MalformedError(f"{cls.__name__} must have an empty run id and round 0")
+    if message_type not in RUNLESS_MESSAGE_TYPES and not envelope.run_id:
+        raise MalformedError(f"{cls.__name__} requires a run id")
+    run_id, server_round, sender = envelope.run_id, envelope.server_round, envelope.sender_id
+    text = limits.max_string_bytes
+    msg: Message
+    if cls is Register:
+        arch = reader.string("arch", text)
+        cores = reader.u32("cores")
+        memory_mb = reader.u32("memory_mb")
+        library_count = reader.u32("library count")
+        if library_count > limits.max_list_items:
+            raise LimitExceededError(f"{library_count} libraries exceed the limit")
+        libraries: dict[str, str] = {}
+        for _ in range(library_count):
+            name = reader.string("library name", text)
+            if name in libraries:
+                raise MalformedError(f"duplicate library {name!r}")
+            libraries[name] = reader.string("library version", text)
+        msg = Register(sender, Capabilities(arch, cores, memory_mb, libraries), reader.u64("sample_count"))
+    elif cls is Status:
+        state = reader.u8("state")
+        if state >= len(DEVICE_STATES):
+            raise MalformedError(f"unknown device state {state}")
+        msg = Status(sender, DEVICE_STATES[state], reader.string("detail", text))
+    elif cls is Task:
+        selected_count = reader.u32("selected count")
+        if selected_count > limits.max_list_items:
+            raise LimitExceededError(f"{selected_count} selected devices exceed the limit")
+        selected = tuple(reader.string("device id", text) for _ in range(selected_count))
+        if not all(is_identifier(device_id) for device_id in selected):
+            raise MalformedError("a selected device id is not a valid identifier")
+        model_round, local_epochs, batch_size = (reader.u32(n) for n in ("model_round", "epochs", "batch"))
+        lr, momentum, weight_decay, prox_mu = (reader.f64(n) for n in ("lr", "momentum", "wd", "mu"))
+        readjust = reader.boolean("readjust")
+        alpha, deadline = reader.f64("alpha"), reader.f64("deadline_unix")
+        msg = Task(run_id, server_round, selected, model_round, local_epochs, batch_size, lr, momentum,
+                   weight_decay, prox_mu, readjust, alpha, deadline, reader.u64("seed"),
+                   reader.string("model_name", text))
+    elif cls is ModelBroadcast:
+        has_base = reader.boolean("has_base_round")
+        base_round = reader.u32("base_round")
+        if not has_base and base_round:
+            raise MalformedError("base_round must be 0 when absent")
+        tensors, _ = read_tensor_set(reader, limits, limits.max_elements)
+        msg = ModelBroadcast(run_id, server_round, tensors, base_round if has_base else None)
+    elif cls is Update:
+        sample_count = reader.u64("sample_count")
+        train_loss, compute_s = reader.f64("train_loss"), reader.f64("compute_s")
+        tensors, budget = read_tensor_set(reader, limits, limits.max_elements)
+        changes, shapes, _ = read_mask_changes(reader, limits, budget)
+        for name, shape in shapes.items():
+            if name not in tensors or tensors[name].shape != shape:
+                raise MalformedError(f"mask change {name!r} does not match a tensor of the update")
+        msg = Update(run_id, server_round, sender, tensors, changes, sample_count, train_loss, compute_s)
+    elif cls is Ack:
+        device_id = reader.string("device_id", text)
+        if not is_identifier(device_id):
+            raise MalformedError("Ack.device_id is not a valid identifier")
+        ok = reader.boolean("ok")
+        msg = Ack(run_id, server_round, device_id, ok, reader.string("detail", text))
+    else:
+        msg = Abort(run_id, server_round, reader.string("reason", text))
+    reader.expect_end(cls.__name__ + " payload")
+    return msg
+
+
+@dataclass(frozen=True)
+class DecodedMessage:
+    """A message together with the envelope it came in (sender, seq, timestamp, auth...)."""
+
+    envelope: Envelope
+    message: Message
+
+
+def decode_message_with_envelope(data: bytes | bytearray | memoryview, key: KeySource = None, *,
+                                 max_size: int | None = None, limits: Limits | None = None
+                                 ) -> DecodedMessage:
+    """Like :func:`decode_message` but also returns the envelope header."""
+    limits = limits or DEFAULT_LIMITS
+    if max_size is not None:
+        limits = Limits(**{**limits.__dict__, "max_message_bytes": max_size})
+    envelope = decode_envelope(data, key, limits=limits)
+    return DecodedMessage(envelope, _read_payload(envelope, limits))
+
+
+def decode_message(data: bytes | bytearray | memoryview, key: KeySource = None, *,
+                   max_size: int | None = None, limits: Limits | None = None) -> Message:
+    """Decode one message produced by :func:`encode_message`.
+
+    ``key``: None (no verification), one key (bytes), a mapping sender id -> key, or a callable
+    sender id -> key or None. With a key, unauthenticated or wrongly tagged messages raise
+    :class:`AuthenticationError`. ``max_size`` overrides ``limits.max_message_bytes``.
+    Raises only :class:`ProtocolError` subclasses for any bad input.
+    """
+    return decode_message_with_envelope(data, key, max_size=max_size, limits=limits).message

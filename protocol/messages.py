@@ -1,0 +1,163 @@
+"""The typed messages exchanged by coordinator and agents (frozen dataclasses).
+
+Each message class has ``MESSAGE_TYPE`` (the envelope's type byte) and ``SCHEMA_VERSION`` (the
+first byte of its payload). Identifiers (run ids, device ids) follow :data:`IDENTIFIER_PATTERN`
+because they appear in MQTT topic names.
+
+Field conventions:
+
+* ``server_round`` is the coordinator's round counter (u32). Register and Status are not tied
+  to a run: they travel with an empty run id and round 0 in the envelope.
+* The envelope carries ``run_id``, ``server_round`` and the sender id once; payloads do not
+  repeat them. For device-originated messages (Register, Status, Update) ``device_id`` *is* the
+  envelope's sender id, so an authenticated sender cannot claim another device's identity.
+* ``Update.tensors`` carry ``mask=None`` for weights whose mask is unchanged or described by
+  ``mask_changes``: their values are in the C order of the set positions of the device's mask
+  *after* applying ``mask_changes[name]`` to the mask it was sent. Biases are dense (all values).
+  A tensor may instead carry its own ``mask`` (self-contained), which then takes precedence.
+* ``ModelBroadcast.base_round``: ``None`` means the values are the global weights; an integer
+  means the values are a delta to add to the model of that round.
+* ``Task.model_round`` is the round whose ``ModelBroadcast`` the selected devices train from.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from protocol.tensors import MaskChange, SparseTensor
+
+IDENTIFIER_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
+"""1-64 characters of ``A-Z a-z 0-9 _ . -``, not starting with ``.`` or ``-``: safe in MQTT
+topics (no ``/ + #``), ACL files and file names."""
+
+COORDINATOR_ID = "coordinator"
+"""Default sender id of messages the coordinator sends."""
+
+DEVICE_STATES = ("online", "offline", "busy")
+
+
+def is_identifier(value: object) -> bool:
+    return isinstance(value, str) and IDENTIFIER_PATTERN.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a device can do. ``memory_mb`` is total RAM in MiB; ``library_versions`` maps a
+    library name (e.g. ``numpy``) to its version string."""
+
+    arch: str
+    cores: int
+    memory_mb: int
+    library_versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Register:
+    """Device -> coordinator on startup: who I am and what I can do."""
+
+    MESSAGE_TYPE: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 1
+    device_id: str
+    capabilities: Capabilities
+    sample_count: int
+
+
+@dataclass(frozen=True)
+class Status:
+    """Device -> coordinator heartbeat; also the retained last-will message (``offline``)."""
+
+    MESSAGE_TYPE: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 1
+    device_id: str
+    state: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Task:
+    """Coordinator -> devices, once per round on the run's task topic.
+
+    Only the devices in ``selected`` train. ``deadline_unix`` is the Unix time (seconds) by
+    which the update must arrive. ``readjust`` asks for a mask readjustment with fraction
+    ``alpha`` this round. ``seed`` seeds the device's local shuffling / readjustment.
+    """
+
+    MESSAGE_TYPE: ClassVar[int] = 3
+    SCHEMA_VERSION: ClassVar[int] = 1
+    run_id: str
+    server_round: int
+    selected: tuple[str, ...]
+    model_round: int
+    local_epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    prox_mu: float
+    readjust: bool
+    alpha: float
+    deadline_unix: float
+    seed: int
+    model_name: str
+
+
+@dataclass(frozen=True)
+class ModelBroadcast:
+    """Coordinator -> devices: the global sparse model (or a delta against ``base_round``)."""
+
+    MESSAGE_TYPE: ClassVar[int] = 4
+    SCHEMA_VERSION: ClassVar[int] = 1
+    run_id: str
+    server_round: int
+    tensors: dict[str, SparseTensor]
+    base_round: int | None = None
+
+
+@dataclass(frozen=True)
+class Update:
+    """Device -> coordinator: trained weights (or delta), mask changes and statistics."""
+
+    MESSAGE_TYPE: ClassVar[int] = 5
+    SCHEMA_VERSION: ClassVar[int] = 1
+    run_id: str
+    server_round: int
+    device_id: str
+    tensors: dict[str, SparseTensor]
+    mask_changes: dict[str, MaskChange]
+    sample_count: int
+    train_loss: float
+    compute_s: float
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Acknowledgement (by default coordinator -> device, e.g. of an update or a register)."""
+
+    MESSAGE_TYPE: ClassVar[int] = 6
+    SCHEMA_VERSION: ClassVar[int] = 1
+    run_id: str
+    server_round: int
+    device_id: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Abort:
+    """Coordinator -> devices: stop working on this run (from ``server_round`` on)."""
+
+    MESSAGE_TYPE: ClassVar[int] = 7
+    SCHEMA_VERSION: ClassVar[int] = 1
+    run_id: str
+    server_round: int
+    reason: str
+
+
+Message = Register | Status | Task | ModelBroadcast | Update | Ack | Abort
+MESSAGE_CLASSES: dict[int, type] = {
+    cls.MESSAGE_TYPE: cls for cls in (Register, Status, Task, ModelBroadcast, Update, Ack, Abort)
+}
+RUNLESS_MESSAGE_TYPES = frozenset({Register.MESSAGE_TYPE, Status.MESSAGE_TYPE})
+"""Types sent with an empty run id and round 0."""

@@ -1,0 +1,181 @@
+"""MQTT topic layout, QoS/retain choices and broker ACL templates.
+
+Layout (``<run>`` and ``<device>`` are identifiers, see ``protocol.messages.IDENTIFIER_PATTERN``,
+so they never contain ``/``, ``+`` or ``#``)::
+
+    feddst/v1/runs/<run>/task              coordinator -> all devices  Task (lists the selected ids)
+    feddst/v1/runs/<run>/model             coordinator -> all devices  ModelBroadcast (often chunked)
+    feddst/v1/runs/<run>/control           coordinator -> all devices  Abort
+    feddst/v1/runs/<run>/update/<device>   device -> coordinator       Update (often chunked)
+    feddst/v1/runs/<run>/ack/<device>      coordinator -> device       Ack of an update
+    feddst/v1/devices/<device>/register    device -> coordinator       Register
+    feddst/v1/devices/<device>/status      device -> coordinator       Status heartbeat + last will
+    feddst/v1/devices/<device>/inbox       coordinator -> device       Ack of a register
+
+Runs and devices live under different second-level segments (``runs`` / ``devices``) so no run
+id can collide with a device topic. Everything a device may *write* ends in its own id, so a
+broker ACL keyed on the MQTT username (= device id) confines each device to its own topics:
+it reads the broadcast topics of every run, its own ack/inbox, and writes only its own
+update/register/status topics. It can never read another device's update or status.
+
+QoS and retain (see :data:`TOPIC_POLICIES` for the per-topic reasons): everything uses QoS 1
+(at least once; decoders tolerate duplicates: chunk duplicates are ignored and messages carry
+a sequence number), because QoS 0 loses round-critical messages on flaky links and QoS 2's
+extra round trip buys nothing the sequence number does not. Only ``status`` is retained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol.errors import InvalidMessageError
+from protocol.messages import COORDINATOR_ID, is_identifier
+
+ROOT = "feddst/v1"
+QOS_TASK = 1
+QOS_MODEL = 1
+QOS_CONTROL = 1
+QOS_UPDATE = 1
+QOS_ACK = 1
+QOS_REGISTER = 1
+QOS_STATUS = 1
+RETAIN_TASK = False
+RETAIN_MODEL = False
+RETAIN_CONTROL = False
+RETAIN_UPDATE = False
+RETAIN_ACK = False
+RETAIN_REGISTER = False
+RETAIN_STATUS = True
+
+
+@dataclass(frozen=True)
+class TopicPolicy:
+    """Who publishes on a topic pattern, with which QoS and retain flag, and why."""
+
+    pattern: str
+    publisher: str
+    qos: int
+    retain: bool
+    reason: str
+
+
+TOPIC_POLICIES: tuple[TopicPolicy, ...] = (
+    TopicPolicy(f"{ROOT}/runs/<run>/task", "coordinator", QOS_TASK, RETAIN_TASK,
+                "Published once per round; not retained so a device joining later never acts on a "
+                "stale round; devices use persistent sessions so QoS 1 queues it across short drops."),
+    TopicPolicy(f"{ROOT}/runs/<run>/model", "coordinator", QOS_MODEL, RETAIN_MODEL,
+                "Usually chunked, and a retained topic keeps only its last packet, so retaining "
+                "would store a useless last chunk; large retained payloads also burden the broker."),
+    TopicPolicy(f"{ROOT}/runs/<run>/control", "coordinator", QOS_CONTROL, RETAIN_CONTROL,
+                "Abort must arrive (QoS 1) but must not be replayed to a later run's devices."),
+    TopicPolicy(f"{ROOT}/runs/<run>/update/<device>", "device", QOS_UPDATE, RETAIN_UPDATE,
+                "Each update is consumed once by the coordinator; retaining would replay it."),
+    TopicPolicy(f"{ROOT}/runs/<run>/ack/<device>", "coordinator", QOS_ACK, RETAIN_ACK,
+                "Tells the device its update was accepted so it can stop retrying."),
+    TopicPolicy(f"{ROOT}/devices/<device>/register", "device", QOS_REGISTER, RETAIN_REGISTER,
+                "Sent on every start; the coordinator's registry is the durable copy."),
+    TopicPolicy(f"{ROOT}/devices/<device>/status", "device", QOS_STATUS, RETAIN_STATUS,
+                "Retained so a restarting coordinator immediately sees every device's last state; "
+                "the MQTT last will is a retained Status 'offline' on this topic."),
+    TopicPolicy(f"{ROOT}/devices/<device>/inbox", "coordinator", QOS_ACK, RETAIN_ACK,
+                "Direct replies to a device (Ack of Register); not retained."),
+)
+
+
+def _identifier(value: str, what: str) -> str:
+    if not is_identifier(value):
+        raise InvalidMessageError(f"{what} {value!r} is not a valid identifier")
+    return value
+
+
+def task(run_id: str) -> str:
+    return f"{ROOT}/runs/{_identifier(run_id, 'run id')}/task"
+
+
+def model(run_id: str) -> str:
+    return f"{ROOT}/runs/{_identifier(run_id, 'run id')}/model"
+
+
+def control(run_id: str) -> str:
+    return f"{ROOT}/runs/{_identifier(run_id, 'run id')}/control"
+
+
+def update(run_id: str, device_id: str) -> str:
+    return f"{ROOT}/runs/{_identifier(run_id, 'run id')}/update/{_identifier(device_id, 'device id')}"
+
+
+def ack(run_id: str, device_id: str) -> str:
+    return f"{ROOT}/runs/{_identifier(run_id, 'run id')}/ack/{_identifier(device_id, 'device id')}"
+
+
+def register(device_id: str) -> str:
+    return f"{ROOT}/devices/{_identifier(device_id, 'device id')}/register"
+
+
+def status(device_id: str) -> str:
+    return f"{ROOT}/devices/{_identifier(device_id, 'device id')}/status"
+
+
+def inbox(device_id: str) -> str:
+    return f"{ROOT}/devices/{_identifier(device_id, 'device id')}/inbox"
+
+
+def device_subscriptions(device_id: str, run_id: str | None = None) -> list[tuple[str, int]]:
+    """``(topic filter, qos)`` pairs a device subscribes to (all runs if ``run_id`` is None)."""
+    run = "+" if run_id is None else _identifier(run_id, "run id")
+    device = _identifier(device_id, "device id")
+    return [
+        (f"{ROOT}/runs/{run}/task", QOS_TASK),
+        (f"{ROOT}/runs/{run}/model", QOS_MODEL),
+        (f"{ROOT}/runs/{run}/control", QOS_CONTROL),
+        (f"{ROOT}/runs/{run}/ack/{device}", QOS_ACK),
+        (f"{ROOT}/devices/{device}/inbox", QOS_ACK),
+    ]
+
+
+def coordinator_subscriptions(run_id: str | None = None) -> list[tuple[str, int]]:
+    """``(topic filter, qos)`` pairs the coordinator subscribes to."""
+    run = "+" if run_id is None else _identifier(run_id, "run id")
+    return [
+        (f"{ROOT}/runs/{run}/update/+", QOS_UPDATE),
+        (f"{ROOT}/devices/+/register", QOS_REGISTER),
+        (f"{ROOT}/devices/+/status", QOS_STATUS),
+    ]
+
+
+def _acl_lines(device: str) -> list[str]:
+    return [
+        f"topic read {ROOT}/runs/+/task",
+        f"topic read {ROOT}/runs/+/model",
+        f"topic read {ROOT}/runs/+/control",
+        f"topic read {ROOT}/runs/+/ack/{device}",
+        f"topic read {ROOT}/devices/{device}/inbox",
+        f"topic write {ROOT}/runs/+/update/{device}",
+        f"topic write {ROOT}/devices/{device}/register",
+        f"topic write {ROOT}/devices/{device}/status",
+    ]
+
+
+def device_acl(device_id: str) -> list[str]:
+    """Mosquitto ``acl_file`` lines giving MQTT user ``device_id`` exactly its own topics."""
+    return [f"user {_identifier(device_id, 'device id')}", *_acl_lines(device_id)]
+
+
+def device_acl_patterns() -> list[str]:
+    """Mosquitto ``pattern`` lines doing :func:`device_acl` for every user at once (``%u``)."""
+    return [line.replace("topic ", "pattern ", 1) for line in _acl_lines("%u")]
+
+
+def coordinator_acl(user: str = COORDINATOR_ID) -> list[str]:
+    """Mosquitto ``acl_file`` lines for the coordinator's MQTT user."""
+    return [
+        f"user {_identifier(user, 'coordinator user')}",
+        f"topic write {ROOT}/runs/+/task",
+        f"topic write {ROOT}/runs/+/model",
+        f"topic write {ROOT}/runs/+/control",
+        f"topic write {ROOT}/runs/+/ack/+",
+        f"topic write {ROOT}/devices/+/inbox",
+        f"topic read {ROOT}/runs/+/update/+",
+        f"topic read {ROOT}/devices/+/register",
+        f"topic read {ROOT}/devices/+/status",
+    ]
