@@ -1,46 +1,26 @@
-"""Byte accounting for the simulator: what each message would cost on the wire.
+"""Byte accounting for the simulator: every figure is the exact size of the real wire message.
 
-Interim analytic sizes (float32 values, a bitmap mask, 4-byte indices for mask changes) until the
-wire codec lands; then every figure is ``len(encode_message(...))`` of the real message.
+Download per selected client = the encoded ``ModelBroadcast`` of the global model (values + mask,
+or all values for a dense model). Upload per client = the encoded ``Update`` (values on its mask,
+plus mask changes when it readjusted). Both include the envelope and an HMAC-SHA256 tag, as a
+deployment with per-device keys sends them.
 """
 
 from __future__ import annotations
 
-import math
-
-from feddst_core.models import ModelSpec
 from feddst_core.strategies import ServerState
 from feddst_core.training import ClientOutcome
+from feddst_core.wire_format import model_broadcast, update_message
+from protocol import encoded_size
 
-VALUE_BYTES = 4  # float32
+RUN_ID = "simulation"
 
 
 class ByteMeter:
-    def __init__(self, spec: ModelSpec, dense: bool):
-        self.shapes = spec.parameter_shapes()
-        self.masked = set(spec.masked_names())
-        self.dense = dense
+    def model_broadcast_bytes(self, state: ServerState, server_round: int) -> int:
+        return encoded_size(model_broadcast(RUN_ID, server_round, state.params, state.masks))
 
-    def model_broadcast_bytes(self, state: ServerState) -> int:
-        """Global model as sent to one client: active values, dense biases, and the mask (sparse runs)."""
-        total = 0
-        for name, shape in self.shapes.items():
-            n = math.prod(shape)
-            if name in self.masked and not self.dense:
-                total += int(state.masks[name].sum()) * VALUE_BYTES + math.ceil(n / 8)
-            else:
-                total += n * VALUE_BYTES
-        return total
-
-    def update_bytes(self, outcome: ClientOutcome) -> int:
-        """One client's upload: values on its mask, plus the mask changes when it readjusted."""
-        total = 0
-        for name, shape in self.shapes.items():
-            if name in self.masked and not self.dense:
-                total += int(outcome.masks[name].sum()) * VALUE_BYTES
-                change = outcome.mask_changes.get(name)
-                if change is not None:
-                    total += (len(change.dropped) + len(change.grown)) * 4
-            else:
-                total += math.prod(shape) * VALUE_BYTES
-        return total
+    def update_bytes(self, outcome: ClientOutcome, sent_masks: dict, server_round: int, client: int) -> int:
+        msg = update_message(RUN_ID, server_round, f"client-{client}", outcome.params, sent_masks,
+                             outcome.masks, outcome.num_samples, outcome.train_loss, compute_s=0.0)
+        return encoded_size(msg)

@@ -74,7 +74,7 @@ class Simulation:
         self.y_test = torch.from_numpy(self.data.y_test)
         self.state: ServerState = self.strategy.initialize(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        self.meter = ByteMeter(self.spec, dense=self.strategy.config.sparsity == 0.0)
+        self.meter = ByteMeter()
         self.server_round = 0
         self.workers = max(1, torch.get_num_threads())  # threads for batched client training
 
@@ -141,11 +141,11 @@ class Simulation:
         for server_round in range(1, cfg.rounds + 1):
             t0 = time.perf_counter()
             plan = self.strategy.configure_round(server_round, self.state, client_ids, self.rng)
-            download += len(plan.clients) * self.meter.model_broadcast_bytes(self.state)
+            download += len(plan.clients) * self.meter.model_broadcast_bytes(self.state, server_round)
             trained = self.train_clients(plan.clients, plan.readjust_fraction, plan.prox_mu, server_round)
             replies = []
             for client, outcome in trained:
-                upload += self.meter.update_bytes(outcome)
+                upload += self.meter.update_bytes(outcome, self.state.masks, server_round, client)
                 replies.append(ClientReply(client, outcome.params, outcome.masks, outcome.num_samples,
                                            outcome.train_loss))
             new_state, metrics = self.strategy.aggregate_round(server_round, self.state, replies)
