@@ -1,0 +1,110 @@
+"""Real MQTT brokers for tests: the Debian ``mosquitto`` binary on a free loopback port.
+
+The test writes the broker's config (so auth, ACLs and TLS can be exercised), starts it, and can
+stop and restart it on the same port (to test reconnects). Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
+def mosquitto_binary() -> str:
+    path = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if path is None:
+        raise RuntimeError("mosquitto is not installed: run `make setup` (apt-get install -y mosquitto)")
+    return path
+
+
+@dataclass
+class MosquittoBroker:
+    """One mosquitto process with a generated config in ``workdir``."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    passwords: dict[str, str] = field(default_factory=dict)  # username -> password (enables auth)
+    acl_lines: list[str] = field(default_factory=list)  # mosquitto acl_file lines (enables ACLs)
+    extra_config: list[str] = field(default_factory=list)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def _write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr",
+                 "log_type error", "log_type warning"]
+        if self.passwords:
+            pwfile = self.workdir / "passwords"
+            pwfile.write_text("")
+            for user, password in self.passwords.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(pwfile), user, password], check=True,
+                               capture_output=True)
+            pwfile.chmod(0o600)
+            lines += ["allow_anonymous false", f"password_file {pwfile}"]
+        else:
+            lines.append("allow_anonymous true")
+        if self.acl_lines:
+            acl = self.workdir / "acl"
+            acl.write_text("\n".join(self.acl_lines) + "\n")
+            acl.chmod(0o600)
+            lines.append(f"acl_file {acl}")
+        lines += self.extra_config
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def start(self) -> MosquittoBroker:
+        conf = self._write_config()
+        log = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115 - kept open for the process
+        self.process = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=log)
+        try:
+            wait_for_port(self.port)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start; log: {(self.workdir / 'mosquitto.log').read_text()}")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self, down_s: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+
+def start_mosquitto(workdir: Path, passwords: dict[str, str] | None = None,
+                    acl_lines: Iterable[str] = ()) -> MosquittoBroker:
+    return MosquittoBroker(workdir, passwords=dict(passwords or {}), acl_lines=list(acl_lines)).start()

@@ -1,0 +1,23 @@
+"""Shared fixtures: a real mosquitto broker per test (free port, config written by the test)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from brokers import MosquittoBroker  # noqa: E402
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """An anonymous mosquitto on a free loopback port; ``.restart()`` keeps the port."""
+    broker = MosquittoBroker(tmp_path / "mosquitto").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
