@@ -96,8 +96,8 @@ def run(compression: str, repeats: int, seed: int) -> dict:
         bound = information_bound_bytes(msg.tensors)
         rows.append({"density": density, "bytes": len(data), "bound_bytes": round(bound, 1),
                      "ratio": round(len(data) / bound, 4)})
-        encode_s = best_seconds(lambda msg=msg: encode_message(msg, KEY, timestamp=0, compression=compression),
-                                repeats)
+        encode_s = best_seconds(
+            lambda msg=msg: encode_message(msg, KEY, timestamp=0, compression=compression), repeats)
         decode_s = best_seconds(lambda data=data: decode_message(data, KEY), repeats)
         throughput.append({"density": density, "encode_mb_s": round(dense_bytes / encode_s / 1e6, 1),
                            "decode_mb_s": round(dense_bytes / decode_s / 1e6, 1),
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"MNIST CNN, {result['dense_bytes']} dense float32 bytes; float32 values, compression="
           f"{args.compression}, HMAC-SHA256 envelope included")
-    print(f"{'density':>8} {'bytes':>9} {'bound':>11} {'ratio':>7} {'enc MB/s':>9} {'dec MB/s':>9} {'e+d MB/s':>9}")
+    print(f"{'density':>8} {'bytes':>9} {'bound':>11} {'ratio':>7} "
+          f"{'enc MB/s':>9} {'dec MB/s':>9} {'e+d MB/s':>9}")
     for row, speed in zip(result["rows"], result["throughput_by_density"], strict=True):
         print(f"{row['density']:>8} {row['bytes']:>9} {row['bound_bytes']:>11.1f} {row['ratio']:>7.4f} "
               f"{speed['encode_mb_s']:>9.1f} {speed['decode_mb_s']:>9.1f} {speed['round_trip_mb_s']:>9.1f}")

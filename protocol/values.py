@@ -122,7 +122,8 @@ def dequantize(stored: np.ndarray, code: int, scale: float | None) -> np.ndarray
     if code == 2:
         return (stored.astype(np.uint32) << 16).view(np.float32)
     assert scale is not None
-    return stored.astype(np.float32) * np.float32(scale)
+    with np.errstate(over="ignore"):  # a hostile scale may overflow to inf: defined, not an error
+        return stored.astype(np.float32) * np.float32(scale)
 
 
 def encode_value_block(writer: ByteWriter, values: np.ndarray, code: int, compression: str) -> None:

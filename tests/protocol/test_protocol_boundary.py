@@ -1,0 +1,34 @@
+"""protocol/ depends on numpy and zstandard only, never on torch or the rest of the project."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+PROTOCOL_DIR = pathlib.Path(__file__).resolve().parents[2] / "protocol"
+ALLOWED_THIRD_PARTY = {"numpy", "zstandard"}
+PROJECT_PACKAGES = {"feddst_core", "simulator", "datasources", "feddst_cli", "cloud", "edge_agent", "bench"}
+
+
+def test_protocol_imports_only_stdlib_numpy_zstandard_and_itself():
+    for path in PROTOCOL_DIR.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in PROJECT_PACKAGES, f"{path.name} imports {name}"
+                assert top == "protocol" or top in ALLOWED_THIRD_PARTY or top in sys.stdlib_module_names or \
+                    top == "__future__", f"{path.name} imports third-party {name}"
+
+
+def test_importing_protocol_does_not_load_torch():
+    code = "import sys, protocol; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PROTOCOL_DIR.parent)

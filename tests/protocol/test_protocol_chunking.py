@@ -1,0 +1,145 @@
+"""Chunking: split / reassemble, duplicates, interleaving, expiry and memory bounds."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import (
+    ChunkReassembler,
+    InvalidMessageError,
+    LimitExceededError,
+    MalformedError,
+    ProtocolError,
+    Status,
+    decode_message,
+    encode_message,
+    is_chunk,
+    split_into_chunks,
+)
+from protocol.chunking import CHUNK_HEADER_BYTES
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=0, max_size=5000), st.integers(CHUNK_HEADER_BYTES + 1, 700), st.randoms())
+def test_split_and_reassemble_in_any_order(body, max_packet, shuffler):
+    data = b"FDST" + body  # unchunked packets pass through only if they look like an envelope
+    packets = split_into_chunks(data, max_packet)
+    assert all(len(packet) <= max_packet for packet in packets)
+    if len(data) <= max_packet:
+        assert packets == [data]
+    shuffler.shuffle(packets)
+    reassembler = ChunkReassembler()
+    results = [reassembler.add(packet, now=0.0) for packet in packets]
+    if len(packets) > 1:
+        assert results[:-1] == [None] * (len(packets) - 1)
+    assert results[-1] == data
+    assert reassembler.pending_sets == 0 and reassembler.pending_bytes == 0
+
+
+def test_whole_message_passes_through_and_decodes():
+    data = encode_message(Status("dev-1", "online"))
+    assert not is_chunk(data)
+    assert ChunkReassembler().add(data) == data
+    big = os.urandom(300_000)
+    packets = split_into_chunks(big, 128 * 1024)
+    assert len(packets) == 3 and all(is_chunk(p) for p in packets)
+
+
+def test_duplicates_are_ignored_and_interleaved_sets_are_separate():
+    first, second = os.urandom(5000), os.urandom(7000)
+    packets_a, packets_b = split_into_chunks(first, 1000), split_into_chunks(second, 1000)
+    reassembler = ChunkReassembler()
+    done = []
+    for a, b in zip(packets_a, packets_b, strict=False):
+        for packet in (a, a, b):
+            result = reassembler.add(packet, now=0.0)
+            if result is not None:
+                done.append(result)
+    for packet in packets_b[len(packets_a):]:
+        result = reassembler.add(packet, now=0.0)
+        if result is not None:
+            done.append(result)
+    assert sorted(done) == sorted([first, second])
+
+
+def test_sources_are_kept_apart():
+    data = os.urandom(3000)
+    packets = split_into_chunks(data, 1000)
+    reassembler = ChunkReassembler()
+    for packet in packets[:-1]:
+        assert reassembler.add(packet, now=0.0, source="topic/a") is None
+    assert reassembler.add(packets[-1], now=0.0, source="topic/b") is None
+    assert reassembler.pending_sets == 2
+    assert reassembler.add(packets[-1], now=0.0, source="topic/a") == data
+
+
+def test_incomplete_sets_time_out_and_release_memory():
+    reassembler = ChunkReassembler(timeout_s=10.0)
+    packets = split_into_chunks(os.urandom(10_000), 1000)
+    for packet in packets[:-1]:
+        reassembler.add(packet, now=100.0)
+    assert reassembler.pending_sets == 1 and reassembler.pending_bytes > 9000
+    assert reassembler.expire(now=105.0) == 0
+    assert reassembler.expire(now=111.0) == 1
+    assert reassembler.pending_sets == 0 and reassembler.pending_bytes == 0
+    assert reassembler.add(packets[-1], now=112.0) is None  # a late chunk starts a new, doomed set
+    reassembler.add(b"FDST" + b"\x01", now=200.0)  # any add also expires stale sets
+    assert reassembler.pending_sets == 0 and reassembler.pending_bytes == 0
+
+
+def test_pending_memory_is_bounded():
+    reassembler = ChunkReassembler(max_pending_bytes=20_000)
+    rng = random.Random(0)
+    raised = 0
+    for _ in range(50):
+        packets = split_into_chunks(rng.randbytes(8000), 1000)
+        try:
+            reassembler.add(packets[0], now=0.0)
+        except LimitExceededError:
+            raised += 1
+        assert reassembler.pending_bytes <= 20_000
+    assert raised > 0
+
+
+def test_oversized_or_inconsistent_chunks_are_refused():
+    data = os.urandom(5000)
+    packets = split_into_chunks(data, 1000)
+    with pytest.raises(LimitExceededError):
+        ChunkReassembler(max_message_bytes=4000).add(packets[0])
+    reassembler = ChunkReassembler()
+    reassembler.add(packets[0], now=0.0)
+    tampered = bytearray(packets[1])
+    tampered[16] ^= 1  # total length disagrees with the set
+    with pytest.raises(MalformedError):
+        reassembler.add(bytes(tampered), now=0.0)
+    assert reassembler.pending_sets == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_reassembler_raises_only_protocol_errors(packet):
+    reassembler = ChunkReassembler(max_pending_bytes=10_000)
+    try:
+        reassembler.add(b"FDSC" + packet, now=0.0)
+        reassembler.add(packet, now=0.0)
+    except ProtocolError:
+        pass
+    assert reassembler.pending_bytes <= 10_000
+
+
+def test_chunked_authenticated_message_round_trip():
+    key = bytes(32)
+    data = encode_message(Status("dev-1", "busy", "x" * 3000), key)
+    reassembler = ChunkReassembler()
+    results = [reassembler.add(packet) for packet in split_into_chunks(data, 256)]
+    assert decode_message(results[-1], key) == Status("dev-1", "busy", "x" * 3000)
+
+
+def test_max_packet_must_leave_room_for_a_piece():
+    with pytest.raises(InvalidMessageError):
+        split_into_chunks(b"x" * 100, CHUNK_HEADER_BYTES)

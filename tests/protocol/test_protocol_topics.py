@@ -1,0 +1,85 @@
+"""Topic builders, subscription filters and broker ACL templates."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol import InvalidMessageError, topics
+
+
+def _matches(topic_filter: str, topic: str) -> bool:
+    """MQTT topic-filter matching (``+`` one level, ``#`` the rest)."""
+    filter_levels, topic_levels = topic_filter.split("/"), topic.split("/")
+    for index, level in enumerate(filter_levels):
+        if level == "#":
+            return True
+        if index >= len(topic_levels) or (level != "+" and level != topic_levels[index]):
+            return False
+    return len(filter_levels) == len(topic_levels)
+
+
+def test_topic_builders():
+    assert topics.task("run-1") == "feddst/v1/runs/run-1/task"
+    assert topics.model("run-1") == "feddst/v1/runs/run-1/model"
+    assert topics.control("run-1") == "feddst/v1/runs/run-1/control"
+    assert topics.update("run-1", "dev-9") == "feddst/v1/runs/run-1/update/dev-9"
+    assert topics.ack("run-1", "dev-9") == "feddst/v1/runs/run-1/ack/dev-9"
+    assert topics.register("dev-9") == "feddst/v1/devices/dev-9/register"
+    assert topics.status("dev-9") == "feddst/v1/devices/dev-9/status"
+    assert topics.inbox("dev-9") == "feddst/v1/devices/dev-9/inbox"
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "+", "#", "dev 1", "x" * 65])
+def test_topic_builders_refuse_unsafe_identifiers(bad):
+    with pytest.raises(InvalidMessageError):
+        topics.update("run-1", bad)
+    with pytest.raises(InvalidMessageError):
+        topics.model(bad)
+
+
+def _acl_allows(lines: list[str], access: str, topic: str) -> bool:
+    for line in lines:
+        parts = line.split()
+        if parts[0] == "topic" and parts[1] in (access, "readwrite") and _matches(parts[2], topic):
+            return True
+    return False
+
+
+def test_device_acl_gives_exactly_its_own_topics():
+    lines = topics.device_acl("dev-1")
+    assert lines[0] == "user dev-1"
+    assert _acl_allows(lines, "write", topics.update("run-1", "dev-1"))
+    assert _acl_allows(lines, "write", topics.status("dev-1"))
+    assert _acl_allows(lines, "write", topics.register("dev-1"))
+    assert _acl_allows(lines, "read", topics.task("run-1"))
+    assert _acl_allows(lines, "read", topics.model("run-1"))
+    assert _acl_allows(lines, "read", topics.ack("run-1", "dev-1"))
+    assert not _acl_allows(lines, "write", topics.update("run-1", "dev-2"))
+    assert not _acl_allows(lines, "read", topics.update("run-1", "dev-2"))
+    assert not _acl_allows(lines, "read", topics.ack("run-1", "dev-2"))
+    assert not _acl_allows(lines, "write", topics.status("dev-2"))
+    assert not _acl_allows(lines, "write", topics.task("run-1"))
+    assert not _acl_allows(lines, "write", topics.model("run-1"))
+
+
+def test_subscriptions_are_covered_by_the_acls():
+    device_lines = topics.device_acl("dev-1")
+    for topic_filter, qos in topics.device_subscriptions("dev-1"):
+        assert qos == 1
+        assert any(line.endswith(" " + topic_filter) and " read " in line for line in device_lines)
+    coordinator_lines = topics.coordinator_acl()
+    for topic_filter, _ in topics.coordinator_subscriptions():
+        assert any(line.endswith(" " + topic_filter) for line in coordinator_lines)
+    assert _matches(topics.device_subscriptions("dev-1", "run-1")[0][0], topics.task("run-1"))
+
+
+def test_pattern_acl_uses_the_username():
+    patterns = topics.device_acl_patterns()
+    assert all(line.startswith("pattern ") for line in patterns)
+    assert "pattern write feddst/v1/runs/+/update/%u" in patterns
+
+
+def test_only_status_is_retained_and_everything_is_qos1():
+    retained = [policy.pattern for policy in topics.TOPIC_POLICIES if policy.retain]
+    assert retained == ["feddst/v1/devices/<device>/status"]
+    assert {policy.qos for policy in topics.TOPIC_POLICIES} == {1}
