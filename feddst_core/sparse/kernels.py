@@ -1,0 +1,190 @@
+"""Sparse layer kernels: a weight stored as CSR values, trained through custom autograd Functions.
+
+A sparse layer keeps only its active weights: ``values`` of shape ``(nnz,)`` in row-major (CSR)
+order of the 2-D weight matrix ``(out, fan_in)`` (a convolution's ``(out, in*kh*kw)``), plus a
+``CsrPattern`` that holds the indices once per mask. Per step:
+
+* forward            ``y^T = W @ x^T``                  CSR x dense   (``torch.sparse.mm``)
+* grad w.r.t. input  ``dx^T = W^T @ dy^T``              CSR x dense   (transposed pattern, values gathered)
+* grad w.r.t. weight ``dW[r, c] = dy^T[r] . x^T[c]``     at the nnz positions only (SDDMM,
+  ``torch.sparse.sampled_addmm``), returned as a ``(nnz,)`` gradient of ``values``.
+
+The convolution lowers to the same GEMM by im2col (``F.unfold``) and folds the input gradient back
+(``F.fold``). No dense weight, dense weight gradient or dense momentum exists for a sparse layer.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# torch marks CSR as beta and warns once per process; the kernels below only use its stable core.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+@dataclass(frozen=True)
+class CsrPattern:
+    """Indices of one layer's active weights, in both CSR (W) and transposed CSR (W^T) order.
+
+    ``flat_index[i]`` is the position of ``values[i]`` in the weight's ``reshape(-1)``; values are
+    ordered row-major (CSR order). ``transpose_perm`` maps CSR order to W^T's CSR order:
+    ``values_t = values[transpose_perm]``.
+    """
+
+    shape: tuple[int, int]  # (rows, cols) of the 2-D weight matrix
+    weight_shape: tuple[int, ...]  # the parameter's own shape (e.g. (out, in, kh, kw))
+    crow: torch.Tensor  # (rows + 1,) int64
+    col: torch.Tensor  # (nnz,) int64
+    flat_index: torch.Tensor  # (nnz,) int64
+    t_crow: torch.Tensor  # (cols + 1,) int64
+    t_col: torch.Tensor  # (nnz,) int64, row index of each entry in W^T order
+    transpose_perm: torch.Tensor  # (nnz,) int64
+
+    @property
+    def nnz(self) -> int:
+        return int(self.col.shape[0])
+
+    @staticmethod
+    def from_mask(mask: torch.Tensor) -> CsrPattern:
+        """Pattern of a bool mask of any weight shape; dim 0 is the output dimension."""
+        assert mask.dtype == torch.bool and mask.dim() >= 2, "mask must be a bool weight mask"
+        rows_n = mask.shape[0]
+        mask_2d = mask.reshape(rows_n, -1)
+        cols_n = mask_2d.shape[1]
+        flat_index = mask_2d.reshape(-1).nonzero().squeeze(1)  # ascending == row-major
+        rows = torch.div(flat_index, cols_n, rounding_mode="floor")
+        col = flat_index - rows * cols_n
+        crow = torch.zeros(rows_n + 1, dtype=torch.long)
+        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=rows_n), 0)
+        transpose_perm = torch.argsort(col * rows_n + rows)  # keys unique: order is exact
+        t_crow = torch.zeros(cols_n + 1, dtype=torch.long)
+        t_crow[1:] = torch.cumsum(torch.bincount(col, minlength=cols_n), 0)
+        return CsrPattern((rows_n, cols_n), tuple(mask.shape), crow, col, flat_index, t_crow,
+                          rows[transpose_perm], transpose_perm)
+
+    def matrix(self, values: torch.Tensor) -> torch.Tensor:
+        """W as a CSR tensor (rows, cols) sharing ``values`` (nnz,)."""
+        return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape, check_invariants=False)
+
+    def matrix_t(self, values: torch.Tensor) -> torch.Tensor:
+        """W^T as a CSR tensor (cols, rows); gathers the values into transposed order."""
+        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values[self.transpose_perm],
+                                       (self.shape[1], self.shape[0]), check_invariants=False)
+
+    def gather(self, dense_weight: torch.Tensor) -> torch.Tensor:
+        """Active entries of a dense weight of ``weight_shape`` -> (nnz,) in CSR order."""
+        return dense_weight.reshape(-1)[self.flat_index].clone()
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """Dense weight of ``weight_shape``: ``values`` at the active positions, exact zeros elsewhere."""
+        dense = torch.zeros(self.shape[0] * self.shape[1], dtype=values.dtype)
+        dense[self.flat_index] = values
+        return dense.reshape(self.weight_shape)
+
+    def mask(self) -> torch.Tensor:
+        """The bool mask this pattern was built from."""
+        flat = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.bool)
+        flat[self.flat_index] = True
+        return flat.reshape(self.weight_shape)
+
+
+def _spmm(pattern: CsrPattern, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """W @ dense: (rows, cols) CSR x (cols, N) -> (rows, N)."""
+    return torch.sparse.mm(pattern.matrix(values), dense)
+
+
+def _spmm_t(pattern: CsrPattern, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """W^T @ dense: (cols, rows) CSR x (rows, N) -> (cols, N)."""
+    return torch.sparse.mm(pattern.matrix_t(values), dense)
+
+
+def _sddmm(pattern: CsrPattern, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """(left @ right) at the pattern's positions: left (rows, N), right (N, cols) -> (nnz,) values."""
+    sampled = torch.sparse.sampled_addmm(pattern.matrix(torch.zeros(pattern.nnz)), left, right, beta=0.0)
+    return sampled.values()
+
+
+class SparseLinearFunction(torch.autograd.Function):
+    """y = x @ W^T + b with W as CSR values.  x (B, in), values (nnz,), bias (out,) -> (B, out)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+                pattern: CsrPattern) -> torch.Tensor:
+        assert x.dim() == 2 and x.shape[1] == pattern.shape[1], "x must be (B, in_features)"
+        assert values.shape == (pattern.nnz,)
+        x_t = x.t().contiguous()  # (in, B)
+        y_t = _spmm(pattern, values, x_t)  # (out, B)
+        y_t.add_(bias.unsqueeze(1))
+        ctx.pattern = pattern
+        ctx.save_for_backward(x, values)
+        return y_t.t()  # (B, out)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, values = ctx.saved_tensors
+        pattern: CsrPattern = ctx.pattern
+        grad_out_t = grad_out.t().contiguous()  # (out, B)
+        grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _spmm_t(pattern, values, grad_out_t).t()  # (B, in)
+        if ctx.needs_input_grad[1]:
+            grad_values = _sddmm(pattern, grad_out_t, x)  # (nnz,)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_out_t.sum(1)  # (out,)
+        return grad_x, grad_values, grad_bias, None
+
+
+def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+                  pattern: CsrPattern) -> torch.Tensor:
+    """x (B, in) -> (B, out) through a CSR weight; differentiable w.r.t. x, values and bias."""
+    return SparseLinearFunction.apply(x, values, bias, pattern)
+
+
+class SparseConv2dFunction(torch.autograd.Function):
+    """Valid, stride-1 conv2d with a CSR weight (out, in*k*k) through im2col.
+
+    x (B, C, H, W), values (nnz,), bias (out,) -> (B, out, H-k+1, W-k+1).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+                pattern: CsrPattern) -> torch.Tensor:
+        out_c, in_c, kh, kw = pattern.weight_shape
+        b, c, h, w = x.shape
+        assert c == in_c and kh == kw, "x must be (B, in_channels, H, W); square kernels only"
+        oh, ow = h - kh + 1, w - kw + 1
+        cols = F.unfold(x, kh)  # (B, C*k*k, L)
+        cols_2d = cols.transpose(0, 1).reshape(c * kh * kw, b * oh * ow)  # (C*k*k, B*L)
+        y_2d = _spmm(pattern, values, cols_2d)  # (out, B*L)
+        y_2d.add_(bias.unsqueeze(1))
+        ctx.pattern = pattern
+        ctx.input_hw = (h, w)
+        ctx.save_for_backward(cols_2d, values)
+        return y_2d.view(out_c, b, oh, ow).transpose(0, 1)  # (B, out, OH, OW) view
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        cols_2d, values = ctx.saved_tensors
+        pattern: CsrPattern = ctx.pattern
+        out_c, in_c, kh, kw = pattern.weight_shape
+        b, _, oh, ow = grad_out.shape
+        grad_2d = grad_out.transpose(0, 1).reshape(out_c, b * oh * ow)  # (out, B*L)
+        grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_cols = _spmm_t(pattern, values, grad_2d)  # (C*k*k, B*L)
+            grad_cols = grad_cols.view(in_c * kh * kw, b, oh * ow).transpose(0, 1)  # (B, C*k*k, L)
+            grad_x = F.fold(grad_cols, ctx.input_hw, kh)  # (B, C, H, W)
+        if ctx.needs_input_grad[1]:
+            grad_values = _sddmm(pattern, grad_2d, cols_2d.t())  # (nnz,)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_2d.sum(1)  # (out,)
+        return grad_x, grad_values, grad_bias, None
+
+
+def sparse_conv2d(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+                  pattern: CsrPattern) -> torch.Tensor:
+    """x (B, C, H, W) -> (B, out, H-k+1, W-k+1) through a CSR weight; differentiable in all three."""
+    return SparseConv2dFunction.apply(x, values, bias, pattern)

@@ -1,0 +1,112 @@
+"""SparseLocalTrainer reproduces LocalTrainer (masked dense, K = 1) within 1e-4."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from feddst_core.masks import init_masks, layer_budgets
+from feddst_core.models import DIGITS_CNN, MNIST_CNN, ModelSpec, init_params
+from feddst_core.sparse import (
+    SparseLocalTrainer,
+    SparseThreshold,
+    choose_layer_kernels,
+    make_local_trainer,
+)
+from feddst_core.training import ClientData, LocalTrainer, TrainConfig
+
+
+def _setup(spec: ModelSpec, sparsity: float, n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    params = init_params(spec, g)
+    shapes = {nm: s for nm, s in spec.parameter_shapes().items() if nm in spec.masked_names()}
+    masks = init_masks(params, layer_budgets(shapes, sparsity, "erk"), "random", g)
+    c, h, w = spec.input_shape
+    data = ClientData(torch.randn(n, c, h, w, generator=g), torch.randint(0, spec.num_classes, (n,), generator=g))
+    return params, masks, data
+
+
+def _assert_same(sparse_out, dense_out, masks_in) -> None:
+    assert set(sparse_out.params) == set(dense_out.params)
+    for nm, t in dense_out.params.items():
+        torch.testing.assert_close(sparse_out.params[nm], t, atol=1e-4, rtol=0)
+    for nm, m in dense_out.masks.items():
+        assert torch.equal(sparse_out.masks[nm], m), nm
+        assert bool((sparse_out.params[nm][~sparse_out.masks[nm]] == 0).all()), f"{nm}: masked weight != 0"
+    assert set(sparse_out.mask_changes) == set(dense_out.mask_changes)
+    for nm, ch in dense_out.mask_changes.items():  # same sets; near-tied scores may list them reordered
+        assert torch.equal(sparse_out.mask_changes[nm].dropped.sort().values, ch.dropped.sort().values)
+        assert torch.equal(sparse_out.mask_changes[nm].grown.sort().values, ch.grown.sort().values)
+    assert sparse_out.num_samples == dense_out.num_samples
+    assert abs(sparse_out.train_loss - dense_out.train_loss) < 1e-4
+
+
+@pytest.mark.parametrize("kernels", ["sparse", "auto", "dense"])
+@pytest.mark.parametrize("readjust", [0.0, 0.3])
+@pytest.mark.parametrize("prox_mu", [0.0, 0.1])
+def test_round_matches_local_trainer(kernels: str, readjust: float, prox_mu: float) -> None:
+    spec = MNIST_CNN
+    params, masks, data = _setup(spec, sparsity=0.8, n=40)
+    cfg = TrainConfig(local_epochs=3, prox_mu=prox_mu)
+    ref = LocalTrainer(spec, cfg).train(params, masks, [data], [123], readjust)[0]
+    trainer = SparseLocalTrainer(spec, cfg, kernels=kernels)
+    out = trainer.train(params, masks, [data], [123], readjust)[0]
+    if kernels == "sparse":
+        assert set(trainer.last_layer_kernels.values()) == {"sparse"}
+    _assert_same(out, ref, masks)
+    if readjust:
+        assert any(len(ch.grown) for ch in out.mask_changes.values())
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.95])
+def test_digits_model_all_sparse_layers(sparsity: float) -> None:
+    spec = DIGITS_CNN
+    params, masks, data = _setup(spec, sparsity=sparsity, n=50, seed=5)
+    cfg = TrainConfig(local_epochs=2, batch_size=16, momentum=0.5)
+    ref = LocalTrainer(spec, cfg).train(params, masks, [data], [7], 0.2)[0]
+    out = SparseLocalTrainer(spec, cfg, kernels="sparse").train(params, masks, [data], [7], 0.2)[0]
+    _assert_same(out, ref, masks)
+
+
+def test_global_weights_outside_mask_are_ignored() -> None:
+    params, masks, data = _setup(MNIST_CNN, sparsity=0.9, n=20)
+    noisy = {nm: t + (~masks[nm]).float() if nm in masks else t for nm, t in params.items()}  # nonzero where masked out
+    cfg = TrainConfig(local_epochs=1)
+    ref = LocalTrainer(MNIST_CNN, cfg).train(noisy, masks, [data], [1])[0]
+    out = SparseLocalTrainer(MNIST_CNN, cfg, kernels="sparse").train(noisy, masks, [data], [1])[0]
+    _assert_same(out, ref, masks)
+
+
+def test_auto_policy_uses_thresholds_and_overrides() -> None:
+    _, masks, _ = _setup(MNIST_CNN, sparsity=0.9, n=1)
+    always = {"linear": SparseThreshold(1.0, 0), "conv": SparseThreshold(1.0, 0)}
+    never = {"linear": SparseThreshold(0.0, 0), "conv": SparseThreshold(0.0, 0)}
+    assert set(choose_layer_kernels(MNIST_CNN, masks, "auto", always).values()) == {"sparse"}
+    assert set(choose_layer_kernels(MNIST_CNN, masks, "auto", never).values()) == {"dense"}
+    chosen = choose_layer_kernels(MNIST_CNN, masks, "auto", never, layer_kernels={"fc1": "sparse"})
+    assert chosen["fc1"] == "sparse" and chosen["conv2"] == "dense"
+    assert set(choose_layer_kernels(MNIST_CNN, masks, "dense").values()) == {"dense"}
+
+
+def test_bad_config_errors() -> None:
+    cfg = TrainConfig()
+    with pytest.raises(ValueError, match="unknown kernels 'fast'.*auto, sparse, dense"):
+        SparseLocalTrainer(MNIST_CNN, cfg, kernels="fast")
+    with pytest.raises(ValueError, match="unknown kernels"):
+        make_local_trainer(MNIST_CNN, cfg, "Sparse")
+    _, masks, _ = _setup(MNIST_CNN, sparsity=0.5, n=1)
+    with pytest.raises(ValueError, match="unknown layers"):
+        choose_layer_kernels(MNIST_CNN, masks, "auto", layer_kernels={"fc9": "sparse"})
+    with pytest.raises(ValueError, match="must be 'sparse' or 'dense'"):
+        choose_layer_kernels(MNIST_CNN, masks, "auto", layer_kernels={"fc1": "csr"})
+    params, masks, data = _setup(MNIST_CNN, sparsity=0.5, n=4)
+    with pytest.raises(ValueError, match="one client at a time"):
+        SparseLocalTrainer(MNIST_CNN, cfg).train(params, masks, [data, data], [1, 2])
+
+
+def test_factory() -> None:
+    cfg = TrainConfig()
+    assert type(make_local_trainer(MNIST_CNN, cfg, "dense")) is LocalTrainer
+    for k in ("auto", "sparse"):
+        trainer = make_local_trainer(MNIST_CNN, cfg, k)
+        assert isinstance(trainer, SparseLocalTrainer) and trainer.kernels == k
