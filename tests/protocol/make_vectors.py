@@ -73,30 +73,30 @@ def _vectors() -> list[tuple[str, str, object, bytes | None, dict, bool]]:
     int8_update = Update("run-1", 3, "dev-7", {"w": SparseTensor((8,), dense[0, :8])}, {}, 10, 1.25, 0.75)
     big_update = Update("run-1", 3, "dev-7", {"w": SparseTensor((4, 64), rng.standard_normal(256))}, {},
                         10, 1.25, 0.75)
-    f32, none = {"value_format": "float32", "compression": "none"}, True
+    f32, exact = {"value_format": "float32", "compression": "none"}, True
+    bf16 = {"value_format": "bfloat16", "compression": "none"}
+    capabilities = Capabilities("aarch64", 4, 3906, {"numpy": "1.26.4", "python": "3.11.7"})
     return [
-        ("register", "Register with capabilities, HMAC-SHA256", Register(
-            "dev-7", Capabilities("aarch64", 4, 3906, {"numpy": "1.26.4", "python": "3.11.7"}), 600), KEY, f32,
-         none),
-        ("status_heartbeat", "Status heartbeat, unauthenticated", Status("dev-7", "online", "idle"), None, f32,
-         none),
+        ("register", "Register with capabilities, HMAC-SHA256", Register("dev-7", capabilities, 600), KEY,
+         f32, exact),
+        ("status_heartbeat", "Status heartbeat, unauthenticated", Status("dev-7", "online", "idle"), None,
+         f32, exact),
         ("status_last_will", "Status last will (retained, offline)", Status("dev-7", "offline", "last will"),
-         KEY, f32, none),
+         KEY, f32, exact),
         ("task", "Task for round 3 selecting two devices", Task(
             "run-1", 3, ("dev-7", "dev-8"), 2, 1, 32, 0.01, 0.9, 0.0001, 0.0, True, 0.05, 1_700_000_600.0, 42,
-            "mnist_cnn"), KEY, f32, none),
+            "mnist_cnn"), KEY, f32, exact),
         ("model_broadcast", "Self-contained model: ALL, BITMAP, RICE positions and a dense bias",
-         ModelBroadcast("run-1", 3, model), KEY, f32, none),
+         ModelBroadcast("run-1", 3, model), KEY, f32, exact),
         ("model_delta_bfloat16", "Delta against round 2 on the known mask, bfloat16 values",
-         ModelBroadcast("run-1", 3, delta, base_round=2), KEY, {"value_format": "bfloat16", "compression": "none"},
-         none),
-        ("update_small", "docs/protocol.md worked example", worked_example_update(), KEY, f32, none),
+         ModelBroadcast("run-1", 3, delta, base_round=2), KEY, bf16, exact),
+        ("update_small", "docs/protocol.md worked example", worked_example_update(), KEY, f32, exact),
         ("update_int8", "Update with int8 values (per-tensor scale)", int8_update, KEY,
          {"value_format": "int8", "compression": "none"}, False),
         ("update_zstd", "Update whose values are byte-shuffled and zstd-compressed", big_update, KEY,
          {"value_format": "float32", "compression": "zstd"}, False),
-        ("ack", "Ack of an update", Ack("run-1", 3, "dev-7", True, "accepted"), KEY, f32, none),
-        ("abort", "Abort a run", Abort("run-1", 4, "operator request"), KEY, f32, none),
+        ("ack", "Ack of an update", Ack("run-1", 3, "dev-7", True, "accepted"), KEY, f32, exact),
+        ("abort", "Abort a run", Abort("run-1", 4, "operator request"), KEY, f32, exact),
     ]
 
 
@@ -170,5 +170,44 @@ def _write(name: str, data: bytes, record: dict) -> None:
     (VECTOR_DIR / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
+WORKED_EXAMPLE_FIELDS: list[tuple[int, str]] = [
+    (4, "magic \"FDST\""), (1, "protocol version 1"), (1, "message type 5 = Update"),
+    (1, "auth algorithm 1 = HMAC-SHA256"), (1, "flags 0"), (4, "server round 3 (u32)"),
+    (8, "sequence number 7 (u64)"), (8, "timestamp 1700000000000 ms (u64)"), (1, "run id length 5"),
+    (1, "sender id length 5"), (4, "payload length 111 (u32)"), (5, "run id \"run-1\""),
+    (5, "sender id \"dev-7\" (= Update.device_id)"),
+    (1, "payload: schema version 1"), (8, "sample_count 60 (u64)"), (8, "train_loss 0.5 (f64)"),
+    (8, "compute_s 1.5 (f64)"), (4, "tensor set: 2 tensors (u32)"),
+    (2, "tensor 0: name length 1"), (1, "name \"w\""), (1, "ndim 2"), (4, "dim 2"), (4, "dim 4"),
+    (1, "value format 0 = float32"), (1, "position kind 0 = NONE (values on the known mask)"),
+    (4, "value count 3"), (1, "value codec 0 = raw"), (12, "values 0.5, -1.0, 2.0 (f32)"),
+    (2, "tensor 1: name length 1"), (1, "name \"b\""), (1, "ndim 1"), (4, "dim 2"),
+    (1, "value format 0 = float32"), (1, "position kind 0 = NONE (dense: count == 2 elements)"),
+    (4, "value count 2"), (1, "value codec 0 = raw"), (8, "values 0.25, 0.0 (f32)"),
+    (4, "mask changes: 1 entry (u32)"), (2, "entry 0: name length 1"), (1, "name \"w\""), (1, "ndim 2"),
+    (4, "dim 2"), (4, "dim 4"), (1, "dropped: kind 2 = BITMAP"), (4, "dropped: count 1"),
+    (1, "dropped bitmap 0b01000000: position 1"), (1, "grown: kind 2 = BITMAP"), (4, "grown: count 1"),
+    (1, "grown bitmap 0b00000010: position 6"), (4, "CRC-32 of bytes 0x0000-0x009a"),
+    (32, "HMAC-SHA256 tag of bytes 0x0000-0x009e, key 00 01 02 ... 1f"),
+]
+
+
+def worked_example_listing() -> str:
+    """Annotated hex of update_small.bin, one field (or 16 bytes) per line."""
+    data = encode_message(worked_example_update(), KEY, seq=7, timestamp=TIMESTAMP)
+    lines, offset = [], 0
+    for size, meaning in WORKED_EXAMPLE_FIELDS:
+        for start in range(offset, offset + size, 16):
+            chunk = data[start : min(start + 16, offset + size)]
+            label = meaning if start == offset else "  (continued)"
+            lines.append(f"{start:04x}: {chunk.hex(' '):<48}| {label}")
+        offset += size
+    assert offset == len(data), (offset, len(data))
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--worked-example"]:
+        print(worked_example_listing())
+    else:
+        main()
