@@ -1,0 +1,446 @@
+"""The coordinator service: one main-loop thread that owns the MQTT link's inbound queue and the run.
+
+Lifecycle of a run (one run is active at a time; starting a second one is a ``RunStateError``):
+
+1. ``start_run``: the main loop builds the strategy, the seeded initial model (saved as round 0),
+   ``rng = np.random.default_rng(seed)`` and, if configured, the held-out evaluator.
+2. Each round ``r`` waits (up to ``device_wait_s``) until enough eligible devices are online
+   (``min_devices`` before round 1, ``clients_per_round`` after), selects with
+   ``strategy.configure_round(r, state, positions 0..M-1 of the sorted eligible ids, rng)``,
+   publishes the ``ModelBroadcast`` (chunked) then the ``Task``.
+3. Updates are judged by :class:`~cloud.round_collector.RoundCollector` and streamed into the
+   aggregation; each gets an ``Ack``. The round closes when every selected device replied, or at
+   the deadline if at least ``quorum`` replied.
+4. A round that misses its quorum is *retried* (same round number, accepted replies kept): the
+   devices that did not reply are replaced by other eligible online devices when there are any,
+   the model and an extended ``Task`` are re-published and the deadline restarts. After
+   ``max_round_retries`` retries the run fails.
+5. After each round: evaluate (if configured), save the model (safetensors), record the round.
+   ``stop_run`` publishes ``Abort`` on the control topic.
+
+Byte accounting matches the simulator: download = encoded broadcast size x selected devices;
+upload = encoded size of each accepted update (duplicates and ignored updates are not counted).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloud.device_registry import DeviceRegistry
+from cloud.errors import RunStateError
+from cloud.evaluation import HeldOutEvaluator
+from cloud.mqtt_link import CoordinatorLink, Inbound
+from cloud.round_collector import RoundCollector, Verdict
+from cloud.run_config import RunConfig
+from cloud.settings import CloudSettings
+from cloud.store import CoordinatorStore, RunRow
+from feddst_core.masks import density
+from feddst_core.models import get_model_spec
+from feddst_core.strategies import FedStrategy, ServerState
+from feddst_core.wire_format import model_broadcast
+from protocol import Abort, Ack, Register, Status, Task, Update, encode_message, topics
+
+log = logging.getLogger(__name__)
+
+REPORT_FIELDS = ("round", "accuracy", "global_accuracy", "upload_bytes", "download_bytes", "density")
+
+
+@dataclass
+class RunExecution:
+    """The in-memory state of the active run."""
+
+    run_id: str
+    config: RunConfig
+    strategy: FedStrategy
+    state: ServerState
+    rng: np.random.Generator
+    evaluator: HeldOutEvaluator | None
+    server_round: int = 0  # last completed round
+    phase: str = "waiting"  # waiting (for devices) | collecting
+    phase_since: float = field(default_factory=time.time)
+    collector: RoundCollector | None = None
+    deadline: float = 0.0
+    retries: int = 0
+    round_started: float = 0.0
+    broadcast: bytes = b""
+    readjust_fraction: float = 0.0  # alpha_t of the open round
+    prox_mu: float = 0.0
+    upload_bytes: int = 0
+    download_bytes: int = 0
+    counters: Counter = field(default_factory=Counter)
+
+
+class Coordinator:
+    """Runs, devices and the MQTT link. Thread-safe public methods; work happens on the main loop."""
+
+    def __init__(self, settings: CloudSettings, store: CoordinatorStore | None = None):
+        self.settings = settings
+        self.store = store or CoordinatorStore(settings.state_dir)
+        self.store.mark_unfinished_runs_interrupted()
+        self.registry = DeviceRegistry(self.store, settings.heartbeat_s)
+        self.inbound: queue.Queue[Inbound] = queue.Queue(maxsize=256)
+        self._commands: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        keys = settings.device_keys()
+        self.link = CoordinatorLink(
+            self.inbound, host=settings.broker_host, port=settings.broker_port,
+            client_id=settings.mqtt_client_id, username=settings.mqtt_username,
+            password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
+            protocol=settings.mqtt_protocol, tls=settings.broker_tls, max_packet=settings.max_packet,
+            key_lookup=(keys.get if keys is not None else None))
+        self._key = settings.coordinator_key()
+        self._seq = int(time.time() * 1000)  # increasing across restarts too
+        self._lock = threading.Lock()
+        self._active_id: str | None = None
+        self._execution: RunExecution | None = None
+        self._shutdown = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.counters: Counter = Counter()  # coordinator-wide (messages outside any run, invalid...)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self, connect_timeout_s: float = 10.0) -> bool:
+        """Connect to the broker and start the main loop; False if the broker did not accept us."""
+        ok = self.link.connect(connect_timeout_s)
+        self._thread = threading.Thread(target=self._main_loop, name="coordinator", daemon=True)
+        self._thread.start()
+        return ok
+
+    def close(self) -> None:
+        self._shutdown.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with self._lock:
+            active = self._active_id
+        if active is not None:
+            self.store.set_run_status(active, "interrupted", "coordinator shut down during the run")
+        self.link.close()
+        self.registry.flush()
+        self.store.close()
+
+    @property
+    def active_run_id(self) -> str | None:
+        with self._lock:
+            return self._active_id
+
+    @property
+    def broker_connected(self) -> bool:
+        return self.link.connected.is_set()
+
+    # --- public API (any thread) ------------------------------------------------------------------
+
+    def create_run(self, config: RunConfig) -> RunRow:
+        run_id = f"run-{uuid.uuid4().hex[:12]}"
+        return self.store.create_run(run_id, config.name, config.model_dump(mode="json"))
+
+    def start_run(self, run_id: str) -> RunRow:
+        run = self.store.get_run(run_id)
+        with self._lock:
+            if run.status != "created":
+                raise RunStateError(f"run {run_id} is {run.status}; only a created run can be started")
+            if self._active_id is not None:
+                raise RunStateError(f"run {self._active_id} is running; stop it first")
+            self._active_id = run_id
+            self.store.set_run_status(run_id, "running")
+        self._commands.put(("start", run_id))
+        return self.store.get_run(run_id)
+
+    def stop_run(self, run_id: str) -> RunRow:
+        run = self.store.get_run(run_id)
+        with self._lock:
+            if run.status == "created":
+                self.store.set_run_status(run_id, "stopped", "stopped before it started")
+            elif run.status == "running" and self._active_id == run_id:
+                self._commands.put(("stop", run_id))
+            else:
+                raise RunStateError(f"run {run_id} is {run.status}; it cannot be stopped")
+        return self.store.get_run(run_id)
+
+    def get_run(self, run_id: str) -> tuple[RunRow, list[dict[str, Any]]]:
+        return self.store.get_run(run_id), self.store.rounds(run_id)
+
+    def list_runs(self) -> list[RunRow]:
+        return self.store.list_runs()
+
+    def model_file(self, run_id: str) -> Path:
+        return self.store.model_file(run_id)
+
+    def wait_for_run(self, run_id: str, timeout_s: float) -> RunRow:
+        """Block until the run leaves 'running'/'created' (or the timeout); returns its row."""
+        end = time.monotonic() + timeout_s
+        while True:
+            run = self.store.get_run(run_id)
+            if run.status not in ("running", "created") or time.monotonic() > end:
+                return run
+            time.sleep(0.05)
+
+    # --- main loop ------------------------------------------------------------------------------
+
+    def _main_loop(self) -> None:
+        last_flush = time.monotonic()
+        while not self._shutdown.is_set():
+            try:
+                self._drain_commands()
+                try:
+                    item: Inbound | None = self.inbound.get(timeout=0.05)
+                except queue.Empty:
+                    item = None
+                while item is not None:
+                    self._handle(item)
+                    try:
+                        item = self.inbound.get_nowait()
+                    except queue.Empty:
+                        item = None
+                    self._tick()
+                self._tick()
+                if time.monotonic() - last_flush > 2.0:
+                    self.registry.flush()
+                    last_flush = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - the loop must survive; the run fails loudly
+                log.exception("coordinator main loop error")
+                self._fail_active(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                command, run_id = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command == "start":
+                self._begin_run(run_id)
+            elif command == "stop":
+                self._stop_active(run_id)
+
+    # --- inbound --------------------------------------------------------------------------------
+
+    def _handle(self, item: Inbound) -> None:
+        if item.kind == "invalid":
+            self.counters["invalid_messages"] += 1
+            if self._execution is not None:
+                self._execution.counters["invalid"] += 1
+            log.warning("dropped undecodable message on %s: %s", item.topic, item.error)
+            return
+        if item.kind != "message" or item.decoded is None:
+            return
+        msg, envelope = item.decoded.message, item.decoded.envelope
+        if isinstance(msg, Status):
+            if item.topic != topics.status(msg.device_id):
+                self.counters["misrouted"] += 1
+                return
+            at = envelope.timestamp_ms / 1000.0 if item.retained else item.received_at
+            self.registry.status(msg.device_id, msg.state, min(at, item.received_at), item.size)
+        elif isinstance(msg, Register):
+            if item.topic != topics.register(msg.device_id):
+                self.counters["misrouted"] += 1
+                return
+            self.registry.register(msg.device_id, msg.capabilities, msg.sample_count, item.size)
+        elif isinstance(msg, Update):
+            self._handle_update(msg, item)
+        else:
+            self.counters["unexpected_messages"] += 1
+
+    def _handle_update(self, update: Update, item: Inbound) -> None:
+        if item.topic != topics.update(update.run_id, update.device_id):
+            self.counters["misrouted"] += 1
+            return
+        self.registry.seen(update.device_id, bytes_up=item.size)
+        ex = self._execution
+        if ex is None or ex.run_id != update.run_id:
+            verdict = Verdict("stale", f"run {update.run_id} is not active")
+            self.counters["ignored_other_run"] += 1
+            if ex is not None:
+                ex.counters["ignored_other_run"] += 1
+        elif ex.collector is None:
+            verdict = Verdict("stale", "no round is open")
+            ex.counters["stale"] += 1
+        else:
+            verdict = ex.collector.offer(update, item.size)
+            ex.counters[verdict.kind] += 1
+        if verdict.kind == "invalid":
+            log.warning("rejected update from %s for round %s: %s", update.device_id, update.server_round,
+                        verdict.detail)
+            return
+        ack = Ack(update.run_id, update.server_round, update.device_id, verdict.ack_ok, verdict.detail)
+        self._publish(topics.ack(update.run_id, update.device_id), encode_message(ack, self._key, seq=self._next_seq()),
+                      topics.QOS_ACK)
+
+    # --- runs -----------------------------------------------------------------------------------
+
+    def _begin_run(self, run_id: str) -> None:
+        try:
+            config = RunConfig.model_validate(self.store.get_run(run_id).config)
+            spec = get_model_spec(config.model)
+            strategy = FedStrategy(spec, config.strategy_config())
+            state = strategy.initialize(config.seed)
+            evaluator = HeldOutEvaluator(spec, config.eval, config.seed) if config.eval else None
+        except Exception as exc:  # noqa: BLE001 - any set-up failure fails the run with its reason
+            self._finish(run_id, "failed", f"cannot start: {type(exc).__name__}: {exc}")
+            return
+        self._execution = RunExecution(run_id, config, strategy, state, np.random.default_rng(config.seed),
+                                       evaluator)
+        self.store.save_model(run_id, 0, state.params, state.masks)
+        log.info("run %s started", run_id)
+
+    def _eligible(self, config: RunConfig) -> list[str]:
+        online = self.registry.online_ids()
+        f = config.select
+        if f is None:
+            return online
+        out = []
+        for device_id in online:
+            caps = self.registry.capabilities(device_id)
+            if f.min_cores is not None and caps.get("cores", 0) < f.min_cores:
+                continue
+            if f.min_memory_mb is not None and caps.get("memory_mb", 0) < f.min_memory_mb:
+                continue
+            if f.arch is not None and caps.get("arch") != f.arch:
+                continue
+            out.append(device_id)
+        return out
+
+    def _tick(self) -> None:
+        ex = self._execution
+        if ex is None:
+            return
+        now = time.time()
+        if ex.phase == "waiting":
+            self._try_begin_round(ex, now)
+            return
+        collector = ex.collector
+        assert collector is not None
+        if collector.complete or (now >= ex.deadline and len(collector.accepted) >= ex.config.quorum):
+            self._close_round(ex)
+        elif now >= ex.deadline:
+            self._retry_round(ex, now)
+
+    def _try_begin_round(self, ex: RunExecution, now: float) -> None:
+        c = ex.config
+        eligible = self._eligible(c)
+        need = c.clients_per_round if ex.server_round > 0 else max(c.clients_per_round, c.min_devices or 0)
+        if len(eligible) < need:
+            if now - ex.phase_since > c.device_wait_s:
+                self._finish(ex.run_id, "failed", f"only {len(eligible)} eligible devices online after "
+                             f"{c.device_wait_s:.0f} s; round {ex.server_round + 1} needs {need}")
+            return
+        r = ex.server_round + 1
+        plan = ex.strategy.configure_round(r, ex.state, list(range(len(eligible))), ex.rng)
+        selected = tuple(eligible[i] for i in plan.clients)
+        ex.round_started = now
+        ex.retries = 0
+        ex.collector = RoundCollector(ex.run_id, r, selected, ex.strategy.begin_aggregation(ex.state))
+        ex.broadcast = encode_message(model_broadcast(ex.run_id, r, ex.state.params, ex.state.masks), self._key,
+                                      seq=self._next_seq())
+        ex.phase, ex.phase_since = "collecting", now
+        ex.readjust_fraction, ex.prox_mu = plan.readjust_fraction, plan.prox_mu
+        self._send_round(ex, selected, new_devices=selected)
+
+    def _send_round(self, ex: RunExecution, selected: tuple[str, ...], new_devices: tuple[str, ...]) -> None:
+        c, r = ex.config, ex.server_round + 1
+        self._publish(topics.model(ex.run_id), ex.broadcast, topics.QOS_MODEL)
+        ex.deadline = time.time() + c.round_timeout_s
+        fraction = ex.readjust_fraction
+        task = Task(ex.run_id, r, selected, model_round=r, local_epochs=c.local_epochs, batch_size=c.batch_size,
+                    lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                    prox_mu=ex.prox_mu,
+                    readjust=fraction > 0, alpha=fraction, deadline_unix=ex.deadline, seed=c.seed,
+                    model_name=c.model)
+        task_bytes = encode_message(task, self._key, seq=self._next_seq())
+        self._publish(topics.task(ex.run_id), task_bytes, topics.QOS_TASK)
+        ex.download_bytes += len(ex.broadcast) * len(new_devices)
+        self.registry.add_bytes_down(new_devices, len(ex.broadcast) + len(task_bytes))
+
+    def _retry_round(self, ex: RunExecution, now: float) -> None:
+        collector = ex.collector
+        assert collector is not None
+        if ex.retries >= ex.config.max_round_retries:
+            self._finish(ex.run_id, "failed", f"round {collector.server_round}: {len(collector.accepted)} of "
+                         f"{len(collector.selected)} updates by the deadline, quorum {ex.config.quorum}, "
+                         f"after {ex.retries} retries")
+            return
+        ex.retries += 1
+        ex.counters["round_retries"] += 1
+        missing = [d for d in collector.selected if d not in collector.accepted]
+        spare = [d for d in self._eligible(ex.config) if d not in collector.selected]
+        replace_count = min(len(missing), len(spare))
+        extra = tuple(sorted(ex.rng.choice(np.asarray(spare), size=replace_count, replace=False).tolist())
+                      if replace_count else ())
+        collector.selected = collector.selected + extra
+        log.warning("round %s missed its quorum; retry %s with %s extra devices", collector.server_round,
+                    ex.retries, len(extra))
+        self._send_round(ex, collector.selected, new_devices=extra)
+
+    def _close_round(self, ex: RunExecution) -> None:
+        collector = ex.collector
+        assert collector is not None
+        new_state, metrics = collector.aggregation.finish()
+        assert new_state is not None  # a round closes only with >= quorum >= 1 accepted updates
+        r = collector.server_round
+        ex.state, ex.server_round, ex.collector = new_state, r, None
+        ex.upload_bytes += collector.upload_bytes
+        for device_id in collector.accepted:
+            self.registry.round_done(device_id)
+        record: dict[str, Any] = {
+            "round": r, "accuracy": None, "global_accuracy": None, "upload_bytes": ex.upload_bytes,
+            "download_bytes": ex.download_bytes, "density": density(new_state.masks),
+            "train_loss": metrics.get("train_loss", 0.0), "seconds": time.time() - ex.round_started,
+            "selected": list(collector.selected), "accepted": sorted(collector.accepted),
+            "ignored": {k: v for k, v in collector.counts.items() if k != "accepted"},
+            "retries": ex.retries,
+        }
+        if ex.evaluator is not None and (r % ex.evaluator.every == 0 or r == ex.config.rounds):
+            record["accuracy"], record["global_accuracy"] = ex.evaluator.evaluate(new_state.params)
+        self.store.save_model(ex.run_id, r, new_state.params, new_state.masks)
+        self.store.add_round(ex.run_id, record)
+        self.store.set_run_counters(ex.run_id, ex.counters)
+        self.registry.flush()
+        if r >= ex.config.rounds:
+            self._finish(ex.run_id, "completed")
+        else:
+            ex.phase, ex.phase_since = "waiting", time.time()
+            self._try_begin_round(ex, time.time())
+
+    def _stop_active(self, run_id: str) -> None:
+        ex = self._execution
+        server_round = ex.server_round + 1 if ex is not None else 0
+        abort = Abort(run_id, server_round, "stopped by operator")
+        self._publish(topics.control(run_id), encode_message(abort, self._key, seq=self._next_seq()),
+                      topics.QOS_CONTROL)
+        self._finish(run_id, "stopped", "stopped by operator")
+
+    def _fail_active(self, reason: str) -> None:
+        with self._lock:
+            active = self._active_id
+        if active is not None:
+            self._finish(active, "failed", reason)
+
+    def _finish(self, run_id: str, status: str, error: str | None = None) -> None:
+        ex = self._execution
+        if ex is not None and ex.run_id == run_id:
+            self.store.set_run_counters(run_id, ex.counters)
+            self._execution = None
+        self.store.set_run_status(run_id, status, error)
+        with self._lock:
+            if self._active_id == run_id:
+                self._active_id = None
+        log.info("run %s %s%s", run_id, status, f": {error}" if error else "")
+
+    # --- publishing -----------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _publish(self, topic: str, data: bytes, qos: int) -> None:
+        result = self.link.publish(topic, data, qos=qos)
+        if not result.ok:
+            self.counters["publish_failures"] += 1
+            log.warning("publish on %s failed (%s); paho retries on reconnect", topic, result.detail)

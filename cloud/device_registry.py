@@ -1,0 +1,99 @@
+"""The coordinator's view of its devices: status, last seen, capabilities, rounds done, bytes.
+
+A device is *online* when its last status is ``online`` or ``busy`` and it was seen (any message)
+within ``3 x heartbeat_s``. Retained status messages (delivered when the coordinator subscribes)
+count as seen at their envelope timestamp, so a device that died while the coordinator was down
+is not mistaken for a live one. Thread-safe: the main loop writes, the API reads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, replace
+
+from cloud.store import CoordinatorStore, DeviceRow
+from protocol import Capabilities
+
+ONLINE_STATES = ("online", "busy")
+
+
+class DeviceRegistry:
+    def __init__(self, store: CoordinatorStore, heartbeat_s: float):
+        self.store = store
+        self.heartbeat_s = heartbeat_s
+        self._lock = threading.Lock()
+        self._devices: dict[str, DeviceRow] = {row.id: row for row in store.load_devices()}
+        self._dirty: set[str] = set()
+
+    def _get(self, device_id: str) -> DeviceRow:
+        row = self._devices.get(device_id)
+        if row is None:
+            row = self._devices[device_id] = DeviceRow(device_id, {}, 0, "offline", 0.0, 0, 0, 0)
+        self._dirty.add(device_id)
+        return row
+
+    def seen(self, device_id: str, at: float | None = None, bytes_up: int = 0) -> None:
+        """Any message from the device (``at``: when it was sent, default now)."""
+        with self._lock:
+            row = self._get(device_id)
+            row.last_seen = max(row.last_seen, time.time() if at is None else at)
+            row.bytes_up += bytes_up
+
+    def register(self, device_id: str, capabilities: Capabilities, sample_count: int, bytes_up: int) -> None:
+        with self._lock:
+            row = self._get(device_id)
+            row.capabilities = asdict(capabilities)
+            row.sample_count = sample_count
+            row.last_seen = time.time()
+            row.bytes_up += bytes_up
+            if row.state == "offline":
+                row.state = "online"  # a register is sent right after connecting
+        self.flush()
+
+    def status(self, device_id: str, state: str, at: float, bytes_up: int) -> None:
+        with self._lock:
+            row = self._get(device_id)
+            changed = row.state != state
+            row.state = state
+            row.last_seen = max(row.last_seen, at)
+            row.bytes_up += bytes_up
+        if changed:
+            self.flush()
+
+    def add_bytes_down(self, device_ids: list[str] | tuple[str, ...], nbytes: int) -> None:
+        with self._lock:
+            for device_id in device_ids:
+                self._get(device_id).bytes_down += nbytes
+
+    def round_done(self, device_id: str) -> None:
+        with self._lock:
+            self._get(device_id).rounds_done += 1
+
+    def is_online(self, row: DeviceRow, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return row.state in ONLINE_STATES and now - row.last_seen <= 3 * self.heartbeat_s
+
+    def online_ids(self, now: float | None = None) -> list[str]:
+        """Sorted ids of the devices online now."""
+        with self._lock:
+            return sorted(d.id for d in self._devices.values() if self.is_online(d, now))
+
+    def snapshot(self) -> list[tuple[DeviceRow, bool]]:
+        """Copies of every device with its online flag, sorted by id."""
+        now = time.time()
+        with self._lock:
+            return [(replace(d), self.is_online(d, now)) for d in sorted(self._devices.values(), key=lambda d: d.id)]
+
+    def capabilities(self, device_id: str) -> dict:
+        with self._lock:
+            row = self._devices.get(device_id)
+            return dict(row.capabilities) if row else {}
+
+    def flush(self) -> None:
+        """Persist devices changed since the last flush."""
+        with self._lock:
+            rows = [replace(self._devices[d]) for d in self._dirty]
+            self._dirty.clear()
+        for row in rows:
+            self.store.save_device(row)

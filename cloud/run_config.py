@@ -1,0 +1,119 @@
+"""``RunConfig``: the validated body of ``POST /api/runs`` (pydantic; bad values give clear 422s).
+
+Field names and defaults follow ``feddst simulate`` (the paper's setting), so a run config and a
+``SimulationConfig`` with the same values train the same model. ``eval`` optionally names a
+held-out dataset and the partition used to report ``accuracy`` (mean over all clients of the
+global model's local-test accuracy, exactly as ``Simulation.evaluate``) and ``global_accuracy``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from feddst_core.models import MODELS
+from feddst_core.strategies import StrategyConfig
+from feddst_core.training import TrainConfig
+
+Algorithm = Literal["feddst", "fedavg", "fedavgm", "fedprox", "randommask"]
+
+
+class EvalConfig(BaseModel):
+    """Held-out evaluation: the dataset and partition flags of ``feddst simulate``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Literal["digits", "mnist", "cifar10", "npz"] = "digits"
+    data_dir: str | None = None
+    partition: Literal["pathological", "dirichlet", "iid"] = "pathological"
+    clients: int = Field(400, ge=1, description="Number of clients of the partition (devices I/N use N).")
+    classes_per_client: int = Field(2, ge=1)
+    samples_per_class: int = Field(20, ge=1)
+    beta: float = Field(0.1, gt=0)
+    eval_every: int = Field(10, ge=1, description="Evaluate every N rounds and after the last one.")
+
+    @model_validator(mode="after")
+    def _data_dir_needed(self) -> EvalConfig:
+        if self.dataset != "digits" and not self.data_dir:
+            raise ValueError(f"eval dataset {self.dataset} needs data_dir")
+        return self
+
+
+class CapabilityFilter(BaseModel):
+    """Only devices meeting every given bound are eligible for selection."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_cores: int | None = Field(None, ge=1)
+    min_memory_mb: int | None = Field(None, ge=1)
+    arch: str | None = None
+
+
+class RunConfig(BaseModel):
+    """One federated run. Defaults are the paper's MNIST setting, except the model (digits_cnn)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str = Field("", max_length=200, description="Free-text label.")
+    algorithm: Algorithm = "feddst"
+    model: str = Field("digits_cnn", description="Model name (digits_cnn, mnist_cnn, cifar10_cnn).")
+    sparsity: float = Field(0.8, ge=0.0, lt=1.0)
+    distribution: Literal["uniform", "er", "erk"] = "erk"
+    mask_init: Literal["magnitude", "random"] = "magnitude"
+    readjust_ratio: float = Field(0.01, ge=0.0, le=1.0, description="alpha")
+    readjust_every: int = Field(10, ge=1, description="R_adj")
+    readjust_until: int | None = Field(None, ge=0, description="T_end; default rounds // 2")
+    prox_mu: float = Field(0.0, ge=0.0)
+    server_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="fedavgm only")
+    min_votes: int = Field(1, ge=1)
+    clients_per_round: int = Field(20, ge=1)
+    rounds: int = Field(200, ge=1)
+    local_epochs: int = Field(10, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.01, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.001, ge=0.0)
+    seed: int = Field(0, ge=0, lt=2**63)
+    round_timeout_s: float = Field(60.0, gt=0.0, description="Deadline of a round after its task is sent.")
+    quorum: int = Field(1, ge=1, description="Replies needed to close a round at its deadline.")
+    max_round_retries: int = Field(2, ge=0, description="Retries of a round that missed its quorum.")
+    min_devices: int | None = Field(None, ge=1, description="Eligible devices required before round 1 "
+                                    "(default clients_per_round).")
+    device_wait_s: float = Field(120.0, gt=0.0, description="How long a round waits for enough devices.")
+    select: CapabilityFilter | None = None
+    eval: EvalConfig | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODELS:
+            raise ValueError(f"unknown model {value!r}; choose one of {', '.join(sorted(MODELS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.quorum > self.clients_per_round:
+            raise ValueError(f"quorum ({self.quorum}) exceeds clients_per_round ({self.clients_per_round})")
+        return self
+
+    @property
+    def t_end(self) -> int:
+        return self.readjust_until if self.readjust_until is not None else self.rounds // 2
+
+    def strategy_config(self) -> StrategyConfig:
+        return StrategyConfig(
+            algorithm=self.algorithm, sparsity=self.sparsity, distribution=self.distribution,
+            mask_init=self.mask_init, readjust_ratio=self.readjust_ratio, readjust_every=self.readjust_every,
+            readjust_until=self.t_end, prox_mu=self.prox_mu, server_momentum=self.server_momentum,
+            min_votes=self.min_votes, clients_per_round=self.clients_per_round)
+
+    def train_config(self, prox_mu: float) -> TrainConfig:
+        return TrainConfig(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                           batch_size=self.batch_size, local_epochs=self.local_epochs, prox_mu=prox_mu)
+
+    def report_config(self) -> dict:
+        """The ``config`` object of report.json (readjust_until resolved, as the simulator does)."""
+        data = self.model_dump(mode="json")
+        data["readjust_until"] = self.t_end
+        return data

@@ -1,0 +1,86 @@
+"""Response schemas of the REST API (request schema: :class:`cloud.run_config.RunConfig`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from cloud.store import DeviceRow, RunRow
+
+
+class RoundOut(BaseModel):
+    """One completed round: the report.json row fields plus diagnostics. Bytes are cumulative."""
+
+    round: int
+    accuracy: float | None = None
+    global_accuracy: float | None = None
+    upload_bytes: int
+    download_bytes: int
+    density: float
+    train_loss: float | None = None
+    seconds: float | None = None
+    selected: list[str] = Field(default_factory=list)
+    accepted: list[str] = Field(default_factory=list)
+    ignored: dict[str, int] = Field(default_factory=dict)
+    retries: int = 0
+
+
+class RunSummaryOut(BaseModel):
+    id: str
+    name: str
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    rounds_done: int | None = Field(None, description="Rounds completed (the current model's round).")
+
+    @classmethod
+    def from_row(cls, row: RunRow) -> RunSummaryOut:
+        return cls(id=row.id, name=row.name, status=row.status, created_at=row.created_at,
+                   started_at=row.started_at, finished_at=row.finished_at, error=row.error,
+                   rounds_done=row.model_round)
+
+
+class RunDetailOut(RunSummaryOut):
+    config: dict[str, Any]
+    counters: dict[str, int] = Field(default_factory=dict,
+                                     description="accepted, duplicate, stale, unselected, invalid, ...")
+    rounds: list[RoundOut]
+    final_accuracy: float | None = None
+    total_upload_bytes: int = 0
+    total_download_bytes: int = 0
+
+    @classmethod
+    def from_parts(cls, row: RunRow, rounds: list[dict[str, Any]]) -> RunDetailOut:
+        evaluated = [r for r in rounds if r.get("accuracy") is not None]
+        return cls(**RunSummaryOut.from_row(row).model_dump(), config=row.config, counters=row.counters,
+                   rounds=[RoundOut(**r) for r in rounds],
+                   final_accuracy=evaluated[-1]["accuracy"] if evaluated else None,
+                   total_upload_bytes=rounds[-1]["upload_bytes"] if rounds else 0,
+                   total_download_bytes=rounds[-1]["download_bytes"] if rounds else 0)
+
+
+class DeviceOut(BaseModel):
+    id: str
+    status: str = Field(description="online | offline")
+    state: str = Field(description="last reported state: online | busy | offline")
+    last_seen: float = Field(description="Unix time of the last message from the device")
+    capabilities: dict[str, Any]
+    sample_count: int
+    rounds_done: int
+    bytes_up: int
+    bytes_down: int
+
+    @classmethod
+    def from_row(cls, row: DeviceRow, online: bool) -> DeviceOut:
+        return cls(id=row.id, status="online" if online else "offline", state=row.state, last_seen=row.last_seen,
+                   capabilities=row.capabilities, sample_count=row.sample_count, rounds_done=row.rounds_done,
+                   bytes_up=row.bytes_up, bytes_down=row.bytes_down)
+
+
+class HealthOut(BaseModel):
+    status: str
+    broker_connected: bool
+    active_run: str | None

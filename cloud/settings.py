@@ -1,0 +1,92 @@
+"""``CloudSettings``: every start-up knob of ``feddst cloud serve``, validated once.
+
+Sources, highest priority first: explicit keyword arguments (CLI flags), environment variables
+(prefix ``FEDDST_CLOUD_``, e.g. ``FEDDST_CLOUD_BROKER_URL``), then an optional JSON or TOML
+config file. Secrets (``mqtt_password``, keys) have no default values.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from protocol import DEFAULT_MAX_PACKET
+
+
+class CloudSettings(BaseSettings):
+    """Coordinator configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDDST_CLOUD_", extra="forbid")
+
+    broker_url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port (mqtts:// for TLS).")
+    mqtt_username: str | None = Field("coordinator", description="MQTT user name (None: anonymous).")
+    mqtt_password: SecretStr | None = Field(None, description="MQTT password; no default value.")
+    mqtt_protocol: Literal["3.1.1", "5"] = Field(
+        "3.1.1", description="MQTT protocol version (3.1.1 works with mosquitto and the embedded amqtt broker).")
+    mqtt_client_id: str = "coordinator"
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8080, ge=0, le=65535)
+    state_dir: Path = Path("cloud-state")
+    heartbeat_s: float = Field(5.0, gt=0, description="Device heartbeat period; online = seen within 3x.")
+    max_packet: int = Field(DEFAULT_MAX_PACKET, ge=1024, description="Largest MQTT payload before chunking.")
+    device_keys_file: Path | None = Field(
+        None, description="JSON object device id -> hex HMAC key; when set, updates must be authenticated.")
+    coordinator_key_hex: SecretStr | None = Field(
+        None, description="Hex HMAC key the coordinator signs its messages with (optional).")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str) -> str:
+        url = urlparse(value)
+        if url.scheme not in ("mqtt", "mqtts", "tcp") or not url.hostname:
+            raise ValueError(f"broker URL must look like mqtt://host:port, got {value!r}")
+        return value
+
+    @property
+    def broker_host(self) -> str:
+        return urlparse(self.broker_url).hostname or "127.0.0.1"
+
+    @property
+    def broker_port(self) -> int:
+        url = urlparse(self.broker_url)
+        return url.port or (8883 if url.scheme == "mqtts" else 1883)
+
+    @property
+    def broker_tls(self) -> bool:
+        return urlparse(self.broker_url).scheme == "mqtts"
+
+    def device_keys(self) -> dict[str, bytes] | None:
+        """Device id -> HMAC key from ``device_keys_file`` (None when keys are not configured)."""
+        if self.device_keys_file is None:
+            return None
+        raw = json.loads(self.device_keys_file.read_text())
+        return {str(device): bytes.fromhex(str(key)) for device, key in raw.items()}
+
+    def coordinator_key(self) -> bytes | None:
+        return bytes.fromhex(self.coordinator_key_hex.get_secret_value()) if self.coordinator_key_hex else None
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> CloudSettings:
+        """Settings from flags (``overrides``, None values skipped) > environment > config file."""
+        file_values: dict[str, Any] = {}
+        if config_file is not None:
+            text = config_file.read_text()
+            file_values = tomllib.loads(text) if config_file.suffix == ".toml" else json.loads(text)
+        flags = {k: v for k, v in overrides.items() if v is not None}
+        env_set = cls._env_names()
+        merged = {k: v for k, v in file_values.items() if k not in env_set}
+        merged.update(flags)
+        return cls(**merged)
+
+    @classmethod
+    def _env_names(cls) -> set[str]:
+        import os
+
+        prefix = cls.model_config.get("env_prefix", "")
+        return {name for name in cls.model_fields if f"{prefix}{name}".upper() in os.environ}

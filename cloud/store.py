@@ -1,0 +1,197 @@
+"""Durable state of the coordinator: SQLite (runs, rounds, devices) + one safetensors file per round.
+
+Layout of ``state_dir``::
+
+    coordinator.sqlite3                         runs, rounds, devices
+    models/<run_id>/round-00012.safetensors     global model after round 12 (and round-00000: initial)
+
+Model files hold every parameter under its own name plus each mask as ``<name>.mask`` (bool);
+they are written atomically (temp file + ``os.replace``). All methods are thread-safe (one
+connection guarded by a lock); a restarted coordinator sees every past run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from cloud.errors import ModelNotAvailableError, RunNotFoundError
+
+RUN_STATUSES = ("created", "running", "completed", "stopped", "failed", "interrupted")
+MASK_SUFFIX = ".mask"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, config TEXT NOT NULL, status TEXT NOT NULL,
+    created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT,
+    model_round INTEGER, counters TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, record TEXT NOT NULL, PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY, capabilities TEXT NOT NULL DEFAULT '{}', sample_count INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'offline', last_seen REAL NOT NULL DEFAULT 0,
+    rounds_done INTEGER NOT NULL DEFAULT 0, bytes_up INTEGER NOT NULL DEFAULT 0,
+    bytes_down INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+@dataclass
+class RunRow:
+    id: str
+    name: str
+    config: dict[str, Any]
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    model_round: int | None
+    counters: dict[str, int]
+
+
+@dataclass
+class DeviceRow:
+    id: str
+    capabilities: dict[str, Any]
+    sample_count: int
+    state: str
+    last_seen: float
+    rounds_done: int
+    bytes_up: int
+    bytes_down: int
+
+
+class CoordinatorStore:
+    """Runs, rounds and devices in SQLite; global models as safetensors files."""
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.state_dir / "coordinator.sqlite3", check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _execute(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- runs -------------------------------------------------------------------------------------
+
+    def create_run(self, run_id: str, name: str, config: Mapping[str, Any]) -> RunRow:
+        self._execute("INSERT INTO runs (id, name, config, status, created_at) VALUES (?, ?, ?, 'created', ?)",
+                      (run_id, name, json.dumps(config), time.time()))
+        return self.get_run(run_id)
+
+    def get_run(self, run_id: str) -> RunRow:
+        rows = self._execute("SELECT id, name, config, status, created_at, started_at, finished_at, error, "
+                             "model_round, counters FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise RunNotFoundError(f"no run {run_id!r}")
+        return self._run_row(rows[0])
+
+    def list_runs(self) -> list[RunRow]:
+        rows = self._execute("SELECT id, name, config, status, created_at, started_at, finished_at, error, "
+                             "model_round, counters FROM runs ORDER BY created_at, id")
+        return [self._run_row(r) for r in rows]
+
+    @staticmethod
+    def _run_row(r: tuple) -> RunRow:
+        return RunRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], json.loads(r[9]))
+
+    def set_run_status(self, run_id: str, status: str, error: str | None = None) -> None:
+        assert status in RUN_STATUSES, status
+        now = time.time()
+        if status == "running":
+            self._execute("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?) WHERE id = ?",
+                          (status, now, run_id))
+        elif status in ("completed", "stopped", "failed", "interrupted"):
+            self._execute("UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
+                          (status, now, error, run_id))
+        else:
+            self._execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
+
+    def mark_unfinished_runs_interrupted(self) -> list[str]:
+        """At start-up: runs left 'running' by a previous process become 'interrupted'."""
+        ids = [r[0] for r in self._execute("SELECT id FROM runs WHERE status = 'running'")]
+        for run_id in ids:
+            self.set_run_status(run_id, "interrupted", "coordinator restarted during the run")
+        return ids
+
+    def set_run_counters(self, run_id: str, counters: Mapping[str, int]) -> None:
+        self._execute("UPDATE runs SET counters = ? WHERE id = ?", (json.dumps(dict(counters)), run_id))
+
+    # --- rounds -----------------------------------------------------------------------------------
+
+    def add_round(self, run_id: str, record: Mapping[str, Any]) -> None:
+        self._execute("INSERT OR REPLACE INTO rounds (run_id, round, record) VALUES (?, ?, ?)",
+                      (run_id, int(record["round"]), json.dumps(dict(record))))
+
+    def rounds(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._execute("SELECT record FROM rounds WHERE run_id = ? ORDER BY round", (run_id,))
+        return [json.loads(r[0]) for r in rows]
+
+    # --- models -----------------------------------------------------------------------------------
+
+    def model_path(self, run_id: str, server_round: int) -> Path:
+        return self.state_dir / "models" / run_id / f"round-{server_round:05d}.safetensors"
+
+    def save_model(self, run_id: str, server_round: int, params: Mapping[str, torch.Tensor],
+                   masks: Mapping[str, torch.Tensor]) -> Path:
+        """Write the global model of ``server_round`` atomically and make it the run's current model."""
+        tensors = {name: t.detach().contiguous().cpu() for name, t in params.items()}
+        tensors.update({name + MASK_SUFFIX: m.to(torch.bool).contiguous().cpu() for name, m in masks.items()})
+        path = self.model_path(run_id, server_round)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(save_safetensors(tensors, metadata={"run_id": run_id, "round": str(server_round)}))
+        os.replace(tmp, path)
+        self._execute("UPDATE runs SET model_round = ? WHERE id = ?", (server_round, run_id))
+        return path
+
+    def model_file(self, run_id: str) -> Path:
+        """The current global model file of a run (raises if the run has none yet)."""
+        run = self.get_run(run_id)
+        if run.model_round is None or not self.model_path(run_id, run.model_round).exists():
+            raise ModelNotAvailableError(f"run {run_id!r} has no global model yet")
+        return self.model_path(run_id, run.model_round)
+
+    def load_model(self, run_id: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(params, masks) of the run's current global model."""
+        tensors = load_safetensors(self.model_file(run_id).read_bytes())
+        params = {n: t for n, t in tensors.items() if not n.endswith(MASK_SUFFIX)}
+        masks = {n[: -len(MASK_SUFFIX)]: t for n, t in tensors.items() if n.endswith(MASK_SUFFIX)}
+        return params, masks
+
+    # --- devices ----------------------------------------------------------------------------------
+
+    def save_device(self, row: DeviceRow) -> None:
+        self._execute(
+            "INSERT OR REPLACE INTO devices (id, capabilities, sample_count, state, last_seen, rounds_done, "
+            "bytes_up, bytes_down) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.id, json.dumps(row.capabilities), row.sample_count, row.state, row.last_seen, row.rounds_done,
+             row.bytes_up, row.bytes_down))
+
+    def load_devices(self) -> list[DeviceRow]:
+        rows = self._execute("SELECT id, capabilities, sample_count, state, last_seen, rounds_done, bytes_up, "
+                             "bytes_down FROM devices ORDER BY id")
+        return [DeviceRow(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
