@@ -79,14 +79,13 @@ def baseline_round(sim: Simulation, clients: list[int], server_round: int) -> No
 
 def training_gflop_per_round(spec: ModelSpec, images: int) -> float:
     """Dense FLOPs of forward + backward (3x forward) for ``images`` samples, in GFLOP."""
-    c, h, w = spec.input_shape
+    _, h, w = spec.input_shape
     flops = 0
     for layer in spec.layers:
         name = type(layer).__name__
         if name == "Conv":
             h, w = h - layer.kernel + 1, w - layer.kernel + 1  # type: ignore[union-attr]
             flops += 2 * h * w * layer.out_channels * layer.in_channels * layer.kernel ** 2  # type: ignore
-            c = layer.out_channels  # type: ignore[union-attr]
         elif name == "MaxPool":
             h, w = (h - layer.kernel) // layer.stride + 1, (w - layer.kernel) // layer.stride + 1  # type: ignore
         elif name == "Linear":

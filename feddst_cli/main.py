@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from feddst_cli import simulate_command
+from feddst_cli import agent_command, simulate_command
 
 app = typer.Typer(
     name="feddst",
@@ -33,6 +33,7 @@ def main(
 
 
 app.command("simulate")(simulate_command.simulate)
+app.add_typer(agent_command.app, name="agent")
 
 if __name__ == "__main__":
     app()

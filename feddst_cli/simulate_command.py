@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -14,20 +14,20 @@ ALGO = "Algorithm"
 RUN = "Run"
 
 
-class DatasetName(str, Enum):
+class DatasetName(StrEnum):
     digits = "digits"
     mnist = "mnist"
     cifar10 = "cifar10"
     npz = "npz"
 
 
-class PartitionName(str, Enum):
+class PartitionName(StrEnum):
     pathological = "pathological"
     dirichlet = "dirichlet"
     iid = "iid"
 
 
-class AlgorithmName(str, Enum):
+class AlgorithmName(StrEnum):
     feddst = "feddst"
     fedavg = "fedavg"
     fedavgm = "fedavgm"

@@ -84,9 +84,10 @@ class MosquittoBroker:
         self.process = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=log)
         try:
             wait_for_port(self.port)
-        except TimeoutError:
+        except TimeoutError as exc:
             self.stop()
-            raise RuntimeError(f"mosquitto did not start; log: {(self.workdir / 'mosquitto.log').read_text()}")
+            log_text = (self.workdir / "mosquitto.log").read_text()
+            raise RuntimeError(f"mosquitto did not start; log: {log_text}") from exc
         return self
 
     def stop(self) -> None:

@@ -1,0 +1,97 @@
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from feddst_cli.main import app
+
+SMALL = ["--dataset", "digits", "--clients", "12", "--clients-per-round", "4", "--samples-per-class", "10",
+         "--rounds", "4", "--local-epochs", "1", "--eval-every", "2", "--readjust-every", "2"]
+runner = CliRunner()
+
+
+def run(args):
+    return runner.invoke(app, ["simulate", *args])
+
+
+def test_writes_report_csv_and_plot(tmp_path):
+    result = run([*SMALL, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report) == {"algorithm", "config", "rounds", "final_accuracy", "total_upload_bytes",
+                           "total_download_bytes"}
+    assert report["algorithm"] == "feddst"
+    flags = {"dataset", "data_dir", "partition", "clients", "classes_per_client", "samples_per_class", "beta",
+             "clients_per_round", "rounds", "local_epochs", "batch_size", "lr", "momentum", "weight_decay",
+             "algorithm", "sparsity", "readjust_ratio", "readjust_every", "readjust_until", "prox_mu",
+             "server_momentum", "seed", "eval_every", "out"}
+    assert flags <= set(report["config"])
+    assert [r["round"] for r in report["rounds"]] == [2, 4]
+    for row in report["rounds"]:
+        assert set(row) == {"round", "accuracy", "global_accuracy", "upload_bytes", "download_bytes", "density"}
+        assert 0.0 <= row["accuracy"] <= 1.0
+    assert report["rounds"][0]["upload_bytes"] < report["rounds"][1]["upload_bytes"] == report["total_upload_bytes"]
+    assert abs(report["rounds"][-1]["density"] - 0.2) < 1e-3
+    with open(tmp_path / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["round"]) for r in rows] == [2, 4]
+    assert (tmp_path / "accuracy_vs_upload.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "final accuracy" in result.output
+
+
+def test_same_seed_same_report(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert run([*SMALL, "--out", str(a), "--seed", "3"]).exit_code == 0
+    assert run([*SMALL, "--out", str(b), "--seed", "3"]).exit_code == 0
+    assert run([*SMALL, "--out", str(c), "--seed", "4"]).exit_code == 0
+    ra, rb, rc = (json.loads((d / "report.json").read_text()) for d in (a, b, c))
+    ra["config"].pop("out"), rb["config"].pop("out"), rc["config"].pop("out")
+    assert ra == rb
+    assert ra["rounds"] != rc["rounds"]
+
+
+def test_dense_fedavg_uploads_about_five_times_feddst(tmp_path):
+    assert run([*SMALL, "--out", str(tmp_path / "d"), "--algorithm", "feddst"]).exit_code == 0
+    assert run([*SMALL, "--out", str(tmp_path / "f"), "--algorithm", "fedavg"]).exit_code == 0
+    sparse = json.loads((tmp_path / "d" / "report.json").read_text())["total_upload_bytes"]
+    dense = json.loads((tmp_path / "f" / "report.json").read_text())["total_upload_bytes"]
+    assert 0.15 < sparse / dense < 0.3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sparsity", "1.0"], "--sparsity must be in [0, 1)"),
+    (["--sparsity", "-0.2"], "--sparsity must be in [0, 1)"),
+    (["--clients-per-round", "50"], "--clients-per-round (50) must be between 1 and --clients (12)"),
+    (["--dataset", "imagenet"], "imagenet"),
+    (["--algorithm", "fedsgd"], "fedsgd"),
+    (["--dataset", "mnist"], "needs --data-dir"),
+])
+def test_bad_flags_give_clear_errors(tmp_path, args, message):
+    result = run([*SMALL, "--out", str(tmp_path / "x"), *args])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "x" / "report.json").exists()
+
+
+def test_missing_data_dir_is_a_clear_error_and_writes_nothing(tmp_path):
+    result = run(["--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "train-images-idx3-ubyte.gz" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_unsatisfiable_partition_is_explained(tmp_path):
+    result = run(["--dataset", "digits", "--out", str(tmp_path / "o")])  # 400 x 2 x 20 > digits
+    assert result.exit_code == 2
+    assert "pathological partition cannot be satisfied" in result.output
+
+
+def test_console_script_version_and_help():
+    out = subprocess.run([sys.executable, "-m", "feddst_cli.main", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("feddst ")
+    out = subprocess.run([sys.executable, "-m", "feddst_cli.main", "simulate", "--help"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and "--readjust-ratio" in out.stdout and "--clients-per-round" in out.stdout
