@@ -20,11 +20,26 @@ _F32 = struct.Struct("<f")
 _F64 = struct.Struct("<d")
 
 
+def as_byte_view(data: object) -> memoryview:
+    """A flat, read-only byte view of ``data`` (bytes, bytearray or any memoryview).
+
+    Non-contiguous or multi-dimensional memoryviews are copied into bytes first; anything that
+    is not bytes-like raises :class:`MalformedError`.
+    """
+    if isinstance(data, bytes | bytearray):
+        return memoryview(data).toreadonly()
+    if isinstance(data, memoryview):
+        if data.c_contiguous:
+            return data.cast("B").toreadonly() if data.ndim or data.format != "B" else data.toreadonly()
+        return memoryview(data.tobytes())
+    raise MalformedError(f"expected bytes, got {type(data).__name__}")
+
+
 class ByteReader:
     """A cursor over an immutable byte buffer; every read is bounds-checked."""
 
     def __init__(self, data: bytes | bytearray | memoryview, start: int = 0, end: int | None = None):
-        self.view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        self.view = as_byte_view(data)
         self.position = start
         self.end = len(self.view) if end is None else end
 

@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from protocol.binary import as_byte_view
 from protocol.errors import (
     AuthenticationError,
     ChecksumError,
@@ -139,6 +140,8 @@ def _resolve_key(key: KeySource, sender_id: str) -> bytes | None:
             found = None
     if found is None:
         raise AuthenticationError(f"no key for sender {sender_id!r}")
+    if not isinstance(found, bytes | bytearray):
+        raise AuthenticationError(f"key lookup for {sender_id!r} did not return bytes")
     return bytes(found)
 
 
@@ -150,9 +153,7 @@ def decode_envelope(data: bytes | bytearray | memoryview, key: KeySource = None,
     with the sender's key, else :class:`AuthenticationError`. With ``key=None`` the tag, if any,
     is not verified and ``authenticated`` is False.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise MalformedError(f"expected bytes, got {type(data).__name__}")
-    view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+    view = as_byte_view(data)
     size = len(view)
     if size > limits.max_message_bytes:
         raise LimitExceededError(f"message of {size} bytes exceeds limit {limits.max_message_bytes}")

@@ -143,3 +143,13 @@ def test_chunked_authenticated_message_round_trip():
 def test_max_packet_must_leave_room_for_a_piece():
     with pytest.raises(InvalidMessageError):
         split_into_chunks(b"x" * 100, CHUNK_HEADER_BYTES)
+
+
+def test_non_contiguous_and_non_bytes_packets():
+    import numpy as np
+
+    reassembler = ChunkReassembler()
+    with pytest.raises(ProtocolError):
+        reassembler.add(memoryview(np.zeros((4, 4))[:, ::2]))
+    with pytest.raises(ProtocolError):
+        reassembler.add("text")  # type: ignore[arg-type]

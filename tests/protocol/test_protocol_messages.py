@@ -244,3 +244,19 @@ def test_quantized_update_values_within_bound():
         from protocol import error_bound
 
         assert np.max(np.abs(decoded.tensors["w"].values - values)) <= error_bound(values, value_format)
+
+
+def test_any_bytes_like_input_is_accepted_or_refused_with_protocol_errors():
+    data = encode_message(sample_messages()[1])
+    as_column = memoryview(np.frombuffer(data, np.uint8).reshape(-1, 1))
+    assert decode_message(as_column) == sample_messages()[1]
+    assert decode_message(bytearray(data)) == sample_messages()[1]
+    for odd in (memoryview(np.zeros((4, 4))[:, ::2]), memoryview(data)[::2], None, 12, [1, 2]):
+        with pytest.raises(ProtocolError):
+            decode_message(odd)  # type: ignore[arg-type]
+
+
+def test_key_lookup_returning_non_bytes_is_an_authentication_error():
+    data = encode_message(Status("dev-1", "online"), KEY)
+    with pytest.raises(AuthenticationError):
+        decode_message(data, lambda sender: "not-bytes")  # type: ignore[arg-type,return-value]
