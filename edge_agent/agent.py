@@ -1,0 +1,421 @@
+"""The edge agent's main loop: register, heartbeat, and turn each task into one published update.
+
+Threads: paho's network thread (callbacks enqueue :mod:`edge_agent.mqtt_adapter` events), this
+main loop (the only code that changes agent state), and one daemon thread per training job
+(posts :class:`TrainingDone` back to the same queue). So a long training never stops heartbeats,
+acks or reconnects.
+
+Per round (the message-flow contract in ``docs/agent.md``): a ``Task`` selecting this device and
+the ``ModelBroadcast`` of its ``model_round`` may arrive in either order; once both are here and
+the (run, round) has not been handled before, training starts (a repeated task is handled once).
+The encoded update (per-device increasing seq, signed with ``--key-file``) is published, chunked
+when larger than ``--max-packet``, and the same bytes are re-published every ``ack_timeout_s``
+until the coordinator's ``Ack`` arrives or the task's deadline passes. Anything malformed,
+oversized, unauthenticated or on the wrong topic is logged, counted in :attr:`EdgeAgent.stats`,
+and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from edge_agent.capabilities import detect_capabilities
+from edge_agent.config import AgentSettings
+from edge_agent.data import LocalData
+from edge_agent.local_training import TrainingError, train_on_task
+from edge_agent.mqtt_adapter import DeviceLink, Inbound, LinkDown, LinkRefused, LinkUp
+from protocol import (
+    Abort,
+    Ack,
+    Capabilities,
+    ChunkReassembler,
+    Message,
+    ModelBroadcast,
+    ProtocolError,
+    Register,
+    Status,
+    Task,
+    Update,
+    decode_message_with_envelope,
+    encode_message,
+    split_into_chunks,
+    topics,
+)
+
+log = logging.getLogger("feddst.agent")
+
+RoundKey = tuple[str, int]  # (run id, server round)
+MODEL_CACHE_SIZE = 4
+HANDLED_MEMORY = 4096
+EXIT_OK, EXIT_FAILURE, EXIT_REFUSED = 0, 1, 3
+
+
+@dataclass(frozen=True)
+class TrainingDone:
+    """Posted by a training thread: the update, or the error that stopped it."""
+
+    task: Task
+    update: Update | None
+    error: str | None = None
+
+
+@dataclass
+class PendingUpload:
+    """An encoded update waiting for its Ack."""
+
+    topic: str
+    packets: list[bytes]
+    deadline_unix: float
+    next_send: float  # monotonic time of the next (re-)publish
+    sends: int = 0
+    acked: bool = False
+
+
+@dataclass
+class AgentState:
+    """Everything the main loop remembers between events (bounded)."""
+
+    models: OrderedDict[RoundKey, ModelBroadcast] = field(default_factory=OrderedDict)
+    waiting: dict[RoundKey, Task] = field(default_factory=dict)  # selected, model not here yet
+    ready: list[Task] = field(default_factory=list)  # model here, waiting for the trainer
+    handled: OrderedDict[RoundKey, None] = field(default_factory=OrderedDict)  # training started
+    uploads: dict[RoundKey, PendingUpload] = field(default_factory=dict)
+    aborted: dict[str, int] = field(default_factory=dict)  # run -> first aborted round
+    training: Task | None = None
+
+
+class EdgeAgent:
+    """One device's agent. Build it, then call :meth:`run` until ``stop`` is set.
+
+    ``key`` signs this device's messages; ``coordinator_key`` (optional) verifies the
+    coordinator's. ``clock`` is Unix time (deadlines); retries use ``time.monotonic``.
+    """
+
+    def __init__(self, settings: AgentSettings, data: LocalData, *, key: bytes | None = None,
+                 coordinator_key: bytes | None = None, capabilities: Capabilities | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.data = data
+        self.key = key
+        self.coordinator_key = coordinator_key
+        self.capabilities = capabilities or detect_capabilities()
+        self.clock = clock
+        self.device_id = settings.device_id
+        self.events: queue.Queue = queue.Queue()
+        self.state = AgentState()
+        self.stats: Counter[str] = Counter()
+        self._seq = time.time_ns() // 1000  # microseconds: increases across restarts too
+        self._reassembler = ChunkReassembler(timeout_s=120.0, max_pending_bytes=2 * settings.max_message_bytes,
+                                             max_message_bytes=settings.max_message_bytes)
+        self._next_heartbeat = 0.0
+        self._exit_code: int | None = None
+        self.link = DeviceLink(settings, self._encode(Status(self.device_id, "offline", "connection lost")),
+                               topics.status(self.device_id), self.events)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, stop: threading.Event) -> int:
+        """Connect and serve until ``stop`` is set (or a fatal refusal); returns the exit code."""
+        log.info("device %s: %d local samples (%s), broker %s", self.device_id, len(self.data), self.data.source,
+                 self.settings.broker_address.url)
+        self.link.start()
+        try:
+            while not stop.is_set() and self._exit_code is None:
+                try:
+                    event = self.events.get(timeout=0.2)
+                except queue.Empty:
+                    event = None
+                while event is not None:
+                    self._dispatch_guarded(event)
+                    try:
+                        event = self.events.get_nowait()
+                    except queue.Empty:
+                        event = None
+                self._tick()
+        finally:
+            self._shutdown()
+        return EXIT_OK if self._exit_code is None else self._exit_code
+
+    def _dispatch_guarded(self, event: object) -> None:
+        try:
+            self._dispatch(event)
+        except Exception:  # noqa: BLE001 - one bad event must not take the device offline
+            self.stats["internal_errors"] += 1
+            log.exception("error while handling %s; continuing", type(event).__name__)
+
+    def _dispatch(self, event: object) -> None:
+        if isinstance(event, Inbound):
+            self._on_packet(event.topic, event.payload)
+        elif isinstance(event, TrainingDone):
+            self._on_training_done(event)
+        elif isinstance(event, LinkUp):
+            self._on_link_up(event)
+        elif isinstance(event, LinkDown):
+            self.stats["disconnects"] += 1
+            log.warning("broker connection lost or unavailable (%s); reconnecting with backoff", event.reason)
+        elif isinstance(event, LinkRefused):
+            if event.permanent:
+                log.error("the broker refused the connection: %s", event.reason)
+                self._exit_code = EXIT_REFUSED
+            else:
+                log.warning("the broker refused the connection (%s); retrying", event.reason)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self.link.connected and now >= self._next_heartbeat:
+            self._publish_status("busy" if self.state.training else "online")
+        self._retry_uploads(now)
+        self._expire_waiting()
+        self._reassembler.expire()
+
+    def _shutdown(self) -> None:
+        """Publish a retained offline status (best effort) and disconnect cleanly."""
+        info = None
+        if self.link.connected:
+            info = self.link.publish(topics.status(self.device_id),
+                                     self._encode(Status(self.device_id, "offline", "stopped")),
+                                     topics.QOS_STATUS, retain=topics.RETAIN_STATUS)
+        if info is not None:
+            try:
+                info.wait_for_publish(timeout=3.0)
+            except (RuntimeError, ValueError) as exc:
+                log.debug("offline status not confirmed: %s", exc)
+        self.link.stop()
+        log.info("device %s stopped (%s)", self.device_id, dict(self.stats))
+
+    # ------------------------------------------------------------------ connection
+    def _on_link_up(self, event: LinkUp) -> None:
+        self.stats["connects"] += 1
+        log.info("connected to %s (session %s)", self.settings.broker_address.url,
+                 "resumed" if event.session_present else "new")
+        self.link.subscribe(topics.device_subscriptions(self.device_id))
+        self._publish_status("busy" if self.state.training else "online")
+        register = Register(self.device_id, self.capabilities, len(self.data))
+        self.link.publish(topics.register(self.device_id), self._encode(register), topics.QOS_REGISTER,
+                          retain=topics.RETAIN_REGISTER)
+        now = time.monotonic()
+        for upload in self.state.uploads.values():
+            upload.next_send = min(upload.next_send, now)  # resend what the drop may have lost
+
+    def _publish_status(self, state: str) -> None:
+        training = self.state.training
+        detail = f"training {training.run_id} round {training.server_round}" if training else ""
+        self.link.publish(topics.status(self.device_id), self._encode(Status(self.device_id, state, detail)),
+                          topics.QOS_STATUS, retain=topics.RETAIN_STATUS)
+        self._next_heartbeat = time.monotonic() + self.settings.heartbeat_s
+
+    def _encode(self, msg: Message) -> bytes:
+        self._seq += 1
+        return encode_message(msg, self.key, seq=self._seq)
+
+    # ------------------------------------------------------------------ inbound
+    def _drop(self, reason: str, topic: str, detail: object) -> None:
+        self.stats[f"dropped_{reason}"] += 1
+        log.warning("dropped a message on %s (%s): %s", topic, reason, detail)
+
+    def _on_packet(self, topic: str, payload: bytes) -> None:
+        limit = self.settings.max_message_bytes
+        if len(payload) > limit:
+            self._drop("oversized", topic, f"{len(payload)} bytes > limit {limit}")
+            return
+        try:
+            whole = self._reassembler.add(payload, source=topic)
+        except ProtocolError as exc:
+            self._drop("malformed", topic, exc)
+            return
+        if whole is None:
+            return
+        try:
+            decoded = decode_message_with_envelope(whole, self.coordinator_key, max_size=limit)
+        except ProtocolError as exc:
+            self._drop("malformed", topic, f"{type(exc).__name__}: {exc}")
+            return
+        msg = decoded.message
+        if topic not in self._allowed_topics(msg):
+            self._drop("wrong_topic", topic, f"{type(msg).__name__} for run {getattr(msg, 'run_id', '')!r}")
+            return
+        self.stats[f"received_{type(msg).__name__.lower()}"] += 1
+        if isinstance(msg, Task):
+            self._on_task(msg)
+        elif isinstance(msg, ModelBroadcast):
+            self._on_model(msg)
+        elif isinstance(msg, Ack):
+            self._on_ack(msg, on_inbox=topic == topics.inbox(self.device_id))
+        elif isinstance(msg, Abort):
+            self._on_abort(msg)
+
+    def _allowed_topics(self, msg: Message) -> tuple[str, ...]:
+        """The topics each message type may arrive on (none for types devices never receive)."""
+        if isinstance(msg, Task):
+            return (topics.task(msg.run_id),)
+        if isinstance(msg, ModelBroadcast):
+            return (topics.model(msg.run_id),)
+        if isinstance(msg, Abort):
+            return (topics.control(msg.run_id),)
+        if isinstance(msg, Ack) and msg.device_id == self.device_id:
+            return (topics.ack(msg.run_id, self.device_id), topics.inbox(self.device_id))
+        return ()
+
+    def _is_aborted(self, run_id: str, server_round: int) -> bool:
+        first = self.state.aborted.get(run_id)
+        return first is not None and server_round >= first
+
+    def _on_task(self, task: Task) -> None:
+        key = (task.run_id, task.server_round)
+        if self.device_id not in task.selected:
+            self.stats["tasks_not_selected"] += 1
+            log.debug("task %s round %d does not select this device", *key)
+            return
+        if self._is_aborted(*key):
+            self.stats["tasks_aborted_run"] += 1
+            return
+        if key in self.state.handled or key in self.state.waiting:
+            self.stats["tasks_repeated"] += 1
+            upload = self.state.uploads.get(key)
+            if upload is not None and task.deadline_unix > upload.deadline_unix:
+                upload.deadline_unix = task.deadline_unix  # a retried round: keep offering the same update
+                upload.next_send = time.monotonic()
+            log.info("task %s round %d already handled; not training again", *key)
+            return
+        if self.clock() > task.deadline_unix:
+            self.stats["tasks_stale"] += 1
+            log.warning("task %s round %d arrived after its deadline; skipped", *key)
+            return
+        log.info("selected for %s round %d (model round %d)", task.run_id, task.server_round, task.model_round)
+        if (task.run_id, task.model_round) in self.state.models:
+            self._make_ready(task)
+        else:
+            self.state.waiting[key] = task
+
+    def _on_model(self, model: ModelBroadcast) -> None:
+        key = (model.run_id, model.server_round)
+        if self._is_aborted(*key):
+            return
+        if model.base_round is not None:
+            self._drop("unsupported", topics.model(model.run_id), "delta broadcasts (base_round) are not supported")
+            return
+        models = self.state.models
+        models[key] = model
+        models.move_to_end(key)
+        while len(models) > MODEL_CACHE_SIZE:
+            models.popitem(last=False)
+        for round_key, task in list(self.state.waiting.items()):
+            if (task.run_id, task.model_round) == key:
+                del self.state.waiting[round_key]
+                self._make_ready(task)
+
+    def _on_ack(self, ack: Ack, on_inbox: bool) -> None:
+        if on_inbox:
+            log.info("registration acknowledged by the coordinator: %s", ack.detail or "ok")
+            return
+        upload = self.state.uploads.pop((ack.run_id, ack.server_round), None)
+        if upload is None:
+            self.stats["acks_unmatched"] += 1
+            return
+        self.stats["updates_acked"] += 1
+        if ack.ok:
+            log.info("update for %s round %d acknowledged", ack.run_id, ack.server_round)
+        else:
+            log.warning("update for %s round %d rejected by the coordinator: %s", ack.run_id, ack.server_round,
+                        ack.detail)
+
+    def _on_abort(self, abort: Abort) -> None:
+        run, first = abort.run_id, abort.server_round
+        self.state.aborted[run] = min(first, self.state.aborted.get(run, first))
+        log.warning("run %s aborted from round %d: %s", run, first, abort.reason)
+        st = self.state
+        st.waiting = {k: t for k, t in st.waiting.items() if not (k[0] == run and k[1] >= first)}
+        st.ready = [t for t in st.ready if not (t.run_id == run and t.server_round >= first)]
+        st.uploads = {k: u for k, u in st.uploads.items() if not (k[0] == run and k[1] >= first)}
+        for key in [k for k in st.models if k[0] == run]:
+            del st.models[key]
+
+    # ------------------------------------------------------------------ training
+    def _make_ready(self, task: Task) -> None:
+        key = (task.run_id, task.server_round)
+        self.state.handled[key] = None
+        while len(self.state.handled) > HANDLED_MEMORY:
+            self.state.handled.popitem(last=False)
+        self.state.ready.append(task)
+        self._start_next_training()
+
+    def _start_next_training(self) -> None:
+        if self.state.training is not None or not self.state.ready:
+            return
+        task = self.state.ready.pop(0)
+        model = self.state.models.get((task.run_id, task.model_round))
+        if model is None:  # evicted meanwhile: wait for it again
+            self.state.handled.pop((task.run_id, task.server_round), None)
+            self.state.waiting[(task.run_id, task.server_round)] = task
+            self._start_next_training()
+            return
+        self.state.training = task
+        self._publish_status("busy")
+        thread = threading.Thread(target=self._train, args=(task, model), daemon=True,
+                                  name=f"train-{task.run_id}-{task.server_round}")
+        thread.start()
+
+    def _train(self, task: Task, model: ModelBroadcast) -> None:
+        """Training thread: never touches agent state, only posts the outcome."""
+        try:
+            update = train_on_task(task, model, self.data, self.device_id, self.settings.client_index)
+            self.events.put(TrainingDone(task, update))
+        except TrainingError as exc:
+            self.events.put(TrainingDone(task, None, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a failed round must not kill the agent
+            log.exception("training crashed")
+            self.events.put(TrainingDone(task, None, f"{type(exc).__name__}: {exc}"))
+
+    def _on_training_done(self, done: TrainingDone) -> None:
+        task = done.task
+        self.state.training = None
+        self._publish_status("online")
+        key = (task.run_id, task.server_round)
+        if done.update is None:
+            self.stats["training_failed"] += 1
+            log.error("cannot train %s round %d: %s", *key, done.error)
+        elif self._is_aborted(*key):
+            log.info("run %s was aborted during training; update discarded", task.run_id)
+        else:
+            self.stats["trained"] += 1
+            update = done.update
+            log.info("trained %s round %d: %d samples, loss %.4f, %.2f s", *key, update.sample_count,
+                     update.train_loss, update.compute_s)
+            packets = split_into_chunks(self._encode(update), self.settings.max_packet)
+            self.state.uploads[key] = PendingUpload(topics.update(task.run_id, self.device_id), packets,
+                                                    task.deadline_unix, next_send=time.monotonic())
+            self._retry_uploads(time.monotonic())
+        self._start_next_training()
+
+    def _retry_uploads(self, now: float) -> None:
+        for key, upload in list(self.state.uploads.items()):
+            if now < upload.next_send:
+                continue
+            if upload.sends and self.clock() > upload.deadline_unix:
+                del self.state.uploads[key]
+                self.stats["updates_unacked"] += 1
+                log.warning("no ack for %s round %d before the deadline; giving up", *key)
+                continue
+            if not self.link.connected:
+                continue
+            if self.link.publish_all(upload.topic, upload.packets, topics.QOS_UPDATE) is None:
+                upload.next_send = now + 1.0
+                continue
+            upload.sends += 1
+            self.stats["update_publishes"] += 1
+            if upload.sends > 1:
+                log.info("re-sent the update for %s round %d (attempt %d)", *key, upload.sends)
+            upload.next_send = now + self.settings.ack_timeout_s
+
+    def _expire_waiting(self) -> None:
+        now = self.clock()
+        for key, task in list(self.state.waiting.items()):
+            if now > task.deadline_unix:
+                del self.state.waiting[key]
+                self.stats["tasks_expired_without_model"] += 1
+                log.warning("the model for %s round %d never arrived before the deadline", *key)

@@ -1,0 +1,321 @@
+"""``AgentSettings``: every setting of ``feddst agent run``, merged from flags, env, file and defaults.
+
+Precedence, highest first: command-line flags > environment variables (``FEDDST_<NAME>``, e.g.
+``FEDDST_BROKER``, ``FEDDST_DEVICE_ID``, ``FEDDST_PASSWORD``, ``FEDDST_KEY_FILE``) > the config file
+(TOML, or YAML when PyYAML is installed; keys are the setting names, with ``_`` or ``-``, at top
+level or under an ``[agent]`` table) > the defaults below.
+
+Every bad value raises :class:`AgentConfigError` whose message names the setting and says how
+to fix it. Validation happens once, here; the rest of the agent trusts ``AgentSettings``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from feddst_core.partition import PARTITIONS
+from protocol import is_identifier
+
+ENV_PREFIX = "FEDDST_"
+DATA_SOURCES = ("digits", "mnist", "cifar10", "npz", "image-folder", "csv")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MIN_KEY_BYTES = 16
+
+
+class AgentConfigError(ValueError):
+    """A setting is missing or invalid; the message names it and says what to do."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """A parsed ``mqtt://host:port`` or ``mqtts://host:port`` URL."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """``--partition I/N``: this device holds client I's share of an N-client partition."""
+
+    index: int
+    count: int
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Validated agent settings (see the module docstring for where values come from)."""
+
+    device_id: str
+    broker: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None  # default: the device id
+    password: str | None = None
+    key_file: str | None = None  # hex HMAC key signing this device's messages
+    coordinator_key_file: str | None = None  # hex key verifying the coordinator's messages
+    ca_file: str | None = None  # CA bundle for mqtts:// (default: the system store)
+    tls_insecure: bool = False  # skip the broker host name check (testing only)
+    dataset: str = "digits"
+    data_dir: str | None = None  # directory, or file for npz / csv
+    label_column: str = "label"  # csv only
+    partition: str | None = None  # "I/N"
+    partition_kind: str = "pathological"
+    classes_per_client: int = 2
+    samples_per_class: int = 20
+    beta: float = 0.1
+    seed: int = 0  # partition seed (the simulator's --seed)
+    threads: int = 1  # torch intra-op threads
+    heartbeat_s: float = 5.0
+    max_packet: int = 128 * 1024  # largest MQTT payload this agent publishes (updates are chunked)
+    max_message_bytes: int = 64 * 1024 * 1024  # larger inbound messages are dropped
+    keepalive_s: int = 30
+    session_expiry_s: int = 3600
+    ack_timeout_s: float = 3.0  # re-publish an unacknowledged update after this long
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 30.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        check = _Checker()
+        check(is_identifier(self.device_id), "device_id", f"{self.device_id!r} is not a valid device id: use 1-64 "
+              "characters of A-Z a-z 0-9 _ . - (not starting with . or -), e.g. dev-003")
+        self.broker_address  # noqa: B018 - parses and validates the URL
+        check(self.dataset in DATA_SOURCES, "dataset", f"unknown data source {self.dataset!r}; choose one of "
+              + ", ".join(DATA_SOURCES))
+        check(self.dataset == "digits" or bool(self.data_dir), "data_dir",
+              f"--dataset {self.dataset} needs --data-dir (a directory, or the file for npz and csv)")
+        check(self.partition_kind in PARTITIONS, "partition_kind",
+              f"unknown partition kind {self.partition_kind!r}; choose one of " + ", ".join(PARTITIONS))
+        self.partition_spec  # noqa: B018 - parses and validates "I/N"
+        check(self.classes_per_client >= 1, "classes_per_client", "must be >= 1")
+        check(self.samples_per_class >= 1, "samples_per_class", "must be >= 1")
+        check(self.beta > 0, "beta", "must be > 0")
+        check(self.seed >= 0, "seed", "must be >= 0")
+        check(self.threads >= 1, "threads", "must be >= 1")
+        check(self.heartbeat_s > 0, "heartbeat_s", "must be > 0 seconds")
+        check(self.max_packet >= 1024, "max_packet", "must be at least 1024 bytes")
+        check(self.max_message_bytes >= 1024, "max_message_bytes", "must be at least 1024 bytes")
+        check(self.keepalive_s >= 5, "keepalive_s", "must be at least 5 seconds")
+        check(self.session_expiry_s >= 0, "session_expiry_s", "must be >= 0 seconds")
+        check(self.ack_timeout_s > 0, "ack_timeout_s", "must be > 0 seconds")
+        check(0 < self.reconnect_min_s <= self.reconnect_max_s, "reconnect_min_s",
+              "reconnect delays must satisfy 0 < reconnect_min_s <= reconnect_max_s")
+        check(self.log_level in LOG_LEVELS, "log_level", "choose one of " + ", ".join(LOG_LEVELS))
+        check(self.ca_file is None or self.broker_address.tls, "ca_file",
+              "a CA file only makes sense with an mqtts:// broker URL")
+        if self.username is not None:
+            check(bool(self.username), "username", "must not be empty")
+
+    @property
+    def broker_address(self) -> BrokerAddress:
+        return parse_broker_url(self.broker)
+
+    @property
+    def partition_spec(self) -> PartitionSpec | None:
+        return None if self.partition is None else parse_partition(self.partition)
+
+    @property
+    def mqtt_username(self) -> str:
+        return self.username or self.device_id
+
+    @property
+    def client_index(self) -> int:
+        """The client id used for seeding: I for ``--partition I/N``, else a stable hash of the device id."""
+        spec = self.partition_spec
+        if spec is not None:
+            return spec.index
+        return int.from_bytes(hashlib.sha256(self.device_id.encode()).digest()[:4], "little")
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict with the password hidden (for logs)."""
+        out = dataclasses.asdict(self)
+        if out["password"]:
+            out["password"] = "***"
+        return out
+
+
+class _Checker:
+    def __call__(self, ok: bool, name: str, message: str) -> None:
+        if not ok:
+            raise AgentConfigError(f"{_flag(name)}: {message}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://host[:port]`` (default 1883) or ``mqtts://host[:port]`` (default 8883)."""
+    hint = "expected mqtt://HOST:PORT or mqtts://HOST:PORT, e.g. mqtt://127.0.0.1:1883"
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise AgentConfigError(f"--broker: bad URL {url!r} ({exc}); {hint}") from exc
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise AgentConfigError(f"--broker: unsupported scheme in {url!r}; {hint}")
+    if not parts.hostname:
+        raise AgentConfigError(f"--broker: no host in {url!r}; {hint}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise AgentConfigError(f"--broker: unexpected path or query in {url!r}; {hint}")
+    if parts.username or parts.password:
+        raise AgentConfigError(f"--broker: put credentials in --username/--password (or FEDDST_PASSWORD), "
+                               f"not in the URL; {hint}")
+    tls = parts.scheme in ("mqtts", "ssl")
+    return BrokerAddress(unquote(parts.hostname), port or (8883 if tls else 1883), tls)
+
+
+_PARTITION = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+
+
+def parse_partition(text: str) -> PartitionSpec:
+    """``I/N`` with ``0 <= I < N``."""
+    match = _PARTITION.fullmatch(text)
+    if match is None:
+        raise AgentConfigError(f"--partition: {text!r} is not I/N; e.g. --partition 3/8 takes client 3 of 8 "
+                               "(clients are numbered from 0)")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1:
+        raise AgentConfigError(f"--partition {text}: N must be >= 1")
+    if index >= count:
+        raise AgentConfigError(f"--partition {text}: client index {index} is out of range; with N={count} "
+                               f"use 0..{count - 1} (clients are numbered from 0)")
+    return PartitionSpec(index, count)
+
+
+def read_key_file(path: str | Path, flag: str = "--key-file") -> bytes:
+    """A hex-encoded key (whitespace ignored), at least 16 bytes once decoded."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AgentConfigError(f"{flag}: cannot read {p} ({exc}); the file must hold the key in hex") from exc
+    digits = "".join(text.split())
+    try:
+        key = bytes.fromhex(digits)
+    except ValueError as exc:
+        raise AgentConfigError(f"{flag}: {p} is not hex; write the key as hex digits, e.g. "
+                               "`python -c 'import secrets; print(secrets.token_hex(32))' > key.hex`") from exc
+    if len(key) < MIN_KEY_BYTES:
+        raise AgentConfigError(f"{flag}: {p} holds a {len(key)}-byte key; use at least {MIN_KEY_BYTES} bytes "
+                               "(32 recommended)")
+    return key
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(AgentSettings)}
+_INT_FIELDS = {"classes_per_client", "samples_per_class", "seed", "threads", "max_packet", "max_message_bytes",
+               "keepalive_s", "session_expiry_s"}
+_FLOAT_FIELDS = {"beta", "heartbeat_s", "ack_timeout_s", "reconnect_min_s", "reconnect_max_s"}
+_BOOL_FIELDS = {"tls_insecure"}
+
+
+def _coerce(name: str, value: Any, origin: str) -> Any:
+    """Convert a raw value (string from env, anything from a file) to the field's type."""
+    where = f"{_flag(name)} (from {origin})"
+    try:
+        if name in _BOOL_FIELDS:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {value!r}")
+        if name in _INT_FIELDS:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"not an integer: {value!r}")
+            return int(value)
+        if name in _FLOAT_FIELDS:
+            if isinstance(value, bool):
+                raise ValueError(f"not a number: {value!r}")
+            return float(value)
+    except ValueError as exc:
+        raise AgentConfigError(f"{where}: {exc}") from exc
+    if name == "partition" and isinstance(value, list | tuple) and len(value) == 2:
+        return f"{value[0]}/{value[1]}"
+    if name == "log_level":
+        return str(value).lower()
+    if not isinstance(value, str | int | float):
+        raise AgentConfigError(f"{where}: expected a string, got {type(value).__name__}")
+    return str(value)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file; unknown keys are an error."""
+    p = Path(path)
+    if not p.is_file():
+        raise AgentConfigError(f"--config: {p} does not exist (pass a TOML file, see docs/agent.md)")
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as exc:
+                raise AgentConfigError(f"--config: {p} is YAML but PyYAML is not installed; "
+                                       "`pip install pyyaml` or use a .toml file") from exc
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        else:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except AgentConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser error becomes a config error naming the file
+        raise AgentConfigError(f"--config: cannot parse {p}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise AgentConfigError(f"--config: {p} must hold a table of settings")
+    if isinstance(data.get("agent"), dict):
+        data = data["agent"]
+    out: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in FIELDS:
+            raise AgentConfigError(f"--config: {p}: unknown setting {raw_key!r}; known: "
+                                   + ", ".join(sorted(FIELDS)))
+        out[key] = _coerce(key, value, str(p))
+    return out
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from ``FEDDST_<NAME>`` variables (empty values are ignored)."""
+    out: dict[str, Any] = {}
+    for name in FIELDS:
+        value = environ.get(ENV_PREFIX + name.upper())
+        if value not in (None, ""):
+            out[name] = _coerce(name, value, f"${ENV_PREFIX}{name.upper()}")
+    return out
+
+
+def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                  config_file: str | Path | None = None) -> AgentSettings:
+    """Merge flags > env > file > defaults into validated ``AgentSettings``.
+
+    ``flags``: setting name -> value, with None meaning "not given". ``config_file`` defaults to
+    ``$FEDDST_CONFIG`` when set. Raises :class:`AgentConfigError`.
+    """
+    environ = os.environ if environ is None else environ
+    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG") or None
+    merged: dict[str, Any] = {}
+    if config_file:
+        merged.update(read_config_file(config_file))
+    merged.update(read_environment(environ))
+    for name, value in flags.items():
+        if name not in FIELDS:
+            raise AgentConfigError(f"unknown setting {name!r}")
+        if value is not None:
+            merged[name] = value
+    if not merged.get("device_id"):
+        raise AgentConfigError("--device-id is required (or set FEDDST_DEVICE_ID, or device_id in the config "
+                               "file), e.g. --device-id dev-003")
+    return AgentSettings(**merged)

@@ -1,0 +1,61 @@
+"""One round of local training on a device: task + model broadcast + local data -> ``Update``.
+
+Exactly the simulator's per-client path (``client_batching=False``): ``LocalTrainer`` with K=1,
+seed ``client_seed(task.seed, task.server_round, client_index)``, readjustment fraction
+``task.alpha`` when ``task.readjust`` else 0, and the update built by ``feddst_core.wire_format``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from edge_agent.data import LocalData
+from feddst_core.models import get_model_spec
+from feddst_core.training import LocalTrainer, TrainConfig, client_seed
+from feddst_core.wire_format import model_from_tensors, update_message
+from protocol import ModelBroadcast, ProtocolError, Task, Update
+
+
+class TrainingError(RuntimeError):
+    """This device cannot train on this task (unknown model, data that does not fit it...)."""
+
+
+def train_config(task: Task) -> TrainConfig:
+    return TrainConfig(lr=task.lr, momentum=task.momentum, weight_decay=task.weight_decay,
+                       batch_size=task.batch_size, local_epochs=task.local_epochs, prox_mu=task.prox_mu)
+
+
+def readjust_fraction(task: Task) -> float:
+    return float(task.alpha) if task.readjust else 0.0
+
+
+def train_on_task(task: Task, model: ModelBroadcast, data: LocalData, device_id: str, client_index: int) -> Update:
+    """Train from ``model`` on ``data`` as ``task`` asks; return the update to send.
+
+    Raises :class:`TrainingError` when the model is unknown or does not fit the data.
+    """
+    try:
+        spec = get_model_spec(task.model_name)
+    except (KeyError, ValueError) as exc:
+        raise TrainingError(f"unknown model {task.model_name!r}: {exc}") from exc
+    if spec.input_shape != data.input_shape:
+        raise TrainingError(f"model {spec.name} takes inputs {spec.input_shape} but the local data is "
+                            f"{data.input_shape}; give this device matching data")
+    if int(data.y.max()) >= spec.num_classes:
+        raise TrainingError(f"model {spec.name} has {spec.num_classes} classes but the local labels go up to "
+                            f"{int(data.y.max())}")
+    expected = dict(spec.parameter_shapes())
+    got = {name: tuple(t.shape) for name, t in model.tensors.items()}
+    if got != {name: tuple(shape) for name, shape in expected.items()}:
+        raise TrainingError(f"the broadcast model's tensors do not match {spec.name}")
+    try:
+        params, masks = model_from_tensors(model.tensors, spec.masked_names())
+    except ProtocolError as exc:
+        raise TrainingError(f"cannot rebuild the broadcast model: {exc}") from exc
+    seed = client_seed(task.seed, task.server_round, client_index)
+    started = time.perf_counter()
+    outcome = LocalTrainer(spec, train_config(task)).train(params, masks, [data.client_data()], [seed],
+                                                         readjust_fraction(task))[0]
+    compute_s = time.perf_counter() - started
+    return update_message(task.run_id, task.server_round, device_id, outcome.params, masks, outcome.masks,
+                          outcome.num_samples, outcome.train_loss, compute_s)

@@ -1,0 +1,199 @@
+"""The agent's one MQTT adapter (paho-mqtt v2, MQTT v5): connection, will, reconnects, publishing.
+
+Threading contract: paho's network thread runs the callbacks, which only wrap what happened in
+a small event object and put it on ``events`` (a ``queue.Queue``) for the agent's main loop:
+:class:`LinkUp`, :class:`LinkDown`, :class:`LinkRefused`, :class:`Inbound`. The main loop calls
+:meth:`DeviceLink.subscribe` / :meth:`DeviceLink.publish` (thread-safe in paho).
+
+Errors: misuse (bad topic, bad QoS, calling before :meth:`start`) raises; network trouble never
+raises from publish/subscribe, it returns False (and is logged), and the caller retries later.
+
+Reconnects: paho reconnects by itself with exponential backoff (``reconnect_min_s`` doubling up
+to ``reconnect_max_s``); on every disconnect the adapter re-draws the starting delay with
+jitter (x0.5..x1.5) so a fleet dropped by one broker restart does not reconnect in lock-step.
+The session is persistent (clean_start=False, session expiry), so QoS 1 messages published
+while a device is briefly away are delivered when it comes back; the agent still re-subscribes
+on every connect, since a restarted broker without persistence forgets sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.config import AgentSettings
+
+log = logging.getLogger("feddst.agent.mqtt")
+
+# CONNACK reason codes that retrying cannot fix (MQTT v5 spec, 3.2.2.2).
+PERMANENT_REFUSALS = {
+    0x84: "the broker does not support MQTT v5",
+    0x85: "the broker rejected the client id (= device id)",
+    0x86: "bad user name or password: check --username/--password (FEDDST_PASSWORD)",
+    0x87: "not authorized: check the broker's password file and ACL for this device",
+    0x8A: "this client is banned by the broker",
+    0x8C: "bad authentication method",
+}
+
+
+@dataclass(frozen=True)
+class LinkUp:
+    """Connected (again); ``session_present`` tells whether the broker kept our session."""
+
+    session_present: bool
+
+
+@dataclass(frozen=True)
+class LinkDown:
+    """The connection dropped or a connection attempt failed; paho is retrying."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class LinkRefused:
+    """The broker refused the connection; ``permanent`` refusals will not fix themselves."""
+
+    reason: str
+    permanent: bool
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One received MQTT message (a whole protocol message or one chunk of one)."""
+
+    topic: str
+    payload: bytes
+
+
+LinkEvent = LinkUp | LinkDown | LinkRefused | Inbound
+
+
+class DeviceLink:
+    """One persistent MQTT v5 session for one device."""
+
+    def __init__(self, settings: AgentSettings, will_payload: bytes, will_topic: str,
+                 events: queue.Queue, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.events = events
+        self._rng = rng or random.Random()
+        self._started = False
+        self._connected = False
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.device_id,
+                             protocol=mqtt.MQTTv5, reconnect_on_failure=True)
+        client.username_pw_set(settings.mqtt_username, settings.password)
+        client.will_set(will_topic, will_payload, qos=1, retain=True)
+        address = settings.broker_address
+        if address.tls:
+            client.tls_set(ca_certs=settings.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            if settings.tls_insecure:
+                client.tls_insecure_set(True)
+        client.max_inflight_messages_set(64)
+        self._jitter_reconnect_delay(client)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self.client = client
+
+    # ----------------------------------------------------------------- lifecycle (main thread)
+    def start(self) -> None:
+        """Start connecting in the background (returns at once; :class:`LinkUp` follows)."""
+        if self._started:
+            raise RuntimeError("DeviceLink.start() called twice")
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.settings.session_expiry_s
+        address = self.settings.broker_address
+        self.client.connect_async(address.host, address.port, keepalive=self.settings.keepalive_s,
+                                  clean_start=False, properties=properties)
+        self.client.loop_start()
+        self._started = True
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        """Flush pending publishes (up to ``timeout_s``), disconnect cleanly (no will), stop the thread."""
+        if not self._started:
+            return
+        try:
+            if self._connected:
+                self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+            self._started = False
+            self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # ----------------------------------------------------------------- operations (main thread)
+    def subscribe(self, subscriptions: Iterable[tuple[str, int]]) -> bool:
+        """Subscribe to ``(topic filter, qos)`` pairs; False on network trouble."""
+        self._require_started()
+        pairs = list(subscriptions)
+        result, _mid = self.client.subscribe(pairs)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("subscribe failed (%s); will retry on the next connect", mqtt.error_string(result))
+            return False
+        return True
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> mqtt.MQTTMessageInfo | None:
+        """Publish one payload; returns the message info, or None when not connected or paho refused it."""
+        self._require_started()
+        if not self._connected:
+            log.debug("not connected: not publishing %d bytes on %s", len(payload), topic)
+            return None
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("publish on %s failed: %s", topic, mqtt.error_string(info.rc))
+            return None
+        return info
+
+    def publish_all(self, topic: str, packets: list[bytes], qos: int) -> list[mqtt.MQTTMessageInfo] | None:
+        """Publish the packets of one (possibly chunked) message in order; None if any failed."""
+        infos = []
+        for packet in packets:
+            info = self.publish(topic, packet, qos)
+            if info is None:
+                return None
+            infos.append(info)
+        return infos
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise RuntimeError("DeviceLink is not started: call start() first")
+
+    # ----------------------------------------------------------------- callbacks (paho's thread)
+    def _jitter_reconnect_delay(self, client: mqtt.Client) -> None:
+        low = self.settings.reconnect_min_s * self._rng.uniform(0.5, 1.5)
+        client.reconnect_delay_set(min_delay=low, max_delay=max(low, self.settings.reconnect_max_s))  # type: ignore[arg-type]
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
+                    reason_code: mqtt.ReasonCode, properties: Properties | None) -> None:
+        if reason_code.is_failure:
+            self._connected = False
+            value = int(reason_code.value)
+            permanent = value in PERMANENT_REFUSALS
+            self.events.put(LinkRefused(PERMANENT_REFUSALS.get(value, str(reason_code)), permanent))
+            return
+        self._connected = True
+        self.events.put(LinkUp(bool(flags.session_present)))
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        self.events.put(LinkDown("connection attempt failed (broker unreachable?)"))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
+                       reason_code: mqtt.ReasonCode, properties: Properties | None) -> None:
+        self._connected = False
+        self._jitter_reconnect_delay(client)
+        self.events.put(LinkDown(str(reason_code)))
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        self.events.put(Inbound(message.topic, bytes(message.payload)))

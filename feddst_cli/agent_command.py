@@ -1,0 +1,187 @@
+"""``feddst agent run``: the edge agent (one device) as a command."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+BROKER = "Broker and identity"
+DATA = "Local data"
+RUNTIME = "Runtime"
+
+app = typer.Typer(
+    name="agent",
+    help="The edge agent: connects a device to the coordinator over MQTT and trains on its local data.\n\n"
+    "Run `feddst agent run --help` for every setting.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class DataSourceName(StrEnum):
+    digits = "digits"
+    mnist = "mnist"
+    cifar10 = "cifar10"
+    npz = "npz"
+    image_folder = "image-folder"
+    csv = "csv"
+
+
+class PartitionKind(StrEnum):
+    pathological = "pathological"
+    dirichlet = "dirichlet"
+    iid = "iid"
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+def _value(option: Any) -> Any:
+    if isinstance(option, Enum):
+        return option.value
+    if isinstance(option, Path):
+        return str(option)
+    return option
+
+
+RUN_HELP = (
+    "Run the edge agent (one device) until SIGTERM or Ctrl-C.\n\n"
+    "It connects with a persistent MQTT session and a last-will 'offline' status, registers its capabilities, "
+    "heartbeats, and for each task that selects it trains one round on its local data and publishes the sparse "
+    "update (re-sent until acknowledged or the task's deadline).\n\n"
+    "Settings come from flags, then environment variables (FEDDST_<NAME>, e.g. FEDDST_BROKER, FEDDST_PASSWORD), "
+    "then the --config file, then the defaults.\n\n"
+    "Example: feddst agent run --broker mqtt://127.0.0.1:1883 --device-id dev-003 --dataset digits "
+    "--partition 3/8\n\n"
+    "Exit codes: 0 stopped by a signal, 1 unexpected error, 2 bad settings or data, 3 the broker refused "
+    "the credentials."
+)
+
+
+@app.command("run", help=RUN_HELP)
+def run(
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML (or YAML) file of settings; keys are "
+                                       "the flag names, e.g. device_id = \"dev-003\". Env: FEDDST_CONFIG.",
+                                       rich_help_panel=BROKER),
+    broker: str | None = typer.Option(None, help="Broker URL: mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS. "
+                                      "Env: FEDDST_BROKER. Default: mqtt://127.0.0.1:1883.",
+                                      rich_help_panel=BROKER),
+    device_id: str | None = typer.Option(None, help="This device's id (MQTT client id and user name): 1-64 of "
+                                         "A-Z a-z 0-9 _ . -. Required. Env: FEDDST_DEVICE_ID.",
+                                         rich_help_panel=BROKER),
+    username: str | None = typer.Option(None, help="MQTT user name. Env: FEDDST_USERNAME. Default: the "
+                                        "device id.", rich_help_panel=BROKER),
+    password: str | None = typer.Option(None, help="MQTT password; prefer the env var FEDDST_PASSWORD (flags "
+                                        "show up in `ps`).", rich_help_panel=BROKER),
+    key_file: Path | None = typer.Option(None, help="File holding this device's HMAC key in hex; signs every "
+                                         "message it sends. Env: FEDDST_KEY_FILE.", rich_help_panel=BROKER),
+    coordinator_key_file: Path | None = typer.Option(None, help="Hex key verifying the coordinator's messages "
+                                                     "(unsigned or wrongly signed ones are dropped). Env: "
+                                                     "FEDDST_COORDINATOR_KEY_FILE. Default: not verified.",
+                                                     rich_help_panel=BROKER),
+    ca_file: Path | None = typer.Option(None, help="CA bundle for mqtts:// Default: the system store.. Env: "
+                                        "FEDDST_CA_FILE.", rich_help_panel=BROKER),
+    dataset: DataSourceName | None = typer.Option(None, help="Local data source: digits (built in), mnist (IDX "
+                                                  "directory), cifar10, npz (file), image-folder (one sub-folder "
+                                                  "per class), csv (features + label column). Env: "
+                                                  "FEDDST_DATASET. Default: digits.", rich_help_panel=DATA),
+    data_dir: Path | None = typer.Option(None, help="Where the data is: a directory (mnist, cifar10, "
+                                         "image-folder) or a file (npz, csv). Env: FEDDST_DATA_DIR.",
+                                         rich_help_panel=DATA),
+    label_column: str | None = typer.Option(None, help="csv: the label column. Default: label.",
+                                            rich_help_panel=DATA),
+    partition: str | None = typer.Option(None, help="I/N: keep only client I's share (0-based) of an N-client "
+                                         "partition, exactly as `feddst simulate --clients N` splits it. "
+                                         "Default: all the data.", rich_help_panel=DATA),
+    partition_kind: PartitionKind | None = typer.Option(None, help="How the partition splits (as `feddst "
+                                                        "simulate --partition`). Default: pathological.",
+                                                        rich_help_panel=DATA),
+    classes_per_client: int | None = typer.Option(None, help="pathological: classes per client. Default: 2.",
+                                                  rich_help_panel=DATA),
+    samples_per_class: int | None = typer.Option(None, help="pathological: train images per class per "
+                                                 "client. Default: 20.", rich_help_panel=DATA),
+    beta: float | None = typer.Option(None, help="dirichlet: concentration. Default: 0.1.", rich_help_panel=DATA),
+    seed: int | None = typer.Option(None, help="Partition seed (the simulator's --seed). Default: 0.",
+                                    rich_help_panel=DATA),
+    threads: int | None = typer.Option(None, help="Torch threads for training; keep 1 when several agents "
+                                       "share a machine. Env: FEDDST_THREADS. Default: 1.",
+                                       rich_help_panel=RUNTIME),
+    heartbeat_s: float | None = typer.Option(None, help="Seconds between status heartbeats. Default: 5.",
+                                             rich_help_panel=RUNTIME),
+    max_packet: int | None = typer.Option(None, help="Largest MQTT payload sent, in bytes; bigger updates are "
+                                          "chunked. Keep it under the broker's message_size_limit. "
+                                          "Default: 131072.", rich_help_panel=RUNTIME),
+    max_message_bytes: int | None = typer.Option(None, help="Inbound messages larger than this are dropped. "
+                                                 "Default: 67108864.", rich_help_panel=RUNTIME),
+    ack_timeout_s: float | None = typer.Option(None, help="Re-send an unacknowledged update after this many "
+                                               "seconds (until the task's deadline). Default: 3.",
+                                               rich_help_panel=RUNTIME),
+    log_level: LogLevel | None = typer.Option(None, help="debug, info, warning or error. Env: "
+                                              "FEDDST_LOG_LEVEL. Default: info.", rich_help_panel=RUNTIME),
+) -> None:
+    from edge_agent.config import AgentConfigError, load_settings, read_key_file
+
+    flags = {name: _value(value) for name, value in {
+        "broker": broker, "device_id": device_id, "username": username, "password": password,
+        "key_file": key_file, "coordinator_key_file": coordinator_key_file, "ca_file": ca_file,
+        "dataset": dataset, "data_dir": data_dir, "label_column": label_column, "partition": partition,
+        "partition_kind": partition_kind, "classes_per_client": classes_per_client,
+        "samples_per_class": samples_per_class, "beta": beta, "seed": seed, "threads": threads,
+        "heartbeat_s": heartbeat_s, "max_packet": max_packet, "max_message_bytes": max_message_bytes,
+        "ack_timeout_s": ack_timeout_s, "log_level": log_level,
+    }.items()}
+    try:
+        settings = load_settings(flags, config_file=config)
+        key = read_key_file(settings.key_file) if settings.key_file else None
+        coordinator_key = (read_key_file(settings.coordinator_key_file, "--coordinator-key-file")
+                           if settings.coordinator_key_file else None)
+    except AgentConfigError as exc:
+        _fail(str(exc))
+    raise typer.Exit(run_agent(settings, key, coordinator_key))
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def configure_logging(level: str, device_id: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr, force=True,
+                        format=f"%(asctime)s %(levelname)s [{device_id}] %(name)s: %(message)s")
+
+
+def run_agent(settings: Any, key: bytes | None, coordinator_key: bytes | None) -> int:
+    """Load the data, then run the agent until SIGTERM/SIGINT; returns the exit code."""
+    configure_logging(settings.log_level, settings.device_id)
+    import torch
+
+    from edge_agent.agent import EdgeAgent
+    from edge_agent.data import LocalDataError, load_local_data
+
+    torch.set_num_threads(settings.threads)
+    try:
+        data = load_local_data(settings)
+    except LocalDataError as exc:
+        _fail(str(exc))
+    agent = EdgeAgent(settings, data, key=key, coordinator_key=coordinator_key)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        logging.getLogger("feddst.agent").info("received %s; going offline", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return agent.run(stop)
