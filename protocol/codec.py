@@ -142,11 +142,16 @@ def encode_message(msg: Message, key: bytes | None = None, *, sender_id: str | N
                            writer.getvalue(), key)
 
 
-def encoded_size(msg: Message, *, authenticated: bool = True, value_format: str = "float32",
-                 compression: str = "auto") -> int:
-    """Exact wire size of ``msg`` (it encodes the message; identifiers and sizes are what count)."""
+def encoded_size(msg: Message, *, authenticated: bool = True, sender_id: str | None = None,
+                 value_format: str = "float32", compression: str = "auto") -> int:
+    """Exact wire size of ``encode_message(msg, key, sender_id=..., ...)`` (unchunked).
+
+    ``authenticated`` counts the 32-byte HMAC tag. It encodes the message (the size depends on
+    the data through position coding and compression), so it costs one ``encode_message``.
+    """
     key = b"\x00" * 32 if authenticated else None
-    return len(encode_message(msg, key, timestamp=0, value_format=value_format, compression=compression))
+    return len(encode_message(msg, key, sender_id=sender_id, timestamp=0, value_format=value_format,
+                              compression=compression))
 
 
 def _read_payload(envelope: Envelope, limits: Limits) -> Message:
