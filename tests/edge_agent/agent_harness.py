@@ -1,0 +1,187 @@
+"""Test harness for the edge agent: a protocol-level fake coordinator and in-thread / subprocess agents.
+
+The fake coordinator is a real paho client talking to a real mosquitto, speaking the wire protocol
+directly (no ``cloud`` code), so these tests pin down the agent's side of the message flow.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from edge_agent.agent import EdgeAgent
+from edge_agent.config import AgentSettings
+from edge_agent.data import LocalData, load_local_data
+from protocol import (
+    ChunkReassembler,
+    DecodedMessage,
+    Message,
+    ProtocolError,
+    decode_message_with_envelope,
+    encode_message,
+    split_into_chunks,
+    topics,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+DEVICE_KEY = bytes(range(32))
+COORDINATOR_KEY = bytes(range(100, 132))
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    message: Message
+    decoded: DecodedMessage
+    raw: bytes
+
+
+class FakeCoordinator:
+    """Subscribes like the coordinator, decodes everything, publishes whatever a test needs."""
+
+    def __init__(self, port: int, *, username: str = "coordinator", password: str | None = None,
+                 device_keys: dict[str, bytes] | None = None, key: bytes | None = None) -> None:
+        self.device_keys = device_keys
+        self.key = key
+        self.received: queue.Queue[Received] = queue.Queue()
+        self.errors: list[Exception] = []
+        self._reassembler = ChunkReassembler()
+        self._seq = 0
+        self._connected = threading.Event()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fake-{username}-{id(self)}",
+                             protocol=mqtt.MQTTv5)
+        client.username_pw_set(username, password)
+        client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_disconnect = lambda *args: self._connected.clear()
+        self.client = client
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        if not self._connected.wait(10):
+            raise TimeoutError("fake coordinator could not connect")
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: mqtt.ReasonCode,
+                    properties: object) -> None:
+        if not reason_code.is_failure:
+            client.subscribe(topics.coordinator_subscriptions())
+            self._connected.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        payload = bytes(message.payload)
+        try:
+            whole = self._reassembler.add(payload, source=message.topic)
+            if whole is None:
+                return
+            decoded = decode_message_with_envelope(whole, self.device_keys)
+        except ProtocolError as exc:
+            self.errors.append(exc)
+            return
+        self.received.put(Received(message.topic, decoded.message, decoded, whole))
+
+    def wait_connected(self, timeout: float = 15.0) -> None:
+        if not self._connected.wait(timeout):
+            raise TimeoutError("fake coordinator did not reconnect")
+
+    def expect(self, kind: type, where: Callable[[Received], bool] = lambda r: True,
+               timeout: float = 20.0) -> Received:
+        """Consume received messages until one of ``kind`` matching ``where`` arrives."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {kind.__name__} within {timeout} s")
+            try:
+                got = self.received.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if isinstance(got.message, kind) and where(got):
+                return got
+
+    def collect(self, seconds: float) -> list[Received]:
+        """Everything received in the next ``seconds``."""
+        out: list[Received] = []
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                out.append(self.received.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return out
+
+    def publish_raw(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        assert info.rc == mqtt.MQTT_ERR_SUCCESS, mqtt.error_string(info.rc)
+        info.wait_for_publish(10)
+
+    def send(self, msg: Message, topic: str, max_packet: int = 128 * 1024) -> bytes:
+        self._seq += 1
+        data = encode_message(msg, self.key, seq=self._seq)
+        for packet in split_into_chunks(data, max_packet):
+            self.publish_raw(topic, packet)
+        return data
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def agent_settings(broker_url: str, device_id: str = "dev-003", **overrides: object) -> AgentSettings:
+    values: dict[str, object] = {"device_id": device_id, "broker": broker_url, "partition": "3/8",
+                                 "heartbeat_s": 0.5, "ack_timeout_s": 0.5, "reconnect_min_s": 0.2,
+                                 "reconnect_max_s": 1.0, "keepalive_s": 5}
+    values.update(overrides)
+    return AgentSettings(**values)  # type: ignore[arg-type]
+
+
+class AgentThread:
+    """An ``EdgeAgent`` running in a thread of the test process."""
+
+    def __init__(self, settings: AgentSettings, *, data: LocalData | None = None, key: bytes | None = DEVICE_KEY,
+                 coordinator_key: bytes | None = None) -> None:
+        self.settings = settings
+        self.agent = EdgeAgent(settings, data if data is not None else load_local_data(settings), key=key,
+                               coordinator_key=coordinator_key)
+        self.stop_event = threading.Event()
+        self.exit_code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"agent-{settings.device_id}")
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.exit_code = self.agent.run(self.stop_event)
+
+    def wait_exit(self, timeout: float = 15.0) -> int | None:
+        self.thread.join(timeout)
+        return self.exit_code
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.thread.join(15)
+
+
+def agent_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "feddst_cli.main", "agent", "run", *args]
+
+
+def start_agent_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen(agent_command(*args), cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,234 @@
+"""The agent against a real mosquitto and a protocol-level fake coordinator: register, heartbeat,
+train exactly like ``LocalTrainer``, ignore tasks for others, handle a repeated task once, retry
+until acknowledged, drop garbage, follow an abort."""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import numpy as np
+import pytest
+import torch
+from agent_harness import COORDINATOR_KEY, DEVICE_KEY, FakeCoordinator, agent_settings, wait_until
+
+from datasources import load_dataset
+from feddst_core.models import get_model_spec
+from feddst_core.partition import make_partition
+from feddst_core.strategies import FedStrategy, StrategyConfig
+from feddst_core.training import ClientData, LocalTrainer, TrainConfig, client_seed
+from feddst_core.wire_format import model_broadcast, update_to_model
+from protocol import Abort, Ack, Register, Status, Task, Update, encode_message, topics
+
+RUN = "run-a"
+SPEC = get_model_spec("digits_cnn")
+
+
+def global_model(seed: int = 0):  # type: ignore[no-untyped-def]
+    state = FedStrategy(SPEC, StrategyConfig(algorithm="feddst", sparsity=0.8, clients_per_round=2)).initialize(seed)
+    return state.params, state.masks
+
+
+def make_task(server_round: int = 1, selected: tuple[str, ...] = ("dev-003",), run: str = RUN, readjust: bool = False,
+              deadline_s: float = 30.0, seed: int = 7) -> Task:
+    return Task(run_id=run, server_round=server_round, selected=selected, model_round=server_round,
+                local_epochs=2, batch_size=16, lr=0.05, momentum=0.9, weight_decay=0.001, prox_mu=0.0,
+                readjust=readjust, alpha=0.05 if readjust else 0.0, deadline_unix=time.time() + deadline_s,
+                seed=seed, model_name="digits_cnn")
+
+
+def send_round(coordinator: FakeCoordinator, task: Task, params, masks, model_first: bool = True,  # type: ignore[no-untyped-def]
+               max_packet: int = 4096) -> None:
+    broadcast = model_broadcast(task.run_id, task.model_round, params, masks)
+    if model_first:
+        coordinator.send(broadcast, topics.model(task.run_id), max_packet)
+        coordinator.send(task, topics.task(task.run_id))
+    else:
+        coordinator.send(task, topics.task(task.run_id))
+        coordinator.send(broadcast, topics.model(task.run_id), max_packet)
+
+
+def is_update_for(server_round: int, device: str = "dev-003"):  # type: ignore[no-untyped-def]
+    return lambda r: r.message.server_round == server_round and r.message.device_id == device
+
+
+def test_registers_with_capabilities_and_heartbeats(mosquitto, coordinator, start_agent) -> None:
+    start_agent(agent_settings(mosquitto.url))
+    online = coordinator.expect(Status, lambda r: r.message.state == "online")
+    assert online.topic == topics.status("dev-003")
+    assert online.decoded.envelope.authenticated  # signed with the device key, verified by the coordinator
+    register = coordinator.expect(Register).message
+    assert register.device_id == "dev-003"
+    assert register.sample_count == 40  # pathological digits: 2 classes x 20 images
+    caps = register.capabilities
+    assert caps.arch == platform.machine() and caps.cores >= 1 and caps.memory_mb > 0
+    assert {"torch", "numpy", "python", "protocol"} <= set(caps.library_versions)
+    beats = [coordinator.expect(Status, timeout=5) for _ in range(3)]  # heartbeat_s = 0.5
+    assert all(b.message.state == "online" for b in beats)
+    seqs = [b.decoded.envelope.seq for b in beats]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+
+
+@pytest.mark.parametrize("model_first", [True, False], ids=["model-then-task", "task-then-model"])
+def test_trained_update_equals_local_trainer(mosquitto, coordinator, start_agent, model_first) -> None:
+    agent = start_agent(agent_settings(mosquitto.url, max_packet=2048))
+    coordinator.expect(Register)
+    params, masks = global_model()
+    task = make_task(readjust=True)
+    send_round(coordinator, task, params, masks, model_first=model_first)
+    got = coordinator.expect(Update, is_update_for(1))
+    update = got.message
+    assert got.topic == topics.update(RUN, "dev-003")
+    assert got.decoded.envelope.authenticated and got.decoded.envelope.sender_id == "dev-003"
+    assert len(got.raw) > 2048  # the update travelled in chunks and was reassembled
+
+    # The same round trained locally: client 3's share of the 8-client partition, the same seed.
+    data = load_dataset("digits")
+    share = make_partition("pathological", data.y_train, data.y_test, 8, 0, 2, 20).train[3]
+    local = ClientData(torch.from_numpy(data.x_train)[torch.from_numpy(share)],
+                       torch.from_numpy(data.y_train)[torch.from_numpy(share)])
+    config = TrainConfig(lr=task.lr, momentum=task.momentum, weight_decay=task.weight_decay,
+                         batch_size=task.batch_size, local_epochs=task.local_epochs, prox_mu=task.prox_mu)
+    expected = LocalTrainer(SPEC, config).train(params, masks, [local], [client_seed(task.seed, 1, 3)],
+                                                task.alpha)[0]
+    got_params, got_masks = update_to_model(update, masks)
+    assert update.sample_count == expected.num_samples == 40
+    assert update.train_loss == pytest.approx(expected.train_loss, abs=0, rel=0)
+    assert update.mask_changes  # the readjustment happened and travelled as mask changes
+    for name in SPEC.masked_names():
+        assert torch.equal(got_masks[name], expected.masks[name]), name
+    for name, value in expected.params.items():
+        assert torch.equal(got_params[name], value), name
+    coordinator.send(Ack(RUN, 1, "dev-003", True), topics.ack(RUN, "dev-003"))
+    assert wait_until(lambda: agent.agent.stats["updates_acked"] == 1)
+
+
+def test_ignores_tasks_for_others_and_handles_a_repeat_once(mosquitto, coordinator, start_agent) -> None:
+    agent = start_agent(agent_settings(mosquitto.url))
+    coordinator.expect(Register)
+    params, masks = global_model()
+    send_round(coordinator, make_task(1, selected=("dev-001", "dev-002")), params, masks)
+    assert wait_until(lambda: agent.agent.stats["tasks_not_selected"] == 1)
+
+    task = make_task(2, selected=("dev-001", "dev-003"))
+    send_round(coordinator, task, params, masks)
+    first = coordinator.expect(Update, is_update_for(2))
+    coordinator.send(Ack(RUN, 2, "dev-003", True), topics.ack(RUN, "dev-003"))
+    assert wait_until(lambda: agent.agent.stats["updates_acked"] == 1)
+    coordinator.send(task, topics.task(RUN))  # the same task again (e.g. a QoS 1 redelivery)
+    send_round(coordinator, task, params, masks)
+    assert wait_until(lambda: agent.agent.stats["tasks_repeated"] == 2)
+    later = [r for r in coordinator.collect(1.5) if isinstance(r.message, Update)]
+    assert agent.agent.stats["trained"] == 1
+    assert all(r.message.server_round == 2 and r.raw == first.raw for r in later)
+    assert not any(isinstance(r.message, Update) and r.message.server_round == 1 for r in later)
+
+
+def test_resends_the_same_update_until_acknowledged(mosquitto, coordinator, start_agent) -> None:
+    agent = start_agent(agent_settings(mosquitto.url, ack_timeout_s=0.3))
+    coordinator.expect(Register)
+    params, masks = global_model()
+    send_round(coordinator, make_task(1), params, masks)
+    copies = [coordinator.expect(Update, is_update_for(1), timeout=10) for _ in range(3)]
+    assert len({c.raw for c in copies}) == 1  # the same bytes, the same seq
+    coordinator.send(Ack(RUN, 1, "dev-003", True), topics.ack(RUN, "dev-003"))
+    assert wait_until(lambda: agent.agent.stats["updates_acked"] == 1)
+    time.sleep(0.2)  # let in-flight copies land
+    while not coordinator.received.empty():
+        coordinator.received.get_nowait()
+    assert not [r for r in coordinator.collect(1.0) if isinstance(r.message, Update)]
+    assert agent.agent.stats["trained"] == 1
+
+
+def test_gives_up_at_the_deadline(mosquitto, coordinator, start_agent) -> None:
+    agent = start_agent(agent_settings(mosquitto.url, ack_timeout_s=0.3))
+    coordinator.expect(Register)
+    params, masks = global_model()
+    send_round(coordinator, make_task(1, deadline_s=1.5), params, masks)
+    coordinator.expect(Update, is_update_for(1))
+    assert wait_until(lambda: agent.agent.stats["updates_unacked"] == 1, timeout=10)
+    assert not agent.agent.state.uploads
+
+
+def test_garbage_is_dropped_and_the_agent_keeps_working(mosquitto, coordinator, start_agent) -> None:
+    agent = start_agent(agent_settings(mosquitto.url, max_message_bytes=256 * 1024),
+                        coordinator_key=COORDINATOR_KEY)
+    coordinator.key = COORDINATOR_KEY
+    coordinator.expect(Register)
+    params, masks = global_model()
+    stats = agent.agent.stats
+    good_task = encode_message(make_task(1), COORDINATOR_KEY)
+    coordinator.publish_raw(topics.task(RUN), b"\x00garbage")
+    coordinator.publish_raw(topics.model(RUN), b"FDSC" + bytes(40))  # a broken chunk header
+    coordinator.publish_raw(topics.control(RUN), good_task[:-7])  # truncated
+    flipped = bytearray(good_task)
+    flipped[40] ^= 0xFF
+    coordinator.publish_raw(topics.task(RUN), bytes(flipped))  # corrupted (CRC)
+    coordinator.publish_raw(topics.task(RUN), encode_message(make_task(1), DEVICE_KEY))  # wrong key
+    coordinator.publish_raw(topics.task(RUN), encode_message(make_task(1)))  # unsigned
+    coordinator.publish_raw(topics.model(RUN), good_task)  # a valid Task on the model topic
+    coordinator.publish_raw(topics.ack(RUN, "dev-003"), bytes(300 * 1024))  # oversized
+    coordinator.publish_raw(topics.inbox("dev-003"), b"")
+    assert wait_until(lambda: stats["dropped_malformed"] >= 7 and stats["dropped_oversized"] == 1
+                      and stats["dropped_wrong_topic"] == 1), dict(stats)
+    assert stats["trained"] == 0 and stats["internal_errors"] == 0
+    send_round(coordinator, make_task(1), params, masks)
+    coordinator.expect(Update, is_update_for(1))
+    assert stats["trained"] == 1
+
+
+def test_abort_stops_work_on_the_run(mosquitto, coordinator, start_agent) -> None:
+    agent = start_agent(agent_settings(mosquitto.url))
+    coordinator.expect(Register)
+    params, masks = global_model()
+    coordinator.send(make_task(1), topics.task(RUN))  # waits for its model
+    assert wait_until(lambda: (RUN, 1) in agent.agent.state.waiting)
+    coordinator.send(Abort(RUN, 1, "stopped by the operator"), topics.control(RUN))
+    assert wait_until(lambda: not agent.agent.state.waiting)
+    send_round(coordinator, make_task(2), params, masks)
+    assert wait_until(lambda: agent.agent.stats["tasks_aborted_run"] == 1)
+    send_round(coordinator, make_task(1, run="run-b"), params, masks)  # other runs still work
+    coordinator.expect(Update, lambda r: r.message.run_id == "run-b")
+    assert agent.agent.stats["trained"] == 1
+
+
+def test_reconnects_and_resumes_after_broker_restart(mosquitto, coordinator, start_agent) -> None:
+    agent = start_agent(agent_settings(mosquitto.url))
+    coordinator.expect(Register)
+    mosquitto.restart(down_s=1.0)  # no persistence: every session and subscription is gone
+    coordinator.wait_connected()
+    assert wait_until(lambda: agent.agent.stats["connects"] == 2, timeout=20)
+    coordinator.expect(Register)  # re-registered (and so re-subscribed) after the restart
+    params, masks = global_model()
+    send_round(coordinator, make_task(1), params, masks)
+    update = coordinator.expect(Update, is_update_for(1)).message
+    assert update.sample_count == 40
+    assert agent.agent.stats["disconnects"] >= 1
+
+
+def test_update_sent_while_the_broker_is_down_arrives_after_the_restart(mosquitto, coordinator,
+                                                                         start_agent) -> None:
+    agent = start_agent(agent_settings(mosquitto.url, ack_timeout_s=0.5))
+    coordinator.expect(Register)
+    params, masks = global_model()
+    send_round(coordinator, make_task(1, deadline_s=60), params, masks)
+    coordinator.expect(Update, is_update_for(1))
+    mosquitto.restart(down_s=1.5)  # the ack never came; the agent keeps the update pending
+    coordinator.wait_connected()
+    again = coordinator.expect(Update, is_update_for(1), timeout=20)
+    coordinator.send(Ack(RUN, 1, "dev-003", True), topics.ack(RUN, "dev-003"))
+    assert wait_until(lambda: agent.agent.stats["updates_acked"] == 1)
+    assert again.message.sample_count == 40 and agent.agent.stats["trained"] == 1
+
+
+def test_unknown_model_is_reported_not_fatal(mosquitto, coordinator, start_agent) -> None:
+    agent = start_agent(agent_settings(mosquitto.url))
+    coordinator.expect(Register)
+    params, masks = global_model()
+    bad = make_task(1)
+    bad = Task(**{**bad.__dict__, "model_name": "mnist_cnn"})  # 28x28 model, 8x8 data
+    send_round(coordinator, bad, params, masks)
+    assert wait_until(lambda: agent.agent.stats["training_failed"] == 1)
+    send_round(coordinator, make_task(2), params, masks)
+    coordinator.expect(Update, is_update_for(2))
+    assert np.isfinite(agent.agent.stats["trained"])
