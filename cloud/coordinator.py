@@ -78,6 +78,7 @@ class RunExecution:
     upload_bytes: int = 0
     download_bytes: int = 0
     counters: Counter = field(default_factory=Counter)
+    accepted_by_round: dict[int, frozenset[str]] = field(default_factory=dict)  # closed rounds
 
 
 class Coordinator:
@@ -104,6 +105,7 @@ class Coordinator:
         self._execution: RunExecution | None = None
         self._shutdown = threading.Event()
         self._thread: threading.Thread | None = None
+        self._finished_accepted: dict[str, dict[int, frozenset[str]]] = {}  # recent runs, for late duplicates
         self.counters: Counter = Counter()  # coordinator-wide (messages outside any run, invalid...)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -254,11 +256,18 @@ class Coordinator:
             return
         self.registry.seen(update.device_id, bytes_up=item.size)
         ex = self._execution
-        if ex is None or ex.run_id != update.run_id:
+        finished = self._finished_accepted.get(update.run_id, {})
+        if (ex is None or ex.run_id != update.run_id) and update.device_id in finished.get(update.server_round, ()):
+            verdict = Verdict("duplicate", "already received (run finished)")
+            self.counters["duplicate_after_run"] += 1
+        elif ex is None or ex.run_id != update.run_id:
             verdict = Verdict("stale", f"run {update.run_id} is not active")
             self.counters["ignored_other_run"] += 1
             if ex is not None:
                 ex.counters["ignored_other_run"] += 1
+        elif update.device_id in ex.accepted_by_round.get(update.server_round, ()):
+            verdict = Verdict("duplicate", "already received (round closed)")  # ok Ack: stop re-sending
+            ex.counters["duplicate"] += 1
         elif ex.collector is None:
             verdict = Verdict("stale", "no round is open")
             ex.counters["stale"] += 1
@@ -386,6 +395,7 @@ class Coordinator:
         r = collector.server_round
         ex.state, ex.server_round, ex.collector = new_state, r, None
         ex.upload_bytes += collector.upload_bytes
+        ex.accepted_by_round[r] = frozenset(collector.accepted)
         for device_id in collector.accepted:
             self.registry.round_done(device_id)
         record: dict[str, Any] = {
@@ -426,6 +436,9 @@ class Coordinator:
         ex = self._execution
         if ex is not None and ex.run_id == run_id:
             self.store.set_run_counters(run_id, ex.counters)
+            self._finished_accepted[run_id] = ex.accepted_by_round
+            while len(self._finished_accepted) > 4:
+                self._finished_accepted.pop(next(iter(self._finished_accepted)))
             self._execution = None
         self.store.set_run_status(run_id, status, error)
         with self._lock:
