@@ -1,0 +1,60 @@
+"""``feddst cloud serve``: the coordinator (FastAPI REST API + MQTT client)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="The cloud coordinator.", no_args_is_help=True)
+
+
+@app.command("serve")
+def serve(
+    config: Path | None = typer.Option(None, "--config", "-c", help="JSON or TOML file of settings (keys as "
+                                       "the env vars without the FEDDST_CLOUD_ prefix, lower case)."),
+    broker: str | None = typer.Option(None, help="Broker URL mqtt://HOST:PORT. Env: FEDDST_CLOUD_BROKER_URL. "
+                                      "Default: mqtt://127.0.0.1:1883."),
+    username: str | None = typer.Option(None, help="MQTT user name. Env: FEDDST_CLOUD_MQTT_USERNAME. "
+                                        "Default: coordinator."),
+    password: str | None = typer.Option(None, help="MQTT password; prefer the env var "
+                                        "FEDDST_CLOUD_MQTT_PASSWORD (flags show up in ps)."),
+    api_host: str | None = typer.Option(None, help="REST API bind address. Default: 127.0.0.1."),
+    api_port: int | None = typer.Option(None, help="REST API port. Default: 8080."),
+    state_dir: Path | None = typer.Option(None, help="Where runs, devices and models are kept. "
+                                          "Default: ./cloud-state."),
+    heartbeat_s: float | None = typer.Option(None, help="Device heartbeat period (online = seen within 3x)."),
+    device_keys_file: Path | None = typer.Option(None, help="JSON {device id: hex HMAC key}: require "
+                                                 "authenticated updates."),
+    embedded_broker: bool = typer.Option(False, "--embedded-broker", help="Start an in-process amqtt broker "
+                                         "(MQTT 3.1.1, anonymous, loopback) and use it: for demos only."),
+    broker_port: int = typer.Option(1883, help="Port of the embedded broker."),
+) -> None:
+    """Serve the coordinator: REST API on --api-host:--api-port, MQTT client to --broker.
+
+    OpenAPI is served at /openapi.json (docs at /docs).
+    """
+    import uvicorn
+    from pydantic import ValidationError
+
+    from cloud.app import create_app
+    from cloud.embedded_broker import EmbeddedBroker
+    from cloud.settings import CloudSettings
+
+    broker_process = None
+    if embedded_broker:
+        broker_process = EmbeddedBroker(port=broker_port).start()
+        broker = broker_process.url
+        typer.echo(f"embedded MQTT broker on {broker}")
+    try:
+        settings = CloudSettings.load(config, broker_url=broker, mqtt_username=username, mqtt_password=password,
+                                      api_host=api_host, api_port=api_port, state_dir=state_dir,
+                                      heartbeat_s=heartbeat_s, device_keys_file=device_keys_file)
+    except (ValidationError, ValueError, OSError) as exc:
+        typer.secho(f"error: invalid settings: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    try:
+        uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info")
+    finally:
+        if broker_process is not None:
+            broker_process.stop()
