@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,30 +10,30 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from brokers import MosquittoBroker  # noqa: E402
+from coordinator_harness import make_coordinator, wait_until  # noqa: E402,F401
 from fake_devices import FakeDevice  # noqa: E402
 
 from cloud.coordinator import Coordinator  # noqa: E402
-from cloud.settings import CloudSettings  # noqa: E402
+from cloud.embedded_broker import EmbeddedBroker  # noqa: E402
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def make_coordinator(broker_url: str, state_dir: Path) -> Coordinator:
-    settings = CloudSettings(broker_url=broker_url, state_dir=state_dir, heartbeat_s=1.0, mqtt_username=None)
-    coordinator = Coordinator(settings)
-    assert coordinator.start(), "coordinator could not connect to the broker"
-    return coordinator
+@pytest.fixture(params=["mosquitto", "embedded"])
+def broker(request, tmp_path: Path):
+    """Every coordinator test runs against a real mosquitto and against the embedded amqtt broker."""
+    if request.param == "mosquitto":
+        server = MosquittoBroker(tmp_path / "mosquitto").start()
+    else:
+        server = EmbeddedBroker().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
-def coordinator(mosquitto, tmp_path: Path) -> Iterator[Coordinator]:
-    coord = make_coordinator(mosquitto.url, tmp_path / "state")
+def coordinator(broker, tmp_path: Path) -> Iterator[Coordinator]:
+    coord = make_coordinator(broker.url, tmp_path / "state")
     try:
         yield coord
     finally:
@@ -42,11 +41,11 @@ def coordinator(mosquitto, tmp_path: Path) -> Iterator[Coordinator]:
 
 
 @pytest.fixture
-def devices(mosquitto) -> Iterator[Callable[..., FakeDevice]]:
+def devices(broker) -> Iterator[Callable[..., FakeDevice]]:
     started: list[FakeDevice] = []
 
     def start(device_id: str, **kwargs: object) -> FakeDevice:
-        device = FakeDevice(device_id, mosquitto.port, **kwargs).start()  # type: ignore[arg-type]
+        device = FakeDevice(device_id, broker.port, **kwargs).start()  # type: ignore[arg-type]
         started.append(device)
         return device
 

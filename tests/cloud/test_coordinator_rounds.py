@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import wait_until
+from coordinator_harness import wait_until
 
 from cloud.run_config import RunConfig
 
@@ -104,46 +104,37 @@ def test_silent_device_does_not_stall_the_round_past_its_deadline(coordinator, d
         assert r["seconds"] < timeout + 3.0  # closed at the deadline, not later
 
 
-def test_unselected_device_update_is_ignored(coordinator, devices):
-    # 3 devices, 2 per round: a silent device's slot is the only way to get an unselected update
-    # here; instead replay a selected device's update from another client id (= unselected).
+def test_unselected_device_update_is_ignored(coordinator, devices, broker):
     import paho.mqtt.client as mqtt
 
-    from protocol import decode_message, topics
-
-    for i in range(3):
-        devices(f"dev-{i:03d}", index=i)
-    _online(coordinator, 3)
-    run = coordinator.create_run(RunConfig(rounds=1, clients_per_round=2, **SMALL))
-    coordinator.start_run(run.id)
-    assert coordinator.wait_for_run(run.id, 60).status == "completed"
-    _, rounds = coordinator.get_run(run.id)
-    outsider = ({"dev-000", "dev-001", "dev-002"} - set(rounds[0]["selected"])).pop()
-    assert outsider not in rounds[0]["accepted"]
-    # an update from a device for a run that is no longer active is ignored (and acked not-ok)
-    got = []
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="probe")
-    client.on_message = lambda c, u, m: got.append(decode_message(m.payload))
-    port = coordinator.settings.broker_port
-    client.connect("127.0.0.1", port)
-    client.subscribe(topics.ack(run.id, outsider), qos=1)
-    client.loop_start()
-    from feddst_core.models import get_model_spec
     from feddst_core.wire_format import update_message
-    from protocol import encode_message
+    from protocol import Ack, decode_message, encode_message, topics
 
-    params, masks = coordinator.store.load_model(run.id)
-    msg = update_message(run.id, 1, outsider, params, masks, masks, 10, 0.0, 0.0)
-    assert get_model_spec("digits_cnn")
-    import time
-
-    time.sleep(0.3)
-    client.publish(topics.update(run.id, outsider), encode_message(msg), qos=1).wait_for_publish(5)
-    wait_until(lambda: bool(got), what="ack")
-    client.loop_stop()
-    client.disconnect()
-    assert got[0].ok is False
-    assert coordinator.counters["ignored_other_run"] >= 1
+    devices("dev-000", index=0)
+    devices("dev-001", index=1, silent=True)  # keeps round 1 open until its deadline
+    _online(coordinator, 2)
+    acks: list = []
+    probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="probe-outsider")
+    probe.on_message = lambda c, u, m: acks.append(decode_message(m.payload))
+    probe.connect("127.0.0.1", broker.port)
+    probe.loop_start()
+    run = coordinator.create_run(RunConfig(rounds=1, clients_per_round=2, quorum=1,
+                                           **{**SMALL, "round_timeout_s": 2.0}))
+    probe.subscribe(topics.ack(run.id, "dev-009"), qos=1)
+    coordinator.start_run(run.id)
+    wait_until(lambda: coordinator._execution is not None and coordinator._execution.collector is not None,
+               what="round 1 open")
+    params, masks = coordinator.store.load_model(run.id)  # the round-0 model
+    msg = update_message(run.id, 1, "dev-009", params, masks, masks, 10, 0.0, 0.0)
+    probe.publish(topics.update(run.id, "dev-009"), encode_message(msg), qos=1).wait_for_publish(5)
+    assert coordinator.wait_for_run(run.id, 30).status == "completed"
+    wait_until(lambda: any(isinstance(a, Ack) for a in acks), what="ack to the outsider")
+    probe.loop_stop()
+    probe.disconnect()
+    row, rounds = coordinator.get_run(run.id)
+    assert rounds[0]["accepted"] == ["dev-000"]
+    assert rounds[0]["ignored"]["unselected"] == 1 and row.counters["unselected"] == 1
+    assert [a.ok for a in acks if isinstance(a, Ack)] == [False]
 
 
 def test_missed_quorum_fails_after_retries(coordinator, devices):
