@@ -76,33 +76,15 @@ class DemoStack:
     def __init__(self, out: Path, agents: int, seed: int):
         self.out, self.agents, self.seed = out, agents, seed
         self.broker = None
-        self.mosquitto: subprocess.Popen | None = None
         self.coordinator = None
         self.processes: list[subprocess.Popen] = []
         self.state_dir = Path(tempfile.mkdtemp(prefix="feddst-demo-"))
-        self.embedded_ok = _agent_speaks_mqtt311()
 
     def start_broker(self) -> str:
-        if self.embedded_ok:
-            from cloud.embedded_broker import EmbeddedBroker
+        from cloud.embedded_broker import EmbeddedBroker
 
-            self.broker = EmbeddedBroker().start()
-            return self.broker.url
-        # The agent only speaks MQTT 5, which amqtt does not: use mosquitto when it is installed.
-        binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-        if binary is None:
-            raise DemoError("the edge agent speaks only MQTT 5, which the embedded amqtt broker does not; "
-                            "install mosquitto or pass --broker mqtt://HOST:PORT")
-        from cloud.embedded_broker import _free_port
-
-        port = _free_port("127.0.0.1")
-        conf = self.state_dir / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        typer.echo("note: the edge agent speaks only MQTT 5 (amqtt has 3.1.1 only): using mosquitto instead")
-        self.mosquitto = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, start_new_session=True)
-        _wait_for_port(port)
-        return f"mqtt://127.0.0.1:{port}"
+        self.broker = EmbeddedBroker().start()
+        return self.broker.url
 
     def start_coordinator(self, url: str) -> None:
         from cloud.coordinator import Coordinator
@@ -124,8 +106,8 @@ class DemoStack:
                    "--classes-per-client", str(CLASSES_PER_CLIENT), "--samples-per-class",
                    str(SAMPLES_PER_CLASS), "--seed", str(self.seed), "--threads", "1",
                    "--heartbeat-s", str(HEARTBEAT_S)]
-            if self.embedded_ok and self.broker is not None:
-                cmd += ["--mqtt-protocol", "3.1.1"]
+            if self.broker is not None:
+                cmd += ["--mqtt-protocol", "3.1.1"]  # the embedded amqtt broker has no MQTT 5
             log = open(logs / f"agent-{i:03d}.log", "wb")  # noqa: SIM115 - owned by the child
             self.processes.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                    start_new_session=True))
@@ -186,35 +168,7 @@ class DemoStack:
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
-        if self.mosquitto is not None:
-            self.mosquitto.terminate()
-            try:
-                self.mosquitto.wait(5)
-            except subprocess.TimeoutExpired:
-                self.mosquitto.kill()
-                self.mosquitto.wait()
-            self.mosquitto = None
         shutil.rmtree(self.state_dir, ignore_errors=True)
-
-
-def _agent_speaks_mqtt311() -> bool:
-    """True when ``feddst agent run`` can connect with MQTT 3.1.1 (needed for the embedded broker)."""
-    result = subprocess.run([sys.executable, "-m", "feddst_cli.main", "agent", "run", "--help"],
-                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
-    return "--mqtt-protocol" in result.stdout
-
-
-def _wait_for_port(port: int, timeout_s: float = 10.0) -> None:
-    import socket
-
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise DemoError(f"the broker did not start on port {port}")
 
 
 def dense_update_bytes(model: str) -> int:

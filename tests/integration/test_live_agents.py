@@ -1,0 +1,90 @@
+"""End to end with real agent processes: a full run, an agent killed mid-round, the embedded broker."""
+
+from __future__ import annotations
+
+import signal
+
+import paho.mqtt.client as mqtt
+from coordinator_harness import make_coordinator, wait_until
+
+from cloud.embedded_broker import EmbeddedBroker
+from cloud.run_config import EvalConfig, RunConfig
+
+DATA = ("--classes-per-client", "2", "--samples-per-class", "20")
+
+
+def test_agent_killed_mid_round_does_not_stall_the_round(mosquitto, agents, tmp_path):
+    coordinator = make_coordinator(mosquitto.url, tmp_path / "state")
+    try:
+        procs = {f"dev-{i:03d}": agents(mosquitto.url, f"dev-{i:03d}", f"{i}/3", *DATA) for i in range(3)}
+        wait_until(lambda: len(coordinator.registry.online_ids()) == 3, 60, "agents online")
+        timeout = 6.0
+        run = coordinator.create_run(RunConfig(
+            model="digits_cnn", clients_per_round=2, rounds=2, local_epochs=40, batch_size=8, lr=0.05, quorum=1,
+            round_timeout_s=timeout, min_devices=3,
+            eval=EvalConfig(dataset="digits", clients=3, classes_per_client=2, samples_per_class=20)))
+        coordinator.start_run(run.id)
+        wait_until(lambda: coordinator._execution is not None and coordinator._execution.collector is not None,
+                   30, "round 1 open")
+        victim = coordinator._execution.collector.selected[0]
+        procs[victim].send_signal(signal.SIGKILL)  # mid-round: it is training (40 local epochs)
+        final = coordinator.wait_for_run(run.id, 60)
+        assert final.status == "completed", final.error
+        _, rounds = coordinator.get_run(run.id)
+        assert victim not in rounds[0]["accepted"] and len(rounds[0]["accepted"]) == 1
+        assert rounds[0]["seconds"] < timeout + 3.0  # closed at the deadline
+        assert victim not in rounds[1]["selected"]  # its last will marked it offline
+        assert rounds[1]["accepted"] == rounds[1]["selected"]
+    finally:
+        coordinator.close()
+
+
+def test_embedded_broker_supports_what_the_system_needs():
+    """QoS 1, retained messages, last will and 128 KiB payloads with paho v2 clients (MQTT 3.1.1)."""
+    import queue
+
+    broker = EmbeddedBroker().start()
+    got: queue.Queue = queue.Queue()
+    try:
+        def client(cid: str, will: bool = False) -> mqtt.Client:
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv311)
+            if will:
+                c.will_set("t/status/a", b"offline", qos=1, retain=True)
+            c.on_message = lambda cl, u, m: got.put((cid, m.topic, bytes(m.payload)))
+            c.connect("127.0.0.1", broker.port)
+            c.loop_start()
+            return c
+
+        a = client("a", will=True)
+        assert a.publish("t/status/a", b"online", qos=1, retain=True).wait_for_publish(5) is None
+        b = client("b")
+        b.subscribe([("t/status/+", 1), ("t/big", 1)])
+        assert got.get(timeout=5) == ("b", "t/status/a", b"online")  # retained
+        big = bytes(range(256)) * 512  # 128 KiB
+        info = a.publish("t/big", big, qos=1)
+        info.wait_for_publish(10)
+        assert info.rc == mqtt.MQTT_ERR_SUCCESS
+        assert got.get(timeout=10) == ("b", "t/big", big)
+        a.loop_stop()
+        a.socket().close()  # vanish: the broker publishes the will
+        assert got.get(timeout=10) == ("b", "t/status/a", b"offline")
+        b.loop_stop()
+        b.disconnect()
+    finally:
+        broker.stop()
+
+
+def test_full_run_with_real_agents_on_the_embedded_broker(agents, tmp_path):
+    broker = EmbeddedBroker().start()
+    coordinator = make_coordinator(broker.url, tmp_path / "state")
+    try:
+        for i in range(3):
+            agents(broker.url, f"dev-{i:03d}", f"{i}/3", *DATA, "--mqtt-protocol", "3.1.1")
+        wait_until(lambda: len(coordinator.registry.online_ids()) == 3, 60, "agents online")
+        run = coordinator.create_run(RunConfig(model="digits_cnn", clients_per_round=3, rounds=2, local_epochs=1,
+                                               batch_size=8, round_timeout_s=30, min_devices=3))
+        coordinator.start_run(run.id)
+        assert coordinator.wait_for_run(run.id, 60).status == "completed"
+    finally:
+        coordinator.close()
+        broker.stop()
