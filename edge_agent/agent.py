@@ -54,6 +54,8 @@ RoundKey = tuple[str, int]  # (run id, server round)
 MODEL_CACHE_SIZE = 4
 HANDLED_MEMORY = 4096
 EXIT_OK, EXIT_FAILURE, EXIT_REFUSED = 0, 1, 3
+UNSUPPORTED_PROTOCOL = 0x84  # CONNACK reason: the broker does not speak this MQTT version
+CONNACK_TIMEOUT_S = 3.0  # --mqtt-protocol auto: an MQTT 5 CONNECT unanswered this long means 3.1.1 only
 
 
 @dataclass(frozen=True)
@@ -157,15 +159,27 @@ class EdgeAgent:
             self._on_link_up(event)
         elif isinstance(event, LinkDown):
             self.stats["disconnects"] += 1
-            log.warning("broker connection lost or unavailable (%s); reconnecting with backoff", event.reason)
+            if event.before_connack and self.link.can_fall_back:
+                self._fall_back("it closed an MQTT 5 connection without answering")
+            else:
+                log.warning("broker connection lost or unavailable (%s); reconnecting with backoff", event.reason)
         elif isinstance(event, LinkRefused):
-            if event.permanent:
+            if event.code == UNSUPPORTED_PROTOCOL and self.link.can_fall_back:
+                self._fall_back("it refused MQTT 5")
+            elif event.permanent:
                 log.error("the broker refused the connection: %s", event.reason)
                 self._exit_code = EXIT_REFUSED
             else:
                 log.warning("the broker refused the connection (%s); retrying", event.reason)
 
+    def _fall_back(self, why: str) -> None:
+        log.info("the broker does not speak MQTT 5 (%s); reconnecting with MQTT 3.1.1", why)
+        self.stats["protocol_fallbacks"] += 1
+        self.link.fall_back_to_mqtt311()
+
     def _tick(self) -> None:
+        if self.link.can_fall_back and self.link.connack_overdue(CONNACK_TIMEOUT_S):
+            self._fall_back(f"no answer to an MQTT 5 CONNECT within {CONNACK_TIMEOUT_S:.0f} s")
         now = time.monotonic()
         if self.link.connected and now >= self._next_heartbeat:
             self._publish_status("busy" if self.state.training else "online")

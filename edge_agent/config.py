@@ -28,6 +28,7 @@ from protocol import is_identifier
 ENV_PREFIX = "FEDDST_"
 DATA_SOURCES = ("digits", "mnist", "cifar10", "npz", "image-folder", "csv")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MQTT_PROTOCOLS = ("auto", "5", "3.1.1")
 MIN_KEY_BYTES = 16
 
 
@@ -68,6 +69,7 @@ class AgentSettings:
     coordinator_key_file: str | None = None  # hex key verifying the coordinator's messages
     ca_file: str | None = None  # CA bundle for mqtts:// (default: the system store)
     tls_insecure: bool = False  # skip the broker host name check (testing only)
+    mqtt_protocol: str = "auto"  # "5", "3.1.1", or "auto" (5, falling back to 3.1.1 if refused)
     dataset: str = "digits"
     data_dir: str | None = None  # directory, or file for npz / csv
     label_column: str = "label"  # csv only
@@ -113,6 +115,7 @@ class AgentSettings:
         check(self.ack_timeout_s > 0, "ack_timeout_s", "must be > 0 seconds")
         check(0 < self.reconnect_min_s <= self.reconnect_max_s, "reconnect_min_s",
               "reconnect delays must satisfy 0 < reconnect_min_s <= reconnect_max_s")
+        check(self.mqtt_protocol in MQTT_PROTOCOLS, "mqtt_protocol", "choose one of " + ", ".join(MQTT_PROTOCOLS))
         check(self.log_level in LOG_LEVELS, "log_level", "choose one of " + ", ".join(LOG_LEVELS))
         check(self.ca_file is None or self.broker_address.tls, "ca_file",
               "a CA file only makes sense with an mqtts:// broker URL")

@@ -1,4 +1,10 @@
-"""The agent's one MQTT adapter (paho-mqtt v2, MQTT v5): connection, will, reconnects, publishing.
+"""The agent's one MQTT adapter (paho-mqtt v2): connection, will, reconnects, publishing.
+
+Protocol: MQTT 5 with clean_start=False and a session expiry; with ``--mqtt-protocol auto`` (the
+default) a broker that refuses MQTT 5 or does not answer an MQTT 5 CONNECT (the embedded amqtt
+broker of ``feddst demo`` does either, depending on the CONNECT's content) makes the agent
+reconnect with MQTT 3.1.1 and clean_session=False, the 3.1.1 persistent session. Once an MQTT 5
+connection has succeeded, the agent never falls back.
 
 Threading contract: paho's network thread runs the callbacks, which only wrap what happened in
 a small event object and put it on ``events`` (a ``queue.Queue``) for the agent's main loop:
@@ -22,6 +28,7 @@ import logging
 import queue
 import random
 import ssl
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -35,7 +42,7 @@ log = logging.getLogger("feddst.agent.mqtt")
 
 # CONNACK reason codes that retrying cannot fix (MQTT v5 spec, 3.2.2.2).
 PERMANENT_REFUSALS = {
-    0x84: "the broker does not support MQTT v5",
+    0x84: "the broker does not support this MQTT version (try --mqtt-protocol 3.1.1)",
     0x85: "the broker rejected the client id (= device id)",
     0x86: "bad user name or password: check --username/--password (FEDDST_PASSWORD)",
     0x87: "not authorized: check the broker's password file and ACL for this device",
@@ -53,17 +60,24 @@ class LinkUp:
 
 @dataclass(frozen=True)
 class LinkDown:
-    """The connection dropped or a connection attempt failed; paho is retrying."""
+    """The connection dropped or a connection attempt failed; paho is retrying.
+
+    ``before_connack``: the broker accepted TCP but closed it without answering CONNECT (what
+    an MQTT-3.1.1-only broker such as amqtt does with an MQTT 5 CONNECT carrying a will)."""
 
     reason: str
+    before_connack: bool = False
 
 
 @dataclass(frozen=True)
 class LinkRefused:
-    """The broker refused the connection; ``permanent`` refusals will not fix themselves."""
+    """The broker refused the connection; ``permanent`` refusals will not fix themselves.
+
+    ``code`` is the MQTT v5 CONNACK reason code (0x84: the broker does not speak MQTT 5)."""
 
     reason: str
     permanent: bool
+    code: int
 
 
 @dataclass(frozen=True)
@@ -84,38 +98,75 @@ class DeviceLink:
                  events: queue.Queue, rng: random.Random | None = None) -> None:
         self.settings = settings
         self.events = events
+        self._will = (will_topic, will_payload)
         self._rng = rng or random.Random()
         self._started = False
         self._connected = False
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.device_id,
-                             protocol=mqtt.MQTTv5, reconnect_on_failure=True)
+        self._attempt_started: float | None = None  # monotonic time of a CONNECT not yet answered
+        self._v5_confirmed = False
+        self.protocol = "3.1.1" if settings.mqtt_protocol == "3.1.1" else "5"
+        self.client = self._build_client()
+
+    def _build_client(self) -> mqtt.Client:
+        settings = self.settings
+        if self.protocol == "5":
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.device_id,
+                                 protocol=mqtt.MQTTv5, reconnect_on_failure=True)
+        else:  # MQTT 3.1.1: clean_session=False is the persistent session (kept until the broker drops it)
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.device_id,
+                                 protocol=mqtt.MQTTv311, clean_session=False, reconnect_on_failure=True)
         client.username_pw_set(settings.mqtt_username, settings.password)
-        client.will_set(will_topic, will_payload, qos=1, retain=True)
-        address = settings.broker_address
-        if address.tls:
+        client.will_set(self._will[0], self._will[1], qos=1, retain=True)
+        if settings.broker_address.tls:
             client.tls_set(ca_certs=settings.ca_file, cert_reqs=ssl.CERT_REQUIRED)
             if settings.tls_insecure:
                 client.tls_insecure_set(True)
         client.max_inflight_messages_set(64)
         self._jitter_reconnect_delay(client)
+        client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        self.client = client
+        return client
 
     # ----------------------------------------------------------------- lifecycle (main thread)
     def start(self) -> None:
         """Start connecting in the background (returns at once; :class:`LinkUp` follows)."""
         if self._started:
             raise RuntimeError("DeviceLink.start() called twice")
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self.settings.session_expiry_s
         address = self.settings.broker_address
-        self.client.connect_async(address.host, address.port, keepalive=self.settings.keepalive_s,
-                                  clean_start=False, properties=properties)
+        if self.protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.settings.session_expiry_s
+            self.client.connect_async(address.host, address.port, keepalive=self.settings.keepalive_s,
+                                      clean_start=False, properties=properties)
+        else:
+            self.client.connect_async(address.host, address.port, keepalive=self.settings.keepalive_s)
         self.client.loop_start()
         self._started = True
+
+    @property
+    def can_fall_back(self) -> bool:
+        """True while ``--mqtt-protocol auto`` is trying MQTT 5 and no v5 connection has succeeded yet."""
+        return self.settings.mqtt_protocol == "auto" and self.protocol == "5" and not self._v5_confirmed
+
+    def connack_overdue(self, timeout_s: float) -> bool:
+        """True when a CONNECT has waited more than ``timeout_s`` for the broker's answer."""
+        started = self._attempt_started
+        return started is not None and time.monotonic() - started > timeout_s
+
+    def fall_back_to_mqtt311(self) -> None:
+        """The broker does not speak MQTT 5 (e.g. the embedded amqtt broker): reconnect with 3.1.1."""
+        if not self.can_fall_back:
+            raise RuntimeError("fall_back_to_mqtt311() needs --mqtt-protocol auto and a v5 client")
+        self.client.loop_stop()
+        self._started = False
+        self._connected = False
+        self.protocol = "3.1.1"
+        self._attempt_started = None
+        self.client = self._build_client()
+        self.start()
 
     def stop(self, timeout_s: float = 3.0) -> None:
         """Flush pending publishes (up to ``timeout_s``), disconnect cleanly (no will), stop the thread."""
@@ -175,25 +226,33 @@ class DeviceLink:
         low = self.settings.reconnect_min_s * self._rng.uniform(0.5, 1.5)
         client.reconnect_delay_set(min_delay=low, max_delay=max(low, self.settings.reconnect_max_s))  # type: ignore[arg-type]
 
+    def _on_pre_connect(self, client: mqtt.Client, userdata: object) -> None:
+        self._attempt_started = time.monotonic()
+
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
                     reason_code: mqtt.ReasonCode, properties: Properties | None) -> None:
+        self._attempt_started = None
         if reason_code.is_failure:
             self._connected = False
             value = int(reason_code.value)
             permanent = value in PERMANENT_REFUSALS
-            self.events.put(LinkRefused(PERMANENT_REFUSALS.get(value, str(reason_code)), permanent))
+            self.events.put(LinkRefused(PERMANENT_REFUSALS.get(value, str(reason_code)), permanent, value))
             return
         self._connected = True
+        self._v5_confirmed = self._v5_confirmed or self.protocol == "5"
         self.events.put(LinkUp(bool(flags.session_present)))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        self._attempt_started = None
         self.events.put(LinkDown("connection attempt failed (broker unreachable?)"))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
                        reason_code: mqtt.ReasonCode, properties: Properties | None) -> None:
+        before_connack = self._attempt_started is not None
+        self._attempt_started = None
         self._connected = False
         self._jitter_reconnect_delay(client)
-        self.events.put(LinkDown(str(reason_code)))
+        self.events.put(LinkDown(str(reason_code), before_connack))
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         self.events.put(Inbound(message.topic, bytes(message.payload)))

@@ -41,6 +41,12 @@ class PartitionKind(StrEnum):
     iid = "iid"
 
 
+class MqttProtocol(StrEnum):
+    auto = "auto"
+    v5 = "5"
+    v311 = "3.1.1"
+
+
 class LogLevel(StrEnum):
     debug = "debug"
     info = "info"
@@ -91,6 +97,9 @@ def run(
                                                      "(unsigned or wrongly signed ones are dropped). Env: "
                                                      "FEDDST_COORDINATOR_KEY_FILE. Default: not verified.",
                                                      rich_help_panel=BROKER),
+    mqtt_protocol: MqttProtocol | None = typer.Option(None, help="MQTT version: 5, 3.1.1, or auto (5, falling "
+                                                      "back to 3.1.1 when the broker refuses 5, as the embedded "
+                                                      "demo broker does). Default: auto.", rich_help_panel=BROKER),
     ca_file: Path | None = typer.Option(None, help="CA bundle for mqtts:// Default: the system store.. Env: "
                                         "FEDDST_CA_FILE.", rich_help_panel=BROKER),
     dataset: DataSourceName | None = typer.Option(None, help="Local data source: digits (built in), mnist (IDX "
@@ -136,6 +145,7 @@ def run(
     flags = {name: _value(value) for name, value in {
         "broker": broker, "device_id": device_id, "username": username, "password": password,
         "key_file": key_file, "coordinator_key_file": coordinator_key_file, "ca_file": ca_file,
+        "mqtt_protocol": mqtt_protocol,
         "dataset": dataset, "data_dir": data_dir, "label_column": label_column, "partition": partition,
         "partition_kind": partition_kind, "classes_per_client": classes_per_client,
         "samples_per_class": samples_per_class, "beta": beta, "seed": seed, "threads": threads,

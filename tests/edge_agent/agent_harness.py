@@ -49,7 +49,8 @@ class FakeCoordinator:
     """Subscribes like the coordinator, decodes everything, publishes whatever a test needs."""
 
     def __init__(self, port: int, *, username: str = "coordinator", password: str | None = None,
-                 device_keys: dict[str, bytes] | None = None, key: bytes | None = None) -> None:
+                 device_keys: dict[str, bytes] | None = None, key: bytes | None = None,
+                 protocol: int = mqtt.MQTTv5) -> None:
         self.device_keys = device_keys
         self.key = key
         self.received: queue.Queue[Received] = queue.Queue()
@@ -58,7 +59,7 @@ class FakeCoordinator:
         self._seq = 0
         self._connected = threading.Event()
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fake-{username}-{id(self)}",
-                             protocol=mqtt.MQTTv5)
+                             protocol=protocol)
         client.username_pw_set(username, password)
         client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
         client.on_connect = self._on_connect

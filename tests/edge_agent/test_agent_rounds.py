@@ -8,6 +8,7 @@ import platform
 import time
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
 import torch
 from agent_harness import COORDINATOR_KEY, DEVICE_KEY, FakeCoordinator, agent_settings, wait_until
@@ -53,8 +54,9 @@ def is_update_for(server_round: int, device: str = "dev-003"):  # type: ignore[n
 
 
 def test_registers_with_capabilities_and_heartbeats(mosquitto, coordinator, start_agent) -> None:
-    start_agent(agent_settings(mosquitto.url))
+    agent = start_agent(agent_settings(mosquitto.url))
     online = coordinator.expect(Status, lambda r: r.message.state == "online")
+    assert agent.agent.link.protocol == "5"  # mosquitto speaks MQTT 5: no fallback
     assert online.topic == topics.status("dev-003")
     assert online.decoded.envelope.authenticated  # signed with the device key, verified by the coordinator
     register = coordinator.expect(Register).message
@@ -232,3 +234,22 @@ def test_unknown_model_is_reported_not_fatal(mosquitto, coordinator, start_agent
     send_round(coordinator, make_task(2), params, masks)
     coordinator.expect(Update, is_update_for(2))
     assert np.isfinite(agent.agent.stats["trained"])
+
+
+def test_falls_back_to_mqtt311_on_the_embedded_broker(start_agent) -> None:
+    """amqtt (the demo's embedded broker) refuses MQTT 5; ``--mqtt-protocol auto`` switches to 3.1.1."""
+    embedded = pytest.importorskip("cloud.embedded_broker")
+    broker = embedded.EmbeddedBroker().start()
+    try:
+        coordinator = FakeCoordinator(broker.port, device_keys={"dev-003": DEVICE_KEY}, protocol=mqtt.MQTTv311)
+        try:
+            agent = start_agent(agent_settings(broker.url))
+            coordinator.expect(Register)
+            assert agent.agent.link.protocol == "3.1.1" and agent.agent.stats["protocol_fallbacks"] == 1
+            params, masks = global_model()
+            send_round(coordinator, make_task(1), params, masks)
+            assert coordinator.expect(Update, is_update_for(1)).message.sample_count == 40
+        finally:
+            coordinator.close()
+    finally:
+        broker.stop()
