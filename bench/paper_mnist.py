@@ -36,6 +36,7 @@ from simulator.engine import Simulation  # noqa: E402
 from simulator.report import build_report, plot_accuracy_vs_upload, write_report  # noqa: E402
 
 ALGORITHMS = ("fedavg", "fedavgm", "feddst", "randommask")
+CAP_FRACTIONS = (0.125, 0.25, 0.5, 1.0)  # upload caps as fractions of FedDST's total upload
 
 
 class PlainMnistNet(nn.Module):
@@ -190,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             "upload_bytes_per_round": rep["total_upload_bytes"] / args.rounds,
             "accuracy_at_feddst_budget": accuracy_within_budget(rep, budget) if budget else None,
         })
+    caps = [int(budget * f) for f in CAP_FRACTIONS] if budget else []
+    for row in rows:
+        row["accuracy_at_caps"] = {str(cap): accuracy_within_budget(reports[row["algorithm"]], cap) for cap in caps}
     plot_accuracy_vs_upload(reports, Path(args.out) / "accuracy_vs_upload.png")
     result: dict[str, Any] = {"rows": rows, "rounds": args.rounds,
                               "rounds_per_min": speed.get("rounds_per_min"),
@@ -207,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['algorithm']:<12}{r['final_accuracy']:>10.4f}{r['total_upload_bytes'] / 1e6:>11.1f}"
               f"{r['upload_bytes_per_round'] / 1e6:>10.3f}{ratio:>9.3f}"
               f"{(f'{at_budget:.4f}' if at_budget is not None else '-'):>12}")
+    if caps:
+        print("\naccuracy at equal cumulative upload caps (last evaluated round within the cap)")
+        print(f"{'algorithm':<12}" + "".join(f"{cap / 1e6:>10.0f}MB" for cap in caps))
+        for r in rows:
+            cells = [r["accuracy_at_caps"][str(cap)] for cap in caps]
+            print(f"{r['algorithm']:<12}" + "".join(f"{(f'{c:.4f}' if c is not None else '-'):>12}" for c in cells))
     if speed:
         print(f"\nsimulator: {speed['rounds_per_min']:.1f} rounds/min; sequential plain-PyTorch baseline: "
               f"{speed['baseline_rounds_per_min']:.1f} rounds/min; speedup {speed['speedup']:.2f}x")

@@ -29,6 +29,10 @@ class TrainConfig:
     batch_size: int = 32  # local mini-batch size
     local_epochs: int = 10  # passes over the local data per round
     prox_mu: float = 0.0  # FedProx coefficient: loss += mu/2 * ||w - w_global||^2
+    # Readjust the mask before this local epoch (None = halfway, E // 2). Readjusting mid-round lets
+    # the regrown weights (which start at 0) train before upload; readjusting after the last epoch
+    # uploads them as zeros, and the server's magnitude pruning then always drops them again.
+    readjust_epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,17 @@ class LocalTrainer:
         rows = torch.arange(k).unsqueeze(1)  # (K, 1) for gathering per-client batches
         names = list(params)
         epoch_loss = torch.zeros(k)
-        for _ in range(cfg.local_epochs):
+        changes: list[dict[str, MaskChange]] = [{} for _ in range(k)]
+        readjust_at = self.readjust_epoch() if readjust_fraction > 0 else -1
+        for epoch in range(cfg.local_epochs + 1):
+            if epoch == readjust_at:
+                masks, changes = self._readjust(params, masks, x, y, readjust_fraction)
+                with torch.no_grad():
+                    for nm, buf in buffers.items():
+                        if nm in masks:
+                            buf.mul_(masks[nm])  # momentum of dropped weights gone, grown ones start at 0
+            if epoch == cfg.local_epochs:
+                break
             order = torch.stack([torch.randperm(n, generator=g) for g in generators])  # (K, n)
             epoch_loss = torch.zeros(k)
             for start in range(0, n, cfg.batch_size):
@@ -114,9 +128,6 @@ class LocalTrainer:
                 epoch_loss += per_client.detach() * idx.shape[1]
             epoch_loss /= max(n, 1)
 
-        changes: list[dict[str, MaskChange]] = [{} for _ in range(k)]
-        if readjust_fraction > 0:
-            masks, changes = self._readjust(params, masks, x, y, readjust_fraction)
         out: list[ClientOutcome] = []
         for i in range(k):
             out.append(ClientOutcome(
@@ -124,6 +135,12 @@ class LocalTrainer:
                 masks={nm: masks[nm][i].clone() for nm in masks},
                 mask_changes=changes[i], num_samples=n, train_loss=float(epoch_loss[i])))
         return out
+
+    def readjust_epoch(self) -> int:
+        """Local epoch before which the mask is readjusted (``local_epochs`` = after the last one)."""
+        e = self.config.local_epochs
+        at = self.config.readjust_epoch
+        return e // 2 if at is None else min(max(at, 0), e)
 
     def _loss(self, params: Mapping[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """Per-client mean cross-entropy on a (K, b, ...) batch -> (K,)."""

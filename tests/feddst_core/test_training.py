@@ -73,9 +73,9 @@ def test_batched_clients_equal_one_by_one():
             assert torch.equal(together[i].masks[n], alone.masks[n])
 
 
-def test_readjustment_changes_mask_but_keeps_density_and_zero_grown_weights():
+def test_readjustment_after_last_epoch_uploads_grown_weights_at_zero():
     params, masks = sparse_model()
-    trainer = LocalTrainer(SPEC, TrainConfig(batch_size=8, local_epochs=1))
+    trainer = LocalTrainer(SPEC, TrainConfig(batch_size=8, local_epochs=2, readjust_epoch=2))
     (out,) = trainer.train(params, masks, [make_data(20, 4)], [5], readjust_fraction=0.3)
     changed = 0
     for n, m in masks.items():
@@ -85,6 +85,23 @@ def test_readjustment_changes_mask_but_keeps_density_and_zero_grown_weights():
         assert torch.count_nonzero(out.params[n][~out.masks[n]]) == 0
         changed += len(grown)
     assert changed > 0
+
+
+def test_mid_round_readjustment_trains_grown_weights_and_zeroes_dropped_ones():
+    params, masks = sparse_model()
+    trainer = LocalTrainer(SPEC, TrainConfig(batch_size=8, local_epochs=4, momentum=0.9))
+    assert trainer.readjust_epoch() == 2  # default: halfway through local training
+    (out,) = trainer.train(params, masks, [make_data(20, 4)], [5], readjust_fraction=0.3)
+    grown_nonzero = 0
+    for n, m in masks.items():
+        change = out.mask_changes[n]
+        flat = out.params[n].reshape(-1)
+        assert int(out.masks[n].sum()) == int(m.sum())
+        # dropped weights stay exactly zero although their momentum was non-zero before the drop
+        assert torch.count_nonzero(flat[change.dropped]) == 0
+        assert torch.count_nonzero(out.params[n][~out.masks[n]]) == 0
+        grown_nonzero += int(torch.count_nonzero(flat[change.grown]))
+    assert grown_nonzero > 0, "grown weights were trained after the readjustment"
 
 
 def test_fedprox_term_changes_training():
