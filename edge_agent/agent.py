@@ -29,7 +29,7 @@ from edge_agent.capabilities import detect_capabilities
 from edge_agent.config import AgentSettings
 from edge_agent.data import LocalData
 from edge_agent.local_training import TrainingError, train_on_task
-from edge_agent.mqtt_adapter import DeviceLink, Inbound, LinkDown, LinkRefused, LinkUp
+from edge_agent.mqtt_adapter import DeviceLink, Inbound, LinkDown, LinkRefused, LinkUp, PublishRefused
 from protocol import (
     Abort,
     Ack,
@@ -157,6 +157,10 @@ class EdgeAgent:
             self._on_training_done(event)
         elif isinstance(event, LinkUp):
             self._on_link_up(event)
+        elif isinstance(event, PublishRefused):
+            self.stats["publishes_refused"] += 1
+            log.warning("the broker refused a publish on %s (%s): check its ACL for this device", event.topic,
+                        event.reason)
         elif isinstance(event, LinkDown):
             self.stats["disconnects"] += 1
             if event.before_connack and self.link.can_fall_back:

@@ -81,6 +81,14 @@ class LinkRefused:
 
 
 @dataclass(frozen=True)
+class PublishRefused:
+    """The broker answered a QoS 1 publish with a failure (MQTT 5), e.g. not authorised by its ACL."""
+
+    topic: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Inbound:
     """One received MQTT message (a whole protocol message or one chunk of one)."""
 
@@ -88,7 +96,7 @@ class Inbound:
     payload: bytes
 
 
-LinkEvent = LinkUp | LinkDown | LinkRefused | Inbound
+LinkEvent = LinkUp | LinkDown | LinkRefused | PublishRefused | Inbound
 
 
 class DeviceLink:
@@ -104,6 +112,7 @@ class DeviceLink:
         self._connected = False
         self._attempt_started: float | None = None  # monotonic time of a CONNECT not yet answered
         self._v5_confirmed = False
+        self._topics_by_mid: dict[int, str] = {}  # in-flight QoS 1 publishes, to name refused ones
         self.protocol = "3.1.1" if settings.mqtt_protocol == "3.1.1" else "5"
         self.client = self._build_client()
 
@@ -128,6 +137,7 @@ class DeviceLink:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
 
     # ----------------------------------------------------------------- lifecycle (main thread)
@@ -205,6 +215,8 @@ class DeviceLink:
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.warning("publish on %s failed: %s", topic, mqtt.error_string(info.rc))
             return None
+        if qos > 0 and len(self._topics_by_mid) < 10_000:
+            self._topics_by_mid[info.mid] = topic
         return info
 
     def publish_all(self, topic: str, packets: list[bytes], qos: int) -> list[mqtt.MQTTMessageInfo] | None:
@@ -253,6 +265,12 @@ class DeviceLink:
         self._connected = False
         self._jitter_reconnect_delay(client)
         self.events.put(LinkDown(str(reason_code), before_connack))
+
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code: mqtt.ReasonCode,
+                    properties: Properties | None) -> None:
+        topic = self._topics_by_mid.pop(mid, "?")
+        if reason_code.is_failure:
+            self.events.put(PublishRefused(topic, str(reason_code)))
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         self.events.put(Inbound(message.topic, bytes(message.payload)))

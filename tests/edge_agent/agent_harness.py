@@ -21,11 +21,15 @@ import paho.mqtt.client as mqtt
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentSettings
 from edge_agent.data import LocalData, load_local_data
+from feddst_core.models import get_model_spec
+from feddst_core.strategies import FedStrategy, StrategyConfig
+from feddst_core.wire_format import model_broadcast
 from protocol import (
     ChunkReassembler,
     DecodedMessage,
     Message,
     ProtocolError,
+    Task,
     decode_message_with_envelope,
     encode_message,
     split_into_chunks,
@@ -33,6 +37,37 @@ from protocol import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+RUN = "run-a"
+SPEC = get_model_spec("digits_cnn")
+
+
+def global_model(seed: int = 0):  # type: ignore[no-untyped-def]
+    state = FedStrategy(SPEC, StrategyConfig(algorithm="feddst", sparsity=0.8, clients_per_round=2)).initialize(seed)
+    return state.params, state.masks
+
+
+def make_task(server_round: int = 1, selected: tuple[str, ...] = ("dev-003",), run: str = RUN, readjust: bool = False,
+              deadline_s: float = 30.0, seed: int = 7) -> Task:
+    return Task(run_id=run, server_round=server_round, selected=selected, model_round=server_round,
+                local_epochs=2, batch_size=16, lr=0.05, momentum=0.9, weight_decay=0.001, prox_mu=0.0,
+                readjust=readjust, alpha=0.05 if readjust else 0.0, deadline_unix=time.time() + deadline_s,
+                seed=seed, model_name="digits_cnn")
+
+
+def send_round(coordinator: FakeCoordinator, task: Task, params, masks, model_first: bool = True,  # type: ignore[no-untyped-def]
+               max_packet: int = 4096) -> None:
+    broadcast = model_broadcast(task.run_id, task.model_round, params, masks)
+    if model_first:
+        coordinator.send(broadcast, topics.model(task.run_id), max_packet)
+        coordinator.send(task, topics.task(task.run_id))
+    else:
+        coordinator.send(task, topics.task(task.run_id))
+        coordinator.send(broadcast, topics.model(task.run_id), max_packet)
+
+
+def is_update_for(server_round: int, device: str = "dev-003"):  # type: ignore[no-untyped-def]
+    return lambda r: r.message.server_round == server_round and r.message.device_id == device
+
 DEVICE_KEY = bytes(range(32))
 COORDINATOR_KEY = bytes(range(100, 132))
 

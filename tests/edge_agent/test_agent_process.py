@@ -9,13 +9,23 @@ import subprocess
 
 import paho.mqtt.client as mqtt
 import pytest
-from agent_harness import DEVICE_KEY, FakeCoordinator, agent_command, agent_settings, start_agent_process
+from agent_harness import (
+    DEVICE_KEY,
+    FakeCoordinator,
+    agent_command,
+    agent_settings,
+    global_model,
+    make_task,
+    send_round,
+    start_agent_process,
+    wait_until,
+)
 from brokers import MosquittoBroker
 from typer.testing import CliRunner
 
 from edge_agent.agent import EXIT_REFUSED
 from feddst_cli.main import app
-from protocol import Register, Status, encode_message, topics
+from protocol import Register, Status, Update, encode_message, topics
 
 
 def stop_process(proc: subprocess.Popen) -> str:
@@ -135,3 +145,24 @@ def test_help_explains_the_settings() -> None:
                  "--label-column", "--partition", "--partition-kind", "--threads", "--heartbeat-s",
                  "--max-packet", "FEDDST_"):
         assert flag in result.output
+
+
+def test_a_publish_refused_by_the_acl_is_reported(tmp_path, start_agent) -> None:
+    """An ACL that forgot the device's update topic: the agent logs and counts the broker's refusal."""
+    acl = [line for line in topics.device_acl("dev-003") if "/update/" not in line]
+    stay = ["user root"] if os.geteuid() == 0 else []
+    broker = MosquittoBroker(tmp_path / "acl", passwords={"dev-003": "pw", "coordinator": "pw-c"},
+                             acl_lines=[*acl, "", *topics.coordinator_acl()], extra_config=stay).start()
+    try:
+        coordinator = FakeCoordinator(broker.port, password="pw-c", device_keys={"dev-003": DEVICE_KEY})
+        try:
+            agent = start_agent(agent_settings(broker.url, password="pw", ack_timeout_s=0.3))
+            coordinator.expect(Register)
+            params, masks = global_model()
+            send_round(coordinator, make_task(1), params, masks)
+            assert wait_until(lambda: agent.agent.stats["publishes_refused"] >= 1, timeout=15)
+            assert not [r for r in coordinator.collect(0.3) if isinstance(r.message, Update)]
+        finally:
+            coordinator.close()
+    finally:
+        broker.stop()
