@@ -1,0 +1,311 @@
+"""Live-system overhead and scale: the coordinator + agents over MQTT versus the in-process simulator.
+
+Part 1 (overhead): per-round wall time of a live run with 20 agent processes (``feddst agent run``,
+one torch thread each, holding partitions 0..19 of the paper's MNIST setting: 400 clients x 2
+classes x 20 images, 10 local epochs, FedDST S=0.8), every agent training every round, over a
+local mosquitto; versus ``Simulation(..., client_batching=False)`` on the same config (the same
+per-client training path), printed as ``overhead_ratio`` = live / simulated (target <= 1.15).
+
+Part 2 (scale): 1000 protocol-level fake agents (no training; one MQTT connection each, spread
+over a few processes; one model receiver per process) through mosquitto on loopback, each
+returning a density-0.2 update of the MNIST CNN. Prints the time of one round including
+aggregation (target <= 10 s) and the coordinator process's peak RSS.
+
+    python bench/live_overhead.py                   # 3 timed rounds, 1000 fake agents
+    python bench/live_overhead.py --rounds 5 --json # one JSON object on stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+MNIST_DIR = str(ROOT.parent / "shared/data/mnist")
+
+
+def make_coordinator(broker_url: str, state_dir: Path, heartbeat_s: float = 5.0):
+    from cloud.coordinator import Coordinator
+    from cloud.settings import CloudSettings
+
+    coordinator = Coordinator(CloudSettings(broker_url=broker_url, state_dir=state_dir, heartbeat_s=heartbeat_s,
+                                            mqtt_username=None))
+    if not coordinator.start():
+        raise RuntimeError(f"coordinator cannot connect to {broker_url}")
+    return coordinator
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:  # noqa: ANN001
+    end = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def start_mosquitto(workdir: Path):
+    from brokers import MosquittoBroker
+
+    # Unlimited queues: a burst of 1000 updates must never be dropped by the broker.
+    return MosquittoBroker(workdir, extra_config=["max_queued_messages 0", "max_inflight_messages 0"]).start()
+
+
+# --- part 1: overhead -----------------------------------------------------------------------------
+
+
+def paper_config(rounds: int) -> dict:
+    return dict(clients_per_round=20, rounds=rounds, local_epochs=10, batch_size=32, lr=0.01, momentum=0.9,
+                weight_decay=0.001, algorithm="feddst", sparsity=0.8, readjust_ratio=0.01, readjust_every=10,
+                seed=0)
+
+
+def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int) -> float:
+    from cloud.run_config import RunConfig
+
+    broker = start_mosquitto(workdir / "mosquitto")
+    coordinator = make_coordinator(broker.url, workdir / "state")
+    procs = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    try:
+        for i in range(agents):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "feddst_cli.main", "agent", "run", "--broker", broker.url, "--device-id",
+                 f"dev-{i:03d}", "--dataset", "mnist", "--data-dir", data_dir, "--partition", f"{i}/400",
+                 "--seed", "0", "--threads", "1", "--heartbeat-s", "2", "--log-level", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT))
+        wait_until(lambda: len(coordinator.registry.online_ids()) == agents, 180, "agents online")
+        cfg = paper_config(rounds)
+        config = RunConfig(model="mnist_cnn", round_timeout_s=600, quorum=agents, min_devices=agents,
+                           readjust_until=rounds, **cfg)
+        run = coordinator.create_run(config)
+        t0 = time.perf_counter()
+        coordinator.start_run(run.id)
+        final = coordinator.wait_for_run(run.id, 3600)
+        elapsed = time.perf_counter() - t0
+        if final.status != "completed":
+            raise RuntimeError(f"live run {final.status}: {final.error}")
+        return elapsed / rounds
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        coordinator.close()
+        broker.stop()
+
+
+def measure_simulated(rounds: int, data_dir: str) -> float:
+    from simulator.config import SimulationConfig
+    from simulator.engine import Simulation
+
+    cfg = paper_config(rounds)
+    sim = Simulation(SimulationConfig(dataset="mnist", data_dir=data_dir, clients=400, eval_every=10 ** 6,
+                                      readjust_until=rounds, client_batching=False, **cfg))
+    t0 = time.perf_counter()
+    for _ in sim.run_rounds():
+        pass
+    return (time.perf_counter() - t0) / rounds
+
+
+# --- part 2: scale ----------------------------------------------------------------------------------
+
+
+def fake_agent_process(port: int, first: int, count: int) -> None:
+    """Child: ``count`` fake agents, one MQTT connection each; prints 'ready' then serves one round."""
+    import paho.mqtt.client as mqtt
+
+    from feddst_core.models import MNIST_CNN
+    from feddst_core.wire_format import model_from_tensors, update_message
+    from protocol import (
+        ChunkReassembler,
+        ModelBroadcast,
+        Register,
+        Status,
+        Task,
+        decode_message,
+        encode_message,
+        split_into_chunks,
+        topics,
+    )
+    from protocol.messages import Capabilities
+
+    ids = [f"fake-{i:04d}" for i in range(first, first + count)]
+    model: dict = {}
+    got_model = threading.Event()
+    reassembler = ChunkReassembler()
+
+    def on_model(client, userdata, message) -> None:  # noqa: ANN001
+        whole = reassembler.add(message.payload, source=message.topic)
+        if whole is not None:
+            msg = decode_message(whole)
+            if isinstance(msg, ModelBroadcast):
+                model["msg"] = msg
+                got_model.set()
+
+    receiver = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"model-rx-{first}")
+    receiver.on_message = on_model
+    receiver.connect("127.0.0.1", port)
+    receiver.subscribe(f"{topics.ROOT}/runs/+/model", qos=1)
+    receiver.loop_start()
+
+    tasks: list = []
+
+    def make_client(device_id: str) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv311)
+        c.will_set(topics.status(device_id), encode_message(Status(device_id, "offline")), qos=1, retain=True)
+        c.on_message = lambda cl, u, m: tasks.append((device_id, m.payload)) if m.topic.endswith("/task") else None
+        c.connect("127.0.0.1", port, keepalive=120)
+        c.subscribe([(f"{topics.ROOT}/runs/+/task", 1), (f"{topics.ROOT}/runs/+/ack/{device_id}", 1)])
+        c.loop_start()
+        c.publish(topics.status(device_id), encode_message(Status(device_id, "online")), qos=1, retain=True)
+        c.publish(topics.register(device_id), encode_message(
+            Register(device_id, Capabilities("x86_64", 1, 1024, {}), 40)), qos=1)
+        return c
+
+    clients = {d: make_client(d) for d in ids}
+    print("ready", flush=True)
+    beat = time.time()
+    sent = False
+    while not sent:
+        if time.time() - beat > 2:
+            for d, c in clients.items():
+                c.publish(topics.status(d), encode_message(Status(d, "online")), qos=1, retain=True)
+            beat = time.time()
+        if tasks and got_model.is_set():
+            task = decode_message(tasks[0][1])
+            assert isinstance(task, Task)
+            msg = model["msg"]
+            params, masks = model_from_tensors(msg.tensors, MNIST_CNN.masked_names())
+            for d in ids:
+                if d in task.selected:
+                    data = encode_message(update_message(task.run_id, task.server_round, d, params, masks, masks,
+                                                         40, 0.0, 0.0))
+                    for packet in split_into_chunks(data):
+                        clients[d].publish(topics.update(task.run_id, d), packet, qos=1)
+            sent = True
+        time.sleep(0.01)
+    sys.stdin.readline()  # parent closes stdin when done
+    for c in clients.values():
+        c.disconnect()
+        c.loop_stop()
+    receiver.loop_stop()
+
+
+def coordinator_process(url: str, state_dir: str, agents: int) -> None:
+    """Child: the coordinator; runs one round with ``agents`` fakes, prints JSON (round_s, peak_mb)."""
+    from cloud.run_config import RunConfig
+
+    coordinator = make_coordinator(url, Path(state_dir))
+    try:
+        wait_until(lambda: len(coordinator.registry.online_ids()) >= agents, 300, "fake agents online")
+        run = coordinator.create_run(RunConfig(model="mnist_cnn", sparsity=0.8, clients_per_round=agents, rounds=1,
+                                               quorum=agents, round_timeout_s=300, seed=0))
+        coordinator.start_run(run.id)
+        final = coordinator.wait_for_run(run.id, 600)
+        _, rounds = coordinator.get_run(run.id)
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"status": final.status, "error": final.error,
+                          "round_s": rounds[0]["seconds"] if rounds else None,
+                          "accepted": len(rounds[0]["accepted"]) if rounds else 0, "peak_mb": peak_mb}), flush=True)
+    finally:
+        coordinator.close()
+
+
+def measure_scale(agents: int, workdir: Path, procs_count: int = 4) -> dict:
+    broker = start_mosquitto(workdir / "mosquitto-scale")
+    fakes = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    coord = None
+    try:
+        per = -(-agents // procs_count)
+        for k in range(procs_count):
+            first, count = k * per, min(per, agents - k * per)
+            fakes.append(subprocess.Popen([sys.executable, __file__, "--_fake", str(broker.port), str(first),
+                                           str(count)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                          text=True))
+        for p in fakes:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        coord = subprocess.Popen([sys.executable, __file__, "--_coordinator", broker.url, str(workdir / "scale-state"),
+                                  str(agents)], stdout=subprocess.PIPE, text=True, env=env)
+        out, _ = coord.communicate(timeout=900)
+        result = json.loads(out.strip().splitlines()[-1])
+        if result["status"] != "completed":
+            raise RuntimeError(f"scale round {result['status']}: {result['error']}")
+        return result
+    finally:
+        for p in fakes:
+            try:
+                p.communicate(input="\n", timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if coord is not None and coord.poll() is None:
+            coord.kill()
+        broker.stop()
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--_fake":
+        fake_agent_process(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--_coordinator":
+        coordinator_process(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of the overhead comparison")
+    parser.add_argument("--agents", type=int, default=20, help="live agents (paper: 20 clients per round)")
+    parser.add_argument("--scale-agents", type=int, default=1000, help="fake agents of the scale test")
+    parser.add_argument("--data-dir", default=MNIST_DIR, help="MNIST IDX directory")
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    import torch
+
+    result: dict = {"overhead_ratio": None, "scale_agents": args.scale_agents, "scale_round_s": None,
+                    "scale_peak_mb": None}
+    with tempfile.TemporaryDirectory(prefix="feddst-bench-") as tmp:
+        work = Path(tmp)
+        if not args.skip_overhead:
+            log(f"simulating {args.rounds} rounds (client batching off, {torch.get_num_threads()} torch threads)...")
+            sim_s = measure_simulated(args.rounds, args.data_dir)
+            log(f"live run: {args.agents} agents x {args.rounds} rounds over mosquitto...")
+            live_s = measure_live(args.rounds, args.data_dir, work, args.agents)
+            result.update(live_round_s=live_s, simulated_round_s=sim_s, overhead_ratio=live_s / sim_s)
+        if not args.skip_scale:
+            log(f"scale: one round with {args.scale_agents} fake agents through mosquitto...")
+            scale = measure_scale(args.scale_agents, work)
+            result.update(scale_round_s=scale["round_s"], scale_peak_mb=scale["peak_mb"],
+                          scale_accepted=scale["accepted"])
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("overhead_ratio", "scale_agents", "scale_round_s",
+                                                 "scale_peak_mb")}))
+        return
+    if result["overhead_ratio"] is not None:
+        print(f"overhead: live {result['live_round_s']:.2f} s/round vs simulated {result['simulated_round_s']:.2f} "
+              f"s/round -> ratio {result['overhead_ratio']:.3f} (target <= 1.15)")
+    if result["scale_round_s"] is not None:
+        print(f"scale: {args.scale_agents} fake agents, one round incl. aggregation {result['scale_round_s']:.2f} s "
+              f"(target <= 10 s), {result['scale_accepted']} updates accepted; coordinator peak RSS "
+              f"{result['scale_peak_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
