@@ -110,7 +110,7 @@ class DeviceLink:
         self._rng = rng or random.Random()
         self._started = False
         self._connected = False
-        self._attempt_started: float | None = None  # monotonic time of a CONNECT not yet answered
+        self._attempt_started: float | None = None  # when a CONNECT went out on an open socket, unanswered
         self._v5_confirmed = False
         self._topics_by_mid: dict[int, str] = {}  # in-flight QoS 1 publishes, to name refused ones
         self.protocol = "3.1.1" if settings.mqtt_protocol == "3.1.1" else "5"
@@ -132,7 +132,7 @@ class DeviceLink:
                 client.tls_insecure_set(True)
         client.max_inflight_messages_set(64)
         self._jitter_reconnect_delay(client)
-        client.on_pre_connect = self._on_pre_connect
+        client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -238,7 +238,8 @@ class DeviceLink:
         low = self.settings.reconnect_min_s * self._rng.uniform(0.5, 1.5)
         client.reconnect_delay_set(min_delay=low, max_delay=max(low, self.settings.reconnect_max_s))  # type: ignore[arg-type]
 
-    def _on_pre_connect(self, client: mqtt.Client, userdata: object) -> None:
+    def _on_socket_open(self, client: mqtt.Client, userdata: object, sock: object) -> None:
+        # TCP (and TLS) are up and CONNECT is about to go out: from now on only the broker's answer counts.
         self._attempt_started = time.monotonic()
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,

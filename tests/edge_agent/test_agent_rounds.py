@@ -24,6 +24,7 @@ from agent_harness import (
     send_round,
     wait_until,
 )
+from brokers import MosquittoBroker
 
 from datasources import load_dataset
 from feddst_core.partition import make_partition
@@ -228,6 +229,23 @@ def test_falls_back_to_mqtt311_on_the_embedded_broker(start_agent) -> None:
             params, masks = global_model()
             send_round(coordinator, make_task(1), params, masks)
             assert coordinator.expect(Update, is_update_for(1)).message.sample_count == 40
+        finally:
+            coordinator.close()
+    finally:
+        broker.stop()
+
+
+def test_starts_before_the_broker_and_connects_when_it_comes_up(tmp_path, start_agent) -> None:
+    broker = MosquittoBroker(tmp_path / "late")  # not started yet
+    agent = start_agent(agent_settings(broker.url))
+    assert wait_until(lambda: agent.agent.stats["disconnects"] >= 2, timeout=10)  # failed attempts, retrying
+    time.sleep(3.5)  # longer than the MQTT 5 CONNACK timeout: refused TCP must not trigger the 3.1.1 fallback
+    broker.start()
+    try:
+        coordinator = FakeCoordinator(broker.port, device_keys={"dev-003": DEVICE_KEY})
+        try:
+            coordinator.expect(Status, lambda r: r.message.state == "online")  # retained: seen even if earlier
+            assert agent.agent.link.protocol == "5" and agent.agent.stats["protocol_fallbacks"] == 0
         finally:
             coordinator.close()
     finally:
