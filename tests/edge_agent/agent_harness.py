@@ -93,12 +93,14 @@ class FakeCoordinator:
         self._reassembler = ChunkReassembler()
         self._seq = 0
         self._connected = threading.Event()
+        self.connections = 0  # successful connects (and subscribes) so far
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fake-{username}-{id(self)}",
                              protocol=protocol)
         client.username_pw_set(username, password)
         client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = lambda *args: self._connected.clear()
         self.client = client
         client.connect("127.0.0.1", port)
@@ -110,7 +112,11 @@ class FakeCoordinator:
                     properties: object) -> None:
         if not reason_code.is_failure:
             client.subscribe(topics.coordinator_subscriptions())
-            self._connected.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes: object,
+                      properties: object) -> None:
+        self.connections += 1  # connected and subscribed (SUBACK received)
+        self._connected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         payload = bytes(message.payload)
@@ -124,9 +130,14 @@ class FakeCoordinator:
             return
         self.received.put(Received(message.topic, decoded.message, decoded, whole))
 
-    def wait_connected(self, timeout: float = 15.0) -> None:
-        if not self._connected.wait(timeout):
+    def wait_connected(self, more_than: int = 0, timeout: float = 20.0) -> None:
+        """Wait until connected more than ``more_than`` times (pass the count taken before a restart)."""
+        if not wait_until(lambda: self.connections > more_than and self._connected.is_set(), timeout):
             raise TimeoutError("fake coordinator did not reconnect")
+
+    def drain(self) -> None:
+        while not self.received.empty():
+            self.received.get_nowait()
 
     def expect(self, kind: type, where: Callable[[Received], bool] = lambda r: True,
                timeout: float = 20.0) -> Received:

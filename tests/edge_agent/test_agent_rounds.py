@@ -177,10 +177,13 @@ def test_abort_stops_work_on_the_run(mosquitto, coordinator, start_agent) -> Non
 def test_reconnects_and_resumes_after_broker_restart(mosquitto, coordinator, start_agent) -> None:
     agent = start_agent(agent_settings(mosquitto.url))
     coordinator.expect(Register)
-    mosquitto.restart(down_s=1.0)  # no persistence: every session and subscription is gone
-    coordinator.wait_connected()
+    before = coordinator.connections
+    mosquitto.restart(down_s=1.0)  # no persistence: every session, subscription and retained message is gone
+    coordinator.drain()
+    coordinator.wait_connected(more_than=before)
     assert wait_until(lambda: agent.agent.stats["connects"] == 2, timeout=20)
-    coordinator.expect(Register)  # re-registered (and so re-subscribed) after the restart
+    # Re-announced after the restart (retained, so seen whichever of the two reconnected first).
+    coordinator.expect(Status, lambda r: r.message.state == "online")
     params, masks = global_model()
     send_round(coordinator, make_task(1), params, masks)
     update = coordinator.expect(Update, is_update_for(1)).message
@@ -195,8 +198,9 @@ def test_update_sent_while_the_broker_is_down_arrives_after_the_restart(mosquitt
     params, masks = global_model()
     send_round(coordinator, make_task(1, deadline_s=60), params, masks)
     coordinator.expect(Update, is_update_for(1))
+    before = coordinator.connections
     mosquitto.restart(down_s=1.5)  # the ack never came; the agent keeps the update pending
-    coordinator.wait_connected()
+    coordinator.wait_connected(more_than=before)
     again = coordinator.expect(Update, is_update_for(1), timeout=20)
     coordinator.send(Ack(RUN, 1, "dev-003", True), topics.ack(RUN, "dev-003"))
     assert wait_until(lambda: agent.agent.stats["updates_acked"] == 1)
