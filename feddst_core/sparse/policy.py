@@ -6,7 +6,7 @@
 * ``"sparse"`` every masked Conv / Linear weight in CSR, whatever its density;
 * ``"auto"``   a layer goes sparse when its density is at most the measured break-even density of
   its kind and it is large enough for the sparse path's fixed per-call cost to pay off
-  (``SparseThreshold``). The table ``DEFAULT_THRESHOLDS`` was measured with
+  (tiers of ``SparseThreshold`` per layer kind). The table ``DEFAULT_THRESHOLDS`` was measured with
   ``python bench/sparse_kernels.py --calibrate`` on the project's 2-core AVX2 machine; see
   ``docs/sparse_kernels.md``. Pass your own table (e.g. measured on a Raspberry Pi) to override it,
   or force single layers with ``layer_kernels={"fc1": "sparse"}``.
@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,10 +33,14 @@ class SparseThreshold:
 
 
 # Measured on this project's 2-core AMD EPYC (AVX2/FMA), torch 2.13 CPU, 2 threads, batch 32, with
-# bench/sparse_kernels.py --calibrate (fwd + bwd + optimizer of one layer, dense vs CSR, interleaved).
-DEFAULT_THRESHOLDS: dict[str, SparseThreshold] = {
-    "linear": SparseThreshold(max_density=0.3, min_weights=65_536),
-    "conv": SparseThreshold(max_density=0.0, min_weights=1 << 62),  # im2col CSR never won here
+# bench/sparse_kernels.py --calibrate (fwd + bwd of one layer, masked dense vs CSR, interleaved medians).
+# A layer goes sparse if ANY tier of its kind matches. Linear 5120x512 (2.6M weights): CSR/dense =
+# 0.86 at density 0.3, 0.64 at 0.2, 0.47 at 0.1; 5120x50 (256k): 1.18 at 0.2, 0.92 at 0.1; 512x10:
+# always slower (per-call overhead). Conv (im2col + CSR): 1.6-3.6x slower at every density -> never.
+DEFAULT_THRESHOLDS: dict[str, tuple[SparseThreshold, ...]] = {
+    "linear": (SparseThreshold(max_density=0.3, min_weights=1_000_000),
+               SparseThreshold(max_density=0.1, min_weights=200_000)),
+    "conv": (),
 }
 
 
@@ -52,7 +56,7 @@ def layer_kind(layer: Conv | Linear) -> str:
 
 
 def choose_layer_kernels(spec: ModelSpec, masks: Mapping[str, torch.Tensor], kernels: str = "auto",
-                         thresholds: Mapping[str, SparseThreshold] | None = None,
+                         thresholds: Mapping[str, Sequence[SparseThreshold]] | None = None,
                          layer_kernels: Mapping[str, str] | None = None) -> dict[str, str]:
     """Kernel ("sparse" | "dense") of every Conv / Linear layer of ``spec``, keyed by layer name.
 
@@ -78,9 +82,10 @@ def choose_layer_kernels(spec: ModelSpec, masks: Mapping[str, torch.Tensor], ker
         elif mask is None:
             choice = "dense"
         else:
-            rule = table[layer_kind(layer)]
             density = float(mask.sum()) / mask.numel()
-            choice = "sparse" if density <= rule.max_density and mask.numel() >= rule.min_weights else "dense"
+            wins = any(density <= tier.max_density and mask.numel() >= tier.min_weights
+                       for tier in table.get(layer_kind(layer), ()))
+            choice = "sparse" if wins else "dense"
         if mask is None and choice == "sparse":
             raise ValueError(f"layer {name!r} has no mask, so it cannot run sparse")
         chosen[name] = choice

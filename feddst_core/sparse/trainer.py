@@ -12,6 +12,7 @@ of the weights; the new masks are then converted back to CSR.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,26 @@ def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns:
     return act
 
 
+@dataclass
+class ClientState:
+    """One client's training state during a round.
+
+    leaves: trainable tensors, ``(nnz,)`` CSR values for names in ``patterns``, dense otherwise.
+    buffers: SGD momentum per leaf, same shapes as the leaves (so ``(nnz,)`` for sparse weights).
+    """
+
+    leaves: dict[str, torch.Tensor]
+    patterns: dict[str, CsrPattern]
+    masks: dict[str, torch.Tensor]  # bool, every masked name (also the sparse ones, for the outcome)
+    anchors: dict[str, torch.Tensor] | None  # FedProx anchor per leaf (same shape), None if mu == 0
+    buffers: dict[str, torch.Tensor]
+
+    def dense_params(self) -> dict[str, torch.Tensor]:
+        """Dense copies of all parameters; masked-out weights exactly 0."""
+        return {nm: (self.patterns[nm].scatter(t.detach()) if nm in self.patterns else t.detach().clone())
+                for nm, t in self.leaves.items()}
+
+
 class SparseLocalTrainer:
     """Trains one client (K = 1) with CSR kernels where the policy says they are faster.
 
@@ -67,7 +88,7 @@ class SparseLocalTrainer:
     """
 
     def __init__(self, spec: ModelSpec, config: TrainConfig, kernels: str = "auto",
-                 thresholds: Mapping[str, SparseThreshold] | None = None,
+                 thresholds: Mapping[str, Sequence[SparseThreshold]] | None = None,
                  layer_kernels: Mapping[str, str] | None = None):
         if config.batch_size < 1 or config.local_epochs < 0:
             raise ValueError("batch_size must be >= 1 and local_epochs >= 0")
@@ -93,6 +114,32 @@ class SparseLocalTrainer:
         data, seed = datasets[0], seeds[0]
         cfg = self.config
         n = len(data)
+        state = self.start(global_params, global_masks)
+        generator = torch.Generator().manual_seed(seed)
+        epoch_loss = torch.zeros(())
+        changes: dict[str, MaskChange] = {}
+        # LocalTrainer's schedule: readjust before epoch ``readjust_epoch()`` (E // 2 by default, E = after).
+        readjust_at = LocalTrainer(self.spec, cfg).readjust_epoch() if readjust_fraction > 0 else -1
+        for epoch in range(cfg.local_epochs + 1):
+            if epoch == readjust_at:
+                changes = self._readjust_state(state, global_params, data, readjust_fraction)
+            if epoch == cfg.local_epochs:
+                break
+            order = torch.randperm(n, generator=generator)  # (n,)
+            epoch_loss = torch.zeros(())
+            for start in range(0, n, cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]  # (b,)
+                loss = self.step(state, data.x[idx], data.y[idx])
+                epoch_loss += loss * idx.shape[0]
+            epoch_loss /= max(n, 1)
+        params = state.dense_params()
+        masks = state.masks
+        return [ClientOutcome(params=params, masks=masks, mask_changes=changes, num_samples=n,
+                              train_loss=float(epoch_loss))]
+
+    def start(self, global_params: Mapping[str, torch.Tensor],
+              global_masks: Mapping[str, torch.Tensor]) -> ClientState:
+        """A client's training state at the start of a round (kernels chosen, CSR built)."""
         choice = self.layer_choice(global_masks)
         self.last_layer_kernels = choice
         masks = {nm: m.clone() for nm, m in global_masks.items()}
@@ -100,31 +147,17 @@ class SparseLocalTrainer:
                     for ly, c in choice.items() if c == "sparse"}
         leaves = self._initial_leaves(global_params, masks, patterns)
         anchors = ({nm: (patterns[nm].gather(t) if nm in patterns else t).detach()
-                    for nm, t in global_params.items()} if cfg.prox_mu > 0 else None)
-        names = list(leaves)
-        buffers: dict[str, torch.Tensor] = {}
-        generator = torch.Generator().manual_seed(seed)
-        epoch_loss = torch.zeros(())
-        for _ in range(cfg.local_epochs):
-            order = torch.randperm(n, generator=generator)  # (n,)
-            epoch_loss = torch.zeros(())
-            for start in range(0, n, cfg.batch_size):
-                idx = order[start:start + cfg.batch_size]  # (b,)
-                logits = forward_mixed(self.spec, leaves, patterns, data.x[idx])  # (b, classes)
-                loss = F.cross_entropy(logits, data.y[idx])
-                grads = torch.autograd.grad(loss, [leaves[nm] for nm in names])
-                grad_by_name = dict(zip(names, grads, strict=True))
-                self._sgd_step(leaves, grad_by_name, masks, patterns, anchors, buffers)
-                epoch_loss += loss.detach() * idx.shape[0]
-            epoch_loss /= max(n, 1)
+                    for nm, t in global_params.items()} if self.config.prox_mu > 0 else None)
+        return ClientState(leaves, patterns, masks, anchors, {})
 
-        params = {nm: (patterns[nm].scatter(t.detach()) if nm in patterns else t.detach().clone())
-                  for nm, t in leaves.items()}
-        changes: dict[str, MaskChange] = {}
-        if readjust_fraction > 0:
-            masks, changes = self._readjust(params, masks, data, readjust_fraction)
-        return [ClientOutcome(params=params, masks=masks, mask_changes=changes, num_samples=n,
-                              train_loss=float(epoch_loss))]
+    def step(self, state: ClientState, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """One SGD step on a batch xb (b, C, H, W), yb (b,); returns the batch's mean loss (detached)."""
+        names = list(state.leaves)
+        logits = forward_mixed(self.spec, state.leaves, state.patterns, xb)  # (b, classes)
+        loss = F.cross_entropy(logits, yb)
+        grads = torch.autograd.grad(loss, [state.leaves[nm] for nm in names])
+        self._sgd_step(state, dict(zip(names, grads, strict=True)))
+        return loss.detach()
 
     @staticmethod
     def _initial_leaves(global_params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
@@ -142,12 +175,11 @@ class SparseLocalTrainer:
         return leaves
 
     @torch.no_grad()
-    def _sgd_step(self, leaves: dict[str, torch.Tensor], grads: Mapping[str, torch.Tensor],
-                  masks: Mapping[str, torch.Tensor], patterns: Mapping[str, CsrPattern],
-                  anchors: Mapping[str, torch.Tensor] | None, buffers: dict[str, torch.Tensor]) -> None:
+    def _sgd_step(self, state: ClientState, grads: Mapping[str, torch.Tensor]) -> None:
         """torch.optim.SGD semantics on masked gradients; CSR values need no mask (all active)."""
         cfg = self.config
-        for name, p in leaves.items():
+        masks, patterns, anchors, buffers = state.masks, state.patterns, state.anchors, state.buffers
+        for name, p in state.leaves.items():
             g = grads[name].contiguous()
             if anchors is not None:
                 g = g.add(p - anchors[name], alpha=cfg.prox_mu)  # d/dp of mu/2 * ||p - p_global||^2
@@ -164,23 +196,40 @@ class SparseLocalTrainer:
                 g = buf
             p.sub_(g, alpha=cfg.lr)
 
-    def _readjust(self, params: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], data: ClientData,
-                  fraction: float) -> tuple[dict[str, torch.Tensor], dict[str, MaskChange]]:
+    def _readjust_state(self, state: ClientState, global_params: Mapping[str, torch.Tensor], data: ClientData,
+                        fraction: float) -> dict[str, MaskChange]:
         """Prune by magnitude, regrow by the dense gradient of the mean loss on all local data.
 
-        params: dense weights (updated in place: dropped weights -> 0, grown weights start at 0).
+        The only dense weight gradient of the round: computed here on dense copies of the weights.
+        Afterwards dropped weights are 0 and gone from CSR, grown weights start at 0 with momentum 0,
+        and CSR patterns, values, momentum and FedProx anchors are rebuilt for the new masks.
         """
-        names = list(masks)
-        dense = {nm: t.unsqueeze(0).requires_grad_(nm in masks) for nm, t in params.items()}  # (1, ...)
+        names = list(state.masks)
+        params = state.dense_params()
+        dense = {nm: t.unsqueeze(0).requires_grad_(nm in state.masks) for nm, t in params.items()}  # (1, ...)
         logits = forward(self.spec, dense, data.x.unsqueeze(0))[0]  # (n, classes)
         loss = F.cross_entropy(logits, data.y)
         dense_grads = torch.autograd.grad(loss, [dense[nm] for nm in names])
-        new_masks, changes = readjust_masks(masks, {nm: params[nm] for nm in names},
+        new_masks, changes = readjust_masks(state.masks, {nm: params[nm] for nm in names},
                                             {nm: g[0] for nm, g in zip(names, dense_grads, strict=True)},
                                             fraction)
-        for nm in names:
-            params[nm].mul_(new_masks[nm])
-        return new_masks, changes
+        with torch.no_grad():
+            for nm in names:
+                mask = new_masks[nm]
+                if nm in state.patterns:
+                    old, new = state.patterns[nm], CsrPattern.from_mask(mask)
+                    state.patterns[nm] = new
+                    state.leaves[nm] = new.gather(params[nm] * mask).requires_grad_(True)
+                    if nm in state.buffers:
+                        state.buffers[nm] = new.gather(old.scatter(state.buffers[nm]))  # grown -> 0
+                    if state.anchors is not None:
+                        state.anchors[nm] = new.gather(global_params[nm].detach())
+                else:
+                    state.leaves[nm].mul_(mask)
+                    if nm in state.buffers:
+                        state.buffers[nm].mul_(mask)
+                state.masks[nm] = mask
+        return changes
 
 
 def make_local_trainer(spec: ModelSpec, config: TrainConfig, kernels: str = "dense",

@@ -79,8 +79,8 @@ def test_global_weights_outside_mask_are_ignored() -> None:
 
 def test_auto_policy_uses_thresholds_and_overrides() -> None:
     _, masks, _ = _setup(MNIST_CNN, sparsity=0.9, n=1)
-    always = {"linear": SparseThreshold(1.0, 0), "conv": SparseThreshold(1.0, 0)}
-    never = {"linear": SparseThreshold(0.0, 0), "conv": SparseThreshold(0.0, 0)}
+    always = {"linear": (SparseThreshold(1.0, 0),), "conv": (SparseThreshold(1.0, 0),)}
+    never = {"linear": (), "conv": (SparseThreshold(0.0, 0),)}
     assert set(choose_layer_kernels(MNIST_CNN, masks, "auto", always).values()) == {"sparse"}
     assert set(choose_layer_kernels(MNIST_CNN, masks, "auto", never).values()) == {"dense"}
     chosen = choose_layer_kernels(MNIST_CNN, masks, "auto", never, layer_kernels={"fc1": "sparse"})
@@ -110,3 +110,17 @@ def test_factory() -> None:
     for k in ("auto", "sparse"):
         trainer = make_local_trainer(MNIST_CNN, cfg, k)
         assert isinstance(trainer, SparseLocalTrainer) and trainer.kernels == k
+
+
+def test_default_table_picks_fc1_only_when_it_pays() -> None:
+    _, masks, _ = _setup(MNIST_CNN, sparsity=0.0, n=1)
+    assert set(choose_layer_kernels(MNIST_CNN, masks, "auto").values()) == {"dense"}  # dense masks
+
+
+@pytest.mark.parametrize("readjust_epoch", [0, 1, 3])  # before the first, mid-round, after the last epoch
+def test_readjust_epoch_schedule_matches(readjust_epoch: int) -> None:
+    params, masks, data = _setup(MNIST_CNN, sparsity=0.8, n=40, seed=3)
+    cfg = TrainConfig(local_epochs=3, prox_mu=0.05, readjust_epoch=readjust_epoch)
+    ref = LocalTrainer(MNIST_CNN, cfg).train(params, masks, [data], [9], 0.4)[0]
+    out = SparseLocalTrainer(MNIST_CNN, cfg, kernels="sparse").train(params, masks, [data], [9], 0.4)[0]
+    _assert_same(out, ref, masks)
