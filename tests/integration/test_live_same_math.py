@@ -39,7 +39,7 @@ def test_live_run_matches_simulator(mosquitto, agents, tmp_path):
         batch_size=8, lr=0.05, algorithm="feddst", sparsity=0.8, readjust_ratio=0.2, readjust_every=2,
         readjust_until=3, seed=7, eval_every=1, client_batching=False, **FLAGS))
     records = list(sim.run_rounds())
-    assert sim.state.mask_version >= 1 or rounds[1]["density"] == records[1].density  # readjustment ran
+    assert sim.state.mask_version >= 1  # a readjustment changed the global mask: masks are really compared
     for name, p in sim.state.params.items():
         assert torch.allclose(live_params[name], p, atol=1e-5, rtol=0), name
     for name, m in sim.state.masks.items():
