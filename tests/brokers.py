@@ -6,6 +6,7 @@ stop and restart it on the same port (to test reconnects). Nothing is mocked.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -58,6 +59,9 @@ class MosquittoBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr",
                  "log_type error", "log_type warning"]
+        if os.geteuid() == 0:
+            # As root mosquitto drops to user "mosquitto", which cannot read pytest's 0700 tmp dirs.
+            lines.append("user root")
         if self.passwords:
             pwfile = self.workdir / "passwords"
             pwfile.write_text("")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent))  # for `brokers`; after the real packages
 
 from brokers import MosquittoBroker  # noqa: E402
 
