@@ -40,10 +40,9 @@ def double_softmax_loss(self: LocalTrainer, params: Any, xb: torch.Tensor, yb: t
 def final_accuracy(data_dir: str, rounds: int, seed: int, dataset: Any) -> tuple[float, int]:
     sim = Simulation(SimulationConfig(dataset="mnist", data_dir=data_dir, rounds=rounds, algorithm="fedavg",
                                       eval_every=rounds, seed=seed), dataset)
-    last = None
-    for last in sim.run_rounds():
-        pass
-    assert last is not None and last.accuracy is not None
+    records = list(sim.run_rounds())
+    last = records[-1]
+    assert last.accuracy is not None
     return last.accuracy, last.upload_bytes
 
 

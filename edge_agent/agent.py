@@ -381,7 +381,8 @@ class EdgeAgent:
     def _train(self, task: Task, model: ModelBroadcast) -> None:
         """Training thread: never touches agent state, only posts the outcome."""
         try:
-            update = train_on_task(task, model, self.data, self.device_id, self.settings.client_index)
+            update = train_on_task(task, model, self.data, self.device_id, self.settings.client_index,
+                                       self.settings.kernels)
             self.events.put(TrainingDone(task, update))
         except TrainingError as exc:
             self.events.put(TrainingDone(task, None, str(exc)))

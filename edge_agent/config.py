@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from feddst_core.partition import PARTITIONS
+from feddst_core.sparse import KERNEL_CHOICES
 from protocol import is_identifier
 
 ENV_PREFIX = "FEDDST_"
@@ -80,6 +81,7 @@ class AgentSettings:
     beta: float = 0.1
     seed: int = 0  # partition seed (the simulator's --seed)
     threads: int = 1  # torch intra-op threads
+    kernels: str = "auto"  # local training kernels: auto (sparse where faster), sparse, dense
     heartbeat_s: float = 5.0
     max_packet: int = 128 * 1024  # largest MQTT payload this agent publishes (updates are chunked)
     max_message_bytes: int = 64 * 1024 * 1024  # larger inbound messages are dropped
@@ -107,6 +109,7 @@ class AgentSettings:
         check(self.beta > 0, "beta", "must be > 0")
         check(self.seed >= 0, "seed", "must be >= 0")
         check(self.threads >= 1, "threads", "must be >= 1")
+        check(self.kernels in KERNEL_CHOICES, "kernels", "choose one of " + ", ".join(KERNEL_CHOICES))
         check(self.heartbeat_s > 0, "heartbeat_s", "must be > 0 seconds")
         check(self.max_packet >= 1024, "max_packet", "must be at least 1024 bytes")
         check(self.max_message_bytes >= 1024, "max_message_bytes", "must be at least 1024 bytes")

@@ -1,6 +1,7 @@
 """One round of local training on a device: task + model broadcast + local data -> ``Update``.
 
-Exactly the simulator's per-client path (``client_batching=False``): ``LocalTrainer`` with K=1,
+Exactly the simulator's per-client path (``client_batching=False``): one client (K=1) trained by
+``make_local_trainer`` (``LocalTrainer``, or the CPU sparse kernels' trainer with the same math),
 seed ``client_seed(task.seed, task.server_round, client_index)``, readjustment fraction
 ``task.alpha`` when ``task.readjust`` else 0, and the update built by ``feddst_core.wire_format``.
 """
@@ -11,7 +12,8 @@ import time
 
 from edge_agent.data import LocalData
 from feddst_core.models import get_model_spec
-from feddst_core.training import LocalTrainer, TrainConfig, client_seed
+from feddst_core.sparse import make_local_trainer
+from feddst_core.training import TrainConfig, client_seed
 from feddst_core.wire_format import model_from_tensors, update_message
 from protocol import ModelBroadcast, ProtocolError, Task, Update
 
@@ -29,9 +31,12 @@ def readjust_fraction(task: Task) -> float:
     return float(task.alpha) if task.readjust else 0.0
 
 
-def train_on_task(task: Task, model: ModelBroadcast, data: LocalData, device_id: str, client_index: int) -> Update:
+def train_on_task(task: Task, model: ModelBroadcast, data: LocalData, device_id: str, client_index: int,
+                  kernels: str = "auto") -> Update:
     """Train from ``model`` on ``data`` as ``task`` asks; return the update to send.
 
+    ``kernels``: ``auto`` (compressed sparse layers where measured faster), ``sparse`` or ``dense``;
+    all three give the same weights (within float rounding).
     Raises :class:`TrainingError` when the model is unknown or does not fit the data.
     """
     try:
@@ -54,7 +59,7 @@ def train_on_task(task: Task, model: ModelBroadcast, data: LocalData, device_id:
         raise TrainingError(f"cannot rebuild the broadcast model: {exc}") from exc
     seed = client_seed(task.seed, task.server_round, client_index)
     started = time.perf_counter()
-    outcome = LocalTrainer(spec, train_config(task)).train(params, masks, [data.client_data()], [seed],
+    outcome = make_local_trainer(spec, train_config(task), kernels).train(params, masks, [data.client_data()], [seed],
                                                          readjust_fraction(task))[0]
     compute_s = time.perf_counter() - started
     return update_message(task.run_id, task.server_round, device_id, outcome.params, masks, outcome.masks,

@@ -47,6 +47,12 @@ class MqttProtocol(StrEnum):
     v311 = "3.1.1"
 
 
+class Kernels(StrEnum):
+    auto = "auto"
+    sparse = "sparse"
+    dense = "dense"
+
+
 class LogLevel(StrEnum):
     debug = "debug"
     info = "info"
@@ -127,6 +133,10 @@ def run(
     threads: int | None = typer.Option(None, help="Torch threads for training; keep 1 when several agents "
                                        "share a machine. Env: FEDDST_THREADS. Default: 1.",
                                        rich_help_panel=RUNTIME),
+    kernels: Kernels | None = typer.Option(None, help="Local training kernels: auto (compressed sparse layers "
+                                           "where they are measured faster, dense elsewhere), sparse, or dense "
+                                           "(masked dense, for comparison). Env: FEDDST_KERNELS. Default: auto.",
+                                           rich_help_panel=RUNTIME),
     heartbeat_s: float | None = typer.Option(None, help="Seconds between status heartbeats. Default: 5.",
                                              rich_help_panel=RUNTIME),
     max_packet: int | None = typer.Option(None, help="Largest MQTT payload sent, in bytes; bigger updates are "
@@ -149,6 +159,7 @@ def run(
         "dataset": dataset, "data_dir": data_dir, "label_column": label_column, "partition": partition,
         "partition_kind": partition_kind, "classes_per_client": classes_per_client,
         "samples_per_class": samples_per_class, "beta": beta, "seed": seed, "threads": threads,
+        "kernels": kernels,
         "heartbeat_s": heartbeat_s, "max_packet": max_packet, "max_message_bytes": max_message_bytes,
         "ack_timeout_s": ack_timeout_s, "log_level": log_level,
     }.items()}

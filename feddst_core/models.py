@@ -87,19 +87,26 @@ class ModelSpec:
 
 # --- the models --------------------------------------------------------------------------------
 
-# Paper MNIST CNN: 28x28 -> conv5 -> 24 -> pool3/1 -> 22 -> conv5 -> 18 -> pool3/1 -> 16; 20*16*16 = 5120.
-MNIST_CNN = ModelSpec(
-    name="mnist_cnn",
-    input_shape=(1, 28, 28),
-    num_classes=10,
-    layers=(
-        Conv("conv1", 1, 10, 5), MaxPool(3, 1), ReLU(),
-        Conv("conv2", 10, 20, 5), MaxPool(3, 1), ReLU(),
-        Flatten(),
-        Linear("fc1", 5120, 50), ReLU(),
-        Linear("fc2", 50, 10),
-    ),
-)
+def paper_mnist_cnn(hidden: int = 50, name: str = "mnist_cnn") -> ModelSpec:
+    """Paper MNIST CNN: 28x28 -> conv5 -> 24 -> pool3/1 -> 22 -> conv5 -> 18 -> pool3/1 -> 16; 20*16*16 = 5120
+    features -> fc1 (``hidden`` units) -> fc2 -> 10 logits."""
+    return ModelSpec(
+        name=name,
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        layers=(
+            Conv("conv1", 1, 10, 5), MaxPool(3, 1), ReLU(),
+            Conv("conv2", 10, 20, 5), MaxPool(3, 1), ReLU(),
+            Flatten(),
+            Linear("fc1", 5120, hidden), ReLU(),
+            Linear("fc2", hidden, 10),
+        ),
+    )
+
+
+MNIST_CNN = paper_mnist_cnn()
+# The same CNN with fc1 widened to 5120 -> 512: fully connected weights dominate (sparse-kernel benchmark).
+FC_HEAVY_MNIST_CNN = paper_mnist_cnn(512, name="mnist_cnn_fc512")
 
 # Paper CIFAR-10 CNN: 32 -> conv5 -> 28 -> pool -> 26 -> conv5 -> 22 -> pool -> 20; 16*20*20 = 6400.
 CIFAR10_CNN = ModelSpec(
@@ -129,7 +136,7 @@ DIGITS_CNN = ModelSpec(
     ),
 )
 
-MODELS: dict[str, ModelSpec] = {m.name: m for m in (MNIST_CNN, CIFAR10_CNN, DIGITS_CNN)}
+MODELS: dict[str, ModelSpec] = {m.name: m for m in (MNIST_CNN, CIFAR10_CNN, DIGITS_CNN, FC_HEAVY_MNIST_CNN)}
 
 
 def get_model_spec(name: str) -> ModelSpec:

@@ -63,6 +63,28 @@ def client_seed(seed: int, server_round: int, client_id: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+@torch.no_grad()
+def sgd_update(name: str, p: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None,
+               buffers: dict[str, torch.Tensor], config: TrainConfig) -> None:
+    """One torch.optim.SGD step (dampening 0, no Nesterov) of parameter ``p`` in place.
+
+    ``g`` is a fresh gradient this function may modify. With a ``mask`` the gradient is masked first:
+    a masked-out weight (exactly 0) then gets no gradient, no decay and no momentum, so it stays 0.
+    """
+    if mask is not None:
+        g.mul_(mask)
+    if config.weight_decay:
+        g.add_(p, alpha=config.weight_decay)
+    if config.momentum:
+        buf = buffers.get(name)
+        if buf is None:
+            buf = buffers[name] = g
+        else:
+            torch.add(g, buf, alpha=config.momentum, out=buf)  # buf = momentum * buf + g
+        g = buf
+    p.sub_(g, alpha=config.lr)
+
+
 class LocalTrainer:
     """Trains K clients of one round together (grouped convolutions, batched matmuls)."""
 
@@ -152,22 +174,8 @@ class LocalTrainer:
     @torch.no_grad()
     def _sgd_step(self, params: dict[str, torch.Tensor], grads: Mapping[str, torch.Tensor],
                   masks: Mapping[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> None:
-        """torch.optim.SGD semantics (dampening 0, no Nesterov) on masked gradients."""
-        cfg = self.config
         for name, p in params.items():
-            g = grads[name].contiguous()  # fresh from autograd.grad: safe to modify in place
-            if name in masks:
-                g.mul_(masks[name])  # masked-out: gradient 0, weight 0 => decay 0, momentum stays 0
-            if cfg.weight_decay:
-                g.add_(p, alpha=cfg.weight_decay)
-            if cfg.momentum:
-                buf = buffers.get(name)
-                if buf is None:
-                    buf = buffers[name] = g
-                else:
-                    torch.add(g, buf, alpha=cfg.momentum, out=buf)  # buf = momentum * buf + g
-                g = buf
-            p.sub_(g, alpha=cfg.lr)
+            sgd_update(name, p, grads[name].contiguous(), masks.get(name), buffers, self.config)
 
     def _readjust(self, params: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], x: torch.Tensor,
                   y: torch.Tensor, fraction: float,

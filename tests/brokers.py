@@ -59,7 +59,7 @@ class MosquittoBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr",
                  "log_type error", "log_type warning"]
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 and not any(line.startswith("user ") for line in self.extra_config):
             # As root mosquitto drops to user "mosquitto", which cannot read pytest's 0700 tmp dirs.
             lines.append("user root")
         if self.passwords:

@@ -3,9 +3,10 @@
 * ``kernels``: ``CsrPattern`` and the CSR autograd layers ``sparse_linear`` / ``sparse_conv2d``;
 * ``policy``: per-layer ``auto`` | ``sparse`` | ``dense`` selection with a measured threshold table;
 * ``trainer``: ``SparseLocalTrainer`` (LocalTrainer's contract, one client) and ``make_local_trainer``;
-* ``specs``: the FC-heavy benchmark model.
+* ``FC_HEAVY_MNIST_CNN`` (from ``feddst_core.models``): the FC-heavy benchmark model.
 """
 
+from feddst_core.models import FC_HEAVY_MNIST_CNN
 from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_linear
 from feddst_core.sparse.policy import (
     DEFAULT_THRESHOLDS,
@@ -14,7 +15,6 @@ from feddst_core.sparse.policy import (
     choose_layer_kernels,
     validate_kernels,
 )
-from feddst_core.sparse.specs import FC_HEAVY_MNIST_CNN
 from feddst_core.sparse.trainer import SparseLocalTrainer, forward_mixed, make_local_trainer
 
 __all__ = [

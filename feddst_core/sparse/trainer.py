@@ -5,8 +5,9 @@ and an ``(nnz,)`` momentum buffer; the others run as masked dense layers exactly
 ``feddst_core.training.LocalTrainer``. Data order, batching, loss, FedProx term, SGD and
 readjustment semantics are LocalTrainer's, so results agree to float rounding (tests: 1e-4).
 
-The dense gradient that readjustment needs is computed once, after the last epoch, on dense copies
-of the weights; the new masks are then converted back to CSR.
+The dense gradient that readjustment needs is computed once, at LocalTrainer's readjustment point
+(halfway through the round by default), on dense copies of the weights; the new masks are then
+converted back to CSR. When the policy keeps every layer dense, ``train`` simply runs LocalTrainer.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from feddst_core.models import Conv, Flatten, Linear, MaxPool, ModelSpec, ReLU, 
 from feddst_core.readjust import MaskChange, readjust_masks
 from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_linear
 from feddst_core.sparse.policy import SparseThreshold, choose_layer_kernels, validate_kernels
-from feddst_core.training import ClientData, ClientOutcome, LocalTrainer, TrainConfig
+from feddst_core.training import ClientData, ClientOutcome, LocalTrainer, TrainConfig, sgd_update
 
 
 def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns: Mapping[str, CsrPattern],
@@ -111,6 +112,11 @@ class SparseLocalTrainer:
         if len(datasets) != 1 or len(seeds) != 1:
             raise ValueError(f"SparseLocalTrainer trains one client at a time, got {len(datasets)} datasets "
                              f"and {len(seeds)} seeds; use LocalTrainer to batch clients")
+        if all(choice == "dense" for choice in self.layer_choice(global_masks).values()):
+            # Nothing is faster sparse for these masks: LocalTrainer is the same math, bit for bit.
+            self.last_layer_kernels = self.layer_choice(global_masks)
+            return LocalTrainer(self.spec, self.config).train(global_params, global_masks, datasets, seeds,
+                                                              readjust_fraction)
         data, seed = datasets[0], seeds[0]
         cfg = self.config
         n = len(data)
@@ -176,25 +182,14 @@ class SparseLocalTrainer:
 
     @torch.no_grad()
     def _sgd_step(self, state: ClientState, grads: Mapping[str, torch.Tensor]) -> None:
-        """torch.optim.SGD semantics on masked gradients; CSR values need no mask (all active)."""
+        """LocalTrainer's SGD; CSR values need no mask (all of them are active)."""
         cfg = self.config
-        masks, patterns, anchors, buffers = state.masks, state.patterns, state.anchors, state.buffers
         for name, p in state.leaves.items():
             g = grads[name].contiguous()
-            if anchors is not None:
-                g = g.add(p - anchors[name], alpha=cfg.prox_mu)  # d/dp of mu/2 * ||p - p_global||^2
-            if name in masks and name not in patterns:
-                g.mul_(masks[name])  # masked-out: gradient 0, weight 0 => decay 0, momentum stays 0
-            if cfg.weight_decay:
-                g.add_(p, alpha=cfg.weight_decay)
-            if cfg.momentum:
-                buf = buffers.get(name)
-                if buf is None:
-                    buf = buffers[name] = g
-                else:
-                    torch.add(g, buf, alpha=cfg.momentum, out=buf)  # buf = momentum * buf + g
-                g = buf
-            p.sub_(g, alpha=cfg.lr)
+            if state.anchors is not None:
+                g = g.add(p - state.anchors[name], alpha=cfg.prox_mu)  # d/dp of mu/2 * ||p - p_global||^2
+            mask = state.masks[name] if name in state.masks and name not in state.patterns else None
+            sgd_update(name, p, g, mask, state.buffers, cfg)
 
     def _readjust_state(self, state: ClientState, global_params: Mapping[str, torch.Tensor], data: ClientData,
                         fraction: float) -> dict[str, MaskChange]:
