@@ -27,6 +27,12 @@ class PartitionName(StrEnum):
     iid = "iid"
 
 
+class KernelsName(StrEnum):
+    dense = "dense"
+    auto = "auto"
+    sparse = "sparse"
+
+
 class AlgorithmName(StrEnum):
     feddst = "feddst"
     fedavg = "fedavg"
@@ -75,6 +81,9 @@ def simulate(
                                    rich_help_panel=RUN),
     out: Path = typer.Option(Path("runs/simulate"), help="Output directory for report.json, metrics.csv and "
                              "accuracy_vs_upload.png.", rich_help_panel=RUN),
+    kernels: KernelsName = typer.Option(KernelsName.dense, help="Local training kernels: dense (masked dense; "
+                                        "batches clients), or auto / sparse (CPU sparse kernels, as devices "
+                                        "run them; clients trained one by one).", rich_help_panel=RUN),
     client_batching: bool = typer.Option(True, help="Train a round's clients together (faster on a server); "
                                          "--no-client-batching trains them one by one, as devices do.",
                                          rich_help_panel=RUN),
@@ -95,7 +104,7 @@ def simulate(
             algorithm=algorithm.value, sparsity=sparsity, readjust_ratio=readjust_ratio,
             readjust_every=readjust_every, readjust_until=readjust_until, prox_mu=prox_mu,
             server_momentum=server_momentum, seed=seed, eval_every=eval_every, out=str(out),
-            client_batching=client_batching)
+            client_batching=client_batching, kernels=kernels.value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     run_simulation(config)

@@ -7,6 +7,7 @@ from typing import Any
 
 from feddst_core.masks import DISTRIBUTIONS
 from feddst_core.partition import PARTITIONS
+from feddst_core.sparse import KERNEL_CHOICES
 from feddst_core.strategies import ALGORITHMS
 
 DATASET_MODELS = {"digits": "digits_cnn", "mnist": "mnist_cnn", "cifar10": "cifar10_cnn", "npz": None}
@@ -45,6 +46,7 @@ class SimulationConfig:
     min_votes: int = 1
     model: str | None = None  # default: the paper's model for the dataset
     client_batching: bool = True  # train a round's clients together (grouped convs); off = one by one
+    kernels: str = "dense"  # dense | auto | sparse: CPU sparse kernels train clients one by one
 
     def __post_init__(self) -> None:
         checks = [
@@ -71,6 +73,7 @@ class SimulationConfig:
             (0.0 <= self.server_momentum < 1.0, f"--server-momentum must be in [0, 1), got {self.server_momentum}"),
             (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
             (self.beta > 0, f"--beta must be > 0, got {self.beta}"),
+            (self.kernels in KERNEL_CHOICES, f"--kernels must be one of {', '.join(KERNEL_CHOICES)}"),
         ]
         for ok, message in checks:
             if not ok:

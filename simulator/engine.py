@@ -16,6 +16,7 @@ from datasources import Dataset, load_dataset
 from feddst_core.masks import density
 from feddst_core.models import ModelSpec, get_model_spec, predict
 from feddst_core.partition import Partition, make_partition
+from feddst_core.sparse import make_local_trainer
 from feddst_core.strategies import ClientReply, FedStrategy, ServerState, StrategyConfig
 from feddst_core.training import ClientData, ClientOutcome, LocalTrainer, TrainConfig, client_seed
 from simulator.accounting import ByteMeter
@@ -89,14 +90,15 @@ class Simulation:
 
     def train_clients(self, clients: list[int], readjust_fraction: float, prox_mu: float,
                       server_round: int) -> list[tuple[int, ClientOutcome]]:
-        """Local training of the round's clients: batched by equal data size, or one by one.
+        """Local training of the round's clients: batched by equal data size, or one by one (always
+        one by one with CPU sparse kernels, ``--kernels auto|sparse``, which train a client at a time).
 
         With client batching, each size group is split across ``self.workers`` Python threads that
         each run one torch thread (torch releases the GIL inside its kernels): on small per-client
         tensors this beats torch's own intra-op threading by about 20% on 2 cores.
         """
-        trainer = LocalTrainer(self.spec, self.train_config(prox_mu))
-        if self.config.client_batching:
+        trainer = make_local_trainer(self.spec, self.train_config(prox_mu), self.config.kernels)
+        if self.config.client_batching and isinstance(trainer, LocalTrainer):
             groups: dict[int, list[int]] = defaultdict(list)
             for c in clients:
                 groups[len(self.partition.train[c])].append(c)
@@ -113,7 +115,7 @@ class Simulation:
             return list(zip(chunk, outcomes, strict=True))
 
         results: list[tuple[int, ClientOutcome]] = []
-        if self.config.client_batching and self.workers > 1 and len(chunks) > 1:
+        if self.config.client_batching and isinstance(trainer, LocalTrainer) and self.workers > 1 and len(chunks) > 1:
             threads = torch.get_num_threads()
             try:
                 torch.set_num_threads(1)

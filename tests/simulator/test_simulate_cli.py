@@ -95,3 +95,15 @@ def test_console_script_version_and_help():
     out = subprocess.run([sys.executable, "-m", "feddst_cli.main", "simulate", "--help"], capture_output=True,
                          text=True)
     assert out.returncode == 0 and "--readjust-ratio" in out.stdout and "--clients-per-round" in out.stdout
+
+
+def test_sparse_kernels_reproduce_masked_dense_training(tmp_path):
+    common = [*SMALL, "--rounds", "3", "--eval-every", "1", "--readjust-every", "1", "--readjust-until", "3"]
+    assert run([*common, "--out", str(tmp_path / "s"), "--kernels", "sparse"]).exit_code == 0
+    assert run([*common, "--out", str(tmp_path / "d"), "--kernels", "dense", "--no-client-batching"]).exit_code == 0
+    sparse = json.loads((tmp_path / "s" / "report.json").read_text())
+    dense = json.loads((tmp_path / "d" / "report.json").read_text())
+    for a, b in zip(sparse["rounds"], dense["rounds"], strict=True):
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=0.01)
+        assert a["density"] == b["density"]
+    assert sparse["config"]["kernels"] == "sparse"
