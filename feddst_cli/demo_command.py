@@ -1,12 +1,12 @@
 """``feddst demo``: broker + coordinator + N edge agents on one machine, R rounds of FedDST on digits.
 
 Demo setting (chosen to learn well in 20 rounds on the 1438 built-in digits training images): 8
-agents, pathological partition with 2 classes x 40 images per agent (640 images in all, at most
-~64 per class), every agent trains every round (clients_per_round = agents), 5 local epochs,
-batch 16, lr 0.05, FedDST at 80% sparsity with readjustment every 5 rounds (alpha 0.05). The
-same flags in ``feddst simulate --no-client-batching`` give the same accuracy as the demo:
-0.8155 after 20 rounds since the learning core readjusts masks mid-round (commit 905e7ec); 0.9197 before.
-"""
+agents, pathological partition with 2 classes x 60 images per agent (960 images in all; classes are
+dealt evenly, so at most 120 images of a class are needed and digits has at least 139 of each),
+every agent trains every round (clients_per_round = agents), 5 local epochs, batch 16, lr 0.05,
+FedDST at 80% sparsity with readjustment every 5 rounds (alpha 0.05). The same flags in
+``feddst simulate --no-client-batching`` give the same accuracy as the demo, round by round:
+0.9479 after 20 rounds with seed 0"""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import typer
 
 CLASSES_PER_CLIENT = 2
-SAMPLES_PER_CLASS = 40
+SAMPLES_PER_CLASS = 60
 LOCAL_EPOCHS = 5
 BATCH_SIZE = 16
 LR = 0.05
