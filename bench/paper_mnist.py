@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench_paper_mnist", help="where reports and the plot go")
     parser.add_argument("--skip-speed", action="store_true", help="skip the speed comparison")
+    parser.add_argument("--speed-only", action="store_true", help="only the speed comparison (no accuracy runs)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
 
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"speed: {args.speed_rounds} paper-setting rounds, simulator vs sequential plain PyTorch")
         speed = measure_speed(args.data_dir, args.speed_rounds, log)
     reports = {}
-    for algorithm in args.algorithms.split(","):
+    for algorithm in ([] if args.speed_only else args.algorithms.split(",")):
         log(f"accuracy: {algorithm}, {args.rounds} rounds")
         reports[algorithm] = run_algorithm(algorithm, args, log)
     budget = reports["feddst"]["total_upload_bytes"] if "feddst" in reports else None
@@ -194,15 +195,30 @@ def main(argv: list[str] | None = None) -> int:
     caps = [int(budget * f) for f in CAP_FRACTIONS] if budget else []
     for row in rows:
         row["accuracy_at_caps"] = {str(cap): accuracy_within_budget(reports[row["algorithm"]], cap) for cap in caps}
-    plot_accuracy_vs_upload(reports, Path(args.out) / "accuracy_vs_upload.png")
+    if reports:
+        plot_accuracy_vs_upload(reports, Path(args.out) / "accuracy_vs_upload.png")
     result: dict[str, Any] = {"rows": rows, "rounds": args.rounds,
                               "rounds_per_min": speed.get("rounds_per_min"),
                               "baseline_rounds_per_min": speed.get("baseline_rounds_per_min"), **speed}
     if args.json:
         print(json.dumps(result))
         return 0
+    if rows:
+        print_accuracy_tables(rows, args.rounds, budget, caps)
+    if speed:
+        print(f"\nsimulator: {speed['rounds_per_min']:.1f} rounds/min; sequential plain-PyTorch baseline: "
+              f"{speed['baseline_rounds_per_min']:.1f} rounds/min; speedup {speed['speedup']:.2f}x")
+        print(f"dense training math {speed['gflop_per_round']:.0f} GFLOP/round; matmul peak "
+              f"{speed['matmul_gflops']:.0f} GFLOP/s; simulator achieves "
+              f"{100 * speed['fraction_of_matmul_peak']:.0f}% of it")
+    if reports:
+        print(f"plot: {Path(args.out) / 'accuracy_vs_upload.png'}")
+    return 0
+
+
+def print_accuracy_tables(rows: list[dict[str, Any]], rounds: int, budget: int | None, caps: list[int]) -> None:
     fedavg_per_round = next((r["upload_bytes_per_round"] for r in rows if r["algorithm"] == "fedavg"), None)
-    print(f"\nPaper MNIST setting, {args.rounds} rounds"
+    print(f"\nPaper MNIST setting, {rounds} rounds"
           + (f"; FedDST total upload budget {budget / 1e6:.1f} MB" if budget else ""))
     print(f"{'algorithm':<12}{'final acc':>10}{'upload MB':>11}{'MB/round':>10}{'x FedAvg':>9}{'acc@budget':>12}")
     for r in rows:
@@ -217,14 +233,6 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             cells = [r["accuracy_at_caps"][str(cap)] for cap in caps]
             print(f"{r['algorithm']:<12}" + "".join(f"{(f'{c:.4f}' if c is not None else '-'):>12}" for c in cells))
-    if speed:
-        print(f"\nsimulator: {speed['rounds_per_min']:.1f} rounds/min; sequential plain-PyTorch baseline: "
-              f"{speed['baseline_rounds_per_min']:.1f} rounds/min; speedup {speed['speedup']:.2f}x")
-        print(f"dense training math {speed['gflop_per_round']:.0f} GFLOP/round; matmul peak "
-              f"{speed['matmul_gflops']:.0f} GFLOP/s; simulator achieves "
-              f"{100 * speed['fraction_of_matmul_peak']:.0f}% of it")
-    print(f"plot: {Path(args.out) / 'accuracy_vs_upload.png'}")
-    return 0
 
 
 if __name__ == "__main__":

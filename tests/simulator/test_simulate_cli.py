@@ -107,3 +107,14 @@ def test_sparse_kernels_reproduce_masked_dense_training(tmp_path):
         assert a["accuracy"] == pytest.approx(b["accuracy"], abs=0.01)
         assert a["density"] == b["density"]
     assert sparse["config"]["kernels"] == "sparse"
+
+
+def test_one_worker_thread_trains_every_client(tmp_path):
+    from simulator.config import SimulationConfig
+    from simulator.engine import Simulation
+
+    sim = Simulation(SimulationConfig(dataset="digits", clients=12, clients_per_round=4, samples_per_class=10,
+                                      rounds=1, local_epochs=1, client_batching=False))
+    sim.workers = 1
+    trained = sim.train_clients([0, 3, 5, 7], 0.0, 0.0, 1)
+    assert [c for c, _ in trained] == [0, 3, 5, 7]
