@@ -19,4 +19,4 @@ test: setup
 
 lint:
 	ruff check .
-	mypy feddst_core protocol
+	mypy feddst_core protocol simulator datasources cloud edge_agent feddst_cli

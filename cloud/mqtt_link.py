@@ -65,9 +65,10 @@ class CoordinatorLink:
         self.connected = threading.Event()
         self._started = False
         version = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
-        kwargs = {} if version == mqtt.MQTTv5 else {"clean_session": False}
+        # MQTT 5 sets clean_start per connect(); 3.1.1 takes a persistent session here.
+        clean_session = None if version == mqtt.MQTTv5 else False
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
-                                  **kwargs)
+                                  clean_session=clean_session)
         self._v5 = version == mqtt.MQTTv5
         if username:
             self.client.username_pw_set(username, password)
@@ -84,16 +85,16 @@ class CoordinatorLink:
 
     def connect(self, timeout_s: float = 10.0) -> bool:
         """Connect and start the network thread; True once the broker accepted the connection."""
-        kwargs = {}
-        if self._v5:
-            from paho.mqtt.packettypes import PacketTypes
-            from paho.mqtt.properties import Properties
-
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = 3600
-            kwargs = {"clean_start": False, "properties": props}
         try:
-            self.client.connect(self.host, self.port, keepalive=30, **kwargs)
+            if self._v5:
+                from paho.mqtt.packettypes import PacketTypes
+                from paho.mqtt.properties import Properties
+
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = 3600
+                self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+            else:
+                self.client.connect(self.host, self.port, keepalive=30)
         except OSError as exc:
             log.warning("cannot reach MQTT broker %s:%s: %s", self.host, self.port, exc)
             return False

@@ -18,8 +18,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:  # imported lazily at run time: the demo's --help must stay fast
+    from cloud.coordinator import Coordinator
+    from cloud.embedded_broker import EmbeddedBroker
 
 CLASSES_PER_CLIENT = 2
 SAMPLES_PER_CLASS = 60
@@ -76,16 +81,16 @@ class DemoStack:
 
     def __init__(self, out: Path, agents: int, seed: int):
         self.out, self.agents, self.seed = out, agents, seed
-        self.broker = None
-        self.coordinator = None
+        self.broker: EmbeddedBroker | None = None
+        self.coordinator: Coordinator | None = None
         self.processes: list[subprocess.Popen] = []
         self.state_dir = Path(tempfile.mkdtemp(prefix="feddst-demo-"))
 
     def start_broker(self) -> str:
         from cloud.embedded_broker import EmbeddedBroker
 
-        self.broker = EmbeddedBroker().start()
-        return self.broker.url
+        broker = self.broker = EmbeddedBroker().start()
+        return broker.url
 
     def start_coordinator(self, url: str) -> None:
         from cloud.coordinator import Coordinator
@@ -93,8 +98,8 @@ class DemoStack:
 
         settings = CloudSettings(broker_url=url, state_dir=self.state_dir / "coordinator", mqtt_username=None,
                                  heartbeat_s=HEARTBEAT_S, mqtt_client_id="demo-coordinator")
-        self.coordinator = Coordinator(settings)
-        if not self.coordinator.start():
+        coordinator = self.coordinator = Coordinator(settings)
+        if not coordinator.start():
             raise DemoError(f"the coordinator cannot connect to the broker {url}")
 
     def start_agents(self, url: str) -> None:
