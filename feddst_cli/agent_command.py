@@ -12,6 +12,8 @@ from typing import Any
 
 import typer
 
+from feddst_cli.choices import KernelChoice, PartitionKind
+
 BROKER = "Broker and identity"
 DATA = "Local data"
 RUNTIME = "Runtime"
@@ -35,22 +37,10 @@ class DataSourceName(StrEnum):
     csv = "csv"
 
 
-class PartitionKind(StrEnum):
-    pathological = "pathological"
-    dirichlet = "dirichlet"
-    iid = "iid"
-
-
 class MqttProtocol(StrEnum):
     auto = "auto"
     v5 = "5"
     v311 = "3.1.1"
-
-
-class Kernels(StrEnum):
-    auto = "auto"
-    sparse = "sparse"
-    dense = "dense"
 
 
 class LogLevel(StrEnum):
@@ -133,7 +123,7 @@ def run(
     threads: int | None = typer.Option(None, help="Torch threads for training; keep 1 when several agents "
                                        "share a machine. Env: FEDDST_THREADS. Default: 1.",
                                        rich_help_panel=RUNTIME),
-    kernels: Kernels | None = typer.Option(None, help="Local training kernels: auto (compressed sparse layers "
+    kernels: KernelChoice | None = typer.Option(None, help="Local training kernels: auto (compressed sparse layers "
                                            "where they are measured faster, dense elsewhere), sparse, or dense "
                                            "(masked dense, for comparison). Env: FEDDST_KERNELS. Default: auto.",
                                            rich_help_panel=RUNTIME),

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from feddst_cli.choices import KernelChoice, PartitionKind
+
 PAPER = "Paper setting"
 DATA = "Data and partition"
 ALGO = "Algorithm"
@@ -19,18 +21,6 @@ class DatasetName(StrEnum):
     mnist = "mnist"
     cifar10 = "cifar10"
     npz = "npz"
-
-
-class PartitionName(StrEnum):
-    pathological = "pathological"
-    dirichlet = "dirichlet"
-    iid = "iid"
-
-
-class KernelsName(StrEnum):
-    dense = "dense"
-    auto = "auto"
-    sparse = "sparse"
 
 
 class AlgorithmName(StrEnum):
@@ -46,7 +36,7 @@ def simulate(
                                         "cifar10 read --data-dir; npz reads an .npz file.", rich_help_panel=DATA),
     data_dir: Path | None = typer.Option(None, help="Directory of standard MNIST IDX files (gzipped or raw), "
                                          "CIFAR-10 python batches, or an .npz file.", rich_help_panel=DATA),
-    partition: PartitionName = typer.Option(PartitionName.pathological, help="How data is split across "
+    partition: PartitionKind = typer.Option(PartitionKind.pathological, help="How data is split across "
                                             "clients.", rich_help_panel=DATA),
     clients: int = typer.Option(400, help="Number of clients.", rich_help_panel=DATA),
     classes_per_client: int = typer.Option(2, help="pathological: classes per client.", rich_help_panel=DATA),
@@ -81,7 +71,7 @@ def simulate(
                                    rich_help_panel=RUN),
     out: Path = typer.Option(Path("runs/simulate"), help="Output directory for report.json, metrics.csv and "
                              "accuracy_vs_upload.png.", rich_help_panel=RUN),
-    kernels: KernelsName = typer.Option(KernelsName.dense, help="Local training kernels: dense (masked dense; "
+    kernels: KernelChoice = typer.Option(KernelChoice.dense, help="Local training kernels: dense (masked dense; "
                                         "batches clients), or auto / sparse (CPU sparse kernels, as devices "
                                         "run them; clients trained one by one).", rich_help_panel=RUN),
     client_batching: bool = typer.Option(True, help="Train a round's clients together (faster on a server); "
