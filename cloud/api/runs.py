@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import FileResponse
 
@@ -37,25 +40,28 @@ def get_run(run_id: str, coordinator: CoordinatorDep) -> RunDetailOut:
     return _detail(coordinator, run_id)
 
 
-@router.post("/{run_id}/start", response_model=RunDetailOut)
-def start_run(run_id: str, coordinator: CoordinatorDep) -> RunDetailOut:
+@contextmanager
+def _run_errors_as_http() -> Iterator[None]:
+    """Map the coordinator's domain errors to HTTP statuses (routes are the only place that does)."""
     try:
-        coordinator.start_run(run_id)
+        yield
     except RunNotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except RunStateError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+
+
+@router.post("/{run_id}/start", response_model=RunDetailOut)
+def start_run(run_id: str, coordinator: CoordinatorDep) -> RunDetailOut:
+    with _run_errors_as_http():
+        coordinator.start_run(run_id)
     return _detail(coordinator, run_id)
 
 
 @router.post("/{run_id}/stop", response_model=RunDetailOut)
 def stop_run(run_id: str, coordinator: CoordinatorDep) -> RunDetailOut:
-    try:
+    with _run_errors_as_http():
         coordinator.stop_run(run_id)
-    except RunNotFoundError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except RunStateError as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     return _detail(coordinator, run_id)
 
 
