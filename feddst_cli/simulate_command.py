@@ -63,6 +63,12 @@ def simulate(
                                        rich_help_panel=ALGO),
     readjust_until: int | None = typer.Option(None, "--readjust-until", help="T_END: last readjustment round "
                                               "[default: rounds / 2].", rich_help_panel=ALGO),
+    distribution: str = typer.Option("erk", help="Layer density budgets: uniform, er or erk "
+                                     "(Erdős–Rényi-Kernel).", rich_help_panel=ALGO),
+    mask_init: str = typer.Option("magnitude", help="Initial mask: magnitude (largest initial weights) or "
+                                  "random.", rich_help_panel=ALGO),
+    min_votes: int = typer.Option(1, help="Server keeps a weight only if at least this many of the round's "
+                                  "clients hold it.", rich_help_panel=ALGO),
     prox_mu: float = typer.Option(0.0, help="FedProx mu (fedprox; composes with feddst and randommask).",
                                   rich_help_panel=ALGO),
     server_momentum: float = typer.Option(0.9, help="fedavgm: server momentum beta.", rich_help_panel=ALGO),
@@ -94,7 +100,8 @@ def simulate(
             algorithm=algorithm.value, sparsity=sparsity, readjust_ratio=readjust_ratio,
             readjust_every=readjust_every, readjust_until=readjust_until, prox_mu=prox_mu,
             server_momentum=server_momentum, seed=seed, eval_every=eval_every, out=str(out),
-            client_batching=client_batching, kernels=kernels.value)
+            client_batching=client_batching, kernels=kernels.value, distribution=distribution,
+            mask_init=mask_init, min_votes=min_votes)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     run_simulation(config)

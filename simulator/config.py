@@ -56,7 +56,11 @@ class SimulationConfig:
              + ", ".join(PARTITIONS)),
             (self.algorithm in ALGORITHMS, f"unknown algorithm {self.algorithm!r}; choose one of "
              + ", ".join(ALGORITHMS)),
-            (self.distribution in DISTRIBUTIONS, f"unknown sparsity distribution {self.distribution!r}"),
+            (self.distribution in DISTRIBUTIONS, f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, "
+             f"got {self.distribution!r}"),
+            (self.mask_init in ("magnitude", "random"), f"--mask-init must be magnitude or random, got "
+             f"{self.mask_init!r}"),
+            (self.min_votes >= 1, f"--min-votes must be >= 1, got {self.min_votes}"),
             (0.0 <= self.sparsity < 1.0, f"--sparsity must be in [0, 1), got {self.sparsity}"),
             (self.clients >= 1, f"--clients must be >= 1, got {self.clients}"),
             (1 <= self.clients_per_round <= self.clients,

@@ -110,3 +110,27 @@ def test_unknown_dataset_and_missing_dir():
         load_dataset("imagenet")
     with pytest.raises(DataSourceError, match="needs --data-dir"):
         load_dataset("mnist")
+
+
+def write_cifar_dir(directory: Path, per_batch=6) -> None:
+    import pickle
+
+    rng = np.random.default_rng(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
+        with open(directory / name, "wb") as fh:
+            pickle.dump(batch, fh)
+
+
+def test_cifar10_python_batches(tmp_path):
+    write_cifar_dir(tmp_path / "c")
+    d = load_dataset("cifar10", tmp_path / "c")
+    assert d.x_train.shape == (30, 3, 32, 32) and d.x_test.shape == (6, 3, 32, 32)
+    (tmp_path / "c" / "data_batch_3").unlink()
+    with pytest.raises(DataSourceError, match="missing CIFAR-10 batches"):
+        load_dataset("cifar10", tmp_path / "c")
+    (tmp_path / "c" / "data_batch_3").write_bytes(b"garbage")
+    with pytest.raises(DataSourceError, match="not a CIFAR-10 batch"):
+        load_dataset("cifar10", tmp_path / "c")

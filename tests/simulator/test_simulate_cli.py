@@ -68,6 +68,9 @@ def test_dense_fedavg_uploads_about_five_times_feddst(tmp_path):
     (["--dataset", "imagenet"], "imagenet"),
     (["--algorithm", "fedsgd"], "fedsgd"),
     (["--dataset", "mnist"], "needs --data-dir"),
+    (["--distribution", "lognormal"], "--distribution must be one of uniform, er, erk"),
+    (["--mask-init", "zeros"], "--mask-init must be magnitude or random"),
+    (["--min-votes", "0"], "--min-votes must be >= 1"),
 ])
 def test_bad_flags_give_clear_errors(tmp_path, args, message):
     result = run([*SMALL, "--out", str(tmp_path / "x"), *args])
@@ -118,3 +121,17 @@ def test_one_worker_thread_trains_every_client(tmp_path):
     sim.workers = 1
     trained = sim.train_clients([0, 3, 5, 7], 0.0, 0.0, 1)
     assert [c for c, _ in trained] == [0, 3, 5, 7]
+
+
+def test_npz_colour_images_train_the_cifar10_cnn(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "colour.npz"
+    np.savez(path, x_train=rng.random((80, 32, 32, 3), dtype=np.float32), y_train=np.arange(80) % 4,
+             x_test=rng.random((20, 32, 32, 3), dtype=np.float32), y_test=np.arange(20) % 4)
+    result = run(["--dataset", "npz", "--data-dir", str(path), "--clients", "4", "--clients-per-round", "2",
+                  "--samples-per-class", "5", "--rounds", "1", "--local-epochs", "1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["rounds"][0]["round"] == 1 and report["total_upload_bytes"] > 0
