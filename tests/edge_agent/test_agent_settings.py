@@ -107,3 +107,10 @@ def test_impossible_partition_and_missing_data_are_clear() -> None:
         load_local_data(AgentSettings(device_id="d", partition="3/400", samples_per_class=50))
     with pytest.raises(LocalDataError, match="cannot load --dataset npz"):
         load_local_data(AgentSettings(device_id="d", dataset="npz", data_dir="/nonexistent/data.npz"))
+
+
+def test_kernels_setting_defaults_to_auto_and_refuses_unknown_values() -> None:
+    assert load_settings({"device_id": "d"}, environ={}).kernels == "auto"
+    assert load_settings({"device_id": "d"}, environ={"FEDDST_KERNELS": "dense"}).kernels == "dense"
+    with pytest.raises(AgentConfigError, match="--kernels: choose one of auto, sparse, dense"):
+        load_settings({"device_id": "d"}, environ={"FEDDST_KERNELS": "fast"})
