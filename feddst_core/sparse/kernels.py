@@ -25,23 +25,29 @@ import torch.nn.functional as F
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 
+def _index_dtype(numel: int) -> torch.dtype:
+    """int32 indices when every index fits (halves the index memory; MKL's CSR GEMM then needs no
+    int64 -> int32 copy per call), int64 otherwise."""
+    return torch.int32 if numel < 2**31 else torch.int64
+
+
 @dataclass(frozen=True)
 class CsrPattern:
     """Indices of one layer's active weights, in both CSR (W) and transposed CSR (W^T) order.
 
-    ``flat_index[i]`` is the position of ``values[i]`` in the weight's ``reshape(-1)``; values are
-    ordered row-major (CSR order). ``transpose_perm`` maps CSR order to W^T's CSR order:
-    ``values_t = values[transpose_perm]``.
+    Values are ordered row-major (CSR order). ``transpose_perm`` maps CSR order to W^T's CSR order:
+    ``values_t = values[transpose_perm]``. Index tensors are int32 (int64 only for weights with
+    >= 2^31 entries): per sparse layer the pattern holds 3 x nnz indices (col, t_col, perm), 12 bytes
+    per active weight. The flat positions (``flat_index``) are derived on demand, not stored.
     """
 
     shape: tuple[int, int]  # (rows, cols) of the 2-D weight matrix
     weight_shape: tuple[int, ...]  # the parameter's own shape (e.g. (out, in, kh, kw))
-    crow: torch.Tensor  # (rows + 1,) int64
-    col: torch.Tensor  # (nnz,) int64
-    flat_index: torch.Tensor  # (nnz,) int64
-    t_crow: torch.Tensor  # (cols + 1,) int64
-    t_col: torch.Tensor  # (nnz,) int64, row index of each entry in W^T order
-    transpose_perm: torch.Tensor  # (nnz,) int64
+    crow: torch.Tensor  # (rows + 1,) int32
+    col: torch.Tensor  # (nnz,) int32
+    t_crow: torch.Tensor  # (cols + 1,) int32
+    t_col: torch.Tensor  # (nnz,) int32, row index of each entry in W^T order
+    transpose_perm: torch.Tensor  # (nnz,) int32
 
     @property
     def nnz(self) -> int:
@@ -54,16 +60,25 @@ class CsrPattern:
         rows_n = mask.shape[0]
         mask_2d = mask.reshape(rows_n, -1)
         cols_n = mask_2d.shape[1]
-        flat_index = mask_2d.reshape(-1).nonzero().squeeze(1)  # ascending == row-major
+        idx = _index_dtype(rows_n * cols_n)
+        flat_index = mask_2d.reshape(-1).nonzero().squeeze(1)  # ascending == row-major, int64
         rows = torch.div(flat_index, cols_n, rounding_mode="floor")
         col = flat_index - rows * cols_n
-        crow = torch.zeros(rows_n + 1, dtype=torch.long)
+        del flat_index
+        crow = torch.zeros(rows_n + 1, dtype=idx)
         crow[1:] = torch.cumsum(torch.bincount(rows, minlength=rows_n), 0)
         transpose_perm = torch.argsort(col * rows_n + rows)  # keys unique: order is exact
-        t_crow = torch.zeros(cols_n + 1, dtype=torch.long)
+        t_crow = torch.zeros(cols_n + 1, dtype=idx)
         t_crow[1:] = torch.cumsum(torch.bincount(col, minlength=cols_n), 0)
-        return CsrPattern((rows_n, cols_n), tuple(mask.shape), crow, col, flat_index, t_crow,
-                          rows[transpose_perm], transpose_perm)
+        return CsrPattern((rows_n, cols_n), tuple(mask.shape), crow, col.to(idx), t_crow,
+                          rows[transpose_perm].to(idx), transpose_perm.to(idx))
+
+    @property
+    def flat_index(self) -> torch.Tensor:
+        """(nnz,) int64 position of each value in the weight's ``reshape(-1)`` (built on demand)."""
+        counts = (self.crow[1:] - self.crow[:-1]).long()
+        rows = torch.repeat_interleave(torch.arange(self.shape[0]), counts)
+        return rows * self.shape[1] + self.col.long()
 
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
         """W as a CSR tensor (rows, cols) sharing ``values`` (nnz,)."""
@@ -71,7 +86,7 @@ class CsrPattern:
 
     def matrix_t(self, values: torch.Tensor) -> torch.Tensor:
         """W^T as a CSR tensor (cols, rows); gathers the values into transposed order."""
-        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values[self.transpose_perm],
+        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values.index_select(0, self.transpose_perm),
                                        (self.shape[1], self.shape[0]), check_invariants=False)
 
     def gather(self, dense_weight: torch.Tensor) -> torch.Tensor:
@@ -101,10 +116,17 @@ def _spmm_t(pattern: CsrPattern, values: torch.Tensor, dense: torch.Tensor) -> t
     return torch.sparse.mm(pattern.matrix_t(values), dense)
 
 
-def _sddmm(pattern: CsrPattern, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """(left @ right) at the pattern's positions: left (rows, N), right (N, cols) -> (nnz,) values."""
-    sampled = torch.sparse.sampled_addmm(pattern.matrix(torch.zeros(pattern.nnz)), left, right, beta=0.0)
-    return sampled.values()
+def _sddmm(pattern: CsrPattern, values: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """(left @ right) at the pattern's positions: left (rows, N), right (N, cols) -> (nnz,) values.
+
+    Written with ``out=`` into a CSR tensor that shares the pattern's (int32) indices and owns a fresh
+    (nnz,) values buffer: the only allocation is the returned gradient (without ``out=``,
+    ``sampled_addmm`` allocates int64 copies of the indices on every call). ``beta=0`` ignores the
+    input's values, so W's own CSR (no zero-filled template) serves as the input.
+    """
+    out = pattern.matrix(torch.empty(pattern.nnz, dtype=left.dtype))
+    torch.sparse.sampled_addmm(pattern.matrix(values), left, right, beta=0.0, out=out)
+    return out.values()
 
 
 class SparseLinearFunction(torch.autograd.Function):
@@ -119,19 +141,19 @@ class SparseLinearFunction(torch.autograd.Function):
         y_t = _spmm(pattern, values, x_t)  # (out, B)
         y_t.add_(bias.unsqueeze(1))
         ctx.pattern = pattern
-        ctx.save_for_backward(x, values)
+        ctx.save_for_backward(x_t, values)  # x_t.t() is the SDDMM's fastest right operand
         return y_t.t()  # (B, out)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        x, values = ctx.saved_tensors
+        x_t, values = ctx.saved_tensors
         pattern: CsrPattern = ctx.pattern
         grad_out_t = grad_out.t().contiguous()  # (out, B)
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = _spmm_t(pattern, values, grad_out_t).t()  # (B, in)
         if ctx.needs_input_grad[1]:
-            grad_values = _sddmm(pattern, grad_out_t, x)  # (nnz,)
+            grad_values = _sddmm(pattern, values, grad_out_t, x_t.t())  # (nnz,)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_out_t.sum(1)  # (out,)
         return grad_x, grad_values, grad_bias, None
@@ -178,7 +200,7 @@ class SparseConv2dFunction(torch.autograd.Function):
             grad_cols = grad_cols.view(in_c * kh * kw, b, oh * ow).transpose(0, 1)  # (B, C*k*k, L)
             grad_x = F.fold(grad_cols, ctx.input_hw, kh)  # (B, C, H, W)
         if ctx.needs_input_grad[1]:
-            grad_values = _sddmm(pattern, grad_2d, cols_2d.t())  # (nnz,)
+            grad_values = _sddmm(pattern, values, grad_2d, cols_2d.t())  # (nnz,)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_2d.sum(1)  # (out,)
         return grad_x, grad_values, grad_bias, None

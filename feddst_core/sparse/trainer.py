@@ -48,7 +48,9 @@ def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns:
         elif isinstance(layer, ReLU):
             act = F.relu(act)
         elif isinstance(layer, Flatten):
-            act = act.reshape(b, -1)  # (B, C*H*W), per-sample C, H, W order
+            # (B, C*H*W) in per-sample C, H, W order, laid out as a contiguous (C*H*W, B) transposed:
+            # one copy, and the (in, B) operand sparse_linear / addmm use is then already contiguous.
+            act = act.permute(*range(1, act.dim()), 0).reshape(-1, b).t()
         elif isinstance(layer, Linear):
             weight, bias = leaves[f"{layer.name}.weight"], leaves[f"{layer.name}.bias"]
             pattern = patterns.get(f"{layer.name}.weight")
@@ -71,9 +73,13 @@ class ClientState:
 
     leaves: dict[str, torch.Tensor]
     patterns: dict[str, CsrPattern]
-    masks: dict[str, torch.Tensor]  # bool, every masked name (also the sparse ones, for the outcome)
+    masks: dict[str, torch.Tensor]  # bool masks of the masked *dense* leaves (sparse ones: ``patterns``)
     anchors: dict[str, torch.Tensor] | None  # FedProx anchor per leaf (same shape), None if mu == 0
     buffers: dict[str, torch.Tensor]
+
+    def all_masks(self) -> dict[str, torch.Tensor]:
+        """Bool masks of every masked name; a sparse layer's is rebuilt from its pattern (O(numel))."""
+        return {**self.masks, **{nm: pattern.mask() for nm, pattern in self.patterns.items()}}
 
     def dense_params(self) -> dict[str, torch.Tensor]:
         """Dense copies of all parameters; masked-out weights exactly 0."""
@@ -139,7 +145,7 @@ class SparseLocalTrainer:
                 epoch_loss += loss * idx.shape[0]
             epoch_loss /= max(n, 1)
         params = state.dense_params()
-        masks = state.masks
+        masks = state.all_masks()
         return [ClientOutcome(params=params, masks=masks, mask_changes=changes, num_samples=n,
                               train_loss=float(epoch_loss))]
 
@@ -148,9 +154,10 @@ class SparseLocalTrainer:
         """A client's training state at the start of a round (kernels chosen, CSR built)."""
         choice = self.layer_choice(global_masks)
         self.last_layer_kernels = choice
-        masks = {nm: m.clone() for nm, m in global_masks.items()}
-        patterns = {f"{ly}.weight": CsrPattern.from_mask(masks[f"{ly}.weight"])
+        patterns = {f"{ly}.weight": CsrPattern.from_mask(global_masks[f"{ly}.weight"])
                     for ly, c in choice.items() if c == "sparse"}
+        # No dense bool mask is kept for a sparse layer: its pattern is the mask (rebuilt for the outcome).
+        masks = {nm: m.clone() for nm, m in global_masks.items() if nm not in patterns}
         leaves = self._initial_leaves(global_params, masks, patterns)
         anchors = ({nm: (patterns[nm].gather(t) if nm in patterns else t).detach()
                     for nm, t in global_params.items()} if self.config.prox_mu > 0 else None)
@@ -188,7 +195,7 @@ class SparseLocalTrainer:
             g = grads[name].contiguous()
             if state.anchors is not None:
                 g = g.add(p - state.anchors[name], alpha=cfg.prox_mu)  # d/dp of mu/2 * ||p - p_global||^2
-            mask = state.masks[name] if name in state.masks and name not in state.patterns else None
+            mask = state.masks.get(name)  # None for sparse values (all active) and unmasked leaves
             sgd_update(name, p, g, mask, state.buffers, cfg)
 
     def _readjust_state(self, state: ClientState, global_params: Mapping[str, torch.Tensor], data: ClientData,
@@ -199,13 +206,14 @@ class SparseLocalTrainer:
         Afterwards dropped weights are 0 and gone from CSR, grown weights start at 0 with momentum 0,
         and CSR patterns, values, momentum and FedProx anchors are rebuilt for the new masks.
         """
-        names = list(state.masks)
+        masks = state.all_masks()
+        names = list(masks)
         params = state.dense_params()
-        dense = {nm: t.unsqueeze(0).requires_grad_(nm in state.masks) for nm, t in params.items()}  # (1, ...)
+        dense = {nm: t.unsqueeze(0).requires_grad_(nm in masks) for nm, t in params.items()}  # (1, ...)
         logits = forward(self.spec, dense, data.x.unsqueeze(0))[0]  # (n, classes)
         loss = F.cross_entropy(logits, data.y)
         dense_grads = torch.autograd.grad(loss, [dense[nm] for nm in names])
-        new_masks, changes = readjust_masks(state.masks, {nm: params[nm] for nm in names},
+        new_masks, changes = readjust_masks(masks, {nm: params[nm] for nm in names},
                                             {nm: g[0] for nm, g in zip(names, dense_grads, strict=True)},
                                             fraction)
         with torch.no_grad():
@@ -223,7 +231,7 @@ class SparseLocalTrainer:
                     state.leaves[nm].mul_(mask)
                     if nm in state.buffers:
                         state.buffers[nm].mul_(mask)
-                state.masks[nm] = mask
+                    state.masks[nm] = mask
         return changes
 
 
