@@ -116,16 +116,16 @@ def _spmm_t(pattern: CsrPattern, values: torch.Tensor, dense: torch.Tensor) -> t
     return torch.sparse.mm(pattern.matrix_t(values), dense)
 
 
-def _sddmm(pattern: CsrPattern, values: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+def _sddmm(pattern: CsrPattern, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """(left @ right) at the pattern's positions: left (rows, N), right (N, cols) -> (nnz,) values.
 
-    Written with ``out=`` into a CSR tensor that shares the pattern's (int32) indices and owns a fresh
-    (nnz,) values buffer: the only allocation is the returned gradient (without ``out=``,
-    ``sampled_addmm`` allocates int64 copies of the indices on every call). ``beta=0`` ignores the
-    input's values, so W's own CSR (no zero-filled template) serves as the input.
+    Computed in place (``out=``) in a CSR tensor that shares the pattern's int32 indices and owns a
+    fresh zeroed (nnz,) values buffer, which is returned: the only allocation per call (without
+    ``out=``, ``sampled_addmm`` allocates int64 copies of the indices on every call). The input is
+    that same zeroed tensor: ``beta=0`` does not mask NaN/inf in the input's values, zeros are exact.
     """
-    out = pattern.matrix(torch.empty(pattern.nnz, dtype=left.dtype))
-    torch.sparse.sampled_addmm(pattern.matrix(values), left, right, beta=0.0, out=out)
+    out = pattern.matrix(torch.zeros(pattern.nnz, dtype=left.dtype))
+    torch.sparse.sampled_addmm(out, left, right, beta=0.0, out=out)
     return out.values()
 
 
@@ -153,7 +153,7 @@ class SparseLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _spmm_t(pattern, values, grad_out_t).t()  # (B, in)
         if ctx.needs_input_grad[1]:
-            grad_values = _sddmm(pattern, values, grad_out_t, x_t.t())  # (nnz,)
+            grad_values = _sddmm(pattern, grad_out_t, x_t.t())  # (nnz,)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_out_t.sum(1)  # (out,)
         return grad_x, grad_values, grad_bias, None
@@ -200,7 +200,7 @@ class SparseConv2dFunction(torch.autograd.Function):
             grad_cols = grad_cols.view(in_c * kh * kw, b, oh * ow).transpose(0, 1)  # (B, C*k*k, L)
             grad_x = F.fold(grad_cols, ctx.input_hw, kh)  # (B, C, H, W)
         if ctx.needs_input_grad[1]:
-            grad_values = _sddmm(pattern, values, grad_2d, cols_2d.t())  # (nnz,)
+            grad_values = _sddmm(pattern, grad_2d, cols_2d.t())  # (nnz,)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_2d.sum(1)  # (out,)
         return grad_x, grad_values, grad_bias, None

@@ -93,3 +93,30 @@ def test_pattern_round_trip_and_transpose() -> None:
     assert bool((dense[~mask] == 0).all())
     assert torch.equal(pattern.matrix(values).to_dense(), dense.reshape(9, 16))
     assert torch.equal(pattern.matrix_t(values).to_dense(), dense.reshape(9, 16).t())
+
+
+def test_pattern_indices_are_int32_and_flat_index_is_derived() -> None:
+    g = torch.Generator().manual_seed(4)
+    mask = _mask((6, 3, 2, 2), 0.4, g)
+    pattern = CsrPattern.from_mask(mask)
+    for idx in (pattern.crow, pattern.col, pattern.t_crow, pattern.t_col, pattern.transpose_perm):
+        assert idx.dtype == torch.int32
+    assert torch.equal(pattern.flat_index, mask.reshape(-1).nonzero().squeeze(1))
+
+
+def test_value_gradient_is_fresh_per_call_and_ignores_weight_values() -> None:
+    """The SDDMM writes into a new buffer each call (no aliasing between steps); the weights' own
+    values (even inf/NaN) do not leak into the weight gradient, which depends on x and dy only."""
+    g = torch.Generator().manual_seed(5)
+    mask = _mask((9, 16), 0.3, g)
+    pattern = CsrPattern.from_mask(mask)
+    x, grad_out, bias = torch.randn(4, 16, generator=g), torch.randn(4, 9, generator=g), torch.zeros(9)
+    grads = []
+    for fill in (1.0, float("nan")):
+        values = torch.full((pattern.nnz,), fill).requires_grad_()
+        y = sparse_linear(x, values, bias, pattern)
+        (gv,) = torch.autograd.grad(y, [values], grad_out)
+        grads.append(gv)
+    assert grads[0].data_ptr() != grads[1].data_ptr()
+    torch.testing.assert_close(grads[1], grads[0], atol=0, rtol=0)
+    torch.testing.assert_close(grads[0], pattern.gather(grad_out.t() @ x), atol=1e-5, rtol=1e-5)

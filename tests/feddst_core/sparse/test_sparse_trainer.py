@@ -124,3 +124,18 @@ def test_readjust_epoch_schedule_matches(readjust_epoch: int) -> None:
     ref = LocalTrainer(MNIST_CNN, cfg).train(params, masks, [data], [9], 0.4)[0]
     out = SparseLocalTrainer(MNIST_CNN, cfg, kernels="sparse").train(params, masks, [data], [9], 0.4)[0]
     _assert_same(out, ref, masks)
+
+
+def test_sparse_state_holds_no_dense_tensor_of_a_sparse_layer() -> None:
+    """During steps a sparse layer is values + momentum (nnz,) and an int32 pattern: no dense weight,
+    gradient, momentum or bool mask; the outcome's mask is rebuilt from the pattern."""
+    spec = MNIST_CNN
+    params, masks, data = _setup(spec, sparsity=0.8, n=8)
+    trainer = SparseLocalTrainer(spec, TrainConfig(batch_size=8), kernels="sparse")
+    state = trainer.start(params, masks)
+    for _ in range(2):
+        trainer.step(state, data.x, data.y)
+    assert set(state.patterns) == set(masks) and not state.masks
+    for nm, pattern in state.patterns.items():
+        assert state.leaves[nm].shape == state.buffers[nm].shape == (pattern.nnz,)
+        assert torch.equal(state.all_masks()[nm], masks[nm])
