@@ -112,8 +112,13 @@ def _spmm(pattern: CsrPattern, values: torch.Tensor, dense: torch.Tensor) -> tor
 
 
 def _spmm_t(pattern: CsrPattern, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    """W^T @ dense: (cols, rows) CSR x (rows, N) -> (cols, N)."""
-    return torch.sparse.mm(pattern.matrix_t(values), dense)
+    """W^T @ dense: (cols, rows) CSR x (rows, N) -> (cols, N).
+
+    ``addmm(out=, beta=0)`` into an uninitialised buffer: same kernel and result as ``sparse.mm``
+    without its zero-filled output (beta=0 ignores the buffer's contents, NaN included).
+    """
+    out = torch.empty(pattern.shape[1], dense.shape[1], dtype=dense.dtype)
+    return torch.addmm(out, pattern.matrix_t(values), dense, beta=0.0, out=out)
 
 
 def _sddmm(pattern: CsrPattern, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -138,8 +143,7 @@ class SparseLinearFunction(torch.autograd.Function):
         assert x.dim() == 2 and x.shape[1] == pattern.shape[1], "x must be (B, in_features)"
         assert values.shape == (pattern.nnz,)
         x_t = x.t().contiguous()  # (in, B)
-        y_t = _spmm(pattern, values, x_t)  # (out, B)
-        y_t.add_(bias.unsqueeze(1))
+        y_t = torch.addmm(bias.unsqueeze(1), pattern.matrix(values), x_t)  # (out, B): b + W @ x^T
         ctx.pattern = pattern
         ctx.save_for_backward(x_t, values)  # x_t.t() is the SDDMM's fastest right operand
         return y_t.t()  # (B, out)
