@@ -37,8 +37,9 @@ class CsrPattern:
 
     Values are ordered row-major (CSR order). ``transpose_perm`` maps CSR order to W^T's CSR order:
     ``values_t = values[transpose_perm]``. Index tensors are int32 (int64 only for weights with
-    >= 2^31 entries): per sparse layer the pattern holds 3 x nnz indices (col, t_col, perm), 12 bytes
-    per active weight. The flat positions (``flat_index``) are derived on demand, not stored.
+    >= 2^31 entries; ``t_col`` int16 when W has < 2^15 rows, widened block by block when used): per
+    sparse layer the pattern holds 3 x nnz indices (col, t_col, perm), 10-12 bytes per active weight.
+    The flat positions (``flat_index``) are derived on demand, not stored.
     """
 
     shape: tuple[int, int]  # (rows, cols) of the 2-D weight matrix
@@ -46,8 +47,10 @@ class CsrPattern:
     crow: torch.Tensor  # (rows + 1,) int32
     col: torch.Tensor  # (nnz,) int32
     t_crow: torch.Tensor  # (cols + 1,) int32
-    t_col: torch.Tensor  # (nnz,) int32, row index of each entry in W^T order
+    t_col: torch.Tensor  # (nnz,) row index of each entry in W^T order; int16 if rows < 2^15, else int32
     transpose_perm: torch.Tensor  # (nnz,) int32
+    # W^T's rows in blocks of <= ~TRANSPOSE_BLOCK_NNZ entries: (row0, row1, start, end, rebased crow)
+    t_blocks: tuple[tuple[int, int, int, int, torch.Tensor], ...] = ()
 
     @property
     def nnz(self) -> int:
@@ -70,8 +73,9 @@ class CsrPattern:
         transpose_perm = torch.argsort(col * rows_n + rows)  # keys unique: order is exact
         t_crow = torch.zeros(cols_n + 1, dtype=idx)
         t_crow[1:] = torch.cumsum(torch.bincount(col, minlength=cols_n), 0)
-        return CsrPattern((rows_n, cols_n), tuple(mask.shape), crow, col.to(idx), t_crow,
-                          rows[transpose_perm].to(idx), transpose_perm.to(idx))
+        t_col = rows[transpose_perm].to(torch.int16 if rows_n < 2**15 else idx)  # widened per block
+        return CsrPattern((rows_n, cols_n), tuple(mask.shape), crow, col.to(idx), t_crow, t_col,
+                          transpose_perm.to(idx), _row_blocks(t_crow))
 
     @property
     def flat_index(self) -> torch.Tensor:
@@ -86,7 +90,8 @@ class CsrPattern:
 
     def matrix_t(self, values: torch.Tensor) -> torch.Tensor:
         """W^T as a CSR tensor (cols, rows); gathers the values into transposed order."""
-        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values.index_select(0, self.transpose_perm),
+        return torch.sparse_csr_tensor(self.t_crow, self.t_col.to(self.col.dtype),
+                                       values.index_select(0, self.transpose_perm),
                                        (self.shape[1], self.shape[0]), check_invariants=False)
 
     def gather(self, dense_weight: torch.Tensor) -> torch.Tensor:
@@ -106,6 +111,23 @@ class CsrPattern:
         return flat.reshape(self.weight_shape)
 
 
+TRANSPOSE_BLOCK_NNZ = 65_536  # W^T values gathered per block in the input gradient (256 KiB float32)
+
+
+def _row_blocks(crow: torch.Tensor) -> tuple[tuple[int, int, int, int, torch.Tensor], ...]:
+    """Split a CSR matrix's rows into consecutive blocks of about ``TRANSPOSE_BLOCK_NNZ`` entries."""
+    nnz, n_rows = int(crow[-1]), crow.shape[0] - 1
+    n_blocks = max(1, -(-nnz // TRANSPOSE_BLOCK_NNZ))
+    targets = torch.arange(1, n_blocks, dtype=torch.long) * (nnz // n_blocks)
+    cuts = [0, *torch.searchsorted(crow.long(), targets).tolist(), n_rows]
+    blocks = []
+    for r0, r1 in zip(cuts[:-1], cuts[1:], strict=True):
+        if r1 > r0:
+            start, end = int(crow[r0]), int(crow[r1])
+            blocks.append((r0, r1, start, end, crow[r0:r1 + 1] - crow[r0]))
+    return tuple(blocks)
+
+
 def _spmm(pattern: CsrPattern, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     """W @ dense: (rows, cols) CSR x (cols, N) -> (rows, N)."""
     return torch.sparse.mm(pattern.matrix(values), dense)
@@ -114,11 +136,22 @@ def _spmm(pattern: CsrPattern, values: torch.Tensor, dense: torch.Tensor) -> tor
 def _spmm_t(pattern: CsrPattern, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     """W^T @ dense: (cols, rows) CSR x (rows, N) -> (cols, N).
 
-    ``addmm(out=, beta=0)`` into an uninitialised buffer: same kernel and result as ``sparse.mm``
-    without its zero-filled output (beta=0 ignores the buffer's contents, NaN included).
+    Row block by row block of W^T (``pattern.t_blocks``): each block's values are gathered into a
+    small reused buffer and multiplied straight into its rows of the output (``addmm(out=, beta=0)``:
+    the same kernel and per-row result as ``sparse.mm``, without a zero-filled output), so no
+    (nnz,) transposed copy of the values and no full-size temporary of the kernel exist at once.
     """
-    out = torch.empty(pattern.shape[1], dense.shape[1], dtype=dense.dtype)
-    return torch.addmm(out, pattern.matrix_t(values), dense, beta=0.0, out=out)
+    rows_n, cols_n = pattern.shape
+    out = torch.empty(cols_n, dense.shape[1], dtype=dense.dtype)
+    blocks = pattern.t_blocks or ((0, cols_n, 0, pattern.nnz, pattern.t_crow),)
+    buffer = torch.empty(max(end - start for _, _, start, end, _ in blocks), dtype=values.dtype)
+    for r0, r1, start, end, crow in blocks:
+        block_values = torch.index_select(values, 0, pattern.transpose_perm[start:end], out=buffer[:end - start])
+        block = torch.sparse_csr_tensor(crow, pattern.t_col[start:end].to(crow.dtype), block_values, (r1 - r0, rows_n),
+                                        check_invariants=False)
+        rows = out[r0:r1]
+        torch.addmm(rows, block, dense, beta=0.0, out=rows)
+    return out
 
 
 def _sddmm(pattern: CsrPattern, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,13 @@ def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns:
     """
     b = x.shape[0]
     act = x.contiguous(memory_format=torch.channels_last)  # (B, C, H, W); fast stride-1 max-pools
-    for layer in spec.layers:
+    layers = list(spec.layers)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], ReLU) and isinstance(layers[i + 1], Flatten):
+            # ReLU, Flatten -> Flatten, ReLU (elementwise, the same values): the flattened copy is then
+            # the one tensor both the ReLU and the next Linear keep for backward, not two copies.
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    for layer in layers:
         if isinstance(layer, Conv):
             weight, bias = leaves[f"{layer.name}.weight"], leaves[f"{layer.name}.bias"]
             pattern = patterns.get(f"{layer.name}.weight")
@@ -50,7 +56,7 @@ def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns:
         elif isinstance(layer, Flatten):
             # (B, C*H*W) in per-sample C, H, W order, laid out as a contiguous (C*H*W, B) transposed:
             # one copy, and the (in, B) operand sparse_linear / addmm use is then already contiguous.
-            act = act.permute(*range(1, act.dim()), 0).reshape(-1, b).t()
+            act = act.permute(*range(1, act.dim()), 0).reshape(-1, b).contiguous().t()
         elif isinstance(layer, Linear):
             weight, bias = leaves[f"{layer.name}.weight"], leaves[f"{layer.name}.bias"]
             pattern = patterns.get(f"{layer.name}.weight")

@@ -99,8 +99,9 @@ def test_pattern_indices_are_int32_and_flat_index_is_derived() -> None:
     g = torch.Generator().manual_seed(4)
     mask = _mask((6, 3, 2, 2), 0.4, g)
     pattern = CsrPattern.from_mask(mask)
-    for idx in (pattern.crow, pattern.col, pattern.t_crow, pattern.t_col, pattern.transpose_perm):
+    for idx in (pattern.crow, pattern.col, pattern.t_crow, pattern.transpose_perm):
         assert idx.dtype == torch.int32
+    assert pattern.t_col.dtype == torch.int16  # row numbers of W (6 rows) in W^T order
     assert torch.equal(pattern.flat_index, mask.reshape(-1).nonzero().squeeze(1))
 
 
