@@ -35,8 +35,9 @@ class SparseThreshold:
 # Measured on this project's 2-core AMD EPYC (AVX2/FMA), torch 2.13 CPU, 2 threads, batch 32, with
 # bench/sparse_kernels.py --calibrate (fwd + bwd of one layer, masked dense vs CSR, interleaved medians).
 # A layer goes sparse if ANY tier of its kind matches. Linear 5120x512 (2.6M weights): CSR/dense =
-# 0.86 at density 0.3, 0.64 at 0.2, 0.47 at 0.1; 5120x50 (256k): 1.18 at 0.2, 0.92 at 0.1; 512x10:
-# always slower (per-call overhead). Conv (im2col + CSR): 1.6-3.6x slower at every density -> never.
+# 0.77 at density 0.3, 0.55 at 0.2, 0.34 at 0.1; 5120x50 (256k): 1.02 at 0.3, 0.81 at 0.2, 0.60 at 0.1
+# (after the int32 / in-place kernel changes; the 0.1 tier is kept: see docs/sparse_kernels.md); 512x10:
+# always slower (per-call overhead). Conv (im2col + CSR): 0.99-3.1x (conv1 only breaks even at 0.05) -> never.
 DEFAULT_THRESHOLDS: dict[str, tuple[SparseThreshold, ...]] = {
     "linear": (SparseThreshold(max_density=0.3, min_weights=1_000_000),
                SparseThreshold(max_density=0.1, min_weights=200_000)),
