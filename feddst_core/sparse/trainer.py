@@ -84,8 +84,10 @@ class ClientState:
     buffers: dict[str, torch.Tensor]
 
     def all_masks(self) -> dict[str, torch.Tensor]:
-        """Bool masks of every masked name; a sparse layer's is rebuilt from its pattern (O(numel))."""
-        return {**self.masks, **{nm: pattern.mask() for nm, pattern in self.patterns.items()}}
+        """Bool masks of every masked name, in parameter order; a sparse layer's is rebuilt from its
+        pattern (O(numel))."""
+        return {nm: self.patterns[nm].mask() if nm in self.patterns else self.masks[nm]
+                for nm in self.leaves if nm in self.patterns or nm in self.masks}
 
     def dense_params(self) -> dict[str, torch.Tensor]:
         """Dense copies of all parameters; masked-out weights exactly 0."""
