@@ -166,18 +166,6 @@ def init_params(spec: ModelSpec, generator: torch.Generator) -> Params:
     return params
 
 
-def stack_clients(per_client: list[Mapping[str, torch.Tensor]]) -> Params:
-    """K dicts of one client's tensors -> one dict of (K, ...) tensors."""
-    assert per_client, "need at least one client"
-    return {name: torch.stack([p[name] for p in per_client]) for name in per_client[0]}
-
-
-def unstack_clients(stacked: Mapping[str, torch.Tensor]) -> list[Params]:
-    """One dict of (K, ...) tensors -> K dicts of one client's tensors (views)."""
-    k = next(iter(stacked.values())).shape[0]
-    return [{name: t[i] for name, t in stacked.items()} for i in range(k)]
-
-
 # --- forward ------------------------------------------------------------------------------------
 
 

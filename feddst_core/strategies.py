@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from feddst_core.aggregation import MaskedMeanAccumulator, prune_to_budgets
-from feddst_core.masks import full_masks, init_masks, layer_budgets
+from feddst_core.masks import apply_masks, full_masks, init_masks, layer_budgets
 from feddst_core.models import ModelSpec, Params, init_params
 from feddst_core.readjust import cosine_readjust_fraction, is_readjust_round
 
@@ -142,9 +142,7 @@ class FedStrategy:
             masks = full_masks(self.masked_shapes)
         else:
             masks = init_masks(params, self.budgets, self.config.mask_init, gen)
-        with torch.no_grad():
-            for n, m in masks.items():
-                params[n].mul_(m)
+        apply_masks(params, masks)
         return ServerState(params=params, masks=masks)
 
     def readjust_fraction(self, server_round: int) -> float:
@@ -204,6 +202,3 @@ class FedStrategy:
         }
         return new_state, metrics
 
-
-def make_strategy(spec: ModelSpec, config: StrategyConfig) -> FedStrategy:
-    return FedStrategy(spec, config)

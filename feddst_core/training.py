@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from feddst_core.masks import apply_masks
 from feddst_core.models import ModelSpec, Params, forward
 from feddst_core.readjust import MaskChange, readjust_masks
 
@@ -113,9 +114,7 @@ class LocalTrainer:
         masks = {name: m.unsqueeze(0).expand(k, *m.shape).clone() for name, m in global_masks.items()}
         params = {name: t.detach().unsqueeze(0).repeat(k, *([1] * t.dim())).contiguous()
                   for name, t in global_params.items()}  # (K, ...)
-        with torch.no_grad():
-            for name, m in masks.items():
-                params[name].mul_(m)
+        apply_masks(params, masks)  # (K, ...) masks on (K, ...) parameters
         for p in params.values():
             p.requires_grad_(True)
         anchor = ({name: t.detach().unsqueeze(0) for name, t in global_params.items()}
