@@ -9,8 +9,11 @@ order of the 2-D weight matrix ``(out, fan_in)`` (a convolution's ``(out, in*kh*
 * grad w.r.t. weight ``dW[r, c] = dy^T[r] . x^T[c]``     at the nnz positions only (SDDMM,
   ``torch.sparse.sampled_addmm``), returned as a ``(nnz,)`` gradient of ``values``.
 
-The convolution lowers to the same GEMM by im2col (``F.unfold``) and folds the input gradient back
-(``F.fold``). No dense weight, dense weight gradient or dense momentum exists for a sparse layer.
+The convolution runs the native direct sparse kernels (``feddst_core.native``: one vectorised axpy
+per active weight, FLOPs proportional to the number of active weights) when they are built; without
+them it lowers to the same CSR GEMM by im2col (``F.unfold``) and folds the input gradient back
+(``F.fold``), which is correct but slower than dense. No dense weight, dense weight gradient or dense
+momentum exists for a sparse layer.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from feddst_core import native
 
 # torch marks CSR as beta and warns once per process; the kernels below only use its stable core.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -167,6 +172,40 @@ def _sddmm(pattern: CsrPattern, left: torch.Tensor, right: torch.Tensor) -> torc
     return out.values()
 
 
+class NativeSparseLinearFunction(torch.autograd.Function):
+    """y = x @ W^T + b with W as CSR values, native kernels.  x (B, in), values (nnz,), bias (out,) -> (B, out).
+
+    Forward and input gradient are row-parallel CSR x dense products over the transposed activations
+    (the input gradient reads W's values through the stored W^T permutation: no transposed copy);
+    the weight gradient is an SDDMM at the mask's positions, fused with the bias gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+                pattern: CsrPattern) -> torch.Tensor:
+        assert x.dim() == 2 and x.shape[1] == pattern.shape[1], "x must be (B, in_features)"
+        assert values.shape == (pattern.nnz,)
+        x_t = x.t().contiguous()  # (in, B): a no-op copy when x comes from forward_mixed's Flatten
+        y_t = native.csr_matmul(pattern.crow, pattern.col, values.detach(), x_t, bias=bias.detach())  # (out, B)
+        ctx.pattern = pattern
+        ctx.save_for_backward(x_t, values)
+        return y_t.t()  # (B, out)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x_t, values = ctx.saved_tensors
+        pattern: CsrPattern = ctx.pattern
+        grad_out_t = grad_out.t().contiguous()  # (out, B)
+        grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = native.csr_matmul(pattern.t_crow, pattern.t_col, values.detach(), grad_out_t,
+                                       perm=pattern.transpose_perm).t()  # (B, in)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_values, grad_bias = native.csr_sddmm(pattern.crow, pattern.col, grad_out_t, x_t,
+                                                      with_bias=ctx.needs_input_grad[2])
+        return grad_x, grad_values, grad_bias, None
+
+
 class SparseLinearFunction(torch.autograd.Function):
     """y = x @ W^T + b with W as CSR values.  x (B, in), values (nnz,), bias (out,) -> (B, out)."""
 
@@ -197,13 +236,55 @@ class SparseLinearFunction(torch.autograd.Function):
 
 
 def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
-                  pattern: CsrPattern) -> torch.Tensor:
-    """x (B, in) -> (B, out) through a CSR weight; differentiable w.r.t. x, values and bias."""
+                  pattern: CsrPattern, use_native: bool | None = None) -> torch.Tensor:
+    """x (B, in) -> (B, out) through a CSR weight; differentiable w.r.t. x, values and bias.
+
+    use_native: None = the native kernels when built, else torch.sparse; True / False force one.
+    """
+    if use_native is None:
+        use_native = native.available() and x.dtype == torch.float32 and pattern.col.dtype == torch.int32
+    if use_native:
+        return NativeSparseLinearFunction.apply(x, values, bias, pattern)
     return SparseLinearFunction.apply(x, values, bias, pattern)
 
 
+class NativeSparseConv2dFunction(torch.autograd.Function):
+    """Valid, stride-1 conv2d with a CSR weight (out, in*k*k), direct sparse native kernels.
+
+    x (B, C, H, W) contiguous, values (nnz,), bias (out,) -> (B, out, H-k+1, W-k+1) contiguous.
+    Saves x (for the weight gradient) and values; the input gradient is computed only when x needs it.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+                pattern: CsrPattern) -> torch.Tensor:
+        out_c, in_c, kh, kw = pattern.weight_shape
+        assert x.dim() == 4 and x.shape[1] == in_c and kh == kw, "x must be (B, in_channels, H, W); square kernels"
+        x = x.contiguous()
+        y = native.sparse_conv2d_forward(x, pattern.crow, pattern.col, values.detach(), bias.detach(), out_c, kh)
+        ctx.pattern = pattern
+        ctx.save_for_backward(x, values)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, values = ctx.saved_tensors
+        pattern: CsrPattern = ctx.pattern
+        out_c, in_c, kh, _ = pattern.weight_shape
+        grad_out = grad_out.contiguous()
+        grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            t_values = values.detach().index_select(0, pattern.transpose_perm)  # (nnz,) in W^T order
+            grad_x = native.sparse_conv2d_backward_input(grad_out, pattern.t_crow, pattern.t_col.to(torch.int32),
+                                                         t_values, in_c, (x.shape[2], x.shape[3]), kh)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_values, grad_bias = native.sparse_conv2d_backward_weight(x, grad_out, pattern.crow, pattern.col, kh,
+                                                                          with_bias=ctx.needs_input_grad[2])
+        return grad_x, grad_values, grad_bias, None
+
+
 class SparseConv2dFunction(torch.autograd.Function):
-    """Valid, stride-1 conv2d with a CSR weight (out, in*k*k) through im2col.
+    """Valid, stride-1 conv2d with a CSR weight (out, in*k*k) through im2col (the torch-only fallback).
 
     x (B, C, H, W), values (nnz,), bias (out,) -> (B, out, H-k+1, W-k+1).
     """
@@ -244,6 +325,14 @@ class SparseConv2dFunction(torch.autograd.Function):
 
 
 def sparse_conv2d(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
-                  pattern: CsrPattern) -> torch.Tensor:
-    """x (B, C, H, W) -> (B, out, H-k+1, W-k+1) through a CSR weight; differentiable in all three."""
+                  pattern: CsrPattern, use_native: bool | None = None) -> torch.Tensor:
+    """x (B, C, H, W) -> (B, out, H-k+1, W-k+1) through a CSR weight; differentiable in all three.
+
+    use_native: None = the native direct kernels when built (``feddst_core.native.available()``),
+    else im2col; True / False force one (True raises if the library is missing).
+    """
+    if use_native is None:
+        use_native = native.available() and x.dtype == torch.float32
+    if use_native:
+        return NativeSparseConv2dFunction.apply(x, values, bias, pattern)
     return SparseConv2dFunction.apply(x, values, bias, pattern)

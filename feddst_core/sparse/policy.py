@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from feddst_core import native
 from feddst_core.models import Conv, Linear, ModelSpec
 
 KERNEL_CHOICES = ("auto", "sparse", "dense")
@@ -37,12 +38,21 @@ class SparseThreshold:
 # A layer goes sparse if ANY tier of its kind matches. Linear 5120x512 (2.6M weights): CSR/dense =
 # 0.77 at density 0.3, 0.55 at 0.2, 0.34 at 0.1; 5120x50 (256k): 1.02 at 0.3, 0.81 at 0.2, 0.60 at 0.1
 # (after the int32 / in-place kernel changes; the 0.1 tier is kept: see docs/sparse_kernels.md); 512x10:
-# always slower (per-call overhead). Conv (im2col + CSR): 0.99-3.1x (conv1 only breaks even at 0.05) -> never.
-DEFAULT_THRESHOLDS: dict[str, tuple[SparseThreshold, ...]] = {
-    "linear": (SparseThreshold(max_density=0.3, min_weights=1_000_000),
-               SparseThreshold(max_density=0.1, min_weights=200_000)),
-    "conv": (),
-}
+# always slower (per-call overhead). Conv with the native direct sparse kernels: see CONV_NATIVE_TIERS.
+_LINEAR_TIERS = (SparseThreshold(max_density=0.3, min_weights=1_000_000),
+                 SparseThreshold(max_density=0.1, min_weights=200_000))
+# Native direct sparse convolution (feddst_core.native), same calibration: PROVISIONAL, re-measured below.
+CONV_NATIVE_TIERS = (SparseThreshold(max_density=0.3, min_weights=0),)
+
+# The table used when the native kernels are built (the normal install).
+DEFAULT_THRESHOLDS: dict[str, tuple[SparseThreshold, ...]] = {"linear": _LINEAR_TIERS, "conv": CONV_NATIVE_TIERS}
+# Without the native library the only sparse convolution is im2col + CSR, 0.99-3.1x dense: never chosen.
+TORCH_ONLY_THRESHOLDS: dict[str, tuple[SparseThreshold, ...]] = {"linear": _LINEAR_TIERS, "conv": ()}
+
+
+def default_thresholds() -> dict[str, tuple[SparseThreshold, ...]]:
+    """``DEFAULT_THRESHOLDS`` when the native kernels are available, else ``TORCH_ONLY_THRESHOLDS``."""
+    return DEFAULT_THRESHOLDS if native.available() else TORCH_ONLY_THRESHOLDS
 
 
 def validate_kernels(kernels: str) -> str:
@@ -65,7 +75,7 @@ def choose_layer_kernels(spec: ModelSpec, masks: Mapping[str, torch.Tensor], ker
     to skip). layer_kernels: per-layer overrides ("sparse" | "dense") that beat ``kernels``.
     """
     validate_kernels(kernels)
-    table = dict(DEFAULT_THRESHOLDS if thresholds is None else thresholds)
+    table = dict(default_thresholds() if thresholds is None else thresholds)
     overrides = dict(layer_kernels or {})
     layers = {ly.name: ly for ly in spec.layers if isinstance(ly, Conv | Linear)}
     unknown = set(overrides) - set(layers)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from feddst_core.models import Conv, Flatten, Linear, MaxPool, ModelSpec, ReLU, forward
+from feddst_core.pooling import max_pool2d
 from feddst_core.readjust import MaskChange, readjust_masks
 from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_linear
 from feddst_core.sparse.policy import SparseThreshold, choose_layer_kernels, validate_kernels
@@ -33,7 +34,8 @@ def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns:
     ``patterns``, else the dense weight; biases are dense.
     """
     b = x.shape[0]
-    act = x.contiguous(memory_format=torch.channels_last)  # (B, C, H, W); fast stride-1 max-pools
+    # NCHW throughout: the native sparse convolutions and max-pools (feddst_core.native) work on it.
+    act = x.contiguous()  # (B, C, H, W)
     layers = list(spec.layers)
     for i in range(len(layers) - 1):
         if isinstance(layers[i], ReLU) and isinstance(layers[i + 1], Flatten):
@@ -47,10 +49,9 @@ def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns:
             if pattern is None:
                 act = F.conv2d(act, weight, bias)  # (B, out, H', W')
             else:
-                act = sparse_conv2d(act.contiguous(), weight, bias, pattern)
-                act = act.contiguous(memory_format=torch.channels_last)
+                act = sparse_conv2d(act, weight, bias, pattern)  # (B, out, H', W')
         elif isinstance(layer, MaxPool):
-            act = F.max_pool2d(act, layer.kernel, layer.stride)
+            act = max_pool2d(act, layer.kernel, layer.stride)
         elif isinstance(layer, ReLU):
             act = F.relu(act)
         elif isinstance(layer, Flatten):

@@ -1,0 +1,311 @@
+"""The native CPU kernels (``feddst_kernels.c``), loaded with ctypes, behind checked torch wrappers.
+
+The C library is compiled by the package install (``pip install -e .`` runs ``setup.py``'s
+``build_ext``; ``make setup`` does it for you). If it is absent (no C compiler on the device) or
+disabled with ``FEDDST_NATIVE=0``, ``available()`` is False and callers use torch kernels instead:
+results are the same math, only slower. ``status()`` says which and why.
+
+Every wrapper checks dtypes (float32 data, int32 indices), contiguity and shapes and raises
+``ValueError`` naming the problem, so the C code never sees memory it does not own. Outputs are
+freshly allocated torch tensors. Kernels run on torch's own OpenMP thread pool
+(``torch.get_num_threads()`` threads; see the C file's header).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import weakref
+from pathlib import Path
+
+import torch
+
+ABI_VERSION = 2
+_LIB_STEM = "_feddst_kernels"
+
+_lib: ctypes.CDLL | None = None
+_status = "not loaded yet"
+
+_f32p = ctypes.POINTER(ctypes.c_float)
+_i32p = ctypes.POINTER(ctypes.c_int32)
+_u8p = ctypes.POINTER(ctypes.c_uint8)
+_i16p = ctypes.POINTER(ctypes.c_int16)
+_int = ctypes.c_int
+_long = ctypes.c_long
+
+_SIGNATURES = {
+    "feddst_sconv_forward": [_f32p, _int, _int, _int, _int, _i32p, _i32p, _f32p, _f32p, _int, _int, _f32p, _int],
+    "feddst_sconv_backward_input": [_f32p, _int, _int, _i32p, _i32p, _f32p, _int, _int, _int, _int, _f32p, _int],
+    "feddst_sconv_backward_weight": [_f32p, _f32p, _int, _int, _int, _int, _int, _int, _i32p, _i32p, _f32p,
+                                     _f32p, _int],
+    "feddst_csr_matmul": [_i32p, _i32p, _i16p, _f32p, _i32p, _f32p, _int, _f32p, _int, _f32p, _int],
+    "feddst_csr_sddmm": [_i32p, _i32p, _int, _f32p, _f32p, _int, _f32p, _f32p, _int],
+    "feddst_maxpool_forward": [_f32p, _long, _int, _int, _int, _int, _f32p, _u8p, _int],
+    "feddst_maxpool_backward": [_f32p, _u8p, _long, _int, _int, _int, _int, _f32p, _int],
+}
+
+
+def library_path() -> Path | None:
+    """The built shared library next to this file, if the install compiled it."""
+    here = Path(__file__).resolve().parent
+    found = sorted(here.glob(f"{_LIB_STEM}*.so")) + sorted(here.glob(f"{_LIB_STEM}*.dylib"))
+    return found[0] if found else None
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _status
+    if os.environ.get("FEDDST_NATIVE", "1") == "0":
+        _status = "disabled by FEDDST_NATIVE=0"
+        return None
+    path = library_path()
+    if path is None:
+        _status = ("not built: run `pip install -e .` (or `make setup`) on a machine with a C compiler "
+                   "(Debian: apt-get install -y gcc); torch kernels are used instead")
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        _status = f"cannot load {path.name}: {exc}; rebuild with `pip install -e .`"
+        return None
+    if lib.feddst_abi_version() != ABI_VERSION:
+        _status = f"{path.name} is a stale build (ABI {lib.feddst_abi_version()} != {ABI_VERSION}); rebuild"
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes = argtypes
+        fn.restype = None
+    _status = f"loaded {path.name}"
+    return lib
+
+
+_lib = _load()
+
+
+def available() -> bool:
+    """True when the native kernels are built, loadable and enabled."""
+    return _lib is not None
+
+
+def status() -> str:
+    """One line: loaded, or why not (and what to do)."""
+    return _status
+
+
+def _require() -> ctypes.CDLL:
+    if _lib is None:
+        raise RuntimeError(f"native kernels unavailable: {_status}")
+    return _lib
+
+
+def _ptr(t: torch.Tensor, kind=_f32p):
+    return ctypes.cast(t.data_ptr(), kind)
+
+
+def _check(name: str, t: torch.Tensor, dtype: torch.dtype, dim: int | None = None) -> None:
+    if t.dtype != dtype:
+        raise ValueError(f"{name} must be {dtype}, got {t.dtype}")
+    if t.device.type != "cpu" or not t.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous CPU tensor")
+    if dim is not None and t.dim() != dim:
+        raise ValueError(f"{name} must have {dim} dimensions, got shape {tuple(t.shape)}")
+
+
+# Index tensors already checked, keyed by id: (weakref to the tensor, its _version, bound). Patterns are
+# built once per mask and reused for every step, so their O(nnz) range checks run once, not per call; an
+# in-place change bumps the tensor's _version and forces a re-check.
+_checked: dict[int, tuple[weakref.ref, int, int]] = {}
+
+
+def _check_index(name: str, t: torch.Tensor, upper: int) -> None:
+    """Every entry of the 1-D index tensor t in [0, upper) (O(n) the first time, O(1) on reuse)."""
+    hit = _checked.get(id(t))
+    if hit is not None and hit[0]() is t and hit[1] == t._version and hit[2] == upper:
+        return
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= upper):
+        raise ValueError(f"{name} has an index outside [0, {upper})")
+    if len(_checked) > 256:  # drop entries whose tensors are gone
+        for key in [k for k, v in _checked.items() if v[0]() is None]:
+            del _checked[key]
+    _checked[id(t)] = (weakref.ref(t), t._version, upper)
+
+
+def _check_csr(crow: torch.Tensor, index: torch.Tensor, rows: int, cols: int) -> int:
+    """A well-formed CSR pattern of a (rows, cols) matrix: crow int32 (rows + 1,) from 0, never decreasing;
+    index (int32, or int16 where allowed by the caller) (nnz,) in [0, cols). Returns nnz."""
+    _check("crow", crow, torch.int32, 1)
+    if index.dtype not in (torch.int32, torch.int16):
+        raise ValueError(f"CSR column index must be int32 or int16, got {index.dtype}")
+    _check("index", index, index.dtype, 1)
+    if crow.shape[0] != rows + 1:
+        raise ValueError(f"crow has {crow.shape[0]} entries for a matrix of {rows} rows (needs {rows + 1})")
+    if int(crow[0]) != 0 or int(crow[-1]) != index.shape[0]:
+        raise ValueError(f"crow must run from 0 to nnz = {index.shape[0]}, got {int(crow[0])}..{int(crow[-1])}")
+    hit = _checked.get(id(crow))
+    if not (hit is not None and hit[0]() is crow and hit[1] == crow._version and hit[2] == -1):
+        if rows and bool((crow[1:] < crow[:-1]).any()):
+            raise ValueError("crow must never decrease")
+        _checked[id(crow)] = (weakref.ref(crow), crow._version, -1)
+    _check_index("CSR column index", index, cols)
+    return index.shape[0]
+
+
+def _check_kernel(kernel: int) -> None:
+    if not isinstance(kernel, int) or kernel < 1:
+        raise ValueError(f"kernel must be an int >= 1, got {kernel!r}")
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def sparse_conv2d_forward(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+                          bias: torch.Tensor, out_channels: int, kernel: int) -> torch.Tensor:
+    """Valid stride-1 conv of x (B, C, H, W) with a CSR weight (O, C*k*k) -> (B, O, H-k+1, W-k+1)."""
+    lib = _require()
+    _check("x", x, torch.float32, 4)
+    _check("bias", bias, torch.float32, 1)
+    _check_kernel(kernel)
+    b, c, h, w = x.shape
+    if h < kernel or w < kernel or bias.shape[0] != out_channels:
+        raise ValueError(f"input {tuple(x.shape)} smaller than kernel {kernel} or bias of the wrong size")
+    _check("col", col, torch.int32, 1)
+    _check("values", values, torch.float32, 1)
+    if _check_csr(crow, col, out_channels, c * kernel * kernel) != values.shape[0]:
+        raise ValueError(f"{values.shape[0]} values for a pattern of {col.shape[0]} entries")
+    y = torch.empty(b, out_channels, h - kernel + 1, w - kernel + 1)
+    lib.feddst_sconv_forward(_ptr(x), b, c, h, w, _ptr(crow, _i32p), _ptr(col, _i32p), _ptr(values), _ptr(bias),
+                             out_channels, kernel, _ptr(y), _threads())
+    return y
+
+
+def sparse_conv2d_backward_input(grad_out: torch.Tensor, t_crow: torch.Tensor, t_row: torch.Tensor,
+                                 t_values: torch.Tensor, in_channels: int, input_hw: tuple[int, int],
+                                 kernel: int) -> torch.Tensor:
+    """dL/dx (B, C, H, W) from grad_out (B, O, Ho, Wo) and W^T's CSR (C*k*k rows, values in W^T order)."""
+    lib = _require()
+    _check("grad_out", grad_out, torch.float32, 4)
+    _check_kernel(kernel)
+    b, o, ho, wo = grad_out.shape
+    h, w = input_hw
+    if (ho, wo) != (h - kernel + 1, w - kernel + 1):
+        raise ValueError(f"grad_out {tuple(grad_out.shape)} does not match input {input_hw} and kernel {kernel}")
+    _check("t_row", t_row, torch.int32, 1)
+    _check("t_values", t_values, torch.float32, 1)
+    if _check_csr(t_crow, t_row, in_channels * kernel * kernel, o) != t_values.shape[0]:
+        raise ValueError(f"{t_values.shape[0]} values for a pattern of {t_row.shape[0]} entries")
+    gx = torch.empty(b, in_channels, h, w)
+    lib.feddst_sconv_backward_input(_ptr(grad_out), b, o, _ptr(t_crow, _i32p), _ptr(t_row, _i32p), _ptr(t_values),
+                                    in_channels, h, w, kernel, _ptr(gx), _threads())
+    return gx
+
+
+def sparse_conv2d_backward_weight(x: torch.Tensor, grad_out: torch.Tensor, crow: torch.Tensor, col: torch.Tensor,
+                                  kernel: int, with_bias: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(dL/dvalues (nnz,), dL/dbias (O,) or None) at the CSR pattern's positions only."""
+    lib = _require()
+    _check("x", x, torch.float32, 4)
+    _check("grad_out", grad_out, torch.float32, 4)
+    _check_kernel(kernel)
+    b, c, h, w = x.shape
+    o = grad_out.shape[1]
+    if grad_out.shape != (b, o, h - kernel + 1, w - kernel + 1):
+        raise ValueError(f"grad_out {tuple(grad_out.shape)} does not match input {tuple(x.shape)}, kernel {kernel}")
+    _check("col", col, torch.int32, 1)
+    _check_csr(crow, col, o, c * kernel * kernel)
+    grad_values = torch.empty(col.shape[0])
+    grad_bias = torch.empty(o) if with_bias else None
+    lib.feddst_sconv_backward_weight(_ptr(x), _ptr(grad_out), b, c, h, w, o, kernel, _ptr(crow, _i32p),
+                                     _ptr(col, _i32p), _ptr(grad_values),
+                                     _ptr(grad_bias) if grad_bias is not None else None, _threads())
+    return grad_values, grad_bias
+
+
+def csr_matmul(crow: torch.Tensor, index: torch.Tensor, values: torch.Tensor, src: torch.Tensor,
+               bias: torch.Tensor | None = None, perm: torch.Tensor | None = None) -> torch.Tensor:
+    """out (R, B) = [bias +] M @ src for a CSR matrix M (R, Cn) and a dense src (Cn, B).
+
+    index: column of each entry, int32 or int16. values: (nnz,) in entry order, or in another order
+    with ``perm`` (int32, entry -> position in values): how W^T is applied from W's values.
+    """
+    lib = _require()
+    _check("src", src, torch.float32, 2)
+    _check("values", values, torch.float32, 1)
+    rows, (cols, b) = crow.shape[0] - 1, src.shape
+    nnz = _check_csr(crow, index, rows, cols)
+    if perm is None and values.shape[0] != nnz:
+        raise ValueError(f"{values.shape[0]} values for a pattern of {nnz} entries")
+    if perm is not None:
+        _check("perm", perm, torch.int32, 1)
+        if perm.shape[0] != nnz:
+            raise ValueError(f"perm has {perm.shape[0]} entries for a pattern of {nnz}")
+        _check_index("perm", perm, values.shape[0])
+    if bias is not None:
+        _check("bias", bias, torch.float32, 1)
+        if bias.shape[0] != rows:
+            raise ValueError(f"bias has {bias.shape[0]} entries for {rows} rows")
+    out = torch.empty(rows, b)
+    lib.feddst_csr_matmul(_ptr(crow, _i32p), _ptr(index, _i32p) if index.dtype == torch.int32 else None,
+                          _ptr(index, _i16p) if index.dtype == torch.int16 else None, _ptr(values),
+                          _ptr(perm, _i32p) if perm is not None else None,
+                          _ptr(bias) if bias is not None else None, rows, _ptr(src), b, _ptr(out), _threads())
+    return out
+
+
+def csr_sddmm(crow: torch.Tensor, col: torch.Tensor, left: torch.Tensor, right_t: torch.Tensor,
+              with_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(left @ right_t^T) at the CSR pattern's positions -> ((nnz,), row sums of left (R,) or None).
+
+    left (R, B) and right_t (Cn, B): for a linear layer dy^T and x^T, giving dL/dW at the mask.
+    """
+    lib = _require()
+    _check("left", left, torch.float32, 2)
+    _check("right_t", right_t, torch.float32, 2)
+    rows, b = left.shape
+    if right_t.shape[1] != b:
+        raise ValueError(f"left {tuple(left.shape)} and right_t {tuple(right_t.shape)} disagree on B")
+    _check("col", col, torch.int32, 1)
+    _check_csr(crow, col, rows, right_t.shape[0])
+    grad = torch.empty(col.shape[0])
+    grad_bias = torch.empty(rows) if with_bias else None
+    lib.feddst_csr_sddmm(_ptr(crow, _i32p), _ptr(col, _i32p), rows, _ptr(left), _ptr(right_t), b, _ptr(grad),
+                         _ptr(grad_bias) if grad_bias is not None else None, _threads())
+    return grad, grad_bias
+
+
+def max_pool2d_forward(x: torch.Tensor, kernel: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max-pool x (..., H, W) without padding -> (values (..., Ho, Wo), argmax uint8 offsets kh*k + kw)."""
+    lib = _require()
+    _check("x", x, torch.float32)
+    if x.dim() < 2 or not 1 <= kernel <= 15 or stride < 1:
+        raise ValueError("max_pool2d needs (..., H, W) input, 1 <= kernel <= 15 and stride >= 1")
+    h, w = x.shape[-2:]
+    if h < kernel or w < kernel:
+        raise ValueError(f"input {tuple(x.shape)} smaller than the pooling window {kernel}")
+    ho, wo = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+    n = x.numel() // (h * w)
+    y = torch.empty(*x.shape[:-2], ho, wo)
+    arg = torch.empty(*x.shape[:-2], ho, wo, dtype=torch.uint8)
+    lib.feddst_maxpool_forward(_ptr(x), n, h, w, kernel, stride, _ptr(y), _ptr(arg, _u8p), _threads())
+    return y, arg
+
+
+def max_pool2d_backward(grad_out: torch.Tensor, arg: torch.Tensor, input_hw: tuple[int, int], kernel: int,
+                        stride: int) -> torch.Tensor:
+    """dL/dx (..., H, W): each window's gradient added at its argmax."""
+    lib = _require()
+    _check("grad_out", grad_out, torch.float32)
+    _check("arg", arg, torch.uint8)
+    if grad_out.dim() < 2 or not 1 <= kernel <= 15 or stride < 1:
+        raise ValueError("max_pool2d backward needs (..., Ho, Wo) gradients, 1 <= kernel <= 15 and stride >= 1")
+    if arg.shape != grad_out.shape:
+        raise ValueError(f"argmax {tuple(arg.shape)} and grad_out {tuple(grad_out.shape)} differ")
+    h, w = input_hw
+    if h < kernel or w < kernel or ((h - kernel) // stride + 1, (w - kernel) // stride + 1) != grad_out.shape[-2:]:
+        raise ValueError(f"grad_out {tuple(grad_out.shape)} is not the pooled shape of an input {input_hw} "
+                         f"with kernel {kernel}, stride {stride}")
+    if arg.numel() and int(arg.max()) >= kernel * kernel:
+        raise ValueError(f"argmax offsets must be < kernel * kernel = {kernel * kernel}")
+    n = grad_out.numel() // (grad_out.shape[-2] * grad_out.shape[-1])
+    gx = torch.empty(*grad_out.shape[:-2], h, w)
+    lib.feddst_maxpool_backward(_ptr(grad_out), _ptr(arg, _u8p), n, h, w, kernel, stride, _ptr(gx), _threads())
+    return gx

@@ -1,0 +1,433 @@
+/* FedDST Edge native CPU kernels: direct sparse convolution and stride-1-friendly max-pooling.
+ *
+ * Plain C11 + OpenMP, no Python or torch headers: loaded with ctypes by feddst_core/native/__init__.py,
+ * which checks every shape, dtype and contiguity before calling in. All tensors are float32,
+ * C-contiguous, NCHW; index arrays are int32. Compiled by the package install (setup.py); when the
+ * library is absent, callers fall back to torch kernels.
+ *
+ * OpenMP: the library links libgomp.so.1, the same soname as the OpenMP runtime torch ships and has
+ * already loaded, so these parallel regions run on torch's own thread pool (no second pool, no
+ * oversubscription). Every entry point takes the thread count to use (torch.get_num_threads()).
+ *
+ * Sparse convolution ("valid", stride 1, square kernel K): the weight is CSR over the 2-D matrix
+ * (O, C*K*K); entry j of row o has column c*K*K + kh*K + kw. The trick that makes it fast: with the
+ * output laid out at the *input's* row stride W (output (y, x) at y*W + x, columns x >= Wo unused),
+ * every active weight (o, c, kh, kw) is ONE contiguous axpy over the plane,
+ *     out_o[i] += w * in_c[i + kh*W + kw],    i in [0, (Ho-1)*W + Wo),
+ * so the inner loop is long, unit-stride and vectorised, and a block of 32 outputs stays in registers
+ * while all of row o's weights stream past it. FLOPs scale with the number of active weights.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define VL 32 /* outputs kept in registers per block: 4 x 8 floats */
+
+typedef float v8 __attribute__((vector_size(32)));
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* Built once for every x86-64 CPU; the loader picks the AVX2/FMA or AVX-512 clone at run time. */
+#define FEDDST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FEDDST_CLONES
+#endif
+
+static inline v8 load8(const float *p) {
+    v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+
+static inline v8 splat8(float w) { return (v8){w, w, w, w, w, w, w, w}; }
+
+int feddst_abi_version(void) { return 2; }
+
+/* acc[0:VL] = start + sum_j w[j] * src[off[j] + 0:VL]  (src already offset by the block start). */
+static inline void axpy_block(float *acc, float start, const float *src, const int32_t *off, const float *w,
+                              int n) {
+    v8 a0 = splat8(start), a1 = a0, a2 = a0, a3 = a0;
+    for (int j = 0; j < n; j++) {
+        const float *p = src + off[j];
+        v8 s = splat8(w[j]);
+        a0 += s * load8(p);
+        a1 += s * load8(p + 8);
+        a2 += s * load8(p + 16);
+        a3 += s * load8(p + 24);
+    }
+    store8(acc, a0);
+    store8(acc + 8, a1);
+    store8(acc + 16, a2);
+    store8(acc + 24, a3);
+}
+
+/* y (B, O, Ho, Wo) = bias + sparse W (*) x (B, C, H, W).  off: scratch (nnz,) int32. */
+FEDDST_CLONES
+void feddst_sconv_forward(const float *x, int B, int C, int H, int W, const int32_t *crow, const int32_t *col,
+                          const float *val, const float *bias, int O, int K, float *y, int nthreads) {
+    const int Ho = H - K + 1, Wo = W - K + 1, KK = K * K, plane = H * W;
+    const int Lv = (Ho - 1) * W + Wo; /* last valid padded-layout output + 1 */
+    const int nnz = crow[O];
+    int32_t *off = malloc(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
+    for (int j = 0; j < nnz; j++) {
+        int c = col[j] / KK, r = col[j] % KK;
+        off[j] = c * plane + (r / K) * W + (r % K);
+    }
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float *tmp = malloc(sizeof(float) * (size_t)(Lv + VL));
+        #pragma omp for schedule(static)
+        for (long task = 0; task < (long)B * O; task++) {
+            const int b = (int)(task / O), o = (int)(task % O);
+            const float *xb = x + (size_t)b * C * plane;
+            const int j0 = crow[o], n = crow[o + 1] - j0;
+            int i0 = 0;
+            for (; i0 + VL <= Lv; i0 += VL)
+                axpy_block(tmp + i0, bias[o], xb + i0, off + j0, val + j0, n);
+            for (int i = i0; i < Lv; i++) { /* tail: scalar, stays inside the input plane */
+                float a = bias[o];
+                for (int j = 0; j < n; j++) a += val[j0 + j] * xb[off[j0 + j] + i];
+                tmp[i] = a;
+            }
+            float *yo = y + ((size_t)b * O + o) * Ho * Wo;
+            for (int r = 0; r < Ho; r++) memcpy(yo + r * Wo, tmp + r * W, sizeof(float) * Wo);
+        }
+        free(tmp);
+    }
+    free(off);
+}
+
+/* gx (B, C, H, W) = W^T (*) gy (B, O, Ho, Wo), the full correlation, from W^T's CSR:
+ * t_crow (C*K*K + 1,), t_row (nnz,) = o of each entry, t_val (nnz,) values in W^T order. */
+FEDDST_CLONES
+void feddst_sconv_backward_input(const float *gy, int B, int O, const int32_t *t_crow, const int32_t *t_row,
+                                 const float *t_val, int C, int H, int W, int K, float *gx, int nthreads) {
+    const int Ho = H - K + 1, Wo = W - K + 1, KK = K * K, plane = H * W;
+    const int P = (K - 1) * W + (K - 1); /* zeros before each padded gy plane: largest shift */
+    const int stride = P + plane + VL;    /* one padded gy plane: P zeros, Ho rows of W, zeros */
+    const int nnz = t_crow[C * KK];
+    int32_t *off = malloc(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
+    for (int c = 0; c < C; c++)
+        for (int r = 0; r < KK; r++)
+            for (int e = t_crow[c * KK + r]; e < t_crow[c * KK + r + 1]; e++)
+                off[e] = t_row[e] * stride + P - ((r / K) * W + (r % K));
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float *pad = calloc((size_t)O * stride, sizeof(float)); /* zeros outside the rows stay zero */
+        float tmp[VL];
+        #pragma omp for schedule(static)
+        for (int b = 0; b < B; b++) {
+            const float *gyb = gy + (size_t)b * O * Ho * Wo;
+            for (int o = 0; o < O; o++)
+                for (int r = 0; r < Ho; r++)
+                    memcpy(pad + (size_t)o * stride + P + r * W, gyb + ((size_t)o * Ho + r) * Wo, sizeof(float) * Wo);
+            for (int c = 0; c < C; c++) {
+                const int e0 = t_crow[c * KK], n = t_crow[(c + 1) * KK] - e0;
+                float *gxc = gx + ((size_t)b * C + c) * plane;
+                for (int i0 = 0; i0 < plane; i0 += VL) {
+                    /* reads pad[o*stride + P - shift + i0 + 0:VL]: inside the plane's padding */
+                    axpy_block(tmp, 0.0f, pad + i0, off + e0, t_val + e0, n);
+                    const int m = plane - i0 < VL ? plane - i0 : VL;
+                    memcpy(gxc + i0, tmp, sizeof(float) * m);
+                }
+            }
+        }
+        free(pad);
+    }
+    free(off);
+}
+
+/* gval (nnz,) = dL/dW at the active positions; gbias (O,) = sum of gy (skipped if NULL).
+ * Deterministic for a given nthreads: per-thread partial sums over a static batch split, reduced in order. */
+FEDDST_CLONES
+void feddst_sconv_backward_weight(const float *x, const float *gy, int B, int C, int H, int W, int O, int K,
+                                  const int32_t *crow, const int32_t *col, float *gval, float *gbias,
+                                  int nthreads) {
+    const int Ho = H - K + 1, Wo = W - K + 1, KK = K * K, plane = H * W;
+    const int Lv = (Ho - 1) * W + Wo;
+    const int nnz = crow[O];
+    if (nthreads < 1) nthreads = 1;
+    int32_t *off = malloc(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
+    for (int j = 0; j < nnz; j++) {
+        int c = col[j] / KK, r = col[j] % KK;
+        off[j] = c * plane + (r / K) * W + (r % K);
+    }
+    float *partial = calloc((size_t)nthreads * (nnz + O), sizeof(float));
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float *row = calloc((size_t)Lv + VL, sizeof(float)); /* gy plane at stride W, zero-padded */
+        #pragma omp for schedule(static)
+        for (int t = 0; t < nthreads; t++) {
+            float *pg = partial + (size_t)t * (nnz + O), *pb = pg + nnz;
+            const int b0 = (int)((long)B * t / nthreads), b1 = (int)((long)B * (t + 1) / nthreads);
+            for (int b = b0; b < b1; b++) {
+                const float *xb = x + (size_t)b * C * plane;
+                for (int o = 0; o < O; o++) {
+                    const float *gyo = gy + ((size_t)b * O + o) * Ho * Wo;
+                    float s = 0.0f;
+                    for (int r = 0; r < Ho; r++) {
+                        memcpy(row + r * W, gyo + r * Wo, sizeof(float) * Wo); /* columns >= Wo stay 0 */
+                        for (int q = 0; q < Wo; q++) s += gyo[r * Wo + q];
+                    }
+                    pb[o] += s;
+                    for (int j = crow[o]; j < crow[o + 1]; j++) {
+                        const float *p = xb + off[j];
+                        v8 a0 = splat8(0.0f), a1 = a0;
+                        int i = 0;
+                        for (; i + 16 <= Lv; i += 16) {
+                            a0 += load8(row + i) * load8(p + i);
+                            a1 += load8(row + i + 8) * load8(p + i + 8);
+                        }
+                        a0 += a1;
+                        float d = 0.0f;
+                        for (int q = 0; q < 8; q++) d += a0[q];
+                        for (; i < Lv; i++) d += row[i] * p[i];
+                        pg[j] += d;
+                    }
+                }
+            }
+        }
+        free(row);
+    }
+    for (int j = 0; j < nnz; j++) {
+        float s = 0.0f;
+        for (int t = 0; t < nthreads; t++) s += partial[(size_t)t * (nnz + O) + j];
+        gval[j] = s;
+    }
+    if (gbias)
+        for (int o = 0; o < O; o++) {
+            float s = 0.0f;
+            for (int t = 0; t < nthreads; t++) s += partial[(size_t)t * (nnz + O) + nnz + o];
+            gbias[o] = s;
+        }
+    free(partial);
+    free(off);
+}
+
+/* ---- sparse linear layer: W (O, I) in CSR, activations transposed (features, B) ---------------------- */
+
+/* acc[0:VL] = start + sum_j w[j] * src[idx[j] * ld + 0:VL]; idx as int32 or int16, w direct or via perm. */
+static inline void gather_axpy_block(float *acc, float start, const float *src, long ld, const int32_t *idx32,
+                                     const int16_t *idx16, const float *val, const int32_t *perm, int j0, int j1) {
+    v8 a0 = splat8(start), a1 = a0, a2 = a0, a3 = a0;
+    for (int j = j0; j < j1; j++) {
+        const long r = idx32 ? idx32[j] : idx16[j];
+        const float *p = src + r * ld;
+        const v8 s = splat8(perm ? val[perm[j]] : val[j]);
+        a0 += s * load8(p);
+        a1 += s * load8(p + 8);
+        a2 += s * load8(p + 16);
+        a3 += s * load8(p + 24);
+    }
+    store8(acc, a0);
+    store8(acc + 8, a1);
+    store8(acc + 16, a2);
+    store8(acc + 24, a3);
+}
+
+/* out (R, B) = [bias +] M @ src, M a CSR (R, Cn) given by crow, column idx (int32 or int16) and values
+ * (val[j], or val[perm[j]] when perm is given); src (Cn, B) row-major. Used for y^T = b + W x^T (M = W)
+ * and dx^T = W^T dy^T (M = W^T: its CSR indices plus the permutation into W's value order). */
+FEDDST_CLONES
+void feddst_csr_matmul(const int32_t *crow, const int32_t *idx32, const int16_t *idx16, const float *val,
+                       const int32_t *perm, const float *bias, int R, const float *src, int B, float *out,
+                       int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
+    for (int r = 0; r < R; r++) {
+        const float start = bias ? bias[r] : 0.0f;
+        float *o = out + (long)r * B;
+        int b0 = 0;
+        for (; b0 + VL <= B; b0 += VL)
+            gather_axpy_block(o + b0, start, src + b0, B, idx32, idx16, val, perm, crow[r], crow[r + 1]);
+        for (int b = b0; b < B; b++) { /* batch tail */
+            float a = start;
+            for (int j = crow[r]; j < crow[r + 1]; j++) {
+                const long c = idx32 ? idx32[j] : idx16[j];
+                a += (perm ? val[perm[j]] : val[j]) * src[c * B + b];
+            }
+            o[b] = a;
+        }
+    }
+}
+
+/* r[k] = sum of the 8 lanes of a[k], k < 8 (a transposition tree of shuffles instead of 8 scalar sums). */
+static inline v8 hsum8x8(const v8 *a) {
+    typedef int32_t m8 __attribute__((vector_size(32)));
+    const m8 s1a = {0, 8, 1, 9, 4, 12, 5, 13}, s1b = {2, 10, 3, 11, 6, 14, 7, 15};
+    const m8 s2a = {0, 1, 8, 9, 4, 5, 12, 13}, s2b = {2, 3, 10, 11, 6, 7, 14, 15};
+    const m8 s3a = {0, 1, 2, 3, 8, 9, 10, 11}, s3b = {4, 5, 6, 7, 12, 13, 14, 15};
+    v8 u[4], w[2];
+    for (int k = 0; k < 4; k++)
+        u[k] = __builtin_shuffle(a[2 * k], a[2 * k + 1], s1a) + __builtin_shuffle(a[2 * k], a[2 * k + 1], s1b);
+    for (int k = 0; k < 2; k++)
+        w[k] = __builtin_shuffle(u[2 * k], u[2 * k + 1], s2a) + __builtin_shuffle(u[2 * k], u[2 * k + 1], s2b);
+    return __builtin_shuffle(w[0], w[1], s3a) + __builtin_shuffle(w[0], w[1], s3b);
+}
+
+/* SDDMM: gval[j] = dy^T[r] . x^T[col[j]] for every active (r, col[j]) of W's CSR; dy^T (R, B), x^T (Cn, B);
+ * gbias[r] = sum_b dy^T[r, b] (skipped if NULL). Eight active weights at a time share each dy^T load. */
+FEDDST_CLONES
+void feddst_csr_sddmm(const int32_t *crow, const int32_t *col, int R, const float *dyt, const float *xt, int B,
+                      float *gval, float *gbias, int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
+    for (int r = 0; r < R; r++) {
+        const float *d = dyt + (long)r * B;
+        if (gbias) {
+            float s = 0.0f;
+            for (int b = 0; b < B; b++) s += d[b];
+            gbias[r] = s;
+        }
+        const int B8 = B & ~7;
+        int j = crow[r];
+        for (; j + 8 <= crow[r + 1]; j += 8) {
+            const float *p[8];
+            v8 acc[8];
+            for (int q = 0; q < 8; q++) {
+                p[q] = xt + (long)col[j + q] * B;
+                acc[q] = splat8(0.0f);
+            }
+            for (int b = 0; b < B8; b += 8) {
+                const v8 dv = load8(d + b);
+                for (int q = 0; q < 8; q++) acc[q] += dv * load8(p[q] + b);
+            }
+            v8 sums = hsum8x8(acc);
+            for (int b = B8; b < B; b++)
+                for (int q = 0; q < 8; q++) sums[q] += d[b] * p[q][b];
+            store8(gval + j, sums);
+        }
+        for (; j < crow[r + 1]; j++) {
+            const float *p = xt + (long)col[j] * B;
+            float s = 0.0f;
+            for (int b = 0; b < B; b++) s += d[b] * p[b];
+            gval[j] = s;
+        }
+    }
+}
+
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+/* Stride-1 max-pool of one plane in the padded-row layout: m[i], a[i] for i in [0, L), L = (Ho-1)*W + Wo,
+ * output (r, q) at i = r*W + q. Blocks of 8 outputs stay in registers across the K*K window offsets. */
+static inline void maxpool_plane_s1(const float *xp, int W, int K, int L, float *m, int32_t *a) {
+    int i0 = 0;
+    for (; i0 + 8 <= L; i0 += 8) {
+        v8 vm = load8(xp + i0);
+        v8i va = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int kh = 0; kh < K; kh++)
+            for (int kw = (kh == 0); kw < K; kw++) {
+                const v8 v = load8(xp + i0 + kh * W + kw); /* <= H*W - 1: inside the plane */
+                const v8i take = (v > vm) | (v != v);
+                const int32_t d = kh * K + kw;
+                vm = (v8)(((v8i)v & take) | ((v8i)vm & ~take));
+                va = ((v8i){d, d, d, d, d, d, d, d} & take) | (va & ~take);
+            }
+        store8(m + i0, vm);
+        memcpy(a + i0, &va, sizeof va);
+    }
+    for (int i = i0; i < L; i++) {
+        float mv = xp[i];
+        int32_t av = 0;
+        for (int kh = 0; kh < K; kh++)
+            for (int kw = (kh == 0); kw < K; kw++) {
+                const float v = xp[i + kh * W + kw];
+                if (v > mv || v != v) {
+                    mv = v;
+                    av = kh * K + kw;
+                }
+            }
+        m[i] = mv;
+        a[i] = av;
+    }
+}
+
+/* Max-pooling over N planes (H, W) with a K x K window and stride S, no padding:
+ * y (N, Ho, Wo), arg (N, Ho, Wo) uint8 = kh*K + kw of the window's maximum (the first in row-major
+ * window order; NaN wins, the last NaN as in torch). Ho = (H-K)/S + 1. K <= 15.
+ * Stride 1 (the paper CNNs' pools) uses the padded-row layout of the convolutions. */
+FEDDST_CLONES
+void feddst_maxpool_forward(const float *x, long N, int H, int W, int K, int S, float *y, uint8_t *arg,
+                            int nthreads) {
+    const int Ho = (H - K) / S + 1, Wo = (W - K) / S + 1;
+    const int L = S == 1 ? (Ho - 1) * W + Wo : Wo;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float *m = malloc(sizeof(float) * (size_t)L);
+        int32_t *a = malloc(sizeof(int32_t) * (size_t)L);
+        #pragma omp for schedule(static)
+        for (long n = 0; n < N; n++) {
+            const float *xp = x + n * H * W;
+            if (S == 1) {
+                maxpool_plane_s1(xp, W, K, L, m, a);
+                for (int r = 0; r < Ho; r++) {
+                    memcpy(y + (n * Ho + r) * Wo, m + r * W, sizeof(float) * (size_t)Wo);
+                    for (int q = 0; q < Wo; q++) arg[(n * Ho + r) * Wo + q] = (uint8_t)a[r * W + q];
+                }
+                continue;
+            }
+            for (int r = 0; r < Ho; r++) { /* general stride: one output row at a time */
+                const float *x0 = xp + (long)r * S * W;
+                for (int q = 0; q < Wo; q++) {
+                    float mv = x0[q * S];
+                    int32_t av = 0;
+                    for (int kh = 0; kh < K; kh++)
+                        for (int kw = (kh == 0); kw < K; kw++) {
+                            const float v = x0[kh * W + q * S + kw];
+                            if (v > mv || v != v) {
+                                mv = v;
+                                av = kh * K + kw;
+                            }
+                        }
+                    y[(n * Ho + r) * Wo + q] = mv;
+                    arg[(n * Ho + r) * Wo + q] = (uint8_t)av;
+                }
+            }
+        }
+        free(m);
+        free(a);
+    }
+}
+
+/* gx (N, H, W) = each window's gradient added at its argmax.
+ * Stride 1: as a gather, vectorised: gx[i] = sum over window offsets d of gy[i - d] where arg == d
+ * (gy and arg laid out at stride W behind (K-1)*(W+1) zeros); sums in (kh, kw) order. */
+FEDDST_CLONES
+void feddst_maxpool_backward(const float *gy, const uint8_t *arg, long N, int H, int W, int K, int S, float *gx,
+                             int nthreads) {
+    const int Ho = (H - K) / S + 1, Wo = (W - K) / S + 1, plane = H * W;
+    const int P = (K - 1) * W + (K - 1);
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float *restrict g = S == 1 ? calloc((size_t)(P + plane), sizeof(float)) : NULL;
+        int32_t *restrict a = S == 1 ? calloc((size_t)(P + plane), sizeof(int32_t)) : NULL;
+        #pragma omp for schedule(static)
+        for (long n = 0; n < N; n++) {
+            float *restrict gp = gx + n * plane;
+            const float *gyp = gy + n * Ho * Wo;
+            const uint8_t *ap = arg + n * Ho * Wo;
+            memset(gp, 0, sizeof(float) * (size_t)plane);
+            if (S != 1) {
+                for (int r = 0; r < Ho; r++)
+                    for (int q = 0; q < Wo; q++) {
+                        const int d = ap[r * Wo + q];
+                        gp[(r * S + d / K) * W + q * S + d % K] += gyp[r * Wo + q];
+                    }
+                continue;
+            }
+            for (int r = 0; r < Ho; r++) /* columns >= Wo and the padding stay 0 */
+                for (int q = 0; q < Wo; q++) {
+                    g[P + r * W + q] = gyp[r * Wo + q];
+                    a[P + r * W + q] = ap[r * Wo + q];
+                }
+            for (int kh = 0; kh < K; kh++)
+                for (int kw = 0; kw < K; kw++) {
+                    const int32_t d = kh * K + kw;
+                    const float *restrict gs = g + P - (kh * W + kw);
+                    const int32_t *restrict as = a + P - (kh * W + kw);
+                    for (int i = 0; i < plane; i++) gp[i] += as[i] == d ? gs[i] : 0.0f;
+                }
+        }
+        free(g);
+        free(a);
+    }
+}
