@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from feddst_core import native  # noqa: E402
 from feddst_core.models import MNIST_CNN, ModelSpec, init_params  # noqa: E402
 from feddst_core.sparse import FC_HEAVY_MNIST_CNN, SparseLocalTrainer  # noqa: E402
 from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_linear  # noqa: E402
@@ -174,6 +175,8 @@ CALIBRATION_LAYERS = {  # name: (kind, weight shape, input shape)
     "fc 512x10": ("linear", (10, 512), (BATCH, 512)),
     "conv 10->20 k5 @22": ("conv", (20, 10, 5, 5), (BATCH, 10, 22, 22)),
     "conv 1->10 k5 @28": ("conv", (10, 1, 5, 5), (BATCH, 1, 28, 28)),
+    "conv 3->6 k5 @32 (cifar)": ("conv", (6, 3, 5, 5), (BATCH, 3, 32, 32)),
+    "conv 6->16 k5 @26 (cifar)": ("conv", (16, 6, 5, 5), (BATCH, 6, 26, 26)),
 }
 
 
@@ -274,11 +277,11 @@ def main() -> None:
         if args.json:
             print(json.dumps({"calibration": rows}))
         for r in rows:
-            log(f"{r['layer']:<20} density {r['density']:.2f}  dense {r['dense_s'] * 1e3:7.2f} ms  "
+            log(f"{r['layer']:<26} density {r['density']:.2f}  dense {r['dense_s'] * 1e3:7.2f} ms  "
                 f"sparse {r['sparse_s'] * 1e3:7.2f} ms  ratio {r['time_ratio']:.2f}")
         return
-    log(f"torch {torch.__version__}, {THREADS} threads; medians of interleaved repeats; floor % = density / "
-        f"time ratio (100% = time falls exactly with density)")
+    log(f"torch {torch.__version__}, {THREADS} threads; native CPU kernels: {native.status()}")
+    log("medians of interleaved repeats; floor % = density / time ratio (100% = time falls exactly with density)")
     log(HEADER)
     rows = run_cases(args.cases.split(","), [float(d) for d in args.densities.split(",")],
                      {"fc_heavy_step": args.step_repeats, "paper_round": args.round_repeats},
@@ -286,7 +289,8 @@ def main() -> None:
     if args.json:
         keys = ("case", "density", "dense_s", "sparse_s", "time_ratio", "mem_ratio")
         print(json.dumps({"rows": [{k: r[k] for k in keys} | {"extra": {k: v for k, v in r.items()
-                                                                         if k not in keys}} for r in rows]}))
+                                                                         if k not in keys}} for r in rows],
+                          "native_kernels": native.status()}))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from edge_agent.config import AgentSettings
 from edge_agent.data import LocalData
 from edge_agent.local_training import TrainingError, train_on_task
 from edge_agent.mqtt_adapter import DeviceLink, Inbound, LinkDown, LinkRefused, LinkUp, PublishRefused
+from feddst_core import native
 from protocol import (
     Abort,
     Ack,
@@ -125,6 +126,12 @@ class EdgeAgent:
         """Connect and serve until ``stop`` is set (or a fatal refusal); returns the exit code."""
         log.info("device %s: %d local samples (%s), broker %s", self.device_id, len(self.data), self.data.source,
                  self.settings.broker_address.url)
+        if self.settings.kernels != "dense":
+            if native.available():
+                log.info("training kernels: %s; native CPU kernels %s", self.settings.kernels, native.status())
+            else:
+                log.warning("training kernels: %s, but the native CPU kernels are unavailable (%s): sparse layers "
+                            "fall back to slower torch kernels", self.settings.kernels, native.status())
         self.link.start()
         try:
             while not stop.is_set() and self._exit_code is None:

@@ -3,26 +3,51 @@
 Weights use the models' init scale (std ~ 1/sqrt(fan_in)) so activations are O(1), and upstream gradients are
 scaled so weight gradients are O(1) too (as a mean loss makes them): 1e-5 is then an absolute
 float32 tolerance at unit scale.
+
+The layer tests run both implementations: ``use_native=True`` (the C kernels of ``feddst_core.native``)
+and ``use_native=False`` (the torch.sparse / im2col fallbacks used when the library is not built).
 """
 
 from __future__ import annotations
+
+import os
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from feddst_core import native
 from feddst_core.sparse import CsrPattern, sparse_conv2d, sparse_linear
 
 DENSITIES = (0.0, 0.05, 0.2, 0.5, 1.0)
+
+# The native kernels are tested unless they cannot exist here (no compiler and no built library) or are
+# deliberately disabled; with a compiler present, a missing build makes the native cases fail, not skip.
+_NATIVE_SKIP = None
+if os.environ.get("FEDDST_NATIVE", "1") == "0":
+    _NATIVE_SKIP = "native kernels disabled by FEDDST_NATIVE=0"
+elif not native.available() and shutil.which("cc") is None:
+    _NATIVE_SKIP = f"no C compiler, native kernels not built: {native.status()}"
+USE_NATIVE = [
+    pytest.param(True, id="native", marks=pytest.mark.skipif(_NATIVE_SKIP is not None, reason=str(_NATIVE_SKIP))),
+    pytest.param(False, id="torch"),
+]
+
+
+@pytest.mark.skipif(_NATIVE_SKIP is not None, reason=str(_NATIVE_SKIP))
+def test_native_kernels_available() -> None:
+    assert native.available(), native.status()
 
 
 def _mask(shape: tuple[int, ...], density: float, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(shape, generator=generator) < density
 
 
+@pytest.mark.parametrize("use_native", USE_NATIVE)
 @pytest.mark.parametrize("density", DENSITIES)
-@pytest.mark.parametrize("shape", [(7, 13, 5), (50, 5120, 32), (10, 50, 1)])  # (out, in, batch)
-def test_sparse_linear_matches_masked_dense(density: float, shape: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize("shape", [(7, 13, 5), (50, 5120, 32), (10, 50, 1), (9, 40, 37)])  # (out, in, batch)
+def test_sparse_linear_matches_masked_dense(density: float, shape: tuple[int, int, int], use_native: bool) -> None:
     out_f, in_f, batch = shape
     g = torch.Generator().manual_seed(1)
     mask = _mask((out_f, in_f), density, g)
@@ -34,7 +59,8 @@ def test_sparse_linear_matches_masked_dense(density: float, shape: tuple[int, in
 
     values = pattern.gather(weight).requires_grad_()
     xs, bs = x.clone().requires_grad_(), bias.clone().requires_grad_()
-    y = sparse_linear(xs, values, bs, pattern)
+    y = sparse_linear(xs, values, bs, pattern, use_native=use_native)
+    assert _used_native(y) == use_native
     gx, gv, gb = torch.autograd.grad(y, [xs, values, bs], grad_out)
 
     wd = (weight * mask).requires_grad_()
@@ -51,9 +77,10 @@ def test_sparse_linear_matches_masked_dense(density: float, shape: tuple[int, in
     torch.testing.assert_close(pattern.scatter(gv), gw_ref * mask, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("use_native", USE_NATIVE)
 @pytest.mark.parametrize("density", DENSITIES)
 @pytest.mark.parametrize("shape", [(10, 1, 5, 28, 4), (20, 10, 5, 22, 3), (6, 3, 3, 9, 2)])
-def test_sparse_conv2d_matches_masked_dense(density: float, shape: tuple[int, ...]) -> None:
+def test_sparse_conv2d_matches_masked_dense(density: float, shape: tuple[int, ...], use_native: bool) -> None:
     out_c, in_c, k, hw, batch = shape
     g = torch.Generator().manual_seed(2)
     mask = _mask((out_c, in_c, k, k), density, g)
@@ -66,7 +93,8 @@ def test_sparse_conv2d_matches_masked_dense(density: float, shape: tuple[int, ..
 
     values = pattern.gather(weight).requires_grad_()
     xs, bs = x.clone().requires_grad_(), bias.clone().requires_grad_()
-    y = sparse_conv2d(xs, values, bs, pattern)
+    y = sparse_conv2d(xs, values, bs, pattern, use_native=use_native)
+    assert _used_native(y) == use_native
     gx, gv, gb = torch.autograd.grad(y, [xs, values, bs], grad_out)
 
     wd = (weight * mask).requires_grad_()
@@ -78,6 +106,34 @@ def test_sparse_conv2d_matches_masked_dense(density: float, shape: tuple[int, ..
     torch.testing.assert_close(gx, gx_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(gv, pattern.gather(gw_ref), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(gb, gb_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_native", USE_NATIVE)
+def test_sparse_layers_partial_gradients(use_native: bool) -> None:
+    """Only some inputs need gradients (a frozen first layer's x, a frozen bias): the others stay None
+    and the requested ones are unchanged."""
+    g = torch.Generator().manual_seed(6)
+    mask = _mask((8, 3, 3, 3), 0.5, g)
+    pattern = CsrPattern.from_mask(mask)
+    values = pattern.gather(torch.randn(mask.shape, generator=g) / 27**0.5).requires_grad_()
+    x, bias = torch.randn(2, 3, 7, 7, generator=g), torch.randn(8, generator=g)
+    y = sparse_conv2d(x, values, bias, pattern, use_native=use_native)
+    (gv,) = torch.autograd.grad(y.square().sum(), [values])
+    vd = (pattern.scatter(values.detach())).requires_grad_()
+    (gw_ref,) = torch.autograd.grad(F.conv2d(x, vd, bias).square().sum(), [vd])
+    torch.testing.assert_close(gv, pattern.gather(gw_ref), atol=1e-4, rtol=1e-5)
+
+    lmask = _mask((6, 10), 0.5, g)
+    lpattern = CsrPattern.from_mask(lmask)
+    lvalues = lpattern.gather(torch.randn(6, 10, generator=g) / 10**0.5)
+    xl = torch.randn(4, 10, generator=g).requires_grad_()
+    yl = sparse_linear(xl, lvalues, torch.zeros(6), lpattern, use_native=use_native)
+    (gx,) = torch.autograd.grad(yl.sum(), [xl])
+    torch.testing.assert_close(gx, (lpattern.scatter(lvalues)).sum(0).expand(4, 10), atol=1e-5, rtol=1e-5)
+
+
+def _used_native(y: torch.Tensor) -> bool:
+    return type(y.grad_fn).__name__.startswith("Native")
 
 
 def test_pattern_round_trip_and_transpose() -> None:
