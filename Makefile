@@ -4,10 +4,15 @@ OUT ?= runs/demo
 
 .PHONY: setup demo test lint bench-wire bench-paper bench-kernels
 
-# Installs the package with every extra, plus the system pieces the tests use (mosquitto).
+# Installs the package with every extra, plus the system pieces it uses: mosquitto (the tests) and a C
+# compiler (the install builds the native sparse kernels, feddst_core/native/feddst_kernels.c; without one
+# the install still succeeds and training falls back to slower torch kernels). Ends with one status line.
 setup:
 	@command -v mosquitto >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq mosquitto)
+	@command -v cc >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq gcc libc6-dev) \
+		|| echo "warning: could not install a C compiler; the native kernels will not be built" >&2
 	$(PYTHON) -m pip install -q -e '.[all,dev]'
+	@$(PYTHON) -c 'import feddst_core.native as n; print("native kernels:", n.status())'
 
 # The main job on the embedded default: nothing external needed.
 demo: setup

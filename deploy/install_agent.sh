@@ -6,9 +6,11 @@
 #        [--dataset digits --partition 3/8] [--no-start]
 #
 # What it does (idempotent; re-run to upgrade):
-#   1. apt: python3 (>= 3.11), python3-venv, libopenblas0 (numpy/torch CPU maths)
+#   1. apt: python3 (>= 3.11), python3-venv, libopenblas0 (numpy/torch CPU maths), gcc + libc6-dev
+#      (the install compiles the native sparse kernels) and libgomp1 (their OpenMP runtime)
 #   2. a system user `feddst`, a venv in /opt/feddst/venv
-#   3. pip install torch==2.13.0 (CPU wheel; see the note below), then feddst-edge[agent]
+#   3. pip install torch==2.13.0 (CPU wheel; see the note below), then feddst-edge[agent]; prints
+#      whether the native kernels loaded (a loud warning, not a failure, when they did not)
 #   4. /etc/feddst/agent.toml (settings), /etc/feddst/agent.env (FEDDST_PASSWORD, mode 0600),
 #      /etc/feddst/agent.key (HMAC key, mode 0600), /var/lib/feddst (local data)
 #   5. the systemd unit feddst-agent.service, enabled and started
@@ -68,7 +70,8 @@ esac
 echo "==> system packages"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq python3 python3-venv python3-pip libopenblas0 ca-certificates >/dev/null
+apt-get install -y -qq python3 python3-venv python3-pip libopenblas0 ca-certificates \
+  gcc libc6-dev libgomp1 >/dev/null
 python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
   || die "python3 >= 3.11 is required (Debian 12 / Raspberry Pi OS bookworm or newer)"
 
@@ -88,6 +91,24 @@ else
   "$PREFIX/venv/bin/pip" install -q "$SOURCE"
 fi
 "$PREFIX/venv/bin/feddst" --version
+NATIVE_CHECK='import feddst_core.native as n; print("native kernels:", n.status()); raise SystemExit(not n.available())'
+if ! "$PREFIX/venv/bin/python" -c "$NATIVE_CHECK"; then
+  if [[ "$SOURCE" == *.whl ]]; then
+    FIX="re-run this script with --source pointing at the source tree or an sdist (a wheel built elsewhere may lack the kernels or not load here)"
+  else
+    FIX="reinstall from source: $PREFIX/venv/bin/pip install --force-reinstall --no-deps --no-binary feddst-edge '$SOURCE'"
+  fi
+  {
+    echo "warning: ******************************************************************************"
+    echo "warning: the native sparse kernels are NOT available (status line above)."
+    echo "warning: The agent works, but trains with the slower torch kernels: sparse rounds cost"
+    echo "warning: this device more time and memory than they need to."
+    echo "warning: Fix: check that gcc works (apt-get install -y gcc libc6-dev libgomp1), then"
+    echo "warning: $FIX"
+    echo "warning: Check: $PREFIX/venv/bin/python -c 'import feddst_core.native as n; print(n.status())'"
+    echo "warning: ******************************************************************************"
+  } >&2
+fi
 [[ -f "$HERE/../docs/agent.md" ]] && install -m 0644 "$HERE/../docs/agent.md" "$PREFIX/docs/agent.md"
 
 echo "==> settings in /etc/feddst"
