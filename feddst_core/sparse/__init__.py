@@ -1,6 +1,7 @@
 """CPU sparse kernels for local training: devices compute less, not just send less.
 
-* ``kernels``: ``CsrPattern`` and the CSR autograd layers ``sparse_linear`` / ``sparse_conv2d``;
+* ``kernels``: ``CsrPattern`` and the CSR autograd layers ``sparse_linear`` / ``sparse_conv2d`` (native
+  kernels from ``feddst_core.native`` when built, torch.sparse / im2col otherwise);
 * ``policy``: per-layer ``auto`` | ``sparse`` | ``dense`` selection with a measured threshold table;
 * ``trainer``: ``SparseLocalTrainer`` (LocalTrainer's contract, one client) and ``make_local_trainer``;
 * ``FC_HEAVY_MNIST_CNN`` (from ``feddst_core.models``): the FC-heavy benchmark model.
@@ -11,14 +12,16 @@ from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_linear
 from feddst_core.sparse.policy import (
     DEFAULT_THRESHOLDS,
     KERNEL_CHOICES,
+    TORCH_ONLY_THRESHOLDS,
     SparseThreshold,
     choose_layer_kernels,
+    default_thresholds,
     validate_kernels,
 )
 from feddst_core.sparse.trainer import SparseLocalTrainer, forward_mixed, make_local_trainer
 
 __all__ = [
-    "DEFAULT_THRESHOLDS", "FC_HEAVY_MNIST_CNN", "KERNEL_CHOICES", "CsrPattern", "SparseLocalTrainer",
-    "SparseThreshold", "choose_layer_kernels", "forward_mixed", "make_local_trainer", "sparse_conv2d",
-    "sparse_linear", "validate_kernels",
+    "DEFAULT_THRESHOLDS", "FC_HEAVY_MNIST_CNN", "KERNEL_CHOICES", "TORCH_ONLY_THRESHOLDS", "CsrPattern",
+    "SparseLocalTrainer", "SparseThreshold", "choose_layer_kernels", "default_thresholds", "forward_mixed",
+    "make_local_trainer", "sparse_conv2d", "sparse_linear", "validate_kernels",
 ]

@@ -33,21 +33,28 @@ class SparseThreshold:
     min_weights: int  # below this many weights per-call overhead dominates: stay dense
 
 
-# Measured on this project's 2-core AMD EPYC (AVX2/FMA), torch 2.13 CPU, 2 threads, batch 32, with
-# bench/sparse_kernels.py --calibrate (fwd + bwd of one layer, masked dense vs CSR, interleaved medians).
-# A layer goes sparse if ANY tier of its kind matches. Linear 5120x512 (2.6M weights): CSR/dense =
-# 0.77 at density 0.3, 0.55 at 0.2, 0.34 at 0.1; 5120x50 (256k): 1.02 at 0.3, 0.81 at 0.2, 0.60 at 0.1
-# (after the int32 / in-place kernel changes; the 0.1 tier is kept: see docs/sparse_kernels.md); 512x10:
-# always slower (per-call overhead). Conv with the native direct sparse kernels: see CONV_NATIVE_TIERS.
-_LINEAR_TIERS = (SparseThreshold(max_density=0.3, min_weights=1_000_000),
-                 SparseThreshold(max_density=0.1, min_weights=200_000))
-# Native direct sparse convolution (feddst_core.native), same calibration: PROVISIONAL, re-measured below.
+# Measured on this project's 2-core AMD EPYC (AVX-512), torch 2.13 CPU, 2 threads, batch 32, with
+# bench/sparse_kernels.py --calibrate (fwd + bwd of one layer, masked dense vs sparse, interleaved medians;
+# table in docs/sparse_kernels.md). A layer goes sparse if ANY tier of its kind matches; each tier sits
+# one measured density step below break-even, so the 5% rule holds with a margin.
+#
+# Native kernels (feddst_core.native). Linear 5120x512 (2.6M weights): sparse/dense = 0.80 at density 0.5,
+# 0.52 at 0.3, 0.28 at 0.1; 5120x50 (256k): 0.93 at 0.5, 0.76 at 0.3, 0.57 at 0.1; 512x10 (5k): 1.6x at
+# every density (per-call overhead) -> stays dense. Conv 10->20 k5 @22: 1.00 at 0.5, 0.69 at 0.3, 0.33 at
+# 0.1; CIFAR conv 6->16 @26: 0.97 / 0.66 / 0.41; convs with 1-3 input channels win even at 0.5 (0.38).
+NATIVE_LINEAR_TIERS = (SparseThreshold(max_density=0.5, min_weights=1_000_000),
+                       SparseThreshold(max_density=0.3, min_weights=200_000))
 CONV_NATIVE_TIERS = (SparseThreshold(max_density=0.3, min_weights=0),)
+# torch.sparse only (no native library): linear 5120x512 0.77 at 0.3, 0.55 at 0.2, 0.34 at 0.1; 5120x50
+# 1.02 at 0.3, 0.81 at 0.2, 0.60 at 0.1; im2col + CSR convolution 0.99-3.1x dense at every density: never.
+TORCH_LINEAR_TIERS = (SparseThreshold(max_density=0.3, min_weights=1_000_000),
+                      SparseThreshold(max_density=0.1, min_weights=200_000))
 
 # The table used when the native kernels are built (the normal install).
-DEFAULT_THRESHOLDS: dict[str, tuple[SparseThreshold, ...]] = {"linear": _LINEAR_TIERS, "conv": CONV_NATIVE_TIERS}
-# Without the native library the only sparse convolution is im2col + CSR, 0.99-3.1x dense: never chosen.
-TORCH_ONLY_THRESHOLDS: dict[str, tuple[SparseThreshold, ...]] = {"linear": _LINEAR_TIERS, "conv": ()}
+DEFAULT_THRESHOLDS: dict[str, tuple[SparseThreshold, ...]] = {"linear": NATIVE_LINEAR_TIERS,
+                                                               "conv": CONV_NATIVE_TIERS}
+# The table without the native library.
+TORCH_ONLY_THRESHOLDS: dict[str, tuple[SparseThreshold, ...]] = {"linear": TORCH_LINEAR_TIERS, "conv": ()}
 
 
 def default_thresholds() -> dict[str, tuple[SparseThreshold, ...]]:

@@ -8,6 +8,9 @@ import torch
 from feddst_core.masks import init_masks, layer_budgets
 from feddst_core.models import DIGITS_CNN, MNIST_CNN, ModelSpec, init_params
 from feddst_core.sparse import (
+    DEFAULT_THRESHOLDS,
+    FC_HEAVY_MNIST_CNN,
+    TORCH_ONLY_THRESHOLDS,
     SparseLocalTrainer,
     SparseThreshold,
     choose_layer_kernels,
@@ -115,6 +118,29 @@ def test_factory() -> None:
 def test_default_table_picks_fc1_only_when_it_pays() -> None:
     _, masks, _ = _setup(MNIST_CNN, sparsity=0.0, n=1)
     assert set(choose_layer_kernels(MNIST_CNN, masks, "auto").values()) == {"dense"}  # dense masks
+
+
+def _uniform_masks(spec, density: float) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {nm: torch.rand(spec.parameter_shapes()[nm], generator=g) < density for nm in spec.masked_names()}
+
+
+@pytest.mark.parametrize(("density", "expected"), [
+    (0.5, {"conv1": "dense", "conv2": "dense", "fc1": "dense", "fc2": "dense"}),
+    (0.2, {"conv1": "sparse", "conv2": "sparse", "fc1": "sparse", "fc2": "dense"}),
+    (0.05, {"conv1": "sparse", "conv2": "sparse", "fc1": "sparse", "fc2": "dense"}),
+])
+def test_native_default_table_per_layer(density: float, expected: dict[str, str]) -> None:
+    """The measured table (docs/sparse_kernels.md): convs and fc1 (256k weights) sparse at <= 0.3, the
+    5k-weight fc2 never; without the native library convs stay dense (im2col loses)."""
+    masks = _uniform_masks(MNIST_CNN, density)
+    assert choose_layer_kernels(MNIST_CNN, masks, "auto", DEFAULT_THRESHOLDS) == expected
+    torch_only = choose_layer_kernels(MNIST_CNN, masks, "auto", TORCH_ONLY_THRESHOLDS)
+    assert torch_only["conv1"] == torch_only["conv2"] == "dense"
+    assert torch_only["fc1"] == ("sparse" if density <= 0.1 else "dense")
+    heavy = choose_layer_kernels(FC_HEAVY_MNIST_CNN, _uniform_masks(FC_HEAVY_MNIST_CNN, 0.45), "auto",
+                                 DEFAULT_THRESHOLDS)
+    assert heavy["fc1"] == "sparse" and heavy["conv2"] == "dense"  # 2.6M weights: sparse up to 0.5
 
 
 @pytest.mark.parametrize("readjust_epoch", [0, 1, 3])  # before the first, mid-round, after the last epoch
