@@ -307,37 +307,44 @@ void feddst_csr_sddmm(const int32_t *crow, const int32_t *col, int R, const floa
 
 typedef int32_t v8i __attribute__((vector_size(32)));
 
-/* Stride-1 max-pool of one plane in the padded-row layout: m[i], a[i] for i in [0, L), L = (Ho-1)*W + Wo,
- * output (r, q) at i = r*W + q. Blocks of 8 outputs stay in registers across the K*K window offsets. */
-static inline void maxpool_plane_s1(const float *xp, int W, int K, int L, float *m, int32_t *a) {
-    int i0 = 0;
-    for (; i0 + 8 <= L; i0 += 8) {
-        v8 vm = load8(xp + i0);
+typedef uint8_t v8u8 __attribute__((vector_size(8)));
+
+/* One output row of a stride-1 max-pool: yr[q], ar[q] for q < Wo from the input rows starting at x0.
+ * Blocks of 8 outputs stay in registers across the K*K window offsets; the last block overlaps the one
+ * before it when Wo is not a multiple of 8 (recomputing the same outputs), so there is no scalar tail. */
+static inline void maxpool_row_s1(const float *x0, int W, int K, int Wo, float *yr, uint8_t *ar) {
+    if (Wo < 8) {
+        for (int q = 0; q < Wo; q++) {
+            float mv = x0[q];
+            int av = 0;
+            for (int kh = 0; kh < K; kh++)
+                for (int kw = (kh == 0); kw < K; kw++) {
+                    const float v = x0[kh * W + q + kw];
+                    if (v > mv || v != v) {
+                        mv = v;
+                        av = kh * K + kw;
+                    }
+                }
+            yr[q] = mv;
+            ar[q] = (uint8_t)av;
+        }
+        return;
+    }
+    for (int q0 = 0; q0 < Wo; q0 += 8) {
+        const int q = q0 + 8 <= Wo ? q0 : Wo - 8;
+        v8 vm = load8(x0 + q);
         v8i va = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int kh = 0; kh < K; kh++)
             for (int kw = (kh == 0); kw < K; kw++) {
-                const v8 v = load8(xp + i0 + kh * W + kw); /* <= H*W - 1: inside the plane */
+                const v8 v = load8(x0 + kh * W + kw + q); /* <= row r+K-1, column W-1 */
                 const v8i take = (v > vm) | (v != v);
                 const int32_t d = kh * K + kw;
                 vm = (v8)(((v8i)v & take) | ((v8i)vm & ~take));
                 va = ((v8i){d, d, d, d, d, d, d, d} & take) | (va & ~take);
             }
-        store8(m + i0, vm);
-        memcpy(a + i0, &va, sizeof va);
-    }
-    for (int i = i0; i < L; i++) {
-        float mv = xp[i];
-        int32_t av = 0;
-        for (int kh = 0; kh < K; kh++)
-            for (int kw = (kh == 0); kw < K; kw++) {
-                const float v = xp[i + kh * W + kw];
-                if (v > mv || v != v) {
-                    mv = v;
-                    av = kh * K + kw;
-                }
-            }
-        m[i] = mv;
-        a[i] = av;
+        store8(yr + q, vm);
+        const v8u8 bytes = __builtin_convertvector(va, v8u8);
+        memcpy(ar + q, &bytes, sizeof bytes);
     }
 }
 
@@ -349,20 +356,12 @@ FEDDST_CLONES
 void feddst_maxpool_forward(const float *x, long N, int H, int W, int K, int S, float *y, uint8_t *arg,
                             int nthreads) {
     const int Ho = (H - K) / S + 1, Wo = (W - K) / S + 1;
-    const int L = S == 1 ? (Ho - 1) * W + Wo : Wo;
-    #pragma omp parallel num_threads(nthreads)
-    {
-        float *m = malloc(sizeof(float) * (size_t)L);
-        int32_t *a = malloc(sizeof(int32_t) * (size_t)L);
-        #pragma omp for schedule(static)
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
         for (long n = 0; n < N; n++) {
             const float *xp = x + n * H * W;
             if (S == 1) {
-                maxpool_plane_s1(xp, W, K, L, m, a);
-                for (int r = 0; r < Ho; r++) {
-                    memcpy(y + (n * Ho + r) * Wo, m + r * W, sizeof(float) * (size_t)Wo);
-                    for (int q = 0; q < Wo; q++) arg[(n * Ho + r) * Wo + q] = (uint8_t)a[r * W + q];
-                }
+                for (int r = 0; r < Ho; r++)
+                    maxpool_row_s1(xp + (long)r * W, W, K, Wo, y + (n * Ho + r) * Wo, arg + (n * Ho + r) * Wo);
                 continue;
             }
             for (int r = 0; r < Ho; r++) { /* general stride: one output row at a time */
@@ -383,9 +382,6 @@ void feddst_maxpool_forward(const float *x, long N, int H, int W, int K, int S, 
                 }
             }
         }
-        free(m);
-        free(a);
-    }
 }
 
 /* gx (N, H, W) = each window's gradient added at its argmax.
@@ -414,11 +410,12 @@ void feddst_maxpool_backward(const float *gy, const uint8_t *arg, long N, int H,
                     }
                 continue;
             }
-            for (int r = 0; r < Ho; r++) /* columns >= Wo and the padding stay 0 */
-                for (int q = 0; q < Wo; q++) {
-                    g[P + r * W + q] = gyp[r * Wo + q];
-                    a[P + r * W + q] = ap[r * Wo + q];
-                }
+            for (int r = 0; r < Ho; r++) { /* columns >= Wo and the padding stay 0 */
+                memcpy(g + P + r * W, gyp + r * Wo, sizeof(float) * (size_t)Wo);
+                int32_t *restrict ar = a + P + r * W;
+                const uint8_t *restrict src = ap + r * Wo;
+                for (int q = 0; q < Wo; q++) ar[q] = src[q];
+            }
             for (int kh = 0; kh < K; kh++)
                 for (int kw = 0; kw < K; kw++) {
                     const int32_t d = kh * K + kw;
