@@ -44,13 +44,16 @@ static inline v8 splat8(float w) { return (v8){w, w, w, w, w, w, w, w}; }
 
 int feddst_abi_version(void) { return 2; }
 
-/* acc[0:VL] = start + sum_j w[j] * src[off[j] + 0:VL]  (src already offset by the block start). */
-static inline void axpy_block(float *acc, float start, const float *src, const int32_t *off, const float *w,
-                              int n) {
+/* acc[0:VL] = start + sum_{j0 <= j < j1} w[j] * src[idx[j] * ld + 0:VL]; idx int32 or int16 (the other NULL),
+ * w = val[j], or val[perm[j]] when perm is given. Inlined with constant arguments at each call site, so
+ * the NULL tests fold away. The VL outputs stay in four vector registers while the weights stream past. */
+static inline void gather_axpy_block(float *acc, float start, const float *src, long ld, const int32_t *idx32,
+                                     const int16_t *idx16, const float *val, const int32_t *perm, int j0, int j1) {
     v8 a0 = splat8(start), a1 = a0, a2 = a0, a3 = a0;
-    for (int j = 0; j < n; j++) {
-        const float *p = src + off[j];
-        v8 s = splat8(w[j]);
+    for (int j = j0; j < j1; j++) {
+        const long r = idx32 ? idx32[j] : idx16[j];
+        const float *p = src + r * ld;
+        const v8 s = splat8(perm ? val[perm[j]] : val[j]);
         a0 += s * load8(p);
         a1 += s * load8(p + 8);
         a2 += s * load8(p + 16);
@@ -84,7 +87,7 @@ void feddst_sconv_forward(const float *x, int B, int C, int H, int W, const int3
             const int j0 = crow[o], n = crow[o + 1] - j0;
             int i0 = 0;
             for (; i0 + VL <= Lv; i0 += VL)
-                axpy_block(tmp + i0, bias[o], xb + i0, off + j0, val + j0, n);
+                gather_axpy_block(tmp + i0, bias[o], xb + i0, 1, off, NULL, val, NULL, j0, j0 + n);
             for (int i = i0; i < Lv; i++) { /* tail: scalar, stays inside the input plane */
                 float a = bias[o];
                 for (int j = 0; j < n; j++) a += val[j0 + j] * xb[off[j0 + j] + i];
@@ -127,7 +130,7 @@ void feddst_sconv_backward_input(const float *gy, int B, int O, const int32_t *t
                 float *gxc = gx + ((size_t)b * C + c) * plane;
                 for (int i0 = 0; i0 < plane; i0 += VL) {
                     /* reads pad[o*stride + P - shift + i0 + 0:VL]: inside the plane's padding */
-                    axpy_block(tmp, 0.0f, pad + i0, off + e0, t_val + e0, n);
+                    gather_axpy_block(tmp, 0.0f, pad + i0, 1, off, NULL, t_val, NULL, e0, e0 + n);
                     const int m = plane - i0 < VL ? plane - i0 : VL;
                     memcpy(gxc + i0, tmp, sizeof(float) * m);
                 }
@@ -206,25 +209,6 @@ void feddst_sconv_backward_weight(const float *x, const float *gy, int B, int C,
 }
 
 /* ---- sparse linear layer: W (O, I) in CSR, activations transposed (features, B) ---------------------- */
-
-/* acc[0:VL] = start + sum_j w[j] * src[idx[j] * ld + 0:VL]; idx as int32 or int16, w direct or via perm. */
-static inline void gather_axpy_block(float *acc, float start, const float *src, long ld, const int32_t *idx32,
-                                     const int16_t *idx16, const float *val, const int32_t *perm, int j0, int j1) {
-    v8 a0 = splat8(start), a1 = a0, a2 = a0, a3 = a0;
-    for (int j = j0; j < j1; j++) {
-        const long r = idx32 ? idx32[j] : idx16[j];
-        const float *p = src + r * ld;
-        const v8 s = splat8(perm ? val[perm[j]] : val[j]);
-        a0 += s * load8(p);
-        a1 += s * load8(p + 8);
-        a2 += s * load8(p + 16);
-        a3 += s * load8(p + 24);
-    }
-    store8(acc, a0);
-    store8(acc + 8, a1);
-    store8(acc + 16, a2);
-    store8(acc + 24, a3);
-}
 
 /* out (R, B) = [bias +] M @ src, M a CSR (R, Cn) given by crow, column idx (int32 or int16) and values
  * (val[j], or val[perm[j]] when perm is given); src (Cn, B) row-major. Used for y^T = b + W x^T (M = W)

@@ -19,6 +19,7 @@ momentum exists for a sparse layer.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -172,67 +173,86 @@ def _sddmm(pattern: CsrPattern, left: torch.Tensor, right: torch.Tensor) -> torc
     return out.values()
 
 
-class NativeSparseLinearFunction(torch.autograd.Function):
-    """y = x @ W^T + b with W as CSR values, native kernels.  x (B, in), values (nnz,), bias (out,) -> (B, out).
+@dataclass(frozen=True)
+class _LinearBackend:
+    """The three products of a CSR linear layer, on transposed activations (features, B)."""
 
-    Forward and input gradient are row-parallel CSR x dense products over the transposed activations
-    (the input gradient reads W's values through the stored W^T permutation: no transposed copy);
-    the weight gradient is an SDDMM at the mask's positions, fused with the bias gradient.
-    """
+    forward: Callable[[CsrPattern, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # -> y^T = b + W x^T
+    input_grad: Callable[[CsrPattern, torch.Tensor, torch.Tensor], torch.Tensor]  # -> dx^T = W^T dy^T
+    # -> (dL/dvalues (nnz,) at the mask, dL/dbias (out,) or None)
+    weight_grad: Callable[[CsrPattern, torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _torch_weight_grad(pattern: CsrPattern, grad_out_t: torch.Tensor, x_t: torch.Tensor,
+                       with_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return _sddmm(pattern, grad_out_t, x_t.t()), grad_out_t.sum(1) if with_bias else None
+
+
+# torch.sparse (MKL CSR GEMM, sampled_addmm): the fallback without the native library.
+_TORCH_LINEAR = _LinearBackend(
+    forward=lambda p, values, bias, x_t: torch.addmm(bias.unsqueeze(1), p.matrix(values), x_t),
+    input_grad=lambda p, values, grad_out_t: _spmm_t(p, values, grad_out_t),
+    weight_grad=_torch_weight_grad,
+)
+# Native: row-parallel CSR x dense products (W^T read through the stored permutation: no transposed
+# copy of the values) and an SDDMM fused with the bias gradient.
+_NATIVE_LINEAR = _LinearBackend(
+    forward=lambda p, values, bias, x_t: native.csr_matmul(p.crow, p.col, values, x_t, bias=bias),
+    input_grad=lambda p, values, grad_out_t: native.csr_matmul(p.t_crow, p.t_col, values, grad_out_t,
+                                                               perm=p.transpose_perm),
+    weight_grad=lambda p, grad_out_t, x_t, with_bias: native.csr_sddmm(p.crow, p.col, grad_out_t, x_t, with_bias),
+)
+
+
+def _linear_forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, pattern: CsrPattern,
+                    backend: _LinearBackend) -> torch.Tensor:
+    assert x.dim() == 2 and x.shape[1] == pattern.shape[1], "x must be (B, in_features)"
+    assert values.shape == (pattern.nnz,)
+    x_t = x.t().contiguous()  # (in, B): a no-op copy when x comes from forward_mixed's Flatten
+    y_t = backend.forward(pattern, values.detach(), bias.detach(), x_t)  # (out, B)
+    ctx.pattern, ctx.backend = pattern, backend
+    ctx.save_for_backward(x_t, values)
+    return y_t.t()  # (B, out)
+
+
+def _linear_backward(ctx, grad_out: torch.Tensor):
+    x_t, values = ctx.saved_tensors
+    pattern: CsrPattern = ctx.pattern
+    backend: _LinearBackend = ctx.backend
+    grad_out_t = grad_out.t().contiguous()  # (out, B)
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = backend.input_grad(pattern, values.detach(), grad_out_t).t()  # (B, in)
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        grad_values, grad_bias = backend.weight_grad(pattern, grad_out_t, x_t, ctx.needs_input_grad[2])
+        grad_values = grad_values if ctx.needs_input_grad[1] else None
+    return grad_x, grad_values, grad_bias, None
+
+
+class NativeSparseLinearFunction(torch.autograd.Function):
+    """y = x @ W^T + b with W as CSR values, native kernels.  x (B, in), values (nnz,), bias (out,) -> (B, out)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
                 pattern: CsrPattern) -> torch.Tensor:
-        assert x.dim() == 2 and x.shape[1] == pattern.shape[1], "x must be (B, in_features)"
-        assert values.shape == (pattern.nnz,)
-        x_t = x.t().contiguous()  # (in, B): a no-op copy when x comes from forward_mixed's Flatten
-        y_t = native.csr_matmul(pattern.crow, pattern.col, values.detach(), x_t, bias=bias.detach())  # (out, B)
-        ctx.pattern = pattern
-        ctx.save_for_backward(x_t, values)
-        return y_t.t()  # (B, out)
+        return _linear_forward(ctx, x, values, bias, pattern, _NATIVE_LINEAR)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        x_t, values = ctx.saved_tensors
-        pattern: CsrPattern = ctx.pattern
-        grad_out_t = grad_out.t().contiguous()  # (out, B)
-        grad_x = grad_values = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = native.csr_matmul(pattern.t_crow, pattern.t_col, values.detach(), grad_out_t,
-                                       perm=pattern.transpose_perm).t()  # (B, in)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_values, grad_bias = native.csr_sddmm(pattern.crow, pattern.col, grad_out_t, x_t,
-                                                      with_bias=ctx.needs_input_grad[2])
-        return grad_x, grad_values, grad_bias, None
+        return _linear_backward(ctx, grad_out)
 
 
 class SparseLinearFunction(torch.autograd.Function):
-    """y = x @ W^T + b with W as CSR values.  x (B, in), values (nnz,), bias (out,) -> (B, out)."""
+    """y = x @ W^T + b with W as CSR values, torch.sparse kernels (the fallback); same contract."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
                 pattern: CsrPattern) -> torch.Tensor:
-        assert x.dim() == 2 and x.shape[1] == pattern.shape[1], "x must be (B, in_features)"
-        assert values.shape == (pattern.nnz,)
-        x_t = x.t().contiguous()  # (in, B)
-        y_t = torch.addmm(bias.unsqueeze(1), pattern.matrix(values), x_t)  # (out, B): b + W @ x^T
-        ctx.pattern = pattern
-        ctx.save_for_backward(x_t, values)  # x_t.t() is the SDDMM's fastest right operand
-        return y_t.t()  # (B, out)
+        return _linear_forward(ctx, x, values, bias, pattern, _TORCH_LINEAR)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        x_t, values = ctx.saved_tensors
-        pattern: CsrPattern = ctx.pattern
-        grad_out_t = grad_out.t().contiguous()  # (out, B)
-        grad_x = grad_values = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _spmm_t(pattern, values, grad_out_t).t()  # (B, in)
-        if ctx.needs_input_grad[1]:
-            grad_values = _sddmm(pattern, grad_out_t, x_t.t())  # (nnz,)
-        if ctx.needs_input_grad[2]:
-            grad_bias = grad_out_t.sum(1)  # (out,)
-        return grad_x, grad_values, grad_bias, None
+        return _linear_backward(ctx, grad_out)
 
 
 def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
