@@ -17,6 +17,8 @@ freed, and glibc's mmap threshold pinned so freed blocks go back to the OS (see 
     python bench/sparse_kernels.py               # table
     python bench/sparse_kernels.py --json        # {"rows": [...]}
     python bench/sparse_kernels.py --calibrate   # per-layer break-even densities for the auto policy
+    python bench/sparse_kernels.py --calibrate --write-thresholds kernel_thresholds.json
+                                                 # ... and this device's auto-policy table, for the agent
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ from feddst_core import native  # noqa: E402
 from feddst_core.models import MNIST_CNN, ModelSpec, init_params  # noqa: E402
 from feddst_core.sparse import FC_HEAVY_MNIST_CNN, SparseLocalTrainer  # noqa: E402
 from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_linear  # noqa: E402
+from feddst_core.sparse.policy import (  # noqa: E402
+    CalibrationPoint,
+    thresholds_from_calibration,
+    thresholds_to_dict,
+)
 from feddst_core.training import ClientData, LocalTrainer, TrainConfig  # noqa: E402
 
 DENSITIES = (1.0, 0.5, 0.2, 0.1, 0.05)
@@ -207,9 +214,29 @@ def calibrate(repeats: int) -> list[dict]:
                 torch.autograd.grad(out.sum(), [x, v, b])
 
             dense_s, sparse_s = interleaved_medians([dense_run, sparse_run], repeats)
-            rows.append({"layer": label, "density": density, "dense_s": dense_s, "sparse_s": sparse_s,
-                         "time_ratio": sparse_s / dense_s})
+            rows.append({"layer": label, "kind": kind, "weights": mask.numel(), "density": density,
+                         "dense_s": dense_s, "sparse_s": sparse_s, "time_ratio": sparse_s / dense_s})
     return rows
+
+
+def write_thresholds(rows: list[dict], path: Path, log: Callable[[str], None]) -> None:
+    """Derive the per-device auto-policy table from calibration rows and write it as JSON (atomically)."""
+    import platform
+
+    points = [CalibrationPoint(r["kind"], r["weights"], r["density"], r["time_ratio"]) for r in rows]
+    table = thresholds_from_calibration(points)
+    doc = thresholds_to_dict(table) | {"measured_on": {
+        "machine": platform.machine(), "processor": platform.processor() or platform.platform(),
+        "torch": torch.__version__, "threads": THREADS, "batch": BATCH, "native_kernels": native.status(),
+        "date": time.strftime("%Y-%m-%d")}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
+    for kind, tiers in table.items():
+        log(f"{kind}: " + (", ".join(f"sparse at density <= {t.max_density:g} if >= {t.min_weights} weights"
+                                     for t in tiers) or "always dense"))
+    log(f"wrote {path}; use it with: feddst agent run --kernel-thresholds {path}")
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -264,6 +291,9 @@ def main() -> None:
     parser.add_argument("--round-repeats", type=int, default=15, help="repeats per round measurement")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--calibrate", action="store_true", help="per-layer break-even table instead")
+    parser.add_argument("--write-thresholds", metavar="FILE", type=Path,
+                        help="with --calibrate: derive the auto policy's table from this machine's measurements and "
+                             "write it as JSON (pass it to `feddst agent run --kernel-thresholds FILE`)")
     parser.add_argument("--memory-child", nargs=3, metavar=("CASE", "DENSITY", "KERNELS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
@@ -279,6 +309,8 @@ def main() -> None:
         for r in rows:
             log(f"{r['layer']:<26} density {r['density']:.2f}  dense {r['dense_s'] * 1e3:7.2f} ms  "
                 f"sparse {r['sparse_s'] * 1e3:7.2f} ms  ratio {r['time_ratio']:.2f}")
+        if args.write_thresholds:
+            write_thresholds(rows, args.write_thresholds, log)
         return
     log(f"torch {torch.__version__}, {THREADS} threads; native CPU kernels: {native.status()}")
     log("medians of interleaved repeats; floor % = density / time ratio (100% = time falls exactly with density)")

@@ -13,9 +13,13 @@ from feddst_core.sparse.policy import (
     DEFAULT_THRESHOLDS,
     KERNEL_CHOICES,
     TORCH_ONLY_THRESHOLDS,
+    CalibrationPoint,
     SparseThreshold,
     choose_layer_kernels,
     default_thresholds,
+    thresholds_from_calibration,
+    thresholds_from_dict,
+    thresholds_to_dict,
     validate_kernels,
 )
 from feddst_core.sparse.trainer import SparseLocalTrainer, forward_mixed, make_local_trainer
@@ -23,5 +27,6 @@ from feddst_core.sparse.trainer import SparseLocalTrainer, forward_mixed, make_l
 __all__ = [
     "DEFAULT_THRESHOLDS", "FC_HEAVY_MNIST_CNN", "KERNEL_CHOICES", "TORCH_ONLY_THRESHOLDS", "CsrPattern",
     "SparseLocalTrainer", "SparseThreshold", "choose_layer_kernels", "default_thresholds", "forward_mixed",
-    "make_local_trainer", "sparse_conv2d", "sparse_linear", "validate_kernels",
+    "make_local_trainer", "sparse_conv2d", "sparse_linear", "validate_kernels", "CalibrationPoint",
+    "thresholds_from_calibration", "thresholds_from_dict", "thresholds_to_dict",
 ]

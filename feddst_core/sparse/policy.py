@@ -108,3 +108,91 @@ def choose_layer_kernels(spec: ModelSpec, masks: Mapping[str, torch.Tensor], ker
             raise ValueError(f"layer {name!r} has no mask, so it cannot run sparse")
         chosen[name] = choice
     return chosen
+
+
+# --- per-device tables: derived from a calibration, stored as JSON ------------------------------------
+
+THRESHOLDS_FORMAT_VERSION = 1
+LAYER_KINDS = ("linear", "conv")
+
+
+@dataclass(frozen=True)
+class CalibrationPoint:
+    """One measured layer at one density: sparse time / dense time of forward + backward."""
+
+    kind: str  # "linear" | "conv"
+    weights: int  # the layer's weight count
+    density: float
+    time_ratio: float
+
+
+def thresholds_from_calibration(points: Sequence[CalibrationPoint], margin: float = 0.9,
+                                ) -> dict[str, tuple[SparseThreshold, ...]]:
+    """The auto policy's table from measured points (``bench/sparse_kernels.py --calibrate``).
+
+    A layer *wins* at density d when sparse took <= ``margin`` x dense at d and at every lower density
+    measured for it. Each layer gives a tier (its largest winning density, min_weights = its weight
+    count), lowered to what every *larger* measured layer of its kind also wins at, so a tier never
+    claims a layer size that measured slower. Layers that never win give no tier; dominated tiers are
+    dropped. Returns ``{"linear": (...), "conv": (...)}`` sorted by min_weights.
+    """
+    if not 0 < margin <= 1:
+        raise ValueError(f"margin must be in (0, 1], got {margin}")
+    by_layer: dict[tuple[str, int], list[CalibrationPoint]] = {}
+    for p in points:
+        if p.kind not in LAYER_KINDS:
+            raise ValueError(f"calibration point of unknown kind {p.kind!r}; kinds: {', '.join(LAYER_KINDS)}")
+        by_layer.setdefault((p.kind, p.weights), []).append(p)
+    best: dict[tuple[str, int], float] = {}  # largest density this layer wins at (0 = never)
+    for key, pts in by_layer.items():
+        win = 0.0
+        for p in sorted(pts, key=lambda q: q.density):
+            if p.time_ratio > margin:
+                break
+            win = p.density
+        best[key] = win
+    table: dict[str, tuple[SparseThreshold, ...]] = {}
+    for kind in LAYER_KINDS:
+        sizes = sorted(n for k, n in best if k == kind)
+        tiers: list[SparseThreshold] = []
+        for n in sizes:
+            d = min(best[(kind, m)] for m in sizes if m >= n)
+            if d > 0 and not any(t.max_density >= d and t.min_weights <= n for t in tiers):
+                tiers.append(SparseThreshold(max_density=d, min_weights=n))
+        table[kind] = tuple(tiers)
+    return table
+
+
+def thresholds_to_dict(table: Mapping[str, Sequence[SparseThreshold]]) -> dict:
+    """JSON-ready form: ``{"version": 1, "linear": [{"max_density", "min_weights"}, ...], "conv": [...]}``."""
+    return {"version": THRESHOLDS_FORMAT_VERSION} | {
+        kind: [{"max_density": t.max_density, "min_weights": t.min_weights} for t in table.get(kind, ())]
+        for kind in LAYER_KINDS}
+
+
+def thresholds_from_dict(obj: object) -> dict[str, tuple[SparseThreshold, ...]]:
+    """Parse ``thresholds_to_dict``'s form; ValueError naming the first problem. Extra keys (e.g. a
+    ``"measured_on"`` note) are ignored; a missing kind means "never sparse"."""
+    if not isinstance(obj, Mapping):
+        raise ValueError("kernel thresholds must be a JSON object with 'linear' and/or 'conv' lists")
+    if obj.get("version", THRESHOLDS_FORMAT_VERSION) != THRESHOLDS_FORMAT_VERSION:
+        raise ValueError(f"kernel thresholds version {obj.get('version')!r} is not supported "
+                         f"(expected {THRESHOLDS_FORMAT_VERSION})")
+    table: dict[str, tuple[SparseThreshold, ...]] = {}
+    for kind in LAYER_KINDS:
+        entries = obj.get(kind, [])
+        if not isinstance(entries, list):
+            raise ValueError(f"kernel thresholds: {kind!r} must be a list of tiers")
+        tiers = []
+        for i, entry in enumerate(entries):
+            where = f"kernel thresholds: {kind}[{i}]"
+            if not isinstance(entry, Mapping) or set(entry) != {"max_density", "min_weights"}:
+                raise ValueError(f"{where} must be an object with exactly 'max_density' and 'min_weights'")
+            d, n = entry["max_density"], entry["min_weights"]
+            if isinstance(d, bool) or not isinstance(d, int | float) or not 0 <= d <= 1:
+                raise ValueError(f"{where}.max_density must be a number in [0, 1], got {d!r}")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ValueError(f"{where}.min_weights must be an integer >= 0, got {n!r}")
+            tiers.append(SparseThreshold(max_density=float(d), min_weights=n))
+        table[kind] = tuple(tiers)
+    return table

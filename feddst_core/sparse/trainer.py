@@ -245,9 +245,11 @@ class SparseLocalTrainer:
 
 
 def make_local_trainer(spec: ModelSpec, config: TrainConfig, kernels: str = "dense",
+                       thresholds: Mapping[str, Sequence[SparseThreshold]] | None = None,
                        ) -> LocalTrainer | SparseLocalTrainer:
     """The local trainer for a ``--kernels`` flag: "dense" -> LocalTrainer (batches K clients);
-    "auto" | "sparse" -> SparseLocalTrainer (one client per call)."""
+    "auto" | "sparse" -> SparseLocalTrainer (one client per call). thresholds: the auto policy's
+    table (e.g. a device's own, from ``thresholds_from_dict``); None = the measured default."""
     if validate_kernels(kernels) == "dense":
         return LocalTrainer(spec, config)
-    return SparseLocalTrainer(spec, config, kernels=kernels)
+    return SparseLocalTrainer(spec, config, kernels=kernels, thresholds=thresholds)
