@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 _LIB_STEM = "_feddst_kernels"
 
 _lib: ctypes.CDLL | None = None
@@ -73,7 +73,7 @@ def _load() -> ctypes.CDLL | None:
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes = argtypes
-        fn.restype = None
+        fn.restype = ctypes.c_int  # 0 = ok, 1 = a scratch allocation failed
     _status = f"loaded {path.name}"
     return lib
 
@@ -108,6 +108,8 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, dim: int | None = Non
         raise ValueError(f"{name} must be a contiguous CPU tensor")
     if dim is not None and t.dim() != dim:
         raise ValueError(f"{name} must have {dim} dimensions, got shape {tuple(t.shape)}")
+    if t.numel() >= 2**31:
+        raise ValueError(f"{name} has {t.numel()} elements; the native kernels index with 32-bit ints (< 2^31)")
 
 
 # Index tensors already checked, keyed by id: (weakref to the tensor, its _version, bound). Patterns are
@@ -154,6 +156,12 @@ def _check_kernel(kernel: int) -> None:
         raise ValueError(f"kernel must be an int >= 1, got {kernel!r}")
 
 
+def _run(fn, *args) -> None:
+    """Call a kernel; its outputs are fresh tensors, so on failure nothing the caller holds is half-written."""
+    if fn(*args) != 0:
+        raise MemoryError(f"{fn.__name__}: out of memory for its scratch buffers")
+
+
 def _threads() -> int:
     return max(1, torch.get_num_threads())
 
@@ -173,7 +181,7 @@ def sparse_conv2d_forward(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor
     if _check_csr(crow, col, out_channels, c * kernel * kernel) != values.shape[0]:
         raise ValueError(f"{values.shape[0]} values for a pattern of {col.shape[0]} entries")
     y = torch.empty(b, out_channels, h - kernel + 1, w - kernel + 1)
-    lib.feddst_sconv_forward(_ptr(x), b, c, h, w, _ptr(crow, _i32p), _ptr(col, _i32p), _ptr(values), _ptr(bias),
+    _run(lib.feddst_sconv_forward, _ptr(x), b, c, h, w, _ptr(crow, _i32p), _ptr(col, _i32p), _ptr(values), _ptr(bias),
                              out_channels, kernel, _ptr(y), _threads())
     return y
 
@@ -194,7 +202,7 @@ def sparse_conv2d_backward_input(grad_out: torch.Tensor, t_crow: torch.Tensor, t
     if _check_csr(t_crow, t_row, in_channels * kernel * kernel, o) != t_values.shape[0]:
         raise ValueError(f"{t_values.shape[0]} values for a pattern of {t_row.shape[0]} entries")
     gx = torch.empty(b, in_channels, h, w)
-    lib.feddst_sconv_backward_input(_ptr(grad_out), b, o, _ptr(t_crow, _i32p), _ptr(t_row, _i32p), _ptr(t_values),
+    _run(lib.feddst_sconv_backward_input, _ptr(grad_out), b, o, _ptr(t_crow, _i32p), _ptr(t_row, _i32p), _ptr(t_values),
                                     in_channels, h, w, kernel, _ptr(gx), _threads())
     return gx
 
@@ -214,7 +222,7 @@ def sparse_conv2d_backward_weight(x: torch.Tensor, grad_out: torch.Tensor, crow:
     _check_csr(crow, col, o, c * kernel * kernel)
     grad_values = torch.empty(col.shape[0])
     grad_bias = torch.empty(o) if with_bias else None
-    lib.feddst_sconv_backward_weight(_ptr(x), _ptr(grad_out), b, c, h, w, o, kernel, _ptr(crow, _i32p),
+    _run(lib.feddst_sconv_backward_weight, _ptr(x), _ptr(grad_out), b, c, h, w, o, kernel, _ptr(crow, _i32p),
                                      _ptr(col, _i32p), _ptr(grad_values),
                                      _ptr(grad_bias) if grad_bias is not None else None, _threads())
     return grad_values, grad_bias
@@ -244,7 +252,7 @@ def csr_matmul(crow: torch.Tensor, index: torch.Tensor, values: torch.Tensor, sr
         if bias.shape[0] != rows:
             raise ValueError(f"bias has {bias.shape[0]} entries for {rows} rows")
     out = torch.empty(rows, b)
-    lib.feddst_csr_matmul(_ptr(crow, _i32p), _ptr(index, _i32p) if index.dtype == torch.int32 else None,
+    _run(lib.feddst_csr_matmul, _ptr(crow, _i32p), _ptr(index, _i32p) if index.dtype == torch.int32 else None,
                           _ptr(index, _i16p) if index.dtype == torch.int16 else None, _ptr(values),
                           _ptr(perm, _i32p) if perm is not None else None,
                           _ptr(bias) if bias is not None else None, rows, _ptr(src), b, _ptr(out), _threads())
@@ -267,7 +275,7 @@ def csr_sddmm(crow: torch.Tensor, col: torch.Tensor, left: torch.Tensor, right_t
     _check_csr(crow, col, rows, right_t.shape[0])
     grad = torch.empty(col.shape[0])
     grad_bias = torch.empty(rows) if with_bias else None
-    lib.feddst_csr_sddmm(_ptr(crow, _i32p), _ptr(col, _i32p), rows, _ptr(left), _ptr(right_t), b, _ptr(grad),
+    _run(lib.feddst_csr_sddmm, _ptr(crow, _i32p), _ptr(col, _i32p), rows, _ptr(left), _ptr(right_t), b, _ptr(grad),
                          _ptr(grad_bias) if grad_bias is not None else None, _threads())
     return grad, grad_bias
 
@@ -285,7 +293,7 @@ def max_pool2d_forward(x: torch.Tensor, kernel: int, stride: int) -> tuple[torch
     n = x.numel() // (h * w)
     y = torch.empty(*x.shape[:-2], ho, wo)
     arg = torch.empty(*x.shape[:-2], ho, wo, dtype=torch.uint8)
-    lib.feddst_maxpool_forward(_ptr(x), n, h, w, kernel, stride, _ptr(y), _ptr(arg, _u8p), _threads())
+    _run(lib.feddst_maxpool_forward, _ptr(x), n, h, w, kernel, stride, _ptr(y), _ptr(arg, _u8p), _threads())
     return y, arg
 
 
@@ -307,5 +315,5 @@ def max_pool2d_backward(grad_out: torch.Tensor, arg: torch.Tensor, input_hw: tup
         raise ValueError(f"argmax offsets must be < kernel * kernel = {kernel * kernel}")
     n = grad_out.numel() // (grad_out.shape[-2] * grad_out.shape[-1])
     gx = torch.empty(*grad_out.shape[:-2], h, w)
-    lib.feddst_maxpool_backward(_ptr(grad_out), _ptr(arg, _u8p), n, h, w, kernel, stride, _ptr(gx), _threads())
+    _run(lib.feddst_maxpool_backward, _ptr(grad_out), _ptr(arg, _u8p), n, h, w, kernel, stride, _ptr(gx), _threads())
     return gx

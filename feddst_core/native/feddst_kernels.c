@@ -1,8 +1,8 @@
-/* FedDST Edge native CPU kernels: direct sparse convolution and stride-1-friendly max-pooling.
+/* FedDST Edge native CPU kernels: direct sparse convolution, CSR linear layer, max-pooling.
  *
  * Plain C11 + OpenMP, no Python or torch headers: loaded with ctypes by feddst_core/native/__init__.py,
  * which checks every shape, dtype and contiguity before calling in. All tensors are float32,
- * C-contiguous, NCHW; index arrays are int32. Compiled by the package install (setup.py); when the
+ * C-contiguous, NCHW; index arrays are int32 (int16 where a signature says so). Compiled by the package install (setup.py); when the
  * library is absent, callers fall back to torch kernels.
  *
  * OpenMP: the library links libgomp.so.1, the same soname as the OpenMP runtime torch ships and has
@@ -42,7 +42,12 @@ static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
 static inline v8 splat8(float w) { return (v8){w, w, w, w, w, w, w, w}; }
 
-int feddst_abi_version(void) { return 2; }
+int feddst_abi_version(void) { return 3; }
+
+/* Every entry point returns FEDDST_OK, or FEDDST_ENOMEM when a scratch allocation failed (outputs are
+ * then incomplete: the Python wrapper raises MemoryError and drops them). */
+#define FEDDST_OK 0
+#define FEDDST_ENOMEM 1
 
 /* acc[0:VL] = start + sum_{j0 <= j < j1} w[j] * src[idx[j] * ld + 0:VL]; idx int32 or int16 (the other NULL),
  * w = val[j], or val[perm[j]] when perm is given. Inlined with constant arguments at each call site, so
@@ -67,21 +72,28 @@ static inline void gather_axpy_block(float *acc, float start, const float *src, 
 
 /* y (B, O, Ho, Wo) = bias + sparse W (*) x (B, C, H, W).  off: scratch (nnz,) int32. */
 FEDDST_CLONES
-void feddst_sconv_forward(const float *x, int B, int C, int H, int W, const int32_t *crow, const int32_t *col,
+int feddst_sconv_forward(const float *x, int B, int C, int H, int W, const int32_t *crow, const int32_t *col,
                           const float *val, const float *bias, int O, int K, float *y, int nthreads) {
     const int Ho = H - K + 1, Wo = W - K + 1, KK = K * K, plane = H * W;
     const int Lv = (Ho - 1) * W + Wo; /* last valid padded-layout output + 1 */
     const int nnz = crow[O];
     int32_t *off = malloc(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
+    if (!off) return FEDDST_ENOMEM;
     for (int j = 0; j < nnz; j++) {
         int c = col[j] / KK, r = col[j] % KK;
         off[j] = c * plane + (r / K) * W + (r % K);
     }
+    int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
         float *tmp = malloc(sizeof(float) * (size_t)(Lv + VL));
+        if (!tmp) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (long task = 0; task < (long)B * O; task++) {
+            if (!tmp) continue;
             const int b = (int)(task / O), o = (int)(task % O);
             const float *xb = x + (size_t)b * C * plane;
             const int j0 = crow[o], n = crow[o + 1] - j0;
@@ -99,28 +111,36 @@ void feddst_sconv_forward(const float *x, int B, int C, int H, int W, const int3
         free(tmp);
     }
     free(off);
+    return failed ? FEDDST_ENOMEM : FEDDST_OK;
 }
 
 /* gx (B, C, H, W) = W^T (*) gy (B, O, Ho, Wo), the full correlation, from W^T's CSR:
  * t_crow (C*K*K + 1,), t_row (nnz,) = o of each entry, t_val (nnz,) values in W^T order. */
 FEDDST_CLONES
-void feddst_sconv_backward_input(const float *gy, int B, int O, const int32_t *t_crow, const int32_t *t_row,
+int feddst_sconv_backward_input(const float *gy, int B, int O, const int32_t *t_crow, const int32_t *t_row,
                                  const float *t_val, int C, int H, int W, int K, float *gx, int nthreads) {
     const int Ho = H - K + 1, Wo = W - K + 1, KK = K * K, plane = H * W;
     const int P = (K - 1) * W + (K - 1); /* zeros before each padded gy plane: largest shift */
     const int stride = P + plane + VL;    /* one padded gy plane: P zeros, Ho rows of W, zeros */
     const int nnz = t_crow[C * KK];
     int32_t *off = malloc(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
+    if (!off) return FEDDST_ENOMEM;
     for (int c = 0; c < C; c++)
         for (int r = 0; r < KK; r++)
             for (int e = t_crow[c * KK + r]; e < t_crow[c * KK + r + 1]; e++)
                 off[e] = t_row[e] * stride + P - ((r / K) * W + (r % K));
+    int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
         float *pad = calloc((size_t)O * stride, sizeof(float)); /* zeros outside the rows stay zero */
         float tmp[VL];
+        if (!pad) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (int b = 0; b < B; b++) {
+            if (!pad) continue;
             const float *gyb = gy + (size_t)b * O * Ho * Wo;
             for (int o = 0; o < O; o++)
                 for (int r = 0; r < Ho; r++)
@@ -139,12 +159,13 @@ void feddst_sconv_backward_input(const float *gy, int B, int O, const int32_t *t
         free(pad);
     }
     free(off);
+    return failed ? FEDDST_ENOMEM : FEDDST_OK;
 }
 
 /* gval (nnz,) = dL/dW at the active positions; gbias (O,) = sum of gy (skipped if NULL).
  * Deterministic for a given nthreads: per-thread partial sums over a static batch split, reduced in order. */
 FEDDST_CLONES
-void feddst_sconv_backward_weight(const float *x, const float *gy, int B, int C, int H, int W, int O, int K,
+int feddst_sconv_backward_weight(const float *x, const float *gy, int B, int C, int H, int W, int O, int K,
                                   const int32_t *crow, const int32_t *col, float *gval, float *gbias,
                                   int nthreads) {
     const int Ho = H - K + 1, Wo = W - K + 1, KK = K * K, plane = H * W;
@@ -152,16 +173,27 @@ void feddst_sconv_backward_weight(const float *x, const float *gy, int B, int C,
     const int nnz = crow[O];
     if (nthreads < 1) nthreads = 1;
     int32_t *off = malloc(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
+    float *partial = calloc((size_t)nthreads * (nnz + O), sizeof(float));
+    if (!off || !partial) {
+        free(off);
+        free(partial);
+        return FEDDST_ENOMEM;
+    }
     for (int j = 0; j < nnz; j++) {
         int c = col[j] / KK, r = col[j] % KK;
         off[j] = c * plane + (r / K) * W + (r % K);
     }
-    float *partial = calloc((size_t)nthreads * (nnz + O), sizeof(float));
+    int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
         float *row = calloc((size_t)Lv + VL, sizeof(float)); /* gy plane at stride W, zero-padded */
+        if (!row) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (int t = 0; t < nthreads; t++) {
+            if (!row) continue;
             float *pg = partial + (size_t)t * (nnz + O), *pb = pg + nnz;
             const int b0 = (int)((long)B * t / nthreads), b1 = (int)((long)B * (t + 1) / nthreads);
             for (int b = b0; b < b1; b++) {
@@ -206,6 +238,7 @@ void feddst_sconv_backward_weight(const float *x, const float *gy, int B, int C,
         }
     free(partial);
     free(off);
+    return failed ? FEDDST_ENOMEM : FEDDST_OK;
 }
 
 /* ---- sparse linear layer: W (O, I) in CSR, activations transposed (features, B) ---------------------- */
@@ -214,7 +247,7 @@ void feddst_sconv_backward_weight(const float *x, const float *gy, int B, int C,
  * (val[j], or val[perm[j]] when perm is given); src (Cn, B) row-major. Used for y^T = b + W x^T (M = W)
  * and dx^T = W^T dy^T (M = W^T: its CSR indices plus the permutation into W's value order). */
 FEDDST_CLONES
-void feddst_csr_matmul(const int32_t *crow, const int32_t *idx32, const int16_t *idx16, const float *val,
+int feddst_csr_matmul(const int32_t *crow, const int32_t *idx32, const int16_t *idx16, const float *val,
                        const int32_t *perm, const float *bias, int R, const float *src, int B, float *out,
                        int nthreads) {
     #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
@@ -233,6 +266,7 @@ void feddst_csr_matmul(const int32_t *crow, const int32_t *idx32, const int16_t 
             o[b] = a;
         }
     }
+    return FEDDST_OK;
 }
 
 /* r[k] = sum of the 8 lanes of a[k], k < 8 (a transposition tree of shuffles instead of 8 scalar sums). */
@@ -252,7 +286,7 @@ static inline v8 hsum8x8(const v8 *a) {
 /* SDDMM: gval[j] = dy^T[r] . x^T[col[j]] for every active (r, col[j]) of W's CSR; dy^T (R, B), x^T (Cn, B);
  * gbias[r] = sum_b dy^T[r, b] (skipped if NULL). Eight active weights at a time share each dy^T load. */
 FEDDST_CLONES
-void feddst_csr_sddmm(const int32_t *crow, const int32_t *col, int R, const float *dyt, const float *xt, int B,
+int feddst_csr_sddmm(const int32_t *crow, const int32_t *col, int R, const float *dyt, const float *xt, int B,
                       float *gval, float *gbias, int nthreads) {
     #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
     for (int r = 0; r < R; r++) {
@@ -287,6 +321,7 @@ void feddst_csr_sddmm(const int32_t *crow, const int32_t *col, int R, const floa
             gval[j] = s;
         }
     }
+    return FEDDST_OK;
 }
 
 typedef int32_t v8i __attribute__((vector_size(32)));
@@ -337,7 +372,7 @@ static inline void maxpool_row_s1(const float *x0, int W, int K, int Wo, float *
  * window order; NaN wins, the last NaN as in torch). Ho = (H-K)/S + 1. K <= 15.
  * Stride 1 (the paper CNNs' pools) uses the padded-row layout of the convolutions. */
 FEDDST_CLONES
-void feddst_maxpool_forward(const float *x, long N, int H, int W, int K, int S, float *y, uint8_t *arg,
+int feddst_maxpool_forward(const float *x, long N, int H, int W, int K, int S, float *y, uint8_t *arg,
                             int nthreads) {
     const int Ho = (H - K) / S + 1, Wo = (W - K) / S + 1;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
@@ -366,25 +401,33 @@ void feddst_maxpool_forward(const float *x, long N, int H, int W, int K, int S, 
                 }
             }
         }
+    return FEDDST_OK;
 }
 
 /* gx (N, H, W) = each window's gradient added at its argmax.
  * Stride 1: as a gather, vectorised: gx[i] = sum over window offsets d of gy[i - d] where arg == d
  * (gy and arg laid out at stride W behind (K-1)*(W+1) zeros); sums in (kh, kw) order. */
 FEDDST_CLONES
-void feddst_maxpool_backward(const float *gy, const uint8_t *arg, long N, int H, int W, int K, int S, float *gx,
+int feddst_maxpool_backward(const float *gy, const uint8_t *arg, long N, int H, int W, int K, int S, float *gx,
                              int nthreads) {
     const int Ho = (H - K) / S + 1, Wo = (W - K) / S + 1, plane = H * W;
     const int P = (K - 1) * W + (K - 1);
+    int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
         float *restrict g = S == 1 ? calloc((size_t)(P + plane), sizeof(float)) : NULL;
         int32_t *restrict a = S == 1 ? calloc((size_t)(P + plane), sizeof(int32_t)) : NULL;
+        const int missing = S == 1 && (!g || !a);
+        if (missing) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (long n = 0; n < N; n++) {
             float *restrict gp = gx + n * plane;
             const float *gyp = gy + n * Ho * Wo;
             const uint8_t *ap = arg + n * Ho * Wo;
+            if (missing) continue;
             memset(gp, 0, sizeof(float) * (size_t)plane);
             if (S != 1) {
                 for (int r = 0; r < Ho; r++)
@@ -411,4 +454,5 @@ void feddst_maxpool_backward(const float *gy, const uint8_t *arg, long N, int H,
         free(g);
         free(a);
     }
+    return failed ? FEDDST_ENOMEM : FEDDST_OK;
 }
