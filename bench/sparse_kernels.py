@@ -44,6 +44,7 @@ from feddst_core.sparse import FC_HEAVY_MNIST_CNN, SparseLocalTrainer  # noqa: E
 from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_linear  # noqa: E402
 from feddst_core.sparse.policy import (  # noqa: E402
     CalibrationPoint,
+    describe_thresholds,
     thresholds_from_calibration,
     thresholds_to_dict,
 )
@@ -148,7 +149,6 @@ def _status_kib(field: str) -> int:
 
 def memory_child(case: str, density: float, kernels: str) -> int:
     """Run in a fresh process: bytes of peak RSS above the pre-model baseline for one case."""
-    torch.set_num_threads(THREADS)
     spec, n, dense_runner, sparse_runner = CASES[case]
     warm = torch.randn(8, 8, requires_grad=True)
     (warm @ warm).sum().backward()  # load autograd machinery before the baseline
@@ -167,9 +167,11 @@ def memory_child(case: str, density: float, kernels: str) -> int:
 
 
 def measure_memory(case: str, density: float, kernels: str) -> int:
+    threads = torch.get_num_threads()
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0",
-               OMP_NUM_THREADS=str(THREADS))
-    out = subprocess.run([sys.executable, __file__, "--memory-child", case, str(density), kernels],
+               OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--memory-child", case, str(density),
+                          kernels],
                          capture_output=True, text=True, env=env, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
@@ -227,15 +229,13 @@ def write_thresholds(rows: list[dict], path: Path, log: Callable[[str], None]) -
     table = thresholds_from_calibration(points)
     doc = thresholds_to_dict(table) | {"measured_on": {
         "machine": platform.machine(), "processor": platform.processor() or platform.platform(),
-        "torch": torch.__version__, "threads": THREADS, "batch": BATCH, "native_kernels": native.status(),
-        "date": time.strftime("%Y-%m-%d")}}
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": BATCH,
+        "native_kernels": native.status(), "date": time.strftime("%Y-%m-%d")}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(path)
-    for kind, tiers in table.items():
-        log(f"{kind}: " + (", ".join(f"sparse at density <= {t.max_density:g} if >= {t.min_weights} weights"
-                                     for t in tiers) or "always dense"))
+    log(describe_thresholds(table))
     log(f"wrote {path}; use it with: feddst agent run --kernel-thresholds {path}")
 
 
@@ -294,15 +294,29 @@ def main() -> None:
     parser.add_argument("--write-thresholds", metavar="FILE", type=Path,
                         help="with --calibrate: derive the auto policy's table from this machine's measurements and "
                              "write it as JSON (pass it to `feddst agent run --kernel-thresholds FILE`)")
+    parser.add_argument("--allow-torch-only", action="store_true",
+                        help="with --write-thresholds: write a table even though the native kernels are not loaded "
+                             "(only right for a device that will run without them)")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help=f"torch / native threads (default {THREADS}, the issue's setting; calibrate with the "
+                             "agent's --threads to get that device's table)")
     parser.add_argument("--memory-child", nargs=3, metavar=("CASE", "DENSITY", "KERNELS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(THREADS)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
     if args.memory_child:
         case, density, kernels = args.memory_child
         print(memory_child(case, float(density), kernels))
         return
     log = (lambda s: None) if args.json else (lambda s: print(s, flush=True))
     if args.calibrate:
+        log(f"torch {torch.__version__}, {args.threads} threads; native CPU kernels: {native.status()}")
+        if args.write_thresholds and not native.available() and not args.allow_torch_only:
+            parser.error(f"the native kernels are not loaded ({native.status()}), so this calibration would describe "
+                         "the slower torch kernels. This script imports the source tree next to it: build the kernels "
+                         "there (`pip install -e .` or `python setup.py build_ext --inplace`), or pass "
+                         "--allow-torch-only for a device that runs without them")
         rows = calibrate(args.step_repeats)
         if args.json:
             print(json.dumps({"calibration": rows}))
@@ -312,7 +326,7 @@ def main() -> None:
         if args.write_thresholds:
             write_thresholds(rows, args.write_thresholds, log)
         return
-    log(f"torch {torch.__version__}, {THREADS} threads; native CPU kernels: {native.status()}")
+    log(f"torch {torch.__version__}, {args.threads} threads; native CPU kernels: {native.status()}")
     log("medians of interleaved repeats; floor % = density / time ratio (100% = time falls exactly with density)")
     log(HEADER)
     rows = run_cases(args.cases.split(","), [float(d) for d in args.densities.split(",")],

@@ -18,6 +18,7 @@ and dropped.
 from __future__ import annotations
 
 import logging
+import platform
 import queue
 import threading
 import time
@@ -26,11 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_agent.capabilities import detect_capabilities
-from edge_agent.config import AgentSettings
+from edge_agent.config import AgentSettings, kernel_thresholds_warnings
 from edge_agent.data import LocalData
 from edge_agent.local_training import TrainingError, train_on_task
 from edge_agent.mqtt_adapter import DeviceLink, Inbound, LinkDown, LinkRefused, LinkUp, PublishRefused
 from feddst_core import native
+from feddst_core.sparse import default_thresholds, describe_thresholds
 from protocol import (
     Abort,
     Ack,
@@ -132,6 +134,20 @@ class EdgeAgent:
             else:
                 log.warning("training kernels: %s, but the native CPU kernels are unavailable (%s): sparse layers "
                             "fall back to slower torch kernels", self.settings.kernels, native.status())
+        thresholds = self.settings.kernel_thresholds_file
+        if self.settings.kernels == "auto" and thresholds is None:
+            log.info("kernel thresholds: built in (%s): %s", "native kernels" if native.available() else "torch only",
+                     describe_thresholds(default_thresholds()))
+        elif self.settings.kernels == "auto" and thresholds is not None:
+            note = thresholds.measured_on
+            log.info("kernel thresholds: %s (measured on %s, %s): %s", thresholds.path, note.get("machine", "?"),
+                     note.get("date", "?"), describe_thresholds(thresholds.table))
+            for problem in kernel_thresholds_warnings(thresholds, native.available(), platform.machine(),
+                                                      self.settings.threads):
+                log.warning("--kernel-thresholds: %s; re-run the calibration on this device", problem)
+        elif thresholds is not None:
+            log.info("--kernel-thresholds %s is unused: it only applies to --kernels auto, not %s", thresholds.path,
+                     self.settings.kernels)
         self.link.start()
         try:
             while not stop.is_set() and self._exit_code is None:
@@ -389,7 +405,7 @@ class EdgeAgent:
         """Training thread: never touches agent state, only posts the outcome."""
         try:
             update = train_on_task(task, model, self.data, self.device_id, self.settings.client_index,
-                                       self.settings.kernels)
+                                   self.settings.kernels, self.settings.kernel_threshold_table)
             self.events.put(TrainingDone(task, update))
         except TrainingError as exc:
             self.events.put(TrainingDone(task, None, str(exc)))

@@ -12,6 +12,7 @@ to fix it. Validation happens once, here; the rest of the agent trusts ``AgentSe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -23,7 +24,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from feddst_core.partition import PARTITIONS
-from feddst_core.sparse import KERNEL_CHOICES
+from feddst_core.sparse import KERNEL_CHOICES, SparseThreshold, parse_thresholds_json
 from protocol import is_identifier
 
 ENV_PREFIX = "FEDDST_"
@@ -31,10 +32,21 @@ DATA_SOURCES = ("digits", "mnist", "cifar10", "npz", "image-folder", "csv")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MQTT_PROTOCOLS = ("auto", "5", "3.1.1")
 MIN_KEY_BYTES = 16
+ThresholdTable = dict[str, tuple[SparseThreshold, ...]]
+MAKE_THRESHOLDS = "python bench/sparse_kernels.py --calibrate --write-thresholds FILE"
 
 
 class AgentConfigError(ValueError):
     """A setting is missing or invalid; the message names it and says what to do."""
+
+
+@dataclass(frozen=True)
+class KernelThresholdsFile:
+    """A ``--kernel-thresholds`` file: the auto policy's table and the bench's ``measured_on`` note."""
+
+    path: str
+    table: ThresholdTable
+    measured_on: dict[str, Any]  # machine, native_kernels, date... ({} when absent)
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,7 @@ class AgentSettings:
     seed: int = 0  # partition seed (the simulator's --seed)
     threads: int = 1  # torch intra-op threads
     kernels: str = "auto"  # local training kernels: auto (sparse where faster), sparse, dense
+    kernel_thresholds: str | None = None  # this device's auto-policy table (JSON); default: the built-in one
     heartbeat_s: float = 5.0
     max_packet: int = 128 * 1024  # largest MQTT payload this agent publishes (updates are chunked)
     max_message_bytes: int = 64 * 1024 * 1024  # larger inbound messages are dropped
@@ -110,6 +123,7 @@ class AgentSettings:
         check(self.seed >= 0, "seed", "must be >= 0")
         check(self.threads >= 1, "threads", "must be >= 1")
         check(self.kernels in KERNEL_CHOICES, "kernels", "choose one of " + ", ".join(KERNEL_CHOICES))
+        self.kernel_thresholds_file  # noqa: B018 - reads and validates the file, once
         check(self.heartbeat_s > 0, "heartbeat_s", "must be > 0 seconds")
         check(self.max_packet >= 1024, "max_packet", "must be at least 1024 bytes")
         check(self.max_message_bytes >= 1024, "max_message_bytes", "must be at least 1024 bytes")
@@ -132,6 +146,17 @@ class AgentSettings:
     @property
     def partition_spec(self) -> PartitionSpec | None:
         return None if self.partition is None else parse_partition(self.partition)
+
+    @functools.cached_property
+    def kernel_thresholds_file(self) -> KernelThresholdsFile | None:
+        """The parsed ``--kernel-thresholds`` file (None: not given)."""
+        return None if self.kernel_thresholds is None else read_kernel_thresholds(self.kernel_thresholds)
+
+    @property
+    def kernel_threshold_table(self) -> ThresholdTable | None:
+        """The auto policy's table for ``--kernels auto`` (None: the built-in one)."""
+        info = self.kernel_thresholds_file
+        return None if info is None else info.table
 
     @property
     def mqtt_username(self) -> str:
@@ -219,6 +244,41 @@ def read_key_file(path: str | Path, flag: str = "--key-file") -> bytes:
         raise AgentConfigError(f"{flag}: {p} holds a {len(key)}-byte key; use at least {MIN_KEY_BYTES} bytes "
                                "(32 recommended)")
     return key
+
+
+def read_kernel_thresholds(path: str | Path, flag: str = "--kernel-thresholds") -> KernelThresholdsFile:
+    """A device's auto-policy table: the JSON file written on the device by ``MAKE_THRESHOLDS``
+    (``feddst_core.sparse.parse_thresholds_json``'s form)."""
+    p = Path(path)
+    hint = f"make it on this device with `{MAKE_THRESHOLDS}`"
+    if not p.is_file():
+        raise AgentConfigError(f"{flag}: {p} {'is not a file' if p.exists() else 'does not exist'}; {hint}")
+    try:
+        table, note = parse_thresholds_json(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AgentConfigError(f"{flag}: cannot read {p} ({exc}); {hint}") from exc
+    except ValueError as exc:
+        raise AgentConfigError(f"{flag}: {p}: {exc}; {hint}") from exc
+    return KernelThresholdsFile(str(p), table, note)
+
+
+def kernel_thresholds_warnings(info: KernelThresholdsFile, native_loaded: bool, machine: str,
+                               threads: int | None = None) -> list[str]:
+    """Why the file may not describe this device: measured on another CPU architecture, or with(out)
+    the native kernels while this device runs without (with) them (from the bench's ``measured_on``)."""
+    out = []
+    measured_machine = info.measured_on.get("machine")
+    if isinstance(measured_machine, str) and measured_machine and measured_machine != machine:
+        out.append(f"{info.path} was measured on {measured_machine}, this device is {machine}")
+    status = info.measured_on.get("native_kernels")
+    if isinstance(status, str) and status.startswith("loaded") != native_loaded:
+        out.append(f"{info.path} was measured {'without' if native_loaded else 'with'} the native kernels "
+                   f"({status}), but this agent runs {'with' if native_loaded else 'without'} them")
+    measured_threads = info.measured_on.get("threads")
+    if threads is not None and isinstance(measured_threads, int) and measured_threads != threads:
+        out.append(f"{info.path} was measured with {measured_threads} thread(s), this agent trains with {threads} "
+                   f"(calibrate with `--threads {threads}`)")
+    return out
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(AgentSettings)}

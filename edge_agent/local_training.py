@@ -9,10 +9,11 @@ seed ``client_seed(task.seed, task.server_round, client_index)``, readjustment f
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 
 from edge_agent.data import LocalData
 from feddst_core.models import get_model_spec
-from feddst_core.sparse import make_local_trainer
+from feddst_core.sparse import SparseThreshold, make_local_trainer
 from feddst_core.training import TrainConfig, client_seed
 from feddst_core.wire_format import model_from_tensors, update_message
 from protocol import ModelBroadcast, ProtocolError, Task, Update
@@ -32,11 +33,13 @@ def readjust_fraction(task: Task) -> float:
 
 
 def train_on_task(task: Task, model: ModelBroadcast, data: LocalData, device_id: str, client_index: int,
-                  kernels: str = "auto") -> Update:
+                  kernels: str = "auto", thresholds: Mapping[str, Sequence[SparseThreshold]] | None = None,
+                  ) -> Update:
     """Train from ``model`` on ``data`` as ``task`` asks; return the update to send.
 
     ``kernels``: ``auto`` (compressed sparse layers where measured faster), ``sparse`` or ``dense``;
-    all three give the same weights (within float rounding).
+    all three give the same weights (within float rounding). ``thresholds``: the auto policy's table
+    (``--kernel-thresholds``, this device's own); None = the built-in one.
     Raises :class:`TrainingError` when the model is unknown or does not fit the data.
     """
     try:
@@ -59,8 +62,8 @@ def train_on_task(task: Task, model: ModelBroadcast, data: LocalData, device_id:
         raise TrainingError(f"cannot rebuild the broadcast model: {exc}") from exc
     seed = client_seed(task.seed, task.server_round, client_index)
     started = time.perf_counter()
-    outcome = make_local_trainer(spec, train_config(task), kernels).train(params, masks, [data.client_data()], [seed],
-                                                         readjust_fraction(task))[0]
+    trainer = make_local_trainer(spec, train_config(task), kernels, thresholds)
+    outcome = trainer.train(params, masks, [data.client_data()], [seed], readjust_fraction(task))[0]
     compute_s = time.perf_counter() - started
     return update_message(task.run_id, task.server_round, device_id, outcome.params, masks, outcome.masks,
                           outcome.num_samples, outcome.train_loss, compute_s)

@@ -127,6 +127,14 @@ def run(
                                            "where they are measured faster, dense elsewhere), sparse, or dense "
                                            "(masked dense, for comparison). Env: FEDDST_KERNELS. Default: auto.",
                                            rich_help_panel=RUNTIME),
+    kernel_thresholds: Path | None = typer.Option(None, help="This device's measured table for --kernels auto "
+                                                  "(JSON: per layer kind, the densities and sizes at which a "
+                                                  "layer trains sparse). Make it once on the device with "
+                                                  "`python bench/sparse_kernels.py --calibrate "
+                                                  "--write-thresholds FILE` (from the source tree). Unused with "
+                                                  "--kernels sparse or dense. Env: FEDDST_KERNEL_THRESHOLDS. "
+                                                  "Default: the built-in table (measured on x86-64).",
+                                                  rich_help_panel=RUNTIME),
     heartbeat_s: float | None = typer.Option(None, help="Seconds between status heartbeats. Default: 5.",
                                              rich_help_panel=RUNTIME),
     max_packet: int | None = typer.Option(None, help="Largest MQTT payload sent, in bytes; bigger updates are "
@@ -149,7 +157,7 @@ def run(
         "dataset": dataset, "data_dir": data_dir, "label_column": label_column, "partition": partition,
         "partition_kind": partition_kind, "classes_per_client": classes_per_client,
         "samples_per_class": samples_per_class, "beta": beta, "seed": seed, "threads": threads,
-        "kernels": kernels,
+        "kernels": kernels, "kernel_thresholds": kernel_thresholds,
         "heartbeat_s": heartbeat_s, "max_packet": max_packet, "max_message_bytes": max_message_bytes,
         "ack_timeout_s": ack_timeout_s, "log_level": log_level,
     }.items()}

@@ -80,6 +80,13 @@ def simulate(
     kernels: KernelChoice = typer.Option(KernelChoice.dense, help="Local training kernels: dense (masked dense; "
                                         "batches clients), or auto / sparse (CPU sparse kernels, as devices "
                                         "run them; clients trained one by one).", rich_help_panel=RUN),
+    kernel_thresholds: Path | None = typer.Option(None, help="A device's measured table for --kernels auto "
+                                                  "(JSON: per layer kind, the densities and sizes at which a "
+                                                  "layer trains sparse), e.g. to time rounds as that device "
+                                                  "would pick its kernels. Make it on the device with `python "
+                                                  "bench/sparse_kernels.py --calibrate --write-thresholds FILE`. "
+                                                  "Unused with --kernels sparse or dense. Default: the built-in "
+                                                  "table.", rich_help_panel=RUN),
     client_batching: bool = typer.Option(True, help="Train a round's clients together (faster on a server); "
                                          "--no-client-batching trains them one by one, as devices do.",
                                          rich_help_panel=RUN),
@@ -101,9 +108,13 @@ def simulate(
             readjust_every=readjust_every, readjust_until=readjust_until, prox_mu=prox_mu,
             server_momentum=server_momentum, seed=seed, eval_every=eval_every, out=str(out),
             client_batching=client_batching, kernels=kernels.value, distribution=distribution,
-            mask_init=mask_init, min_votes=min_votes)
+            mask_init=mask_init, min_votes=min_votes,
+            kernel_thresholds=str(kernel_thresholds) if kernel_thresholds else None)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if config.kernel_thresholds is not None and config.kernels != "auto":
+        typer.echo(f"note: --kernel-thresholds {config.kernel_thresholds} is unused with --kernels "
+                   f"{config.kernels} (it only applies to --kernels auto)", err=True)
     run_simulation(config)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from feddst_core.masks import DISTRIBUTIONS
 from feddst_core.partition import PARTITIONS
-from feddst_core.sparse import KERNEL_CHOICES
+from feddst_core.sparse import KERNEL_CHOICES, SparseThreshold, parse_thresholds_json
 from feddst_core.strategies import ALGORITHMS
 
 DATASET_MODELS = {"digits": "digits_cnn", "mnist": "mnist_cnn", "cifar10": "cifar10_cnn", "npz": None}
@@ -47,6 +49,7 @@ class SimulationConfig:
     model: str | None = None  # default: the paper's model for the dataset
     client_batching: bool = True  # train a round's clients together (grouped convs); off = one by one
     kernels: str = "dense"  # dense | auto | sparse: CPU sparse kernels train clients one by one
+    kernel_thresholds: str | None = None  # JSON auto-policy table (bench --write-thresholds); None = built in
 
     def __post_init__(self) -> None:
         checks = [
@@ -84,6 +87,12 @@ class SimulationConfig:
                 raise ValueError(message)
         if self.dataset != "digits" and not self.data_dir:
             raise ValueError(f"--dataset {self.dataset} needs --data-dir")
+        self.kernel_threshold_table  # noqa: B018 - reads and validates the file, once
+
+    @functools.cached_property
+    def kernel_threshold_table(self) -> dict[str, tuple[SparseThreshold, ...]] | None:
+        """The ``--kernel-thresholds`` table for ``--kernels auto`` (None: the built-in one)."""
+        return None if self.kernel_thresholds is None else read_kernel_thresholds(self.kernel_thresholds)
 
     @property
     def t_end(self) -> int:
@@ -93,3 +102,17 @@ class SimulationConfig:
         d = asdict(self)
         d["readjust_until"] = self.t_end
         return d
+
+
+def read_kernel_thresholds(path: str | Path) -> dict[str, tuple[SparseThreshold, ...]]:
+    """The auto policy's table from a JSON file written by ``python bench/sparse_kernels.py --calibrate
+    --write-thresholds FILE``; ValueError naming the file and the problem."""
+    p = Path(path)
+    hint = "make it with `python bench/sparse_kernels.py --calibrate --write-thresholds FILE`"
+    try:
+        return parse_thresholds_json(p.read_text(encoding="utf-8"))[0]
+    except (OSError, UnicodeDecodeError) as exc:
+        why = "does not exist" if not p.exists() else "is not a file" if not p.is_file() else f"cannot be read ({exc})"
+        raise ValueError(f"--kernel-thresholds: {p} {why}; {hint}") from exc
+    except ValueError as exc:
+        raise ValueError(f"--kernel-thresholds: {p}: {exc}; {hint}") from exc

@@ -98,7 +98,8 @@ class Simulation:
         processes would: on these small per-client tensors that beats torch's own intra-op threading
         by about 20% on 2 cores. Each client's result does not depend on which thread trained it.
         """
-        trainer = make_local_trainer(self.spec, self.train_config(prox_mu), self.config.kernels)
+        trainer = make_local_trainer(self.spec, self.train_config(prox_mu), self.config.kernels,
+                                     self.config.kernel_threshold_table)
         if self.config.client_batching and isinstance(trainer, LocalTrainer):
             groups: dict[int, list[int]] = defaultdict(list)
             for c in clients:

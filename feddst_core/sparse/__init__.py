@@ -17,6 +17,8 @@ from feddst_core.sparse.policy import (
     SparseThreshold,
     choose_layer_kernels,
     default_thresholds,
+    describe_thresholds,
+    parse_thresholds_json,
     thresholds_from_calibration,
     thresholds_from_dict,
     thresholds_to_dict,
@@ -28,5 +30,6 @@ __all__ = [
     "DEFAULT_THRESHOLDS", "FC_HEAVY_MNIST_CNN", "KERNEL_CHOICES", "TORCH_ONLY_THRESHOLDS", "CsrPattern",
     "SparseLocalTrainer", "SparseThreshold", "choose_layer_kernels", "default_thresholds", "forward_mixed",
     "make_local_trainer", "sparse_conv2d", "sparse_linear", "validate_kernels", "CalibrationPoint",
-    "thresholds_from_calibration", "thresholds_from_dict", "thresholds_to_dict",
+    "thresholds_from_calibration", "thresholds_from_dict", "thresholds_to_dict", "parse_thresholds_json",
+    "describe_thresholds",
 ]

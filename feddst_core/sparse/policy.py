@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -196,3 +197,23 @@ def thresholds_from_dict(obj: object) -> dict[str, tuple[SparseThreshold, ...]]:
             tiers.append(SparseThreshold(max_density=float(d), min_weights=n))
         table[kind] = tuple(tiers)
     return table
+
+
+def parse_thresholds_json(text: str) -> tuple[dict[str, tuple[SparseThreshold, ...]], dict]:
+    """(table, measured_on note) from the JSON text ``bench/sparse_kernels.py --write-thresholds`` writes;
+    ValueError naming the problem (the caller adds which file)."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:  # json.JSONDecodeError
+        raise ValueError(f"not valid JSON ({exc})") from exc
+    table = thresholds_from_dict(doc)
+    note = doc.get("measured_on")
+    return table, note if isinstance(note, dict) else {}
+
+
+def describe_thresholds(table: Mapping[str, Sequence[SparseThreshold]]) -> str:
+    """One line for logs: ``linear: sparse at density <= 0.5 if >= 1000000 weights, ...; conv: always dense``."""
+    def tier(t: SparseThreshold) -> str:
+        return f"sparse at density <= {t.max_density:g}" + (f" if >= {t.min_weights} weights" if t.min_weights else "")
+    return "; ".join(f"{kind}: " + (", ".join(map(tier, table.get(kind, ()))) or "always dense")
+                     for kind in LAYER_KINDS)

@@ -166,3 +166,32 @@ def test_a_publish_refused_by_the_acl_is_reported(tmp_path, start_agent) -> None
             coordinator.close()
     finally:
         broker.stop()
+
+
+def _flat(output: str) -> str:
+    """CLI output with rich's box borders and line wrapping removed."""
+    return " ".join(output.replace("│", " ").split())
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (None, "does not exist"),
+    ("{oops", "not valid JSON"),
+    ('{"linear": [{"max_density": 0.3}]}', "linear[0] must be an object with exactly 'max_density' and 'min_weights'"),
+])
+def test_bad_kernel_thresholds_stop_the_agent_with_exit_2(tmp_path, content, problem) -> None:
+    path = tmp_path / "kernel_thresholds.json"
+    if content is not None:
+        path.write_text(content)
+    for args, env in ((["--kernel-thresholds", str(path)], {}), ([], {"FEDDST_KERNEL_THRESHOLDS": str(path)})):
+        result = CliRunner().invoke(app, ["agent", "run", "--device-id", "dev-1", *args], env=env)
+        assert result.exit_code == 2, result.output
+        assert f"error: --kernel-thresholds: {path}" in result.output and problem in result.output
+
+
+def test_help_explains_kernel_thresholds() -> None:
+    result = CliRunner().invoke(app, ["agent", "run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = _flat(result.output)
+    for part in ("--kernel-thresholds", "FEDDST_KERNEL_THRESHOLDS", "--kernels auto",
+                 "python bench/sparse_kernels.py --calibrate --write-thresholds FILE"):
+        assert part in text, part

@@ -4,6 +4,7 @@ until acknowledged, drop garbage, follow an abort."""
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 
@@ -254,3 +255,43 @@ def test_starts_before_the_broker_and_connects_when_it_comes_up(tmp_path, start_
             coordinator.close()
     finally:
         broker.stop()
+
+
+def test_a_device_table_from_the_env_drives_training(mosquitto, coordinator, start_agent, tmp_path,
+                                                      monkeypatch) -> None:
+    """--kernel-thresholds: the device's own table reaches the trainer; an all-sparse table gives the same
+    update as masked dense training (up to float rounding)."""
+    import edge_agent.local_training as local_training
+    from feddst_core.sparse import SparseThreshold, thresholds_to_dict
+
+    table = {"linear": (SparseThreshold(1.0, 0),), "conv": (SparseThreshold(1.0, 0),)}
+    path = tmp_path / "kernel_thresholds.json"
+    path.write_text(json.dumps(thresholds_to_dict(table)))
+    choices: list[dict[str, str]] = []
+    real = local_training.make_local_trainer
+
+    def spy(spec, config, kernels="dense", thresholds=None):  # type: ignore[no-untyped-def]
+        trainer = real(spec, config, kernels, thresholds)
+        choices.append(trainer.layer_choice(masks))  # type: ignore[union-attr]
+        return trainer
+
+    monkeypatch.setattr(local_training, "make_local_trainer", spy)
+    agent = start_agent(agent_settings(mosquitto.url, kernel_thresholds=str(path)))
+    assert agent.settings.kernel_threshold_table == table
+    coordinator.expect(Register)
+    params, masks = global_model()
+    task = make_task()
+    send_round(coordinator, task, params, masks)
+    update = coordinator.expect(Update, is_update_for(1)).message
+    assert choices == [{name.removesuffix(".weight"): "sparse" for name in SPEC.masked_names()}]
+
+    data = load_dataset("digits")
+    share = make_partition("pathological", data.y_train, data.y_test, 8, 0, 2, 20).train[3]
+    local = ClientData(torch.from_numpy(data.x_train)[torch.from_numpy(share)],
+                       torch.from_numpy(data.y_train)[torch.from_numpy(share)])
+    config = TrainConfig(lr=task.lr, momentum=task.momentum, weight_decay=task.weight_decay,
+                         batch_size=task.batch_size, local_epochs=task.local_epochs, prox_mu=task.prox_mu)
+    expected = LocalTrainer(SPEC, config).train(params, masks, [local], [client_seed(task.seed, 1, 3)], 0.0)[0]
+    got_params, _ = update_to_model(update, masks)
+    for name, value in expected.params.items():
+        torch.testing.assert_close(got_params[name], value, atol=1e-4, rtol=0)

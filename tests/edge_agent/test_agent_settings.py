@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import platform
+import threading
+
 import numpy as np
 import pytest
+from agent_harness import global_model, make_task
 
+from edge_agent.agent import EdgeAgent
 from edge_agent.config import (
     AgentConfigError,
     AgentSettings,
+    kernel_thresholds_warnings,
     load_settings,
     parse_broker_url,
     parse_partition,
+    read_kernel_thresholds,
     read_key_file,
 )
 from edge_agent.data import LocalDataError, load_local_data
+from feddst_core import native
+from feddst_core.sparse import CalibrationPoint, SparseThreshold, thresholds_from_calibration, thresholds_to_dict
+from feddst_core.wire_format import model_broadcast
 from simulator.config import SimulationConfig
 from simulator.engine import Simulation
 
@@ -114,3 +126,146 @@ def test_kernels_setting_defaults_to_auto_and_refuses_unknown_values() -> None:
     assert load_settings({"device_id": "d"}, environ={"FEDDST_KERNELS": "dense"}).kernels == "dense"
     with pytest.raises(AgentConfigError, match="--kernels: choose one of auto, sparse, dense"):
         load_settings({"device_id": "d"}, environ={"FEDDST_KERNELS": "fast"})
+
+
+# --- --kernel-thresholds: this device's auto-policy table ------------------------------------------
+
+DEVICE_TABLE = {"linear": (SparseThreshold(0.3, 100_000),), "conv": (SparseThreshold(0.2, 1000),)}
+
+
+def _write_table(path, table=DEVICE_TABLE, **extra) -> str:  # type: ignore[no-untyped-def]
+    path.write_text(json.dumps(thresholds_to_dict(table) | extra))
+    return str(path)
+
+
+def test_kernel_thresholds_from_flag_env_or_config_file(tmp_path) -> None:
+    path = _write_table(tmp_path / "kernel_thresholds.json", measured_on={"machine": "aarch64"})
+    assert load_settings({"device_id": "d"}, environ={}).kernel_threshold_table is None  # default: built in
+    from_flag = load_settings({"device_id": "d", "kernel_thresholds": path}, environ={})
+    assert from_flag.kernel_thresholds == path and from_flag.kernel_threshold_table == DEVICE_TABLE
+    assert from_flag.kernel_thresholds_file is not None
+    assert from_flag.kernel_thresholds_file.measured_on == {"machine": "aarch64"}
+    from_env = load_settings({"device_id": "d"}, environ={"FEDDST_KERNEL_THRESHOLDS": path})
+    assert from_env.kernel_threshold_table == DEVICE_TABLE
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\ndevice_id = "d"\nkernel-thresholds = "{path}"\n')
+    assert load_settings({}, environ={}, config_file=config).kernel_threshold_table == DEVICE_TABLE
+    # Read once, when the settings are made: a later change to the file does not change a running agent.
+    _write_table(tmp_path / "kernel_thresholds.json", {"linear": (), "conv": ()})
+    assert from_flag.kernel_threshold_table == DEVICE_TABLE
+    assert "kernel_threshold_table" not in from_flag.redacted()  # the settings dict stays flat
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (None, "does not exist"),
+    ("{not json", "not valid JSON"),
+    ("", "not valid JSON"),
+    ("[1, 2]", "must be a JSON object"),
+    ('{"version": 7}', "version 7 is not supported"),
+    ('{"linear": {"max_density": 0.3}}', "'linear' must be a list of tiers"),
+    ('{"conv": [{"max_density": 0.3, "min_weights": 0, "extra": 1}]}', "conv[0] must be an object with exactly"),
+    ('{"linear": [{"max_density": 1.5, "min_weights": 0}]}', "linear[0].max_density must be a number in [0, 1]"),
+    ('{"linear": [{"max_density": 0.3, "min_weights": -5}]}', "linear[0].min_weights must be an integer >= 0"),
+    (b"\xff\xfe\x00bad", "cannot read"),
+])
+def test_bad_kernel_thresholds_files_name_the_file_and_the_problem(tmp_path, content, problem) -> None:
+    path = tmp_path / "thresholds.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    for make in (lambda: load_settings({"device_id": "d", "kernel_thresholds": str(path)}, environ={}),
+                 lambda: load_settings({"device_id": "d"}, environ={"FEDDST_KERNEL_THRESHOLDS": str(path)}),
+                 lambda: read_kernel_thresholds(path)):
+        with pytest.raises(AgentConfigError) as err:
+            make()
+        message = str(err.value)
+        assert message.startswith("--kernel-thresholds: ") and str(path) in message and problem in message
+        assert "bench/sparse_kernels.py --calibrate --write-thresholds" in message  # how to make a good one
+
+
+def test_kernel_thresholds_directory_is_refused(tmp_path) -> None:
+    with pytest.raises(AgentConfigError, match=f"--kernel-thresholds: {tmp_path} is not a file"):
+        AgentSettings(device_id="d", kernel_thresholds=str(tmp_path))
+
+
+def test_the_file_the_bench_writes_is_what_the_agent_reads(tmp_path) -> None:
+    from bench.sparse_kernels import write_thresholds
+
+    rows = [{"kind": kind, "weights": n, "density": d, "time_ratio": r}
+            for kind, n, ratios in (("linear", 256_000, (0.5, 0.6, 0.7, 0.8, 0.95)),
+                                    ("linear", 5120, (1.6,) * 5), ("conv", 5000, (0.3, 0.4, 0.5, 0.7, 1.0)))
+            for d, r in zip((0.05, 0.1, 0.2, 0.3, 0.5), ratios, strict=True)]
+    path = tmp_path / "etc" / "kernel_thresholds.json"
+    lines: list[str] = []
+    write_thresholds(rows, path, lines.append)
+    assert f"--kernel-thresholds {path}" in lines[-1]
+    info = read_kernel_thresholds(path)
+    assert info.table == thresholds_from_calibration(
+        [CalibrationPoint(r["kind"], r["weights"], r["density"], r["time_ratio"]) for r in rows])
+    assert info.table == {"linear": (SparseThreshold(0.3, 256_000),), "conv": (SparseThreshold(0.3, 5000),)}
+    assert info.measured_on["machine"] == platform.machine()
+    assert kernel_thresholds_warnings(info, native.available(), platform.machine()) == []  # made here, for here
+
+
+def test_kernel_thresholds_from_another_device_are_flagged(tmp_path) -> None:
+    note = {"machine": "x86_64", "native_kernels": "loaded _feddst_kernels.so"}
+    info = read_kernel_thresholds(_write_table(tmp_path / "t.json", measured_on=note))
+    assert kernel_thresholds_warnings(info, True, "x86_64") == []
+    [other_cpu] = kernel_thresholds_warnings(info, True, "aarch64")
+    assert "measured on x86_64, this device is aarch64" in other_cpu and str(tmp_path / "t.json") in other_cpu
+    [no_native] = kernel_thresholds_warnings(info, False, "x86_64")
+    assert "measured with the native kernels" in no_native and "runs without them" in no_native
+    torch_only = read_kernel_thresholds(_write_table(tmp_path / "u.json", measured_on={"native_kernels": "not built"}))
+    [fallback] = kernel_thresholds_warnings(torch_only, True, "x86_64")
+    assert "measured without the native kernels (not built)" in fallback
+    two = read_kernel_thresholds(_write_table(tmp_path / "v.json", measured_on={"threads": 2}))
+    assert kernel_thresholds_warnings(two, True, "x86_64", threads=2) == []
+    [threads] = kernel_thresholds_warnings(two, True, "x86_64", threads=1)
+    assert "measured with 2 thread(s), this agent trains with 1" in threads and "--threads 1" in threads
+    assert kernel_thresholds_warnings(read_kernel_thresholds(_write_table(tmp_path / "v.json")), False, "z") == []
+
+
+@pytest.mark.parametrize("kernels", ["auto", "dense"])
+def test_start_up_logs_the_table_in_use(tmp_path, caplog, kernels) -> None:
+    path = _write_table(tmp_path / "kernel_thresholds.json", measured_on={"machine": platform.machine(),
+                                                                         "date": "2026-01-02"})
+    settings = AgentSettings(device_id="d", broker="mqtt://127.0.0.1:1", kernels=kernels, kernel_thresholds=path)
+    stop = threading.Event()
+    stop.set()
+    with caplog.at_level(logging.INFO, logger="feddst.agent"):
+        EdgeAgent(settings, load_local_data(settings)).run(stop)
+    if kernels == "auto":
+        assert (f"kernel thresholds: {path} (measured on {platform.machine()}, 2026-01-02): linear: sparse at "
+                "density <= 0.3 if >= 100000 weights; conv: sparse at density <= 0.2 if >= 1000 weights"
+                in caplog.text)
+    else:
+        assert f"--kernel-thresholds {path} is unused: it only applies to --kernels auto, not dense" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="feddst.agent"):
+        builtin = AgentSettings(device_id="d", broker="mqtt://127.0.0.1:1")
+        EdgeAgent(builtin, load_local_data(builtin)).run(stop)
+    assert "kernel thresholds: built in (" in caplog.text
+
+
+def test_the_table_reaches_the_trainer(tmp_path, monkeypatch) -> None:
+    import edge_agent.local_training as local_training
+
+    seen: list[object] = []
+    real = local_training.make_local_trainer
+
+    def spy(spec, config, kernels="dense", thresholds=None):  # type: ignore[no-untyped-def]
+        seen.append((kernels, thresholds))
+        return real(spec, config, kernels, thresholds)
+
+    monkeypatch.setattr(local_training, "make_local_trainer", spy)
+    path = _write_table(tmp_path / "kernel_thresholds.json")
+    settings = AgentSettings(device_id="dev-003", broker="mqtt://127.0.0.1:1", partition="3/8",
+                             kernel_thresholds=path)
+    agent = EdgeAgent(settings, load_local_data(settings))
+    params, masks = global_model()
+    task = make_task()
+    agent._train(task, model_broadcast(task.run_id, task.model_round, params, masks))
+    done = agent.events.get_nowait()
+    assert done.error is None and done.update is not None and done.update.sample_count == 40
+    assert seen == [("auto", DEVICE_TABLE)]

@@ -135,3 +135,97 @@ def test_npz_colour_images_train_the_cifar10_cnn(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["rounds"][0]["round"] == 1 and report["total_upload_bytes"] > 0
+
+
+def _flat(output):
+    """CLI output with rich's box borders and line wrapping removed."""
+    return " ".join(output.replace("│", " ").split())
+
+
+def _write_table(path, linear=((1.0, 0),), conv=((1.0, 0),)):
+    from feddst_core.sparse import SparseThreshold, thresholds_to_dict
+
+    table = {"linear": tuple(SparseThreshold(d, n) for d, n in linear),
+             "conv": tuple(SparseThreshold(d, n) for d, n in conv)}
+    path.write_text(json.dumps(thresholds_to_dict(table) | {"measured_on": {"machine": "aarch64"}}))
+    return table
+
+
+def test_kernel_thresholds_reach_the_trainer_and_the_report(tmp_path, monkeypatch):
+    import simulator.engine as engine
+
+    table = _write_table(tmp_path / "pi.json", linear=((0.3, 100),), conv=())
+    seen = []
+    real = engine.make_local_trainer
+
+    def spy(spec, config, kernels="dense", thresholds=None):
+        seen.append((kernels, thresholds))
+        return real(spec, config, kernels, thresholds)
+
+    monkeypatch.setattr(engine, "make_local_trainer", spy)
+    result = run([*SMALL, "--rounds", "2", "--out", str(tmp_path / "o"), "--kernels", "auto",
+                  "--kernel-thresholds", str(tmp_path / "pi.json")])
+    assert result.exit_code == 0, result.output
+    assert seen and all(s == ("auto", table) for s in seen)
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert set(report) == {"algorithm", "config", "rounds", "final_accuracy", "total_upload_bytes",
+                           "total_download_bytes"}
+    assert report["config"]["kernel_thresholds"] == str(tmp_path / "pi.json")
+    assert report["config"]["kernels"] == "auto"
+
+    seen.clear()
+    assert run([*SMALL, "--rounds", "1", "--out", str(tmp_path / "d"), "--kernels", "auto"]).exit_code == 0
+    assert seen and all(s == ("auto", None) for s in seen)  # no flag: the built-in table
+    assert json.loads((tmp_path / "d" / "report.json").read_text())["config"]["kernel_thresholds"] is None
+
+
+def test_kernel_thresholds_config_reads_the_file_once(tmp_path):
+    from simulator.config import SimulationConfig
+
+    path = tmp_path / "t.json"
+    table = _write_table(path)
+    config = SimulationConfig(dataset="digits", kernels="auto", kernel_thresholds=str(path))
+    assert config.kernel_threshold_table == table
+    path.write_text("{}")
+    assert config.kernel_threshold_table == table
+    assert "kernel_threshold_table" not in config.to_json()
+    assert SimulationConfig(dataset="digits").kernel_threshold_table is None
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (None, "does not exist"),
+    ("not json", "not valid JSON"),
+    ('{"conv": [{"max_density": 2, "min_weights": 0}]}', "conv[0].max_density must be a number in [0, 1], got 2"),
+    ('{"version": 3}', "version 3 is not supported"),
+])
+def test_bad_kernel_thresholds_give_clear_errors(tmp_path, content, problem):
+    from simulator.config import SimulationConfig
+
+    path = tmp_path / "t.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValueError, match="--kernel-thresholds: ") as err:
+        SimulationConfig(dataset="digits", kernels="auto", kernel_thresholds=str(path))
+    assert str(path) in str(err.value) and problem in str(err.value)
+    result = runner.invoke(app, ["simulate", *SMALL, "--out", str(tmp_path / "x"), "--kernels", "auto",
+                                 "--kernel-thresholds", str(path)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    text = _flat(result.output)
+    assert f"--kernel-thresholds: {path}" in text and problem in text
+    assert not (tmp_path / "x" / "report.json").exists()
+
+
+def test_kernel_thresholds_without_auto_are_noted_as_unused(tmp_path):
+    _write_table(tmp_path / "t.json")
+    result = run([*SMALL, "--rounds", "1", "--out", str(tmp_path / "o"), "--kernel-thresholds",
+                  str(tmp_path / "t.json")])
+    assert result.exit_code == 0, result.output
+    assert "is unused with --kernels dense" in result.output
+
+
+def test_help_explains_kernel_thresholds():
+    result = runner.invoke(app, ["simulate", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = _flat(result.output)
+    assert "--kernel-thresholds" in text
+    assert "python bench/sparse_kernels.py --calibrate --write-thresholds FILE" in text
