@@ -3,8 +3,9 @@
 Part 1 (overhead): per-round wall time of a live run with 20 agent processes (``feddst agent run``,
 one torch thread each, holding partitions 0..19 of the paper's MNIST setting: 400 clients x 2
 classes x 20 images, 10 local epochs, FedDST S=0.8), every agent training every round, over a
-local mosquitto; versus ``Simulation(..., client_batching=False)`` on the same config (the same
-per-client training path), printed as ``overhead_ratio`` = live / simulated (target <= 1.15).
+local mosquitto; versus ``Simulation(..., client_batching=False)`` on the same config with the same
+``--kernels`` (default auto, the agents' own default): the same per-client training path. Printed as
+``overhead_ratio`` = live / simulated (target <= 1.15).
 
 Part 2 (scale): 1000 protocol-level fake agents (no training; one MQTT connection each, spread
 over a few processes; one model receiver per process) through mosquitto on loopback, each
@@ -74,7 +75,7 @@ def paper_config(rounds: int) -> dict:
                 seed=0)
 
 
-def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int) -> float:
+def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels: str) -> float:
     from cloud.run_config import RunConfig
 
     broker = start_mosquitto(workdir / "mosquitto")
@@ -86,7 +87,8 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int) -> floa
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "feddst_cli.main", "agent", "run", "--broker", broker.url, "--device-id",
                  f"dev-{i:03d}", "--dataset", "mnist", "--data-dir", data_dir, "--partition", f"{i}/400",
-                 "--seed", "0", "--threads", "1", "--heartbeat-s", "2", "--log-level", "warning"],
+                 "--seed", "0", "--threads", "1", "--heartbeat-s", "2", "--log-level", "warning",
+                 "--kernels", kernels],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT))
         wait_until(lambda: len(coordinator.registry.online_ids()) == agents, 180, "agents online")
         cfg = paper_config(rounds)
@@ -112,13 +114,13 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int) -> floa
         broker.stop()
 
 
-def measure_simulated(rounds: int, data_dir: str) -> float:
+def measure_simulated(rounds: int, data_dir: str, kernels: str) -> float:
     from simulator.config import SimulationConfig
     from simulator.engine import Simulation
 
     cfg = paper_config(rounds)
     sim = Simulation(SimulationConfig(dataset="mnist", data_dir=data_dir, clients=400, eval_every=10 ** 6,
-                                      readjust_until=rounds, client_batching=False, **cfg))
+                                      readjust_until=rounds, client_batching=False, kernels=kernels, **cfg))
     t0 = time.perf_counter()
     for _ in sim.run_rounds():
         pass
@@ -273,6 +275,8 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=20, help="live agents (paper: 20 clients per round)")
     parser.add_argument("--scale-agents", type=int, default=1000, help="fake agents of the scale test")
     parser.add_argument("--data-dir", default=MNIST_DIR, help="MNIST IDX directory")
+    parser.add_argument("--kernels", default="auto", choices=("auto", "sparse", "dense"),
+                        help="local training kernels on BOTH sides (agents' default is auto)")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -284,10 +288,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="feddst-bench-") as tmp:
         work = Path(tmp)
         if not args.skip_overhead:
-            log(f"simulating {args.rounds} rounds (client batching off, {torch.get_num_threads()} torch threads)...")
-            sim_s = measure_simulated(args.rounds, args.data_dir)
-            log(f"live run: {args.agents} agents x {args.rounds} rounds over mosquitto...")
-            live_s = measure_live(args.rounds, args.data_dir, work, args.agents)
+            log(f"simulating {args.rounds} rounds (client batching off, {torch.get_num_threads()} torch threads, "
+                f"--kernels {args.kernels})...")
+            sim_s = measure_simulated(args.rounds, args.data_dir, args.kernels)
+            log(f"live run: {args.agents} agents x {args.rounds} rounds over mosquitto (--kernels {args.kernels})...")
+            live_s = measure_live(args.rounds, args.data_dir, work, args.agents, args.kernels)
             result.update(live_round_s=live_s, simulated_round_s=sim_s, overhead_ratio=live_s / sim_s)
         if not args.skip_scale:
             log(f"scale: one round with {args.scale_agents} fake agents through mosquitto...")

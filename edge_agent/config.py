@@ -33,6 +33,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 MQTT_PROTOCOLS = ("auto", "5", "3.1.1")
 MIN_KEY_BYTES = 16
 ThresholdTable = dict[str, tuple[SparseThreshold, ...]]
+CPU_POLICIES = ("batch", "normal")
 MAKE_THRESHOLDS = "python bench/sparse_kernels.py --calibrate --write-thresholds FILE"
 
 
@@ -95,6 +96,7 @@ class AgentSettings:
     threads: int = 1  # torch intra-op threads
     kernels: str = "auto"  # local training kernels: auto (sparse where faster), sparse, dense
     kernel_thresholds: str | None = None  # this device's auto-policy table (JSON); default: the built-in one
+    cpu_policy: str = "batch"  # Linux scheduling: batch (SCHED_BATCH, training yields to interactive work) | normal
     heartbeat_s: float = 5.0
     max_packet: int = 128 * 1024  # largest MQTT payload this agent publishes (updates are chunked)
     max_message_bytes: int = 64 * 1024 * 1024  # larger inbound messages are dropped
@@ -123,6 +125,7 @@ class AgentSettings:
         check(self.seed >= 0, "seed", "must be >= 0")
         check(self.threads >= 1, "threads", "must be >= 1")
         check(self.kernels in KERNEL_CHOICES, "kernels", "choose one of " + ", ".join(KERNEL_CHOICES))
+        check(self.cpu_policy in CPU_POLICIES, "cpu_policy", "choose one of " + ", ".join(CPU_POLICIES))
         self.kernel_thresholds_file  # noqa: B018 - reads and validates the file, once
         check(self.heartbeat_s > 0, "heartbeat_s", "must be > 0 seconds")
         check(self.max_packet >= 1024, "max_packet", "must be at least 1024 bytes")

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from feddst_cli.choices import KernelChoice, PartitionKind
+from feddst_cli.choices import CpuPolicy, KernelChoice, PartitionKind
 
 BROKER = "Broker and identity"
 DATA = "Local data"
@@ -135,6 +135,11 @@ def run(
                                                   "--kernels sparse or dense. Env: FEDDST_KERNEL_THRESHOLDS. "
                                                   "Default: the built-in table (measured on x86-64).",
                                                   rich_help_panel=RUNTIME),
+    cpu_policy: CpuPolicy | None = typer.Option(None, help="Linux scheduling of the agent: batch (SCHED_BATCH: "
+                                                "training is treated as CPU-bound background work that does not "
+                                                "preempt the device's interactive tasks, and is preempted less "
+                                                "itself) or normal. Env: FEDDST_CPU_POLICY. Default: batch.",
+                                                rich_help_panel=RUNTIME),
     heartbeat_s: float | None = typer.Option(None, help="Seconds between status heartbeats. Default: 5.",
                                              rich_help_panel=RUNTIME),
     max_packet: int | None = typer.Option(None, help="Largest MQTT payload sent, in bytes; bigger updates are "
@@ -157,7 +162,7 @@ def run(
         "dataset": dataset, "data_dir": data_dir, "label_column": label_column, "partition": partition,
         "partition_kind": partition_kind, "classes_per_client": classes_per_client,
         "samples_per_class": samples_per_class, "beta": beta, "seed": seed, "threads": threads,
-        "kernels": kernels, "kernel_thresholds": kernel_thresholds,
+        "kernels": kernels, "kernel_thresholds": kernel_thresholds, "cpu_policy": cpu_policy,
         "heartbeat_s": heartbeat_s, "max_packet": max_packet, "max_message_bytes": max_message_bytes,
         "ack_timeout_s": ack_timeout_s, "log_level": log_level,
     }.items()}
@@ -188,7 +193,11 @@ def run_agent(settings: Any, key: bytes | None, coordinator_key: bytes | None) -
 
     from edge_agent.agent import EdgeAgent
     from edge_agent.data import LocalDataError, load_local_data
+    from edge_agent.scheduling import apply_cpu_policy
 
+    # Before any thread exists: threads started later (MQTT, training, OpenMP workers) inherit the policy.
+    policy = apply_cpu_policy(settings.cpu_policy)
+    logging.getLogger("feddst.agent").info("CPU scheduling: %s", policy)
     torch.set_num_threads(settings.threads)
     try:
         data = load_local_data(settings)

@@ -13,6 +13,13 @@ class PartitionKind(StrEnum):
     iid = "iid"
 
 
+class CpuPolicy(StrEnum):
+    """Linux scheduling policy of the agent's threads (``edge_agent.scheduling``)."""
+
+    batch = "batch"
+    normal = "normal"
+
+
 class KernelChoice(StrEnum):
     """Local training kernels (``feddst_core.sparse.KERNEL_CHOICES``)."""
 
