@@ -26,10 +26,9 @@ _LIB_STEM = "_feddst_kernels"
 _lib: ctypes.CDLL | None = None
 _status = "not loaded yet"
 
-_f32p = ctypes.POINTER(ctypes.c_float)
-_i32p = ctypes.POINTER(ctypes.c_int32)
-_u8p = ctypes.POINTER(ctypes.c_uint8)
-_i16p = ctypes.POINTER(ctypes.c_int16)
+# Pointers travel as plain addresses (c_void_p, from Tensor.data_ptr()): a ctypes.cast per argument would
+# cost more than a small kernel. The C prototypes give the element types; the wrappers check the dtypes.
+_f32p = _i32p = _u8p = _i16p = ctypes.c_void_p
 _int = ctypes.c_int
 _long = ctypes.c_long
 
@@ -97,8 +96,9 @@ def _require() -> ctypes.CDLL:
     return _lib
 
 
-def _ptr(t: torch.Tensor, kind=_f32p):
-    return ctypes.cast(t.data_ptr(), kind)
+def _ptr(t: torch.Tensor, kind: object = None) -> int:
+    """The tensor's data address (``kind`` documents the C element type at the call site)."""
+    return t.data_ptr()
 
 
 def _check(name: str, t: torch.Tensor, dtype: torch.dtype, dim: int | None = None) -> None:
@@ -131,9 +131,19 @@ def _check_index(name: str, t: torch.Tensor, upper: int) -> None:
     _checked[id(t)] = (weakref.ref(t), t._version, upper)
 
 
+# Whole patterns already checked, keyed by id(crow): (weakref crow, its _version, weakref index, its
+# _version, rows, cols, nnz). A step calls the kernels with the same pattern tensors a dozen times.
+_checked_csr: dict[int, tuple[weakref.ref, int, weakref.ref, int, int, int, int]] = {}
+
+
 def _check_csr(crow: torch.Tensor, index: torch.Tensor, rows: int, cols: int) -> int:
     """A well-formed CSR pattern of a (rows, cols) matrix: crow int32 (rows + 1,) from 0, never decreasing;
-    index (int32, or int16 where allowed by the caller) (nnz,) in [0, cols). Returns nnz."""
+    index (int32, or int16 where allowed by the caller) (nnz,) in [0, cols). Returns nnz.
+    O(nnz) the first time a pattern is seen, O(1) for the same unmodified tensors afterwards."""
+    hit = _checked_csr.get(id(crow))
+    if (hit is not None and hit[0]() is crow and hit[1] == crow._version and hit[2]() is index
+            and hit[3] == index._version and hit[4] == rows and hit[5] == cols):
+        return hit[6]
     _check("crow", crow, torch.int32, 1)
     if index.dtype not in (torch.int32, torch.int16):
         raise ValueError(f"CSR column index must be int32 or int16, got {index.dtype}")
@@ -142,12 +152,14 @@ def _check_csr(crow: torch.Tensor, index: torch.Tensor, rows: int, cols: int) ->
         raise ValueError(f"crow has {crow.shape[0]} entries for a matrix of {rows} rows (needs {rows + 1})")
     if int(crow[0]) != 0 or int(crow[-1]) != index.shape[0]:
         raise ValueError(f"crow must run from 0 to nnz = {index.shape[0]}, got {int(crow[0])}..{int(crow[-1])}")
-    hit = _checked.get(id(crow))
-    if not (hit is not None and hit[0]() is crow and hit[1] == crow._version and hit[2] == -1):
-        if rows and bool((crow[1:] < crow[:-1]).any()):
-            raise ValueError("crow must never decrease")
-        _checked[id(crow)] = (weakref.ref(crow), crow._version, -1)
+    if rows and bool((crow[1:] < crow[:-1]).any()):
+        raise ValueError("crow must never decrease")
     _check_index("CSR column index", index, cols)
+    if len(_checked_csr) > 256:  # drop entries whose tensors are gone
+        for key in [k for k, v in _checked_csr.items() if v[0]() is None]:
+            del _checked_csr[key]
+    _checked_csr[id(crow)] = (weakref.ref(crow), crow._version, weakref.ref(index), index._version, rows, cols,
+                              index.shape[0])
     return index.shape[0]
 
 
