@@ -188,14 +188,20 @@ def forward(spec: ModelSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor
     nchw = k == 1 and native.available()
     act = act.contiguous(memory_format=torch.contiguous_format if nchw else torch.channels_last)
     flat: torch.Tensor | None = None  # (K, B, F) once flattened
-    for layer in spec.layers:
+    layers = spec.layers
+    fused_relu = False  # the previous MaxPool already applied this ReLU (one pass instead of two)
+    for i, layer in enumerate(layers):
+        if fused_relu:
+            fused_relu = False
+            continue
         if isinstance(layer, Conv):
             weight = params[f"{layer.name}.weight"]  # (K, out, in, kh, kw)
             bias = params[f"{layer.name}.bias"]  # (K, out)
             act = F.conv2d(act, weight.reshape(k * layer.out_channels, *weight.shape[2:]),
                            bias.reshape(-1), groups=k)  # (B, K*out, H', W')
         elif isinstance(layer, MaxPool):
-            act = max_pool2d(act, layer.kernel, layer.stride)  # native kernel for NCHW, torch's otherwise
+            fused_relu = i + 1 < len(layers) and isinstance(layers[i + 1], ReLU)
+            act = max_pool2d(act, layer.kernel, layer.stride, relu=fused_relu)  # native for NCHW, else torch
         elif isinstance(layer, ReLU):
             if flat is None:
                 act = F.relu(act)

@@ -16,8 +16,8 @@ from feddst_core import native
 
 class _NativeMaxPool2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-        y, arg = native.max_pool2d_forward(x, kernel, stride)
+    def forward(ctx, x: torch.Tensor, kernel: int, stride: int, relu: bool) -> torch.Tensor:
+        y, arg = native.max_pool2d_forward(x, kernel, stride, relu)
         ctx.save_for_backward(arg)
         ctx.geometry = (tuple(x.shape[-2:]), kernel, stride)
         return y
@@ -26,7 +26,7 @@ class _NativeMaxPool2d(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         (arg,) = ctx.saved_tensors
         input_hw, kernel, stride = ctx.geometry
-        return native.max_pool2d_backward(grad_out.contiguous(), arg, input_hw, kernel, stride), None, None
+        return native.max_pool2d_backward(grad_out.contiguous(), arg, input_hw, kernel, stride), None, None, None
 
 
 def native_pooling_applies(x: torch.Tensor, kernel: int) -> bool:
@@ -35,12 +35,14 @@ def native_pooling_applies(x: torch.Tensor, kernel: int) -> bool:
             and kernel <= 15)
 
 
-def max_pool2d(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """Max-pool x (B, C, H, W) with a square window, no padding -> (B, C, (H-k)//s + 1, (W-k)//s + 1).
+def max_pool2d(x: torch.Tensor, kernel: int, stride: int, relu: bool = False) -> torch.Tensor:
+    """Max-pool x (B, C, H, W) with a square window, no padding -> (B, C, (H-k)//s + 1, (W-k)//s + 1);
+    ``relu=True`` applies a following ReLU in the same pass (the paper CNNs' pool -> ReLU).
 
     Native kernel for contiguous (NCHW) float32 CPU input when available; torch's otherwise
     (e.g. channels-last input, where oneDNN's pooling is the fast one).
     """
     if native_pooling_applies(x, kernel):
-        return _NativeMaxPool2d.apply(x, kernel, stride)
-    return F.max_pool2d(x, kernel, stride)
+        return _NativeMaxPool2d.apply(x, kernel, stride, relu)
+    y = F.max_pool2d(x, kernel, stride)
+    return F.relu(y) if relu else y

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 _LIB_STEM = "_feddst_kernels"
 
 _lib: ctypes.CDLL | None = None
@@ -39,7 +39,7 @@ _SIGNATURES = {
                                      _f32p, _int],
     "feddst_csr_matmul": [_i32p, _i32p, _i16p, _f32p, _i32p, _f32p, _int, _f32p, _int, _f32p, _int],
     "feddst_csr_sddmm": [_i32p, _i32p, _int, _f32p, _f32p, _int, _f32p, _f32p, _int],
-    "feddst_maxpool_forward": [_f32p, _long, _int, _int, _int, _int, _f32p, _u8p, _int],
+    "feddst_maxpool_forward": [_f32p, _long, _int, _int, _int, _int, _int, _f32p, _u8p, _int],
     "feddst_maxpool_backward": [_f32p, _u8p, _long, _int, _int, _int, _int, _f32p, _int],
 }
 
@@ -292,8 +292,15 @@ def csr_sddmm(crow: torch.Tensor, col: torch.Tensor, left: torch.Tensor, right_t
     return grad, grad_bias
 
 
-def max_pool2d_forward(x: torch.Tensor, kernel: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max-pool x (..., H, W) without padding -> (values (..., Ho, Wo), argmax uint8 offsets kh*k + kw)."""
+POOL_CLIPPED = 255  # argmax of an output the fused ReLU set to 0: no gradient flows back through it
+
+
+def max_pool2d_forward(x: torch.Tensor, kernel: int, stride: int,
+                       relu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max-pool x (..., H, W) without padding -> (values (..., Ho, Wo), argmax uint8 offsets kh*k + kw).
+
+    relu: also apply a following ReLU (outputs <= 0 become 0, their argmax ``POOL_CLIPPED``).
+    """
     lib = _require()
     _check("x", x, torch.float32)
     if x.dim() < 2 or not 1 <= kernel <= 15 or stride < 1:
@@ -305,7 +312,8 @@ def max_pool2d_forward(x: torch.Tensor, kernel: int, stride: int) -> tuple[torch
     n = x.numel() // (h * w)
     y = torch.empty(*x.shape[:-2], ho, wo)
     arg = torch.empty(*x.shape[:-2], ho, wo, dtype=torch.uint8)
-    _run(lib.feddst_maxpool_forward, _ptr(x), n, h, w, kernel, stride, _ptr(y), _ptr(arg, _u8p), _threads())
+    _run(lib.feddst_maxpool_forward, _ptr(x), n, h, w, kernel, stride, int(relu), _ptr(y), _ptr(arg, _u8p),
+         _threads())
     return y, arg
 
 
@@ -323,8 +331,8 @@ def max_pool2d_backward(grad_out: torch.Tensor, arg: torch.Tensor, input_hw: tup
     if h < kernel or w < kernel or ((h - kernel) // stride + 1, (w - kernel) // stride + 1) != grad_out.shape[-2:]:
         raise ValueError(f"grad_out {tuple(grad_out.shape)} is not the pooled shape of an input {input_hw} "
                          f"with kernel {kernel}, stride {stride}")
-    if arg.numel() and int(arg.max()) >= kernel * kernel:
-        raise ValueError(f"argmax offsets must be < kernel * kernel = {kernel * kernel}")
+    if arg.numel() and bool(((arg >= kernel * kernel) & (arg != POOL_CLIPPED)).any()):
+        raise ValueError(f"argmax offsets must be < kernel * kernel = {kernel * kernel} (or {POOL_CLIPPED})")
     n = grad_out.numel() // (grad_out.shape[-2] * grad_out.shape[-1])
     gx = torch.empty(*grad_out.shape[:-2], h, w)
     _run(lib.feddst_maxpool_backward, _ptr(grad_out), _ptr(arg, _u8p), n, h, w, kernel, stride, _ptr(gx), _threads())

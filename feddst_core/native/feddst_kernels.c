@@ -42,7 +42,7 @@ static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
 static inline v8 splat8(float w) { return (v8){w, w, w, w, w, w, w, w}; }
 
-int feddst_abi_version(void) { return 3; }
+int feddst_abi_version(void) { return 4; }
 
 /* Every entry point returns FEDDST_OK, or FEDDST_ENOMEM when a scratch allocation failed (outputs are
  * then incomplete: the Python wrapper raises MemoryError and drops them). */
@@ -331,7 +331,9 @@ typedef uint8_t v8u8 __attribute__((vector_size(8)));
 /* One output row of a stride-1 max-pool: yr[q], ar[q] for q < Wo from the input rows starting at x0.
  * Blocks of 8 outputs stay in registers across the K*K window offsets; the last block overlaps the one
  * before it when Wo is not a multiple of 8 (recomputing the same outputs), so there is no scalar tail. */
-static inline void maxpool_row_s1(const float *x0, int W, int K, int Wo, float *yr, uint8_t *ar) {
+#define POOL_CLIPPED 255 /* argmax sentinel: the fused ReLU zeroed this output, no gradient flows */
+
+static inline void maxpool_row_s1(const float *x0, int W, int K, int Wo, int relu, float *yr, uint8_t *ar) {
     if (Wo < 8) {
         for (int q = 0; q < Wo; q++) {
             float mv = x0[q];
@@ -344,6 +346,10 @@ static inline void maxpool_row_s1(const float *x0, int W, int K, int Wo, float *
                         av = kh * K + kw;
                     }
                 }
+            if (relu && mv <= 0.0f) { /* ReLU (NaN passes, as torch.relu) */
+                mv = 0.0f;
+                av = POOL_CLIPPED;
+            }
             yr[q] = mv;
             ar[q] = (uint8_t)av;
         }
@@ -361,6 +367,12 @@ static inline void maxpool_row_s1(const float *x0, int W, int K, int Wo, float *
                 vm = (v8)(((v8i)v & take) | ((v8i)vm & ~take));
                 va = ((v8i){d, d, d, d, d, d, d, d} & take) | (va & ~take);
             }
+        if (relu) {
+            const v8i clip = vm <= splat8(0.0f);
+            vm = (v8)((v8i)vm & ~clip);
+            va = ((v8i){POOL_CLIPPED, POOL_CLIPPED, POOL_CLIPPED, POOL_CLIPPED, POOL_CLIPPED, POOL_CLIPPED,
+                        POOL_CLIPPED, POOL_CLIPPED} & clip) | (va & ~clip);
+        }
         store8(yr + q, vm);
         const v8u8 bytes = __builtin_convertvector(va, v8u8);
         memcpy(ar + q, &bytes, sizeof bytes);
@@ -370,9 +382,10 @@ static inline void maxpool_row_s1(const float *x0, int W, int K, int Wo, float *
 /* Max-pooling over N planes (H, W) with a K x K window and stride S, no padding:
  * y (N, Ho, Wo), arg (N, Ho, Wo) uint8 = kh*K + kw of the window's maximum (the first in row-major
  * window order; NaN wins, the last NaN as in torch). Ho = (H-K)/S + 1. K <= 15.
- * Stride 1 (the paper CNNs' pools) uses the padded-row layout of the convolutions. */
+ * relu != 0 fuses a following ReLU: outputs <= 0 become 0 with arg = POOL_CLIPPED (no gradient).
+ * Stride 1 (the paper CNNs' pools) keeps blocks of 8 outputs in registers. */
 FEDDST_CLONES
-int feddst_maxpool_forward(const float *x, long N, int H, int W, int K, int S, float *y, uint8_t *arg,
+int feddst_maxpool_forward(const float *x, long N, int H, int W, int K, int S, int relu, float *y, uint8_t *arg,
                             int nthreads) {
     const int Ho = (H - K) / S + 1, Wo = (W - K) / S + 1;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
@@ -380,7 +393,8 @@ int feddst_maxpool_forward(const float *x, long N, int H, int W, int K, int S, f
             const float *xp = x + n * H * W;
             if (S == 1) {
                 for (int r = 0; r < Ho; r++)
-                    maxpool_row_s1(xp + (long)r * W, W, K, Wo, y + (n * Ho + r) * Wo, arg + (n * Ho + r) * Wo);
+                    maxpool_row_s1(xp + (long)r * W, W, K, Wo, relu, y + (n * Ho + r) * Wo,
+                                   arg + (n * Ho + r) * Wo);
                 continue;
             }
             for (int r = 0; r < Ho; r++) { /* general stride: one output row at a time */
@@ -396,6 +410,10 @@ int feddst_maxpool_forward(const float *x, long N, int H, int W, int K, int S, f
                                 av = kh * K + kw;
                             }
                         }
+                    if (relu && mv <= 0.0f) {
+                        mv = 0.0f;
+                        av = POOL_CLIPPED;
+                    }
                     y[(n * Ho + r) * Wo + q] = mv;
                     arg[(n * Ho + r) * Wo + q] = (uint8_t)av;
                 }
@@ -404,7 +422,8 @@ int feddst_maxpool_forward(const float *x, long N, int H, int W, int K, int S, f
     return FEDDST_OK;
 }
 
-/* gx (N, H, W) = each window's gradient added at its argmax.
+/* gx (N, H, W) = each window's gradient added at its argmax (none for POOL_CLIPPED outputs: the window
+ * offsets d compared against are < K*K <= 225).
  * Stride 1: as a gather, vectorised: gx[i] = sum over window offsets d of gy[i - d] where arg == d
  * (gy and arg laid out at stride W behind (K-1)*(W+1) zeros); sums in (kh, kw) order. */
 FEDDST_CLONES
@@ -433,6 +452,7 @@ int feddst_maxpool_backward(const float *gy, const uint8_t *arg, long N, int H, 
                 for (int r = 0; r < Ho; r++)
                     for (int q = 0; q < Wo; q++) {
                         const int d = ap[r * Wo + q];
+                        if (d == POOL_CLIPPED) continue;
                         gp[(r * S + d / K) * W + q * S + d % K] += gyp[r * Wo + q];
                     }
                 continue;

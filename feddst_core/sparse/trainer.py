@@ -38,11 +38,17 @@ def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns:
     act = x.contiguous()  # (B, C, H, W)
     layers = list(spec.layers)
     for i in range(len(layers) - 1):
-        if isinstance(layers[i], ReLU) and isinstance(layers[i + 1], Flatten):
+        if (isinstance(layers[i], ReLU) and isinstance(layers[i + 1], Flatten)
+                and not (i > 0 and isinstance(layers[i - 1], MaxPool))):
             # ReLU, Flatten -> Flatten, ReLU (elementwise, the same values): the flattened copy is then
             # the one tensor both the ReLU and the next Linear keep for backward, not two copies.
+            # (A ReLU right after a MaxPool is fused into the pool instead: no ReLU pass at all.)
             layers[i], layers[i + 1] = layers[i + 1], layers[i]
-    for layer in layers:
+    fused_relu = False  # the previous MaxPool already applied this ReLU
+    for i, layer in enumerate(layers):
+        if fused_relu:
+            fused_relu = False
+            continue
         if isinstance(layer, Conv):
             weight, bias = leaves[f"{layer.name}.weight"], leaves[f"{layer.name}.bias"]
             pattern = patterns.get(f"{layer.name}.weight")
@@ -51,7 +57,8 @@ def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns:
             else:
                 act = sparse_conv2d(act, weight, bias, pattern)  # (B, out, H', W')
         elif isinstance(layer, MaxPool):
-            act = max_pool2d(act, layer.kernel, layer.stride)
+            fused_relu = i + 1 < len(layers) and isinstance(layers[i + 1], ReLU)
+            act = max_pool2d(act, layer.kernel, layer.stride, relu=fused_relu)
         elif isinstance(layer, ReLU):
             act = F.relu(act)
         elif isinstance(layer, Flatten):

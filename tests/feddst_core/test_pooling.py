@@ -105,3 +105,23 @@ def test_float64_goes_through_torch(kernel: int, stride: int) -> None:
     y_ref, gx_ref, _ = _pool_and_grad(F.max_pool2d, x, kernel, stride, grad_out)
     assert torch.equal(y, y_ref)
     torch.testing.assert_close(gx, gx_ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(3, 1), (2, 2), (2, 1)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_fused_relu_equals_pool_then_relu(kernel: int, stride: int, layout: str) -> None:
+    """relu=True: the same values as F.relu(F.max_pool2d(x)) and the same gradients, ties, zeros and
+    negative windows included (the native path marks clipped outputs so no gradient flows through them)."""
+    g = torch.Generator().manual_seed(kernel * 10 + stride)
+    base = torch.randint(-2, 3, (3, 4, 11, 13), generator=g).float() * 0.5  # ties, zeros, negatives
+    x = base.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else base
+    x = x.detach().requires_grad_()
+    ref_x = base.clone().requires_grad_()
+    y = max_pool2d(x, kernel, stride, relu=True)
+    ref = F.relu(F.max_pool2d(ref_x, kernel, stride))
+    assert torch.equal(y, ref)
+    assert bool((ref == 0).any()) and bool((ref > 0).any())  # both branches exercised
+    grad = torch.randn(ref.shape, generator=g)
+    (gx,) = torch.autograd.grad(y, x, grad)
+    (gref,) = torch.autograd.grad(ref, ref_x, grad)
+    torch.testing.assert_close(gx, gref, rtol=0, atol=1e-6)
