@@ -318,7 +318,7 @@ def max_pool2d_forward(x: torch.Tensor, kernel: int, stride: int,
 
 
 def max_pool2d_backward(grad_out: torch.Tensor, arg: torch.Tensor, input_hw: tuple[int, int], kernel: int,
-                        stride: int) -> torch.Tensor:
+                        stride: int, trusted_arg: bool = False) -> torch.Tensor:
     """dL/dx (..., H, W): each window's gradient added at its argmax."""
     lib = _require()
     _check("grad_out", grad_out, torch.float32)
@@ -331,7 +331,9 @@ def max_pool2d_backward(grad_out: torch.Tensor, arg: torch.Tensor, input_hw: tup
     if h < kernel or w < kernel or ((h - kernel) // stride + 1, (w - kernel) // stride + 1) != grad_out.shape[-2:]:
         raise ValueError(f"grad_out {tuple(grad_out.shape)} is not the pooled shape of an input {input_hw} "
                          f"with kernel {kernel}, stride {stride}")
-    if arg.numel() and bool(((arg >= kernel * kernel) & (arg != POOL_CLIPPED)).any()):
+    # trusted_arg: arg is what max_pool2d_forward returned for this geometry (the autograd Function's own
+    # saved tensor), so its O(n) range check is skipped; every other check still runs.
+    if not trusted_arg and arg.numel() and bool(((arg >= kernel * kernel) & (arg != POOL_CLIPPED)).any()):
         raise ValueError(f"argmax offsets must be < kernel * kernel = {kernel * kernel} (or {POOL_CLIPPED})")
     n = grad_out.numel() // (grad_out.shape[-2] * grad_out.shape[-1])
     gx = torch.empty(*grad_out.shape[:-2], h, w)

@@ -18,6 +18,7 @@ momentum exists for a sparse layer.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,11 @@ class CsrPattern:
     @property
     def nnz(self) -> int:
         return int(self.col.shape[0])
+
+    @functools.cached_property
+    def t_col_int32(self) -> torch.Tensor:
+        """``t_col`` as int32 (what the native convolution takes), built once per pattern."""
+        return self.t_col.to(torch.int32)
 
     @staticmethod
     def from_mask(mask: torch.Tensor) -> CsrPattern:
@@ -295,7 +301,7 @@ class NativeSparseConv2dFunction(torch.autograd.Function):
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
             t_values = values.detach().index_select(0, pattern.transpose_perm)  # (nnz,) in W^T order
-            grad_x = native.sparse_conv2d_backward_input(grad_out, pattern.t_crow, pattern.t_col.to(torch.int32),
+            grad_x = native.sparse_conv2d_backward_input(grad_out, pattern.t_crow, pattern.t_col_int32,
                                                          t_values, in_c, (x.shape[2], x.shape[3]), kh)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             grad_values, grad_bias = native.sparse_conv2d_backward_weight(x, grad_out, pattern.crow, pattern.col, kh,
