@@ -34,6 +34,16 @@ from feddst_core.wire_format import update_to_model
 from protocol import Abort, Ack, Register, Status, Task, Update, encode_message, topics
 
 
+def _client3_share_and_config(task: Task) -> tuple[ClientData, TrainConfig]:
+    """Device dev-003's data (client 3 of the 8-client digits partition) and the task's train config."""
+    data = load_dataset("digits")
+    share = make_partition("pathological", data.y_train, data.y_test, 8, 0, 2, 20).train[3]
+    local = ClientData(torch.from_numpy(data.x_train)[torch.from_numpy(share)],
+                       torch.from_numpy(data.y_train)[torch.from_numpy(share)])
+    config = TrainConfig(lr=task.lr, momentum=task.momentum, weight_decay=task.weight_decay,
+                         batch_size=task.batch_size, local_epochs=task.local_epochs, prox_mu=task.prox_mu)
+    return local, config
+
 def test_registers_with_capabilities_and_heartbeats(mosquitto, coordinator, start_agent) -> None:
     agent = start_agent(agent_settings(mosquitto.url))
     online = coordinator.expect(Status, lambda r: r.message.state == "online")
@@ -66,12 +76,7 @@ def test_trained_update_equals_local_trainer(mosquitto, coordinator, start_agent
     assert len(got.raw) > 2048  # the update travelled in chunks and was reassembled
 
     # The same round trained locally: client 3's share of the 8-client partition, the same seed.
-    data = load_dataset("digits")
-    share = make_partition("pathological", data.y_train, data.y_test, 8, 0, 2, 20).train[3]
-    local = ClientData(torch.from_numpy(data.x_train)[torch.from_numpy(share)],
-                       torch.from_numpy(data.y_train)[torch.from_numpy(share)])
-    config = TrainConfig(lr=task.lr, momentum=task.momentum, weight_decay=task.weight_decay,
-                         batch_size=task.batch_size, local_epochs=task.local_epochs, prox_mu=task.prox_mu)
+    local, config = _client3_share_and_config(task)
     expected = LocalTrainer(SPEC, config).train(params, masks, [local], [client_seed(task.seed, 1, 3)],
                                                 task.alpha)[0]
     got_params, got_masks = update_to_model(update, masks)
@@ -285,12 +290,7 @@ def test_a_device_table_from_the_env_drives_training(mosquitto, coordinator, sta
     update = coordinator.expect(Update, is_update_for(1)).message
     assert choices == [{name.removesuffix(".weight"): "sparse" for name in SPEC.masked_names()}]
 
-    data = load_dataset("digits")
-    share = make_partition("pathological", data.y_train, data.y_test, 8, 0, 2, 20).train[3]
-    local = ClientData(torch.from_numpy(data.x_train)[torch.from_numpy(share)],
-                       torch.from_numpy(data.y_train)[torch.from_numpy(share)])
-    config = TrainConfig(lr=task.lr, momentum=task.momentum, weight_decay=task.weight_decay,
-                         batch_size=task.batch_size, local_epochs=task.local_epochs, prox_mu=task.prox_mu)
+    local, config = _client3_share_and_config(task)
     expected = LocalTrainer(SPEC, config).train(params, masks, [local], [client_seed(task.seed, 1, 3)], 0.0)[0]
     got_params, _ = update_to_model(update, masks)
     for name, value in expected.params.items():
