@@ -257,6 +257,14 @@ int feddst_csr_matmul(const int32_t *crow, const int32_t *idx32, const int16_t *
         int b0 = 0;
         for (; b0 + VL <= B; b0 += VL)
             gather_axpy_block(o + b0, start, src + b0, B, idx32, idx16, val, perm, crow[r], crow[r + 1]);
+        for (; b0 + 8 <= B; b0 += 8) { /* batch tail of 8-31 columns (e.g. a round's last batch): one vector */
+            v8 acc = splat8(start);
+            for (int j = crow[r]; j < crow[r + 1]; j++) {
+                const long c = idx32 ? idx32[j] : idx16[j];
+                acc += splat8(perm ? val[perm[j]] : val[j]) * load8(src + c * B + b0);
+            }
+            store8(o + b0, acc);
+        }
         for (int b = b0; b < B; b++) { /* batch tail */
             float a = start;
             for (int j = crow[r]; j < crow[r + 1]; j++) {

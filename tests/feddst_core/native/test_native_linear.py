@@ -26,7 +26,7 @@ if shutil.which("cc") is None and not native.available():
     pytest.skip(f"no C compiler, native kernels not built: {native.status()}", allow_module_level=True)
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
-BATCHES = (1, 7, 32, 37, 64)
+BATCHES = (1, 7, 8, 32, 37, 45, 64)  # 45 = 32 + 8 + 5: every block width and the scalar tail
 MASKS = ("1.0", "0.3", "0.05", "0.3-empty-rows", "empty")
 SHAPES = ((13, 29), (37, 100))  # (rows, cols) of W; row counts not multiples of 8, row lengths mostly not either
 
