@@ -288,7 +288,7 @@ def main() -> None:
     parser.add_argument("--cases", default="fc_heavy_step,paper_round", help="comma-separated cases")
     parser.add_argument("--densities", default=",".join(map(str, DENSITIES)))
     parser.add_argument("--step-repeats", type=int, default=60, help="repeats per step measurement")
-    parser.add_argument("--round-repeats", type=int, default=15, help="repeats per round measurement")
+    parser.add_argument("--round-repeats", type=int, default=30, help="repeats per round measurement")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--calibrate", action="store_true", help="per-layer break-even table instead")
     parser.add_argument("--write-thresholds", metavar="FILE", type=Path,
