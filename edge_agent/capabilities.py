@@ -1,4 +1,8 @@
-"""What this device is: CPU architecture, cores, RAM and the versions of the libraries it runs."""
+"""What this device is: CPU architecture, cores, RAM and the versions of the libraries it runs.
+
+``library_versions["native-kernels"]`` tells the coordinator (and its dashboard) whether this agent trains
+with the native CPU kernels: ``abi-<N>`` when loaded, ``unavailable`` otherwise (the agent's log says why).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import os
 import platform
 from importlib import metadata
 
+from feddst_core import native
 from protocol import PROTOCOL_VERSION, Capabilities
 
 LIBRARIES = ("feddst-edge", "torch", "numpy", "paho-mqtt")
@@ -42,5 +47,6 @@ def detect_capabilities() -> Capabilities:
         found = _version(name)
         if found is not None:
             versions[name] = found
+    versions["native-kernels"] = f"abi-{native.ABI_VERSION}" if native.available() else "unavailable"
     return Capabilities(arch=platform.machine() or "unknown", cores=os.cpu_count() or 1,
                         memory_mb=total_memory_mb(), library_versions=versions)
