@@ -16,11 +16,14 @@ from __future__ import annotations
 import ctypes
 import os
 import weakref
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import torch
 
 ABI_VERSION = 4
+T = TypeVar("T")
 _LIB_STEM = "_feddst_kernels"
 
 _lib: ctypes.CDLL | None = None
@@ -96,9 +99,10 @@ def _require() -> ctypes.CDLL:
     return _lib
 
 
-def _ptr(t: torch.Tensor, kind: object = None) -> int:
-    """The tensor's data address (``kind`` documents the C element type at the call site)."""
-    return t.data_ptr()
+def _ptr(t: torch.Tensor | None) -> int | None:
+    """A pointer argument: the tensor's data address, or NULL for None (the C signatures in
+    ``_SIGNATURES`` name the element types; the wrappers check the dtypes)."""
+    return None if t is None else t.data_ptr()
 
 
 def _check(name: str, t: torch.Tensor, dtype: torch.dtype, dim: int | None = None) -> None:
@@ -112,55 +116,54 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, dim: int | None = Non
         raise ValueError(f"{name} has {t.numel()} elements; the native kernels index with 32-bit ints (< 2^31)")
 
 
-# Index tensors already checked, keyed by id: (weakref to the tensor, its _version, bound). Patterns are
-# built once per mask and reused for every step, so their O(nnz) range checks run once, not per call; an
-# in-place change bumps the tensor's _version and forces a re-check.
-_checked: dict[int, tuple[weakref.ref, int, int]] = {}
+# Validations already done, keyed by the ids of the tensors checked: (weakrefs to them, their _versions,
+# the other arguments, the result). Patterns are built once per mask and reused for every step (a dozen
+# kernel calls each), so their O(nnz) checks run once, not per call; an in-place change bumps a tensor's
+# _version and forces a re-check.
+_validated: dict[tuple[int, ...], tuple[tuple[weakref.ref, ...], tuple[int, ...], tuple, Any]] = {}
+
+
+def _cached_check(tensors: tuple[torch.Tensor, ...], args: tuple, check: Callable[[], T]) -> T:
+    """``check()``'s result, run only if these exact tensors (unmodified) were not checked with ``args``."""
+    key = tuple(id(t) for t in tensors)
+    hit = _validated.get(key)
+    if (hit is not None and all(ref() is t for ref, t in zip(hit[0], tensors, strict=True))
+            and hit[1] == tuple(t._version for t in tensors) and hit[2] == args):
+        return cast(T, hit[3])
+    result = check()
+    if len(_validated) > 256:  # drop entries whose tensors are gone
+        for k in [k for k, v in _validated.items() if any(ref() is None for ref in v[0])]:
+            del _validated[k]
+    _validated[key] = (tuple(weakref.ref(t) for t in tensors), tuple(t._version for t in tensors), args, result)
+    return result
 
 
 def _check_index(name: str, t: torch.Tensor, upper: int) -> None:
     """Every entry of the 1-D index tensor t in [0, upper) (O(n) the first time, O(1) on reuse)."""
-    hit = _checked.get(id(t))
-    if hit is not None and hit[0]() is t and hit[1] == t._version and hit[2] == upper:
-        return
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= upper):
-        raise ValueError(f"{name} has an index outside [0, {upper})")
-    if len(_checked) > 256:  # drop entries whose tensors are gone
-        for key in [k for k, v in _checked.items() if v[0]() is None]:
-            del _checked[key]
-    _checked[id(t)] = (weakref.ref(t), t._version, upper)
-
-
-# Whole patterns already checked, keyed by id(crow): (weakref crow, its _version, weakref index, its
-# _version, rows, cols, nnz). A step calls the kernels with the same pattern tensors a dozen times.
-_checked_csr: dict[int, tuple[weakref.ref, int, weakref.ref, int, int, int, int]] = {}
+    def check() -> None:
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= upper):
+            raise ValueError(f"{name} has an index outside [0, {upper})")
+    _cached_check((t,), (upper,), check)
 
 
 def _check_csr(crow: torch.Tensor, index: torch.Tensor, rows: int, cols: int) -> int:
     """A well-formed CSR pattern of a (rows, cols) matrix: crow int32 (rows + 1,) from 0, never decreasing;
     index (int32, or int16 where allowed by the caller) (nnz,) in [0, cols). Returns nnz.
     O(nnz) the first time a pattern is seen, O(1) for the same unmodified tensors afterwards."""
-    hit = _checked_csr.get(id(crow))
-    if (hit is not None and hit[0]() is crow and hit[1] == crow._version and hit[2]() is index
-            and hit[3] == index._version and hit[4] == rows and hit[5] == cols):
-        return hit[6]
-    _check("crow", crow, torch.int32, 1)
-    if index.dtype not in (torch.int32, torch.int16):
-        raise ValueError(f"CSR column index must be int32 or int16, got {index.dtype}")
-    _check("index", index, index.dtype, 1)
-    if crow.shape[0] != rows + 1:
-        raise ValueError(f"crow has {crow.shape[0]} entries for a matrix of {rows} rows (needs {rows + 1})")
-    if int(crow[0]) != 0 or int(crow[-1]) != index.shape[0]:
-        raise ValueError(f"crow must run from 0 to nnz = {index.shape[0]}, got {int(crow[0])}..{int(crow[-1])}")
-    if rows and bool((crow[1:] < crow[:-1]).any()):
-        raise ValueError("crow must never decrease")
-    _check_index("CSR column index", index, cols)
-    if len(_checked_csr) > 256:  # drop entries whose tensors are gone
-        for key in [k for k, v in _checked_csr.items() if v[0]() is None]:
-            del _checked_csr[key]
-    _checked_csr[id(crow)] = (weakref.ref(crow), crow._version, weakref.ref(index), index._version, rows, cols,
-                              index.shape[0])
-    return index.shape[0]
+    def check() -> int:
+        _check("crow", crow, torch.int32, 1)
+        if index.dtype not in (torch.int32, torch.int16):
+            raise ValueError(f"CSR column index must be int32 or int16, got {index.dtype}")
+        _check("index", index, index.dtype, 1)
+        if crow.shape[0] != rows + 1:
+            raise ValueError(f"crow has {crow.shape[0]} entries for a matrix of {rows} rows (needs {rows + 1})")
+        if int(crow[0]) != 0 or int(crow[-1]) != index.shape[0]:
+            raise ValueError(f"crow must run from 0 to nnz = {index.shape[0]}, got {int(crow[0])}..{int(crow[-1])}")
+        if rows and bool((crow[1:] < crow[:-1]).any()):
+            raise ValueError("crow must never decrease")
+        _check_index("CSR column index", index, cols)
+        return index.shape[0]
+    return _cached_check((crow, index), (rows, cols), check)
 
 
 def _check_kernel(kernel: int) -> None:
@@ -193,7 +196,7 @@ def sparse_conv2d_forward(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor
     if _check_csr(crow, col, out_channels, c * kernel * kernel) != values.shape[0]:
         raise ValueError(f"{values.shape[0]} values for a pattern of {col.shape[0]} entries")
     y = torch.empty(b, out_channels, h - kernel + 1, w - kernel + 1)
-    _run(lib.feddst_sconv_forward, _ptr(x), b, c, h, w, _ptr(crow, _i32p), _ptr(col, _i32p), _ptr(values), _ptr(bias),
+    _run(lib.feddst_sconv_forward, _ptr(x), b, c, h, w, _ptr(crow), _ptr(col), _ptr(values), _ptr(bias),
                              out_channels, kernel, _ptr(y), _threads())
     return y
 
@@ -214,7 +217,7 @@ def sparse_conv2d_backward_input(grad_out: torch.Tensor, t_crow: torch.Tensor, t
     if _check_csr(t_crow, t_row, in_channels * kernel * kernel, o) != t_values.shape[0]:
         raise ValueError(f"{t_values.shape[0]} values for a pattern of {t_row.shape[0]} entries")
     gx = torch.empty(b, in_channels, h, w)
-    _run(lib.feddst_sconv_backward_input, _ptr(grad_out), b, o, _ptr(t_crow, _i32p), _ptr(t_row, _i32p), _ptr(t_values),
+    _run(lib.feddst_sconv_backward_input, _ptr(grad_out), b, o, _ptr(t_crow), _ptr(t_row), _ptr(t_values),
                                     in_channels, h, w, kernel, _ptr(gx), _threads())
     return gx
 
@@ -234,9 +237,9 @@ def sparse_conv2d_backward_weight(x: torch.Tensor, grad_out: torch.Tensor, crow:
     _check_csr(crow, col, o, c * kernel * kernel)
     grad_values = torch.empty(col.shape[0])
     grad_bias = torch.empty(o) if with_bias else None
-    _run(lib.feddst_sconv_backward_weight, _ptr(x), _ptr(grad_out), b, c, h, w, o, kernel, _ptr(crow, _i32p),
-                                     _ptr(col, _i32p), _ptr(grad_values),
-                                     _ptr(grad_bias) if grad_bias is not None else None, _threads())
+    _run(lib.feddst_sconv_backward_weight, _ptr(x), _ptr(grad_out), b, c, h, w, o, kernel, _ptr(crow),
+                                     _ptr(col), _ptr(grad_values),
+                                     _ptr(grad_bias), _threads())
     return grad_values, grad_bias
 
 
@@ -264,10 +267,10 @@ def csr_matmul(crow: torch.Tensor, index: torch.Tensor, values: torch.Tensor, sr
         if bias.shape[0] != rows:
             raise ValueError(f"bias has {bias.shape[0]} entries for {rows} rows")
     out = torch.empty(rows, b)
-    _run(lib.feddst_csr_matmul, _ptr(crow, _i32p), _ptr(index, _i32p) if index.dtype == torch.int32 else None,
-                          _ptr(index, _i16p) if index.dtype == torch.int16 else None, _ptr(values),
-                          _ptr(perm, _i32p) if perm is not None else None,
-                          _ptr(bias) if bias is not None else None, rows, _ptr(src), b, _ptr(out), _threads())
+    _run(lib.feddst_csr_matmul, _ptr(crow), _ptr(index) if index.dtype == torch.int32 else None,
+                          _ptr(index) if index.dtype == torch.int16 else None, _ptr(values),
+                          _ptr(perm),
+                          _ptr(bias), rows, _ptr(src), b, _ptr(out), _threads())
     return out
 
 
@@ -287,8 +290,8 @@ def csr_sddmm(crow: torch.Tensor, col: torch.Tensor, left: torch.Tensor, right_t
     _check_csr(crow, col, rows, right_t.shape[0])
     grad = torch.empty(col.shape[0])
     grad_bias = torch.empty(rows) if with_bias else None
-    _run(lib.feddst_csr_sddmm, _ptr(crow, _i32p), _ptr(col, _i32p), rows, _ptr(left), _ptr(right_t), b, _ptr(grad),
-                         _ptr(grad_bias) if grad_bias is not None else None, _threads())
+    _run(lib.feddst_csr_sddmm, _ptr(crow), _ptr(col), rows, _ptr(left), _ptr(right_t), b, _ptr(grad),
+                         _ptr(grad_bias), _threads())
     return grad, grad_bias
 
 
@@ -312,7 +315,7 @@ def max_pool2d_forward(x: torch.Tensor, kernel: int, stride: int,
     n = x.numel() // (h * w)
     y = torch.empty(*x.shape[:-2], ho, wo)
     arg = torch.empty(*x.shape[:-2], ho, wo, dtype=torch.uint8)
-    _run(lib.feddst_maxpool_forward, _ptr(x), n, h, w, kernel, stride, int(relu), _ptr(y), _ptr(arg, _u8p),
+    _run(lib.feddst_maxpool_forward, _ptr(x), n, h, w, kernel, stride, int(relu), _ptr(y), _ptr(arg),
          _threads())
     return y, arg
 
@@ -337,5 +340,5 @@ def max_pool2d_backward(grad_out: torch.Tensor, arg: torch.Tensor, input_hw: tup
         raise ValueError(f"argmax offsets must be < kernel * kernel = {kernel * kernel} (or {POOL_CLIPPED})")
     n = grad_out.numel() // (grad_out.shape[-2] * grad_out.shape[-1])
     gx = torch.empty(*grad_out.shape[:-2], h, w)
-    _run(lib.feddst_maxpool_backward, _ptr(grad_out), _ptr(arg, _u8p), n, h, w, kernel, stride, _ptr(gx), _threads())
+    _run(lib.feddst_maxpool_backward, _ptr(grad_out), _ptr(arg), n, h, w, kernel, stride, _ptr(gx), _threads())
     return gx
