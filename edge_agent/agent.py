@@ -128,6 +128,28 @@ class EdgeAgent:
         """Connect and serve until ``stop`` is set (or a fatal refusal); returns the exit code."""
         log.info("device %s: %d local samples (%s), broker %s", self.device_id, len(self.data), self.data.source,
                  self.settings.broker_address.url)
+        self._log_kernel_setup()
+        self.link.start()
+        try:
+            while not stop.is_set() and self._exit_code is None:
+                try:
+                    event = self.events.get(timeout=0.2)
+                except queue.Empty:
+                    event = None
+                while event is not None:
+                    self._dispatch_guarded(event)
+                    try:
+                        event = self.events.get_nowait()
+                    except queue.Empty:
+                        event = None
+                self._tick()
+        finally:
+            self._shutdown()
+        return EXIT_OK if self._exit_code is None else self._exit_code
+
+
+    def _log_kernel_setup(self) -> None:
+        """Which training kernels and which auto-policy table this agent uses, and doubts about the table."""
         if self.settings.kernels != "dense":
             if native.available():
                 log.info("training kernels: %s; native CPU kernels %s", self.settings.kernels, native.status())
@@ -148,23 +170,6 @@ class EdgeAgent:
         elif thresholds is not None:
             log.info("--kernel-thresholds %s is unused: it only applies to --kernels auto, not %s", thresholds.path,
                      self.settings.kernels)
-        self.link.start()
-        try:
-            while not stop.is_set() and self._exit_code is None:
-                try:
-                    event = self.events.get(timeout=0.2)
-                except queue.Empty:
-                    event = None
-                while event is not None:
-                    self._dispatch_guarded(event)
-                    try:
-                        event = self.events.get_nowait()
-                    except queue.Empty:
-                        event = None
-                self._tick()
-        finally:
-            self._shutdown()
-        return EXIT_OK if self._exit_code is None else self._exit_code
 
     def _dispatch_guarded(self, event: object) -> None:
         try:
