@@ -12,7 +12,7 @@ Outputs are logits; the loss applies the softmax (the reference code's double so
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +56,13 @@ class Flatten:
 
 
 Layer = Conv | MaxPool | Linear | ReLU | Flatten
+
+
+@dataclass(frozen=True)
+class FusedMaxPoolReLU:
+    """A MaxPool and the ReLU right after it, run as one pass (see ``fuse_pool_relu``)."""
+
+    pool: MaxPool
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,20 @@ def get_model_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
+def fuse_pool_relu(layers: Sequence[Layer]) -> list[Layer | FusedMaxPoolReLU]:
+    """``layers`` with every MaxPool directly followed by a ReLU replaced by one ``FusedMaxPoolReLU``
+    (the forward passes then pool and rectify in one pass: ``feddst_core.pooling.max_pool2d(relu=True)``)."""
+    out: list[Layer | FusedMaxPoolReLU] = []
+    for layer in layers:
+        if isinstance(layer, ReLU) and out and isinstance(out[-1], MaxPool):
+            pool = out.pop()
+            assert isinstance(pool, MaxPool)
+            out.append(FusedMaxPoolReLU(pool))
+        else:
+            out.append(layer)
+    return out
+
+
 # --- parameters ----------------------------------------------------------------------------------
 
 
@@ -188,20 +209,16 @@ def forward(spec: ModelSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor
     nchw = k == 1 and native.available()
     act = act.contiguous(memory_format=torch.contiguous_format if nchw else torch.channels_last)
     flat: torch.Tensor | None = None  # (K, B, F) once flattened
-    layers = spec.layers
-    fused_relu = False  # the previous MaxPool already applied this ReLU (one pass instead of two)
-    for i, layer in enumerate(layers):
-        if fused_relu:
-            fused_relu = False
-            continue
-        if isinstance(layer, Conv):
+    for layer in fuse_pool_relu(spec.layers):
+        if isinstance(layer, FusedMaxPoolReLU):
+            act = max_pool2d(act, layer.pool.kernel, layer.pool.stride, relu=True)
+        elif isinstance(layer, Conv):
             weight = params[f"{layer.name}.weight"]  # (K, out, in, kh, kw)
             bias = params[f"{layer.name}.bias"]  # (K, out)
             act = F.conv2d(act, weight.reshape(k * layer.out_channels, *weight.shape[2:]),
                            bias.reshape(-1), groups=k)  # (B, K*out, H', W')
         elif isinstance(layer, MaxPool):
-            fused_relu = i + 1 < len(layers) and isinstance(layers[i + 1], ReLU)
-            act = max_pool2d(act, layer.kernel, layer.stride, relu=fused_relu)  # native for NCHW, else torch
+            act = max_pool2d(act, layer.kernel, layer.stride)  # native for NCHW, else torch
         elif isinstance(layer, ReLU):
             if flat is None:
                 act = F.relu(act)

@@ -18,7 +18,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from feddst_core.models import Conv, Flatten, Linear, MaxPool, ModelSpec, ReLU, forward
+from feddst_core.models import (
+    Conv,
+    Flatten,
+    FusedMaxPoolReLU,
+    Linear,
+    MaxPool,
+    ModelSpec,
+    ReLU,
+    forward,
+    fuse_pool_relu,
+)
 from feddst_core.pooling import max_pool2d
 from feddst_core.readjust import MaskChange, readjust_masks
 from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_linear
@@ -36,20 +46,17 @@ def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns:
     b = x.shape[0]
     # NCHW throughout: the native sparse convolutions and max-pools (feddst_core.native) work on it.
     act = x.contiguous()  # (B, C, H, W)
-    layers = list(spec.layers)
+    layers = fuse_pool_relu(spec.layers)
     for i in range(len(layers) - 1):
-        if (isinstance(layers[i], ReLU) and isinstance(layers[i + 1], Flatten)
-                and not (i > 0 and isinstance(layers[i - 1], MaxPool))):
+        if isinstance(layers[i], ReLU) and isinstance(layers[i + 1], Flatten):
             # ReLU, Flatten -> Flatten, ReLU (elementwise, the same values): the flattened copy is then
             # the one tensor both the ReLU and the next Linear keep for backward, not two copies.
-            # (A ReLU right after a MaxPool is fused into the pool instead: no ReLU pass at all.)
+            # (A ReLU right after a MaxPool is already fused into the pool: no ReLU pass at all.)
             layers[i], layers[i + 1] = layers[i + 1], layers[i]
-    fused_relu = False  # the previous MaxPool already applied this ReLU
-    for i, layer in enumerate(layers):
-        if fused_relu:
-            fused_relu = False
-            continue
-        if isinstance(layer, Conv):
+    for layer in layers:
+        if isinstance(layer, FusedMaxPoolReLU):
+            act = max_pool2d(act, layer.pool.kernel, layer.pool.stride, relu=True)
+        elif isinstance(layer, Conv):
             weight, bias = leaves[f"{layer.name}.weight"], leaves[f"{layer.name}.bias"]
             pattern = patterns.get(f"{layer.name}.weight")
             if pattern is None:
@@ -57,8 +64,7 @@ def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns:
             else:
                 act = sparse_conv2d(act, weight, bias, pattern)  # (B, out, H', W')
         elif isinstance(layer, MaxPool):
-            fused_relu = i + 1 < len(layers) and isinstance(layers[i + 1], ReLU)
-            act = max_pool2d(act, layer.kernel, layer.stride, relu=fused_relu)
+            act = max_pool2d(act, layer.kernel, layer.stride)
         elif isinstance(layer, ReLU):
             act = F.relu(act)
         elif isinstance(layer, Flatten):
