@@ -189,8 +189,9 @@ CALIBRATION_LAYERS = {  # name: (kind, weight shape, input shape)
 }
 
 
-def calibrate(repeats: int) -> list[dict]:
-    """Forward + backward of one layer, masked dense vs CSR, per density: the break-even table."""
+def calibrate(repeats: int, log: Callable[[str], None]) -> list[dict]:
+    """Forward + backward of one layer, masked dense vs CSR, per density: the break-even table
+    (each row logged as soon as it is measured: the whole table takes minutes)."""
     import torch.nn.functional as F
 
     rows = []
@@ -218,6 +219,8 @@ def calibrate(repeats: int) -> list[dict]:
             dense_s, sparse_s = interleaved_medians([dense_run, sparse_run], repeats)
             rows.append({"layer": label, "kind": kind, "weights": mask.numel(), "density": density,
                          "dense_s": dense_s, "sparse_s": sparse_s, "time_ratio": sparse_s / dense_s})
+            log(f"{label:<26} density {density:.2f}  dense {dense_s * 1e3:7.2f} ms  "
+                f"sparse {sparse_s * 1e3:7.2f} ms  ratio {sparse_s / dense_s:.2f}")
     return rows
 
 
@@ -317,12 +320,9 @@ def main() -> None:
                          "the slower torch kernels. This script imports the source tree next to it: build the kernels "
                          "there (`pip install -e .` or `python setup.py build_ext --inplace`), or pass "
                          "--allow-torch-only for a device that runs without them")
-        rows = calibrate(args.step_repeats)
+        rows = calibrate(args.step_repeats, log)
         if args.json:
             print(json.dumps({"calibration": rows}))
-        for r in rows:
-            log(f"{r['layer']:<26} density {r['density']:.2f}  dense {r['dense_s'] * 1e3:7.2f} ms  "
-                f"sparse {r['sparse_s'] * 1e3:7.2f} ms  ratio {r['time_ratio']:.2f}")
         if args.write_thresholds:
             write_thresholds(rows, args.write_thresholds, log)
         return
