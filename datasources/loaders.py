@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datasources.cifar_batches import load_plain_pickle
 from datasources.dataset import Dataset, DataSourceError, standardize
 from datasources.idx import load_idx_directory
 
@@ -97,10 +98,10 @@ def load_cifar10(data_dir: Path) -> Dataset:
     for name in CIFAR_FILES:
         try:
             with open(data_dir / name, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")  # noqa: S301 - the standard CIFAR format
+                batch = load_plain_pickle(fh)  # plain data only: a pickle never runs code here
             data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             labels = np.asarray(batch[b"labels"], dtype=np.int64)
-        except (OSError, KeyError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+        except (OSError, KeyError, TypeError, ValueError, pickle.UnpicklingError, EOFError) as exc:
             raise DataSourceError(f"{data_dir / name}: not a CIFAR-10 batch ({exc})") from exc
         split = "test" if name == "test_batch" else "train"
         xs[split].append(data.astype(np.float32) / 255.0)
