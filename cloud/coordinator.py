@@ -36,16 +36,17 @@ from typing import Any
 
 import numpy as np
 
+from cloud.access_tokens import TokenStore
 from cloud.device_registry import DeviceRegistry
-from cloud.errors import RunStateError
+from cloud.errors import BrokerUnavailableError, RunStateError
 from cloud.evaluation import HeldOutEvaluator
 from cloud.mqtt_link import CoordinatorLink, Inbound
 from cloud.round_collector import RoundCollector, Verdict
 from cloud.run_config import RunConfig
+from cloud.run_planning import plan_run
 from cloud.settings import CloudSettings
 from cloud.store import CoordinatorStore, RunRow
 from feddst_core.masks import density
-from feddst_core.models import get_model_spec
 from feddst_core.strategies import FedStrategy, ServerState
 from feddst_core.wire_format import model_broadcast
 from protocol import Abort, Ack, Register, Status, Task, Update, encode_message, topics
@@ -88,6 +89,7 @@ class Coordinator:
         self.settings = settings
         self.store = store or CoordinatorStore(settings.state_dir)
         self.store.mark_unfinished_runs_interrupted()
+        self.tokens = TokenStore(self.store.state_dir)
         self.registry = DeviceRegistry(self.store, settings.heartbeat_s)
         self.inbound: queue.Queue[Inbound] = queue.Queue(maxsize=256)
         self._commands: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
@@ -127,6 +129,7 @@ class Coordinator:
             self.store.set_run_status(active, "interrupted", "coordinator shut down during the run")
         self.link.close()
         self.registry.flush()
+        self.tokens.close()
         self.store.close()
 
     @property
@@ -141,11 +144,18 @@ class Coordinator:
     # --- public API (any thread) ------------------------------------------------------------------
 
     def create_run(self, config: RunConfig) -> RunRow:
+        """Store a new run after checking it can run here (``RunConfigRejectedError`` otherwise)."""
+        plan_run(config, self.settings.data_roots)
         run_id = f"run-{uuid.uuid4().hex[:12]}"
         return self.store.create_run(run_id, config.name, config.model_dump(mode="json"))
 
     def start_run(self, run_id: str) -> RunRow:
+        """Queue the start of a created run; ``BrokerUnavailableError`` while the broker is disconnected."""
         run = self.store.get_run(run_id)
+        if not self.broker_connected:
+            raise BrokerUnavailableError("the coordinator is not connected to the MQTT broker "
+                                         f"{self.settings.broker_url}; the run could not reach any device, retry "
+                                         "when /healthz reports broker_connected")
         with self._lock:
             if run.status != "created":
                 raise RunStateError(f"run {run_id} is {run.status}; only a created run can be started")
@@ -287,10 +297,8 @@ class Coordinator:
     def _begin_run(self, run_id: str) -> None:
         try:
             config = RunConfig.model_validate(self.store.get_run(run_id).config)
-            spec = get_model_spec(config.model)
-            strategy = FedStrategy(spec, config.strategy_config())
-            state = strategy.initialize(config.seed)
-            evaluator = HeldOutEvaluator(spec, config.eval, config.seed) if config.eval else None
+            plan = plan_run(config, self.settings.data_roots)
+            strategy, state, evaluator = plan.strategy, plan.initial_state, plan.evaluator
         except Exception as exc:  # noqa: BLE001 - any set-up failure fails the run with its reason
             self._finish(run_id, "failed", f"cannot start: {type(exc).__name__}: {exc}")
             return

@@ -9,6 +9,7 @@ on the whole test set. The partition is the one ``feddst simulate`` (and ``fedds
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,8 +21,10 @@ from feddst_core.partition import make_partition
 
 
 class HeldOutEvaluator:
-    def __init__(self, spec: ModelSpec, config: EvalConfig, seed: int):
-        data = load_dataset(config.dataset, config.data_dir)
+    def __init__(self, spec: ModelSpec, config: EvalConfig, seed: int, data_dir: Path | None):
+        """``data_dir``: ``config.data_dir`` already resolved and checked against the data roots
+        (:func:`cloud.run_planning.resolve_under_data_roots`); never read from ``config``."""
+        data = load_dataset(config.dataset, data_dir)
         if data.input_shape != spec.input_shape:
             raise ValueError(f"model {spec.name} expects inputs {spec.input_shape}, "
                              f"eval data {config.dataset} has {data.input_shape}")

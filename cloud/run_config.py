@@ -4,6 +4,11 @@ Field names and defaults follow ``feddst simulate`` (the paper's setting), so a 
 ``SimulationConfig`` with the same values train the same model. ``eval`` optionally names a
 held-out dataset and the partition used to report ``accuracy`` (mean over all clients of the
 global model's local-test accuracy, exactly as ``Simulation.evaluate``) and ``global_accuracy``.
+
+Validation is strict (``STRICT``): integers must be JSON integers (not booleans, strings or
+``2.0``), numbers must be finite (``NaN`` and ``Infinity`` are 422s), unknown fields are
+rejected. What depends on the coordinator (data roots, a loadable dataset) is checked by
+:func:`cloud.run_planning.plan_run` when the run is created.
 """
 
 from __future__ import annotations
@@ -17,20 +22,22 @@ from feddst_core.strategies import StrategyConfig
 from feddst_core.training import TrainConfig
 
 Algorithm = Literal["feddst", "fedavg", "fedavgm", "fedprox", "randommask"]
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class EvalConfig(BaseModel):
     """Held-out evaluation: the dataset and partition flags of ``feddst simulate``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     dataset: Literal["digits", "mnist", "cifar10", "npz"] = "digits"
     data_dir: str | None = None
     partition: Literal["pathological", "dirichlet", "iid"] = "pathological"
-    clients: int = Field(400, ge=1, description="Number of clients of the partition (devices I/N use N).")
-    classes_per_client: int = Field(2, ge=1)
-    samples_per_class: int = Field(20, ge=1)
-    beta: float = Field(0.1, gt=0)
+    clients: int = Field(400, ge=1, le=100_000, description="Number of clients of the partition (devices I/N "
+                         "use N).")
+    classes_per_client: int = Field(2, ge=1, le=1000)
+    samples_per_class: int = Field(20, ge=1, le=1_000_000)
+    beta: float = Field(0.1, ge=1e-3, le=1e6, description="Dirichlet concentration (dirichlet partition).")
     eval_every: int = Field(10, ge=1, description="Evaluate every N rounds and after the last one.")
 
     @model_validator(mode="after")
@@ -43,7 +50,7 @@ class EvalConfig(BaseModel):
 class CapabilityFilter(BaseModel):
     """Only devices meeting every given bound are eligible for selection."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     min_cores: int | None = Field(None, ge=1)
     min_memory_mb: int | None = Field(None, ge=1)
@@ -53,7 +60,7 @@ class CapabilityFilter(BaseModel):
 class RunConfig(BaseModel):
     """One federated run. Defaults are the paper's MNIST setting, except the model (digits_cnn)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(**STRICT, protected_namespaces=())
 
     name: str = Field("", max_length=200, description="Free-text label.")
     algorithm: Algorithm = "feddst"
@@ -95,6 +102,10 @@ class RunConfig(BaseModel):
     def _consistent(self) -> RunConfig:
         if self.quorum > self.clients_per_round:
             raise ValueError(f"quorum ({self.quorum}) exceeds clients_per_round ({self.clients_per_round})")
+        if self.min_devices is not None and self.min_devices < self.clients_per_round:
+            raise ValueError(f"min_devices ({self.min_devices}) is below clients_per_round "
+                             f"({self.clients_per_round}): every round needs clients_per_round devices; "
+                             "omit min_devices or raise it")
         return self
 
     @property

@@ -9,6 +9,12 @@ from pydantic import BaseModel, Field
 from cloud.store import DeviceRow, RunRow
 
 
+class ErrorOut(BaseModel):
+    """The body of every error response except 422 (which has FastAPI's validation-error shape)."""
+
+    detail: str = Field(description="What went wrong and, where it helps, what to do.")
+
+
 class RoundOut(BaseModel):
     """One completed round: the report.json row fields plus diagnostics. Bytes are cumulative."""
 
@@ -27,6 +33,8 @@ class RoundOut(BaseModel):
 
 
 class RunSummaryOut(BaseModel):
+    """One run in a listing. Times are Unix seconds."""
+
     id: str
     name: str
     status: str
@@ -44,6 +52,8 @@ class RunSummaryOut(BaseModel):
 
 
 class RunDetailOut(RunSummaryOut):
+    """One run with its config, counters and every completed round."""
+
     config: dict[str, Any]
     counters: dict[str, int] = Field(default_factory=dict,
                                      description="accepted, duplicate, stale, unselected, invalid, ...")
@@ -63,6 +73,8 @@ class RunDetailOut(RunSummaryOut):
 
 
 class DeviceOut(BaseModel):
+    """One device of the registry."""
+
     id: str
     status: str = Field(description="online | offline")
     state: str = Field(description="last reported state: online | busy | offline")
@@ -81,6 +93,8 @@ class DeviceOut(BaseModel):
 
 
 class HealthOut(BaseModel):
+    """Liveness: ``ok``, or ``degraded`` while the MQTT broker is disconnected."""
+
     status: str
     broker_connected: bool
     active_run: str | None

@@ -39,6 +39,10 @@ class CloudSettings(BaseSettings):
         None, description="JSON object device id -> hex HMAC key; when set, updates must be authenticated.")
     coordinator_key_hex: SecretStr | None = Field(
         None, description="Hex HMAC key the coordinator signs its messages with (optional).")
+    data_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories a run config's eval.data_dir may lie under (symlinks and .. resolved first). "
+                    "Default none: only the built-in digits dataset can be evaluated. Env: a JSON list.")
 
     @field_validator("broker_url")
     @classmethod

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import typer
 
+from feddst_cli import token_command
+
 app = typer.Typer(help="The cloud coordinator.", no_args_is_help=True)
+app.add_typer(token_command.app, name="token")
 
 
 @app.command("serve")

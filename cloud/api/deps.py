@@ -1,12 +1,24 @@
-"""``Annotated`` dependencies shared by the routers."""
+"""``Annotated`` dependencies shared by the routers: the coordinator and bearer-token access control.
+
+``ViewerDep`` (every GET), ``OperatorDep`` (create/start/stop runs) and ``AdminDep`` (devices,
+tokens) each resolve to the caller's :class:`~cloud.access_tokens.TokenInfo`; roles nest (admin >
+operator > viewer). No or a bad token raises :class:`~cloud.errors.AuthenticationRequiredError`
+(401 with ``WWW-Authenticate: Bearer``), a weaker role :class:`~cloud.errors.PermissionDeniedError`
+(403); the app's one error handler turns them into responses. The scheme is FastAPI's
+``HTTPBearer``, so OpenAPI lists it on every protected operation.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from cloud.access_tokens import Role, TokenInfo, role_allows
 from cloud.coordinator import Coordinator
+from cloud.errors import AuthenticationRequiredError, PermissionDeniedError
+from cloud.schemas import ErrorOut
 
 
 def get_coordinator(request: Request) -> Coordinator:
@@ -14,3 +26,47 @@ def get_coordinator(request: Request) -> Coordinator:
 
 
 CoordinatorDep = Annotated[Coordinator, Depends(get_coordinator)]
+
+bearer_scheme = HTTPBearer(
+    auto_error=False, scheme_name="BearerToken",
+    description="An API token from `feddst cloud token create --role {viewer,operator,admin}`, sent as "
+                "`Authorization: Bearer TOKEN`.")
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No API token, or an unknown, malformed or revoked one "
+          "(header `WWW-Authenticate: Bearer`)."},
+    403: {"model": ErrorOut, "description": "The token's role is too weak for this operation."},
+}
+
+
+def authorize(coordinator: Coordinator, credentials: HTTPAuthorizationCredentials | None, needed: Role) -> TokenInfo:
+    """The caller's token if it is active and its role is ``needed`` or stronger; raises otherwise."""
+    if credentials is None:
+        raise AuthenticationRequiredError(
+            "this endpoint needs an API token: send 'Authorization: Bearer TOKEN' (an administrator creates one "
+            "with `feddst cloud token create --role ROLE --state-dir STATE_DIR`)")
+    token = coordinator.tokens.verify(credentials.credentials)
+    if token is None:
+        raise AuthenticationRequiredError("the API token is unknown, malformed or revoked")
+    if not role_allows(token.role, needed):
+        raise PermissionDeniedError(f"this operation needs role {needed} or stronger; token {token.id} has role "
+                                    f"{token.role}")
+    return token
+
+
+def require_viewer(coordinator: CoordinatorDep, credentials: BearerCredentials) -> TokenInfo:
+    return authorize(coordinator, credentials, "viewer")
+
+
+def require_operator(coordinator: CoordinatorDep, credentials: BearerCredentials) -> TokenInfo:
+    return authorize(coordinator, credentials, "operator")
+
+
+def require_admin(coordinator: CoordinatorDep, credentials: BearerCredentials) -> TokenInfo:
+    return authorize(coordinator, credentials, "admin")
+
+
+ViewerDep = Annotated[TokenInfo, Depends(require_viewer)]
+OperatorDep = Annotated[TokenInfo, Depends(require_operator)]
+AdminDep = Annotated[TokenInfo, Depends(require_admin)]

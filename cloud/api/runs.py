@@ -1,76 +1,71 @@
-"""``/api/runs``: create, start, stop, list, inspect runs and download their global model."""
+"""``/api/runs``: create, start, stop, list, inspect runs and download their global model.
+
+GETs need a viewer token, creating, starting and stopping an operator token. Domain errors
+(404, 409, 422, 503) are raised by the coordinator and mapped to HTTP by the app's one handler.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
 from fastapi.responses import FileResponse
 
-from cloud.api.deps import CoordinatorDep
-from cloud.errors import ModelNotAvailableError, RunNotFoundError, RunStateError
+from cloud.api.deps import AUTH_RESPONSES, CoordinatorDep, OperatorDep, ViewerDep
 from cloud.run_config import RunConfig
-from cloud.schemas import RunDetailOut, RunSummaryOut
+from cloud.schemas import ErrorOut, RunDetailOut, RunSummaryOut
 
-router = APIRouter(prefix="/api/runs", tags=["runs"])
+router = APIRouter(prefix="/api/runs", tags=["runs"], responses=AUTH_RESPONSES)
 
-
-def _detail(coordinator: CoordinatorDep, run_id: str) -> RunDetailOut:
-    try:
-        row, rounds = coordinator.get_run(run_id)
-    except RunNotFoundError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    return RunDetailOut.from_parts(row, rounds)
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "No run with that id."}}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorOut, "description": "The run cannot do that in its current state (e.g. another run is "
+          "running, or it already finished)."}}
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunDetailOut)
-def create_run(config: RunConfig, coordinator: CoordinatorDep) -> RunDetailOut:
-    row = coordinator.create_run(config)
-    return RunDetailOut.from_parts(row, [])
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunDetailOut,
+             responses={422: {"description": "Invalid run config, or one this coordinator cannot run (e.g. an "
+                              "evaluation data dir outside the `data_roots` setting); `detail` names the field.",
+                              "content": {"application/json": {"schema": {
+                                  "$ref": "#/components/schemas/HTTPValidationError"}}}}})
+def create_run(config: RunConfig, coordinator: CoordinatorDep, _token: OperatorDep) -> RunDetailOut:
+    """Create a run (status `created`); the config is checked against what this coordinator can run."""
+    return RunDetailOut.from_parts(coordinator.create_run(config), [])
 
 
 @router.get("", response_model=list[RunSummaryOut])
-def list_runs(coordinator: CoordinatorDep) -> list[RunSummaryOut]:
+def list_runs(coordinator: CoordinatorDep, _token: ViewerDep) -> list[RunSummaryOut]:
+    """Every run, including those of earlier coordinator processes."""
     return [RunSummaryOut.from_row(r) for r in coordinator.list_runs()]
 
 
-@router.get("/{run_id}", response_model=RunDetailOut)
-def get_run(run_id: str, coordinator: CoordinatorDep) -> RunDetailOut:
-    return _detail(coordinator, run_id)
+@router.get("/{run_id}", response_model=RunDetailOut, responses=NOT_FOUND)
+def get_run(run_id: str, coordinator: CoordinatorDep, _token: ViewerDep) -> RunDetailOut:
+    """Config, status, counters and per-round metrics of one run."""
+    return RunDetailOut.from_parts(*coordinator.get_run(run_id))
 
 
-@contextmanager
-def _run_errors_as_http() -> Iterator[None]:
-    """Map the coordinator's domain errors to HTTP statuses (routes are the only place that does)."""
-    try:
-        yield
-    except RunNotFoundError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except RunStateError as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+@router.post("/{run_id}/start", response_model=RunDetailOut,
+             responses={**NOT_FOUND, **CONFLICT, 503: {"model": ErrorOut, "description": "The coordinator is not "
+                                                        "connected to the MQTT broker."}})
+def start_run(run_id: str, coordinator: CoordinatorDep, _token: OperatorDep) -> RunDetailOut:
+    """Start a created run (one run is active at a time)."""
+    coordinator.start_run(run_id)
+    return RunDetailOut.from_parts(*coordinator.get_run(run_id))
 
 
-@router.post("/{run_id}/start", response_model=RunDetailOut)
-def start_run(run_id: str, coordinator: CoordinatorDep) -> RunDetailOut:
-    with _run_errors_as_http():
-        coordinator.start_run(run_id)
-    return _detail(coordinator, run_id)
-
-
-@router.post("/{run_id}/stop", response_model=RunDetailOut)
-def stop_run(run_id: str, coordinator: CoordinatorDep) -> RunDetailOut:
-    with _run_errors_as_http():
-        coordinator.stop_run(run_id)
-    return _detail(coordinator, run_id)
+@router.post("/{run_id}/stop", response_model=RunDetailOut, responses={**NOT_FOUND, **CONFLICT})
+def stop_run(run_id: str, coordinator: CoordinatorDep, _token: OperatorDep) -> RunDetailOut:
+    """Stop a created or running run (publishes `Abort` on the run's control topic)."""
+    coordinator.stop_run(run_id)
+    return RunDetailOut.from_parts(*coordinator.get_run(run_id))
 
 
 @router.get("/{run_id}/model", response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}},
-                             "description": "safetensors: parameters by name, masks as '<name>.mask' (bool)"}})
-def get_model(run_id: str, coordinator: CoordinatorDep) -> FileResponse:
-    try:
-        path = coordinator.model_file(run_id)
-    except (RunNotFoundError, ModelNotAvailableError) as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    return FileResponse(path, media_type="application/octet-stream", filename=f"{run_id}.safetensors")
+                             "description": "safetensors: parameters by name, masks as '<name>.mask' (bool)"},
+                       404: {"model": ErrorOut, "description": "No run with that id, or it has no model yet."}})
+def get_model(run_id: str, coordinator: CoordinatorDep, _token: ViewerDep) -> FileResponse:
+    """The run's current global model."""
+    return FileResponse(coordinator.model_file(run_id), media_type="application/octet-stream",
+                        filename=f"{run_id}.safetensors")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from coordinator_harness import make_coordinator, wait_until
+from coordinator_harness import bearer, make_coordinator, wait_until
 from fake_devices import FakeDevice
 from fastapi.testclient import TestClient
 from safetensors.torch import load
@@ -19,7 +19,7 @@ def api(mosquitto, tmp_path):
     coordinator = make_coordinator(mosquitto.url, tmp_path / "state")
     devices = [FakeDevice(f"dev-{i:03d}", mosquitto.port, index=i).start() for i in range(2)]
     try:
-        with TestClient(create_app(coordinator=coordinator)) as client:
+        with TestClient(create_app(coordinator=coordinator), headers=bearer(coordinator, "operator")) as client:
             yield client, coordinator
     finally:
         for d in devices:
@@ -74,7 +74,7 @@ def test_restarted_coordinator_lists_past_runs(mosquitto, tmp_path):
     first.close()
     second = make_coordinator(mosquitto.url, tmp_path / "state")
     try:
-        with TestClient(create_app(coordinator=second)) as client:
+        with TestClient(create_app(coordinator=second), headers=bearer(second, "viewer")) as client:
             assert [r["id"] for r in client.get("/api/runs").json()] == [run.id]
     finally:
         second.close()
