@@ -11,12 +11,23 @@ from typing import Any
 
 from simulator.engine import RoundRecord
 
-ROW_FIELDS = ("round", "accuracy", "global_accuracy", "upload_bytes", "download_bytes", "density")
+ROW_FIELDS = ("round", "accuracy", "global_accuracy", "upload_bytes", "download_bytes", "density", "train_loss",
+              "seconds", "elapsed_s")
+"""Columns of a report row. ``train_loss`` is the mean local training loss of the round's clients,
+``seconds`` the round's wall-clock seconds, ``elapsed_s`` the wall-clock seconds of rounds 1..round."""
+WALL_CLOCK_FIELDS = ("seconds", "elapsed_s")
+"""Row fields measured on the clock: the only ones that differ between two runs with the same seed."""
 
 
 def build_report(algorithm: str, config: dict[str, Any], records: Sequence[RoundRecord]) -> dict[str, Any]:
-    """The ``report.json`` object. Rows are the evaluated rounds; byte counts are cumulative."""
-    rows = [{f: getattr(r, f) for f in ROW_FIELDS} for r in records if r.accuracy is not None]
+    """The ``report.json`` object. Rows are the evaluated rounds; byte counts and ``elapsed_s`` are cumulative."""
+    rows = []
+    elapsed = 0.0
+    for r in records:
+        elapsed += r.seconds
+        if r.accuracy is not None:
+            row = {f: getattr(r, f) for f in ROW_FIELDS if f != "elapsed_s"}
+            rows.append({**row, "elapsed_s": elapsed})
     last = records[-1] if records else None
     return {
         "algorithm": algorithm,

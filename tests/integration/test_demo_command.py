@@ -22,7 +22,7 @@ def test_demo_runs_and_writes_the_report(tmp_path):
                            "total_download_bytes"}
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     assert set(report["rounds"][0]) == {"round", "accuracy", "global_accuracy", "upload_bytes", "download_bytes",
-                                        "density"}
+                                        "density", "train_loss", "seconds", "elapsed_s"}
     assert 0 < report["total_upload_bytes"] < report["live"]["dense_fedavg_upload_bytes"]
     assert (out / "accuracy_vs_upload.png").exists() and (out / "metrics.csv").exists()
     assert "dense FedAvg would have uploaded" in proc.stdout

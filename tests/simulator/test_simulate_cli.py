@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from feddst_cli.main import app
+from simulator.report import WALL_CLOCK_FIELDS
 
 SMALL = ["--dataset", "digits", "--clients", "12", "--clients-per-round", "4", "--samples-per-class", "10",
          "--rounds", "4", "--local-epochs", "1", "--eval-every", "2", "--readjust-every", "2"]
@@ -31,9 +32,14 @@ def test_writes_report_csv_and_plot(tmp_path):
     assert flags <= set(report["config"])
     assert [r["round"] for r in report["rounds"]] == [2, 4]
     for row in report["rounds"]:
-        assert set(row) == {"round", "accuracy", "global_accuracy", "upload_bytes", "download_bytes", "density"}
+        assert set(row) == {"round", "accuracy", "global_accuracy", "upload_bytes", "download_bytes", "density",
+                            "train_loss", "seconds", "elapsed_s"}
         assert 0.0 <= row["accuracy"] <= 1.0
     assert report["rounds"][0]["upload_bytes"] < report["rounds"][1]["upload_bytes"] == report["total_upload_bytes"]
+    first, second = report["rounds"]
+    assert all(r["seconds"] > 0 and r["train_loss"] > 0 for r in (first, second))
+    # elapsed_s counts the unevaluated rounds too: round 4's total covers rounds 1..4, at least rounds 3 and 4 more
+    assert second["elapsed_s"] > first["elapsed_s"] + second["seconds"] > first["elapsed_s"] >= first["seconds"]
     assert abs(report["rounds"][-1]["density"] - 0.2) < 1e-3
     with open(tmp_path / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -49,6 +55,9 @@ def test_same_seed_same_report(tmp_path):
     assert run([*SMALL, "--out", str(c), "--seed", "4"]).exit_code == 0
     ra, rb, rc = (json.loads((d / "report.json").read_text()) for d in (a, b, c))
     ra["config"].pop("out"), rb["config"].pop("out"), rc["config"].pop("out")
+    for report in (ra, rb, rc):  # wall-clock seconds are measured, not seeded
+        for row in report["rounds"]:
+            assert all(row.pop(f) > 0 for f in WALL_CLOCK_FIELDS)
     assert ra == rb
     assert ra["rounds"] != rc["rounds"]
 
