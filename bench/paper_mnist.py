@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasources import load_dataset  # noqa: E402
 from feddst_core.models import MNIST_CNN, ModelSpec  # noqa: E402
+from simulator.comparison import accuracy_within_budget  # noqa: E402
 from simulator.config import SimulationConfig  # noqa: E402
 from simulator.engine import Simulation  # noqa: E402
 from simulator.report import build_report, plot_accuracy_vs_upload, write_report  # noqa: E402
@@ -149,11 +150,6 @@ def run_algorithm(algorithm: str, args: argparse.Namespace, log: Any) -> dict[st
     report = build_report(algorithm, config.to_json(), records)
     write_report(config.out, report)
     return report
-
-
-def accuracy_within_budget(report: dict[str, Any], budget: int) -> float | None:
-    fitting = [r["accuracy"] for r in report["rounds"] if r["upload_bytes"] <= budget]
-    return fitting[-1] if fitting else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from feddst_cli import agent_command, cloud_command, demo_command, simulate_command
+from feddst_cli import agent_command, cloud_command, compare_command, demo_command, simulate_command
 
 app = typer.Typer(
     name="feddst",
@@ -36,6 +36,7 @@ app.command("simulate")(simulate_command.simulate)
 app.add_typer(agent_command.app, name="agent")
 app.add_typer(cloud_command.app, name="cloud")
 app.command("demo")(demo_command.demo)
+app.command("compare")(compare_command.compare)
 
 if __name__ == "__main__":
     app()

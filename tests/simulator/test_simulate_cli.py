@@ -96,7 +96,7 @@ def test_missing_data_dir_is_a_clear_error_and_writes_nothing(tmp_path):
 
 
 def test_unsatisfiable_partition_is_explained(tmp_path):
-    result = run(["--dataset", "digits", "--out", str(tmp_path / "o")])  # 400 x 2 x 20 > digits
+    result = run(["--dataset", "digits", "--clients", "400", "--out", str(tmp_path / "o")])  # 400 x 2 x 20 > digits
     assert result.exit_code == 2
     assert "pathological partition cannot be satisfied" in result.output
 
@@ -238,3 +238,11 @@ def test_help_explains_kernel_thresholds():
     text = _flat(result.output)
     assert "--kernel-thresholds" in text
     assert "python bench/sparse_kernels.py --calibrate --write-thresholds FILE" in text
+
+
+def test_default_flags_run_on_the_built_in_digits(tmp_path):
+    """No data flags: digits with the paper's partition shape, as many clients as digits can fill."""
+    result = run(["--rounds", "1", "--local-epochs", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "report.json").read_text())["config"]
+    assert (config["dataset"], config["clients"], config["samples_per_class"]) == ("digits", 30, 20)
