@@ -4,7 +4,8 @@ Errors are answered in one place (:func:`install_error_handlers`): every
 :class:`~cloud.errors.CoordinatorError` becomes ``{"detail": message}`` with the class's
 ``http_status`` (401 adds ``WWW-Authenticate: Bearer``); request validation errors and
 :class:`~cloud.errors.RunConfigRejectedError` become 422 ``{"detail": [{"loc", "msg", "type"}]}``
-without echoing the input (it may hold NaN, which is not JSON, or be large).
+without echoing the input (it may hold NaN, which is not JSON, or be large); a 405 lists every
+method of the path in ``Allow``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from cloud.api import devices, health, runs
+from cloud.api.deps import authorize, bearer_scheme, role_required_by
 from cloud.coordinator import Coordinator
 from cloud.errors import AuthenticationRequiredError, BrokerUnavailableError, CoordinatorError, RunConfigRejectedError
 from cloud.settings import CloudSettings
 
 log = logging.getLogger(__name__)
+
+ROUTERS = (health.router, runs.router, devices.router)  # one per resource
 
 
 def create_app(settings: CloudSettings | None = None, coordinator: Coordinator | None = None) -> FastAPI:
@@ -49,9 +55,8 @@ def create_app(settings: CloudSettings | None = None, coordinator: Coordinator |
     if not owned:
         app.state.coordinator = coordinator
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(runs.router)
-    app.include_router(devices.router)
+    for router in ROUTERS:
+        app.include_router(router)
     return app
 
 
@@ -65,14 +70,51 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CoordinatorError)
     async def coordinator_error(request: Request, exc: CoordinatorError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationRequiredError) else None
-        return JSONResponse({"detail": str(exc)}, status_code=exc.http_status, headers=headers)
+        return _coordinator_error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and request.method in ("POST", "PUT", "PATCH"):  # body not decodable
+            return await _unreadable_body(request, f"the request body is not JSON ({exc.detail})")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette lists only the first matching route's methods
+            headers["Allow"] = ", ".join(_allowed_methods(app, request))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return await _unreadable_body(request, "the request body is not valid JSON")
         detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
                   for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method of every route whose path matches the request (the app's and our routers')."""
+    routes = [*app.router.routes, *(route for router in ROUTERS for route in router.routes)]
+    methods: set[str] = set()
+    for route in routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+def _coordinator_error_response(exc: CoordinatorError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationRequiredError) else None
+    return JSONResponse({"detail": str(exc)}, status_code=exc.http_status, headers=headers)
+
+
+async def _unreadable_body(request: Request, message: str) -> JSONResponse:
+    """FastAPI parses the body before it checks the token: check it now, so a caller without the
+    right token gets 401/403 for a malformed body too; with it, a 422 on ``body``."""
+    role = role_required_by(request.scope.get("route"))
+    if role is not None:
+        try:
+            authorize(request.app.state.coordinator, await bearer_scheme(request), role)
+        except CoordinatorError as exc:
+            return _coordinator_error_response(exc)
+    return JSONResponse({"detail": [{"loc": ["body"], "msg": message, "type": "json_invalid"}]}, status_code=422)
 
 
 def _warn_without_tokens(coordinator: Coordinator) -> None:

@@ -70,3 +70,19 @@ def require_admin(coordinator: CoordinatorDep, credentials: BearerCredentials) -
 ViewerDep = Annotated[TokenInfo, Depends(require_viewer)]
 OperatorDep = Annotated[TokenInfo, Depends(require_operator)]
 AdminDep = Annotated[TokenInfo, Depends(require_admin)]
+
+
+ROLE_DEPENDENCIES = {require_viewer: "viewer", require_operator: "operator", require_admin: "admin"}
+
+
+def role_required_by(route: object) -> Role | None:
+    """The role a route's ``ViewerDep``/``OperatorDep``/``AdminDep`` parameter needs (None: an open route).
+
+    Used to authorize a request whose body could not even be parsed (FastAPI parses JSON before it
+    solves dependencies), so that a caller without a token learns nothing from a malformed body."""
+    dependant = getattr(route, "dependant", None)
+    for dependency in getattr(dependant, "dependencies", ()):
+        role = ROLE_DEPENDENCIES.get(dependency.call)
+        if role is not None:
+            return role  # type: ignore[return-value]
+    return None

@@ -159,3 +159,28 @@ def test_openapi_documents_the_bearer_scheme_and_the_error_responses(app_and_coo
     assert "422" in spec["paths"]["/api/runs"]["post"]["responses"]
     assert set(spec["components"]["schemas"]["ErrorOut"]["properties"]) == {"detail"}
     assert not [name for name in spec["components"]["schemas"] if name.endswith(("-Input", "-Output"))]
+
+
+@pytest.mark.parametrize("body", [b'{"rounds": ', b"\xff\xfe not utf-8 \x80", b"[1, 2"])
+def test_an_unparsable_body_is_refused_before_it_is_judged(app_and_coordinator, body):
+    """FastAPI parses JSON before it checks dependencies: the token must still come first."""
+    app, coordinator = app_and_coordinator
+    roles = {role: bearer(coordinator, role) for role in ROLES}
+    with TestClient(app) as client:
+        def post(headers: dict[str, str]):
+            return client.post("/api/runs", content=body, headers={"content-type": "application/json", **headers})
+
+        anonymous = post({})
+        assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
+        assert post(roles["viewer"]).status_code == 403
+        judged = post(roles["operator"])
+        assert judged.status_code == 422
+        assert judged.json()["detail"][0]["loc"] == ["body"] and "JSON" in judged.json()["detail"][0]["msg"]
+
+
+def test_a_wrong_method_is_405_listing_every_method_of_the_path(app_and_coordinator):
+    app, _ = app_and_coordinator
+    with TestClient(app) as client:
+        response = client.delete("/api/runs")
+        assert response.status_code == 405 and response.headers["allow"] == "GET, POST"
+        assert client.put("/api/runs/run-1/start").headers["allow"] == "POST"
