@@ -32,10 +32,14 @@ def serve(
     embedded_broker: bool = typer.Option(False, "--embedded-broker", help="Start an in-process amqtt broker "
                                          "(MQTT 3.1.1, anonymous, loopback) and use it: for demos only."),
     broker_port: int = typer.Option(1883, help="Port of the embedded broker."),
+    data_root: list[Path] | None = typer.Option(None, "--data-root", help="A directory run configs may name "
+                                                "evaluation data under (repeatable). Env: FEDDST_CLOUD_DATA_ROOTS "
+                                                "(JSON list). Default: none (only the built-in digits)."),
 ) -> None:
     """Serve the coordinator: REST API on --api-host:--api-port, MQTT client to --broker.
 
-    OpenAPI is served at /openapi.json (docs at /docs).
+    OpenAPI is served at /openapi.json (docs at /docs). Every /api request needs a bearer token:
+    create the first one with `feddst cloud token create --role admin --state-dir STATE_DIR`.
     """
     import uvicorn
     from pydantic import ValidationError
@@ -52,7 +56,8 @@ def serve(
     try:
         settings = CloudSettings.load(config, broker_url=broker, mqtt_username=username, mqtt_password=password,
                                       api_host=api_host, api_port=api_port, state_dir=state_dir,
-                                      heartbeat_s=heartbeat_s, device_keys_file=device_keys_file)
+                                      heartbeat_s=heartbeat_s, device_keys_file=device_keys_file,
+                                      data_roots=data_root or None)
     except (ValidationError, ValueError, OSError) as exc:
         typer.secho(f"error: invalid settings: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
