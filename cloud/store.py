@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from cloud.errors import ModelNotAvailableError, RunNotFoundError
+from feddst_core.model_file import MASK_SUFFIX, decode_model_file, encode_model_file
 
 RUN_STATUSES = ("created", "running", "completed", "stopped", "failed", "interrupted")
-MASK_SUFFIX = ".mask"
+__all__ = ["MASK_SUFFIX", "CoordinatorStore", "DeviceRow", "RunRow"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -157,13 +156,12 @@ class CoordinatorStore:
 
     def save_model(self, run_id: str, server_round: int, params: Mapping[str, torch.Tensor],
                    masks: Mapping[str, torch.Tensor]) -> Path:
-        """Write the global model of ``server_round`` atomically and make it the run's current model."""
-        tensors = {name: t.detach().contiguous().cpu() for name, t in params.items()}
-        tensors.update({name + MASK_SUFFIX: m.to(torch.bool).contiguous().cpu() for name, m in masks.items()})
+        """Write the global model of ``server_round`` atomically and make it the run's current model
+        (layout: ``feddst_core.model_file``)."""
         path = self.model_path(run_id, server_round)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(save_safetensors(tensors, metadata={"run_id": run_id, "round": str(server_round)}))
+        tmp.write_bytes(encode_model_file(params, masks, {"run_id": run_id, "round": str(server_round)}))
         os.replace(tmp, path)
         self._execute("UPDATE runs SET model_round = ? WHERE id = ?", (server_round, run_id))
         return path
@@ -177,10 +175,9 @@ class CoordinatorStore:
 
     def load_model(self, run_id: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(params, masks) of the run's current global model."""
-        tensors = load_safetensors(self.model_file(run_id).read_bytes())
-        params = {n: t for n, t in tensors.items() if not n.endswith(MASK_SUFFIX)}
-        masks = {n[: -len(MASK_SUFFIX)]: t for n, t in tensors.items() if n.endswith(MASK_SUFFIX)}
-        return params, masks
+        path = self.model_file(run_id)
+        model = decode_model_file(path.read_bytes(), str(path))
+        return model.params, model.masks
 
     # --- devices ----------------------------------------------------------------------------------
 

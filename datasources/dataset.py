@@ -39,8 +39,14 @@ class Dataset:
         return int(c), int(h), int(w)
 
 
-def standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel zero mean / unit variance using train statistics; float32 out."""
+def channel_statistics(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean, std + 1e-8) of (N, C, H, W) images, each shaped (1, C, 1, 1)."""
     mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
     std = x_train.std(axis=(0, 2, 3), keepdims=True) + 1e-8
+    return mean, std
+
+
+def standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel zero mean / unit variance using train statistics; float32 out."""
+    mean, std = channel_statistics(x_train)
     return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from datasources.cifar_batches import load_plain_pickle
-from datasources.dataset import Dataset, DataSourceError, standardize
+from datasources.dataset import Dataset, DataSourceError, channel_statistics, standardize
 from datasources.idx import load_idx_directory
 
 DATASETS = ("digits", "mnist", "cifar10", "npz")
@@ -18,11 +18,8 @@ DATASETS = ("digits", "mnist", "cifar10", "npz")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
-def load_digits_builtin(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """scikit-learn's 8x8 digits (1797 images, shipped inside the package: no download).
-
-    A fixed, seeded, class-stratified split; pixels scaled from 0..16 to about zero mean, unit std.
-    """
+def _digits_split(test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits scaled to [0, 1] (N, 1, 8, 8), labels, and the seeded stratified test flags."""
     from sklearn.datasets import load_digits  # local import: scikit-learn is only needed here
 
     bunch = load_digits()
@@ -35,8 +32,25 @@ def load_digits_builtin(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
         test_idx.extend(int(i) for i in idx[: round(len(idx) * test_fraction)])
     is_test = np.zeros(len(y), dtype=bool)
     is_test[test_idx] = True
+    return x, y, is_test
+
+
+def load_digits_builtin(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's 8x8 digits (1797 images, shipped inside the package: no download).
+
+    A fixed, seeded, class-stratified split; pixels scaled from 0..16 to [0, 1], then standardised
+    with the train split's mean and std (:func:`digits_statistics`).
+    """
+    x, y, is_test = _digits_split(test_fraction, seed)
     x_train, x_test = standardize(x[~is_test], x[is_test])
     return Dataset("digits", x_train, y[~is_test], x_test, y[is_test], num_classes=10)
+
+
+def digits_statistics(test_fraction: float = 0.2, seed: int = 0) -> tuple[float, float]:
+    """(mean, std) that :func:`load_digits_builtin` standardises the [0, 1]-scaled pixels with."""
+    x, _, is_test = _digits_split(test_fraction, seed)
+    mean, std = channel_statistics(x[~is_test])
+    return float(mean.reshape(-1)[0]), float(std.reshape(-1)[0])
 
 
 def load_mnist(data_dir: Path) -> Dataset:
