@@ -186,6 +186,12 @@ class Coordinator:
     def model_file(self, run_id: str) -> Path:
         return self.store.model_file(run_id)
 
+    def model_onnx(self, run_id: str, server_round: int | None = None) -> bytes:
+        """The run's global model (of ``server_round``, default the latest) as ONNX bytes."""
+        from cloud.model_export import run_model_onnx  # local import: onnx is only needed here
+
+        return run_model_onnx(self.store, run_id, server_round)
+
     def wait_for_run(self, run_id: str, timeout_s: float) -> RunRow:
         """Block until the run leaves 'running'/'created' (or the timeout); returns its row."""
         end = time.monotonic() + timeout_s

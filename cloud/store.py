@@ -173,6 +173,16 @@ class CoordinatorStore:
             raise ModelNotAvailableError(f"run {run_id!r} has no global model yet")
         return self.model_path(run_id, run.model_round)
 
+    def round_model_file(self, run_id: str, server_round: int) -> Path:
+        """The global model file saved after ``server_round`` (raises if there is none)."""
+        self.get_run(run_id)
+        path = self.model_path(run_id, server_round)
+        if not path.exists():
+            saved = sorted(int(p.stem.split("-")[1]) for p in path.parent.glob("round-*.safetensors"))
+            raise ModelNotAvailableError(f"run {run_id!r} has no global model of round {server_round}"
+                                         + (f"; saved rounds: {saved[0]}..{saved[-1]}" if saved else ""))
+        return path
+
     def load_model(self, run_id: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(params, masks) of the run's current global model."""
         path = self.model_file(run_id)

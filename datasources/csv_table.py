@@ -40,10 +40,8 @@ def _labels(raw: list[str], path: Path, label_column: str) -> tuple[np.ndarray, 
     return y, int(y.max()) + 1
 
 
-def load_csv_table(path: str | Path, label_column: str = "label", shape: tuple[int, int, int] | None = None,
-                   num_classes: int | None = None) -> Dataset:
-    """Read ``path``; every column but ``label_column`` is a feature. Raises :class:`DataSourceError`."""
-    p = Path(path)
+def _read_table(p: Path, label_column: str) -> tuple[list[str], list[list[str]]]:
+    """The header (stripped) and the non-blank rows of a CSV file."""
     if not p.is_file():
         raise DataSourceError(f"{p}: no such file; expected a CSV with a header row, feature columns and a "
                               f"{label_column!r} column")
@@ -56,37 +54,60 @@ def load_csv_table(path: str | Path, label_column: str = "label", shape: tuple[i
         raise DataSourceError(f"{p}: not a readable CSV file ({exc})") from exc
     if not header:
         raise DataSourceError(f"{p}: empty file; expected a header row naming the columns")
-    header = [h.strip() for h in header]
-    if label_column not in header:
-        raise DataSourceError(f"{p}: no label column {label_column!r}; the columns are "
-                              f"{', '.join(header[:10])}{'...' if len(header) > 10 else ''} "
-                              "(choose one with --label-column)")
-    if header.count(label_column) > 1:
-        raise DataSourceError(f"{p}: the label column {label_column!r} appears twice")
     if not rows:
         raise DataSourceError(f"{p}: no data rows after the header")
-    label_at = header.index(label_column)
-    feature_count = len(header) - 1
+    return [h.strip() for h in header], rows
+
+
+def _features(p: Path, header: list[str], rows: list[list[str]], label_at: int | None) -> np.ndarray:
+    """(rows, features) float32 of every column but ``label_at``; finite numbers only."""
+    feature_count = len(header) - (label_at is not None)
     if feature_count < 1:
-        raise DataSourceError(f"{p}: no feature columns besides {label_column!r}")
+        raise DataSourceError(f"{p}: no feature columns besides the label")
     features = np.empty((len(rows), feature_count), dtype=np.float32)
-    raw_labels: list[str] = []
     for line, row in enumerate(rows, start=2):
         if len(row) != len(header):
             raise DataSourceError(f"{p}:{line}: {len(row)} fields but the header has {len(header)}")
-        raw_labels.append(row[label_at].strip())
-        cells = row[:label_at] + row[label_at + 1:]
+        cells = row if label_at is None else row[:label_at] + row[label_at + 1:]
         try:
             features[line - 2] = [float(c) for c in cells]
         except ValueError as exc:
             raise DataSourceError(f"{p}:{line}: a feature is not a number ({exc})") from exc
     if not np.isfinite(features).all():
         raise DataSourceError(f"{p}: features must be finite numbers (found NaN or inf)")
+    return features
+
+
+def load_csv_table(path: str | Path, label_column: str = "label", shape: tuple[int, int, int] | None = None,
+                   num_classes: int | None = None) -> Dataset:
+    """Read ``path``; every column but ``label_column`` is a feature. Raises :class:`DataSourceError`."""
+    p = Path(path)
+    header, rows = _read_table(p, label_column)
+    if label_column not in header:
+        raise DataSourceError(f"{p}: no label column {label_column!r}; the columns are "
+                              f"{', '.join(header[:10])}{'...' if len(header) > 10 else ''} "
+                              "(choose one with --label-column)")
+    if header.count(label_column) > 1:
+        raise DataSourceError(f"{p}: the label column {label_column!r} appears twice")
+    label_at = header.index(label_column)
+    features = _features(p, header, rows, label_at)
+    raw_labels = [row[label_at].strip() for row in rows]
     y, found_classes = _labels(raw_labels, p, label_column)
     classes = found_classes if num_classes is None else num_classes
     if int(y.max()) >= classes:
         raise DataSourceError(f"{p}: label {int(y.max())} does not fit num_classes={classes}")
-    c, h, w = _feature_shape(feature_count, shape, p)
+    c, h, w = _feature_shape(features.shape[1], shape, p)
     x = features.reshape(len(rows), c, h, w)
     empty_x = np.zeros((0, c, h, w), dtype=np.float32)
     return Dataset("csv", x, y, empty_x, np.zeros(0, dtype=np.int64), num_classes=classes)
+
+
+def read_csv_features(path: str | Path, shape: tuple[int, int, int], label_column: str = "label") -> np.ndarray:
+    """The feature rows of a CSV (header row; a ``label_column``, if present, is ignored) as float32
+    (N, *shape), taken as model-ready values. Raises :class:`DataSourceError`."""
+    p = Path(path)
+    header, rows = _read_table(p, label_column)
+    if header.count(label_column) > 1:
+        raise DataSourceError(f"{p}: the label column {label_column!r} appears twice")
+    features = _features(p, header, rows, header.index(label_column) if label_column in header else None)
+    return features.reshape(len(rows), *_feature_shape(features.shape[1], shape, p))

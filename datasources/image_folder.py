@@ -46,6 +46,27 @@ def normalise(images: np.ndarray) -> np.ndarray:
     return ((x - mean) / std).astype(np.float32)
 
 
+def read_image(file: Path, mode: str | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One image file as uint8 (H, W) grayscale or (H, W, 3) RGB.
+
+    ``mode``: "L" or "RGB"; default: "L" for grayscale files, else "RGB". ``size``: (height, width)
+    to resize to (Pillow's default filter, bicubic); default: as stored.
+    Raises :class:`DataSourceError` naming the file.
+    """
+    from PIL import Image, UnidentifiedImageError  # local import: Pillow is only needed here
+
+    try:
+        with Image.open(file) as img:
+            if mode is None:
+                mode = "L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+            converted = img.convert(mode)
+            if size is not None and converted.size != (size[1], size[0]):
+                converted = converted.resize((size[1], size[0]))
+            return np.asarray(converted, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataSourceError(f"{file}: not a readable image ({exc})") from exc
+
+
 def load_image_folder(root: str | Path, channels: int | None = None,
                       size: tuple[int, int] | None = None, num_classes: int | None = None) -> Dataset:
     """Read every image under ``root/<class>/``.
@@ -55,8 +76,6 @@ def load_image_folder(root: str | Path, channels: int | None = None,
     ``num_classes``: default: the largest label + 1.
     Raises :class:`DataSourceError` naming the folder or file at fault.
     """
-    from PIL import Image, UnidentifiedImageError  # local import: Pillow is only needed here
-
     base = Path(root)
     if not base.is_dir():
         raise DataSourceError(f"{base}: no such directory; expected an image folder with one sub-folder "
@@ -75,16 +94,8 @@ def load_image_folder(root: str | Path, channels: int | None = None,
     for class_dir in class_dirs:
         files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         for file in files:
-            try:
-                with Image.open(file) as img:
-                    if mode is None:
-                        mode = "L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
-                    converted = img.convert(mode)
-                    if size is not None and converted.size != (size[1], size[0]):
-                        converted = converted.resize((size[1], size[0]))
-                    array = np.asarray(converted, dtype=np.uint8)
-            except (OSError, UnidentifiedImageError, ValueError) as exc:
-                raise DataSourceError(f"{file}: not a readable image ({exc})") from exc
+            array = read_image(file, mode, size)
+            mode = "L" if array.ndim == 2 else "RGB"
             hw = (int(array.shape[0]), int(array.shape[1]))
             if expected is None:
                 expected = hw

@@ -64,6 +64,17 @@ def load_mnist(data_dir: Path) -> Dataset:
                    norm(arrays["x_test"]), arrays["y_test"].astype(np.int64), num_classes=num_classes)
 
 
+def to_nchw(x: np.ndarray, source: str) -> np.ndarray:
+    """Images (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3} -> (N, C, H, W) (same dtype)."""
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        return x.transpose(0, 3, 1, 2)
+    if x.ndim == 4:
+        return x
+    raise DataSourceError(f"{source}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C), got {x.shape}")
+
+
 def load_npz(path: Path) -> Dataset:
     """An ``.npz`` with x_train, y_train, x_test, y_test; images (N, H, W), (N, C, H, W) or (N, H, W, C)."""
     required = ("x_train", "y_train", "x_test", "y_test")
@@ -80,18 +91,10 @@ def load_npz(path: Path) -> Dataset:
             raise
         raise DataSourceError(f"{path}: not a readable .npz file ({exc})") from exc
 
-    def to_nchw(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float32)
-        if x.ndim == 3:
-            return x[:, None]
-        if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-            return x.transpose(0, 3, 1, 2)
-        if x.ndim == 4:
-            return x
-        raise DataSourceError(f"{path}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C), got {x.shape}")
-
     y_train, y_test = arrays["y_train"].astype(np.int64).reshape(-1), arrays["y_test"].astype(np.int64).reshape(-1)
-    x_train, x_test = standardize(to_nchw(arrays["x_train"]), to_nchw(arrays["x_test"]))
+    x_train = to_nchw(arrays["x_train"].astype(np.float32), str(path))
+    x_test = to_nchw(arrays["x_test"].astype(np.float32), str(path))
+    x_train, x_test = standardize(x_train, x_test)
     num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
     return Dataset("npz", x_train, y_train, x_test, y_test, num_classes=num_classes)
 

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import typer
 
-from feddst_cli import agent_command, cloud_command, compare_command, demo_command, simulate_command
+from feddst_cli import (
+    agent_command,
+    cloud_command,
+    compare_command,
+    demo_command,
+    export_command,
+    predict_command,
+    simulate_command,
+)
 
 app = typer.Typer(
     name="feddst",
     help="FedDST Edge: federated dynamic sparse training for edge devices.\n\n"
-    "Run `feddst simulate --help` to plan a field trial in-process.",
+    "Run `feddst simulate --help` to plan a field trial in-process, `feddst export onnx --help` to export a "
+    "trained model and `feddst predict --help` to use one.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -37,6 +46,8 @@ app.add_typer(agent_command.app, name="agent")
 app.add_typer(cloud_command.app, name="cloud")
 app.command("demo")(demo_command.demo)
 app.command("compare")(compare_command.compare)
+app.add_typer(export_command.app, name="export")
+app.command("predict")(predict_command.predict)
 
 if __name__ == "__main__":
     app()

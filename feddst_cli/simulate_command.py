@@ -77,8 +77,9 @@ def simulate(
     seed: int = typer.Option(0, help="Seed: same seed, same report.", rich_help_panel=RUN),
     eval_every: int = typer.Option(10, help="Evaluate every N rounds (and after the last).",
                                    rich_help_panel=RUN),
-    out: Path = typer.Option(Path("runs/simulate"), help="Output directory for report.json, metrics.csv and "
-                             "accuracy_vs_upload.png.", rich_help_panel=RUN),
+    out: Path = typer.Option(Path("runs/simulate"), help="Output directory for report.json, metrics.csv, "
+                             "accuracy_vs_upload.png and the final global model model.safetensors (export it "
+                             "with `feddst export onnx --from`).", rich_help_panel=RUN),
     kernels: KernelChoice = typer.Option(KernelChoice.dense, help="Local training kernels: dense (masked dense; "
                                         "batches clients), or auto / sparse (CPU sparse kernels, as devices "
                                         "run them; clients trained one by one).", rich_help_panel=RUN),
@@ -93,7 +94,8 @@ def simulate(
                                          "--no-client-batching trains them one by one, as devices do.",
                                          rich_help_panel=RUN),
 ) -> None:
-    """Simulate a federated run in-process (no network) and write report.json, metrics.csv and a plot.
+    """Simulate a federated run in-process (no network) and write report.json, metrics.csv, a plot and
+    the final global model (model.safetensors).
 
     Defaults reproduce the paper's MNIST setting (with --dataset mnist --data-dir DIR): 400 clients x 2
     classes x 20 images, 20 clients per round, 10 local epochs, FedDST at 80% sparsity with ERK layer
@@ -129,7 +131,7 @@ def run_simulation(config: object) -> dict:
     from datasources import DataSourceError
     from feddst_core.partition import PartitionError
     from simulator.engine import Simulation
-    from simulator.report import build_report, write_report
+    from simulator.report import build_report, write_model, write_report
 
     try:
         sim = Simulation(config)  # type: ignore[arg-type]
@@ -148,9 +150,14 @@ def run_simulation(config: object) -> dict:
         bar.set_postfix(post)
     report = build_report(cfg.algorithm, cfg.to_json(), records)
     path = write_report(cfg.out, report)
+    final = report["rounds"][-1] if report["rounds"] else {}
+    model_path = write_model(cfg.out, sim.state.params, sim.state.masks, {
+        "run_id": Path(cfg.out).name, "round": str(sim.server_round), "model": sim.spec.name,
+        "dataset": cfg.dataset, "algorithm": cfg.algorithm,
+        "accuracy": "" if final.get("accuracy") is None else repr(float(final["accuracy"]))})
     elapsed = time.perf_counter() - started
     typer.echo(f"{cfg.algorithm}: final accuracy {report['final_accuracy']:.4f} after {cfg.rounds} rounds; "
                f"uploaded {report['total_upload_bytes'] / 1e6:.2f} MB, downloaded "
                f"{report['total_download_bytes'] / 1e6:.2f} MB; {elapsed:.1f} s")
-    typer.echo(f"wrote {path}, {path.parent / 'metrics.csv'}, {path.parent / 'accuracy_vs_upload.png'}")
+    typer.echo(f"wrote {path}, {path.parent / 'metrics.csv'}, {path.parent / 'accuracy_vs_upload.png'}, {model_path}")
     return report

@@ -137,3 +137,22 @@ def onnx_bytes(spec: ModelSpec, params: Mapping[str, object], masks: Mapping[str
     """:func:`onnx_model` serialised (the bytes of a ``.onnx`` file)."""
     return onnx_model(spec, params, masks, properties, sparse_weights=sparse_weights,
                       producer_version=producer_version).SerializeToString()
+
+
+def export_model(spec: ModelSpec, params: Mapping[str, object], masks: Mapping[str, object], *,
+                 dataset: str | None = None, run_id: str = "", server_round: int | None = None,
+                 accuracy: float | None = None, sparse_weights: bool = False) -> bytes:
+    """The ``.onnx`` bytes of a global model with its model card (``inference.model_card``) as metadata:
+    the normalisation and class labels of ``dataset`` (default: the model's usual data source), the run,
+    round and accuracy it comes from, and each weight's density."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from inference.model_card import card_for
+
+    try:
+        producer = version("feddst-edge")
+    except PackageNotFoundError:
+        producer = ""
+    card = card_for(spec.name, spec.input_shape, spec.num_classes, masks, dataset, run_id, server_round, accuracy)
+    return onnx_bytes(spec, params, masks, card.to_properties(), sparse_weights=sparse_weights,
+                      producer_version=producer)

@@ -24,6 +24,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from datasources.preprocessing import InputNormalisation
 
@@ -92,6 +93,8 @@ class ModelCard:
         norm = reader.json("normalization")
         normalization = None
         if norm is not None:
+            if not isinstance(norm, dict):
+                raise ModelCardError(f"{source}: {PREFIX}normalization must be a JSON object or null")
             try:
                 normalization = InputNormalisation(tuple(float(v) for v in norm["mean"]),
                                                    tuple(float(v) for v in norm["std"]), str(norm.get("source", "")))
@@ -123,7 +126,7 @@ class _PropertyReader:
             raise ModelCardError(f"{self.source}: no {full} metadata; export the model with `feddst export onnx`")
         return self.props[full]
 
-    def json(self, key: str) -> object:
+    def json(self, key: str) -> Any:
         try:
             return json.loads(self.text(key))
         except json.JSONDecodeError as exc:
@@ -150,3 +153,25 @@ class _PropertyReader:
         if not math.isfinite(out):
             raise ModelCardError(f"{self.source}: {PREFIX}{key} must be finite, got {value!r}")
         return out
+
+
+def card_for(model: str, input_shape: tuple[int, int, int], num_classes: int, masks: Mapping[str, object],
+             dataset: str | None = None, run_id: str = "", server_round: int | None = None,
+             accuracy: float | None = None) -> ModelCard:
+    """The card of a built-in model trained on ``dataset`` (default: the model's usual data source).
+
+    ``masks``: weight name -> bool mask (numpy or torch); density = the fraction of True entries.
+    """
+    import numpy as np
+
+    from datasources.preprocessing import MODEL_DATASETS, dataset_class_labels, dataset_normalisation
+
+    source = dataset if dataset is not None else MODEL_DATASETS.get(model, "")
+    density = {}
+    for name, mask in masks.items():
+        array = np.asarray(mask, dtype=bool)
+        density[name] = float(np.count_nonzero(array) / array.size) if array.size else 1.0
+    return ModelCard(model=model, input_shape=input_shape, num_classes=num_classes,
+                     normalization=dataset_normalisation(source, input_shape[0]) if source else None,
+                     class_labels=dataset_class_labels(source, num_classes) if source else None,
+                     dataset=source, run_id=run_id, server_round=server_round, accuracy=accuracy, density=density)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from feddst_core.model_file import encode_model_file
 from simulator.engine import RoundRecord
+
+MODEL_FILE = "model.safetensors"
 
 ROW_FIELDS = ("round", "accuracy", "global_accuracy", "upload_bytes", "download_bytes", "density", "train_loss",
               "seconds", "elapsed_s")
@@ -39,10 +42,23 @@ def build_report(algorithm: str, config: dict[str, Any], records: Sequence[Round
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, text: str | bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    if isinstance(text, bytes):
+        tmp.write_bytes(text)
+    else:
+        tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_model(out_dir: str | Path, params: Mapping[str, Any], masks: Mapping[str, Any],
+                metadata: Mapping[str, str]) -> Path:
+    """Write the final global model as ``out_dir/model.safetensors`` (the layout of ``GET
+    /api/runs/{id}/model``: ``feddst_core.model_file``), atomically; returns its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / MODEL_FILE, encode_model_file(params, masks, metadata))
+    return out / MODEL_FILE
 
 
 def write_report(out_dir: str | Path, report: dict[str, Any]) -> Path:

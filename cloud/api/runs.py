@@ -6,10 +6,10 @@ GETs need a viewer token, creating, starting and stopping an operator token. Dom
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, status
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Query, status
+from fastapi.responses import FileResponse, Response
 
 from cloud.api.deps import AUTH_RESPONSES, CoordinatorDep, OperatorDep, ViewerDep
 from cloud.run_config import RunConfig
@@ -69,3 +69,20 @@ def get_model(run_id: str, coordinator: CoordinatorDep, _token: ViewerDep) -> Fi
     """The run's current global model."""
     return FileResponse(coordinator.model_file(run_id), media_type="application/octet-stream",
                         filename=f"{run_id}.safetensors")
+
+
+ONNX_MEDIA_TYPE = "application/octet-stream"
+
+
+@router.get("/{run_id}/model.onnx", response_class=Response,
+            responses={200: {"content": {ONNX_MEDIA_TYPE: {}},
+                             "description": "ONNX (opset 17) with the model card as metadata (docs/inference.md)"},
+                       404: {"model": ErrorOut, "description": "No run with that id, or no model of that round."}})
+def get_model_onnx(run_id: str, coordinator: CoordinatorDep, _token: ViewerDep,
+                   server_round: Annotated[int | None, Query(alias="round", ge=0,
+                                                             description="Default: the latest round.")] = None,
+                   ) -> Response:
+    """The run's global model (of `round`, default the current one) as ONNX."""
+    data = coordinator.model_onnx(run_id, server_round)
+    name = f"{run_id}.onnx" if server_round is None else f"{run_id}-round-{server_round}.onnx"
+    return Response(data, media_type=ONNX_MEDIA_TYPE, headers={"Content-Disposition": f'attachment; filename="{name}"'})

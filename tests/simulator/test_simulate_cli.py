@@ -246,3 +246,29 @@ def test_default_flags_run_on_the_built_in_digits(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "report.json").read_text())["config"]
     assert (config["dataset"], config["clients"], config["samples_per_class"]) == ("digits", 30, 20)
+
+
+def test_writes_the_final_global_model_as_safetensors(tmp_path):
+    """model.safetensors holds the final global model: evaluated on the digits test set it scores the
+    report's final global accuracy, and its masks have the reported density."""
+    import torch
+
+    from datasources import load_dataset
+    from feddst_core.model_file import decode_model_file
+    from feddst_core.models import DIGITS_CNN, predict
+
+    assert run([*SMALL, "--out", str(tmp_path)]).exit_code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    model = decode_model_file((tmp_path / "model.safetensors").read_bytes())
+    assert model.metadata["model"] == "digits_cnn" and model.metadata["round"] == "4"
+    assert model.metadata["dataset"] == "digits" and model.metadata["run_id"] == tmp_path.name
+    assert float(model.metadata["accuracy"]) == report["final_accuracy"]
+    assert set(model.params) == set(DIGITS_CNN.parameter_shapes()) and set(model.masks) == set(
+        DIGITS_CNN.masked_names())
+    data = load_dataset("digits")
+    correct = predict(DIGITS_CNN, model.params, torch.from_numpy(data.x_test)).numpy() == data.y_test
+    assert float(correct.mean()) == pytest.approx(report["rounds"][-1]["global_accuracy"])
+    active = sum(int(m.sum()) for m in model.masks.values()) / sum(m.numel() for m in model.masks.values())
+    assert active == pytest.approx(report["rounds"][-1]["density"], abs=1e-6)
+    for name, mask in model.masks.items():
+        assert (model.params[name][~mask] == 0).all()
