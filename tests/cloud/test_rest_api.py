@@ -57,6 +57,7 @@ def test_run_lifecycle_over_rest(api, tmp_path):
     assert detail["final_accuracy"] is not None and detail["total_upload_bytes"] > 0
     tensors = load(client.get(f"/api/runs/{run_id}/model").content)
     assert "fc1.weight" in tensors and tensors["fc1.weight.mask"].dtype.is_floating_point is False
+    _check_model_onnx(client, run_id, detail)
     devices = client.get("/api/devices").json()
     assert {d["id"] for d in devices} == {"dev-000", "dev-001"}
     assert all(d["rounds_done"] == 2 and d["bytes_up"] > 0 and d["bytes_down"] > 0 for d in devices)
@@ -78,3 +79,19 @@ def test_restarted_coordinator_lists_past_runs(mosquitto, tmp_path):
             assert [r["id"] for r in client.get("/api/runs").json()] == [run.id]
     finally:
         second.close()
+
+
+def _check_model_onnx(client, run_id: str, detail: dict) -> None:
+    """GET /api/runs/{id}/model.onnx: the latest or a given round's model, with its card; 404s name the problem."""
+    from inference import Predictor
+
+    response = client.get(f"/api/runs/{run_id}/model.onnx")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/octet-stream"
+    card = Predictor(response.content).card
+    assert (card.model, card.run_id, card.server_round, card.dataset) == ("digits_cnn", run_id, 2, "digits")
+    assert card.accuracy == detail["rounds"][-1]["accuracy"]
+    assert Predictor(client.get(f"/api/runs/{run_id}/model.onnx?round=1").content).card.server_round == 1
+    missing = client.get(f"/api/runs/{run_id}/model.onnx?round=7")
+    assert missing.status_code == 404 and "no global model of round 7" in missing.json()["detail"]
+    assert client.get("/api/runs/nope/model.onnx").status_code == 404
+    assert client.get(f"/api/runs/{run_id}/model.onnx?round=-1").status_code == 422
