@@ -30,6 +30,7 @@ from edge_agent.capabilities import detect_capabilities
 from edge_agent.config import AgentSettings, kernel_thresholds_warnings
 from edge_agent.data import LocalData
 from edge_agent.local_training import TrainingError, train_on_task
+from edge_agent.model_snapshot import ModelSnapshotWriter
 from edge_agent.mqtt_adapter import DeviceLink, Inbound, LinkDown, LinkRefused, LinkUp, PublishRefused
 from feddst_core import native
 from feddst_core.sparse import default_thresholds, describe_thresholds
@@ -122,6 +123,9 @@ class EdgeAgent:
         self._exit_code: int | None = None
         self.link = DeviceLink(settings, self._encode(Status(self.device_id, "offline", "connection lost")),
                                topics.status(self.device_id), self.events)
+        self.snapshots = (None if settings.model_onnx_path is None else
+                          ModelSnapshotWriter(settings.model_onnx_path, settings.model_onnx_every, data,
+                                              settings.dataset))
 
     # ------------------------------------------------------------------ main loop
     def run(self, stop: threading.Event) -> int:
@@ -345,6 +349,8 @@ class EdgeAgent:
         if model.base_round is not None:
             self._drop("unsupported", topics.model(model.run_id), "delta broadcasts (base_round) are not supported")
             return
+        if self.snapshots is not None and self.snapshots.due(model):
+            self.stats["model_onnx_written" if self.snapshots.write(model) else "model_onnx_failed"] += 1
         models = self.state.models
         models[key] = model
         models.move_to_end(key)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import os
 import re
 import tomllib
@@ -106,6 +107,8 @@ class AgentSettings:
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 30.0
     log_level: str = "info"
+    model_onnx_path: str | None = None  # keep the latest global model here as ONNX (for local applications)
+    model_onnx_every: int = 1  # ... every N completed rounds of a run (1: every global model received)
 
     def __post_init__(self) -> None:
         check = _Checker()
@@ -141,6 +144,12 @@ class AgentSettings:
               "a CA file only makes sense with an mqtts:// broker URL")
         if self.username is not None:
             check(bool(self.username), "username", "must not be empty")
+        check(self.model_onnx_every >= 1, "model_onnx_every", "must be >= 1 (rounds between model.onnx writes)")
+        if self.model_onnx_path is not None:
+            check(bool(self.model_onnx_path) and not Path(self.model_onnx_path).is_dir(), "model_onnx_path",
+                  f"{self.model_onnx_path!r} must be a file path (e.g. /var/lib/feddst/model.onnx), not a directory")
+            check(importlib.util.find_spec("onnx") is not None, "model_onnx_path",
+                  "writing model.onnx needs the onnx package: pip install 'feddst-edge[agent]' (or pip install onnx)")
 
     @property
     def broker_address(self) -> BrokerAddress:
@@ -286,7 +295,7 @@ def kernel_thresholds_warnings(info: KernelThresholdsFile, native_loaded: bool, 
 
 FIELDS = {f.name: f for f in dataclasses.fields(AgentSettings)}
 _INT_FIELDS = {"classes_per_client", "samples_per_class", "seed", "threads", "max_packet", "max_message_bytes",
-               "keepalive_s", "session_expiry_s"}
+               "keepalive_s", "session_expiry_s", "model_onnx_every"}
 _FLOAT_FIELDS = {"beta", "heartbeat_s", "ack_timeout_s", "reconnect_min_s", "reconnect_max_s"}
 _BOOL_FIELDS = {"tls_insecure"}
 

@@ -17,6 +17,7 @@ from feddst_cli.choices import CpuPolicy, KernelChoice, PartitionKind
 BROKER = "Broker and identity"
 DATA = "Local data"
 RUNTIME = "Runtime"
+MODEL = "Using the model on the device"
 
 app = typer.Typer(
     name="agent",
@@ -152,6 +153,13 @@ def run(
                                                rich_help_panel=RUNTIME),
     log_level: LogLevel | None = typer.Option(None, help="debug, info, warning or error. Env: "
                                               "FEDDST_LOG_LEVEL. Default: info.", rich_help_panel=RUNTIME),
+    model_onnx_path: Path | None = typer.Option(None, help="Keep the latest global model the device receives "
+                                                "at this path as ONNX, for local applications (`feddst predict "
+                                                "--model PATH`), written atomically. Env: FEDDST_MODEL_ONNX_PATH. "
+                                                "Default: not written.", rich_help_panel=MODEL),
+    model_onnx_every: int | None = typer.Option(None, help="With --model-onnx-path: write the model of every "
+                                                "N-th completed round of a run. Env: FEDDST_MODEL_ONNX_EVERY. "
+                                                "Default: 1 (every global model received).", rich_help_panel=MODEL),
 ) -> None:
     from edge_agent.config import AgentConfigError, load_settings, read_key_file
 
@@ -164,7 +172,8 @@ def run(
         "samples_per_class": samples_per_class, "beta": beta, "seed": seed, "threads": threads,
         "kernels": kernels, "kernel_thresholds": kernel_thresholds, "cpu_policy": cpu_policy,
         "heartbeat_s": heartbeat_s, "max_packet": max_packet, "max_message_bytes": max_message_bytes,
-        "ack_timeout_s": ack_timeout_s, "log_level": log_level,
+        "ack_timeout_s": ack_timeout_s, "log_level": log_level, "model_onnx_path": model_onnx_path,
+        "model_onnx_every": model_onnx_every,
     }.items()}
     try:
         settings = load_settings(flags, config_file=config)

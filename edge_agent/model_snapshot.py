@@ -1,0 +1,80 @@
+"""Keeping the latest global model on the device as ``model.onnx`` (``--model-onnx-path``).
+
+Built from the ``ModelBroadcast`` the agent already holds (no extra download). A broadcast of round
+``r`` carries the global model after ``r - 1`` completed rounds; with ``--model-onnx-every N`` the file is
+rewritten when that count is a multiple of N. The file is written atomically (temporary file, fsync,
+rename), so a local application reading it never sees half a model. Its metadata (the model card) names
+the model, the run, the completed rounds and the input normalisation of this device's data source; the
+log line gives the model's accuracy on this device's local data (the run's held-out accuracy is not sent
+to devices).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from edge_agent.data import LocalData
+from feddst_core.models import MODELS, ModelSpec, predict
+from feddst_core.onnx_export import OnnxExportError, export_model
+from feddst_core.wire_format import model_from_tensors
+from inference.onnx_file import write_file_atomically
+from protocol import ModelBroadcast, ProtocolError
+
+log = logging.getLogger("feddst.agent")
+LOCAL_EVAL_SAMPLES = 1000  # bounds the cost of the local-accuracy figure on devices with much data
+
+
+def spec_of_broadcast(model: ModelBroadcast) -> ModelSpec | None:
+    """The built-in model whose parameter shapes the broadcast carries (None: no such model)."""
+    shapes = {name: tuple(t.shape) for name, t in model.tensors.items()}
+    for spec in MODELS.values():
+        if shapes == dict(spec.parameter_shapes()):
+            return spec
+    return None
+
+
+class ModelSnapshotWriter:
+    """Writes ``path`` from every due broadcast; never raises (a failed write is logged and counted)."""
+
+    def __init__(self, path: str | Path, every: int, data: LocalData, dataset: str) -> None:
+        self.path = Path(path)
+        self.every = every
+        self.data = data
+        self.dataset = dataset
+        self.written: dict[str, int] = {}  # run id -> completed rounds of the model last written
+
+    def due(self, model: ModelBroadcast) -> bool:
+        completed = model.server_round - 1
+        return completed >= 1 and completed % self.every == 0 and self.written.get(model.run_id, -1) < completed
+
+    def write(self, model: ModelBroadcast) -> bool:
+        """Export and write the broadcast's model; True when the file was written."""
+        completed = model.server_round - 1
+        spec = spec_of_broadcast(model)
+        if spec is None:
+            log.warning("model.onnx not written for %s round %d: the broadcast matches no built-in model",
+                        model.run_id, completed)
+            return False
+        try:
+            params, masks = model_from_tensors(model.tensors, spec.masked_names())
+            data = export_model(spec, params, masks, dataset=self.dataset, run_id=model.run_id,
+                                server_round=completed)
+            write_file_atomically(self.path, data)
+        except (ProtocolError, OnnxExportError, OSError) as exc:
+            log.error("cannot write %s for %s round %d: %s", self.path, model.run_id, completed, exc)
+            return False
+        self.written[model.run_id] = completed
+        log.info("wrote %s: %s, run %s after round %d, %s", self.path, spec.name, model.run_id, completed,
+                 self._local_accuracy(spec, params))
+        return True
+
+    def _local_accuracy(self, spec: ModelSpec, params: dict[str, torch.Tensor]) -> str:
+        if spec.input_shape != self.data.input_shape or len(self.data) == 0:
+            return "local accuracy n/a (the local data does not fit this model)"
+        x = torch.from_numpy(self.data.x[:LOCAL_EVAL_SAMPLES])
+        y = torch.from_numpy(self.data.y[:LOCAL_EVAL_SAMPLES])
+        accuracy = float((predict(spec, params, x) == y).float().mean())
+        return f"accuracy {accuracy:.4f} on {len(y)} local training samples"
