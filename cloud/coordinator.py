@@ -38,6 +38,7 @@ import numpy as np
 
 from cloud.access_tokens import TokenStore
 from cloud.device_registry import DeviceRegistry
+from cloud.enrollment import REVOKED_MARK, DeviceKeyring
 from cloud.errors import BrokerUnavailableError, RunStateError
 from cloud.evaluation import HeldOutEvaluator
 from cloud.mqtt_link import CoordinatorLink, Inbound
@@ -93,13 +94,13 @@ class Coordinator:
         self.registry = DeviceRegistry(self.store, settings.heartbeat_s)
         self.inbound: queue.Queue[Inbound] = queue.Queue(maxsize=256)
         self._commands: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
-        keys = settings.device_keys()
+        self.keyring = DeviceKeyring(self.store, settings.device_keys(), settings.require_device_keys)
         self.link = CoordinatorLink(
             self.inbound, host=settings.broker_host, port=settings.broker_port,
             client_id=settings.mqtt_client_id, username=settings.mqtt_username,
             password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
             protocol=settings.mqtt_protocol, tls=settings.broker_tls, max_packet=settings.max_packet,
-            key_lookup=(keys.get if keys is not None else None))
+            key_lookup=self.keyring.lookup, authenticate=self.keyring.verifying, tls_files=settings.tls_files())
         self._key = settings.coordinator_key()
         self._seq = int(time.time() * 1000)  # increasing across restarts too
         self._lock = threading.Lock()
@@ -243,6 +244,8 @@ class Coordinator:
     def _handle(self, item: Inbound) -> None:
         if item.kind == "invalid":
             self.counters["invalid_messages"] += 1
+            if REVOKED_MARK in item.error:
+                self.counters["revoked_device_messages"] += 1
             if self._execution is not None:
                 self._execution.counters["invalid"] += 1
             log.warning("dropped undecodable message on %s: %s", item.topic, item.error)
@@ -314,7 +317,7 @@ class Coordinator:
         log.info("run %s started", run_id)
 
     def _eligible(self, config: RunConfig) -> list[str]:
-        online = self.registry.online_ids()
+        online = [d for d in self.registry.online_ids() if self.keyring.admits(d)]
         f = config.select
         if f is None:
             return online

@@ -65,3 +65,27 @@ class BrokerUnavailableError(CoordinatorError):
     coordinator is disconnected answers HTTP 503."""
 
     http_status = 503
+
+
+class DeviceAlreadyEnrolledError(CoordinatorError):
+    """The device is enrolled and active; re-issuing its credentials must be asked for (HTTP 409)."""
+
+    http_status = 409
+
+
+class DeviceNotEnrolledError(CoordinatorError):
+    """No enrollment for that device id (HTTP 404)."""
+
+    http_status = 404
+
+
+class InvalidDeviceIdError(CoordinatorError, ValueError):
+    """Not a usable device id (HTTP 422)."""
+
+    http_status = 422
+
+
+class BrokerAdminError(CoordinatorError, RuntimeError):
+    """The broker could not be reached, refused the admin user, or refused a command (HTTP 502)."""
+
+    http_status = 502

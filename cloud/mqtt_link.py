@@ -43,6 +43,15 @@ class Inbound:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """TLS material for an ``mqtts://`` connection (PEM paths; None: system CA store / no client certificate)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
 class PublishResult:
     ok: bool
     nbytes: int  # bytes of the message (chunk headers excluded)
@@ -56,11 +65,16 @@ class CoordinatorLink:
                  username: str | None = None, password: str | None = None, protocol: str = "3.1.1",
                  tls: bool = False, max_packet: int = 128 * 1024,
                  key_lookup: Callable[[str], bytes | None] | None = None,
+                 authenticate: Callable[[], bool] | None = None,
+                 tls_files: TlsFiles | None = None,
                  max_pending_bytes: int = 512 * 1024 * 1024):
+        """``key_lookup``: sender id -> HMAC key (None: reject); ``authenticate`` (asked per message, default
+        always): whether to verify at all; ``tls_files``: private CA and client certificate for ``tls``."""
         self.inbound = inbound
         self.host, self.port = host, port
         self.max_packet = max_packet
         self.key_lookup = key_lookup
+        self.authenticate = authenticate
         self.reassembler = ChunkReassembler(timeout_s=120.0, max_pending_bytes=max_pending_bytes)
         self.connected = threading.Event()
         self._started = False
@@ -73,7 +87,8 @@ class CoordinatorLink:
         if username:
             self.client.username_pw_set(username, password)
         if tls:
-            self.client.tls_set()
+            files = tls_files or TlsFiles()
+            self.client.tls_set(ca_certs=files.ca_file, certfile=files.cert_file, keyfile=files.key_file)
         self.client.max_inflight_messages_set(64)
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(min_delay=1, max_delay=15)
@@ -130,7 +145,8 @@ class CoordinatorLink:
             whole = self.reassembler.add(message.payload, source=message.topic)
             if whole is None:
                 return
-            decoded = decode_message_with_envelope(whole, self.key_lookup)
+            verify = self.key_lookup is not None and (self.authenticate is None or self.authenticate())
+            decoded = decode_message_with_envelope(whole, self.key_lookup if verify else None)
         except ProtocolError as exc:
             self.inbound.put(Inbound("invalid", topic=message.topic, size=len(message.payload),
                                      error=f"{type(exc).__name__}: {exc}", received_at=now))

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cloud.mqtt_link import TlsFiles
+from cloud.signing_key import DEFAULT_SIGNING_KEY_NAME
 from protocol import DEFAULT_MAX_PACKET
 
 
@@ -43,10 +45,31 @@ class CloudSettings(BaseSettings):
         default_factory=list,
         description="Directories a run config's eval.data_dir may lie under (symlinks and .. resolved first). "
                     "Default none: only the built-in digits dataset can be evaluated. Env: a JSON list.")
+    require_device_keys: bool = Field(
+        False, description="Authenticate every device message even when no device is enrolled and no "
+        "device_keys_file is set (with either, messages are always authenticated).")
+    signing_key_file: Path | None = Field(
+        None, description="The coordinator's Ed25519 signing key (PKCS#8 PEM, created on first use, mode 0600). "
+        f"Default: <state_dir>/{DEFAULT_SIGNING_KEY_NAME}.")
+    ca_file: Path | None = Field(None, description="PEM CA bundle that signed the broker's certificate (mqtts://); "
+                                 "default: the system store. Also handed to devices in their enrollment bundle.")
+    cert_file: Path | None = Field(None, description="PEM client certificate for mutual TLS with the broker.")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file (mutual TLS).")
+    broker_admin: Literal["dynsec", "none"] = Field(
+        "dynsec", description="How enrollment and revocation update the broker: 'dynsec' (mosquitto's "
+        "dynamic-security plugin, at run time) or 'none' (you manage broker users yourself).")
+    broker_admin_username: str | None = Field(
+        None, description="MQTT user allowed to send dynsec commands (default: mqtt_username).")
+    broker_admin_password: SecretStr | None = Field(
+        None, description="Its password (default: mqtt_password).")
+    device_broker_url: str | None = Field(
+        None, description="Broker URL written into device bundles, as devices reach it (default: broker_url).")
 
-    @field_validator("broker_url")
+    @field_validator("broker_url", "device_broker_url")
     @classmethod
-    def _check_broker_url(cls, value: str) -> str:
+    def _check_broker_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         url = urlparse(value)
         if url.scheme not in ("mqtt", "mqtts", "tcp") or not url.hostname:
             raise ValueError(f"broker URL must look like mqtt://host:port, got {value!r}")
@@ -64,6 +87,30 @@ class CloudSettings(BaseSettings):
     @property
     def broker_tls(self) -> bool:
         return urlparse(self.broker_url).scheme == "mqtts"
+
+    @model_validator(mode="after")
+    def _check_tls_files(self) -> CloudSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS needs both)")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} is not a file")
+        if (self.ca_file or self.cert_file) and not self.broker_tls:
+            raise ValueError("ca_file/cert_file need an mqtts:// broker_url")
+        return self
+
+    def tls_files(self) -> TlsFiles:
+        """The CA and client certificate paths for an mqtts:// connection."""
+        return TlsFiles(*(str(p) if p else None for p in (self.ca_file, self.cert_file, self.key_file)))
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file or self.state_dir / DEFAULT_SIGNING_KEY_NAME
+
+    @property
+    def bundle_broker_url(self) -> str:
+        return self.device_broker_url or self.broker_url
 
     def device_keys(self) -> dict[str, bytes] | None:
         """Device id -> HMAC key from ``device_keys_file`` (None when keys are not configured)."""

@@ -2,7 +2,7 @@
 
 Layout of ``state_dir``::
 
-    coordinator.sqlite3                         runs, rounds, devices
+    coordinator.sqlite3                         runs, rounds, devices, enrollments (device keys)
     models/<run_id>/round-00012.safetensors     global model after round 12 (and round-00000: initial)
 
 Model files hold every parameter under its own name plus each mask as ``<name>.mask`` (bool);
@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS devices (
     rounds_done INTEGER NOT NULL DEFAULT 0, bytes_up INTEGER NOT NULL DEFAULT 0,
     bytes_down INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS enrollments (
+    device_id TEXT PRIMARY KEY, device_key TEXT NOT NULL, status TEXT NOT NULL,
+    enrolled_at REAL NOT NULL, revoked_at REAL
+);
 """
 
 
@@ -74,6 +78,20 @@ class DeviceRow:
     bytes_down: int
 
 
+ENROLLMENT_STATUSES = ("active", "revoked")
+
+
+@dataclass(frozen=True)
+class EnrollmentRow:
+    """An enrolled device: its HMAC key (hex) and whether it is ``active`` or ``revoked`` (Unix times)."""
+
+    device_id: str
+    device_key_hex: str
+    status: str
+    enrolled_at: float
+    revoked_at: float | None
+
+
 class CoordinatorStore:
     """Runs, rounds and devices in SQLite; global models as safetensors files."""
 
@@ -81,8 +99,9 @@ class CoordinatorStore:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.state_dir / "coordinator.sqlite3", check_same_thread=False,
-                                   isolation_level=None)
+        db_path = self.state_dir / "coordinator.sqlite3"
+        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+        os.chmod(db_path, 0o600)  # it holds the device keys; SQLite gives its -wal/-shm files the same mode
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
 
@@ -202,3 +221,32 @@ class CoordinatorStore:
         rows = self._execute("SELECT id, capabilities, sample_count, state, last_seen, rounds_done, bytes_up, "
                              "bytes_down FROM devices ORDER BY id")
         return [DeviceRow(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
+
+    # --- enrollments ------------------------------------------------------------------------------
+
+    def save_enrollment(self, device_id: str, device_key_hex: str) -> EnrollmentRow:
+        """Enroll (or re-enroll) a device with a new key: status ``active``, enrolled now."""
+        self._execute("INSERT OR REPLACE INTO enrollments (device_id, device_key, status, enrolled_at, revoked_at) "
+                      "VALUES (?, ?, 'active', ?, NULL)", (device_id, device_key_hex, time.time()))
+        row = self.get_enrollment(device_id)
+        assert row is not None
+        return row
+
+    def revoke_enrollment(self, device_id: str) -> EnrollmentRow | None:
+        """Mark an active enrollment revoked (a revoked one keeps its first revocation time); None: unknown."""
+        self._execute("UPDATE enrollments SET status = 'revoked', revoked_at = COALESCE(revoked_at, ?) "
+                      "WHERE device_id = ?", (time.time(), device_id))
+        return self.get_enrollment(device_id)
+
+    def get_enrollment(self, device_id: str) -> EnrollmentRow | None:
+        rows = self._execute("SELECT device_id, device_key, status, enrolled_at, revoked_at FROM enrollments "
+                             "WHERE device_id = ?", (device_id,))
+        return EnrollmentRow(*rows[0]) if rows else None
+
+    def list_enrollments(self) -> list[EnrollmentRow]:
+        rows = self._execute("SELECT device_id, device_key, status, enrolled_at, revoked_at FROM enrollments "
+                             "ORDER BY device_id")
+        return [EnrollmentRow(*r) for r in rows]
+
+    def has_enrollments(self) -> bool:
+        return bool(self._execute("SELECT EXISTS (SELECT 1 FROM enrollments)")[0][0])

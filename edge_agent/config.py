@@ -83,6 +83,8 @@ class AgentSettings:
     key_file: str | None = None  # hex HMAC key signing this device's messages
     coordinator_key_file: str | None = None  # hex key verifying the coordinator's messages
     ca_file: str | None = None  # CA bundle for mqtts:// (default: the system store)
+    tls_cert_file: str | None = None  # PEM client certificate for mutual TLS (its CN = the device id)
+    tls_key_file: str | None = None  # PEM private key of tls_cert_file
     tls_insecure: bool = False  # skip the broker host name check (testing only)
     mqtt_protocol: str = "auto"  # "5", "3.1.1", or "auto" (5, falling back to 3.1.1 if refused)
     dataset: str = "digits"
@@ -142,8 +144,18 @@ class AgentSettings:
         check(self.log_level in LOG_LEVELS, "log_level", "choose one of " + ", ".join(LOG_LEVELS))
         check(self.ca_file is None or self.broker_address.tls, "ca_file",
               "a CA file only makes sense with an mqtts:// broker URL")
+        check((self.tls_cert_file is None) == (self.tls_key_file is None), "tls_cert_file",
+              "mutual TLS needs both --tls-cert-file and --tls-key-file")
+        check(self.tls_cert_file is None or self.broker_address.tls, "tls_cert_file",
+              "a client certificate only makes sense with an mqtts:// broker URL")
+        for name in ("ca_file", "tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            check(path is None or Path(path).is_file(), name, f"{path} is not a readable file")
         if self.username is not None:
             check(bool(self.username), "username", "must not be empty")
+            check(self.username == self.device_id, "username",
+                  f"the MQTT user name must be the device id ({self.device_id!r}): the broker uses it as the "
+                  "client id and its ACL allows each user only the topics of the device with that id")
         check(self.model_onnx_every >= 1, "model_onnx_every", "must be >= 1 (rounds between model.onnx writes)")
         if self.model_onnx_path is not None:
             check(bool(self.model_onnx_path) and not Path(self.model_onnx_path).is_dir(), "model_onnx_path",
@@ -173,6 +185,11 @@ class AgentSettings:
     @property
     def mqtt_username(self) -> str:
         return self.username or self.device_id
+
+    @property
+    def mqtt_client_id(self) -> str:
+        """The MQTT client id: the user name, as the broker's ``use_username_as_clientid`` makes it anyway."""
+        return self.mqtt_username
 
     @property
     def client_index(self) -> int:

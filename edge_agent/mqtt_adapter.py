@@ -119,15 +119,16 @@ class DeviceLink:
     def _build_client(self) -> mqtt.Client:
         settings = self.settings
         if self.protocol == "5":
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.device_id,
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id,
                                  protocol=mqtt.MQTTv5, reconnect_on_failure=True)
         else:  # MQTT 3.1.1: clean_session=False is the persistent session (kept until the broker drops it)
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.device_id,
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id,
                                  protocol=mqtt.MQTTv311, clean_session=False, reconnect_on_failure=True)
         client.username_pw_set(settings.mqtt_username, settings.password)
         client.will_set(self._will[0], self._will[1], qos=1, retain=True)
         if settings.broker_address.tls:
-            client.tls_set(ca_certs=settings.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set(ca_certs=settings.ca_file, certfile=settings.tls_cert_file, keyfile=settings.tls_key_file,
+                           cert_reqs=ssl.CERT_REQUIRED)
             if settings.tls_insecure:
                 client.tls_insecure_set(True)
         client.max_inflight_messages_set(64)

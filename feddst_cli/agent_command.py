@@ -84,8 +84,9 @@ def run(
     device_id: str | None = typer.Option(None, help="This device's id (MQTT client id and user name): 1-64 of "
                                          "A-Z a-z 0-9 _ . -. Required. Env: FEDDST_DEVICE_ID.",
                                          rich_help_panel=BROKER),
-    username: str | None = typer.Option(None, help="MQTT user name. Env: FEDDST_USERNAME. Default: the "
-                                        "device id.", rich_help_panel=BROKER),
+    username: str | None = typer.Option(None, help="MQTT user name; must be the device id (the broker "
+                                        "uses it as client id and keys the ACL on it). Env: FEDDST_USERNAME. "
+                                        "Default: the device id.", rich_help_panel=BROKER),
     password: str | None = typer.Option(None, help="MQTT password; prefer the env var FEDDST_PASSWORD (flags "
                                         "show up in `ps`).", rich_help_panel=BROKER),
     key_file: Path | None = typer.Option(None, help="File holding this device's HMAC key in hex; signs every "
@@ -97,8 +98,13 @@ def run(
     mqtt_protocol: MqttProtocol | None = typer.Option(None, help="MQTT version: 5, 3.1.1, or auto (5, falling "
                                                       "back to 3.1.1 when the broker refuses 5, as the embedded "
                                                       "demo broker does). Default: auto.", rich_help_panel=BROKER),
-    ca_file: Path | None = typer.Option(None, help="CA bundle for mqtts:// Default: the system store.. Env: "
+    ca_file: Path | None = typer.Option(None, help="CA bundle for mqtts:// Default: the system store. Env: "
                                         "FEDDST_CA_FILE.", rich_help_panel=BROKER),
+    tls_cert_file: Path | None = typer.Option(None, help="PEM client certificate for mutual TLS (a broker with "
+                                              "use_identity_as_username takes its CN as the user name: make it "
+                                              "the device id). Env: FEDDST_TLS_CERT_FILE.", rich_help_panel=BROKER),
+    tls_key_file: Path | None = typer.Option(None, help="PEM private key of --tls-cert-file. Env: "
+                                             "FEDDST_TLS_KEY_FILE.", rich_help_panel=BROKER),
     dataset: DataSourceName | None = typer.Option(None, help="Local data source: digits (built in), mnist (IDX "
                                                   "directory), cifar10, npz (file), image-folder (one sub-folder "
                                                   "per class), csv (features + label column). Env: "
@@ -166,6 +172,7 @@ def run(
     flags = {name: _value(value) for name, value in {
         "broker": broker, "device_id": device_id, "username": username, "password": password,
         "key_file": key_file, "coordinator_key_file": coordinator_key_file, "ca_file": ca_file,
+        "tls_cert_file": tls_cert_file, "tls_key_file": tls_key_file,
         "mqtt_protocol": mqtt_protocol,
         "dataset": dataset, "data_dir": data_dir, "label_column": label_column, "partition": partition,
         "partition_kind": partition_kind, "classes_per_client": classes_per_client,

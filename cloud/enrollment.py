@@ -1,0 +1,176 @@
+"""Device enrollment and revocation: bundles out, keys into the store, credentials into the broker.
+
+``enroll(device_id)`` draws a new random HMAC-SHA256 key (32 bytes) and MQTT password for the device
+(never shared with another device), stores the key as the device's ``active`` enrollment, creates the
+device's broker user and ACL role (:mod:`cloud.broker_admin`, unless ``broker_admin = "none"``) and
+returns a :class:`DeviceBundle`: everything the device needs, in one JSON file (mode 0600) that
+``deploy/install_agent.sh --bundle FILE`` installs. ``revoke(device_id)`` marks the enrollment
+``revoked`` and deletes the broker user (which disconnects the device at once).
+
+The coordinator reads enrollments per message (:class:`DeviceKeyring`), so both take effect without a
+coordinator restart, also when done by another process (``feddst cloud devices enroll``) on the same
+state dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cloud.broker_admin import DynsecAdmin
+from cloud.errors import DeviceAlreadyEnrolledError, DeviceNotEnrolledError, InvalidDeviceIdError
+from cloud.settings import CloudSettings
+from cloud.signing_key import load_or_create_signing_key, public_key_hex
+from cloud.store import CoordinatorStore, EnrollmentRow
+from protocol import COORDINATOR_ID, AuthenticationError, is_identifier
+
+BUNDLE_FORMAT = "feddst-device-bundle"
+BUNDLE_VERSION = 1
+DEVICE_KEY_BYTES = 32
+REVOKED_MARK = "is revoked"
+"""Part of the error of every message rejected because its sender is revoked (counted apart)."""
+
+
+@dataclass(frozen=True)
+class DeviceBundle:
+    """What one device needs to join the fleet (secrets: ``mqtt_password``, ``device_key_hex``).
+
+    ``mqtt_password`` is None when the coordinator does not manage the broker (``broker_admin = "none"``);
+    ``ca_certificate_pem`` is None when the broker's certificate chains to a public CA (or no TLS)."""
+
+    device_id: str
+    broker_url: str
+    mqtt_username: str
+    mqtt_password: str | None
+    device_key_hex: str
+    coordinator_public_key: str
+    ca_certificate_pem: str | None
+    issued_at: float
+    format: str = BUNDLE_FORMAT
+    version: int = BUNDLE_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def write(self, path: Path) -> Path:
+        """Write the bundle atomically with mode 0600 (it holds the device's secrets)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, self.to_json().encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        return path
+
+
+def check_device_id(device_id: str) -> str:
+    if not is_identifier(device_id):
+        raise InvalidDeviceIdError(f"{device_id!r} is not a valid device id: use 1-64 characters of A-Z a-z 0-9 _ . - "
+                         "(not starting with . or -), e.g. dev-003")
+    if device_id == COORDINATOR_ID:
+        raise InvalidDeviceIdError(f"{device_id!r} is the coordinator's id; pick another device id")
+    return device_id
+
+
+class DeviceKeyring:
+    """The coordinator's per-message key lookup over the store's enrollments (plus a legacy key file).
+
+    Messages are authenticated (``verifying()``) when a device is enrolled, a ``device_keys_file`` is set,
+    or ``require_device_keys``. Then an active enrollment's key verifies its device's messages, a revoked
+    device's messages raise ``AuthenticationError`` (containing :data:`REVOKED_MARK`), and a device known
+    to neither store nor file is rejected. Thread-safe (the store serialises access).
+    """
+
+    def __init__(self, store: CoordinatorStore, legacy_keys: dict[str, bytes] | None = None, require: bool = False):
+        self.store = store
+        self.legacy_keys = legacy_keys
+        self.require = require
+        self.rejected: Counter[str] = Counter()
+
+    def verifying(self) -> bool:
+        return self.require or self.legacy_keys is not None or self.store.has_enrollments()
+
+    def lookup(self, device_id: str) -> bytes | None:
+        row = self.store.get_enrollment(device_id)
+        if row is not None and row.status == "active":
+            return bytes.fromhex(row.device_key_hex)
+        if row is not None:
+            self.rejected["revoked"] += 1
+            raise AuthenticationError(f"device {device_id!r} {REVOKED_MARK} (since {row.revoked_at:.0f})")
+        key = (self.legacy_keys or {}).get(device_id)
+        if key is None:
+            self.rejected["not_enrolled"] += 1
+        return key
+
+    def admits(self, device_id: str) -> bool:
+        """May this device be selected for a round (not revoked; enrolled or keyed when verifying)?"""
+        row = self.store.get_enrollment(device_id)
+        if row is not None:
+            return row.status == "active"
+        return not self.verifying() or device_id in (self.legacy_keys or {})
+
+
+class EnrollmentService:
+    """Enroll and revoke devices for one coordinator (its settings and store)."""
+
+    def __init__(self, settings: CloudSettings, store: CoordinatorStore):
+        self.settings = settings
+        self.store = store
+
+    def _admin(self) -> DynsecAdmin:
+        s = self.settings
+        username = s.broker_admin_username or s.mqtt_username or "admin"
+        secret = s.broker_admin_password or s.mqtt_password
+        return DynsecAdmin(s.broker_host, s.broker_port, username, secret.get_secret_value() if secret else None,
+                           tls=s.tls_files() if s.broker_tls else None)
+
+    def enroll(self, device_id: str, reissue: bool = False) -> DeviceBundle:
+        """Issue a new bundle; an active device needs ``reissue`` (its old bundle then stops working)."""
+        check_device_id(device_id)
+        existing = self.store.get_enrollment(device_id)
+        if existing is not None and existing.status == "active" and not reissue:
+            raise DeviceAlreadyEnrolledError(f"device {device_id!r} is already enrolled (since "
+                                             f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(existing.enrolled_at))} "
+                                             "UTC); reissue to replace its credentials")
+        signing_key = load_or_create_signing_key(self.settings.signing_key_path)
+        device_key = secrets.token_hex(DEVICE_KEY_BYTES)
+        password: str | None = None
+        if self.settings.broker_admin == "dynsec":
+            password = secrets.token_urlsafe(24)
+            with self._admin() as admin:
+                if self.settings.mqtt_username:
+                    admin.ensure_coordinator(self.settings.mqtt_username)
+                admin.add_device(device_id, password)
+        row = self.store.save_enrollment(device_id, device_key)
+        ca_pem = self.settings.ca_file.read_text() if self.settings.ca_file else None
+        return DeviceBundle(device_id, self.settings.bundle_broker_url, device_id, password, device_key,
+                            public_key_hex(signing_key), ca_pem, row.enrolled_at)
+
+    def revoke(self, device_id: str) -> EnrollmentRow:
+        """Revoke now: the store first (the coordinator rejects its messages), then the broker user."""
+        check_device_id(device_id)
+        row = self.store.revoke_enrollment(device_id)
+        if row is None:
+            raise DeviceNotEnrolledError(f"device {device_id!r} is not enrolled")
+        if self.settings.broker_admin == "dynsec":
+            with self._admin() as admin:
+                admin.remove_device(device_id)
+        return row
+
+    def list(self) -> list[EnrollmentRow]:
+        return self.store.list_enrollments()
+
+
+def enrollment_summary(row: EnrollmentRow) -> dict[str, Any]:
+    """An enrollment without its key (for listings)."""
+    return {"device_id": row.device_id, "status": row.status, "enrolled_at": row.enrolled_at,
+            "revoked_at": row.revoked_at}
