@@ -81,7 +81,8 @@ class DynsecAdmin:
         self._responses: queue.Queue[bytes] = queue.Queue()
         self._connack: queue.Queue[int] = queue.Queue()
         self._subacks: queue.Queue[bool] = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username,
+        # A fresh client id per session: two admin sessions never take over each other's connection.
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{username}-{uuid.uuid4().hex[:8]}",
                                   protocol=mqtt.MQTTv311, clean_session=True)
         self.client.username_pw_set(username, password)
         if tls is not None:
@@ -157,11 +158,22 @@ class DynsecAdmin:
 
     # --- FedDST operations ----------------------------------------------------------------------------
 
-    def ensure_coordinator(self, username: str) -> None:
-        """Give the coordinator's user its role (created or refreshed; idempotent)."""
-        self.run([{"command": "deleteRole", "rolename": COORDINATOR_ROLE}], tolerate=("not found",))
-        self.run([{"command": "createRole", "rolename": COORDINATOR_ROLE, "acls": coordinator_role_acls(username)},
-                  {"command": "addClientRole", "username": username, "rolename": COORDINATOR_ROLE, "priority": 1}])
+    def ensure_coordinator(self, username: str, password: str | None = None) -> None:
+        """Give the coordinator's user its role (idempotent; creates the user with ``password`` if missing)."""
+        response = self.run([{"command": "getClient", "username": username}], tolerate=("not found",))[0]
+        if response.get("error"):
+            if password is None:
+                raise BrokerAdminError(f"the broker has no user {username!r} (the coordinator's mqtt_username) "
+                                       "and no mqtt_password is set to create it")
+            self.run([{"command": "createClient", "username": username, "password": password}])
+            roles: list[str] = []
+        else:
+            roles = [r.get("rolename") for r in response.get("data", {}).get("client", {}).get("roles", [])]
+        if COORDINATOR_ROLE in roles:
+            return
+        self.run([{"command": "createRole", "rolename": COORDINATOR_ROLE, "acls": coordinator_role_acls(username)}],
+                 tolerate=("already exists",))
+        self.run([{"command": "addClientRole", "username": username, "rolename": COORDINATOR_ROLE, "priority": 1}])
 
     def add_device(self, device_id: str, password: str) -> None:
         """(Re)create the device's client and role; an existing client is deleted first, which disconnects it."""

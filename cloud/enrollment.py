@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from cloud.broker_admin import DynsecAdmin
-from cloud.errors import DeviceAlreadyEnrolledError, DeviceNotEnrolledError, InvalidDeviceIdError
+from cloud.errors import (
+    BrokerAdminError,
+    DeviceAlreadyEnrolledError,
+    DeviceNotEnrolledError,
+    InvalidDeviceIdError,
+)
 from cloud.settings import CloudSettings
 from cloud.signing_key import load_or_create_signing_key, public_key_hex
 from cloud.store import CoordinatorStore, EnrollmentRow
@@ -128,10 +133,23 @@ class EnrollmentService:
 
     def _admin(self) -> DynsecAdmin:
         s = self.settings
-        username = s.broker_admin_username or s.mqtt_username or "admin"
-        secret = s.broker_admin_password or s.mqtt_password
-        return DynsecAdmin(s.broker_host, s.broker_port, username, secret.get_secret_value() if secret else None,
-                           tls=s.tls_files() if s.broker_tls else None)
+        if s.broker_admin_password is None:
+            raise BrokerAdminError("broker_admin_password is not set (FEDDST_CLOUD_BROKER_ADMIN_PASSWORD): it is "
+                                   f"the password of the dynsec admin user {s.broker_admin_username!r}; or set "
+                                   "broker_admin = \"none\" to manage broker users yourself")
+        return DynsecAdmin(s.broker_host, s.broker_port, s.broker_admin_username,
+                           s.broker_admin_password.get_secret_value(), tls=s.tls_files() if s.broker_tls else None)
+
+    def _ensure_coordinator(self, admin: DynsecAdmin) -> None:
+        if self.settings.mqtt_username:
+            secret = self.settings.mqtt_password
+            admin.ensure_coordinator(self.settings.mqtt_username, secret.get_secret_value() if secret else None)
+
+    def setup_broker(self) -> None:
+        """Create the coordinator's broker user (mqtt_username/mqtt_password) with its ACL role, if missing."""
+        if self.settings.broker_admin == "dynsec":
+            with self._admin() as admin:
+                self._ensure_coordinator(admin)
 
     def enroll(self, device_id: str, reissue: bool = False) -> DeviceBundle:
         """Issue a new bundle; an active device needs ``reissue`` (its old bundle then stops working)."""
@@ -140,15 +158,14 @@ class EnrollmentService:
         if existing is not None and existing.status == "active" and not reissue:
             raise DeviceAlreadyEnrolledError(f"device {device_id!r} is already enrolled (since "
                                              f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(existing.enrolled_at))} "
-                                             "UTC); reissue to replace its credentials")
+                                             "UTC); re-issue its credentials with --reissue (API: {\"reissue\": true})")
         signing_key = load_or_create_signing_key(self.settings.signing_key_path)
         device_key = secrets.token_hex(DEVICE_KEY_BYTES)
         password: str | None = None
         if self.settings.broker_admin == "dynsec":
             password = secrets.token_urlsafe(24)
             with self._admin() as admin:
-                if self.settings.mqtt_username:
-                    admin.ensure_coordinator(self.settings.mqtt_username)
+                self._ensure_coordinator(admin)
                 admin.add_device(device_id, password)
         row = self.store.save_enrollment(device_id, device_key)
         ca_pem = self.settings.ca_file.read_text() if self.settings.ca_file else None

@@ -58,10 +58,11 @@ class CloudSettings(BaseSettings):
     broker_admin: Literal["dynsec", "none"] = Field(
         "dynsec", description="How enrollment and revocation update the broker: 'dynsec' (mosquitto's "
         "dynamic-security plugin, at run time) or 'none' (you manage broker users yourself).")
-    broker_admin_username: str | None = Field(
-        None, description="MQTT user allowed to send dynsec commands (default: mqtt_username).")
+    broker_admin_username: str = Field(
+        "feddst-admin", description="The dynsec admin MQTT user (`mosquitto_ctrl dynsec init FILE USER`); must "
+        "differ from mqtt_username: dynsec disconnects every session of a user whose roles change.")
     broker_admin_password: SecretStr | None = Field(
-        None, description="Its password (default: mqtt_password).")
+        None, description="Its password; needed only to enroll and revoke (no default value).")
     device_broker_url: str | None = Field(
         None, description="Broker URL written into device bundles, as devices reach it (default: broker_url).")
 
@@ -96,6 +97,9 @@ class CloudSettings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{name}: {path} is not a file")
+        if self.broker_admin == "dynsec" and self.broker_admin_username == self.mqtt_username:
+            raise ValueError(f"broker_admin_username must differ from mqtt_username ({self.mqtt_username!r}): "
+                             "dynsec disconnects every session of a user whose roles change, admin included")
         if (self.ca_file or self.cert_file) and not self.broker_tls:
             raise ValueError("ca_file/cert_file need an mqtts:// broker_url")
         return self

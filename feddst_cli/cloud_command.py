@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
-from feddst_cli import token_command
+from feddst_cli import devices_command, token_command
 
 app = typer.Typer(help="The cloud coordinator.", no_args_is_help=True)
 app.add_typer(token_command.app, name="token")
+app.add_typer(devices_command.app, name="devices")
 
 
 @app.command("serve")
@@ -29,6 +30,9 @@ def serve(
     heartbeat_s: float | None = typer.Option(None, help="Device heartbeat period (online = seen within 3x)."),
     device_keys_file: Path | None = typer.Option(None, help="JSON {device id: hex HMAC key}: require "
                                                  "authenticated updates."),
+    signing_key_file: Path | None = typer.Option(None, help="The coordinator's Ed25519 signing key (PEM, created "
+                                                 "with mode 0600 if missing). Default: <state-dir>/"
+                                                 "coordinator-signing.key."),
     embedded_broker: bool = typer.Option(False, "--embedded-broker", help="Start an in-process amqtt broker "
                                          "(MQTT 3.1.1, anonymous, loopback) and use it: for demos only."),
     broker_port: int = typer.Option(1883, help="Port of the embedded broker."),
@@ -57,7 +61,7 @@ def serve(
         settings = CloudSettings.load(config, broker_url=broker, mqtt_username=username, mqtt_password=password,
                                       api_host=api_host, api_port=api_port, state_dir=state_dir,
                                       heartbeat_s=heartbeat_s, device_keys_file=device_keys_file,
-                                      data_roots=data_root or None)
+                                      data_roots=data_root or None, signing_key_file=signing_key_file)
     except (ValidationError, ValueError, OSError) as exc:
         typer.secho(f"error: invalid settings: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc

@@ -49,6 +49,7 @@ class MosquittoBroker:
     passwords: dict[str, str] = field(default_factory=dict)  # username -> password (enables auth)
     acl_lines: list[str] = field(default_factory=list)  # mosquitto acl_file lines (enables ACLs)
     extra_config: list[str] = field(default_factory=list)
+    dynsec_config: Path | None = None  # dynamic-security plugin file (see init_dynsec): users, roles at run time
     process: subprocess.Popen | None = None
 
     @property
@@ -70,6 +71,9 @@ class MosquittoBroker:
                                capture_output=True)
             pwfile.chmod(0o600)
             lines += ["allow_anonymous false", f"password_file {pwfile}"]
+        elif self.dynsec_config is not None:
+            lines += ["allow_anonymous false", "plugin mosquitto_dynamic_security.so",
+                      f"plugin_opt_config_file {self.dynsec_config}"]
         else:
             lines.append("allow_anonymous true")
         if self.acl_lines:
@@ -108,6 +112,13 @@ class MosquittoBroker:
         self.stop()
         time.sleep(down_s)
         self.start()
+
+
+def init_dynsec(path: Path, admin: str, password: str) -> Path:
+    """A new dynamic-security plugin file whose only user is ``admin`` (``mosquitto_ctrl dynsec init``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(path), admin, password], check=True, capture_output=True)
+    return path
 
 
 def start_mosquitto(workdir: Path, passwords: dict[str, str] | None = None,

@@ -47,6 +47,8 @@ class FakeDevice:
     delay_s: float = 0.0  # hold each update this long before sending it (a slow device)
     heartbeat_s: float = 1.0
     sample_count: int = 10
+    password: str | None = None  # MQTT password (enrolled devices)
+    key: bytes | None = None  # HMAC key signing every message (enrolled devices)
     acks: list[Ack] = field(default_factory=list)
     handled: set = field(default_factory=set)
     sent_sizes: dict = field(default_factory=dict)  # (run, round) -> bytes of the update sent
@@ -62,7 +64,7 @@ class FakeDevice:
         self._reassembler = ChunkReassembler()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.device_id,
                                   protocol=mqtt.MQTTv311, clean_session=False)
-        self.client.username_pw_set(self.device_id)
+        self.client.username_pw_set(self.device_id, self.password)
         self.client.will_set(topics.status(self.device_id), self._encode(Status(self.device_id, "offline")),
                              qos=1, retain=True)
         self.client.on_connect = self._on_connect
@@ -70,7 +72,7 @@ class FakeDevice:
 
     def _encode(self, msg: object) -> bytes:
         self._seq += 1
-        return encode_message(msg, seq=self._seq)  # type: ignore[arg-type]
+        return encode_message(msg, self.key, seq=self._seq)  # type: ignore[arg-type]
 
     def _publish(self, topic: str, data: bytes, retain: bool = False) -> None:
         for packet in split_into_chunks(data):
