@@ -53,8 +53,7 @@ def enroll(
     `sudo deploy/install_agent.sh --bundle FILE`, then delete it. A running coordinator on the same state
     dir accepts the device at once (no restart).
     """
-    from cloud.errors import BrokerAdminError
-    from cloud.errors import DeviceAlreadyEnrolledError
+    from cloud.errors import BrokerAdminError, DeviceAlreadyEnrolledError
 
     service = _service(config, state_dir, device_broker_url=broker_url)
     try:
@@ -81,8 +80,7 @@ def revoke(
 ) -> None:
     """Revoke a device now: the coordinator rejects its messages and its broker user is deleted (which
     disconnects it). Enroll it again to re-admit it with new credentials."""
-    from cloud.errors import BrokerAdminError
-    from cloud.errors import DeviceNotEnrolledError
+    from cloud.errors import BrokerAdminError, DeviceNotEnrolledError
 
     service = _service(config, state_dir)
     try:
