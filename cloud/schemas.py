@@ -1,12 +1,12 @@
-"""Response schemas of the REST API (request schema: :class:`cloud.run_config.RunConfig`)."""
+"""Request and response schemas of the REST API (a run's request schema: :class:`cloud.run_config.RunConfig`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.store import DeviceRow, RunRow
+from cloud.store import DeviceRow, EnrollmentRow, RunRow
 
 
 class ErrorOut(BaseModel):
@@ -98,3 +98,41 @@ class HealthOut(BaseModel):
     status: str
     broker_connected: bool
     active_run: str | None
+
+
+class EnrollIn(BaseModel):
+    """Body of ``POST /api/devices/{id}/enroll`` (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reissue: bool = Field(False, description="The device is enrolled: give it new credentials (the old bundle "
+                                             "stops working at once).")
+
+
+class EnrollmentOut(BaseModel):
+    """An enrolled device (its key is never shown again after enrollment)."""
+
+    device_id: str
+    status: str = Field(description="active | revoked")
+    enrolled_at: float = Field(description="Unix time of the (last) enrollment")
+    revoked_at: float | None = Field(description="Unix time of the revocation, if revoked")
+
+    @classmethod
+    def from_row(cls, row: EnrollmentRow) -> EnrollmentOut:
+        return cls(device_id=row.device_id, status=row.status, enrolled_at=row.enrolled_at, revoked_at=row.revoked_at)
+
+
+class DeviceBundleOut(BaseModel):
+    """A device bundle: what ``deploy/install_agent.sh --bundle FILE`` installs. Holds the device's secrets
+    (``mqtt_password``, ``device_key_hex``): save it with mode 0600, hand it to the device, delete it."""
+
+    format: str
+    version: int
+    device_id: str
+    broker_url: str
+    mqtt_username: str
+    mqtt_password: str | None = Field(description="None when the coordinator does not manage the broker")
+    device_key_hex: str = Field(description="The device's own HMAC-SHA256 key, 32 bytes as hex")
+    coordinator_public_key: str = Field(description="The coordinator's Ed25519 public key, 64 hex characters")
+    ca_certificate_pem: str | None = Field(description="The broker's private CA (PEM), if configured")
+    issued_at: float

@@ -300,3 +300,52 @@ def test_enroll_cli_errors_are_clear(tmp_path: Path) -> None:
     same.write_text('mqtt_username = "feddst-admin"\n')
     result = CliRunner().invoke(app, ["cloud", "devices", "list", "-c", str(same)])
     assert result.exit_code == 2 and "must differ from mqtt_username" in result.output
+
+
+def test_enrollment_over_rest_needs_an_admin_token(dynsec_broker, tmp_path: Path) -> None:
+    from coordinator_harness import bearer
+    from fastapi.testclient import TestClient
+
+    from cloud.app import create_app
+
+    coordinator = Coordinator(CloudSettings.load(settings_file(tmp_path, dynsec_broker.url)))
+    assert coordinator.start()
+    device = None
+    try:
+        with TestClient(create_app(coordinator=coordinator)) as client:
+            admin, operator, viewer = (bearer(coordinator, role) for role in ("admin", "operator", "viewer"))
+            assert client.post("/api/devices/dev-a/enroll").status_code == 401
+            assert client.post("/api/devices/dev-a/enroll", headers=operator).status_code == 403
+            assert client.post("/api/devices/dev-a/revoke", headers=viewer).status_code == 403
+            response = client.post("/api/devices/dev-a/enroll", headers=admin)
+            assert response.status_code == 201, response.text
+            assert response.headers["cache-control"] == "no-store"
+            bundle = DeviceBundle(**response.json())
+            device = FakeDevice("dev-a", dynsec_broker.port, password=bundle.mqtt_password,
+                                key=bytes.fromhex(bundle.device_key_hex)).start()
+            wait_until(lambda: any(d["id"] == "dev-a" and d["status"] == "online"
+                                   for d in client.get("/api/devices", headers=viewer).json()), what="dev-a online")
+            again = client.post("/api/devices/dev-a/enroll", headers=admin)
+            assert again.status_code == 409 and "reissue" in again.json()["detail"]
+            assert client.post("/api/devices/-bad/enroll", headers=admin).status_code == 422
+            assert client.post("/api/devices/dev-a/enroll", headers=admin, json={"reissue": "maybe"}).status_code == 422
+            assert client.post("/api/devices/dev-zzz/revoke", headers=admin).status_code == 404
+            revoked = client.post("/api/devices/dev-a/revoke", headers=admin)
+            assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
+            listing = client.get("/api/enrollments", headers=viewer).json()
+            assert [(e["device_id"], e["status"]) for e in listing] == [("dev-a", "revoked")]
+            assert "device_key_hex" not in listing[0]
+            probe = Probe(dynsec_broker.port, "dev-a", bundle.mqtt_password, client_id="dev-a-probe")
+            try:
+                assert probe.next("connack")[1] is True
+            finally:
+                probe.close()
+            reissued = client.post("/api/devices/dev-a/enroll", headers=admin, json={"reissue": False})
+            assert reissued.status_code == 201  # a revoked device can be enrolled again, with new secrets
+            assert reissued.json()["device_key_hex"] != bundle.device_key_hex
+            paths = client.get("/openapi.json").json()["paths"]
+            assert {"409", "422", "401", "403"} <= set(paths["/api/devices/{device_id}/enroll"]["post"]["responses"])
+    finally:
+        if device is not None:
+            device.crash()
+        coordinator.close()
