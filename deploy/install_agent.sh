@@ -4,6 +4,7 @@
 #   sudo deploy/install_agent.sh --device-id dev-003 --broker mqtt://broker.lan:1883 \
 #        [--password-file pw.txt] [--key-file dev-003.hex] [--source /path/to/feddst-edge.whl|DIR] \
 #        [--dataset digits --partition 3/8] [--no-start]
+#   sudo deploy/install_agent.sh --bundle dev-003.bundle.json [--dataset ...]   # from `feddst cloud devices enroll`
 #
 # What it does (idempotent; re-run to upgrade):
 #   1. apt: python3 (>= 3.11), python3-venv, libopenblas0 (numpy/torch CPU maths), gcc + libc6-dev
@@ -11,8 +12,11 @@
 #   2. a system user `feddst`, a venv in /opt/feddst/venv
 #   3. pip install torch==2.13.0 (CPU wheel; see the note below), then feddst-edge[agent]; prints
 #      whether the native kernels loaded (a loud warning, not a failure, when they did not)
-#   4. /etc/feddst/agent.toml (settings), /etc/feddst/agent.env (FEDDST_PASSWORD, mode 0600),
-#      /etc/feddst/agent.key (HMAC key, mode 0600), /var/lib/feddst (local data)
+#   4. /etc/feddst/agent.toml (settings, 0640 root:feddst), /etc/feddst/agent.env (FEDDST_PASSWORD...,
+#      0600 root: systemd reads it as root and passes it to the agent), /etc/feddst/agent.key (HMAC key,
+#      0640 root:feddst: the agent, user feddst, reads it but cannot change it), /var/lib/feddst (local data).
+#      --bundle FILE takes the device id, broker URL, password, key, CA and coordinator public key from
+#      the enrollment bundle (deploy/install_bundle.py writes agent.key, ca.crt and agent.env)
 #   5. the systemd unit feddst-agent.service, enabled and started
 #
 # torch note: the project pins torch==2.13.0. On aarch64 (Raspberry Pi 4/5 with the 64-bit OS)
@@ -25,6 +29,7 @@ DEVICE_ID=""
 BROKER=""
 PASSWORD_FILE=""
 KEY_FILE=""
+BUNDLE=""
 SOURCE="feddst-edge[agent]"
 DATASET="digits"
 DATA_DIR=""
@@ -34,7 +39,7 @@ PREFIX=/opt/feddst
 TORCH_VERSION=2.13.0
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "error: $*" >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
@@ -43,6 +48,7 @@ while [[ $# -gt 0 ]]; do
     --broker) BROKER="$2"; shift 2 ;;
     --password-file) PASSWORD_FILE="$2"; shift 2 ;;
     --key-file) KEY_FILE="$2"; shift 2 ;;
+    --bundle) BUNDLE="$2"; shift 2 ;;
     --source) SOURCE="$2"; shift 2 ;;
     --dataset) DATASET="$2"; shift 2 ;;
     --data-dir) DATA_DIR="$2"; shift 2 ;;
@@ -54,6 +60,17 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ $EUID -eq 0 ]] || die "run as root (sudo)"
+if [[ -n "$BUNDLE" ]]; then
+  [[ -f "$BUNDLE" ]] || die "--bundle $BUNDLE: no such file"
+  [[ -z "$KEY_FILE$PASSWORD_FILE" ]] || die "--bundle already holds the key and password: drop --key-file/--password-file"
+  command -v python3 >/dev/null || die "--bundle needs python3 to read the bundle: apt-get install -y python3"
+  mapfile -t BUNDLE_FIELDS < <(python3 "$HERE/install_bundle.py" show "$BUNDLE") || die "--bundle: unusable bundle"
+  [[ ${#BUNDLE_FIELDS[@]} -eq 2 ]] || die "--bundle $BUNDLE: unusable bundle"
+  [[ -z "$DEVICE_ID" || "$DEVICE_ID" == "${BUNDLE_FIELDS[0]}" ]] \
+    || die "--device-id $DEVICE_ID does not match the bundle's device id ${BUNDLE_FIELDS[0]}"
+  DEVICE_ID="${BUNDLE_FIELDS[0]}"
+  [[ -n "$BROKER" ]] || BROKER="${BUNDLE_FIELDS[1]}"
+fi
 [[ -n "$DEVICE_ID" ]] || die "--device-id is required (e.g. dev-003)"
 [[ "$DEVICE_ID" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$ ]] || die "--device-id '$DEVICE_ID': use 1-64 of A-Z a-z 0-9 _ . -"
 [[ -n "$BROKER" ]] || die "--broker is required (e.g. mqtt://broker.lan:1883)"
@@ -112,7 +129,11 @@ fi
 [[ -f "$HERE/../docs/agent.md" ]] && install -m 0644 "$HERE/../docs/agent.md" "$PREFIX/docs/agent.md"
 
 echo "==> settings in /etc/feddst"
-if [[ -n "$KEY_FILE" ]]; then
+if [[ -n "$BUNDLE" ]]; then
+  python3 "$HERE/install_bundle.py" install "$BUNDLE" --etc /etc/feddst --group feddst \
+    || die "--bundle: could not install $BUNDLE"
+  echo "installed the bundle; delete $BUNDLE (it holds the device's secrets)"
+elif [[ -n "$KEY_FILE" ]]; then
   install -o root -g feddst -m 0640 "$KEY_FILE" /etc/feddst/agent.key
 elif [[ ! -f /etc/feddst/agent.key ]]; then
   echo "note: no --key-file: messages will not be signed (the coordinator may require keys)" >&2
@@ -138,8 +159,8 @@ fi
 if [[ -n "$PASSWORD_FILE" ]]; then
   umask 077
   printf 'FEDDST_PASSWORD=%s\n' "$(tr -d '\n' < "$PASSWORD_FILE")" > /etc/feddst/agent.env
-  chown root:feddst /etc/feddst/agent.env
-  chmod 0640 /etc/feddst/agent.env
+  chown root:root /etc/feddst/agent.env
+  chmod 0600 /etc/feddst/agent.env
 fi
 
 echo "==> systemd unit"
