@@ -327,7 +327,9 @@ def test_enrollment_over_rest_needs_an_admin_token(dynsec_broker, tmp_path: Path
                                    for d in client.get("/api/devices", headers=viewer).json()), what="dev-a online")
             again = client.post("/api/devices/dev-a/enroll", headers=admin)
             assert again.status_code == 409 and "reissue" in again.json()["detail"]
-            assert client.post("/api/devices/-bad/enroll", headers=admin).status_code == 422
+            for bad in ("-bad", "coordinator", "x" * 65):
+                rejected = client.post(f"/api/devices/{bad}/enroll", headers=admin)
+                assert rejected.status_code == 422 and rejected.json()["detail"][0]["loc"] == ["path", "device_id"]
             assert client.post("/api/devices/dev-a/enroll", headers=admin, json={"reissue": "maybe"}).status_code == 422
             assert client.post("/api/devices/dev-zzz/revoke", headers=admin).status_code == 404
             revoked = client.post("/api/devices/dev-a/revoke", headers=admin)
