@@ -54,6 +54,7 @@ class FakeDevice:
     acks: list[Ack] = field(default_factory=list)
     handled: set = field(default_factory=set)
     sent_sizes: dict = field(default_factory=dict)  # (run, round) -> bytes of the update sent
+    training_failures: int = 0
 
     def __post_init__(self) -> None:
         self._events: queue.Queue = queue.Queue()
@@ -156,7 +157,11 @@ class FakeDevice:
                 continue
             if self.delay_s:
                 time.sleep(self.delay_s)
-            data = self._make_update(task, model)
+            try:
+                data = self._make_update(task, model)
+            except Exception:  # noqa: BLE001 - like an agent whose training fails: no update this round
+                self.training_failures += 1
+                continue
             self.sent_sizes[(task.run_id, task.server_round)] = len(data)
             self._publish(topics.update(task.run_id, self.device_id), data)
             if self.duplicate:
