@@ -95,7 +95,9 @@ class RunConfig(BaseModel):
                                      "(sample-weighted, streaming), trimmed_mean or median (unweighted, robust "
                                      "to a minority of poisoned updates; keeps the round's updates in memory).")
     trim_fraction: float = Field(0.1, ge=0.0, lt=0.5,
-                                 description="trimmed_mean: fraction of each weight's holders dropped at each end.")
+                                 description="trimmed_mean / median: fraction of a round's K updates assumed "
+                                 "hostile, f = floor(trim_fraction * K); trimmed_mean drops f values at each end of "
+                                 "every weight's holders, and a weight needs 2f + 1 holders to survive.")
     clip_update_norm: float | None = Field(None, gt=0.0,
                                            description="Max ||w_client - w_global|| / ||w_global|| per layer over "
                                            "the positions the device holds; larger updates are scaled down. "

@@ -84,8 +84,10 @@ def simulate(
                                                 "holders: mean (sample-weighted), or trimmed_mean / median "
                                                 "(unweighted; robust to a minority of poisoned updates).",
                                                 rich_help_panel=ALGO),
-    trim_fraction: float = typer.Option(0.1, help="trimmed_mean: fraction of each weight's holders dropped at "
-                                        "each end (in [0, 0.5)).", rich_help_panel=ALGO),
+    trim_fraction: float = typer.Option(0.1, help="trimmed_mean / median: fraction of a round's K clients "
+                                        "assumed hostile, f = floor(fraction * K) in [0, 0.5): trimmed_mean drops f "
+                                        "values at each end of every weight's holders; a weight needs 2f + 1 "
+                                        "holders to survive.", rich_help_panel=ALGO),
     clip_update_norm: float | None = typer.Option(None, help="Clip each client's update per layer to this "
                                                   "ratio ||w_client - w_global|| / ||w_global|| (over the "
                                                   "positions it holds) [default: no clipping].",

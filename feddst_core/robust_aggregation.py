@@ -7,13 +7,17 @@ Pure functions plus one accumulator with the interface of
   holds by ``max_ratio * ||w_global||`` over the same positions (the delta is scaled down, its
   direction kept). A layer whose global norm over those positions is 0 gets no change at all.
 * :func:`aggregate_over_holders` is the coordinate-wise rule over each weight's holders:
-  ``mean`` (unweighted), ``trimmed_mean`` (drop ``floor(trim_fraction * h)`` of the ``h`` holders'
-  values at each end, average the rest; ``scipy.stats.trim_mean``'s convention) or ``median``
-  (the mean of the two middle values when ``h`` is even, ``numpy.median``'s convention).
-* :class:`HolderStackAccumulator` keeps the round's accepted updates (the per-coordinate rules
-  need all of them at once): memory ``K x (4 + 1) bytes x model elements`` for ``K`` accepted
-  updates (float32 values plus a bool mask per masked weight), bounded by ``clients_per_round``
-  plus retry replacements. The sample-weighted ``mean`` keeps streaming (``MaskedMeanAccumulator``).
+  ``mean`` (unweighted), ``trimmed_mean`` (drop ``cut`` of the ``h`` holders' values at each end,
+  average the rest; by default ``cut = floor(trim_fraction * h)``, ``scipy.stats.trim_mean``'s
+  convention) or ``median`` (the mean of the two middle values when ``h`` is even, ``numpy.median``'s).
+* :class:`HolderStackAccumulator` applies them to a round: ``trim_fraction`` is the fraction of the
+  round's ``K`` updates assumed hostile, ``f = floor(trim_fraction * K)``. ``trimmed_mean`` drops ``f``
+  values at each end of every weight's holders, and under both rules a weight is a candidate only if
+  at least ``2 f + 1`` devices hold it (so ``f`` attackers can never be the majority of a weight's
+  holders, e.g. at a weight only the attacker grew). It keeps the round's accepted updates (the
+  per-coordinate rules need all of them at once): memory ``K x (4 + 1) bytes x model elements``
+  (float32 values plus a bool mask per masked weight), ``K`` bounded by ``clients_per_round`` plus
+  retry replacements. The sample-weighted ``mean`` keeps streaming (``MaskedMeanAccumulator``).
 
 Robust rules are unweighted: a device's sample count is something it declares, so letting it
 weight a median would hand the attacker the lever the rule is meant to take away.
@@ -21,6 +25,7 @@ weight a median would hand the attacker the lever the rule is meant to take away
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -60,17 +65,21 @@ def clip_update(params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Te
     return out, scales
 
 
-def aggregate_over_holders(stack: torch.Tensor, held: torch.Tensor, rule: str,
-                           trim_fraction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def aggregate_over_holders(stack: torch.Tensor, held: torch.Tensor, rule: str, trim_fraction: float = 0.0,
+                           cut: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Coordinate-wise aggregate of K clients' values over the clients holding each position.
 
     stack: (K, *shape) float values; held: (K, *shape) bool, which client holds which position.
+    trimmed_mean drops ``cut`` values at each end (default ``floor(trim_fraction * h)`` per position
+    with ``h`` holders); a position with ``h <= 2 cut`` holders keeps nothing and aggregates to 0.
     Returns (aggregate float64 of ``shape``, 0 where nobody holds the position; holder count int64).
     """
     if rule not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {rule!r}; choose one of {', '.join(AGGREGATIONS)}")
     if not 0.0 <= trim_fraction < 0.5:
         raise ValueError(f"trim fraction must be in [0, 0.5), got {trim_fraction}")
+    if cut is not None and cut < 0:
+        raise ValueError(f"cut must be >= 0, got {cut}")
     if stack.shape != held.shape or stack.dim() < 1:
         raise ValueError(f"values {tuple(stack.shape)} and holders {tuple(held.shape)} must share a (K, ...) shape")
     k = stack.shape[0]
@@ -81,8 +90,9 @@ def aggregate_over_holders(stack: torch.Tensor, held: torch.Tensor, rule: str,
     if rule == "mean":
         lo, hi = torch.zeros_like(count), count - 1
     elif rule == "trimmed_mean":
-        cut = torch.floor(count.to(torch.float64) * trim_fraction).to(torch.int64)
-        lo, hi = cut, count - 1 - cut
+        per_end = (torch.floor(count.to(torch.float64) * trim_fraction).to(torch.int64) if cut is None
+                   else torch.full_like(count, cut))
+        lo, hi = per_end, count - 1 - per_end
     else:  # median: the middle rank, or the two middle ranks
         lo, hi = torch.div(count - 1, 2, rounding_mode="floor"), torch.div(count, 2, rounding_mode="floor")
     keep = (rank >= lo) & (rank <= hi) & (rank < count)
@@ -124,18 +134,25 @@ class HolderStackAccumulator:
         self.total_weight += weight
         self.num_clients += 1
 
+    @property
+    def tolerated(self) -> int:
+        """``f = floor(trim_fraction * K)``: hostile updates the rule is built to withstand this round."""
+        return math.floor(self.trim_fraction * self.num_clients)
+
     def result(self, min_votes: int = 1) -> AggregateResult:
+        """Robust aggregate; a masked weight is a candidate if held by >= max(min_votes, 2 f + 1) devices."""
         if self.num_clients == 0:
             raise ValueError("cannot aggregate zero client updates")
         params: Params = {}
         candidates: Masks = {}
+        hostile = self.tolerated
         for name, values in self.values.items():
             stack = torch.stack(values)
             held = (torch.stack(self.holders[name]) if name in self.masked
                     else torch.ones(stack.shape, dtype=torch.bool))
-            agg, count = aggregate_over_holders(stack, held, self.rule, self.trim_fraction)
+            agg, count = aggregate_over_holders(stack, held, self.rule, cut=hostile)
             if name in self.masked:
-                keep = count >= max(1, min_votes)
+                keep = count >= max(1, min_votes, 2 * hostile + 1)
                 params[name] = torch.where(keep, agg, torch.zeros_like(agg)).float()
                 candidates[name] = keep
             else:

@@ -48,7 +48,7 @@ class StrategyConfig:
     min_votes: int = 1  # a weight survives aggregation only if held by this many clients
     clients_per_round: int = 20
     aggregation: str = "mean"  # mean (sample-weighted, streaming) | trimmed_mean | median (over holders)
-    trim_fraction: float = 0.1  # trimmed_mean: fraction of each weight's holders dropped at each end
+    trim_fraction: float = 0.1  # robust rules: fraction of a round's updates assumed hostile
     clip_update_norm: float | None = None  # max ||w_client - w_global|| / ||w_global|| per layer; None = off
 
     def __post_init__(self) -> None:

@@ -62,7 +62,7 @@ class SimulationConfig:
     kernels: str = "dense"  # dense | auto | sparse: CPU sparse kernels train clients one by one
     kernel_thresholds: str | None = None  # JSON auto-policy table (bench --write-thresholds); None = built in
     aggregation: str = "mean"  # mean (sample-weighted) | trimmed_mean | median over each weight's holders
-    trim_fraction: float = 0.1  # trimmed_mean: fraction of each weight's holders dropped at each end
+    trim_fraction: float = 0.1  # robust rules: fraction of a round's updates assumed hostile
     clip_update_norm: float | None = None  # max ||w_client - w_global|| / ||w_global|| per layer; None = off
 
     def __post_init__(self) -> None:

@@ -44,6 +44,18 @@ def test_matches_numpy_reference_over_holders(rule, trim, k):
     assert np.array_equal(count.numpy(), held.sum(axis=0))
 
 
+@pytest.mark.parametrize("cut", [0, 1, 2])
+def test_fixed_cut_matches_sorting_and_slicing(cut):
+    rng = np.random.default_rng(cut)
+    stack = rng.normal(size=(7, 40))
+    held = rng.random((7, 40)) < 0.7
+    agg, count = aggregate_over_holders(torch.from_numpy(stack), torch.from_numpy(held), "trimmed_mean", cut=cut)
+    for j in range(40):
+        col = np.sort(stack[held[:, j], j])
+        expected = col[cut:col.size - cut].mean() if col.size > 2 * cut else 0.0
+        assert agg[j].item() == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
 def test_hand_computed_column():
     # one position, five holders (plus a non-holder with a huge value that must be ignored)
     values = torch.tensor([[1.0], [2.0], [100.0], [3.0], [-50.0], [1e9]])
@@ -135,6 +147,21 @@ def test_holder_stack_with_min_votes_and_refusals():
         acc.add({"w": torch.zeros(3), "b": torch.zeros(1)}, {"w": torch.ones(3, dtype=torch.bool)}, 0)
     with pytest.raises(ValueError, match="takes trimmed_mean or median"):
         HolderStackAccumulator({"w": (3,)}, ["w"], "mean")
+
+
+@pytest.mark.parametrize("rule", ["trimmed_mean", "median"])
+def test_a_weight_held_by_too_few_devices_is_dropped(rule):
+    # K = 10, trim_fraction 0.1 -> f = 1 tolerated attacker: a weight needs 3 holders. Position 0 is held
+    # by all, position 1 only by the attacker (a huge grown value), position 2 by two devices, 3 by three.
+    acc = HolderStackAccumulator({"w": (4,)}, ["w"], rule, trim_fraction=0.1)
+    for i in range(10):
+        held = torch.tensor([True, i == 0, i in (1, 2), i in (1, 2, 3)])
+        values = torch.tensor([1000.0 if i == 0 else 1.0, 1000.0, 2.0, 3.0]) * held
+        acc.add({"w": values}, {"w": held}, 1)
+    assert acc.tolerated == 1
+    result = acc.result()
+    assert result.candidates["w"].tolist() == [True, False, False, True]
+    assert result.params["w"].tolist() == [1.0, 0.0, 0.0, 3.0]
 
 
 def test_strategy_config_rejects_bad_guardrail_settings():
