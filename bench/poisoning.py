@@ -206,7 +206,8 @@ class LiveFleet:
 
         assert config.eval is not None
         params, _ = self.coordinator.store.load_model(run.id)
-        acc, global_acc = HeldOutEvaluator(get_model_spec("digits_cnn"), config.eval, config.seed).evaluate(params)
+        evaluator = HeldOutEvaluator(get_model_spec("digits_cnn"), config.eval, config.seed, None)  # digits: no dir
+        acc, global_acc = evaluator.evaluate(params)
         return acc, global_acc, status
 
     def close(self) -> None:
