@@ -11,8 +11,8 @@ Rules (the coordinator/agent contract):
   sample count < 1) is rejected (``invalid``, with its reason counted as ``invalid_<reason>``);
 * an accepted update's aggregation weight is its declared sample count capped at the count the
   device registered and at the run's ``max_sample_count`` (capping is counted as
-  ``accepted_sample_count_capped``); a device that never registered a sample count >= 1 is
-  rejected (``invalid_not_registered``).
+  ``accepted_sample_count_capped``); for a device whose Register this coordinator never saw (Register
+  is not retained) only ``max_sample_count`` applies.
 
 Accepted updates are folded into the aggregation at once (streaming, memory O(model), for the
 ``mean``; the robust rules keep the round's accepted updates). Every verdict comes with an Ack:
@@ -103,8 +103,6 @@ class RoundCollector:
         except UpdateRejected as exc:
             return Verdict("invalid", exc.detail, exc.reason)
         weight, cap_note = self._weight(update)
-        if weight < 1:
-            return Verdict("invalid", cap_note, "not_registered")
         try:
             params, masks = update_to_model(update, self.aggregation.state.masks)
             self.aggregation.add(ClientReply(self.selected.index(update.device_id), params, masks,
@@ -119,9 +117,8 @@ class RoundCollector:
         weight, caps = update.sample_count, []
         if self.registered_samples is not None:
             registered = self.registered_samples(update.device_id)
-            if registered < 1:
-                return 0, "the device has not registered a sample count; it must send Register first"
-            caps.append((registered, "the registered count"))
+            if registered >= 1:  # Register is not retained: a coordinator started later may never see it
+                caps.append((registered, "the registered count"))
         if self.max_sample_count is not None:
             caps.append((self.max_sample_count, "the run's max_sample_count"))
         cap, what = min(caps, default=(weight, ""))

@@ -161,9 +161,9 @@ def test_sample_count_is_checked_and_capped():
     assert verdict.detail == "sample_count 1000000000000 capped at 20 (the run's max_sample_count)"
     assert collector.counts["accepted_sample_count_capped"] == 1
     assert collector.aggregation.accumulator.total_weight == 20
-    unregistered = _collector(registered=0)
-    verdict = unregistered.offer(_honest(unregistered), 100)
-    assert (verdict.kind, verdict.reason) == ("invalid", "not_registered") and "send Register" in verdict.detail
+    unregistered = _collector(registered=0, max_sample_count=25)  # Register never seen: only the run's cap
+    verdict = unregistered.offer(_honest(unregistered, samples=40), 100)
+    assert verdict.kind == "accepted" and unregistered.aggregation.accumulator.total_weight == 25
 
 
 def test_capped_weight_is_what_the_mean_uses():
