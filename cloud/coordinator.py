@@ -8,9 +8,10 @@ Lifecycle of a run (one run is active at a time; starting a second one is a ``Ru
    (``min_devices`` before round 1, ``clients_per_round`` after), selects with
    ``strategy.configure_round(r, state, positions 0..M-1 of the sorted eligible ids, rng)``,
    publishes the ``ModelBroadcast`` (chunked) then the ``Task``.
-3. Updates are judged by :class:`~cloud.round_collector.RoundCollector` and streamed into the
-   aggregation; each gets an ``Ack``. The round closes when every selected device replied, or at
-   the deadline if at least ``quorum`` replied.
+3. Updates are checked and judged by :class:`~cloud.round_collector.RoundCollector` (invalid ones
+   rejected with their reason, weights capped at the registered sample count) and folded into the
+   aggregation; each gets an ``Ack`` (``ok=false`` with the reason when rejected). The round
+   closes when every selected device replied, or at the deadline if at least ``quorum`` replied.
 4. A round that misses its quorum is *retried* (same round number, accepted replies kept): the
    devices that did not reply are replaced by other eligible online devices when there are any,
    the model and an extended ``Task`` are re-published and the deadline restarts. After
@@ -292,12 +293,11 @@ class Coordinator:
             ex.counters["stale"] += 1
         else:
             verdict = ex.collector.offer(update, item.size)
-            ex.counters[verdict.kind] += 1
-        if verdict.kind == "invalid":
-            log.warning("rejected update from %s for round %s: %s", update.device_id, update.server_round,
-                        verdict.detail)
-            return
-        ack = Ack(update.run_id, update.server_round, update.device_id, verdict.ack_ok, verdict.detail)
+            ex.counters.update(verdict.counter_keys)
+        if verdict.kind == "invalid":  # answered too (ok=false), so the device stops re-sending it
+            log.warning("rejected update from %s for round %s (%s): %s", update.device_id, update.server_round,
+                        verdict.reason, verdict.detail)
+        ack = Ack(update.run_id, update.server_round, update.device_id, verdict.ack_ok, verdict.ack_detail)
         self._publish(topics.ack(update.run_id, update.device_id), encode_message(ack, self._key, seq=self._next_seq()),
                       topics.QOS_ACK)
 
@@ -362,7 +362,10 @@ class Coordinator:
         selected = tuple(eligible[i] for i in plan.clients)
         ex.round_started = now
         ex.retries = 0
-        ex.collector = RoundCollector(ex.run_id, r, selected, ex.strategy.begin_aggregation(ex.state))
+        ex.collector = RoundCollector(ex.run_id, r, selected, ex.strategy.begin_aggregation(ex.state),
+                                      readjust_fraction=plan.readjust_fraction,
+                                      registered_samples=self.registry.sample_count,
+                                      max_sample_count=c.max_sample_count)
         ex.broadcast = encode_message(model_broadcast(ex.run_id, r, ex.state.params, ex.state.masks), self._key,
                                       seq=self._next_seq())
         ex.phase, ex.phase_since = "collecting", now
@@ -420,7 +423,8 @@ class Coordinator:
             "download_bytes": ex.download_bytes, "density": density(new_state.masks),
             "train_loss": metrics.get("train_loss", 0.0), "seconds": time.time() - ex.round_started,
             "selected": list(collector.selected), "accepted": sorted(collector.accepted),
-            "ignored": {k: v for k, v in collector.counts.items() if k != "accepted"},
+            "ignored": {k: v for k, v in collector.counts.items() if not k.startswith("accepted")},
+            "clipped": int(metrics.get("clipped_updates", 0)),
             "retries": ex.retries,
         }
         if ex.evaluator is not None and (r % ex.evaluator.every == 0 or r == ex.config.rounds):

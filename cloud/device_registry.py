@@ -90,6 +90,12 @@ class DeviceRegistry:
             row = self._devices.get(device_id)
             return dict(row.capabilities) if row else {}
 
+    def sample_count(self, device_id: str) -> int:
+        """The sample count the device last registered (0 if it never registered)."""
+        with self._lock:
+            row = self._devices.get(device_id)
+            return row.sample_count if row else 0
+
     def flush(self) -> None:
         """Persist devices changed since the last flush."""
         with self._lock:

@@ -6,17 +6,27 @@ Rules (the coordinator/agent contract):
 * an update from a device not selected this round is ignored (``unselected``);
 * a second update from a device already accepted this round is ignored (``duplicate``) — it is
   never added twice;
-* an update whose tensors do not fit the mask the device was sent is rejected (``invalid``).
+* an update that fails :func:`cloud.update_checks.check_update` (non-finite values, wrong tensor
+  names or shapes, values outside the held mask, mask changes beyond the readjustment budget,
+  sample count < 1) is rejected (``invalid``, with its reason counted as ``invalid_<reason>``);
+* an accepted update's aggregation weight is its declared sample count capped at the count the
+  device registered and at the run's ``max_sample_count`` (capping is counted as
+  ``accepted_sample_count_capped``); for a device whose Register this coordinator never saw (Register
+  is not retained) only ``max_sample_count`` applies.
 
-Accepted updates are folded into the streaming aggregation at once (memory O(model)). Every
-verdict but ``invalid`` comes with an Ack so the device stops re-sending.
+Accepted updates are folded into the aggregation at once (streaming, memory O(model), for the
+``mean``; the robust rules keep the round's accepted updates). Every verdict comes with an Ack:
+``ok`` for accepted and duplicates so the device stops re-sending, ``ok=false`` with the reason
+otherwise, so an invalid update is not re-sent either.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cloud.update_checks import RoundExpectations, UpdateRejected, check_update
 from feddst_core.strategies import ClientReply, RoundAggregation
 from feddst_core.wire_format import update_to_model
 from protocol import ProtocolError, Update
@@ -28,10 +38,21 @@ VERDICTS = ("accepted", "duplicate", "stale", "unselected", "invalid")
 class Verdict:
     kind: str  # one of VERDICTS
     detail: str = ""
+    reason: str = ""  # why, for counting: invalid -> a cloud.update_checks reason; accepted -> sample_count_capped
+
+    @property
+    def counter_keys(self) -> tuple[str, ...]:
+        """The run counters this verdict increments: its kind, and ``<kind>_<reason>`` if it has a reason."""
+        return (self.kind, f"{self.kind}_{self.reason}") if self.reason else (self.kind,)
 
     @property
     def accepted(self) -> bool:
         return self.kind == "accepted"
+
+    @property
+    def ack_detail(self) -> str:
+        """The Ack's detail: the reason first for a rejection (``tensor_shape: conv1.weight: ...``)."""
+        return f"{self.reason}: {self.detail}" if self.kind == "invalid" and self.reason else self.detail
 
     @property
     def ack_ok(self) -> bool:
@@ -44,8 +65,17 @@ class RoundCollector:
     server_round: int
     selected: tuple[str, ...]  # device ids, in selection order (= sorted)
     aggregation: RoundAggregation
+    readjust_fraction: float = 0.0  # alpha of the round's task (0: masks must come back unchanged)
+    registered_samples: Callable[[str], int] | None = None  # device id -> registered sample count (0: none)
+    max_sample_count: int | None = None  # the run's cap on any device's aggregation weight
     accepted: dict[str, int] = field(default_factory=dict)  # device id -> encoded update bytes
     counts: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        state, spec = self.aggregation.state, self.aggregation.strategy.spec
+        self.expectations = RoundExpectations(spec.parameter_shapes(),
+                                              {n: m.cpu().numpy() for n, m in state.masks.items()},
+                                              self.readjust_fraction)
 
     @property
     def complete(self) -> bool:
@@ -58,7 +88,7 @@ class RoundCollector:
     def offer(self, update: Update, size: int) -> Verdict:
         """Judge one decoded update of ``size`` encoded bytes; accepted ones join the aggregation."""
         verdict = self._judge(update, size)
-        self.counts[verdict.kind] += 1
+        self.counts.update(verdict.counter_keys)
         return verdict
 
     def _judge(self, update: Update, size: int) -> Verdict:
@@ -68,16 +98,30 @@ class RoundCollector:
             return Verdict("unselected", "device not selected for this round")
         if update.device_id in self.accepted:
             return Verdict("duplicate", "already received")
-        if update.sample_count < 1:
-            return Verdict("invalid", "sample_count must be >= 1")
+        try:
+            check_update(update, self.expectations)
+        except UpdateRejected as exc:
+            return Verdict("invalid", exc.detail, exc.reason)
+        weight, cap_note = self._weight(update)
         try:
             params, masks = update_to_model(update, self.aggregation.state.masks)
-            shapes = self.aggregation.strategy.spec.parameter_shapes()
-            if set(params) != set(shapes) or any(tuple(params[n].shape) != s for n, s in shapes.items()):
-                return Verdict("invalid", "tensor names or shapes do not match the model")
             self.aggregation.add(ClientReply(self.selected.index(update.device_id), params, masks,
-                                             update.sample_count, update.train_loss))
-        except (ProtocolError, ValueError) as exc:
-            return Verdict("invalid", f"{type(exc).__name__}: {exc}")
+                                             weight, update.train_loss))
+        except (ProtocolError, ValueError) as exc:  # check_update should have caught it: still no crash
+            return Verdict("invalid", f"{type(exc).__name__}: {exc}", "unusable")
         self.accepted[update.device_id] = size
-        return Verdict("accepted")
+        return Verdict("accepted", cap_note, "sample_count_capped" if cap_note else "")
+
+    def _weight(self, update: Update) -> tuple[int, str]:
+        """The aggregation weight (declared samples, capped) and a note when it was capped or refused."""
+        weight, caps = update.sample_count, []
+        if self.registered_samples is not None:
+            registered = self.registered_samples(update.device_id)
+            if registered >= 1:  # Register is not retained: a coordinator started later may never see it
+                caps.append((registered, "the registered count"))
+        if self.max_sample_count is not None:
+            caps.append((self.max_sample_count, "the run's max_sample_count"))
+        cap, what = min(caps, default=(weight, ""))
+        if weight > cap:
+            return cap, f"sample_count {update.sample_count} capped at {cap} ({what})"
+        return weight, ""

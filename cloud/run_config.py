@@ -22,6 +22,7 @@ from feddst_core.strategies import StrategyConfig
 from feddst_core.training import TrainConfig
 
 Algorithm = Literal["feddst", "fedavg", "fedavgm", "fedprox", "randommask"]
+Aggregation = Literal["mean", "trimmed_mean", "median"]
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
@@ -90,6 +91,19 @@ class RunConfig(BaseModel):
     device_wait_s: float = Field(120.0, gt=0.0, description="How long a round waits for enough devices.")
     select: CapabilityFilter | None = None
     eval: EvalConfig | None = None
+    aggregation: Aggregation = Field("mean", description="Server rule over each weight's holders: mean "
+                                     "(sample-weighted, streaming), trimmed_mean or median (unweighted, robust "
+                                     "to a minority of poisoned updates; keeps the round's updates in memory).")
+    trim_fraction: float = Field(0.1, ge=0.0, lt=0.5,
+                                 description="trimmed_mean / median: fraction of a round's K updates assumed "
+                                 "hostile, f = floor(trim_fraction * K); trimmed_mean drops f values at each end of "
+                                 "every weight's holders, and a weight needs 2f + 1 holders to survive.")
+    clip_update_norm: float | None = Field(None, gt=0.0,
+                                           description="Max ||w_client - w_global|| / ||w_global|| per layer over "
+                                           "the positions the device holds; larger updates are scaled down. "
+                                           "None: no clipping.")
+    max_sample_count: int | None = Field(None, ge=1, description="Cap on any device's aggregation weight (its "
+                                         "declared sample count is also capped at the count it registered).")
 
     @field_validator("model")
     @classmethod
@@ -117,7 +131,8 @@ class RunConfig(BaseModel):
             algorithm=self.algorithm, sparsity=self.sparsity, distribution=self.distribution,
             mask_init=self.mask_init, readjust_ratio=self.readjust_ratio, readjust_every=self.readjust_every,
             readjust_until=self.t_end, prox_mu=self.prox_mu, server_momentum=self.server_momentum,
-            min_votes=self.min_votes, clients_per_round=self.clients_per_round)
+            min_votes=self.min_votes, clients_per_round=self.clients_per_round, aggregation=self.aggregation,
+            trim_fraction=self.trim_fraction, clip_update_norm=self.clip_update_norm)
 
     def train_config(self, prox_mu: float) -> TrainConfig:
         return TrainConfig(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,

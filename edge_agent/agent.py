@@ -10,7 +10,9 @@ the ``ModelBroadcast`` of its ``model_round`` may arrive in either order; once b
 the (run, round) has not been handled before, training starts (a repeated task is handled once).
 The encoded update (per-device increasing seq, signed with ``--key-file``) is published, chunked
 when larger than ``--max-packet``, and the same bytes are re-published every ``ack_timeout_s``
-until the coordinator's ``Ack`` arrives or the task's deadline passes. Anything malformed,
+until the coordinator's ``Ack`` arrives or the task's deadline passes. A negative Ack (the
+coordinator rejected the update, e.g. ``non_finite: ...``) also ends the re-sending; its reason is
+logged and counted (``updates_rejected``). Anything malformed,
 oversized, unauthenticated or on the wrong topic is logged, counted in :attr:`EdgeAgent.stats`,
 and dropped.
 """
@@ -369,12 +371,13 @@ class EdgeAgent:
         if upload is None:
             self.stats["acks_unmatched"] += 1
             return
-        self.stats["updates_acked"] += 1
+        self.stats["updates_acked"] += 1  # answered either way: it is not re-sent
         if ack.ok:
             log.info("update for %s round %d acknowledged", ack.run_id, ack.server_round)
         else:
-            log.warning("update for %s round %d rejected by the coordinator: %s", ack.run_id, ack.server_round,
-                        ack.detail)
+            self.stats["updates_rejected"] += 1
+            log.warning("update for %s round %d rejected by the coordinator (not re-sent): %s", ack.run_id,
+                        ack.server_round, ack.detail or "no reason given")
 
     def _on_abort(self, abort: Abort) -> None:
         run, first = abort.run_id, abort.server_round

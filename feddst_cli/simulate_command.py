@@ -23,6 +23,12 @@ class DatasetName(StrEnum):
     npz = "npz"
 
 
+class AggregationName(StrEnum):
+    mean = "mean"
+    trimmed_mean = "trimmed_mean"
+    median = "median"
+
+
 class AlgorithmName(StrEnum):
     feddst = "feddst"
     fedavg = "fedavg"
@@ -74,6 +80,18 @@ def simulate(
     prox_mu: float = typer.Option(0.0, help="FedProx mu (fedprox; composes with feddst and randommask).",
                                   rich_help_panel=ALGO),
     server_momentum: float = typer.Option(0.9, help="fedavgm: server momentum beta.", rich_help_panel=ALGO),
+    aggregation: AggregationName = typer.Option(AggregationName.mean, help="Server rule over each weight's "
+                                                "holders: mean (sample-weighted), or trimmed_mean / median "
+                                                "(unweighted; robust to a minority of poisoned updates).",
+                                                rich_help_panel=ALGO),
+    trim_fraction: float = typer.Option(0.1, help="trimmed_mean / median: fraction of a round's K clients "
+                                        "assumed hostile, f = floor(fraction * K) in [0, 0.5): trimmed_mean drops f "
+                                        "values at each end of every weight's holders; a weight needs 2f + 1 "
+                                        "holders to survive.", rich_help_panel=ALGO),
+    clip_update_norm: float | None = typer.Option(None, help="Clip each client's update per layer to this "
+                                                  "ratio ||w_client - w_global|| / ||w_global|| (over the "
+                                                  "positions it holds) [default: no clipping].",
+                                                  rich_help_panel=ALGO),
     seed: int = typer.Option(0, help="Seed: same seed, same report.", rich_help_panel=RUN),
     eval_every: int = typer.Option(10, help="Evaluate every N rounds (and after the last).",
                                    rich_help_panel=RUN),
@@ -114,7 +132,8 @@ def simulate(
             readjust_every=readjust_every, readjust_until=readjust_until, prox_mu=prox_mu,
             server_momentum=server_momentum, seed=seed, eval_every=eval_every, out=str(out),
             client_batching=client_batching, kernels=kernels.value, distribution=distribution,
-            mask_init=mask_init, min_votes=min_votes,
+            mask_init=mask_init, min_votes=min_votes, aggregation=aggregation.value, trim_fraction=trim_fraction,
+            clip_update_norm=clip_update_norm,
             kernel_thresholds=str(kernel_thresholds) if kernel_thresholds else None)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

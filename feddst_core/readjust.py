@@ -52,9 +52,10 @@ def prune_and_grow(mask: torch.Tensor, drop_scores: torch.Tensor, grow_scores: t
         empty = torch.empty(0, dtype=torch.long)
         return mask.clone(), MaskChange(empty, empty)
     big = torch.finfo(torch.float32).max
-    drop = drop_scores.reshape(-1).float().masked_fill(~flat_mask, big)  # inactive never dropped
+    # Scores of a diverged client (NaN, +-Inf) must not outrank the fills below: NaN counts as 0.
+    drop = _finite(drop_scores, big).masked_fill(~flat_mask, big)  # inactive never dropped
     dropped = torch.sort(drop, stable=True).indices[:n]
-    grow = grow_scores.reshape(-1).float().masked_fill(flat_mask, -big)  # active never grown
+    grow = _finite(grow_scores, big).masked_fill(flat_mask, -big)  # active never grown
     grown = torch.sort(grow, descending=True, stable=True).indices[:n]
     new = flat_mask.clone()
     new[dropped] = False
@@ -62,6 +63,11 @@ def prune_and_grow(mask: torch.Tensor, drop_scores: torch.Tensor, grow_scores: t
     assert int(new.sum()) == active, "prune_and_grow must keep the active count"
     assert not bool(flat_mask[grown].any()), "grown weights must have been inactive"
     return new.reshape(mask.shape), MaskChange(dropped, grown)
+
+
+def _finite(scores: torch.Tensor, big: float) -> torch.Tensor:
+    """Flat float32 scores with NaN -> 0 and +-Inf -> +-big/2 (strictly inside the +-big fills)."""
+    return torch.nan_to_num(scores.reshape(-1).float(), nan=0.0, posinf=big / 2, neginf=-big / 2)
 
 
 def readjust_masks(masks: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor],

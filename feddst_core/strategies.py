@@ -26,6 +26,7 @@ from feddst_core.aggregation import MaskedMeanAccumulator, prune_to_budgets
 from feddst_core.masks import apply_masks, full_masks, init_masks, layer_budgets
 from feddst_core.models import ModelSpec, Params, init_params
 from feddst_core.readjust import cosine_readjust_fraction, is_readjust_round
+from feddst_core.robust_aggregation import AGGREGATIONS, HolderStackAccumulator, clip_update
 
 ALGORITHMS = ("feddst", "fedavg", "fedavgm", "fedprox", "randommask")
 
@@ -46,6 +47,9 @@ class StrategyConfig:
     server_lr: float = 1.0  # FedAvgM server learning rate
     min_votes: int = 1  # a weight survives aggregation only if held by this many clients
     clients_per_round: int = 20
+    aggregation: str = "mean"  # mean (sample-weighted, streaming) | trimmed_mean | median (over holders)
+    trim_fraction: float = 0.1  # robust rules: fraction of a round's updates assumed hostile
+    clip_update_norm: float | None = None  # max ||w_client - w_global|| / ||w_global|| per layer; None = off
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -58,6 +62,12 @@ class StrategyConfig:
             raise ValueError("prox mu must be >= 0 and server momentum in [0, 1)")
         if self.clients_per_round < 1:
             raise ValueError("clients per round must be >= 1")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ValueError(f"trim fraction must be in [0, 0.5), got {self.trim_fraction}")
+        if self.clip_update_norm is not None and not self.clip_update_norm > 0:
+            raise ValueError(f"clip update norm must be > 0 (or None for no clipping), got {self.clip_update_norm}")
 
 
 def resolve_algorithm(config: StrategyConfig) -> StrategyConfig:
@@ -107,11 +117,18 @@ class RoundAggregation:
 
     strategy: FedStrategy
     state: ServerState
-    accumulator: MaskedMeanAccumulator
+    accumulator: MaskedMeanAccumulator | HolderStackAccumulator
     losses: list[tuple[float, int]] = field(default_factory=list)
+    clipped_updates: int = 0  # replies with at least one layer clipped (``clip_update_norm``)
 
     def add(self, reply: ClientReply) -> None:
-        self.accumulator.add(reply.params, reply.masks, float(reply.num_samples))
+        """Fold in one reply (its values finite, its tensors the model's), clipped first if configured."""
+        params = reply.params
+        ratio = self.strategy.config.clip_update_norm
+        if ratio is not None:
+            params, scales = clip_update(params, reply.masks, self.state.params, ratio)
+            self.clipped_updates += int(any(s < 1.0 for s in scales.values()))
+        self.accumulator.add(params, reply.masks, float(reply.num_samples))
         self.losses.append((reply.train_loss, reply.num_samples))
 
     def finish(self) -> tuple[ServerState | None, dict[str, float]]:
@@ -161,7 +178,14 @@ class FedStrategy:
         return RoundPlan(server_round, chosen, self.readjust_fraction(server_round), self.config.prox_mu)
 
     def begin_aggregation(self, state: ServerState) -> RoundAggregation:
-        acc = MaskedMeanAccumulator(self.spec.parameter_shapes(), self.spec.masked_names())
+        """Streaming for ``mean`` (memory O(model)); robust rules keep the round's replies (O(K x model))."""
+        c = self.config
+        acc: MaskedMeanAccumulator | HolderStackAccumulator
+        if c.aggregation == "mean":
+            acc = MaskedMeanAccumulator(self.spec.parameter_shapes(), self.spec.masked_names())
+        else:
+            acc = HolderStackAccumulator(self.spec.parameter_shapes(), self.spec.masked_names(), c.aggregation,
+                                         c.trim_fraction)
         return RoundAggregation(self, state, acc)
 
     def aggregate_round(self, server_round: int, state: ServerState, replies: Sequence[ClientReply],
@@ -199,6 +223,7 @@ class FedStrategy:
             "clients": float(result.num_clients),
             "train_loss": sum(loss * w for loss, w in agg.losses) / weight if weight else 0.0,
             "mask_changed": float(changed),
+            "clipped_updates": float(agg.clipped_updates),
         }
         return new_state, metrics
 

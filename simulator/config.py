@@ -9,6 +9,7 @@ from typing import Any
 
 from feddst_core.masks import DISTRIBUTIONS
 from feddst_core.partition import PARTITIONS
+from feddst_core.robust_aggregation import AGGREGATIONS
 from feddst_core.sparse import KERNEL_CHOICES, SparseThreshold, parse_thresholds_json
 from feddst_core.strategies import ALGORITHMS
 
@@ -60,6 +61,9 @@ class SimulationConfig:
     client_batching: bool = True  # train a round's clients together (grouped convs); off = one by one
     kernels: str = "dense"  # dense | auto | sparse: CPU sparse kernels train clients one by one
     kernel_thresholds: str | None = None  # JSON auto-policy table (bench --write-thresholds); None = built in
+    aggregation: str = "mean"  # mean (sample-weighted) | trimmed_mean | median over each weight's holders
+    trim_fraction: float = 0.1  # robust rules: fraction of a round's updates assumed hostile
+    clip_update_norm: float | None = None  # max ||w_client - w_global|| / ||w_global|| per layer; None = off
 
     def __post_init__(self) -> None:
         checks = [
@@ -91,6 +95,11 @@ class SimulationConfig:
             (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
             (self.beta > 0, f"--beta must be > 0, got {self.beta}"),
             (self.kernels in KERNEL_CHOICES, f"--kernels must be one of {', '.join(KERNEL_CHOICES)}"),
+            (self.aggregation in AGGREGATIONS, f"--aggregation must be one of {', '.join(AGGREGATIONS)}, "
+             f"got {self.aggregation!r}"),
+            (0.0 <= self.trim_fraction < 0.5, f"--trim-fraction must be in [0, 0.5), got {self.trim_fraction}"),
+            (self.clip_update_norm is None or 0.0 < self.clip_update_norm < float("inf"),
+             f"--clip-update-norm must be a finite number > 0, got {self.clip_update_norm}"),
         ]
         for ok, message in checks:
             if not ok:

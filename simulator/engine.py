@@ -68,7 +68,8 @@ class Simulation:
             mask_init=config.mask_init, readjust_ratio=config.readjust_ratio,
             readjust_every=config.readjust_every, readjust_until=config.t_end, prox_mu=config.prox_mu,
             server_momentum=config.server_momentum, min_votes=config.min_votes,
-            clients_per_round=config.clients_per_round))
+            clients_per_round=config.clients_per_round, aggregation=config.aggregation,
+            trim_fraction=config.trim_fraction, clip_update_norm=config.clip_update_norm))
         self.x_train = torch.from_numpy(self.data.x_train)
         self.y_train = torch.from_numpy(self.data.y_train)
         self.x_test = torch.from_numpy(self.data.x_test)

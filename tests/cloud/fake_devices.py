@@ -2,7 +2,8 @@
 
 A :class:`FakeDevice` follows the agent side of the contract (status + will, register, task and
 model in either order, one update per (run, round), re-send until acked) and can misbehave on
-purpose: send every update twice, go silent, or also send an update for an older round. With
+purpose: send every update twice, go silent, also send an update for an older round, or rewrite
+its updates (``tamper``: poisoning attacks). With
 ``data`` it trains exactly like an agent (``LocalTrainer`` K=1, ``client_seed(task.seed, r,
 index)``); without, it returns the global model unchanged (no training: fast).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
@@ -28,6 +30,7 @@ from protocol import (
     Register,
     Status,
     Task,
+    Update,
     decode_message,
     encode_message,
     split_into_chunks,
@@ -49,9 +52,11 @@ class FakeDevice:
     sample_count: int = 10
     password: str | None = None  # MQTT password (enrolled devices)
     key: bytes | None = None  # HMAC key signing every message (enrolled devices)
+    tamper: Callable[[Update, ModelBroadcast], Update] | None = None  # rewrite each update before sending (attacks)
     acks: list[Ack] = field(default_factory=list)
     handled: set = field(default_factory=set)
     sent_sizes: dict = field(default_factory=dict)  # (run, round) -> bytes of the update sent
+    training_failures: int = 0
 
     def __post_init__(self) -> None:
         self._events: queue.Queue = queue.Queue()
@@ -154,7 +159,11 @@ class FakeDevice:
                 continue
             if self.delay_s:
                 time.sleep(self.delay_s)
-            data = self._make_update(task, model)
+            try:
+                data = self._make_update(task, model)
+            except Exception:  # noqa: BLE001 - like an agent whose training fails: no update this round
+                self.training_failures += 1
+                continue
             self.sent_sizes[(task.run_id, task.server_round)] = len(data)
             self._publish(topics.update(task.run_id, self.device_id), data)
             if self.duplicate:
@@ -182,4 +191,6 @@ class FakeDevice:
             new_params, new_masks, n, loss = outcome.params, outcome.masks, outcome.num_samples, outcome.train_loss
         msg = update_message(task.run_id, task.server_round, self.device_id, new_params, masks, new_masks, n, loss,
                              compute_s=0.0)
+        if self.tamper is not None:
+            msg = self.tamper(msg, model)
         return self._encode(msg)

@@ -128,6 +128,25 @@ def test_resends_the_same_update_until_acknowledged(mosquitto, coordinator, star
     assert agent.agent.stats["trained"] == 1
 
 
+def test_a_negative_ack_stops_the_resending_and_is_logged(mosquitto, coordinator, start_agent, caplog) -> None:
+    agent = start_agent(agent_settings(mosquitto.url, ack_timeout_s=0.3))
+    coordinator.expect(Register)
+    params, masks = global_model()
+    send_round(coordinator, make_task(1), params, masks)
+    coordinator.expect(Update, is_update_for(1), timeout=10)
+    with caplog.at_level("WARNING", logger="feddst.agent"):
+        coordinator.send(Ack(RUN, 1, "dev-003", False, "non_finite: conv1.weight: 3 of 40 values are NaN"),
+                         topics.ack(RUN, "dev-003"))
+        assert wait_until(lambda: agent.agent.stats["updates_rejected"] == 1)
+    assert not agent.agent.state.uploads
+    assert any("non_finite: conv1.weight" in r.getMessage() and "not re-sent" in r.getMessage()
+               for r in caplog.records)
+    time.sleep(0.2)  # let in-flight copies land
+    while not coordinator.received.empty():
+        coordinator.received.get_nowait()
+    assert not [r for r in coordinator.collect(1.0) if isinstance(r.message, Update)]  # 3+ ack timeouts: silent
+
+
 def test_gives_up_at_the_deadline(mosquitto, coordinator, start_agent) -> None:
     agent = start_agent(agent_settings(mosquitto.url, ack_timeout_s=0.3))
     coordinator.expect(Register)

@@ -66,3 +66,14 @@ def test_readjust_masks_per_layer():
     for n in masks:
         assert int(new[n].sum()) == int(masks[n].sum())
         assert len(changes[n].grown) == math.floor(0.2 * int(masks[n].sum()))
+
+
+def test_non_finite_scores_keep_the_active_count():
+    # a diverged client: NaN / Inf weights and gradients must not break the invariant (NaN ranks as 0)
+    mask = torch.tensor([True, True, True, True, False, False, False, False])
+    drop = torch.tensor([float("nan"), float("inf"), float("nan"), 2.0, 0.0, 0.0, 0.0, 0.0])
+    grow = torch.tensor([0.0, 0.0, 0.0, 0.0, float("nan"), float("inf"), 1.0, float("-inf")])
+    new, change = prune_and_grow(mask, drop, grow, 0.5)
+    assert int(new.sum()) == 4
+    assert sorted(change.dropped.tolist()) == [0, 2]  # the NaN scores (0) go first
+    assert sorted(change.grown.tolist()) == [5, 6]  # +Inf, then 1.0; NaN (0) and -Inf after

@@ -80,12 +80,32 @@ def test_dense_fedavg_uploads_about_five_times_feddst(tmp_path):
     (["--distribution", "lognormal"], "--distribution must be one of uniform, er, erk"),
     (["--mask-init", "zeros"], "--mask-init must be magnitude or random"),
     (["--min-votes", "0"], "--min-votes must be >= 1"),
+    (["--aggregation", "krum"], "krum"),
+    (["--trim-fraction", "0.5"], "--trim-fraction must be in [0, 0.5)"),
+    (["--clip-update-norm", "0"], "--clip-update-norm must be a finite number > 0"),
+    (["--clip-update-norm", "nan"], "--clip-update-norm must be a finite number > 0"),
 ])
 def test_bad_flags_give_clear_errors(tmp_path, args, message):
     result = run([*SMALL, "--out", str(tmp_path / "x"), *args])
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
     assert not (tmp_path / "x" / "report.json").exists()
+
+
+def test_guardrail_flags_reach_the_strategy_and_the_report(tmp_path):
+    result = run([*SMALL, "--out", str(tmp_path), "--aggregation", "trimmed_mean", "--trim-fraction", "0.25",
+                  "--clip-update-norm", "0.5"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "report.json").read_text())["config"]
+    assert (config["aggregation"], config["trim_fraction"], config["clip_update_norm"]) == ("trimmed_mean", 0.25, 0.5)
+    from simulator.config import SimulationConfig
+    from simulator.engine import Simulation
+
+    sim = Simulation(SimulationConfig(**{**config, "readjust_until": None}))
+    c = sim.strategy.config
+    assert (c.aggregation, c.trim_fraction, c.clip_update_norm) == ("trimmed_mean", 0.25, 0.5)
+    default = json.loads(json.dumps(SimulationConfig(dataset="digits").to_json()))
+    assert (default["aggregation"], default["clip_update_norm"]) == ("mean", None)
 
 
 def test_missing_data_dir_is_a_clear_error_and_writes_nothing(tmp_path):
