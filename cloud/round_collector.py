@@ -6,6 +6,8 @@ Rules (the coordinator/agent contract):
 * an update from a device not selected this round is ignored (``unselected``);
 * a second update from a device already accepted this round is ignored (``duplicate``) — it is
   never added twice;
+* an update that does not echo the round's ``Task.task_nonce`` is refused with a negative Ack
+  (``wrong_nonce``): it was not made for the task this round published;
 * an update whose tensors do not fit the mask the device was sent is rejected (``invalid``).
 
 Accepted updates are folded into the streaming aggregation at once (memory O(model)). Every
@@ -21,7 +23,7 @@ from feddst_core.strategies import ClientReply, RoundAggregation
 from feddst_core.wire_format import update_to_model
 from protocol import ProtocolError, Update
 
-VERDICTS = ("accepted", "duplicate", "stale", "unselected", "invalid")
+VERDICTS = ("accepted", "duplicate", "stale", "unselected", "wrong_nonce", "invalid")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class RoundCollector:
     aggregation: RoundAggregation
     accepted: dict[str, int] = field(default_factory=dict)  # device id -> encoded update bytes
     counts: Counter = field(default_factory=Counter)
+    task_nonce: int = 0  # Task.task_nonce of this round; updates must echo it
 
     @property
     def complete(self) -> bool:
@@ -68,6 +71,8 @@ class RoundCollector:
             return Verdict("unselected", "device not selected for this round")
         if update.device_id in self.accepted:
             return Verdict("duplicate", "already received")
+        if update.task_nonce != self.task_nonce:
+            return Verdict("wrong_nonce", "the update does not echo this round's task nonce")
         if update.sample_count < 1:
             return Verdict("invalid", "sample_count must be >= 1")
         try:

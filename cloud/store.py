@@ -2,7 +2,7 @@
 
 Layout of ``state_dir``::
 
-    coordinator.sqlite3                         runs, rounds, devices
+    coordinator.sqlite3                         runs, rounds, devices, device sequence numbers
     models/<run_id>/round-00012.safetensors     global model after round 12 (and round-00000: initial)
 
 Model files hold every parameter under its own name plus each mask as ``<name>.mask`` (bool);
@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS devices (
     rounds_done INTEGER NOT NULL DEFAULT 0, bytes_up INTEGER NOT NULL DEFAULT 0,
     bytes_down INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS device_sequences (
+    device_id TEXT PRIMARY KEY, last_seq TEXT NOT NULL, will_seq TEXT NOT NULL DEFAULT '0',
+    will_used INTEGER NOT NULL DEFAULT 0
+);
 """
 
 
@@ -60,6 +64,16 @@ class RunRow:
     error: str | None
     model_round: int | None
     counters: dict[str, int]
+
+
+@dataclass(frozen=True)
+class SequenceRow:
+    """Replay state of one device: the highest seq accepted, and its current last will (u64 values)."""
+
+    device_id: str
+    last_seq: int
+    will_seq: int = 0
+    will_used: bool = False
 
 
 @dataclass
@@ -202,3 +216,14 @@ class CoordinatorStore:
         rows = self._execute("SELECT id, capabilities, sample_count, state, last_seen, rounds_done, bytes_up, "
                              "bytes_down FROM devices ORDER BY id")
         return [DeviceRow(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
+
+    # --- device sequence numbers (replay protection) ----------------------------------------------
+
+    def save_sequence(self, row: SequenceRow) -> None:
+        """Persist one device's replay state at once (u64 values are stored as decimal text)."""
+        self._execute("INSERT OR REPLACE INTO device_sequences (device_id, last_seq, will_seq, will_used) "
+                      "VALUES (?, ?, ?, ?)", (row.device_id, str(row.last_seq), str(row.will_seq), int(row.will_used)))
+
+    def load_sequences(self) -> list[SequenceRow]:
+        rows = self._execute("SELECT device_id, last_seq, will_seq, will_used FROM device_sequences ORDER BY device_id")
+        return [SequenceRow(r[0], int(r[1]), int(r[2]), bool(r[3])) for r in rows]
