@@ -1,7 +1,9 @@
 """Test harness for the edge agent: a protocol-level fake coordinator and in-thread / subprocess agents.
 
 The fake coordinator is a real paho client talking to a real mosquitto, speaking the wire protocol
-directly (no ``cloud`` code), so these tests pin down the agent's side of the message flow.
+directly (no ``cloud`` code), so these tests pin down the agent's side of the message flow. It signs
+what it sends with a test Ed25519 key, whose public half every agent built here is given (agents
+refuse unsigned coordinator messages by default).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from protocol import (
     split_into_chunks,
     topics,
 )
+from protocol.ed25519 import Ed25519Signer
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = "run-a"
@@ -69,7 +72,10 @@ def is_update_for(server_round: int, device: str = "dev-003"):  # type: ignore[n
     return lambda r: r.message.server_round == server_round and r.message.device_id == device
 
 DEVICE_KEY = bytes(range(32))
-COORDINATOR_KEY = bytes(range(100, 132))
+COORDINATOR_SIGNER = Ed25519Signer(bytes(range(100, 132)))
+COORDINATOR_PUBLIC_KEY = COORDINATOR_SIGNER.public_key_hex
+KEYED = {"coordinator_public_key": COORDINATOR_PUBLIC_KEY}
+"""Agent settings that verify the fake coordinator's signature (``AgentSettings(**KEYED, ...)``)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ class FakeCoordinator:
     """Subscribes like the coordinator, decodes everything, publishes whatever a test needs."""
 
     def __init__(self, port: int, *, username: str = "coordinator", password: str | None = None,
-                 device_keys: dict[str, bytes] | None = None, key: bytes | None = None,
+                 device_keys: dict[str, bytes] | None = None, key: object = COORDINATOR_SIGNER,
                  protocol: int = mqtt.MQTTv5) -> None:
         self.device_keys = device_keys
         self.key = key
@@ -172,7 +178,7 @@ class FakeCoordinator:
 
     def send(self, msg: Message, topic: str, max_packet: int = 128 * 1024) -> bytes:
         self._seq += 1
-        data = encode_message(msg, self.key, seq=self._seq)
+        data = encode_message(msg, self.key, seq=self._seq)  # type: ignore[arg-type]
         for packet in split_into_chunks(data, max_packet):
             self.publish_raw(topic, packet)
         return data
@@ -183,7 +189,7 @@ class FakeCoordinator:
 
 
 def agent_settings(broker_url: str, device_id: str = "dev-003", **overrides: object) -> AgentSettings:
-    values: dict[str, object] = {"device_id": device_id, "broker": broker_url, "partition": "3/8",
+    values: dict[str, object] = {**KEYED, "device_id": device_id, "broker": broker_url, "partition": "3/8",
                                  "heartbeat_s": 0.5, "ack_timeout_s": 0.5, "reconnect_min_s": 0.2,
                                  "reconnect_max_s": 1.0, "keepalive_s": 5}
     values.update(overrides)
@@ -193,11 +199,10 @@ def agent_settings(broker_url: str, device_id: str = "dev-003", **overrides: obj
 class AgentThread:
     """An ``EdgeAgent`` running in a thread of the test process."""
 
-    def __init__(self, settings: AgentSettings, *, data: LocalData | None = None, key: bytes | None = DEVICE_KEY,
-                 coordinator_key: bytes | None = None) -> None:
+    def __init__(self, settings: AgentSettings, *, data: LocalData | None = None,
+                 key: bytes | None = DEVICE_KEY) -> None:
         self.settings = settings
-        self.agent = EdgeAgent(settings, data if data is not None else load_local_data(settings), key=key,
-                               coordinator_key=coordinator_key)
+        self.agent = EdgeAgent(settings, data if data is not None else load_local_data(settings), key=key)
         self.stop_event = threading.Event()
         self.exit_code: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"agent-{settings.device_id}")
@@ -216,7 +221,10 @@ class AgentThread:
 
 
 def agent_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "feddst_cli.main", "agent", "run", *args]
+    """``feddst agent run ARGS`` given the fake coordinator's public key (unless ARGS name another or none)."""
+    keyed = any(a.startswith(("--coordinator-public-key", "--insecure")) for a in args)
+    extra = () if keyed else ("--coordinator-public-key", COORDINATOR_PUBLIC_KEY)
+    return [sys.executable, "-m", "feddst_cli.main", "agent", "run", *args, *extra]
 
 
 def start_agent_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
