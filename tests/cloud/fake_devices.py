@@ -49,6 +49,7 @@ class FakeDevice:
     data: ClientData | None = None
     duplicate: bool = False  # publish every update twice (different seq, same content)
     coordinator_key: object = None  # verifier of the coordinator's messages (None: not checked)
+    key: bytes | None = None  # this device's HMAC key (None: unauthenticated messages)
     silent: bool = False  # receive tasks but never reply
     stale_too: bool = False  # after each update also re-send the previous round's update
     delay_s: float = 0.0  # hold each update this long before sending it (a slow device)
@@ -81,7 +82,7 @@ class FakeDevice:
         with self._seq_lock:
             self._seq += 1
             seq = self._seq
-        return encode_message(msg, seq=seq)  # type: ignore[arg-type]
+        return encode_message(msg, self.key, seq=seq)  # type: ignore[arg-type]
 
     def _publish(self, topic: str, data: bytes, retain: bool = False) -> None:
         for packet in split_into_chunks(data):

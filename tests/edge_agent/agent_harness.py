@@ -50,11 +50,12 @@ def global_model(seed: int = 0):  # type: ignore[no-untyped-def]
 
 
 def make_task(server_round: int = 1, selected: tuple[str, ...] = ("dev-003",), run: str = RUN, readjust: bool = False,
-              deadline_s: float = 30.0, seed: int = 7) -> Task:
+              deadline_s: float = 30.0, seed: int = 7, task_nonce: int | None = None) -> Task:
     return Task(run_id=run, server_round=server_round, selected=selected, model_round=server_round,
                 local_epochs=2, batch_size=16, lr=0.05, momentum=0.9, weight_decay=0.001, prox_mu=0.0,
                 readjust=readjust, alpha=0.05 if readjust else 0.0, deadline_unix=time.time() + deadline_s,
-                seed=seed, model_name="digits_cnn")
+                seed=seed, model_name="digits_cnn",
+                task_nonce=(0x5EED0000 + server_round) if task_nonce is None else task_nonce)
 
 
 def send_round(coordinator: FakeCoordinator, task: Task, params, masks, model_first: bool = True,  # type: ignore[no-untyped-def]
