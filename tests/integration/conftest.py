@@ -16,7 +16,6 @@ sys.path.insert(0, str(HERE.parent / "cloud"))
 
 from coordinator_harness import TEST_COORDINATOR_PUBLIC_KEY  # noqa: E402
 
-
 ROOT = HERE.parent.parent
 
 
