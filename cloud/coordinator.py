@@ -141,6 +141,7 @@ class Coordinator:
             self.store.set_run_status(active, "interrupted", "coordinator shut down during the run")
         self.link.close()
         self.registry.flush()
+        self.replay_guard.flush()
         self.tokens.close()
         self.store.close()
 
@@ -239,6 +240,7 @@ class Coordinator:
                 self._tick()
                 if time.monotonic() - last_flush > 2.0:
                     self.registry.flush()
+                    self.replay_guard.flush()
                     last_flush = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - the loop must survive; the run fails loudly
                 log.exception("coordinator main loop error")

@@ -3,8 +3,11 @@
 Rule (``docs/protocol.md`` section 4, ``docs/security.md``): a Register, Status or Update from a
 device is accepted only if its envelope ``seq`` is above the highest ``seq`` already accepted from
 that device; anything else is a replay (or a QoS 1 redelivery, which is dropped the same way).
-The state is written to the store before the message is acted on, so the rule holds across
-coordinator restarts.
+The state of a Register, an Update or an offline Status is written to the store before the message
+is acted on, so the rule holds across coordinator restarts; heartbeats (online/busy Status) are
+written in batches by :meth:`ReplayGuard.flush`, which the coordinator calls every ~2 s and at
+shutdown (after a crash, a heartbeat of the last seconds could be replayed once: it only says the
+device was online then).
 
 The one exception is the device's **last will**: the broker publishes a ``Status(offline)`` that
 the device composed when it connected, so its ``seq`` is below the connection's later messages.
@@ -32,6 +35,7 @@ class ReplayGuard:
     def __init__(self, store: CoordinatorStore) -> None:
         self.store = store
         self._rows: dict[str, SequenceRow] = {row.device_id: row for row in store.load_sequences()}
+        self._dirty: set[str] = set()
 
     def last_seq(self, device_id: str) -> int | None:
         row = self._rows.get(device_id)
@@ -47,16 +51,27 @@ class ReplayGuard:
                 will_seq, will_used = message.will_seq, False
             elif _is_offline(message) and seq == will_seq:
                 will_used = True
-            self._save(SequenceRow(device_id, seq, will_seq, will_used))
+            durable = not isinstance(message, Status) or message.state == "offline"
+            self._save(SequenceRow(device_id, seq, will_seq, will_used), durable)
             return True
         if _is_offline(message) and row.will_seq and seq == row.will_seq and not row.will_used:
-            self._save(SequenceRow(device_id, row.last_seq, row.will_seq, True))  # the connection's will
+            self._save(SequenceRow(device_id, row.last_seq, row.will_seq, True), True)  # the connection's will
             return True
         return False
 
-    def _save(self, row: SequenceRow) -> None:
-        self.store.save_sequence(row)
+    def flush(self) -> None:
+        """Write the state changed by heartbeats since the last flush."""
+        rows = [self._rows[d] for d in sorted(self._dirty)]
+        self._dirty.clear()
+        self.store.save_sequences(rows)
+
+    def _save(self, row: SequenceRow, durable: bool) -> None:
         self._rows[row.device_id] = row
+        if durable:
+            self._dirty.discard(row.device_id)
+            self.store.save_sequences([row])
+        else:
+            self._dirty.add(row.device_id)
 
 
 def _is_offline(message: object) -> bool:

@@ -219,10 +219,20 @@ class CoordinatorStore:
 
     # --- device sequence numbers (replay protection) ----------------------------------------------
 
-    def save_sequence(self, row: SequenceRow) -> None:
-        """Persist one device's replay state at once (u64 values are stored as decimal text)."""
-        self._execute("INSERT OR REPLACE INTO device_sequences (device_id, last_seq, will_seq, will_used) "
-                      "VALUES (?, ?, ?, ?)", (row.device_id, str(row.last_seq), str(row.will_seq), int(row.will_used)))
+    def save_sequences(self, rows: list[SequenceRow]) -> None:
+        """Persist devices' replay state in one transaction (u64 values are stored as decimal text)."""
+        if not rows:
+            return
+        values = [(r.device_id, str(r.last_seq), str(r.will_seq), int(r.will_used)) for r in rows]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO device_sequences (device_id, last_seq, will_seq, "
+                                     "will_used) VALUES (?, ?, ?, ?)", values)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def load_sequences(self) -> list[SequenceRow]:
         rows = self._execute("SELECT device_id, last_seq, will_seq, will_used FROM device_sequences ORDER BY device_id")

@@ -192,9 +192,13 @@ def test_replay_guard_rules_and_persistence(tmp_path):
     assert guard.admit("d", 11, offline)  # this connection's will, below the last seq: accepted once
     assert not guard.admit("d", 11, offline)  # the same will again (a replay)
     assert not guard.admit("d", 11, online)  # the will's seq admits only the offline status
+    assert guard.admit("d", 14, online)  # a heartbeat: written at the next flush ...
+    assert ReplayGuard(store).last_seq("d") == 13
+    guard.flush()  # ... which the coordinator runs every ~2 s and at shutdown
+    assert ReplayGuard(store).last_seq("d") == 14
     store.close()
     again = ReplayGuard(CoordinatorStore(tmp_path))  # a restarted coordinator
-    assert again.last_seq("d") == 13
-    assert not again.admit("d", 13, online) and not again.admit("d", 11, offline)
-    assert again.admit("d", 2**64 - 1, online)  # u64 range survives the store
+    assert again.last_seq("d") == 14
+    assert not again.admit("d", 14, online) and not again.admit("d", 11, offline)
+    assert again.admit("d", 2**64 - 1, Register("d", caps, 1, will_seq=2**64 - 2))  # u64 range survives the store
     assert ReplayGuard(CoordinatorStore(tmp_path)).last_seq("d") == 2**64 - 1
