@@ -88,9 +88,10 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
                 [sys.executable, "-m", "feddst_cli.main", "agent", "run", "--broker", broker.url, "--device-id",
                  f"dev-{i:03d}", "--dataset", "mnist", "--data-dir", data_dir, "--partition", f"{i}/400",
                  "--seed", "0", "--threads", "1", "--heartbeat-s", "2", "--log-level", "warning",
-                 "--kernels", kernels],
+                 "--kernels", kernels, "--coordinator-public-key", coordinator.public_key_hex],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT))
-        wait_until(lambda: len(coordinator.registry.online_ids()) == agents, 180, "agents online")
+        # up to 10 min: 20 agents loading MNIST on a loaded machine (setup, not measured)
+        wait_until(lambda: len(coordinator.registry.online_ids()) == agents, 600, "agents online")
         cfg = paper_config(rounds)
         config = RunConfig(model="mnist_cnn", round_timeout_s=600, quorum=agents, min_devices=agents,
                            readjust_until=rounds, **cfg)
@@ -131,7 +132,13 @@ def measure_simulated(rounds: int, data_dir: str, kernels: str) -> float:
 
 
 def fake_agent_process(port: int, first: int, count: int) -> None:
-    """Child: ``count`` fake agents, one MQTT connection each; prints 'ready' then serves one round."""
+    """Child: ``count`` fake agents, one MQTT connection each; prints 'ready' then serves one round.
+
+    Like real agents they number their messages from the clock (the coordinator drops any seq not above
+    the last one it accepted from a device) and echo the task's nonce in their updates."""
+    import dataclasses
+    import itertools
+
     import paho.mqtt.client as mqtt
 
     from feddst_core.models import MNIST_CNN
@@ -150,6 +157,11 @@ def fake_agent_process(port: int, first: int, count: int) -> None:
     from protocol.messages import Capabilities
 
     ids = [f"fake-{i:04d}" for i in range(first, first + count)]
+    seqs = itertools.count(time.time_ns() // 1000)  # one increasing counter shared by this process's fakes
+
+    def encode(msg) -> bytes:  # noqa: ANN001
+        return encode_message(msg, seq=next(seqs))
+
     model: dict = {}
     got_model = threading.Event()
     reassembler = ChunkReassembler()
@@ -172,14 +184,16 @@ def fake_agent_process(port: int, first: int, count: int) -> None:
 
     def make_client(device_id: str) -> mqtt.Client:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv311)
-        c.will_set(topics.status(device_id), encode_message(Status(device_id, "offline")), qos=1, retain=True)
+        will_seq = next(seqs)
+        c.will_set(topics.status(device_id), encode_message(Status(device_id, "offline"), seq=will_seq), qos=1,
+                   retain=True)
         c.on_message = lambda cl, u, m: tasks.append((device_id, m.payload)) if m.topic.endswith("/task") else None
         c.connect("127.0.0.1", port, keepalive=120)
         c.subscribe([(f"{topics.ROOT}/runs/+/task", 1), (f"{topics.ROOT}/runs/+/ack/{device_id}", 1)])
         c.loop_start()
-        c.publish(topics.status(device_id), encode_message(Status(device_id, "online")), qos=1, retain=True)
-        c.publish(topics.register(device_id), encode_message(
-            Register(device_id, Capabilities("x86_64", 1, 1024, {}), 40)), qos=1)
+        c.publish(topics.status(device_id), encode(Status(device_id, "online")), qos=1, retain=True)
+        c.publish(topics.register(device_id), encode(
+            Register(device_id, Capabilities("x86_64", 1, 1024, {}), 40, will_seq)), qos=1)
         return c
 
     clients = {d: make_client(d) for d in ids}
@@ -189,7 +203,7 @@ def fake_agent_process(port: int, first: int, count: int) -> None:
     while not sent:
         if time.time() - beat > 2:
             for d, c in clients.items():
-                c.publish(topics.status(d), encode_message(Status(d, "online")), qos=1, retain=True)
+                c.publish(topics.status(d), encode(Status(d, "online")), qos=1, retain=True)
             beat = time.time()
         if tasks and got_model.is_set():
             task = decode_message(tasks[0][1])
@@ -198,8 +212,8 @@ def fake_agent_process(port: int, first: int, count: int) -> None:
             params, masks = model_from_tensors(msg.tensors, MNIST_CNN.masked_names())
             for d in ids:
                 if d in task.selected:
-                    data = encode_message(update_message(task.run_id, task.server_round, d, params, masks, masks,
-                                                         40, 0.0, 0.0))
+                    update = update_message(task.run_id, task.server_round, d, params, masks, masks, 40, 0.0, 0.0)
+                    data = encode(dataclasses.replace(update, task_nonce=task.task_nonce))
                     for packet in split_into_chunks(data):
                         clients[d].publish(topics.update(task.run_id, d), packet, qos=1)
             sent = True

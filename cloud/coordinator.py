@@ -21,12 +21,19 @@ Lifecycle of a run (one run is active at a time; starting a second one is a ``Ru
 
 Byte accounting matches the simulator: download = encoded broadcast size x selected devices;
 upload = encoded size of each accepted update (duplicates and ignored updates are not counted).
+
+Security (``docs/security.md``): every message the coordinator sends is signed with its Ed25519
+key (``settings.signing_key_path``); every device message must carry a sequence number above the
+last one accepted from that device (:class:`~cloud.replay_guard.ReplayGuard`, persisted), and an
+update must echo the random ``task_nonce`` of its round's Task. Rejections are counted by reason
+in ``counters`` and the active run's counters (``replayed_seq``, ``wrong_nonce``, ``auth_failed``...).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import threading
 import time
 import uuid
@@ -43,15 +50,18 @@ from cloud.enrollment import REVOKED_MARK, DeviceKeyring
 from cloud.errors import BrokerUnavailableError, RunStateError
 from cloud.evaluation import HeldOutEvaluator
 from cloud.mqtt_link import CoordinatorLink, Inbound
+from cloud.replay_guard import REPLAYED, RETAINED_SEEN, ReplayGuard
 from cloud.round_collector import RoundCollector, Verdict
 from cloud.run_config import RunConfig
 from cloud.run_planning import plan_run
 from cloud.settings import CloudSettings
+from cloud.signing_key import load_or_create_signing_key
 from cloud.store import CoordinatorStore, RunRow
 from feddst_core.masks import density
 from feddst_core.strategies import FedStrategy, ServerState
 from feddst_core.wire_format import model_broadcast
-from protocol import Abort, Ack, Register, Status, Task, Update, encode_message, topics
+from protocol import Abort, Ack, Message, Register, Status, Task, Update, encode_message, topics
+from protocol.ed25519 import Ed25519Signer
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +86,7 @@ class RunExecution:
     retries: int = 0
     round_started: float = 0.0
     broadcast: bytes = b""
+    task_nonce: int = 0  # of the open round: the updates answering its Task must echo it
     readjust_fraction: float = 0.0  # alpha_t of the open round
     prox_mu: float = 0.0
     upload_bytes: int = 0
@@ -102,7 +113,8 @@ class Coordinator:
             password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
             protocol=settings.mqtt_protocol, tls=settings.broker_tls, max_packet=settings.max_packet,
             key_lookup=self.keyring.lookup, authenticate=self.keyring.verifying, tls_files=settings.tls_files())
-        self._key = settings.coordinator_key()
+        self.signer = Ed25519Signer(load_or_create_signing_key(settings.signing_key_path))
+        self.replay_guard = ReplayGuard(self.store)
         self._seq = int(time.time() * 1000)  # increasing across restarts too
         self._lock = threading.Lock()
         self._active_id: str | None = None
@@ -131,6 +143,7 @@ class Coordinator:
             self.store.set_run_status(active, "interrupted", "coordinator shut down during the run")
         self.link.close()
         self.registry.flush()
+        self.replay_guard.flush()
         self.tokens.close()
         self.store.close()
 
@@ -138,6 +151,11 @@ class Coordinator:
     def active_run_id(self) -> str | None:
         with self._lock:
             return self._active_id
+
+    @property
+    def public_key_hex(self) -> str:
+        """The public half of the signing key (64 hex characters): what every device must be given."""
+        return self.signer.public_key_hex
 
     @property
     def broker_connected(self) -> bool:
@@ -224,6 +242,7 @@ class Coordinator:
                 self._tick()
                 if time.monotonic() - last_flush > 2.0:
                     self.registry.flush()
+                    self.replay_guard.flush()
                     last_flush = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - the loop must survive; the run fails loudly
                 log.exception("coordinator main loop error")
@@ -242,6 +261,12 @@ class Coordinator:
 
     # --- inbound --------------------------------------------------------------------------------
 
+    def _count(self, reason: str) -> None:
+        """Count a rejection coordinator-wide and in the active run's counters."""
+        self.counters[reason] += 1
+        if self._execution is not None:
+            self._execution.counters[reason] += 1
+
     def _handle(self, item: Inbound) -> None:
         if item.kind == "invalid":
             self.counters["invalid_messages"] += 1
@@ -249,11 +274,23 @@ class Coordinator:
                 self.counters["revoked_device_messages"] += 1
             if self._execution is not None:
                 self._execution.counters["invalid"] += 1
+            if item.error.startswith("AuthenticationError"):
+                self._count("auth_failed")
             log.warning("dropped undecodable message on %s: %s", item.topic, item.error)
             return
         if item.kind != "message" or item.decoded is None:
             return
         msg, envelope = item.decoded.message, item.decoded.envelope
+        if isinstance(msg, Register | Status | Update) and not self.replay_guard.admit(
+                envelope.sender_id, envelope.seq, msg):
+            if item.retained and isinstance(msg, Status):
+                self.counters[RETAINED_SEEN] += 1  # the broker's retained copy of a status already accepted
+                return
+            self._count(REPLAYED)
+            log.warning("dropped a replayed %s from %s on %s: seq %d is not above the last accepted %s",
+                        type(msg).__name__, envelope.sender_id, item.topic, envelope.seq,
+                        self.replay_guard.last_seq(envelope.sender_id))
+            return
         if isinstance(msg, Status):
             if item.topic != topics.status(msg.device_id):
                 self.counters["misrouted"] += 1
@@ -298,8 +335,7 @@ class Coordinator:
             log.warning("rejected update from %s for round %s (%s): %s", update.device_id, update.server_round,
                         verdict.reason, verdict.detail)
         ack = Ack(update.run_id, update.server_round, update.device_id, verdict.ack_ok, verdict.ack_detail)
-        self._publish(topics.ack(update.run_id, update.device_id), encode_message(ack, self._key, seq=self._next_seq()),
-                      topics.QOS_ACK)
+        self._publish(topics.ack(update.run_id, update.device_id), self._sign(ack), topics.QOS_ACK)
 
     # --- runs -----------------------------------------------------------------------------------
 
@@ -362,12 +398,12 @@ class Coordinator:
         selected = tuple(eligible[i] for i in plan.clients)
         ex.round_started = now
         ex.retries = 0
+        ex.task_nonce = secrets.randbits(64)
         ex.collector = RoundCollector(ex.run_id, r, selected, ex.strategy.begin_aggregation(ex.state),
-                                      readjust_fraction=plan.readjust_fraction,
+                                      task_nonce=ex.task_nonce, readjust_fraction=plan.readjust_fraction,
                                       registered_samples=self.registry.sample_count,
                                       max_sample_count=c.max_sample_count)
-        ex.broadcast = encode_message(model_broadcast(ex.run_id, r, ex.state.params, ex.state.masks), self._key,
-                                      seq=self._next_seq())
+        ex.broadcast = self._sign(model_broadcast(ex.run_id, r, ex.state.params, ex.state.masks))
         ex.phase, ex.phase_since = "collecting", now
         ex.readjust_fraction, ex.prox_mu = plan.readjust_fraction, plan.prox_mu
         self._send_round(ex, selected, new_devices=selected)
@@ -381,8 +417,8 @@ class Coordinator:
                     lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
                     prox_mu=ex.prox_mu,
                     readjust=fraction > 0, alpha=fraction, deadline_unix=ex.deadline, seed=c.seed,
-                    model_name=c.model)
-        task_bytes = encode_message(task, self._key, seq=self._next_seq())
+                    model_name=c.model, task_nonce=ex.task_nonce)
+        task_bytes = self._sign(task)
         self._publish(topics.task(ex.run_id), task_bytes, topics.QOS_TASK)
         ex.download_bytes += len(ex.broadcast) * len(new_devices)
         self.registry.add_bytes_down(new_devices, len(ex.broadcast) + len(task_bytes))
@@ -443,8 +479,7 @@ class Coordinator:
         ex = self._execution
         server_round = ex.server_round + 1 if ex is not None else 0
         abort = Abort(run_id, server_round, "stopped by operator")
-        self._publish(topics.control(run_id), encode_message(abort, self._key, seq=self._next_seq()),
-                      topics.QOS_CONTROL)
+        self._publish(topics.control(run_id), self._sign(abort), topics.QOS_CONTROL)
         self._finish(run_id, "stopped", "stopped by operator")
 
     def _fail_active(self, reason: str) -> None:
@@ -472,6 +507,10 @@ class Coordinator:
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
+
+    def _sign(self, msg: Message) -> bytes:
+        """Encode one outgoing message, Ed25519-signed, with the next coordinator seq."""
+        return encode_message(msg, self.signer, seq=self._next_seq())
 
     def _publish(self, topic: str, data: bytes, qos: int) -> None:
         result = self.link.publish(topic, data, qos=qos)

@@ -6,6 +6,8 @@ Rules (the coordinator/agent contract):
 * an update from a device not selected this round is ignored (``unselected``);
 * a second update from a device already accepted this round is ignored (``duplicate``) — it is
   never added twice;
+* an update that does not echo the round's ``Task.task_nonce`` is refused with a negative Ack
+  (``wrong_nonce``): it was not made for the task this round published;
 * an update that fails :func:`cloud.update_checks.check_update` (non-finite values, wrong tensor
   names or shapes, values outside the held mask, mask changes beyond the readjustment budget,
   sample count < 1) is rejected (``invalid``, with its reason counted as ``invalid_<reason>``);
@@ -31,7 +33,7 @@ from feddst_core.strategies import ClientReply, RoundAggregation
 from feddst_core.wire_format import update_to_model
 from protocol import ProtocolError, Update
 
-VERDICTS = ("accepted", "duplicate", "stale", "unselected", "invalid")
+VERDICTS = ("accepted", "duplicate", "stale", "unselected", "wrong_nonce", "invalid")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class RoundCollector:
     max_sample_count: int | None = None  # the run's cap on any device's aggregation weight
     accepted: dict[str, int] = field(default_factory=dict)  # device id -> encoded update bytes
     counts: Counter = field(default_factory=Counter)
+    task_nonce: int = 0  # Task.task_nonce of this round; updates must echo it
 
     def __post_init__(self) -> None:
         state, spec = self.aggregation.state, self.aggregation.strategy.spec
@@ -98,6 +101,8 @@ class RoundCollector:
             return Verdict("unselected", "device not selected for this round")
         if update.device_id in self.accepted:
             return Verdict("duplicate", "already received")
+        if update.task_nonce != self.task_nonce:
+            return Verdict("wrong_nonce", "the update does not echo this round's task nonce")
         try:
             check_update(update, self.expectations)
         except UpdateRejected as exc:

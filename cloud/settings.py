@@ -3,6 +3,11 @@
 Sources, highest priority first: explicit keyword arguments (CLI flags), environment variables
 (prefix ``FEDDST_CLOUD_``, e.g. ``FEDDST_CLOUD_BROKER_URL``), then an optional JSON or TOML
 config file. Secrets (``mqtt_password``, keys) have no default values.
+
+The coordinator signs every message it sends with its Ed25519 key (``signing_key_file``, created
+on first start; devices get its public key from ``feddst cloud keys public``). The former shared
+HMAC key ``coordinator_key_hex`` is refused with an error saying so: every device held it, so any
+device could forge the coordinator's messages.
 """
 
 from __future__ import annotations
@@ -19,6 +24,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cloud.mqtt_link import TlsFiles
 from cloud.signing_key import DEFAULT_SIGNING_KEY_NAME
 from protocol import DEFAULT_MAX_PACKET
+
+COORDINATOR_KEY_HEX_REMOVED = (
+    "coordinator_key_hex (FEDDST_CLOUD_COORDINATOR_KEY_HEX) is no longer supported: one HMAC key held by every "
+    "device let any device forge the coordinator's tasks, models and aborts. The coordinator now signs with its "
+    "own Ed25519 key (signing_key_file, default <state_dir>/" + DEFAULT_SIGNING_KEY_NAME + ", created on first "
+    "start). Remove the setting and give each agent the public key printed by `feddst cloud keys public` "
+    "(agent setting coordinator_public_key).")
 
 
 class CloudSettings(BaseSettings):
@@ -40,7 +52,7 @@ class CloudSettings(BaseSettings):
     device_keys_file: Path | None = Field(
         None, description="JSON object device id -> hex HMAC key; when set, updates must be authenticated.")
     coordinator_key_hex: SecretStr | None = Field(
-        None, description="Hex HMAC key the coordinator signs its messages with (optional).")
+        None, description="Removed (a shared HMAC key): setting it is an error that explains the Ed25519 key.")
     data_roots: list[Path] = Field(
         default_factory=list,
         description="Directories a run config's eval.data_dir may lie under (symlinks and .. resolved first). "
@@ -49,8 +61,8 @@ class CloudSettings(BaseSettings):
         False, description="Authenticate every device message even when no device is enrolled and no "
         "device_keys_file is set (with either, messages are always authenticated).")
     signing_key_file: Path | None = Field(
-        None, description="The coordinator's Ed25519 signing key (PKCS#8 PEM, created on first use, mode 0600). "
-        f"Default: <state_dir>/{DEFAULT_SIGNING_KEY_NAME}.")
+        None, description="The coordinator's Ed25519 signing key (PKCS#8 PEM, mode 0600), created on first use: "
+        f"it signs every message the coordinator sends. Default: <state_dir>/{DEFAULT_SIGNING_KEY_NAME}.")
     ca_file: Path | None = Field(None, description="PEM CA bundle that signed the broker's certificate (mqtts://); "
                                  "default: the system store. Also handed to devices in their enrollment bundle.")
     cert_file: Path | None = Field(None, description="PEM client certificate for mutual TLS with the broker.")
@@ -65,6 +77,12 @@ class CloudSettings(BaseSettings):
         None, description="Its password; needed only to enroll and revoke (no default value).")
     device_broker_url: str | None = Field(
         None, description="Broker URL written into device bundles, as devices reach it (default: broker_url).")
+
+    @model_validator(mode="after")
+    def _refuse_shared_coordinator_key(self) -> CloudSettings:
+        if self.coordinator_key_hex is not None:
+            raise ValueError(COORDINATOR_KEY_HEX_REMOVED)
+        return self
 
     @field_validator("broker_url", "device_broker_url")
     @classmethod
@@ -109,10 +127,6 @@ class CloudSettings(BaseSettings):
         return TlsFiles(*(str(p) if p else None for p in (self.ca_file, self.cert_file, self.key_file)))
 
     @property
-    def signing_key_path(self) -> Path:
-        return self.signing_key_file or self.state_dir / DEFAULT_SIGNING_KEY_NAME
-
-    @property
     def bundle_broker_url(self) -> str:
         return self.device_broker_url or self.broker_url
 
@@ -123,8 +137,10 @@ class CloudSettings(BaseSettings):
         raw = json.loads(self.device_keys_file.read_text())
         return {str(device): bytes.fromhex(str(key)) for device, key in raw.items()}
 
-    def coordinator_key(self) -> bytes | None:
-        return bytes.fromhex(self.coordinator_key_hex.get_secret_value()) if self.coordinator_key_hex else None
+    @property
+    def signing_key_path(self) -> Path:
+        """Where the coordinator's Ed25519 signing key lives (``signing_key_file`` or the state dir default)."""
+        return self.signing_key_file or self.state_dir / DEFAULT_SIGNING_KEY_NAME
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> CloudSettings:

@@ -2,7 +2,8 @@
 
 Layout of ``state_dir``::
 
-    coordinator.sqlite3                         runs, rounds, devices, enrollments (device keys)
+    coordinator.sqlite3                         runs, rounds, devices, enrollments (device keys), device
+                                                sequence numbers
     models/<run_id>/round-00012.safetensors     global model after round 12 (and round-00000: initial)
 
 Model files hold every parameter under its own name plus each mask as ``<name>.mask`` (bool);
@@ -49,6 +50,10 @@ CREATE TABLE IF NOT EXISTS enrollments (
     device_id TEXT PRIMARY KEY, device_key TEXT NOT NULL, status TEXT NOT NULL,
     enrolled_at REAL NOT NULL, revoked_at REAL
 );
+CREATE TABLE IF NOT EXISTS device_sequences (
+    device_id TEXT PRIMARY KEY, last_seq TEXT NOT NULL, will_seq TEXT NOT NULL DEFAULT '0',
+    will_used INTEGER NOT NULL DEFAULT 0
+);
 """
 
 
@@ -64,6 +69,16 @@ class RunRow:
     error: str | None
     model_round: int | None
     counters: dict[str, int]
+
+
+@dataclass(frozen=True)
+class SequenceRow:
+    """Replay state of one device: the highest seq accepted, and its current last will (u64 values)."""
+
+    device_id: str
+    last_seq: int
+    will_seq: int = 0
+    will_used: bool = False
 
 
 @dataclass
@@ -250,3 +265,24 @@ class CoordinatorStore:
 
     def has_enrollments(self) -> bool:
         return bool(self._execute("SELECT EXISTS (SELECT 1 FROM enrollments)")[0][0])
+
+    # --- device sequence numbers (replay protection) ----------------------------------------------
+
+    def save_sequences(self, rows: list[SequenceRow]) -> None:
+        """Persist devices' replay state in one transaction (u64 values are stored as decimal text)."""
+        if not rows:
+            return
+        values = [(r.device_id, str(r.last_seq), str(r.will_seq), int(r.will_used)) for r in rows]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO device_sequences (device_id, last_seq, will_seq, "
+                                     "will_used) VALUES (?, ?, ?, ?)", values)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def load_sequences(self) -> list[SequenceRow]:
+        rows = self._execute("SELECT device_id, last_seq, will_seq, will_used FROM device_sequences ORDER BY device_id")
+        return [SequenceRow(r[0], int(r[1]), int(r[2]), bool(r[3])) for r in rows]

@@ -8,13 +8,20 @@ acks or reconnects.
 Per round (the message-flow contract in ``docs/agent.md``): a ``Task`` selecting this device and
 the ``ModelBroadcast`` of its ``model_round`` may arrive in either order; once both are here and
 the (run, round) has not been handled before, training starts (a repeated task is handled once).
-The encoded update (per-device increasing seq, signed with ``--key-file``) is published, chunked
-when larger than ``--max-packet``, and the same bytes are re-published every ``ack_timeout_s``
-until the coordinator's ``Ack`` arrives or the task's deadline passes. A negative Ack (the
-coordinator rejected the update, e.g. ``non_finite: ...``) also ends the re-sending; its reason is
-logged and counted (``updates_rejected``). Anything malformed,
-oversized, unauthenticated or on the wrong topic is logged, counted in :attr:`EdgeAgent.stats`,
-and dropped.
+The update (echoing the task's nonce, signed with ``--key-file``) is published, chunked when
+larger than ``--max-packet``, and re-published every ``ack_timeout_s`` until the coordinator's
+``Ack`` arrives or the task's deadline passes; every publish is encoded afresh with the next seq,
+because the coordinator drops any message whose seq is not above the last it accepted. A negative
+Ack (the coordinator rejected the update, e.g. ``non_finite: ...``) also ends the re-sending; its
+reason is logged and counted (``updates_rejected``). Anything malformed, oversized, unsigned by the coordinator (see
+:mod:`edge_agent.coordinator_verifier`), replayed or on the wrong topic is logged, counted in
+:attr:`EdgeAgent.stats`, and dropped.
+
+Sequence numbers: one counter per agent process, started from the clock in microseconds (so a
+restarted agent continues above what it sent before) and shared by the main loop and the MQTT
+thread, which composes the last will ``Status(offline)`` before each connection attempt; the
+Register sent on that connection announces the will's seq (``Register.will_seq``) so the
+coordinator accepts that will even though later messages have higher seqs.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 
 from edge_agent.capabilities import detect_capabilities
 from edge_agent.config import AgentSettings, kernel_thresholds_warnings
+from edge_agent.coordinator_verifier import REPLAYED, CoordinatorVerifier
 from edge_agent.data import LocalData
 from edge_agent.local_training import TrainingError, train_on_task
 from edge_agent.model_snapshot import ModelSnapshotWriter
@@ -39,6 +47,7 @@ from feddst_core.sparse import default_thresholds, describe_thresholds
 from protocol import (
     Abort,
     Ack,
+    AuthenticationError,
     Capabilities,
     ChunkReassembler,
     Message,
@@ -48,7 +57,6 @@ from protocol import (
     Status,
     Task,
     Update,
-    decode_message_with_envelope,
     encode_message,
     split_into_chunks,
     topics,
@@ -75,10 +83,10 @@ class TrainingDone:
 
 @dataclass
 class PendingUpload:
-    """An encoded update waiting for its Ack."""
+    """An update waiting for its Ack (encoded afresh, with a new seq, at each publish)."""
 
     topic: str
-    packets: list[bytes]
+    update: Update
     deadline_unix: float
     next_send: float  # monotonic time of the next (re-)publish
     sends: int = 0
@@ -101,17 +109,19 @@ class AgentState:
 class EdgeAgent:
     """One device's agent. Build it, then call :meth:`run` until ``stop`` is set.
 
-    ``key`` signs this device's messages; ``coordinator_key`` (optional) verifies the
-    coordinator's. ``clock`` is Unix time (deadlines); retries use ``time.monotonic``.
+    ``key`` signs this device's messages (its own HMAC key). The coordinator's messages are
+    verified with ``settings.coordinator_public_key`` (none: ``insecure_unsigned_coordinator``);
+    ``coordinator_verifier`` overrides that (tests). ``clock`` is Unix time (deadlines); retries
+    use ``time.monotonic``.
     """
 
     def __init__(self, settings: AgentSettings, data: LocalData, *, key: bytes | None = None,
-                 coordinator_key: bytes | None = None, capabilities: Capabilities | None = None,
+                 coordinator_verifier: CoordinatorVerifier | None = None, capabilities: Capabilities | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.data = data
         self.key = key
-        self.coordinator_key = coordinator_key
+        self.coordinator = coordinator_verifier or CoordinatorVerifier(settings.coordinator_public_key_bytes)
         self.capabilities = capabilities or detect_capabilities()
         self.clock = clock
         self.device_id = settings.device_id
@@ -119,12 +129,13 @@ class EdgeAgent:
         self.state = AgentState()
         self.stats: Counter[str] = Counter()
         self._seq = time.time_ns() // 1000  # microseconds: increases across restarts too
+        self._seq_lock = threading.Lock()  # the MQTT thread composes the will, the main loop everything else
+        self._will_seq = 0  # seq of the will given to the broker for the current connection
         self._reassembler = ChunkReassembler(timeout_s=120.0, max_pending_bytes=2 * settings.max_message_bytes,
                                              max_message_bytes=settings.max_message_bytes)
         self._next_heartbeat = 0.0
         self._exit_code: int | None = None
-        self.link = DeviceLink(settings, self._encode(Status(self.device_id, "offline", "connection lost")),
-                               topics.status(self.device_id), self.events)
+        self.link = DeviceLink(settings, self._compose_will, topics.status(self.device_id), self.events)
         self.snapshots = (None if settings.model_onnx_path is None else
                           ModelSnapshotWriter(settings.model_onnx_path, settings.model_onnx_every, data,
                                               settings.dataset))
@@ -134,6 +145,7 @@ class EdgeAgent:
         """Connect and serve until ``stop`` is set (or a fatal refusal); returns the exit code."""
         log.info("device %s: %d local samples (%s), broker %s", self.device_id, len(self.data), self.data.source,
                  self.settings.broker_address.url)
+        self._log_coordinator_key()
         self._log_kernel_setup()
         self.link.start()
         try:
@@ -153,6 +165,16 @@ class EdgeAgent:
             self._shutdown()
         return EXIT_OK if self._exit_code is None else self._exit_code
 
+
+    def _log_coordinator_key(self) -> None:
+        if self.coordinator.verifies:
+            log.info("coordinator messages must be signed by Ed25519 key %s", self.settings.coordinator_public_key)
+            if self.settings.insecure_unsigned_coordinator:
+                log.warning("--insecure-unsigned-coordinator is ignored: a coordinator public key is set")
+        else:
+            log.warning("INSECURE: coordinator messages are not verified (--insecure-unsigned-coordinator): anyone "
+                        "who can publish on the broker can send this device tasks, models and aborts; give "
+                        "--coordinator-public-key instead")
 
     def _log_kernel_setup(self) -> None:
         """Which training kernels and which auto-policy table this agent uses, and doubts about the table."""
@@ -247,7 +269,7 @@ class EdgeAgent:
                  "resumed" if event.session_present else "new")
         self.link.subscribe(topics.device_subscriptions(self.device_id))
         self._publish_status("busy" if self.state.training else "online")
-        register = Register(self.device_id, self.capabilities, len(self.data))
+        register = Register(self.device_id, self.capabilities, len(self.data), will_seq=self._will_seq)
         self.link.publish(topics.register(self.device_id), self._encode(register), topics.QOS_REGISTER,
                           retain=topics.RETAIN_REGISTER)
         now = time.monotonic()
@@ -261,9 +283,19 @@ class EdgeAgent:
                           topics.QOS_STATUS, retain=topics.RETAIN_STATUS)
         self._next_heartbeat = time.monotonic() + self.settings.heartbeat_s
 
+    def _next_seq(self) -> int:
+        with self._seq_lock:
+            self._seq += 1
+            return self._seq
+
     def _encode(self, msg: Message) -> bytes:
-        self._seq += 1
-        return encode_message(msg, self.key, seq=self._seq)
+        return encode_message(msg, self.key, seq=self._next_seq())
+
+    def _compose_will(self) -> bytes:
+        """The last will for the next connection attempt (MQTT thread); its seq goes into the Register."""
+        seq = self._next_seq()
+        self._will_seq = seq
+        return encode_message(Status(self.device_id, "offline", "connection lost"), self.key, seq=seq)
 
     # ------------------------------------------------------------------ inbound
     def _drop(self, reason: str, topic: str, detail: object) -> None:
@@ -283,13 +315,19 @@ class EdgeAgent:
         if whole is None:
             return
         try:
-            decoded = decode_message_with_envelope(whole, self.coordinator_key, max_size=limit)
+            decoded = self.coordinator.decode(whole, limit)
+        except AuthenticationError as exc:
+            self._drop("unauthenticated", topic, f"{exc} (not signed by the coordinator's key)")
+            return
         except ProtocolError as exc:
             self._drop("malformed", topic, f"{type(exc).__name__}: {exc}")
             return
         msg = decoded.message
         if topic not in self._allowed_topics(msg):
             self._drop("wrong_topic", topic, f"{type(msg).__name__} for run {getattr(msg, 'run_id', '')!r}")
+            return
+        if self.coordinator.is_replay(decoded):
+            self._drop(REPLAYED, topic, f"{type(msg).__name__} seq {decoded.envelope.seq} is not above the last one")
             return
         self.stats[f"received_{type(msg).__name__.lower()}"] += 1
         if isinstance(msg, Task):
@@ -442,8 +480,7 @@ class EdgeAgent:
             update = done.update
             log.info("trained %s round %d: %d samples, loss %.4f, %.2f s", *key, update.sample_count,
                      update.train_loss, update.compute_s)
-            packets = split_into_chunks(self._encode(update), self.settings.max_packet)
-            self.state.uploads[key] = PendingUpload(topics.update(task.run_id, self.device_id), packets,
+            self.state.uploads[key] = PendingUpload(topics.update(task.run_id, self.device_id), update,
                                                     task.deadline_unix, next_send=time.monotonic())
             self._retry_uploads(time.monotonic())
         self._start_next_training()
@@ -459,7 +496,8 @@ class EdgeAgent:
                 continue
             if not self.link.connected:
                 continue
-            if self.link.publish_all(upload.topic, upload.packets, topics.QOS_UPDATE) is None:
+            packets = split_into_chunks(self._encode(upload.update), self.settings.max_packet)
+            if self.link.publish_all(upload.topic, packets, topics.QOS_UPDATE) is None:
                 upload.next_send = now + 1.0
                 continue
             upload.sends += 1

@@ -5,6 +5,12 @@ Precedence, highest first: command-line flags > environment variables (``FEDDST_
 (TOML, or YAML when PyYAML is installed; keys are the setting names, with ``_`` or ``-``, at top
 level or under an ``[agent]`` table) > the defaults below.
 
+Secure by default: the agent verifies every coordinator message with ``coordinator_public_key``
+(64 hex characters, from ``feddst cloud keys public`` or the device's enrollment bundle; env
+``FEDDST_COORDINATOR_PUBLIC_KEY``). Without it the settings are refused, unless
+``insecure_unsigned_coordinator`` is set (demos and tests only; logged as a warning). The former
+shared HMAC key ``coordinator_key_file`` is refused with an error explaining the change.
+
 Every bad value raises :class:`AgentConfigError` whose message names the setting and says how
 to fix it. Validation happens once, here; the rest of the agent trusts ``AgentSettings``.
 """
@@ -27,6 +33,7 @@ from urllib.parse import unquote, urlsplit
 from feddst_core.partition import PARTITIONS
 from feddst_core.sparse import KERNEL_CHOICES, SparseThreshold, parse_thresholds_json
 from protocol import is_identifier
+from protocol.ed25519 import parse_public_key_hex
 
 ENV_PREFIX = "FEDDST_"
 DATA_SOURCES = ("digits", "mnist", "cifar10", "npz", "image-folder", "csv")
@@ -36,6 +43,16 @@ MIN_KEY_BYTES = 16
 ThresholdTable = dict[str, tuple[SparseThreshold, ...]]
 CPU_POLICIES = ("batch", "normal")
 MAKE_THRESHOLDS = "python bench/sparse_kernels.py --calibrate --write-thresholds FILE"
+NO_COORDINATOR_KEY = (
+    "no coordinator public key: the agent verifies the coordinator's Ed25519 signature on every task, model and "
+    "abort, and refuses unsigned ones. Give the 64 hex characters that `feddst cloud keys public` prints on the "
+    "coordinator (also in the device's enrollment bundle) as --coordinator-public-key, FEDDST_COORDINATOR_PUBLIC_KEY "
+    "or coordinator_public_key in the config file; or, for a demo on a trusted network only, pass "
+    "--insecure-unsigned-coordinator to accept unsigned coordinator messages")
+COORDINATOR_KEY_FILE_REMOVED = (
+    "is no longer supported: that HMAC key was shared by every device, so any device could forge the "
+    "coordinator's messages. Remove it and give --coordinator-public-key (64 hex characters printed by "
+    "`feddst cloud keys public` on the coordinator)")
 
 
 class AgentConfigError(ValueError):
@@ -81,7 +98,9 @@ class AgentSettings:
     username: str | None = None  # default: the device id
     password: str | None = None
     key_file: str | None = None  # hex HMAC key signing this device's messages
-    coordinator_key_file: str | None = None  # hex key verifying the coordinator's messages
+    coordinator_key_file: str | None = None  # removed (shared HMAC key): setting it is an error saying so
+    coordinator_public_key: str | None = None  # 64 hex: the coordinator's Ed25519 public key (verifies its messages)
+    insecure_unsigned_coordinator: bool = False  # accept unsigned coordinator messages (demos only; warned)
     ca_file: str | None = None  # CA bundle for mqtts:// (default: the system store)
     tls_cert_file: str | None = None  # PEM client certificate for mutual TLS (its CN = the device id)
     tls_key_file: str | None = None  # PEM private key of tls_cert_file
@@ -162,6 +181,20 @@ class AgentSettings:
                   f"{self.model_onnx_path!r} must be a file path (e.g. /var/lib/feddst/model.onnx), not a directory")
             check(importlib.util.find_spec("onnx") is not None, "model_onnx_path",
                   "writing model.onnx needs the onnx package: pip install 'feddst-edge[agent]' (or pip install onnx)")
+        check(self.coordinator_key_file is None, "coordinator_key_file", COORDINATOR_KEY_FILE_REMOVED)
+        if self.coordinator_public_key is not None:
+            try:
+                parse_public_key_hex(self.coordinator_public_key)
+            except ValueError as exc:
+                check(False, "coordinator_public_key", f"{exc}; copy it from `feddst cloud keys public`")
+        else:
+            check(self.insecure_unsigned_coordinator, "coordinator_public_key", NO_COORDINATOR_KEY)
+
+    @property
+    def coordinator_public_key_bytes(self) -> bytes | None:
+        """The coordinator's raw 32-byte Ed25519 public key (None: insecure mode, nothing verified)."""
+        key = self.coordinator_public_key
+        return None if key is None else parse_public_key_hex(key)
 
     @property
     def broker_address(self) -> BrokerAddress:
@@ -314,7 +347,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(AgentSettings)}
 _INT_FIELDS = {"classes_per_client", "samples_per_class", "seed", "threads", "max_packet", "max_message_bytes",
                "keepalive_s", "session_expiry_s", "model_onnx_every"}
 _FLOAT_FIELDS = {"beta", "heartbeat_s", "ack_timeout_s", "reconnect_min_s", "reconnect_max_s"}
-_BOOL_FIELDS = {"tls_insecure"}
+_BOOL_FIELDS = {"tls_insecure", "insecure_unsigned_coordinator"}
 
 
 def _coerce(name: str, value: Any, origin: str) -> Any:

@@ -8,6 +8,7 @@ seed ``client_seed(task.seed, task.server_round, client_index)``, readjustment f
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
@@ -65,5 +66,6 @@ def train_on_task(task: Task, model: ModelBroadcast, data: LocalData, device_id:
     trainer = make_local_trainer(spec, train_config(task), kernels, thresholds)
     outcome = trainer.train(params, masks, [data.client_data()], [seed], readjust_fraction(task))[0]
     compute_s = time.perf_counter() - started
-    return update_message(task.run_id, task.server_round, device_id, outcome.params, masks, outcome.masks,
-                          outcome.num_samples, outcome.train_loss, compute_s)
+    update = update_message(task.run_id, task.server_round, device_id, outcome.params, masks, outcome.masks,
+                            outcome.num_samples, outcome.train_loss, compute_s)
+    return dataclasses.replace(update, task_nonce=task.task_nonce)  # binds the update to this task

@@ -29,7 +29,7 @@ import queue
 import random
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -102,8 +102,10 @@ LinkEvent = LinkUp | LinkDown | LinkRefused | PublishRefused | Inbound
 class DeviceLink:
     """One persistent MQTT v5 session for one device."""
 
-    def __init__(self, settings: AgentSettings, will_payload: bytes, will_topic: str,
+    def __init__(self, settings: AgentSettings, will_payload: bytes | Callable[[], bytes], will_topic: str,
                  events: queue.Queue, rng: random.Random | None = None) -> None:
+        """``will_payload``: the last will, or a callable composing it afresh before every connection
+        attempt (called on paho's thread), so each connection's will carries a new sequence number."""
         self.settings = settings
         self.events = events
         self._will = (will_topic, will_payload)
@@ -125,7 +127,10 @@ class DeviceLink:
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id,
                                  protocol=mqtt.MQTTv311, clean_session=False, reconnect_on_failure=True)
         client.username_pw_set(settings.mqtt_username, settings.password)
-        client.will_set(self._will[0], self._will[1], qos=1, retain=True)
+        if callable(self._will[1]):
+            client.on_pre_connect = self._on_pre_connect
+        else:
+            client.will_set(self._will[0], self._will[1], qos=1, retain=True)
         if settings.broker_address.tls:
             client.tls_set(ca_certs=settings.ca_file, certfile=settings.tls_cert_file, keyfile=settings.tls_key_file,
                            cert_reqs=ssl.CERT_REQUIRED)
@@ -238,6 +243,11 @@ class DeviceLink:
     def _jitter_reconnect_delay(self, client: mqtt.Client) -> None:
         low = self.settings.reconnect_min_s * self._rng.uniform(0.5, 1.5)
         client.reconnect_delay_set(min_delay=low, max_delay=max(low, self.settings.reconnect_max_s))  # type: ignore[arg-type]
+
+    def _on_pre_connect(self, client: mqtt.Client, userdata: object) -> None:
+        topic, compose = self._will
+        assert callable(compose)
+        client.will_set(topic, compose(), qos=1, retain=True)
 
     def _on_socket_open(self, client: mqtt.Client, userdata: object, sock: object) -> None:
         # TCP (and TLS) are up and CONNECT is about to go out: from now on only the broker's answer counts.

@@ -91,9 +91,20 @@ def run(
                                         "show up in `ps`).", rich_help_panel=BROKER),
     key_file: Path | None = typer.Option(None, help="File holding this device's HMAC key in hex; signs every "
                                          "message it sends. Env: FEDDST_KEY_FILE.", rich_help_panel=BROKER),
-    coordinator_key_file: Path | None = typer.Option(None, help="Hex key verifying the coordinator's messages "
-                                                     "(unsigned or wrongly signed ones are dropped). Env: "
-                                                     "FEDDST_COORDINATOR_KEY_FILE. Default: not verified.",
+    coordinator_public_key: str | None = typer.Option(None, help="The coordinator's Ed25519 public key, 64 hex "
+                                                      "characters (`feddst cloud keys public` prints it; it is "
+                                                      "in the enrollment bundle). Every task, model and abort "
+                                                      "must carry its signature: others are dropped. Required "
+                                                      "unless --insecure-unsigned-coordinator. Env: "
+                                                      "FEDDST_COORDINATOR_PUBLIC_KEY.", rich_help_panel=BROKER),
+    insecure_unsigned_coordinator: bool | None = typer.Option(
+        None, "--insecure-unsigned-coordinator/--secure-coordinator", "--insecure-accept-unsigned",
+        help="Accept coordinator messages without verifying any signature (demos on a trusted network only; "
+        "logged as a warning). Env: FEDDST_INSECURE_UNSIGNED_COORDINATOR.", show_default=False,
+        rich_help_panel=BROKER),
+    coordinator_key_file: Path | None = typer.Option(None, help="Removed (it was an HMAC key shared by every "
+                                                     "device): giving it is an error; use "
+                                                     "--coordinator-public-key.", hidden=False,
                                                      rich_help_panel=BROKER),
     mqtt_protocol: MqttProtocol | None = typer.Option(None, help="MQTT version: 5, 3.1.1, or auto (5, falling "
                                                       "back to 3.1.1 when the broker refuses 5, as the embedded "
@@ -173,6 +184,8 @@ def run(
         "broker": broker, "device_id": device_id, "username": username, "password": password,
         "key_file": key_file, "coordinator_key_file": coordinator_key_file, "ca_file": ca_file,
         "tls_cert_file": tls_cert_file, "tls_key_file": tls_key_file,
+        "coordinator_public_key": coordinator_public_key,
+        "insecure_unsigned_coordinator": insecure_unsigned_coordinator,
         "mqtt_protocol": mqtt_protocol,
         "dataset": dataset, "data_dir": data_dir, "label_column": label_column, "partition": partition,
         "partition_kind": partition_kind, "classes_per_client": classes_per_client,
@@ -185,11 +198,9 @@ def run(
     try:
         settings = load_settings(flags, config_file=config)
         key = read_key_file(settings.key_file) if settings.key_file else None
-        coordinator_key = (read_key_file(settings.coordinator_key_file, "--coordinator-key-file")
-                           if settings.coordinator_key_file else None)
     except AgentConfigError as exc:
         _fail(str(exc))
-    raise typer.Exit(run_agent(settings, key, coordinator_key))
+    raise typer.Exit(run_agent(settings, key))
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -202,7 +213,7 @@ def configure_logging(level: str, device_id: str) -> None:
                         format=f"%(asctime)s %(levelname)s [{device_id}] %(name)s: %(message)s")
 
 
-def run_agent(settings: Any, key: bytes | None, coordinator_key: bytes | None) -> int:
+def run_agent(settings: Any, key: bytes | None) -> int:
     """Load the data, then run the agent until SIGTERM/SIGINT; returns the exit code."""
     configure_logging(settings.log_level, settings.device_id)
     import torch
@@ -219,7 +230,7 @@ def run_agent(settings: Any, key: bytes | None, coordinator_key: bytes | None) -
         data = load_local_data(settings)
     except LocalDataError as exc:
         _fail(str(exc))
-    agent = EdgeAgent(settings, data, key=key, coordinator_key=coordinator_key)
+    agent = EdgeAgent(settings, data, key=key)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -11,6 +11,9 @@ from feddst_cli import devices_command, token_command
 app = typer.Typer(help="The cloud coordinator.", no_args_is_help=True)
 app.add_typer(token_command.app, name="token")
 app.add_typer(devices_command.app, name="devices")
+keys_app = typer.Typer(help="The coordinator's Ed25519 signing key (devices verify every coordinator message "
+                       "with its public half).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 
 @app.command("serve")
@@ -30,9 +33,10 @@ def serve(
     heartbeat_s: float | None = typer.Option(None, help="Device heartbeat period (online = seen within 3x)."),
     device_keys_file: Path | None = typer.Option(None, help="JSON {device id: hex HMAC key}: require "
                                                  "authenticated updates."),
-    signing_key_file: Path | None = typer.Option(None, help="The coordinator's Ed25519 signing key (PEM, created "
-                                                 "with mode 0600 if missing). Default: <state-dir>/"
-                                                 "coordinator-signing.key."),
+    signing_key_file: Path | None = typer.Option(None, help="The coordinator's Ed25519 private key (PEM, "
+                                                 "created on first start); it signs every message sent to "
+                                                 "devices. Env: FEDDST_CLOUD_SIGNING_KEY_FILE. Default: "
+                                                 "<state-dir>/coordinator-signing.key."),
     embedded_broker: bool = typer.Option(False, "--embedded-broker", help="Start an in-process amqtt broker "
                                          "(MQTT 3.1.1, anonymous, loopback) and use it: for demos only."),
     broker_port: int = typer.Option(1883, help="Port of the embedded broker."),
@@ -70,3 +74,30 @@ def serve(
     finally:
         if broker_process is not None:
             broker_process.stop()
+
+
+@keys_app.command("public")
+def keys_public(
+    state_dir: Path | None = typer.Option(None, help="The coordinator's state dir (its key is "
+                                          "<state-dir>/coordinator-signing.key). Default: ./cloud-state."),
+    signing_key_file: Path | None = typer.Option(None, help="The signing key file, if not in the state dir."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="The coordinator's settings file, to find "
+                                       "its state dir or signing key file."),
+) -> None:
+    """Print the coordinator's Ed25519 public key (64 hex characters, one line), creating the key if needed.
+
+    Give it to every agent as `--coordinator-public-key` (or `coordinator_public_key` in its config file):
+    agents drop any coordinator message it did not sign.
+    """
+    from pydantic import ValidationError
+
+    from cloud.settings import CloudSettings
+    from cloud.signing_key import SigningKeyError, load_or_create_signing_key, public_key_hex
+
+    try:
+        settings = CloudSettings.load(config, state_dir=state_dir, signing_key_file=signing_key_file)
+        key = load_or_create_signing_key(settings.signing_key_path)
+    except (ValidationError, ValueError, OSError, SigningKeyError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(public_key_hex(key))

@@ -103,6 +103,10 @@ class DemoStack:
             raise DemoError(f"the coordinator cannot connect to the broker {url}")
 
     def start_agents(self, url: str) -> None:
+        """Start the agent processes, each given the coordinator's public key (the demo is secure too:
+        agents verify every coordinator message; the key pair lives in the demo's temporary state dir)."""
+        assert self.coordinator is not None, "start the coordinator first: agents need its public key"
+        public_key = self.coordinator.public_key_hex
         logs = self.out / "logs"
         logs.mkdir(exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -111,7 +115,7 @@ class DemoStack:
                    "--device-id", f"demo-{i:03d}", "--dataset", "digits", "--partition", f"{i}/{self.agents}",
                    "--classes-per-client", str(CLASSES_PER_CLIENT), "--samples-per-class",
                    str(SAMPLES_PER_CLASS), "--seed", str(self.seed), "--threads", "1",
-                   "--heartbeat-s", str(HEARTBEAT_S)]
+                   "--heartbeat-s", str(HEARTBEAT_S), "--coordinator-public-key", public_key]
             if self.broker is not None:
                 cmd += ["--mqtt-protocol", "3.1.1"]  # the embedded amqtt broker has no MQTT 5
             log = open(logs / f"agent-{i:03d}.log", "wb")  # noqa: SIM115 - owned by the child

@@ -14,8 +14,11 @@ A chunk is (little-endian)::
     28      ...   piece: bytes [index * piece_size, ...) of the message
 
 Every chunk but the last carries ``piece_size = max_packet - 28`` bytes; the last carries the
-rest. The reassembled message is an ordinary envelope (checked by its own CRC and HMAC), so
-chunks themselves carry no checksum. A message no larger than ``max_packet`` is sent as is
+rest. The reassembled message is an ordinary envelope (checked by its own CRC and tag), so
+chunks themselves carry no checksum. Receivers check that every piece but the last has the same
+size ``L``, that ``(count - 1) * L < total <= count * L`` and the last piece holds the rest, and
+that the transfer id is the BLAKE2b-64 of the reassembled bytes (``MalformedError`` otherwise).
+A message no larger than ``max_packet`` is sent as is
 (no chunk header); :meth:`ChunkReassembler.add` passes such messages straight through.
 """
 
@@ -85,6 +88,22 @@ class _PendingSet:
     pieces: dict[int, bytes] = field(default_factory=dict)
     received_bytes: int = 0
     charged_bytes: int = SET_OVERHEAD_BYTES
+    piece_size: int | None = None  # size of every piece but the last, once one of them arrived
+
+    def check_piece(self, index: int, size: int) -> str | None:
+        """Why a piece of ``size`` bytes at ``index`` cannot belong to this set (None: it can)."""
+        last = index == self.count - 1
+        if not last:
+            if self.piece_size is not None and size != self.piece_size:
+                return f"piece {index} has {size} bytes, the set's other pieces {self.piece_size}"
+            if not (self.count - 1) * size < self.total_length <= self.count * size:
+                return f"{self.count} pieces of {size} bytes cannot hold {self.total_length} bytes"
+            last_piece = self.pieces.get(self.count - 1)
+            if last_piece is not None and len(last_piece) != self.total_length - (self.count - 1) * size:
+                return "the last piece does not hold the rest of the message"
+        elif self.piece_size is not None and size != self.total_length - (self.count - 1) * self.piece_size:
+            return f"the last piece has {size} bytes, expected {self.total_length - (self.count - 1) * self.piece_size}"
+        return None
 
 
 class ChunkReassembler:
@@ -164,6 +183,12 @@ class ChunkReassembler:
             raise MalformedError("chunk disagrees with its set on total length or count")
         if index in pending.pieces:
             return None  # duplicate delivery (QoS 1): ignore
+        problem = pending.check_piece(index, len(piece))
+        if problem is not None:
+            self._drop(key)
+            raise MalformedError(f"chunk sizes: {problem}")
+        if index < count - 1:
+            pending.piece_size = len(piece)
         if pending.received_bytes + len(piece) > total_length:
             self._drop(key)
             raise MalformedError("chunks carry more bytes than the declared total length")
@@ -183,4 +208,6 @@ class ChunkReassembler:
         whole = b"".join(pending.pieces[i] for i in range(count))
         if len(whole) != total_length:
             raise MalformedError("reassembled length differs from the declared total length")
+        if transfer_id_of(whole) != transfer_id:
+            raise MalformedError("the transfer id is not the BLAKE2b-64 of the reassembled message")
         return whole

@@ -1,17 +1,19 @@
 """Message payloads and the public ``encode_message`` / ``decode_message`` pair.
 
-Every payload starts with ``u8 schema_version`` (1 for every message type in protocol version 1);
+Every payload starts with ``u8 schema_version`` (Register, Task and Update: 2; the others: 1);
 an unknown schema version raises :class:`UnsupportedVersionError`. Then, little-endian, with
 ``str`` meaning ``u16 byte length + UTF-8 bytes``:
 
 * Register (1): ``str arch, u32 cores, u32 memory_mb, u32 library_count,
-  library_count x (str name, str version)`` (sorted by name), ``u64 sample_count``.
+  library_count x (str name, str version)`` (strictly increasing names), ``u64 sample_count,
+  u64 will_seq``.
 * Status (2): ``u8 state`` (0 online, 1 offline, 2 busy), ``str detail``.
 * Task (3): ``u32 selected_count, selected_count x str device_id, u32 model_round,
   u32 local_epochs, u32 batch_size, f64 lr, f64 momentum, f64 weight_decay, f64 prox_mu,
-  u8 readjust, f64 alpha, f64 deadline_unix, u64 seed, str model_name``.
+  u8 readjust, f64 alpha, f64 deadline_unix, u64 seed, str model_name, u64 task_nonce``.
 * ModelBroadcast (4): ``u8 has_base_round, u32 base_round`` (0 when absent), tensor set.
-* Update (5): ``u64 sample_count, f64 train_loss, f64 compute_s``, tensor set, mask changes.
+* Update (5): ``u64 sample_count, f64 train_loss, f64 compute_s, u64 task_nonce``, tensor set,
+  mask changes.
 * Ack (6): ``str device_id, u8 ok, str detail``.
 * Abort (7): ``str reason``.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from protocol.auth import AUTH_ED25519, AUTH_HMAC_SHA256, TAG_BYTES, Signer
 from protocol.binary import ByteReader, ByteWriter
 from protocol.envelope import Envelope, KeySource, decode_envelope, encode_envelope
 from protocol.errors import InvalidMessageError, LimitExceededError, MalformedError, UnsupportedVersionError
@@ -61,6 +64,7 @@ def _write_payload(writer: ByteWriter, msg: Message, value_format: str, compress
             writer.string(name, "library name", MAX_STRING_BYTES)
             writer.string(caps.library_versions[name], "library version", MAX_STRING_BYTES)
         writer.u64(msg.sample_count, "sample_count")
+        writer.u64(msg.will_seq, "will_seq")
     elif isinstance(msg, Status):
         if msg.state not in DEVICE_STATES:
             raise InvalidMessageError(f"Status.state must be one of {DEVICE_STATES}, got {msg.state!r}")
@@ -82,6 +86,7 @@ def _write_payload(writer: ByteWriter, msg: Message, value_format: str, compress
         writer.f64(msg.deadline_unix, "deadline_unix")
         writer.u64(msg.seed, "seed")
         writer.string(msg.model_name, "model_name", MAX_STRING_BYTES)
+        writer.u64(msg.task_nonce, "task_nonce")
     elif isinstance(msg, ModelBroadcast):
         writer.boolean(msg.base_round is not None)
         writer.u32(0 if msg.base_round is None else msg.base_round, "base_round")
@@ -90,6 +95,7 @@ def _write_payload(writer: ByteWriter, msg: Message, value_format: str, compress
         writer.u64(msg.sample_count, "sample_count")
         writer.f64(msg.train_loss, "train_loss")
         writer.f64(msg.compute_s, "compute_s")
+        writer.u64(msg.task_nonce, "task_nonce")
         write_tensor_set(writer, msg.tensors, value_format, compression)
         shapes = {name: tensor.shape for name, tensor in msg.tensors.items()}
         write_mask_changes(writer, msg.mask_changes, shapes)
@@ -120,12 +126,13 @@ def _envelope_fields(msg: Message, sender_id: str | None) -> tuple[str, int, str
     return run_id, server_round, COORDINATOR_ID if sender_id is None else sender_id
 
 
-def encode_message(msg: Message, key: bytes | None = None, *, sender_id: str | None = None, seq: int = 0,
+def encode_message(msg: Message, key: bytes | Signer | None = None, *, sender_id: str | None = None, seq: int = 0,
                    timestamp: float | None = None, value_format: str = "float32",
                    compression: str = "auto") -> bytes:
     """Encode ``msg`` in an envelope; ``len()`` of the result is the exact wire size.
 
-    ``key``: per-device (or coordinator) HMAC key, at least 16 bytes, or None for no tag.
+    ``key``: a device's HMAC key (bytes, at least 16), any :class:`~protocol.auth.Signer` (the
+    coordinator's :class:`~protocol.ed25519.Ed25519Signer`), or None for no tag.
     ``sender_id``: defaults to ``msg.device_id`` for Register/Status/Update (where it must match)
     and to ``"coordinator"`` otherwise. ``seq``: per-sender sequence number (u64).
     ``timestamp``: Unix seconds, default now; stored in milliseconds.
@@ -142,14 +149,30 @@ def encode_message(msg: Message, key: bytes | None = None, *, sender_id: str | N
                            writer.getvalue(), key)
 
 
+class _SizingSigner:
+    """Stands in for a real key when only the size matters: a tag of the right length, all zeros."""
+
+    def __init__(self, algorithm: int) -> None:
+        self.algorithm = algorithm
+        self.tag_bytes = TAG_BYTES[algorithm]
+
+    def sign(self, data: bytes) -> bytes:
+        return bytes(self.tag_bytes)
+
+
 def encoded_size(msg: Message, *, authenticated: bool = True, sender_id: str | None = None,
                  value_format: str = "float32", compression: str = "auto") -> int:
     """Exact wire size of ``encode_message(msg, key, sender_id=..., ...)`` (unchunked).
 
-    ``authenticated`` counts the 32-byte HMAC tag. It encodes the message (the size depends on
-    the data through position coding and compression), so it costs one ``encode_message``.
+    ``authenticated`` counts the tag a deployment sends: the 64-byte Ed25519 signature for the
+    coordinator's messages (Task, ModelBroadcast, Ack, Abort), the 32-byte HMAC tag for a device's
+    (Register, Status, Update). It encodes the message (the size depends on the data through
+    position coding and compression), so it costs one ``encode_message``.
     """
-    key = b"\x00" * 32 if authenticated else None
+    key = None
+    if authenticated:
+        from_device = isinstance(msg, Register | Status | Update)
+        key = _SizingSigner(AUTH_HMAC_SHA256 if from_device else AUTH_ED25519)
     return len(encode_message(msg, key, sender_id=sender_id, timestamp=0, value_format=value_format,
                               compression=compression))
 
@@ -176,12 +199,18 @@ def _read_payload(envelope: Envelope, limits: Limits) -> Message:
         if library_count > limits.max_list_items:
             raise LimitExceededError(f"{library_count} libraries exceed the limit")
         libraries: dict[str, str] = {}
+        previous: str | None = None
         for _ in range(library_count):
             name = reader.string("library name", text)
             if name in libraries:
                 raise MalformedError(f"duplicate library {name!r}")
+            if previous is not None and name < previous:  # code point order = UTF-8 byte order
+                raise MalformedError(f"library names must be sorted: {name!r} comes after {previous!r}")
+            previous = name
             libraries[name] = reader.string("library version", text)
-        msg = Register(sender, Capabilities(arch, cores, memory_mb, libraries), reader.u64("sample_count"))
+        sample_count = reader.u64("sample_count")
+        msg = Register(sender, Capabilities(arch, cores, memory_mb, libraries), sample_count,
+                       reader.u64("will_seq"))
     elif cls is Status:
         state = reader.u8("state")
         if state >= len(DEVICE_STATES):
@@ -198,9 +227,10 @@ def _read_payload(envelope: Envelope, limits: Limits) -> Message:
         lr, momentum, weight_decay, prox_mu = (reader.f64(n) for n in ("lr", "momentum", "wd", "mu"))
         readjust = reader.boolean("readjust")
         alpha, deadline = reader.f64("alpha"), reader.f64("deadline_unix")
+        seed = reader.u64("seed")
+        model_name = reader.string("model_name", text)
         msg = Task(run_id, server_round, selected, model_round, local_epochs, batch_size, lr, momentum,
-                   weight_decay, prox_mu, readjust, alpha, deadline, reader.u64("seed"),
-                   reader.string("model_name", text))
+                   weight_decay, prox_mu, readjust, alpha, deadline, seed, model_name, reader.u64("task_nonce"))
     elif cls is ModelBroadcast:
         has_base = reader.boolean("has_base_round")
         base_round = reader.u32("base_round")
@@ -211,12 +241,14 @@ def _read_payload(envelope: Envelope, limits: Limits) -> Message:
     elif cls is Update:
         sample_count = reader.u64("sample_count")
         train_loss, compute_s = reader.f64("train_loss"), reader.f64("compute_s")
+        task_nonce = reader.u64("task_nonce")
         tensors, budget = read_tensor_set(reader, limits, limits.max_elements)
         changes, shapes, _ = read_mask_changes(reader, limits, budget)
         for name, shape in shapes.items():
             if name not in tensors or tensors[name].shape != shape:
                 raise MalformedError(f"mask change {name!r} does not match a tensor of the update")
-        msg = Update(run_id, server_round, sender, tensors, changes, sample_count, train_loss, compute_s)
+        msg = Update(run_id, server_round, sender, tensors, changes, sample_count, train_loss, compute_s,
+                     task_nonce)
     elif cls is Ack:
         device_id = reader.string("device_id", text)
         if not is_identifier(device_id):
@@ -252,7 +284,8 @@ def decode_message(data: bytes | bytearray | memoryview, key: KeySource = None, 
                    max_size: int | None = None, limits: Limits | None = None) -> Message:
     """Decode one message produced by :func:`encode_message`.
 
-    ``key``: None (no verification), one key (bytes), a mapping sender id -> key, or a callable
+    ``key``: None (no verification), one key (HMAC bytes or a :class:`~protocol.auth.Verifier` such as
+    :class:`~protocol.ed25519.Ed25519Verifier`), a mapping sender id -> key, or a callable
     sender id -> key or None. With a key, unauthenticated or wrongly tagged messages raise
     :class:`AuthenticationError`. ``max_size`` overrides ``limits.max_message_bytes``.
     Raises only :class:`ProtocolError` subclasses for any bad input.

@@ -1,4 +1,4 @@
-"""The envelope: framing, integrity (CRC-32) and authentication (HMAC-SHA256) of a payload.
+"""The envelope: framing, integrity (CRC-32) and authentication (HMAC-SHA256 or Ed25519) of a payload.
 
 Byte layout (all integers little-endian)::
 
@@ -8,7 +8,7 @@ Byte layout (all integers little-endian)::
     5       1     message type (1 Register, 2 Status, 3 Task, 4 ModelBroadcast, 5 Update,
                   6 Ack, 7 Abort)
     6       1     auth algorithm: 0 none, 1 HMAC-SHA256 (32-byte tag),
-                  2 Ed25519 (64-byte signature; reserved, not implemented here)
+                  2 Ed25519 (64-byte signature, see protocol/ed25519.py)
     7       1     flags, must be 0
     8       4     u32 server round
     12      8     u64 sequence number (per sender, increasing)
@@ -20,7 +20,10 @@ Byte layout (all integers little-endian)::
     34+R    S     sender id (ASCII identifier)
     34+R+S  P     payload (first byte: the message's schema version)
     ...     4     u32 CRC-32 (ISO-HDLC, as zlib.crc32) of every preceding byte
-    ...     T     tag: HMAC-SHA256(key, every preceding byte including the CRC) if auth = 1
+    ...     T     tag over every preceding byte including the CRC: HMAC-SHA256 (T = 32) if auth = 1,
+                  Ed25519 signature (T = 64) if auth = 2, nothing if auth = 0
+
+How tags are made and checked is delegated to signer / verifier objects (:mod:`protocol.auth`).
 
 Only the first 5 bytes (magic and version) are guaranteed stable across protocol versions; a
 decoder reads them first and refuses any other version with :class:`UnsupportedVersionError`
@@ -30,12 +33,23 @@ bytes present, CRC, authentication, payload.
 
 from __future__ import annotations
 
-import hmac
 import struct
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from protocol.auth import (
+    AUTH_ED25519,
+    AUTH_HMAC_SHA256,
+    AUTH_NAMES,
+    AUTH_NONE,
+    MIN_KEY_BYTES,
+    TAG_BYTES,
+    HmacKey,
+    Signer,
+    Verifier,
+    as_signer,
+)
 from protocol.binary import as_byte_view
 from protocol.errors import (
     AuthenticationError,
@@ -53,20 +67,20 @@ MAGIC = b"FDST"
 CHUNK_MAGIC = b"FDSC"
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
-AUTH_NONE = 0
-AUTH_HMAC_SHA256 = 1
-AUTH_ED25519 = 2
-TAG_BYTES = {AUTH_NONE: 0, AUTH_HMAC_SHA256: 32}
 FIXED_HEADER = struct.Struct("<4sBBBBIQQBBI")
 FIXED_HEADER_BYTES = FIXED_HEADER.size  # 34
 CRC_BYTES = 4
 MAX_ID_BYTES = 64
-MIN_KEY_BYTES = 16
 KNOWN_MESSAGE_TYPES = frozenset(range(1, 8))
 
-KeySource = bytes | Mapping[str, bytes] | Callable[[str], "bytes | None"] | None
-"""A key for decoding: one shared key, a mapping sender id -> key, or a lookup callable
+KeySource = (bytes | Verifier | Mapping[str, "bytes | Verifier"] | Callable[[str], "bytes | Verifier | None"]
+             | None)
+"""A key for decoding: one key for every sender (HMAC ``bytes`` or a :class:`~protocol.auth.Verifier`,
+e.g. the coordinator's Ed25519 public key), a mapping sender id -> key, or a lookup callable
 returning the key or None (unknown sender). ``None`` disables verification."""
+
+__all__ = ["AUTH_ED25519", "AUTH_HMAC_SHA256", "AUTH_NONE", "CHUNK_MAGIC", "MAGIC", "PROTOCOL_VERSION",
+           "TAG_BYTES", "Envelope", "KeySource", "decode_envelope", "encode_envelope"]
 
 
 @dataclass(frozen=True)
@@ -99,17 +113,20 @@ def _is_identifier_bytes(raw: bytes) -> bool:
 
 
 def encode_envelope(message_type: int, run_id: str, server_round: int, sender_id: str, seq: int,
-                    timestamp_ms: int, payload: bytes, key: bytes | None) -> bytes:
-    """Frame ``payload``; with ``key`` (at least 16 bytes) append an HMAC-SHA256 tag."""
+                    timestamp_ms: int, payload: bytes, key: bytes | Signer | None) -> bytes:
+    """Frame ``payload`` and append the tag ``key`` makes (see :mod:`protocol.auth`).
+
+    ``key``: None (auth 0, no tag), HMAC key bytes (at least 16), or any :class:`~protocol.auth.Signer`
+    (e.g. :class:`protocol.ed25519.Ed25519Signer`).
+    """
     run_raw = run_id.encode("ascii", "replace")
     sender_raw = sender_id.encode("ascii", "replace")
     if run_raw and not _is_identifier_bytes(run_raw):
         raise InvalidMessageError(f"run id {run_id!r} is not a valid identifier")
     if not _is_identifier_bytes(sender_raw):
         raise InvalidMessageError(f"sender id {sender_id!r} is not a valid identifier")
-    if key is not None and (not isinstance(key, bytes | bytearray) or len(key) < MIN_KEY_BYTES):
-        raise InvalidMessageError(f"key must be bytes of at least {MIN_KEY_BYTES} bytes")
-    auth = AUTH_NONE if key is None else AUTH_HMAC_SHA256
+    signer = as_signer(key)
+    auth = AUTH_NONE if signer is None else signer.algorithm
     try:
         header = FIXED_HEADER.pack(MAGIC, PROTOCOL_VERSION, message_type, auth, 0, server_round, seq,
                                    timestamp_ms, len(run_raw), len(sender_raw), len(payload))
@@ -120,17 +137,30 @@ def encode_envelope(message_type: int, run_id: str, server_round: int, sender_id
     for part in parts:
         crc = zlib.crc32(part, crc)
     parts.append(struct.pack("<I", crc))
-    if key is not None:
-        mac = hmac.new(bytes(key), digestmod="sha256")
-        for part in parts:
-            mac.update(part)
-        parts.append(mac.digest())
-    return b"".join(parts)
+    if signer is None:
+        return b"".join(parts)
+    body = b"".join(parts)
+    tag = signer.sign(body)
+    if len(tag) != TAG_BYTES[auth]:
+        raise InvalidMessageError(f"{AUTH_NAMES[auth]} signer returned {len(tag)} bytes, expected {TAG_BYTES[auth]}")
+    return body + tag
 
 
-def _resolve_key(key: KeySource, sender_id: str) -> bytes | None:
-    if key is None or isinstance(key, bytes | bytearray):
-        return key
+def _as_verifier(found: object, sender_id: str) -> Verifier:
+    if isinstance(found, bytes | bytearray):
+        if len(found) < MIN_KEY_BYTES:
+            raise AuthenticationError(f"configured key is shorter than {MIN_KEY_BYTES} bytes")
+        return HmacKey(bytes(found))
+    if isinstance(found, Verifier):
+        return found
+    raise AuthenticationError(f"key lookup for {sender_id!r} returned neither bytes nor a Verifier")
+
+
+def _resolve_key(key: KeySource, sender_id: str) -> Verifier | None:
+    if key is None:
+        return None
+    if isinstance(key, bytes | bytearray | Verifier):
+        return _as_verifier(key, sender_id)
     if isinstance(key, Mapping):
         found = key.get(sender_id)
     else:
@@ -140,18 +170,17 @@ def _resolve_key(key: KeySource, sender_id: str) -> bytes | None:
             found = None
     if found is None:
         raise AuthenticationError(f"no key for sender {sender_id!r}")
-    if not isinstance(found, bytes | bytearray):
-        raise AuthenticationError(f"key lookup for {sender_id!r} did not return bytes")
-    return bytes(found)
+    return _as_verifier(found, sender_id)
 
 
 def decode_envelope(data: bytes | bytearray | memoryview, key: KeySource = None, *,
                     limits: Limits = DEFAULT_LIMITS) -> Envelope:
     """Check and unframe one message; raises only :class:`ProtocolError` subclasses.
 
-    With a ``key`` (see :data:`KeySource`) the message must carry a valid HMAC-SHA256 tag made
-    with the sender's key, else :class:`AuthenticationError`. With ``key=None`` the tag, if any,
-    is not verified and ``authenticated`` is False.
+    With a ``key`` (see :data:`KeySource`) the message must carry a valid tag of the key's
+    algorithm made with the sender's key, else :class:`AuthenticationError` (an unsigned message,
+    or one signed with another algorithm, is refused). With ``key=None`` the tag, if any, is not
+    verified and ``authenticated`` is False.
     """
     view = as_byte_view(data)
     size = len(view)
@@ -175,8 +204,6 @@ def decode_envelope(data: bytes | bytearray | memoryview, key: KeySource = None,
      payload_length) = FIXED_HEADER.unpack_from(view, 0)
     if message_type not in KNOWN_MESSAGE_TYPES:
         raise MalformedError(f"unknown message type {message_type}")
-    if auth == AUTH_ED25519:
-        raise UnsupportedVersionError("auth algorithm 2 (Ed25519) is not supported by this implementation")
     if auth not in TAG_BYTES:
         raise MalformedError(f"unknown auth algorithm {auth}")
     if flags != 0:
@@ -200,15 +227,13 @@ def decode_envelope(data: bytes | bytearray | memoryview, key: KeySource = None,
     if (run_raw and not _is_identifier_bytes(run_raw)) or not _is_identifier_bytes(sender_raw):
         raise MalformedError("run id or sender id is not a valid identifier")
     sender_id = sender_raw.decode("ascii")
-    secret = _resolve_key(key, sender_id)
-    if secret is not None:
-        if auth != AUTH_HMAC_SHA256:
-            raise AuthenticationError("message is not authenticated but a key was given")
-        if len(secret) < MIN_KEY_BYTES:
-            raise AuthenticationError(f"configured key is shorter than {MIN_KEY_BYTES} bytes")
+    verifier = _resolve_key(key, sender_id)
+    if verifier is not None:
+        if auth != verifier.algorithm:
+            raise AuthenticationError(f"message from {sender_id!r} is authenticated with {AUTH_NAMES[auth]}, "
+                                      f"expected {AUTH_NAMES.get(verifier.algorithm, verifier.algorithm)}")
         tag_start = crc_start + CRC_BYTES
-        expected_tag = hmac.digest(secret, view[:tag_start], "sha256")
-        if not hmac.compare_digest(expected_tag, bytes(view[tag_start:])):
-            raise AuthenticationError(f"HMAC tag does not verify for sender {sender_id!r}")
+        if not verifier.verify(view[:tag_start], bytes(view[tag_start:])):
+            raise AuthenticationError(f"{AUTH_NAMES[auth]} tag does not verify for sender {sender_id!r}")
     return Envelope(version, message_type, auth, server_round, seq, timestamp_ms, run_raw.decode("ascii"),
-                    sender_id, view[payload_start:crc_start], stored_crc, secret is not None)
+                    sender_id, view[payload_start:crc_start], stored_crc, verifier is not None)

@@ -18,6 +18,12 @@ Field conventions:
 * ``ModelBroadcast.base_round``: ``None`` means the values are the global weights; an integer
   means the values are a delta to add to the model of that round.
 * ``Task.model_round`` is the round whose ``ModelBroadcast`` the selected devices train from.
+* ``Task.task_nonce`` is a random u64 the coordinator draws per (run, round); the ``Update``
+  answering that task echoes it in ``Update.task_nonce``, binding the update to the run, round
+  and task it answers (schema version 2 of both).
+* ``Register.will_seq`` is the sequence number of the last-will ``Status(offline)`` the device
+  gave the broker for this connection (0: none), so the coordinator can accept that one will even
+  though its sequence number is below the connection's later messages (schema version 2).
 """
 
 from __future__ import annotations
@@ -58,10 +64,11 @@ class Register:
     """Device -> coordinator on startup: who I am and what I can do."""
 
     MESSAGE_TYPE: ClassVar[int] = 1
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
     device_id: str
     capabilities: Capabilities
     sample_count: int
+    will_seq: int = 0  # seq of this connection's last-will Status(offline); 0 = none
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ class Task:
     """
 
     MESSAGE_TYPE: ClassVar[int] = 3
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
     run_id: str
     server_round: int
     selected: tuple[str, ...]
@@ -101,6 +108,7 @@ class Task:
     deadline_unix: float
     seed: int
     model_name: str
+    task_nonce: int = 0  # u64 drawn by the coordinator per (run, round); the Update echoes it
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,7 @@ class Update:
     """Device -> coordinator: trained weights (or delta), mask changes and statistics."""
 
     MESSAGE_TYPE: ClassVar[int] = 5
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
     run_id: str
     server_round: int
     device_id: str
@@ -129,6 +137,7 @@ class Update:
     sample_count: int
     train_loss: float
     compute_s: float
+    task_nonce: int = 0  # Task.task_nonce of the task this update answers
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ code   name          bytes  encoding of each value (little-endian)
 0      ``float32``   4      IEEE-754 binary32; lossless
 1      ``float16``   2      IEEE-754 binary16, round to nearest even; finite values must be
                             within +-65504
-2      ``bfloat16``  2      upper 16 bits of the binary32, round to nearest even
+2      ``bfloat16``  2      upper 16 bits of the binary32, round to nearest even; finite
+                            values that would round to infinity saturate to +-0x7F7F
 3      ``int8``      1      signed ``q`` with ``value = q * scale``; ``scale`` is a binary32
                             written before the values; ``scale = max|v| / 127``,
                             ``q = clip(rint(v / scale), -127, 127)``; finite values only
@@ -48,6 +49,13 @@ AUTO_MIN_SAVING = 1 / 32
 """... and keeps the zstd frame only if it is smaller by at least this fraction."""
 
 FLOAT16_MAX = 65504.0
+BFLOAT16_MAX_BITS = 0x7F7F
+"""Largest finite bfloat16 (3.3895314e38): finite inputs that round beyond it are stored as +-this."""
+BFLOAT16_HALF_SUBNORMAL_STEP = 2.0**-134
+"""Half the spacing of bfloat16 values below 2**-126 (7 fraction bits at the binary32 minimum exponent)."""
+INT8_UNDERFLOW_SLACK = 2.0**-142
+"""Covers a binary32 scale that is subnormal or underflows to 0 (``max|v| < 127 * 2**-126``): the scale
+itself then loses absolute precision 2**-150, which the 127-step grid multiplies (``128 * 2**-149``)."""
 
 
 def value_format_code(value_format: str) -> int:
@@ -78,10 +86,11 @@ def error_bound(values: np.ndarray, value_format: str) -> float:
         return 0.0
     if code == 1:  # half an ulp of binary16 (11 significant bits), subnormal step 2**-24
         return max(peak * 2.0**-11, 2.0**-25)
-    if code == 2:  # half an ulp of bfloat16 (8 significant bits)
-        return peak * 2.0**-8
+    if code == 2:  # half an ulp of bfloat16 (8 significant bits; fixed step 2**-133 below 2**-126)
+        return max(peak * 2.0**-8, BFLOAT16_HALF_SUBNORMAL_STEP)  # saturation at +-0x7F7F is within it
     scale = float(int8_scale(values))
-    return scale / 2 + peak * 2.0**-22  # rounding to the grid + binary32 rounding of q * scale
+    # rounding to the grid + binary32 rounding of v / scale and q * scale + a subnormal or zero scale
+    return scale / 2 + peak * 2.0**-22 + INT8_UNDERFLOW_SLACK
 
 
 def _to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
@@ -90,6 +99,9 @@ def _to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
     nan = np.isnan(values)
     if nan.any():
         rounded[nan] = ((bits[nan] >> 16) | np.uint32(0x0040)).astype(np.uint16)
+    overflow = ((rounded & np.uint16(0x7FFF)) == np.uint16(0x7F80)) & np.isfinite(values)
+    if overflow.any():  # finite |v| >= 3.3961775e38 rounds to inf: saturate to the largest finite bfloat16
+        rounded[overflow] = (rounded[overflow] & np.uint16(0x8000)) | np.uint16(BFLOAT16_MAX_BITS)
     return rounded
 
 
@@ -185,9 +197,14 @@ def _decompress_exact(frame: memoryview, size: int) -> bytes:
     if declared != size:
         raise MalformedError(f"zstd: frame declares {declared} bytes, expected {size}")
     try:
-        content = zstandard.ZstdDecompressor().decompress(frame, max_output_size=size)
+        reader = zstandard.ZstdDecompressor().decompressobj()
+        content = reader.decompress(frame)
     except zstandard.ZstdError as error:
         raise MalformedError(f"zstd: {error}") from error
+    if not reader.eof:
+        raise MalformedError("zstd: the frame is incomplete")
+    if reader.unused_data:
+        raise MalformedError(f"zstd: {len(reader.unused_data)} bytes after the frame (one frame exactly fills C)")
     if len(content) != size:
         raise MalformedError("zstd: decompressed size differs from the declared size")
     return content

@@ -2,8 +2,9 @@
 
 Download per selected client = the encoded ``ModelBroadcast`` of the global model (values + mask,
 or all values for a dense model). Upload per client = the encoded ``Update`` (values on its mask,
-plus mask changes when it readjusted). Both include the envelope and an HMAC-SHA256 tag, as a
-deployment with per-device keys sends them.
+plus mask changes when it readjusted). Both include the envelope and the tag a deployment sends:
+the coordinator's 64-byte Ed25519 signature on the broadcast, the device's 32-byte HMAC-SHA256 tag
+on its update.
 """
 
 from __future__ import annotations

@@ -6,8 +6,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from cloud.coordinator import Coordinator
 from cloud.settings import CloudSettings
+from cloud.signing_key import DEFAULT_SIGNING_KEY_NAME
+
+TEST_SIGNING_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(150, 182)))
+"""The signing key of coordinators made by :func:`make_coordinator` (test provisioning, like an operator's)."""
+TEST_COORDINATOR_PUBLIC_KEY = TEST_SIGNING_KEY.public_key().public_bytes(
+    serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+"""What agents started by the tests are given as ``--coordinator-public-key``."""
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
@@ -18,7 +28,20 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0, what: str
         time.sleep(0.05)
 
 
+def provision_signing_key(state_dir: Path) -> Path:
+    """Install :data:`TEST_SIGNING_KEY` as the state dir's signing key (if there is none yet)."""
+    path = Path(state_dir) / DEFAULT_SIGNING_KEY_NAME
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(TEST_SIGNING_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+        path.chmod(0o600)
+    return path
+
+
 def make_coordinator(broker_url: str, state_dir: Path, **settings_kwargs: object) -> Coordinator:
+    """A started coordinator whose signing key is :data:`TEST_SIGNING_KEY` (other settings: ``settings_kwargs``)."""
+    provision_signing_key(state_dir)
     settings = CloudSettings(broker_url=broker_url, state_dir=state_dir, heartbeat_s=1.0, mqtt_username=None,
                              **settings_kwargs)  # type: ignore[arg-type]
     coordinator = Coordinator(settings)

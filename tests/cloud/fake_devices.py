@@ -6,10 +6,16 @@ purpose: send every update twice, go silent, also send an update for an older ro
 its updates (``tamper``: poisoning attacks). With
 ``data`` it trains exactly like an agent (``LocalTrainer`` K=1, ``client_seed(task.seed, r,
 index)``); without, it returns the global model unchanged (no training: fast).
+
+Like an agent, it numbers its messages from the clock (microseconds, so a device re-created with
+the same id continues above the coordinator's persisted seq), announces its will's seq in its
+Register, and echoes each task's nonce. With ``coordinator_key`` (a verifier, e.g. the coordinator's
+Ed25519 public key) it drops coordinator messages that do not verify.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -45,13 +51,14 @@ class FakeDevice:
     index: int = 0
     data: ClientData | None = None
     duplicate: bool = False  # publish every update twice (different seq, same content)
+    coordinator_key: object = None  # verifier of the coordinator's messages (None: not checked)
+    key: bytes | None = None  # this device's HMAC key (None: unauthenticated messages)
     silent: bool = False  # receive tasks but never reply
     stale_too: bool = False  # after each update also re-send the previous round's update
     delay_s: float = 0.0  # hold each update this long before sending it (a slow device)
     heartbeat_s: float = 1.0
     sample_count: int = 10
     password: str | None = None  # MQTT password (enrolled devices)
-    key: bytes | None = None  # HMAC key signing every message (enrolled devices)
     tamper: Callable[[Update, ModelBroadcast], Update] | None = None  # rewrite each update before sending (attacks)
     acks: list[Ack] = field(default_factory=list)
     handled: set = field(default_factory=set)
@@ -64,20 +71,24 @@ class FakeDevice:
         self._models: dict[tuple[str, int], ModelBroadcast] = {}
         self._tasks: list[Task] = []
         self._pending: dict[tuple[str, int], tuple[bytes, float]] = {}  # (run, round) -> (data, deadline)
-        self._last_update: bytes | None = None
-        self._seq = 0
+        self._last_update: object = None
+        self._seq = time.time_ns() // 1000
+        self._seq_lock = threading.Lock()  # the network thread (on_connect) and the worker both encode
         self._reassembler = ChunkReassembler()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.device_id,
                                   protocol=mqtt.MQTTv311, clean_session=False)
         self.client.username_pw_set(self.device_id, self.password)
         self.client.will_set(topics.status(self.device_id), self._encode(Status(self.device_id, "offline")),
                              qos=1, retain=True)
+        self.will_seq = self._seq
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda c, u, m: self._events.put((m.topic, m.payload))
 
     def _encode(self, msg: object) -> bytes:
-        self._seq += 1
-        return encode_message(msg, self.key, seq=self._seq)  # type: ignore[arg-type]
+        with self._seq_lock:
+            self._seq += 1
+            seq = self._seq
+        return encode_message(msg, self.key, seq=seq)  # type: ignore[arg-type]
 
     def _publish(self, topic: str, data: bytes, retain: bool = False) -> None:
         for packet in split_into_chunks(data):
@@ -89,7 +100,7 @@ class FakeDevice:
         self._publish(topics.status(self.device_id), self._encode(Status(self.device_id, "online")), retain=True)
         caps = Capabilities("x86_64", 1, 1024, {"numpy": "test"})
         self._publish(topics.register(self.device_id), self._encode(Register(self.device_id, caps,
-                                                                                self.sample_count)))
+                                                                                self.sample_count, self.will_seq)))
 
     def start(self) -> FakeDevice:
         self.client.connect("127.0.0.1", self.port, keepalive=10)
@@ -136,7 +147,7 @@ class FakeDevice:
             whole = self._reassembler.add(payload, source=topic)
             if whole is None:
                 return
-            msg = decode_message(whole)
+            msg = decode_message(whole, self.coordinator_key)  # type: ignore[arg-type]
         except ProtocolError:
             return
         if isinstance(msg, Task) and self.device_id in msg.selected:
@@ -160,24 +171,25 @@ class FakeDevice:
             if self.delay_s:
                 time.sleep(self.delay_s)
             try:
-                data = self._make_update(task, model)
+                update = self._make_update(task, model)
             except Exception:  # noqa: BLE001 - like an agent whose training fails: no update this round
                 self.training_failures += 1
                 continue
+            data = self._encode(update)
             self.sent_sizes[(task.run_id, task.server_round)] = len(data)
             self._publish(topics.update(task.run_id, self.device_id), data)
             if self.duplicate:
-                self._publish(topics.update(task.run_id, self.device_id), data)
+                self._publish(topics.update(task.run_id, self.device_id), self._encode(update))
             if self.stale_too and self._last_update is not None:
-                self._publish(topics.update(task.run_id, self.device_id), self._last_update)
-            self._last_update = data
+                self._publish(topics.update(task.run_id, self.device_id), self._encode(self._last_update))
+            self._last_update = update
             self._pending[(task.run_id, task.server_round)] = (data, task.deadline_unix)
         now = time.time()
         for key, (_data, deadline) in list(self._pending.items()):
             if now > deadline:
                 self._pending.pop(key)
 
-    def _make_update(self, task: Task, model: ModelBroadcast) -> bytes:
+    def _make_update(self, task: Task, model: ModelBroadcast) -> object:
         spec = get_model_spec(task.model_name)
         params, masks = model_from_tensors(model.tensors, spec.masked_names())
         if self.data is None:
@@ -191,6 +203,7 @@ class FakeDevice:
             new_params, new_masks, n, loss = outcome.params, outcome.masks, outcome.num_samples, outcome.train_loss
         msg = update_message(task.run_id, task.server_round, self.device_id, new_params, masks, new_masks, n, loss,
                              compute_s=0.0)
+        msg = dataclasses.replace(msg, task_nonce=task.task_nonce)
         if self.tamper is not None:
             msg = self.tamper(msg, model)
-        return self._encode(msg)
+        return msg

@@ -1,7 +1,9 @@
 """Test harness for the edge agent: a protocol-level fake coordinator and in-thread / subprocess agents.
 
 The fake coordinator is a real paho client talking to a real mosquitto, speaking the wire protocol
-directly (no ``cloud`` code), so these tests pin down the agent's side of the message flow.
+directly (no ``cloud`` code), so these tests pin down the agent's side of the message flow. It signs
+what it sends with a test Ed25519 key, whose public half every agent built here is given (agents
+refuse unsigned coordinator messages by default).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from protocol import (
     split_into_chunks,
     topics,
 )
+from protocol.ed25519 import Ed25519Signer
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = "run-a"
@@ -47,11 +50,12 @@ def global_model(seed: int = 0):  # type: ignore[no-untyped-def]
 
 
 def make_task(server_round: int = 1, selected: tuple[str, ...] = ("dev-003",), run: str = RUN, readjust: bool = False,
-              deadline_s: float = 30.0, seed: int = 7) -> Task:
+              deadline_s: float = 30.0, seed: int = 7, task_nonce: int | None = None) -> Task:
     return Task(run_id=run, server_round=server_round, selected=selected, model_round=server_round,
                 local_epochs=2, batch_size=16, lr=0.05, momentum=0.9, weight_decay=0.001, prox_mu=0.0,
                 readjust=readjust, alpha=0.05 if readjust else 0.0, deadline_unix=time.time() + deadline_s,
-                seed=seed, model_name="digits_cnn")
+                seed=seed, model_name="digits_cnn",
+                task_nonce=(0x5EED0000 + server_round) if task_nonce is None else task_nonce)
 
 
 def send_round(coordinator: FakeCoordinator, task: Task, params, masks, model_first: bool = True,  # type: ignore[no-untyped-def]
@@ -69,7 +73,10 @@ def is_update_for(server_round: int, device: str = "dev-003"):  # type: ignore[n
     return lambda r: r.message.server_round == server_round and r.message.device_id == device
 
 DEVICE_KEY = bytes(range(32))
-COORDINATOR_KEY = bytes(range(100, 132))
+COORDINATOR_SIGNER = Ed25519Signer(bytes(range(100, 132)))
+COORDINATOR_PUBLIC_KEY = COORDINATOR_SIGNER.public_key_hex
+KEYED = {"coordinator_public_key": COORDINATOR_PUBLIC_KEY}
+"""Agent settings that verify the fake coordinator's signature (``AgentSettings(**KEYED, ...)``)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ class FakeCoordinator:
     """Subscribes like the coordinator, decodes everything, publishes whatever a test needs."""
 
     def __init__(self, port: int, *, username: str = "coordinator", password: str | None = None,
-                 device_keys: dict[str, bytes] | None = None, key: bytes | None = None,
+                 device_keys: dict[str, bytes] | None = None, key: object = COORDINATOR_SIGNER,
                  protocol: int = mqtt.MQTTv5) -> None:
         self.device_keys = device_keys
         self.key = key
@@ -172,7 +179,7 @@ class FakeCoordinator:
 
     def send(self, msg: Message, topic: str, max_packet: int = 128 * 1024) -> bytes:
         self._seq += 1
-        data = encode_message(msg, self.key, seq=self._seq)
+        data = encode_message(msg, self.key, seq=self._seq)  # type: ignore[arg-type]
         for packet in split_into_chunks(data, max_packet):
             self.publish_raw(topic, packet)
         return data
@@ -183,7 +190,7 @@ class FakeCoordinator:
 
 
 def agent_settings(broker_url: str, device_id: str = "dev-003", **overrides: object) -> AgentSettings:
-    values: dict[str, object] = {"device_id": device_id, "broker": broker_url, "partition": "3/8",
+    values: dict[str, object] = {**KEYED, "device_id": device_id, "broker": broker_url, "partition": "3/8",
                                  "heartbeat_s": 0.5, "ack_timeout_s": 0.5, "reconnect_min_s": 0.2,
                                  "reconnect_max_s": 1.0, "keepalive_s": 5}
     values.update(overrides)
@@ -193,11 +200,10 @@ def agent_settings(broker_url: str, device_id: str = "dev-003", **overrides: obj
 class AgentThread:
     """An ``EdgeAgent`` running in a thread of the test process."""
 
-    def __init__(self, settings: AgentSettings, *, data: LocalData | None = None, key: bytes | None = DEVICE_KEY,
-                 coordinator_key: bytes | None = None) -> None:
+    def __init__(self, settings: AgentSettings, *, data: LocalData | None = None,
+                 key: bytes | None = DEVICE_KEY) -> None:
         self.settings = settings
-        self.agent = EdgeAgent(settings, data if data is not None else load_local_data(settings), key=key,
-                               coordinator_key=coordinator_key)
+        self.agent = EdgeAgent(settings, data if data is not None else load_local_data(settings), key=key)
         self.stop_event = threading.Event()
         self.exit_code: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"agent-{settings.device_id}")
@@ -216,7 +222,10 @@ class AgentThread:
 
 
 def agent_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "feddst_cli.main", "agent", "run", *args]
+    """``feddst agent run ARGS`` given the fake coordinator's public key (unless ARGS name another or none)."""
+    keyed = any(a.startswith(("--coordinator-public-key", "--insecure")) for a in args)
+    extra = () if keyed else ("--coordinator-public-key", COORDINATOR_PUBLIC_KEY)
+    return [sys.executable, "-m", "feddst_cli.main", "agent", "run", *args, *extra]
 
 
 def start_agent_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:

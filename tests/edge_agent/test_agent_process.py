@@ -10,6 +10,7 @@ import subprocess
 import paho.mqtt.client as mqtt
 import pytest
 from agent_harness import (
+    COORDINATOR_PUBLIC_KEY,
     DEVICE_KEY,
     FakeCoordinator,
     agent_command,
@@ -126,7 +127,7 @@ def test_password_protected_broker_with_device_acls(tmp_path, start_agent) -> No
     (["--device-id", "dev-1", "--config", "/nonexistent.toml"], "does not exist"),
 ])
 def test_bad_settings_give_clear_errors(args, message) -> None:
-    result = CliRunner().invoke(app, ["agent", "run", *args])
+    result = CliRunner().invoke(app, ["agent", "run", *args, "--coordinator-public-key", COORDINATOR_PUBLIC_KEY])
     assert result.exit_code == 2, result.output
     assert message in result.output
 
@@ -183,7 +184,8 @@ def test_bad_kernel_thresholds_stop_the_agent_with_exit_2(tmp_path, content, pro
     if content is not None:
         path.write_text(content)
     for args, env in ((["--kernel-thresholds", str(path)], {}), ([], {"FEDDST_KERNEL_THRESHOLDS": str(path)})):
-        result = CliRunner().invoke(app, ["agent", "run", "--device-id", "dev-1", *args], env=env)
+        result = CliRunner().invoke(app, ["agent", "run", "--device-id", "dev-1", *args, "--coordinator-public-key",
+                                          COORDINATOR_PUBLIC_KEY], env=env)
         assert result.exit_code == 2, result.output
         assert f"error: --kernel-thresholds: {path}" in result.output and problem in result.output
 
@@ -195,3 +197,17 @@ def test_help_explains_kernel_thresholds() -> None:
     for part in ("--kernel-thresholds", "FEDDST_KERNEL_THRESHOLDS", "--kernels auto",
                  "python bench/sparse_kernels.py --calibrate --write-thresholds FILE"):
         assert part in text, part
+
+
+def test_the_command_refuses_to_start_without_the_coordinator_public_key() -> None:
+    result = CliRunner().invoke(app, ["agent", "run", "--device-id", "dev-1"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    text = _flat(result.output)
+    assert "error: --coordinator-public-key: no coordinator public key" in text
+    assert "feddst cloud keys public" in text and "--insecure-unsigned-coordinator" in text
+    removed = CliRunner().invoke(app, ["agent", "run", "--device-id", "dev-1", "--coordinator-key-file", "/k.hex"])
+    assert removed.exit_code == 2 and "--coordinator-key-file: is no longer supported" in _flat(removed.output)
+    shown = _flat(CliRunner().invoke(app, ["agent", "run", "--help"], env={"COLUMNS": "200"}).output)
+    for part in ("--coordinator-public-key", "--insecure-unsigned-coordinator", "--insecure-accept-unsigned",
+                 "FEDDST_COORDINATOR_PUBLIC_KEY"):
+        assert part in shown, part

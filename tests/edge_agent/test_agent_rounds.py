@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import torch
 from agent_harness import (
-    COORDINATOR_KEY,
+    COORDINATOR_SIGNER,
     DEVICE_KEY,
     RUN,
     SPEC,
@@ -32,6 +32,7 @@ from feddst_core.partition import make_partition
 from feddst_core.training import ClientData, LocalTrainer, TrainConfig, client_seed
 from feddst_core.wire_format import update_to_model
 from protocol import Abort, Ack, Register, Status, Task, Update, encode_message, topics
+from protocol.ed25519 import Ed25519Signer
 
 
 def _client3_share_and_config(task: Task) -> tuple[ClientData, TrainConfig]:
@@ -118,7 +119,11 @@ def test_resends_the_same_update_until_acknowledged(mosquitto, coordinator, star
     params, masks = global_model()
     send_round(coordinator, make_task(1), params, masks)
     copies = [coordinator.expect(Update, is_update_for(1), timeout=10) for _ in range(3)]
-    assert len({c.raw for c in copies}) == 1  # the same bytes, the same seq
+    # The same update each time, but encoded afresh with a higher seq: the coordinator drops any
+    # message whose seq is not above the last it accepted (before replay protection: the same bytes).
+    assert all(c.message == copies[0].message for c in copies)
+    seqs = [c.decoded.envelope.seq for c in copies]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
     coordinator.send(Ack(RUN, 1, "dev-003", True), topics.ack(RUN, "dev-003"))
     assert wait_until(lambda: agent.agent.stats["updates_acked"] == 1)
     time.sleep(0.2)  # let in-flight copies land
@@ -158,26 +163,26 @@ def test_gives_up_at_the_deadline(mosquitto, coordinator, start_agent) -> None:
 
 
 def test_garbage_is_dropped_and_the_agent_keeps_working(mosquitto, coordinator, start_agent) -> None:
-    agent = start_agent(agent_settings(mosquitto.url, max_message_bytes=256 * 1024),
-                        coordinator_key=COORDINATOR_KEY)
-    coordinator.key = COORDINATOR_KEY
+    agent = start_agent(agent_settings(mosquitto.url, max_message_bytes=256 * 1024))
     coordinator.expect(Register)
     params, masks = global_model()
     stats = agent.agent.stats
-    good_task = encode_message(make_task(1), COORDINATOR_KEY)
+    good_task = encode_message(make_task(1), COORDINATOR_SIGNER)
     coordinator.publish_raw(topics.task(RUN), b"\x00garbage")
     coordinator.publish_raw(topics.model(RUN), b"FDSC" + bytes(40))  # a broken chunk header
     coordinator.publish_raw(topics.control(RUN), good_task[:-7])  # truncated
     flipped = bytearray(good_task)
     flipped[40] ^= 0xFF
     coordinator.publish_raw(topics.task(RUN), bytes(flipped))  # corrupted (CRC)
-    coordinator.publish_raw(topics.task(RUN), encode_message(make_task(1), DEVICE_KEY))  # wrong key
+    coordinator.publish_raw(topics.task(RUN), encode_message(make_task(1), DEVICE_KEY))  # a device's HMAC key
     coordinator.publish_raw(topics.task(RUN), encode_message(make_task(1)))  # unsigned
+    coordinator.publish_raw(topics.task(RUN), encode_message(make_task(1), Ed25519Signer(bytes(32))))  # other key
     coordinator.publish_raw(topics.model(RUN), good_task)  # a valid Task on the model topic
     coordinator.publish_raw(topics.ack(RUN, "dev-003"), bytes(300 * 1024))  # oversized
     coordinator.publish_raw(topics.inbox("dev-003"), b"")
-    assert wait_until(lambda: stats["dropped_malformed"] >= 7 and stats["dropped_oversized"] == 1
-                      and stats["dropped_wrong_topic"] == 1), dict(stats)
+    # (the three forged tasks are now counted apart from malformed input, as unauthenticated)
+    assert wait_until(lambda: stats["dropped_malformed"] >= 5 and stats["dropped_unauthenticated"] == 3
+                      and stats["dropped_oversized"] == 1 and stats["dropped_wrong_topic"] == 1), dict(stats)
     assert stats["trained"] == 0 and stats["internal_errors"] == 0
     send_round(coordinator, make_task(1), params, masks)
     coordinator.expect(Update, is_update_for(1))

@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import pytest
-from agent_harness import global_model, make_task
+from agent_harness import COORDINATOR_PUBLIC_KEY, KEYED, global_model, make_task
 
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import (
@@ -33,7 +33,8 @@ from simulator.engine import Simulation
 def test_precedence_flags_over_env_over_file_over_defaults(tmp_path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text('[agent]\ndevice-id = "dev-file"\nbroker = "mqtt://file-host:1000"\nthreads = 3\n'
-                      'heartbeat_s = 7.5\npartition = "1/4"\n')
+                      'heartbeat_s = 7.5\npartition = "1/4"\n'
+                      f'coordinator_public_key = "{COORDINATOR_PUBLIC_KEY}"\n')
     env = {"FEDDST_BROKER": "mqtt://env-host:2000", "FEDDST_THREADS": "2", "FEDDST_PASSWORD": "secret"}
     settings = load_settings({"threads": 4, "broker": None}, environ=env, config_file=config)
     assert settings.threads == 4  # flag beats env and file
@@ -47,7 +48,8 @@ def test_precedence_flags_over_env_over_file_over_defaults(tmp_path) -> None:
 
 def test_config_file_from_env_and_yaml(tmp_path) -> None:
     config = tmp_path / "agent.yaml"
-    config.write_text("device_id: dev-7\ndataset: csv\ndata_dir: /data/table.csv\nlabel_column: y\n")
+    config.write_text("device_id: dev-7\ndataset: csv\ndata_dir: /data/table.csv\nlabel_column: y\n"
+                      "insecure_unsigned_coordinator: true\n")
     settings = load_settings({}, environ={"FEDDST_CONFIG": str(config)})
     assert (settings.device_id, settings.dataset, settings.label_column) == ("dev-7", "csv", "y")
 
@@ -67,7 +69,7 @@ def test_bad_config_files(tmp_path, text, message) -> None:
 
 def test_bad_env_value_names_the_variable() -> None:
     with pytest.raises(AgentConfigError, match=r"\$FEDDST_HEARTBEAT_S"):
-        load_settings({"device_id": "d"}, environ={"FEDDST_HEARTBEAT_S": "soon"})
+        load_settings({**KEYED, "device_id": "d"}, environ={"FEDDST_HEARTBEAT_S": "soon"})
 
 
 def test_broker_urls() -> None:
@@ -78,7 +80,7 @@ def test_broker_urls() -> None:
         with pytest.raises(AgentConfigError, match="--broker"):
             parse_broker_url(bad)
     with pytest.raises(AgentConfigError, match="--ca-file"):
-        AgentSettings(device_id="d", ca_file="/etc/ssl/ca.pem")
+        AgentSettings(**KEYED, device_id="d", ca_file="/etc/ssl/ca.pem")
 
 
 def test_partition_specs() -> None:
@@ -108,7 +110,8 @@ def test_partition_share_is_the_simulators_client(tmp_path) -> None:
         sim = Simulation(SimulationConfig(dataset="digits", clients=8, clients_per_round=2, partition=kind,
                                           seed=5, **extra))
         for index in (0, 5):
-            settings = AgentSettings(device_id="d", partition=f"{index}/8", partition_kind=kind, seed=5, **extra)
+            settings = AgentSettings(**KEYED, device_id="d", partition=f"{index}/8", partition_kind=kind, seed=5,
+                                     **extra)
             local = load_local_data(settings)
             expected = sim.client_data(index)
             assert np.array_equal(local.x, expected.x.numpy()) and np.array_equal(local.y, expected.y.numpy())
@@ -116,16 +119,16 @@ def test_partition_share_is_the_simulators_client(tmp_path) -> None:
 
 def test_impossible_partition_and_missing_data_are_clear() -> None:
     with pytest.raises(LocalDataError, match="--partition 3/400 .*cannot be satisfied"):
-        load_local_data(AgentSettings(device_id="d", partition="3/400", samples_per_class=50))
+        load_local_data(AgentSettings(**KEYED, device_id="d", partition="3/400", samples_per_class=50))
     with pytest.raises(LocalDataError, match="cannot load --dataset npz"):
-        load_local_data(AgentSettings(device_id="d", dataset="npz", data_dir="/nonexistent/data.npz"))
+        load_local_data(AgentSettings(**KEYED, device_id="d", dataset="npz", data_dir="/nonexistent/data.npz"))
 
 
 def test_kernels_setting_defaults_to_auto_and_refuses_unknown_values() -> None:
-    assert load_settings({"device_id": "d"}, environ={}).kernels == "auto"
-    assert load_settings({"device_id": "d"}, environ={"FEDDST_KERNELS": "dense"}).kernels == "dense"
+    assert load_settings({**KEYED, "device_id": "d"}, environ={}).kernels == "auto"
+    assert load_settings({**KEYED, "device_id": "d"}, environ={"FEDDST_KERNELS": "dense"}).kernels == "dense"
     with pytest.raises(AgentConfigError, match="--kernels: choose one of auto, sparse, dense"):
-        load_settings({"device_id": "d"}, environ={"FEDDST_KERNELS": "fast"})
+        load_settings({**KEYED, "device_id": "d"}, environ={"FEDDST_KERNELS": "fast"})
 
 
 # --- --kernel-thresholds: this device's auto-policy table ------------------------------------------
@@ -140,16 +143,16 @@ def _write_table(path, table=DEVICE_TABLE, **extra) -> str:  # type: ignore[no-u
 
 def test_kernel_thresholds_from_flag_env_or_config_file(tmp_path) -> None:
     path = _write_table(tmp_path / "kernel_thresholds.json", measured_on={"machine": "aarch64"})
-    assert load_settings({"device_id": "d"}, environ={}).kernel_threshold_table is None  # default: built in
-    from_flag = load_settings({"device_id": "d", "kernel_thresholds": path}, environ={})
+    assert load_settings({**KEYED, "device_id": "d"}, environ={}).kernel_threshold_table is None  # default: built in
+    from_flag = load_settings({**KEYED, "device_id": "d", "kernel_thresholds": path}, environ={})
     assert from_flag.kernel_thresholds == path and from_flag.kernel_threshold_table == DEVICE_TABLE
     assert from_flag.kernel_thresholds_file is not None
     assert from_flag.kernel_thresholds_file.measured_on == {"machine": "aarch64"}
-    from_env = load_settings({"device_id": "d"}, environ={"FEDDST_KERNEL_THRESHOLDS": path})
+    from_env = load_settings({**KEYED, "device_id": "d"}, environ={"FEDDST_KERNEL_THRESHOLDS": path})
     assert from_env.kernel_threshold_table == DEVICE_TABLE
     config = tmp_path / "agent.toml"
     config.write_text(f'[agent]\ndevice_id = "d"\nkernel-thresholds = "{path}"\n')
-    assert load_settings({}, environ={}, config_file=config).kernel_threshold_table == DEVICE_TABLE
+    assert load_settings(KEYED, environ={}, config_file=config).kernel_threshold_table == DEVICE_TABLE
     # Read once, when the settings are made: a later change to the file does not change a running agent.
     _write_table(tmp_path / "kernel_thresholds.json", {"linear": (), "conv": ()})
     assert from_flag.kernel_threshold_table == DEVICE_TABLE
@@ -174,8 +177,8 @@ def test_bad_kernel_thresholds_files_name_the_file_and_the_problem(tmp_path, con
         path.write_bytes(content)
     elif content is not None:
         path.write_text(content)
-    for make in (lambda: load_settings({"device_id": "d", "kernel_thresholds": str(path)}, environ={}),
-                 lambda: load_settings({"device_id": "d"}, environ={"FEDDST_KERNEL_THRESHOLDS": str(path)}),
+    for make in (lambda: load_settings({**KEYED, "device_id": "d", "kernel_thresholds": str(path)}, environ={}),
+                 lambda: load_settings({**KEYED, "device_id": "d"}, environ={"FEDDST_KERNEL_THRESHOLDS": str(path)}),
                  lambda: read_kernel_thresholds(path)):
         with pytest.raises(AgentConfigError) as err:
             make()
@@ -186,7 +189,7 @@ def test_bad_kernel_thresholds_files_name_the_file_and_the_problem(tmp_path, con
 
 def test_kernel_thresholds_directory_is_refused(tmp_path) -> None:
     with pytest.raises(AgentConfigError, match=f"--kernel-thresholds: {tmp_path} is not a file"):
-        AgentSettings(device_id="d", kernel_thresholds=str(tmp_path))
+        AgentSettings(**KEYED, device_id="d", kernel_thresholds=str(tmp_path))
 
 
 def test_the_file_the_bench_writes_is_what_the_agent_reads(tmp_path) -> None:
@@ -230,7 +233,8 @@ def test_kernel_thresholds_from_another_device_are_flagged(tmp_path) -> None:
 def test_start_up_logs_the_table_in_use(tmp_path, caplog, kernels) -> None:
     path = _write_table(tmp_path / "kernel_thresholds.json", measured_on={"machine": platform.machine(),
                                                                          "date": "2026-01-02"})
-    settings = AgentSettings(device_id="d", broker="mqtt://127.0.0.1:1", kernels=kernels, kernel_thresholds=path)
+    settings = AgentSettings(**KEYED, device_id="d", broker="mqtt://127.0.0.1:1", kernels=kernels,
+                             kernel_thresholds=path)
     stop = threading.Event()
     stop.set()
     with caplog.at_level(logging.INFO, logger="feddst.agent"):
@@ -243,7 +247,7 @@ def test_start_up_logs_the_table_in_use(tmp_path, caplog, kernels) -> None:
         assert f"--kernel-thresholds {path} is unused: it only applies to --kernels auto, not dense" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="feddst.agent"):
-        builtin = AgentSettings(device_id="d", broker="mqtt://127.0.0.1:1")
+        builtin = AgentSettings(**KEYED, device_id="d", broker="mqtt://127.0.0.1:1")
         EdgeAgent(builtin, load_local_data(builtin)).run(stop)
     assert "kernel thresholds: built in (" in caplog.text
 
@@ -260,7 +264,7 @@ def test_the_table_reaches_the_trainer(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(local_training, "make_local_trainer", spy)
     path = _write_table(tmp_path / "kernel_thresholds.json")
-    settings = AgentSettings(device_id="dev-003", broker="mqtt://127.0.0.1:1", partition="3/8",
+    settings = AgentSettings(**KEYED, device_id="dev-003", broker="mqtt://127.0.0.1:1", partition="3/8",
                              kernel_thresholds=path)
     agent = EdgeAgent(settings, load_local_data(settings))
     params, masks = global_model()
@@ -269,3 +273,33 @@ def test_the_table_reaches_the_trainer(tmp_path, monkeypatch) -> None:
     done = agent.events.get_nowait()
     assert done.error is None and done.update is not None and done.update.sample_count == 40
     assert seen == [("auto", DEVICE_TABLE)]
+
+
+def test_a_fresh_agent_requires_the_coordinator_public_key_or_explicit_insecure_mode(tmp_path) -> None:
+    with pytest.raises(AgentConfigError, match="--coordinator-public-key: no coordinator public key.*feddst cloud "
+                       "keys public.*--insecure-unsigned-coordinator"):
+        load_settings({"device_id": "d"}, environ={})
+    insecure = load_settings({"device_id": "d"}, environ={"FEDDST_INSECURE_UNSIGNED_COORDINATOR": "true"})
+    assert insecure.insecure_unsigned_coordinator and insecure.coordinator_public_key_bytes is None
+    from_env = load_settings({"device_id": "d"}, environ={"FEDDST_COORDINATOR_PUBLIC_KEY": COORDINATOR_PUBLIC_KEY})
+    assert from_env.coordinator_public_key_bytes == bytes.fromhex(COORDINATOR_PUBLIC_KEY)
+    config = tmp_path / "agent.toml"
+    config.write_text(f'device_id = "d"\ncoordinator_public_key = "{COORDINATOR_PUBLIC_KEY}"\n')
+    assert load_settings({}, environ={}, config_file=config).coordinator_public_key == COORDINATOR_PUBLIC_KEY
+
+
+@pytest.mark.parametrize(("value", "problem"), [("abc", "got 3 characters"), ("g" * 64, "non-hex"),
+                                                 (COORDINATOR_PUBLIC_KEY + "00", "got 66 characters")])
+def test_bad_coordinator_public_keys_are_refused_clearly(value, problem) -> None:
+    with pytest.raises(AgentConfigError, match=f"--coordinator-public-key: expected 64 hex characters.*{problem}"):
+        load_settings({"device_id": "d", "coordinator_public_key": value}, environ={})
+
+
+def test_the_shared_coordinator_key_file_is_refused_with_the_replacement(tmp_path) -> None:
+    key = tmp_path / "coordinator.hex"
+    key.write_text("00" * 32)
+    for make in (lambda: load_settings({**KEYED, "device_id": "d", "coordinator_key_file": str(key)}, environ={}),
+                 lambda: load_settings({**KEYED, "device_id": "d"}, environ={"FEDDST_COORDINATOR_KEY_FILE": str(key)})):
+        with pytest.raises(AgentConfigError, match="--coordinator-key-file: is no longer supported.*shared by every "
+                           "device.*--coordinator-public-key"):
+            make()

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import onnx
 import pytest
-from agent_harness import RUN, agent_settings, global_model, make_task, send_round, wait_until
+from agent_harness import KEYED, RUN, agent_settings, global_model, make_task, send_round, wait_until
 
 from edge_agent.config import AgentConfigError, load_settings
 from inference import Predictor
@@ -51,15 +51,15 @@ def test_without_the_setting_nothing_is_written(mosquitto, coordinator, start_ag
 
 
 def test_settings_from_env_and_bad_values(tmp_path) -> None:
-    settings = load_settings({"device_id": "d1"}, environ={"FEDDST_MODEL_ONNX_PATH": str(tmp_path / "m.onnx"),
+    settings = load_settings({**KEYED, "device_id": "d1"}, environ={"FEDDST_MODEL_ONNX_PATH": str(tmp_path / "m.onnx"),
                                                            "FEDDST_MODEL_ONNX_EVERY": "5"})
     assert (settings.model_onnx_path, settings.model_onnx_every) == (str(tmp_path / "m.onnx"), 5)
     with pytest.raises(AgentConfigError, match="--model-onnx-every: must be >= 1"):
-        load_settings({"device_id": "d1", "model_onnx_every": 0}, environ={})
+        load_settings({**KEYED, "device_id": "d1", "model_onnx_every": 0}, environ={})
     with pytest.raises(AgentConfigError, match="--model-onnx-path: .* not a directory"):
-        load_settings({"device_id": "d1", "model_onnx_path": str(tmp_path)}, environ={})
+        load_settings({**KEYED, "device_id": "d1", "model_onnx_path": str(tmp_path)}, environ={})
     with pytest.raises(AgentConfigError, match="FEDDST_MODEL_ONNX_EVERY"):
-        load_settings({"device_id": "d1"}, environ={"FEDDST_MODEL_ONNX_EVERY": "often"})
+        load_settings({**KEYED, "device_id": "d1"}, environ={"FEDDST_MODEL_ONNX_EVERY": "often"})
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from agent_harness import KEYED
 
 from edge_agent.config import AgentConfigError, load_settings
 from edge_agent.scheduling import apply_cpu_policy
@@ -48,7 +49,7 @@ def test_unknown_policy_is_refused() -> None:
 
 
 def test_cpu_policy_setting_defaults_to_batch_and_refuses_unknown_values() -> None:
-    assert load_settings({"device_id": "d"}, environ={}).cpu_policy == "batch"
-    assert load_settings({"device_id": "d"}, environ={"FEDDST_CPU_POLICY": "normal"}).cpu_policy == "normal"
+    assert load_settings({**KEYED, "device_id": "d"}, environ={}).cpu_policy == "batch"
+    assert load_settings({**KEYED, "device_id": "d"}, environ={"FEDDST_CPU_POLICY": "normal"}).cpu_policy == "normal"
     with pytest.raises(AgentConfigError, match="--cpu-policy: choose one of batch, normal"):
-        load_settings({"device_id": "d", "cpu_policy": "idle"}, environ={})
+        load_settings({**KEYED, "device_id": "d", "cpu_policy": "idle"}, environ={})

@@ -69,15 +69,15 @@ def updates(draw) -> Update:
         if draw(st.booleans()):
             changes[name] = draw(mask_change_for(int(np.prod(tensor.shape, dtype=np.int64))))
     return Update(draw(identifiers), draw(u32), draw(identifiers), tensors, changes, draw(u64),
-                  draw(finite), draw(finite))
+                  draw(finite), draw(finite), draw(u64))
 
 
 capabilities = st.builds(Capabilities, texts, u32, u32, st.dictionaries(texts, texts, max_size=4))
 messages = st.one_of(
-    st.builds(Register, identifiers, capabilities, u64),
+    st.builds(Register, identifiers, capabilities, u64, u64),
     st.builds(Status, identifiers, st.sampled_from(["online", "offline", "busy"]), texts),
     st.builds(Task, identifiers, u32, st.lists(identifiers, max_size=6).map(tuple), u32, u32, u32, finite,
-              finite, finite, finite, st.booleans(), finite, finite, u64, texts),
+              finite, finite, finite, st.booleans(), finite, finite, u64, texts, u64),
     st.builds(ModelBroadcast, identifiers, u32, tensor_sets, st.none() | u32),
     updates(),
     st.builds(Ack, identifiers, u32, identifiers, st.booleans(), texts),

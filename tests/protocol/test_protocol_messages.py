@@ -36,38 +36,61 @@ from protocol import (
     encode_message,
     encoded_size,
 )
+from protocol.auth import HmacKey
+from protocol.ed25519 import Ed25519Signer, Ed25519Verifier
 from protocol.envelope import encode_envelope
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
+COORDINATOR = Ed25519Signer(bytes(range(200, 232)))
+OTHER_COORDINATOR = Ed25519Signer(bytes(range(32)))
 
 
 def sample_messages():
     weights = np.arange(12, dtype=np.float32).reshape(3, 4)
     mask = np.eye(3, 4, dtype=bool)
     return [
-        Register("dev-1", Capabilities("aarch64", 4, 3906, {"numpy": "1.26.4", "python": "3.11"}), 600),
+        Register("dev-1", Capabilities("aarch64", 4, 3906, {"numpy": "1.26.4", "python": "3.11"}), 600, 41),
         Status("dev-1", "online", "heartbeat"),
         Status("dev-1", "offline"),
         Task("run-7", 3, ("dev-1", "dev-2"), 2, 1, 32, 0.01, 0.9, 1e-4, 0.0, True, 0.05, 1.7e9, 42,
-             "mnist_cnn"),
+             "mnist_cnn", 0xFEEDFACE12345678),
         ModelBroadcast("run-7", 3, {"fc.weight": SparseTensor.from_dense(weights, mask),
                                     "fc.bias": SparseTensor((3,), np.ones(3, np.float32))}),
         ModelBroadcast("run-7", 4, {"fc.weight": SparseTensor((3, 4), np.ones(3, np.float32))}, base_round=3),
         Update("run-7", 3, "dev-1", {"fc.weight": SparseTensor((3, 4), np.ones(3, np.float32)),
                                      "fc.bias": SparseTensor((3,), np.zeros(3, np.float32))},
-               {"fc.weight": MaskChange([0], [1])}, 600, 0.25, 12.5),
+               {"fc.weight": MaskChange([0], [1])}, 600, 0.25, 12.5, 0xFEEDFACE12345678),
         Ack("run-7", 3, "dev-1", True, "update accepted"),
         Abort("run-7", 5, "operator stopped the run"),
     ]
 
 
+def _deployment_keys(msg):
+    """(signer, verifier) a deployment uses: the device's HMAC key, or the coordinator's Ed25519 key."""
+    if isinstance(msg, Register | Status | Update):
+        return KEY, KEY
+    return COORDINATOR, COORDINATOR.verifier()
+
+
 @pytest.mark.parametrize("msg", sample_messages(), ids=lambda m: type(m).__name__)
-@pytest.mark.parametrize("key", [None, KEY])
-def test_every_message_type_round_trips(msg, key):
-    data = encode_message(msg, key, seq=7, timestamp=1_700_000_000.5)
-    assert decode_message(data, key) == msg
-    assert encoded_size(msg, authenticated=key is not None) == len(data)
+@pytest.mark.parametrize("authenticated", [False, True])
+def test_every_message_type_round_trips(msg, authenticated):
+    signer, verifier = _deployment_keys(msg) if authenticated else (None, None)
+    data = encode_message(msg, signer, seq=7, timestamp=1_700_000_000.5)
+    assert decode_message(data, verifier) == msg
+    assert encoded_size(msg, authenticated=authenticated) == len(data)
+
+
+@pytest.mark.parametrize("msg", sample_messages(), ids=lambda m: type(m).__name__)
+def test_every_message_type_round_trips_with_each_algorithm(msg):
+    for signer, verifier, tag in [(KEY, KEY, 32), (HmacKey(KEY), HmacKey(KEY), 32),
+                                  (COORDINATOR, COORDINATOR.verifier(), 64)]:
+        data = encode_message(msg, signer, seq=7, timestamp=1.0)
+        decoded = decode_message_with_envelope(data, verifier)
+        assert decoded.message == msg and decoded.envelope.authenticated
+        assert decoded.envelope.auth_algorithm == (1 if tag == 32 else 2)
+        assert len(data) == len(encode_message(msg, None, seq=7, timestamp=1.0)) + tag
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -159,9 +182,56 @@ def test_unknown_schema_version_is_refused():
         decode_message(reframed)
 
 
-def test_ed25519_is_reserved_but_unsupported():
-    with pytest.raises(UnsupportedVersionError):
-        decode_message(_reframe(encode_message(sample_messages()[1]), auth=2))
+def test_ed25519_signatures_verify_with_the_public_key_only():
+    task = sample_messages()[3]
+    data = encode_message(task, COORDINATOR, seq=5)
+    public = Ed25519Verifier(COORDINATOR.public_key_hex)  # what a device holds: 64 hex characters
+    decoded = decode_message_with_envelope(data, public)
+    assert decoded.message == task and decoded.envelope.auth_algorithm == 2 and decoded.envelope.authenticated
+    assert not decode_message_with_envelope(data, None).envelope.authenticated  # key=None: not verified
+
+
+def test_a_device_cannot_forge_what_the_coordinator_signs():
+    """An agent holding the coordinator's public key refuses a task signed with a device's HMAC key,
+    an unsigned one, one signed with another Ed25519 key, and a signed one whose bytes were changed."""
+    task = sample_messages()[3]
+    public = COORDINATOR.verifier()
+    with pytest.raises(AuthenticationError, match="HMAC-SHA256, expected Ed25519"):
+        decode_message(encode_message(task, KEY), public)
+    with pytest.raises(AuthenticationError, match="none, expected Ed25519"):
+        decode_message(encode_message(task, None), public)
+    with pytest.raises(AuthenticationError, match="does not verify"):
+        decode_message(encode_message(task, OTHER_COORDINATOR), public)
+    signed = bytearray(encode_message(task, COORDINATOR))
+    signed[-1] ^= 0x01
+    with pytest.raises(AuthenticationError, match="does not verify"):
+        decode_message(bytes(signed), public)
+    reframed = _reframe(encode_message(task, None), auth=2)  # auth byte 2 but no room for a signature
+    with pytest.raises(TruncatedError):
+        decode_message(reframed, public)
+
+
+def test_bad_public_keys_are_refused_clearly():
+    with pytest.raises(ValueError, match="64 hex characters"):
+        Ed25519Verifier("abc")
+    with pytest.raises(ValueError, match="non-hex"):
+        Ed25519Verifier("z" * 64)
+    with pytest.raises(ValueError, match="32 bytes"):
+        Ed25519Verifier(b"\x01" * 31)
+
+
+def test_register_library_names_must_be_sorted():
+    register = Register("dev-1", Capabilities("x86_64", 2, 1024, {"zlib": "1", "numpy": "2"}), 5)
+    data = encode_message(register)  # the encoder sorts: numpy before zlib
+    payload = decode_envelope(data).payload.tobytes()
+    assert payload.index(b"numpy") < payload.index(b"zlib")
+    assert decode_message(data) == register
+    in_order = b"\x05\x00numpy\x01\x002\x04\x00zlib\x01\x001"
+    assert in_order in payload
+    swapped = payload.replace(in_order, b"\x04\x00zlib\x01\x001\x05\x00numpy\x01\x002")
+    reframed = encode_envelope(1, "", 0, "dev-1", 0, 0, swapped, None)
+    with pytest.raises(MalformedError, match="sorted"):
+        decode_message(reframed)
 
 
 @pytest.mark.parametrize("cut", [0, 3, 4, 10, 33, 34, 40, -5, -1])

@@ -1,0 +1,114 @@
+"""Strictness fixes found by an independent implementation written from docs/protocol.md alone.
+
+Each test fails on the code before the fix: a zstd block with bytes after its frame was accepted,
+bfloat16 turned finite values >= 3.3961775e38 into inf, error_bound under-reported the error of
+subnormal inputs (bfloat16) and of int8 tensors whose scale underflows, and the chunk reassembler
+accepted pieces that cannot come from the splitter and a transfer id that is not the message's hash.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from protocol import (
+    ChunkReassembler,
+    MalformedError,
+    SparseTensor,
+    Update,
+    decode_envelope,
+    decode_message,
+    encode_message,
+    error_bound,
+    split_into_chunks,
+)
+from protocol.envelope import encode_envelope
+
+F32_MAX = float(np.finfo(np.float32).max)
+BF16_MAX = 3.3895313892515355e38  # 0x7F7F
+
+
+def _round_trip(values: np.ndarray, value_format: str) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float32)
+    update = Update("run-1", 1, "dev-1", {"w": SparseTensor((values.size,), values)}, {}, 1, 0.0, 0.0)
+    data = encode_message(update, value_format=value_format, compression="none")
+    return decode_message(data).tensors["w"].values
+
+
+def _max_error(values: np.ndarray, decoded: np.ndarray) -> float:
+    return float(np.max(np.abs(decoded.astype(np.float64) - np.asarray(values, np.float64))))
+
+
+def test_bfloat16_saturates_finite_values_instead_of_making_them_infinite():
+    values = np.array([3.3961775e38, -3.3961775e38, F32_MAX, -F32_MAX, 3.3e38, 1.0], np.float32)
+    decoded = _round_trip(values, "bfloat16")
+    assert np.all(np.isfinite(decoded))
+    assert decoded[0] == BF16_MAX and decoded[1] == -BF16_MAX and decoded[2] == BF16_MAX
+    assert _max_error(values, decoded) <= error_bound(values, "bfloat16")
+    specials = _round_trip(np.array([np.inf, -np.inf, np.nan], np.float32), "bfloat16")
+    assert specials[0] == np.inf and specials[1] == -np.inf and np.isnan(specials[2])  # non-finite kept
+
+
+@pytest.mark.parametrize("peak", [2.0**-149, 3e-45, 1e-40, 5.9e-39, 1.1754942e-38, 1e-30])
+def test_bfloat16_error_bound_holds_for_subnormal_inputs(peak):
+    values = np.float32(peak) * np.linspace(-1, 1, 41, dtype=np.float32)
+    decoded = _round_trip(values, "bfloat16")
+    assert _max_error(values, decoded) <= error_bound(values, "bfloat16")
+
+
+@pytest.mark.parametrize("peak", [1e-45, 1e-43, 1e-40, 1e-38, 1.5e-36, 1e-30, 1.0, 3e38])
+def test_int8_error_bound_holds_when_the_scale_underflows(peak):
+    rng = np.random.default_rng(0)
+    values = (np.float32(peak) * rng.uniform(-1, 1, 257).astype(np.float32)).astype(np.float32)
+    values[0] = np.float32(peak)
+    decoded = _round_trip(values, "int8")
+    assert _max_error(values, decoded) <= error_bound(values, "int8")
+
+
+def _zstd_update() -> bytes:
+    values = np.linspace(-1, 1, 512, dtype=np.float32)
+    update = Update("run-1", 1, "dev-1", {"w": SparseTensor((512,), values)}, {}, 1, 0.0, 0.0)
+    return encode_message(update, compression="zstd")
+
+
+def test_a_zstd_block_with_bytes_after_its_frame_is_rejected():
+    data = _zstd_update()
+    env = decode_envelope(data)
+    payload = bytearray(env.payload.tobytes())
+    at = 1 + 8 + 8 + 8 + 8 + 4 + 3 + 1 + 4 + 1 + 1 + 4 + 1  # the u32 C of the only value block
+    (length,) = struct.unpack_from("<I", payload, at)
+    assert decode_message(data).tensors["w"].values.size == 512
+    for extra in (b"\x00", b"\x28\xb5\x2f\xfd"):  # one junk byte; the start of a second frame
+        bad = bytearray(payload)
+        struct.pack_into("<I", bad, at, length + len(extra))
+        bad[at + 4 + length : at + 4 + length] = extra
+        reframed = encode_envelope(5, "run-1", 1, "dev-1", 0, 0, bytes(bad), None)
+        with pytest.raises(MalformedError, match="after the frame"):
+            decode_message(reframed)
+
+
+def test_chunks_must_tile_the_message_and_carry_its_transfer_id():
+    message = bytes(range(256)) * 8
+    chunks = split_into_chunks(message, 600)
+    assert len(chunks) == 4
+    assert ChunkReassembler().add(chunks[0]) is None
+    wrong_id = [c[:8] + bytes(8) + c[16:] for c in chunks]
+    reassembler = ChunkReassembler()
+    with pytest.raises(MalformedError, match="transfer id"):
+        for chunk in wrong_id:
+            reassembler.add(chunk)
+    # Same total and count, but pieces resized so they still add up: the splitter never does this.
+    header = chunks[0][:28]
+    pieces = [c[28:] for c in chunks]
+    moved = [pieces[0][:-1], pieces[0][-1:] + pieces[1], pieces[2], pieces[3]]
+    resized = [header[:24] + struct.pack("<I", i) + p for i, p in enumerate(moved)]
+    reassembler = ChunkReassembler()
+    with pytest.raises(MalformedError, match="chunk sizes"):
+        for chunk in resized:
+            reassembler.add(chunk)
+    last_first = ChunkReassembler()  # the last piece first, then a middle piece that contradicts it
+    last_first.add(chunks[3])
+    with pytest.raises(MalformedError, match="chunk sizes"):
+        last_first.add(header[:24] + struct.pack("<I", 1) + pieces[1][:-1])
