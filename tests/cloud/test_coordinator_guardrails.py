@@ -3,6 +3,8 @@ updates get a negative Ack with their reason, are counted, never reach the model
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from coordinator_harness import wait_until
@@ -16,10 +18,7 @@ SMALL = dict(model="digits_cnn", local_epochs=0, batch_size=8, device_wait_s=20.
 
 
 def _rebuild(update: Update, **changes) -> Update:
-    fields = dict(run_id=update.run_id, server_round=update.server_round, device_id=update.device_id,
-                  tensors=dict(update.tensors), mask_changes=dict(update.mask_changes),
-                  sample_count=update.sample_count, train_loss=update.train_loss, compute_s=update.compute_s)
-    return Update(**{**fields, **changes})
+    return dataclasses.replace(update, **changes)  # keeps every other field, the task nonce included
 
 
 def with_nan(update: Update, model) -> Update:  # noqa: ANN001

@@ -22,6 +22,7 @@ from edge_agent.config import AgentConfigError, AgentSettings
 from edge_agent.mqtt_adapter import DeviceLink, LinkUp
 from protocol import topics
 
+COORDINATOR_PUBLIC_KEY = "11" * 32  # any well-formed key: these tests check the TLS connection only
 ADMIN_PASSWORD = "admin-pw"
 
 
@@ -49,7 +50,7 @@ def agent_link(port: int, ca: CertificateAuthority, cert: Path | None,
                key: Path | None) -> tuple[DeviceLink, queue.Queue]:
     settings = AgentSettings(device_id="dev-a", broker=f"mqtts://127.0.0.1:{port}", ca_file=str(ca.cert_file),
                              tls_cert_file=str(cert) if cert else None, tls_key_file=str(key) if key else None,
-                             reconnect_min_s=5.0, reconnect_max_s=5.0)
+                             reconnect_min_s=5.0, reconnect_max_s=5.0, coordinator_public_key=COORDINATOR_PUBLIC_KEY)
     events: queue.Queue = queue.Queue()
     link = DeviceLink(settings, b"offline", topics.status("dev-a"), events)
     link.start()
