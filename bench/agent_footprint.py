@@ -181,8 +181,13 @@ def dir_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) / MB
 
 
+def clean_env() -> dict[str, str]:
+    """The environment for a fresh venv's pip: without PYTHONPATH (a source tree on it looks installed)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def fresh_venv(path: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, env=clean_env())
     return path / "bin" / "pip"
 
 
@@ -221,8 +226,9 @@ def measure_install(workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     pip = fresh_venv(workdir / "agent")
     t0 = time.perf_counter()
-    subprocess.run([str(pip), "install", "-q", "torch==2.13.0"], check=True)  # the local CPU wheel here
-    subprocess.run([str(pip), "install", "-q", f"{wheel}[agent]"], check=True)
+    # torch==2.13.0: on this machine pip takes the local CPU wheel
+    subprocess.run([str(pip), "install", "-q", "torch==2.13.0"], check=True, env=clean_env())
+    subprocess.run([str(pip), "install", "-q", f"{wheel}[agent]"], check=True, env=clean_env())
     sp = site_packages(pip.parents[1])
     out["agent_installed_mb"] = round(dir_mb(sp) - empty, 1)
     out["agent_torch_mb"] = round(dir_mb(sp / "torch"), 1)
@@ -234,8 +240,8 @@ def measure_install(workdir: Path) -> dict[str, Any]:
     pip = fresh_venv(workdir / "infer")
     t0 = time.perf_counter()
     if infer:
-        subprocess.run([str(pip), "install", "-q", *infer], check=True)
-    subprocess.run([str(pip), "install", "-q", "--no-deps", str(wheel)], check=True)
+        subprocess.run([str(pip), "install", "-q", *infer], check=True, env=clean_env())
+    subprocess.run([str(pip), "install", "-q", "--no-deps", str(wheel)], check=True, env=clean_env())
     sp = site_packages(pip.parents[1])
     out["infer_installed_mb"] = round(dir_mb(sp) - empty, 1)
     out["infer_has_torch"] = (sp / "torch").exists()

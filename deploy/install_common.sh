@@ -120,8 +120,9 @@ for line in md.requires("torch") or []:
         print(req)
 EOF
 )"
+  # numpy too: torch warns without it, and the package needs it anyway
   # shellcheck disable=SC2086  # one requirement per word
-  [[ -z "$deps" ]] || "$VENV/bin/pip" install -q $deps
+  "$VENV/bin/pip" install -q $deps numpy
   "$VENV/bin/python" "$HERE/torch_cuda_stubs.py" \
     || die "could not make torch CPU-only (above); try --torch pypi (large: CUDA libraries) or --torch-wheel FILE"
 }

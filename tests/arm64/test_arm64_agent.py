@@ -116,9 +116,10 @@ def test_install_agent_runs_to_the_end(installed: str) -> None:
     TIMINGS.write_text(json.dumps(timings, indent=1) + "\n")
 
 
-def http_json(method: str, url: str, body: dict | None = None) -> Any:  # noqa: ANN401
+def http_json(method: str, url: str, token: str, body: dict | None = None) -> Any:  # noqa: ANN401
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -140,6 +141,9 @@ def test_agent_in_root_trains_a_round_for_the_host_coordinator(installed: str, t
     broker = MosquittoBroker(tmp_path / "broker", extra_config=["user root"]).start()
     api_port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    token = subprocess.run([sys.executable, "-m", "feddst_cli.main", "cloud", "token", "create", "--role", "operator",
+                            "--name", "arm64-test", "--state-dir", str(tmp_path / "state")], capture_output=True,
+                           text=True, check=True, env=env, cwd=REPO).stdout.strip().splitlines()[-1]
     coordinator = subprocess.Popen(
         [sys.executable, "-m", "feddst_cli.main", "cloud", "serve", "--broker", broker.url, "--username", "coordinator",
          "--state-dir", str(tmp_path / "state"), "--api-port", str(api_port), "--heartbeat-s", "10"],
@@ -156,14 +160,14 @@ def test_agent_in_root_trains_a_round_for_the_host_coordinator(installed: str, t
              "--heartbeat-s", "10", "--log-level", "info"],
             stdout=agent_log, stderr=subprocess.STDOUT)
         wait_for(lambda: any(d["id"] == DEVICE_ID and d["status"] == "online"
-                             for d in http_json("GET", f"{api}/api/devices")), 900, "the arm64 agent online")
+                             for d in http_json("GET", f"{api}/api/devices", token)), 900, "the arm64 agent online")
         timings["agent start to online (emulated)"] = round(time.perf_counter() - t0, 1)
-        run = http_json("POST", f"{api}/api/runs", {"model": "digits_cnn", "rounds": 1, "clients_per_round": 1,
+        run = http_json("POST", f"{api}/api/runs", token, {"model": "digits_cnn", "rounds": 1, "clients_per_round": 1,
                                                     "min_devices": 1, "quorum": 1, "round_timeout_s": 3000,
                                                     "local_epochs": 1, "seed": 0})
         t1 = time.perf_counter()
-        http_json("POST", f"{api}/api/runs/{run['id']}/start")
-        final = wait_for(lambda: (r := http_json("GET", f"{api}/api/runs/{run['id']}"))["status"] not in
+        http_json("POST", f"{api}/api/runs/{run['id']}/start", token)
+        final = wait_for(lambda: (r := http_json("GET", f"{api}/api/runs/{run['id']}", token))["status"] not in
                          ("created", "running") and r, 3300, "the run to finish")
         timings["one digits round, 1 local epoch (emulated)"] = round(time.perf_counter() - t1, 1)
         TIMINGS.write_text(json.dumps(timings, indent=1) + "\n")
@@ -172,7 +176,7 @@ def test_agent_in_root_trains_a_round_for_the_host_coordinator(installed: str, t
         rounds = final["rounds"]
         assert len(rounds) == 1 and rounds[0]["accepted"] == [DEVICE_ID], rounds
         assert "native CPU kernels loaded" in log, log[-3000:]
-        capabilities = {d["id"]: d for d in http_json("GET", f"{api}/api/devices")}[DEVICE_ID]["capabilities"]
+        capabilities = {d["id"]: d for d in http_json("GET", f"{api}/api/devices", token)}[DEVICE_ID]["capabilities"]
         assert capabilities["arch"] == "aarch64", capabilities
         assert capabilities["library_versions"]["native-kernels"].startswith("abi-"), capabilities
     finally:
