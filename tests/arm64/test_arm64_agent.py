@@ -98,9 +98,10 @@ def test_install_agent_runs_to_the_end(installed: str) -> None:
     assert arch == "aarch64"
     probe = root_cmd(f"{VENV}/bin/python", "-c", (
         "import importlib.metadata as md, platform, torch, feddst_core.native as n;"
-        "print(platform.machine(), torch.__version__, torch.cuda.is_available(), n.available(),"
+        "print('PROBE', platform.machine(), torch.__version__, torch.cuda.is_available(), n.available(),"
         "sorted(d.metadata['Name'] for d in md.distributions() if d.metadata['Name'].lower().startswith('nvidia')))"))
-    machine, version, cuda, native, nvidia = probe.stdout.strip().splitlines()[-1].split(" ", 4)
+    line = next(line for line in probe.stdout.splitlines() if line.startswith("PROBE "))  # stderr is mixed in
+    machine, version, cuda, native, nvidia = line.split(" ", 5)[1:]
     assert (machine, version.split("+")[0], cuda, native, nvidia) == ("aarch64", "2.13.0", "False", "True", "[]")
     so = root_cmd("sh", "-c", f"ls {VENV}/lib/python3*/site-packages/feddst_core/native/_feddst_kernels*.so").stdout
     assert "aarch64" in so
