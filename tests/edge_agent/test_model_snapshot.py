@@ -46,7 +46,7 @@ def test_without_the_setting_nothing_is_written(mosquitto, coordinator, start_ag
     agent = start_agent(agent_settings(mosquitto.url))
     params, masks = global_model()
     send_round(coordinator, make_task(2, selected=("dev-999",)), params, masks)
-    assert wait_until(lambda: agent.agent.stats["received_modelbroadcast"] == 1, 10)
+    assert wait_until(lambda: agent.agent.stats["received_modelbroadcast"] >= 1, 10)  # (a retained one may come too)
     assert agent.agent.snapshots is None and agent.agent.stats["model_onnx_written"] == 0
 
 
