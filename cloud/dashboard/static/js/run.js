@@ -157,6 +157,6 @@ function timelineRow(r) {
     h("td", { class: "num" }, secs(r.seconds)),
     h("td", { class: "num" }, pct(r.accuracy)),
     h("td", { class: "num" }, mb(r.upload_bytes)),
-    h("td", { class: "devices" }, devices.map((d, i) => [i ? ", " : "",
-      h("a", { href: `#/devices/${encodeURIComponent(d)}` }, d)])));
+    h("td", {}, h("div", { class: "device-list" }, devices.map((d, i) => [i ? ", " : "",
+      h("a", { href: `#/devices/${encodeURIComponent(d)}` }, d)]))));
 }
