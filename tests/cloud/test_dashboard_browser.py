@@ -93,7 +93,10 @@ def test_a_live_run_from_the_runs_list_to_charts_that_grow_without_a_reload(brow
     stored = coordinator.store.rounds(run.id)
     assert page.locator("#timeline tbody tr").count() == 5
     last = page.locator("#timeline tbody tr[data-round='5']").inner_text()
-    assert f"{stored[-1]['upload_bytes'] / 1e6:.2f} MB" in last and "dev-0" in last and "dev-2" in last
+    assert f"{stored[-1]['upload_bytes'] / 1e6:.2f} MB" in last
+    contributors = page.locator("#timeline tbody tr[data-round='5'] .device-list a")
+    assert contributors.all_inner_texts() == sorted(stored[-1]["upload_by_device"]) == ["dev-0", "dev-1", "dev-2"]
+    assert contributors.first.get_attribute("href") == "#/devices/dev-0"
     assert f"{stored[-1]['accuracy'] * 100:.1f} %" in last
     assert page.locator("#chart-acc-round .u-legend").count() == 1
     page.screenshot(path=str(tmp_path / "run-view.png"))

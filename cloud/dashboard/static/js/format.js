@@ -26,7 +26,7 @@ export function h(tag, attrs = {}, ...children) {
     else if (value === true) el.setAttribute(key, "");
     else el.setAttribute(key, String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -35,4 +35,11 @@ export function h(tag, attrs = {}, ...children) {
 
 export function statusBadge(status) {
   return h("span", { class: `badge badge-${status}` }, status);
+}
+
+// A run's phase: a string, or an object {name, progress} (e.g. "collecting 7/20"); "–" when none.
+export function phaseText(phase) {
+  if (phase == null || phase === "") return "–";
+  if (typeof phase === "string") return phase.replaceAll("_", " ");
+  return [String(phase.name ?? "").replaceAll("_", " "), phase.progress].filter(Boolean).join(" ") || "–";
 }

@@ -2,7 +2,7 @@
 
 import { api, followEvents } from "./api.js";
 import { lineChart } from "./charts.js";
-import { h, mb, pct, secs, statusBadge, when } from "./format.js";
+import { h, mb, pct, phaseText, secs, statusBadge, when } from "./format.js";
 import { runActions } from "./runs.js";
 
 const TIMELINE_ROWS = 50;
@@ -47,7 +47,7 @@ export async function runView(root, ctx, runId) {
     header.replaceChildren(...[
       h("h2", {}, run.name || run.id, " ", statusBadge(run.status)),
       h("dl", { class: "facts" },
-        fact("Run id", run.id), fact("Algorithm", run.config.algorithm), fact("Phase", run.phase ?? "–"),
+        fact("Run id", run.id), fact("Algorithm", run.config.algorithm), fact("Phase", phaseText(run.phase)),
         fact("Rounds", `${rounds.at(-1)?.round ?? 0} / ${run.config.rounds}`),
         fact("Latest accuracy", pct(rounds.findLast((r) => r.accuracy != null)?.accuracy)),
         fact("Upload", mb(rounds.at(-1)?.upload_bytes ?? 0)), fact("Download", mb(rounds.at(-1)?.download_bytes ?? 0)),

@@ -1,7 +1,7 @@
 // Runs list (with start/stop and overlay selection) and the create form generated from RunConfig's schema.
 
 import { api, ApiError } from "./api.js";
-import { h, mb, pct, statusBadge, when } from "./format.js";
+import { h, mb, pct, phaseText, statusBadge, when } from "./format.js";
 
 const REFRESH_MS = 3000;
 
@@ -47,7 +47,7 @@ function runRow(run, selected, overlay, ctx) {
       run.name ? h("div", { class: "muted" }, run.id) : null),
     h("td", { title: run.error || "" }, statusBadge(run.status), run.error ? h("div", { class: "muted clip" },
       run.error) : null),
-    h("td", {}, run.phase ?? "–"),
+    h("td", {}, phaseText(run.phase)),
     h("td", {}, run.algorithm ?? "–"),
     h("td", { class: "num" }, `${run.rounds_done ?? 0} / ${run.rounds_total ?? "?"}`),
     h("td", { class: "num" }, pct(run.latest_accuracy)),
