@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cloud.access_tokens import Role, TokenInfo, role_allows
@@ -105,9 +106,14 @@ class Page:
         return items[self.offset:self.offset + self.limit]
 
 
-def pagination(response: Response,
+def pagination(request: Request, response: Response,
                limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Items per page (1..10000).")] = 1000,
                offset: Annotated[int, Query(ge=0, description="Items to skip (0-based).")] = 0) -> Page:
+    """``limit``/``offset``; any other query parameter is a 422 naming it (a typo must not be ignored)."""
+    unknown = sorted(set(request.query_params) - {"limit", "offset"})
+    if unknown:
+        raise RequestValidationError([{"loc": ("query", name), "msg": "unknown query parameter; this list takes "
+                                       "limit and offset", "type": "extra_forbidden"} for name in unknown])
     return Page(limit, offset, response)
 
 

@@ -101,7 +101,8 @@ def test_devices_paginate_and_one_device_has_its_history(finished):
     ("/api/runs", {"limit": 0}, "limit"), ("/api/runs", {"limit": "ten"}, "limit"),
     ("/api/runs", {"offset": -1}, "offset"), ("/api/devices", {"limit": 10_001}, "limit"),
     ("/api/runs/{run}/rounds", {"since": -1}, "since"), ("/api/runs/{run}/rounds", {"limit": 0}, "limit"),
-    ("/api/devices/dev-0", {"history": -1}, "history"),
+    ("/api/devices/dev-0", {"history": -1}, "history"), ("/api/runs", {"limt": 5}, "limt"),
+    ("/api/devices", {"page": 2}, "page"),
 ])
 def test_bad_query_parameters_are_422_naming_the_parameter(finished, path, params, name):
     client, coordinator, run_id = finished
