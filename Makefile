@@ -4,7 +4,8 @@ OUT ?= runs/demo
 
 .PHONY: setup demo test test-arm64 lint bench-wire bench-paper bench-kernels
 
-# Installs the package with every extra, plus the system pieces it uses: mosquitto (the tests) and a C
+# Installs the package with every extra, plus the system pieces it uses: mosquitto and chromium (the tests:
+# the dashboard's browser tests drive Debian's chromium through playwright, never `playwright install`) and a C
 # compiler (the install builds the native sparse kernels, feddst_core/native/feddst_kernels.c; without one
 # the install still succeeds and training falls back to slower torch kernels). Ends with one status line.
 setup:
@@ -13,6 +14,8 @@ setup:
 		|| echo "warning: could not install a C compiler; the native kernels will not be built" >&2
 	@command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq gcc-aarch64-linux-gnu) \
 		|| echo "note: no aarch64 cross compiler; the NEON build test (tests/feddst_core/native) will be skipped" >&2
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "warning: could not install chromium; the dashboard browser tests will be skipped" >&2
 	$(PYTHON) -m pip install -q -e '.[all,dev]'
 	@$(PYTHON) -c 'import feddst_core.native as n; print("native kernels:", n.status())'
 

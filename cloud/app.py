@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from cloud.api import devices, enrollments, health, runs
+from cloud import dashboard
+from cloud.api import devices, enrollments, health, run_events, runs
 from cloud.api.deps import authorize, bearer_scheme, role_required_by
 from cloud.coordinator import Coordinator
 from cloud.errors import AuthenticationRequiredError, BrokerUnavailableError, CoordinatorError, RunConfigRejectedError
@@ -28,7 +29,8 @@ from cloud.settings import CloudSettings
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (health.router, runs.router, devices.router, enrollments.router)  # one per resource
+ROUTERS = (health.router, runs.router, run_events.router, devices.router, enrollments.router,
+           dashboard.router)  # one per resource
 
 
 def create_app(settings: CloudSettings | None = None, coordinator: Coordinator | None = None) -> FastAPI:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cloud.access_tokens import TokenStore
 from cloud.device_registry import DeviceRegistry
@@ -53,6 +54,7 @@ from cloud.mqtt_link import CoordinatorLink, Inbound
 from cloud.replay_guard import REPLAYED, RETAINED_SEEN, ReplayGuard
 from cloud.round_collector import RoundCollector, Verdict
 from cloud.run_config import RunConfig
+from cloud.run_events import RunEventLog
 from cloud.run_planning import plan_run
 from cloud.settings import CloudSettings
 from cloud.signing_key import load_or_create_signing_key
@@ -104,6 +106,7 @@ class Coordinator:
         self.store.mark_unfinished_runs_interrupted()
         self.tokens = TokenStore(self.store.state_dir)
         self.registry = DeviceRegistry(self.store, settings.heartbeat_s)
+        self.events = RunEventLog()  # recent round/status/device_error events per run (the SSE endpoint)
         self.inbound: queue.Queue[Inbound] = queue.Queue(maxsize=256)
         self._commands: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self.keyring = DeviceKeyring(self.store, settings.device_keys(), settings.require_device_keys)
@@ -140,7 +143,7 @@ class Coordinator:
         with self._lock:
             active = self._active_id
         if active is not None:
-            self.store.set_run_status(active, "interrupted", "coordinator shut down during the run")
+            self._set_status(active, "interrupted", "coordinator shut down during the run")
         self.link.close()
         self.registry.flush()
         self.replay_guard.flush()
@@ -182,7 +185,7 @@ class Coordinator:
             if self._active_id is not None:
                 raise RunStateError(f"run {self._active_id} is running; stop it first")
             self._active_id = run_id
-            self.store.set_run_status(run_id, "running")
+            self._set_status(run_id, "running")
         self._commands.put(("start", run_id))
         return self.store.get_run(run_id)
 
@@ -190,7 +193,7 @@ class Coordinator:
         run = self.store.get_run(run_id)
         with self._lock:
             if run.status == "created":
-                self.store.set_run_status(run_id, "stopped", "stopped before it started")
+                self._set_status(run_id, "stopped", "stopped before it started")
             elif run.status == "running" and self._active_id == run_id:
                 self._commands.put(("stop", run_id))
             else:
@@ -462,11 +465,16 @@ class Coordinator:
             "ignored": {k: v for k, v in collector.counts.items() if not k.startswith("accepted")},
             "clipped": int(metrics.get("clipped_updates", 0)),
             "retries": ex.retries,
+            "late": [d for d in collector.selected if d not in collector.accepted],
+            "upload_by_device": dict(sorted(collector.accepted.items())),
+            "layer_density": {name: float(m.to(torch.float32).mean()) for name, m in new_state.masks.items()},
+            "started_at": ex.round_started, "closed_at": time.time(),
         }
         if ex.evaluator is not None and (r % ex.evaluator.every == 0 or r == ex.config.rounds):
             record["accuracy"], record["global_accuracy"] = ex.evaluator.evaluate(new_state.params)
         self.store.save_model(ex.run_id, r, new_state.params, new_state.masks)
         self.store.add_round(ex.run_id, record)
+        self.events.publish(ex.run_id, "round", record)
         self.store.set_run_counters(ex.run_id, ex.counters)
         self.registry.flush()
         if r >= ex.config.rounds:
@@ -496,11 +504,16 @@ class Coordinator:
             while len(self._finished_accepted) > 4:
                 self._finished_accepted.pop(next(iter(self._finished_accepted)))
             self._execution = None
-        self.store.set_run_status(run_id, status, error)
+        self._set_status(run_id, status, error)
         with self._lock:
             if self._active_id == run_id:
                 self._active_id = None
         log.info("run %s %s%s", run_id, status, f": {error}" if error else "")
+
+    def _set_status(self, run_id: str, status: str, error: str | None = None) -> None:
+        """Record a run's new status and publish it as a ``status`` event."""
+        self.store.set_run_status(run_id, status, error)
+        self.events.publish(run_id, "status", {"status": status, "error": error})
 
     # --- publishing -----------------------------------------------------------------------------
 

@@ -36,6 +36,12 @@ class RunNotFoundError(CoordinatorError):
     http_status = 404
 
 
+class DeviceNotFoundError(CoordinatorError):
+    """No device with that id in the registry (HTTP 404)."""
+
+    http_status = 404
+
+
 class ModelNotAvailableError(CoordinatorError):
     """The run has no global model yet (HTTP 404)."""
 

@@ -16,7 +16,8 @@ class ErrorOut(BaseModel):
 
 
 class RoundOut(BaseModel):
-    """One completed round: the report.json row fields plus diagnostics. Bytes are cumulative."""
+    """One completed round: the report.json row fields plus diagnostics. ``upload_bytes`` and
+    ``download_bytes`` are cumulative over rounds 1..round (encoded message bytes)."""
 
     round: int
     accuracy: float | None = None
@@ -28,8 +29,17 @@ class RoundOut(BaseModel):
     seconds: float | None = None
     selected: list[str] = Field(default_factory=list)
     accepted: list[str] = Field(default_factory=list)
-    ignored: dict[str, int] = Field(default_factory=dict)
-    retries: int = 0
+    ignored: dict[str, int] = Field(default_factory=dict, description="Updates not accepted this round, by "
+                                    "reason (duplicate, stale, unselected, invalid).")
+    retries: int = Field(0, description="Times the round was re-sent after missing its quorum.")
+    late: list[str] = Field(default_factory=list, description="Selected devices with no accepted update when "
+                            "the round closed.")
+    upload_by_device: dict[str, int] = Field(default_factory=dict, description="Encoded bytes of each accepted "
+                                             "update, by device (the devices that contributed).")
+    layer_density: dict[str, float] = Field(default_factory=dict, description="Density (kept fraction, 0..1) "
+                                            "of each masked layer of the new global model.")
+    started_at: float | None = Field(None, description="Unix seconds when the round's task was first sent.")
+    closed_at: float | None = Field(None, description="Unix seconds when the round closed.")
 
 
 class RunSummaryOut(BaseModel):
@@ -43,12 +53,20 @@ class RunSummaryOut(BaseModel):
     finished_at: float | None
     error: str | None
     rounds_done: int | None = Field(None, description="Rounds completed (the current model's round).")
+    algorithm: str | None = Field(None, description="The run config's algorithm.")
+    rounds_total: int | None = Field(None, description="The run config's number of rounds.")
+    latest_accuracy: float | None = Field(None, description="Accuracy (0..1) of the last evaluated round.")
+    upload_bytes: int = Field(0, description="Bytes uploaded by devices so far (accepted updates).")
+    download_bytes: int = Field(0, description="Bytes downloaded by devices so far (model broadcasts).")
 
     @classmethod
-    def from_row(cls, row: RunRow) -> RunSummaryOut:
+    def from_row(cls, row: RunRow, progress: dict[str, Any] | None = None) -> RunSummaryOut:
+        progress = progress or {}
         return cls(id=row.id, name=row.name, status=row.status, created_at=row.created_at,
                    started_at=row.started_at, finished_at=row.finished_at, error=row.error,
-                   rounds_done=row.model_round)
+                   rounds_done=row.model_round, algorithm=row.config.get("algorithm"),
+                   rounds_total=row.config.get("rounds"), latest_accuracy=progress.get("latest_accuracy"),
+                   upload_bytes=progress.get("upload_bytes", 0), download_bytes=progress.get("download_bytes", 0))
 
 
 class RunDetailOut(RunSummaryOut):
@@ -65,7 +83,10 @@ class RunDetailOut(RunSummaryOut):
     @classmethod
     def from_parts(cls, row: RunRow, rounds: list[dict[str, Any]]) -> RunDetailOut:
         evaluated = [r for r in rounds if r.get("accuracy") is not None]
-        return cls(**RunSummaryOut.from_row(row).model_dump(), config=row.config, counters=row.counters,
+        progress = {"latest_accuracy": evaluated[-1]["accuracy"] if evaluated else None,
+                    "upload_bytes": rounds[-1]["upload_bytes"] if rounds else 0,
+                    "download_bytes": rounds[-1]["download_bytes"] if rounds else 0}
+        return cls(**RunSummaryOut.from_row(row, progress).model_dump(), config=row.config, counters=row.counters,
                    rounds=[RoundOut(**r) for r in rounds],
                    final_accuracy=evaluated[-1]["accuracy"] if evaluated else None,
                    total_upload_bytes=rounds[-1]["upload_bytes"] if rounds else 0,
@@ -82,14 +103,48 @@ class DeviceOut(BaseModel):
     capabilities: dict[str, Any]
     sample_count: int
     rounds_done: int
-    bytes_up: int
-    bytes_down: int
+    bytes_up: int = Field(description="Bytes of every message received from the device")
+    bytes_down: int = Field(description="Bytes of the broadcasts and tasks sent to the device")
+    last_error: str | None = Field(None, description="The last task failure the device reported (none yet).")
+    last_error_at: float | None = Field(None, description="Unix time of ``last_error``.")
 
     @classmethod
     def from_row(cls, row: DeviceRow, online: bool) -> DeviceOut:
         return cls(id=row.id, status="online" if online else "offline", state=row.state, last_seen=row.last_seen,
                    capabilities=row.capabilities, sample_count=row.sample_count, rounds_done=row.rounds_done,
                    bytes_up=row.bytes_up, bytes_down=row.bytes_down)
+
+
+class DeviceRoundOut(BaseModel):
+    """One round a device was selected for."""
+
+    run_id: str
+    round: int
+    accepted: bool = Field(description="Its update was accepted (it contributed to the round).")
+    late: bool = Field(description="It had no accepted update when the round closed.")
+    upload_bytes: int = Field(description="Encoded bytes of its accepted update (0 if none).")
+    closed_at: float | None = Field(None, description="Unix seconds when the round closed.")
+
+    @classmethod
+    def from_record(cls, run_id: str, device_id: str, record: dict[str, Any]) -> DeviceRoundOut:
+        accepted = device_id in record.get("accepted", ())
+        return cls(run_id=run_id, round=record["round"], accepted=accepted, late=not accepted,
+                   upload_bytes=int(record.get("upload_by_device", {}).get(device_id, 0)),
+                   closed_at=record.get("closed_at"))
+
+
+class DeviceDetailOut(DeviceOut):
+    """One device with its latest rounds (newest first)."""
+
+    history: list[DeviceRoundOut]
+
+
+class RunEventOut(BaseModel):
+    """The JSON ``data`` of one server-sent event of ``GET /api/runs/{id}/events``. ``event: round``
+    carries a :class:`RoundOut`; ``event: status`` ``{status, error}``; ``event: device_error``
+    ``{device_id, round, code, message}``. Every one adds ``published_at``."""
+
+    published_at: float = Field(description="Unix seconds when the coordinator published the event.")
 
 
 class HealthOut(BaseModel):

@@ -53,6 +53,8 @@ class CloudSettings(BaseSettings):
         None, description="JSON object device id -> hex HMAC key; when set, updates must be authenticated.")
     coordinator_key_hex: SecretStr | None = Field(
         None, description="Removed (a shared HMAC key): setting it is an error that explains the Ed25519 key.")
+    sse_keepalive_s: float = Field(15.0, gt=0, description="Seconds between keep-alive comments of an idle "
+                                   "/api/runs/{id}/events stream.")
     data_roots: list[Path] = Field(
         default_factory=list,
         description="Directories a run config's eval.data_dir may lie under (symlinks and .. resolved first). "

@@ -179,9 +179,42 @@ class CoordinatorStore:
         self._execute("INSERT OR REPLACE INTO rounds (run_id, round, record) VALUES (?, ?, ?)",
                       (run_id, int(record["round"]), json.dumps(dict(record))))
 
-    def rounds(self, run_id: str) -> list[dict[str, Any]]:
-        rows = self._execute("SELECT record FROM rounds WHERE run_id = ? ORDER BY round", (run_id,))
+    def rounds(self, run_id: str, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Round records of a run with ``round > since``, in round order, at most ``limit`` of them."""
+        rows = self._execute("SELECT record FROM rounds WHERE run_id = ? AND round > ? ORDER BY round LIMIT ?",
+                             (run_id, since, -1 if limit is None else limit))
         return [json.loads(r[0]) for r in rows]
+
+    def run_progress(self) -> dict[str, dict[str, Any]]:
+        """Per run with rounds: ``upload_bytes``/``download_bytes`` (cumulative, of its last round) and
+        ``latest_accuracy`` (of its last evaluated round, None if none was evaluated)."""
+        last = self._execute(
+            "SELECT r.run_id, json_extract(r.record, '$.upload_bytes'), json_extract(r.record, '$.download_bytes') "
+            "FROM rounds r JOIN (SELECT run_id, MAX(round) AS m FROM rounds GROUP BY run_id) t "
+            "ON r.run_id = t.run_id AND r.round = t.m")
+        accuracy = self._execute(
+            "SELECT r.run_id, json_extract(r.record, '$.accuracy') FROM rounds r JOIN (SELECT run_id, MAX(round) AS m "
+            "FROM rounds WHERE json_extract(record, '$.accuracy') IS NOT NULL GROUP BY run_id) t "
+            "ON r.run_id = t.run_id AND r.round = t.m")
+        out = {run_id: {"upload_bytes": up or 0, "download_bytes": down or 0, "latest_accuracy": None}
+               for run_id, up, down in last}
+        for run_id, acc in accuracy:
+            out.setdefault(run_id, {"upload_bytes": 0, "download_bytes": 0})["latest_accuracy"] = acc
+        return out
+
+    def device_rounds(self, device_id: str, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """(run id, round record) of the latest ``limit`` rounds the device was selected for, newest first."""
+        pattern = "%" + json.dumps(device_id).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._execute("SELECT run_id, record FROM rounds WHERE record LIKE ? ESCAPE '\\' "
+                             "ORDER BY json_extract(record, '$.closed_at') DESC, round DESC", (pattern,))
+        out = []
+        for run_id, text in rows:
+            record = json.loads(text)
+            if device_id in record.get("selected", ()):
+                out.append((run_id, record))
+                if len(out) >= limit:
+                    break
+        return out
 
     # --- models -----------------------------------------------------------------------------------
 

@@ -42,8 +42,16 @@ def demo(
                                       "embedded one."),
     out: Path = typer.Option(Path("runs/demo"), help="Where report.json, metrics.csv, the plot and logs go."),
     seed: int = typer.Option(0, help="Seed of the model, the partition and the selection."),
+    serve: bool = typer.Option(False, "--serve", help="After the run, keep the coordinator, its dashboard "
+                               "(http://127.0.0.1:API_PORT/), its API and the agents up until Ctrl-C or SIGTERM; "
+                               "prints the URL and an operator token for the page."),
+    api_port: int = typer.Option(8080, min=0, max=65535, help="Port of the dashboard and API with --serve "
+                                 "(loopback only)."),
 ) -> None:
-    """Run the whole system on one machine and write report.json (same schema as `feddst simulate`)."""
+    """Run the whole system on one machine and write report.json (same schema as `feddst simulate`).
+
+    With --serve, the demo then stays up with its dashboard until Ctrl-C: open the printed URL and paste
+    the printed token."""
     out.mkdir(parents=True, exist_ok=True)
     stack = DemoStack(out, agents, seed)
     interrupted = False
@@ -53,6 +61,10 @@ def demo(
         stack.start_coordinator(url)
         stack.start_agents(url)
         report = stack.run(rounds)
+        if serve:
+            _print_summary(report, out)
+            stack.serve(api_port)
+            return
     except KeyboardInterrupt:
         interrupted = True
         typer.secho("interrupted: shutting everything down", fg=typer.colors.YELLOW, err=True)
@@ -159,6 +171,26 @@ class DemoStack:
         if row.status != "completed":
             raise DemoError(f"run {run.id} {row.status}: {row.error}; agent logs in {self.out / 'logs'}")
         return _write_report(self.out, config, records)
+
+    def serve(self, api_port: int) -> None:
+        """The coordinator's dashboard and API on 127.0.0.1:``api_port`` until Ctrl-C or SIGTERM."""
+        import uvicorn
+
+        from cloud.app import create_app
+
+        assert self.coordinator is not None
+        token, _ = self.coordinator.tokens.create("operator", name="feddst demo --serve")
+        server = uvicorn.Server(uvicorn.Config(create_app(coordinator=self.coordinator), host="127.0.0.1",
+                                               port=api_port, log_level="warning"))
+        typer.echo(f"dashboard: http://127.0.0.1:{api_port}/  (API under /api, OpenAPI at /openapi.json)")
+        typer.echo(f"operator token for the page (valid while the demo runs): {token}")
+        typer.echo("press Ctrl-C to stop", err=True)
+        try:
+            server.run()  # uvicorn handles SIGINT/SIGTERM: it returns (or re-raises the signal) on either
+        except KeyboardInterrupt:
+            pass
+        if not server.started:
+            raise DemoError(f"could not serve the dashboard on 127.0.0.1:{api_port} (port in use?)")
 
     def shutdown(self) -> None:
         for p in self.processes:

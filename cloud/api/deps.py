@@ -10,9 +10,11 @@ operator > viewer). No or a bad token raises :class:`~cloud.errors.Authenticatio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cloud.access_tokens import Role, TokenInfo, role_allows
@@ -86,3 +88,33 @@ def role_required_by(route: object) -> Role | None:
         if role is not None:
             return role  # type: ignore[return-value]
     return None
+
+
+MAX_PAGE = 10_000
+
+
+@dataclass(frozen=True)
+class Page:
+    """``?limit=L&offset=O`` of a list endpoint; the response header ``X-Total-Count`` gives the full count."""
+
+    limit: int
+    offset: int
+    response: Response
+
+    def slice(self, items: list) -> list:
+        self.response.headers["X-Total-Count"] = str(len(items))
+        return items[self.offset:self.offset + self.limit]
+
+
+def pagination(request: Request, response: Response,
+               limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Items per page (1..10000).")] = 1000,
+               offset: Annotated[int, Query(ge=0, description="Items to skip (0-based).")] = 0) -> Page:
+    """``limit``/``offset``; any other query parameter is a 422 naming it (a typo must not be ignored)."""
+    unknown = sorted(set(request.query_params) - {"limit", "offset"})
+    if unknown:
+        raise RequestValidationError([{"loc": ("query", name), "msg": "unknown query parameter; this list takes "
+                                       "limit and offset", "type": "extra_forbidden"} for name in unknown])
+    return Page(limit, offset, response)
+
+
+PageDep = Annotated[Page, Depends(pagination)]

@@ -11,9 +11,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse, Response
 
-from cloud.api.deps import AUTH_RESPONSES, CoordinatorDep, OperatorDep, ViewerDep
+from cloud.api.deps import AUTH_RESPONSES, CoordinatorDep, OperatorDep, PageDep, ViewerDep
 from cloud.run_config import RunConfig
-from cloud.schemas import ErrorOut, RunDetailOut, RunSummaryOut
+from cloud.schemas import ErrorOut, RoundOut, RunDetailOut, RunSummaryOut
 
 router = APIRouter(prefix="/api/runs", tags=["runs"], responses=AUTH_RESPONSES)
 
@@ -34,15 +34,29 @@ def create_run(config: RunConfig, coordinator: CoordinatorDep, _token: OperatorD
 
 
 @router.get("", response_model=list[RunSummaryOut])
-def list_runs(coordinator: CoordinatorDep, _token: ViewerDep) -> list[RunSummaryOut]:
-    """Every run, including those of earlier coordinator processes."""
-    return [RunSummaryOut.from_row(r) for r in coordinator.list_runs()]
+def list_runs(coordinator: CoordinatorDep, _token: ViewerDep, page: PageDep) -> list[RunSummaryOut]:
+    """Every run, including those of earlier coordinator processes, oldest first (paginated with
+    `limit`/`offset`; the header `X-Total-Count` gives the number of runs)."""
+    progress = coordinator.store.run_progress()
+    return [RunSummaryOut.from_row(r, progress.get(r.id)) for r in page.slice(coordinator.list_runs())]
 
 
 @router.get("/{run_id}", response_model=RunDetailOut, responses=NOT_FOUND)
 def get_run(run_id: str, coordinator: CoordinatorDep, _token: ViewerDep) -> RunDetailOut:
     """Config, status, counters and per-round metrics of one run."""
     return RunDetailOut.from_parts(*coordinator.get_run(run_id))
+
+
+@router.get("/{run_id}/rounds", response_model=list[RoundOut], responses=NOT_FOUND)
+def list_rounds(run_id: str, coordinator: CoordinatorDep, _token: ViewerDep,
+                since: Annotated[int, Query(ge=0, description="Only rounds after this one (a cursor: pass the last "
+                                            "round you have).")] = 0,
+                limit: Annotated[int, Query(ge=1, le=10_000, description="At most this many rounds.")] = 1000,
+                ) -> list[RoundOut]:
+    """Completed rounds of a run with `round > since`, in round order, at most `limit` of them: page
+    through a long run by passing the last round received as the next `since`."""
+    coordinator.store.get_run(run_id)
+    return [RoundOut(**r) for r in coordinator.store.rounds(run_id, since=since, limit=limit)]
 
 
 @router.post("/{run_id}/start", response_model=RunDetailOut,
