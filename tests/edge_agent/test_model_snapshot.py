@@ -12,6 +12,7 @@ from agent_harness import KEYED, RUN, agent_settings, global_model, make_task, s
 from edge_agent.config import AgentConfigError, load_settings
 from inference import Predictor
 from inference.onnx_file import write_file_atomically
+from protocol import Register
 
 
 def test_writes_every_nth_completed_round_from_the_broadcast(mosquitto, coordinator, start_agent, tmp_path,
@@ -19,6 +20,7 @@ def test_writes_every_nth_completed_round_from_the_broadcast(mosquitto, coordina
     caplog.set_level(logging.INFO, logger="feddst.agent")
     path = tmp_path / "models" / "model.onnx"
     agent = start_agent(agent_settings(mosquitto.url, model_onnx_path=str(path), model_onnx_every=2))
+    coordinator.expect(Register)  # registered: subscribed, so the broadcasts below reach it
     params, masks = global_model()
     sent = {}
     for r in (1, 2, 3):  # broadcasts of rounds 1..3 carry the models after 0, 1, 2 completed rounds
@@ -44,9 +46,10 @@ def test_writes_every_nth_completed_round_from_the_broadcast(mosquitto, coordina
 
 def test_without_the_setting_nothing_is_written(mosquitto, coordinator, start_agent, tmp_path) -> None:
     agent = start_agent(agent_settings(mosquitto.url))
+    coordinator.expect(Register)  # registered: subscribed, so the broadcast below reaches it
     params, masks = global_model()
     send_round(coordinator, make_task(2, selected=("dev-999",)), params, masks)
-    assert wait_until(lambda: agent.agent.stats["received_modelbroadcast"] >= 1, 10)  # (a retained one may come too)
+    assert wait_until(lambda: agent.agent.stats["received_modelbroadcast"] >= 1, 10)
     assert agent.agent.snapshots is None and agent.agent.stats["model_onnx_written"] == 0
 
 
