@@ -15,7 +15,6 @@ state dir.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from collections import Counter
@@ -31,7 +30,7 @@ from cloud.errors import (
     InvalidDeviceIdError,
 )
 from cloud.settings import CloudSettings
-from cloud.signing_key import load_or_create_signing_key, public_key_hex
+from cloud.signing_key import load_or_create_signing_key, public_key_hex, write_private_file
 from cloud.store import CoordinatorStore, EnrollmentRow
 from protocol import COORDINATOR_ID, AuthenticationError, is_identifier
 
@@ -65,15 +64,7 @@ class DeviceBundle:
 
     def write(self, path: Path) -> Path:
         """Write the bundle atomically with mode 0600 (it holds the device's secrets)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, self.to_json().encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_private_file(path, self.to_json().encode())
         return path
 
 
