@@ -149,7 +149,14 @@ class FakeCoordinator:
     def expect(self, kind: type, where: Callable[[Received], bool] = lambda r: True,
                timeout: float = 20.0) -> Received:
         """Consume received messages until one of ``kind`` matching ``where`` arrives."""
+        return self.received_until(kind, where, timeout)[-1]
+
+    def received_until(self, kind: type, where: Callable[[Received], bool] = lambda r: True,
+                       timeout: float = 20.0) -> list[Received]:
+        """Every message received up to and including the first of ``kind`` matching ``where`` (what
+        a test needs to show that something published earlier by the same client never arrived)."""
         deadline = time.monotonic() + timeout
+        seen: list[Received] = []
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -158,8 +165,9 @@ class FakeCoordinator:
                 got = self.received.get(timeout=remaining)
             except queue.Empty:
                 continue
+            seen.append(got)
             if isinstance(got.message, kind) and where(got):
-                return got
+                return seen
 
     def collect(self, seconds: float) -> list[Received]:
         """Everything received in the next ``seconds``."""

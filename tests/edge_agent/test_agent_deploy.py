@@ -5,16 +5,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import queue
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from agent_harness import REPO, FakeCoordinator, agent_settings
 from brokers import MosquittoBroker
 
 from edge_agent.config import read_key_file
-from protocol import Register
+from protocol import Register, Status, encode_message, topics
 
 spec = importlib.util.spec_from_file_location("make_broker_acl", REPO / "deploy" / "make_broker_acl.py")
 assert spec is not None and spec.loader is not None
@@ -57,12 +60,58 @@ def device_keys_bytes(keys: dict[str, str]) -> dict[str, bytes]:
     return {device: bytes.fromhex(value) for device, value in keys.items()}
 
 
+def device_client(port: int, device: str, password: str, inbox: queue.Queue) -> mqtt.Client:
+    """A bare MQTT 5 client logged in as ``device``; every message it receives goes to ``inbox``."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
+    client.username_pw_set(device, password)
+    client.on_message = lambda c, u, m: inbox.put((m.topic, bytes(m.payload)))
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
 def test_pattern_acl_confines_any_device_to_its_own_topics(tmp_path) -> None:
+    """On a real mosquitto with the generated pattern ACL, dev-a's writes to dev-b's topics are not
+    delivered and dev-b does not receive dev-a's acks, while each device's own traffic flows."""
     out = tmp_path / "fleet"
     assert make_broker_acl.main(["--pattern", "--devices", "dev-a", "dev-b", "--out", str(out)]) == 0
     lines = (out / "acl").read_text().splitlines()
-    assert any(line.startswith("pattern write feddst/v1/runs/+/update/%u") for line in lines)
-    assert not any(line.startswith("user dev-") for line in lines)
+    assert not any(line.startswith("user dev-") for line in lines)  # one pattern block serves every device
+    credentials = json.loads((out / "credentials.json").read_text())
+    broker = MosquittoBroker(tmp_path / "broker", passwords=credentials, acl_lines=lines,
+                             extra_config=STAY_ROOT).start()
+    inbox_a: queue.Queue = queue.Queue()
+    inbox_b: queue.Queue = queue.Queue()
+    try:
+        coordinator = FakeCoordinator(broker.port, password=credentials["coordinator"])
+        dev_a = device_client(broker.port, "dev-a", credentials["dev-a"], inbox_a)
+        dev_b = device_client(broker.port, "dev-b", credentials["dev-b"], inbox_b)
+        try:
+            every_ack = topics.ack("run-1", "dev-a").rsplit("/", 1)[0] + "/+"
+            for client in (dev_a, dev_b):
+                client.subscribe(every_ack, qos=1)  # the ACL lets each read only its own
+            forged = encode_message(Status("dev-b", "offline", "forged"))
+            dev_a.publish(topics.status("dev-b"), forged, qos=1).wait_for_publish(5)
+            dev_a.publish(topics.register("dev-b"), forged, qos=1).wait_for_publish(5)
+            dev_a.publish(topics.status("dev-a"), encode_message(Status("dev-a", "online", "own")),
+                          qos=1).wait_for_publish(5)
+            # QoS 1 from one client arrives in order: whatever got through was received before "own"
+            seen = coordinator.received_until(Status, lambda r: r.message.device_id == "dev-a")
+            assert [r.message.detail for r in seen] == ["own"]
+            time.sleep(0.3)  # the subscriptions are in place before the acks go out
+            coordinator.publish_raw(topics.ack("run-1", "dev-a"), b"for dev-a")
+            coordinator.publish_raw(topics.ack("run-1", "dev-b"), b"for dev-b")
+            assert inbox_b.get(timeout=5) == (topics.ack("run-1", "dev-b"), b"for dev-b")
+            assert inbox_a.get(timeout=5) == (topics.ack("run-1", "dev-a"), b"for dev-a")
+            time.sleep(0.3)
+            assert inbox_a.empty() and inbox_b.empty()
+        finally:
+            for client in (dev_a, dev_b):
+                client.disconnect()
+                client.loop_stop()
+            coordinator.close()
+    finally:
+        broker.stop()
 
 
 def test_bad_ids_are_refused(tmp_path, capsys) -> None:

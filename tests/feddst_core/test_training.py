@@ -1,4 +1,8 @@
+import ast
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -134,6 +138,19 @@ def test_unequal_client_sizes_cannot_be_batched():
         LocalTrainer(SPEC, TrainConfig()).train(params, masks, [make_data(10, 1), make_data(12, 2)], [1, 2])
 
 
+def client_seeds_in_a_fresh_process(hash_seed: str) -> list[int]:
+    """client_seed over a small grid, computed by another interpreter with its own PYTHONHASHSEED."""
+    code = ("from feddst_core.training import client_seed; "
+            "print([client_seed(s, r, c) for s in (0, 7) for r in range(3) for c in range(3)])")
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    return ast.literal_eval(out)
+
+
 def test_client_seed_is_stable_and_distinct():
-    assert client_seed(0, 1, 2) == client_seed(0, 1, 2)
+    # the simulator and a device compute it in different processes: it must not depend on hash() salts
+    # or on any random state of the process
+    here = [client_seed(s, r, c) for s in (0, 7) for r in range(3) for c in range(3)]
+    assert client_seeds_in_a_fresh_process("1") == here == client_seeds_in_a_fresh_process("2")
+    assert all(0 <= seed < 2**63 for seed in here)  # fits torch.Generator.manual_seed and numpy
     assert len({client_seed(0, r, c) for r in range(5) for c in range(5)}) == 25
