@@ -1,4 +1,5 @@
-"""Held-out evaluation of the global model, exactly as ``Simulation.evaluate``.
+"""Held-out evaluation of the global model: the data and partition of ``Simulation``, the figures of
+:func:`feddst_core.evaluation.client_and_global_accuracy` (the function ``Simulation.evaluate`` uses).
 
 ``accuracy`` = mean over all clients (with a non-empty local test set) of the global model's
 accuracy on that client's local test set ``partition.test[i]``; ``global_accuracy`` = accuracy
@@ -11,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cloud.run_config import EvalConfig
 from datasources import load_dataset
-from feddst_core.models import ModelSpec, predict
+from feddst_core.evaluation import client_and_global_accuracy
+from feddst_core.models import ModelSpec
 from feddst_core.partition import make_partition
 
 
@@ -38,6 +39,4 @@ class HeldOutEvaluator:
 
     def evaluate(self, params: Mapping[str, torch.Tensor]) -> tuple[float, float]:
         """(mean client local-test accuracy, full test-set accuracy)."""
-        correct = (predict(self.spec, params, self.x_test) == self.y_test).numpy()
-        per_client = [float(correct[t].mean()) for t in self.client_tests]
-        return float(np.mean(per_client)), float(correct.mean())
+        return client_and_global_accuracy(self.spec, params, self.x_test, self.y_test, self.client_tests)

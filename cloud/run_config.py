@@ -13,16 +13,22 @@ rejected. What depends on the coordinator (data roots, a loadable dataset) is ch
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from feddst_core.choices import (
+    AggregationName,
+    AlgorithmName,
+    DatasetName,
+    DistributionName,
+    MaskInitName,
+    PartitionName,
+)
 from feddst_core.models import MODELS
 from feddst_core.strategies import StrategyConfig
 from feddst_core.training import TrainConfig
 
-Algorithm = Literal["feddst", "fedavg", "fedavgm", "fedprox", "randommask"]
-Aggregation = Literal["mean", "trimmed_mean", "median"]
+Algorithm = AlgorithmName  # the names this module has always exported
+Aggregation = AggregationName
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
@@ -31,9 +37,9 @@ class EvalConfig(BaseModel):
 
     model_config = STRICT
 
-    dataset: Literal["digits", "mnist", "cifar10", "npz"] = "digits"
+    dataset: DatasetName = "digits"
     data_dir: str | None = None
-    partition: Literal["pathological", "dirichlet", "iid"] = "pathological"
+    partition: PartitionName = "pathological"
     clients: int = Field(400, ge=1, le=100_000, description="Number of clients of the partition (devices I/N "
                          "use N).")
     classes_per_client: int = Field(2, ge=1, le=1000)
@@ -67,8 +73,8 @@ class RunConfig(BaseModel):
     algorithm: Algorithm = "feddst"
     model: str = Field("digits_cnn", description="Model name (digits_cnn, mnist_cnn, cifar10_cnn).")
     sparsity: float = Field(0.8, ge=0.0, lt=1.0)
-    distribution: Literal["uniform", "er", "erk"] = "erk"
-    mask_init: Literal["magnitude", "random"] = "magnitude"
+    distribution: DistributionName = "erk"
+    mask_init: MaskInitName = "magnitude"
     readjust_ratio: float = Field(0.01, ge=0.0, le=1.0, description="alpha")
     readjust_every: int = Field(10, ge=1, description="R_adj")
     readjust_until: int | None = Field(None, ge=0, description="T_end; default rounds // 2")

@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cloud.mqtt_link import TlsFiles
 from cloud.signing_key import DEFAULT_SIGNING_KEY_NAME
+from feddst_core.choices import MqttVersion
 from protocol import DEFAULT_MAX_PACKET
 
 COORDINATOR_KEY_HEX_REMOVED = (
@@ -41,7 +42,7 @@ class CloudSettings(BaseSettings):
     broker_url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port (mqtts:// for TLS).")
     mqtt_username: str | None = Field("coordinator", description="MQTT user name (None: anonymous).")
     mqtt_password: SecretStr | None = Field(None, description="MQTT password; no default value.")
-    mqtt_protocol: Literal["3.1.1", "5"] = Field(
+    mqtt_protocol: MqttVersion = Field(
         "3.1.1", description="MQTT protocol version (3.1.1 works with mosquitto and the embedded amqtt broker).")
     mqtt_client_id: str = "coordinator"
     api_host: str = "127.0.0.1"

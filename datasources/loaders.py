@@ -11,8 +11,7 @@ import numpy as np
 from datasources.cifar_batches import load_plain_pickle
 from datasources.dataset import Dataset, DataSourceError, channel_statistics, standardize
 from datasources.idx import load_idx_directory
-
-DATASETS = ("digits", "mnist", "cifar10", "npz")
+from feddst_core.choices import DATASETS
 
 # Published MNIST statistics (train set), so every device normalises identically.
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081

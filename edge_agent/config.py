@@ -30,18 +30,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from feddst_core.partition import PARTITIONS
-from feddst_core.sparse import KERNEL_CHOICES, SparseThreshold, parse_thresholds_json
+from feddst_core.choices import CPU_POLICIES, DATA_SOURCES, KERNEL_CHOICES, LOG_LEVELS, MQTT_PROTOCOLS, PARTITIONS
+from feddst_core.sparse import SparseThreshold, parse_thresholds_json
 from protocol import is_identifier
 from protocol.ed25519 import parse_public_key_hex
 
 ENV_PREFIX = "FEDDST_"
-DATA_SOURCES = ("digits", "mnist", "cifar10", "npz", "image-folder", "csv")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-MQTT_PROTOCOLS = ("auto", "5", "3.1.1")
 MIN_KEY_BYTES = 16
 ThresholdTable = dict[str, tuple[SparseThreshold, ...]]
-CPU_POLICIES = ("batch", "normal")
 MAKE_THRESHOLDS = "python bench/sparse_kernels.py --calibrate --write-thresholds FILE"
 NO_COORDINATOR_KEY = (
     "no coordinator public key: the agent verifies the coordinator's Ed25519 signature on every task, model and "

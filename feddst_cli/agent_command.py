@@ -6,13 +6,12 @@ import logging
 import signal
 import sys
 import threading
-from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from feddst_cli.choices import CpuPolicy, KernelChoice, PartitionKind
+from feddst_core.choices import CpuPolicyName, DataSourceName, KernelName, LogLevel, MqttProtocolChoice, PartitionName
 
 BROKER = "Broker and identity"
 DATA = "Local data"
@@ -29,31 +28,7 @@ app = typer.Typer(
 )
 
 
-class DataSourceName(StrEnum):
-    digits = "digits"
-    mnist = "mnist"
-    cifar10 = "cifar10"
-    npz = "npz"
-    image_folder = "image-folder"
-    csv = "csv"
-
-
-class MqttProtocol(StrEnum):
-    auto = "auto"
-    v5 = "5"
-    v311 = "3.1.1"
-
-
-class LogLevel(StrEnum):
-    debug = "debug"
-    info = "info"
-    warning = "warning"
-    error = "error"
-
-
 def _value(option: Any) -> Any:
-    if isinstance(option, Enum):
-        return option.value
     if isinstance(option, Path):
         return str(option)
     return option
@@ -106,7 +81,7 @@ def run(
                                                      "device): giving it is an error; use "
                                                      "--coordinator-public-key.", hidden=False,
                                                      rich_help_panel=BROKER),
-    mqtt_protocol: MqttProtocol | None = typer.Option(None, help="MQTT version: 5, 3.1.1, or auto (5, falling "
+    mqtt_protocol: MqttProtocolChoice | None = typer.Option(None, help="MQTT version: 5, 3.1.1, or auto (5, falling "
                                                       "back to 3.1.1 when the broker refuses 5, as the embedded "
                                                       "demo broker does). Default: auto.", rich_help_panel=BROKER),
     ca_file: Path | None = typer.Option(None, help="CA bundle for mqtts:// Default: the system store. Env: "
@@ -128,7 +103,7 @@ def run(
     partition: str | None = typer.Option(None, help="I/N: keep only client I's share (0-based) of an N-client "
                                          "partition, exactly as `feddst simulate --clients N` splits it. "
                                          "Default: all the data.", rich_help_panel=DATA),
-    partition_kind: PartitionKind | None = typer.Option(None, help="How the partition splits (as `feddst "
+    partition_kind: PartitionName | None = typer.Option(None, help="How the partition splits (as `feddst "
                                                         "simulate --partition`). Default: pathological.",
                                                         rich_help_panel=DATA),
     classes_per_client: int | None = typer.Option(None, help="pathological: classes per client. Default: 2.",
@@ -141,7 +116,7 @@ def run(
     threads: int | None = typer.Option(None, help="Torch threads for training; keep 1 when several agents "
                                        "share a machine. Env: FEDDST_THREADS. Default: 1.",
                                        rich_help_panel=RUNTIME),
-    kernels: KernelChoice | None = typer.Option(None, help="Local training kernels: auto (compressed sparse layers "
+    kernels: KernelName | None = typer.Option(None, help="Local training kernels: auto (compressed sparse layers "
                                            "where they are measured faster, dense elsewhere), sparse, or dense "
                                            "(masked dense, for comparison). Env: FEDDST_KERNELS. Default: auto.",
                                            rich_help_panel=RUNTIME),
@@ -153,7 +128,7 @@ def run(
                                                   "--kernels sparse or dense. Env: FEDDST_KERNEL_THRESHOLDS. "
                                                   "Default: the built-in table (measured on x86-64).",
                                                   rich_help_panel=RUNTIME),
-    cpu_policy: CpuPolicy | None = typer.Option(None, help="Linux scheduling of the agent: batch (SCHED_BATCH: "
+    cpu_policy: CpuPolicyName | None = typer.Option(None, help="Linux scheduling of the agent: batch (SCHED_BATCH: "
                                                 "training is treated as CPU-bound background work that does not "
                                                 "preempt the device's interactive tasks, and is preempted less "
                                                 "itself) or normal. Env: FEDDST_CPU_POLICY. Default: batch.",

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from enum import StrEnum
 from pathlib import Path
 
 import typer
 
-from feddst_cli.choices import KernelChoice, PartitionKind
+from feddst_core.choices import AggregationName, AlgorithmName, DatasetName, KernelName, PartitionName
 
 PAPER = "Paper setting"
 DATA = "Data and partition"
@@ -16,33 +15,12 @@ ALGO = "Algorithm"
 RUN = "Run"
 
 
-class DatasetName(StrEnum):
-    digits = "digits"
-    mnist = "mnist"
-    cifar10 = "cifar10"
-    npz = "npz"
-
-
-class AggregationName(StrEnum):
-    mean = "mean"
-    trimmed_mean = "trimmed_mean"
-    median = "median"
-
-
-class AlgorithmName(StrEnum):
-    feddst = "feddst"
-    fedavg = "fedavg"
-    fedavgm = "fedavgm"
-    fedprox = "fedprox"
-    randommask = "randommask"
-
-
 def simulate(
-    dataset: DatasetName = typer.Option(DatasetName.digits, help="digits is built in (no download); mnist and "
+    dataset: DatasetName = typer.Option("digits", help="digits is built in (no download); mnist and "
                                         "cifar10 read --data-dir; npz reads an .npz file.", rich_help_panel=DATA),
     data_dir: Path | None = typer.Option(None, help="Directory of standard MNIST IDX files (gzipped or raw), "
                                          "CIFAR-10 python batches, or an .npz file.", rich_help_panel=DATA),
-    partition: PartitionKind = typer.Option(PartitionKind.pathological, help="How data is split across "
+    partition: PartitionName = typer.Option("pathological", help="How data is split across "
                                             "clients.", rich_help_panel=DATA),
     clients: int | None = typer.Option(None, help="Number of clients. Default: 400 (the paper's setting); 30 on "
                                        "digits, whose ~140 images per class cannot fill 400 clients x 2 classes "
@@ -60,7 +38,7 @@ def simulate(
     lr: float = typer.Option(0.01, help="Client SGD learning rate.", rich_help_panel=PAPER),
     momentum: float = typer.Option(0.9, help="Client SGD momentum.", rich_help_panel=PAPER),
     weight_decay: float = typer.Option(0.001, help="Client L2 weight decay.", rich_help_panel=PAPER),
-    algorithm: AlgorithmName = typer.Option(AlgorithmName.feddst, help="feddst, or a baseline.",
+    algorithm: AlgorithmName = typer.Option("feddst", help="feddst, or a baseline.",
                                             rich_help_panel=ALGO),
     sparsity: float = typer.Option(0.8, help="S: fraction of weights that are zero (sparse algorithms).",
                                    rich_help_panel=ALGO),
@@ -80,7 +58,7 @@ def simulate(
     prox_mu: float = typer.Option(0.0, help="FedProx mu (fedprox; composes with feddst and randommask).",
                                   rich_help_panel=ALGO),
     server_momentum: float = typer.Option(0.9, help="fedavgm: server momentum beta.", rich_help_panel=ALGO),
-    aggregation: AggregationName = typer.Option(AggregationName.mean, help="Server rule over each weight's "
+    aggregation: AggregationName = typer.Option("mean", help="Server rule over each weight's "
                                                 "holders: mean (sample-weighted), or trimmed_mean / median "
                                                 "(unweighted; robust to a minority of poisoned updates).",
                                                 rich_help_panel=ALGO),
@@ -98,7 +76,7 @@ def simulate(
     out: Path = typer.Option(Path("runs/simulate"), help="Output directory for report.json, metrics.csv, "
                              "accuracy_vs_upload.png and the final global model model.safetensors (export it "
                              "with `feddst export onnx --from`).", rich_help_panel=RUN),
-    kernels: KernelChoice = typer.Option(KernelChoice.dense, help="Local training kernels: dense (masked dense; "
+    kernels: KernelName = typer.Option("dense", help="Local training kernels: dense (masked dense; "
                                         "batches clients), or auto / sparse (CPU sparse kernels, as devices "
                                         "run them; clients trained one by one).", rich_help_panel=RUN),
     kernel_thresholds: Path | None = typer.Option(None, help="A device's measured table for --kernels auto "
@@ -123,16 +101,16 @@ def simulate(
 
     try:
         config = SimulationConfig(
-            dataset=dataset.value, data_dir=str(data_dir) if data_dir else None, partition=partition.value,
-            clients=clients if clients is not None else default_clients(dataset.value),
+            dataset=dataset, data_dir=str(data_dir) if data_dir else None, partition=partition,
+            clients=clients if clients is not None else default_clients(dataset),
             classes_per_client=classes_per_client, samples_per_class=samples_per_class,
             beta=beta, clients_per_round=clients_per_round, rounds=rounds, local_epochs=local_epochs,
             batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-            algorithm=algorithm.value, sparsity=sparsity, readjust_ratio=readjust_ratio,
+            algorithm=algorithm, sparsity=sparsity, readjust_ratio=readjust_ratio,
             readjust_every=readjust_every, readjust_until=readjust_until, prox_mu=prox_mu,
             server_momentum=server_momentum, seed=seed, eval_every=eval_every, out=str(out),
-            client_batching=client_batching, kernels=kernels.value, distribution=distribution,
-            mask_init=mask_init, min_votes=min_votes, aggregation=aggregation.value, trim_fraction=trim_fraction,
+            client_batching=client_batching, kernels=kernels, distribution=distribution,
+            mask_init=mask_init, min_votes=min_votes, aggregation=aggregation, trim_fraction=trim_fraction,
             clip_update_norm=clip_update_norm,
             kernel_thresholds=str(kernel_thresholds) if kernel_thresholds else None)
     except ValueError as exc:

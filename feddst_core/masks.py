@@ -11,9 +11,9 @@ from collections.abc import Mapping
 
 import torch
 
-Masks = dict[str, torch.Tensor]
+from feddst_core.choices import DISTRIBUTIONS
 
-DISTRIBUTIONS = ("uniform", "er", "erk")
+Masks = dict[str, torch.Tensor]
 
 
 def _raw_scale(shape: tuple[int, ...], distribution: str) -> float:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PARTITIONS = ("pathological", "dirichlet", "iid")
+from feddst_core.choices import PARTITIONS
 
 
 class PartitionError(ValueError):

@@ -31,11 +31,11 @@ from collections.abc import Mapping
 import torch
 
 from feddst_core.aggregation import AggregateResult
+from feddst_core.choices import AGGREGATIONS
 
 Params = dict[str, torch.Tensor]
 Masks = dict[str, torch.Tensor]
 
-AGGREGATIONS = ("mean", "trimmed_mean", "median")
 ROBUST_AGGREGATIONS = ("trimmed_mean", "median")
 
 

@@ -23,12 +23,11 @@ import numpy as np
 import torch
 
 from feddst_core.aggregation import MaskedMeanAccumulator, prune_to_budgets
+from feddst_core.choices import ALGORITHMS
 from feddst_core.masks import apply_masks, full_masks, init_masks, layer_budgets
 from feddst_core.models import ModelSpec, Params, init_params
 from feddst_core.readjust import cosine_readjust_fraction, is_readjust_round
 from feddst_core.robust_aggregation import AGGREGATIONS, HolderStackAccumulator, clip_update
-
-ALGORITHMS = ("feddst", "fedavg", "fedavgm", "fedprox", "randommask")
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from feddst_core.masks import DISTRIBUTIONS
-from feddst_core.partition import PARTITIONS
-from feddst_core.robust_aggregation import AGGREGATIONS
-from feddst_core.sparse import KERNEL_CHOICES, SparseThreshold, parse_thresholds_json
-from feddst_core.strategies import ALGORITHMS
+from feddst_core.choices import AGGREGATIONS, ALGORITHMS, DISTRIBUTIONS, KERNEL_CHOICES, MASK_INITS, PARTITIONS
+from feddst_core.sparse import SparseThreshold, parse_thresholds_json
 
 DATASET_MODELS = {"digits": "digits_cnn", "mnist": "mnist_cnn", "cifar10": "cifar10_cnn", "npz": None}
 
@@ -75,7 +72,7 @@ class SimulationConfig:
              + ", ".join(ALGORITHMS)),
             (self.distribution in DISTRIBUTIONS, f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, "
              f"got {self.distribution!r}"),
-            (self.mask_init in ("magnitude", "random"), f"--mask-init must be magnitude or random, got "
+            (self.mask_init in MASK_INITS, f"--mask-init must be magnitude or random, got "
              f"{self.mask_init!r}"),
             (self.min_votes >= 1, f"--min-votes must be >= 1, got {self.min_votes}"),
             (0.0 <= self.sparsity < 1.0, f"--sparsity must be in [0, 1), got {self.sparsity}"),

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from datasources import Dataset, load_dataset
+from feddst_core.evaluation import client_and_global_accuracy
 from feddst_core.masks import density
-from feddst_core.models import ModelSpec, get_model_spec, predict
+from feddst_core.models import ModelSpec, get_model_spec
 from feddst_core.partition import Partition, make_partition
 from feddst_core.sparse import make_local_trainer
 from feddst_core.strategies import ClientReply, FedStrategy, ServerState, StrategyConfig
@@ -136,9 +137,8 @@ class Simulation:
 
     def evaluate(self) -> tuple[float, float]:
         """(mean over clients of local-test accuracy, full test-set accuracy) of the global model."""
-        correct = (predict(self.spec, self.state.params, self.x_test) == self.y_test).numpy()
-        per_client = [float(correct[t].mean()) for t in self.partition.test if len(t)]
-        return float(np.mean(per_client)), float(correct.mean())
+        return client_and_global_accuracy(self.spec, self.state.params, self.x_test, self.y_test,
+                                          self.partition.test)
 
     def run_rounds(self) -> Iterator[RoundRecord]:
         cfg = self.config

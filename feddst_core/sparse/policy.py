@@ -21,9 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from feddst_core import native
+from feddst_core.choices import KERNEL_CHOICES
 from feddst_core.models import Conv, Linear, ModelSpec
-
-KERNEL_CHOICES = ("auto", "sparse", "dense")
 
 
 @dataclass(frozen=True)
