@@ -48,10 +48,6 @@ class Verdict:
         return (self.kind, f"{self.kind}_{self.reason}") if self.reason else (self.kind,)
 
     @property
-    def accepted(self) -> bool:
-        return self.kind == "accepted"
-
-    @property
     def ack_detail(self) -> str:
         """The Ack's detail: the reason first for a rejection (``tensor_shape: conv1.weight: ...``)."""
         return f"{self.reason}: {self.detail}" if self.kind == "invalid" and self.reason else self.detail

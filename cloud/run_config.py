@@ -25,7 +25,6 @@ from feddst_core.choices import (
 )
 from feddst_core.models import MODELS
 from feddst_core.strategies import StrategyConfig
-from feddst_core.training import TrainConfig
 
 Algorithm = AlgorithmName  # the names this module has always exported
 Aggregation = AggregationName
@@ -139,10 +138,6 @@ class RunConfig(BaseModel):
             readjust_until=self.t_end, prox_mu=self.prox_mu, server_momentum=self.server_momentum,
             min_votes=self.min_votes, clients_per_round=self.clients_per_round, aggregation=self.aggregation,
             trim_fraction=self.trim_fraction, clip_update_norm=self.clip_update_norm)
-
-    def train_config(self, prox_mu: float) -> TrainConfig:
-        return TrainConfig(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                           batch_size=self.batch_size, local_epochs=self.local_epochs, prox_mu=prox_mu)
 
     def report_config(self) -> dict:
         """The ``config`` object of report.json (readjust_until resolved, as the simulator does)."""
