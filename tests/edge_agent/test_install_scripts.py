@@ -189,9 +189,9 @@ def test_install_coordinator_refuses_bad_arguments(args: tuple[str, ...], messag
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
-def test_scripts_are_valid_bash_and_executable() -> None:
-    for name in ("install_agent.sh", "install_coordinator.sh", "install_common.sh"):
-        subprocess.run(["bash", "-n", str(DEPLOY / name)], check=True)
+def test_scripts_are_executable() -> None:
+    # the install scripts themselves are run: in full in test_install_agent_sandbox.py, up to their
+    # argument checks above, and in the emulated arm64 root (make test-arm64)
     for name in ("install_agent.sh", "install_coordinator.sh", "torch_cuda_stubs.py", "wheel_requirements.py"):
         assert (DEPLOY / name).stat().st_mode & 0o111, name
     subprocess.run(["bash", "-n", str(REPO / "tests" / "arm64" / "emulated_root.sh")], check=True)
