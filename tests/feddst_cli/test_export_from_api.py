@@ -4,14 +4,8 @@ token, and a missing round's 404 detail passed on."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-
-import httpx
 import onnx
-from brokers import free_port
+from served_coordinator import create_token, served_coordinator
 from typer.testing import CliRunner
 
 from cloud.store import CoordinatorStore
@@ -19,8 +13,6 @@ from feddst_cli.main import app
 from feddst_core.models import get_model_spec
 from feddst_core.strategies import FedStrategy, StrategyConfig
 from inference.model_card import ModelCard
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _state_dir_with_a_run(state) -> None:
@@ -36,32 +28,15 @@ def _state_dir_with_a_run(state) -> None:
 
 
 def test_export_over_http_with_and_without_a_token(tmp_path):
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     state = tmp_path / "state"
     _state_dir_with_a_run(state)
-    api_port = free_port()
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "feddst_cli.main", "cloud", "serve", "--embedded-broker", "--broker-port",
-         str(free_port()), "--api-port", str(api_port), "--state-dir", str(state)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{api_port}"
     runner = CliRunner()
-    try:
-        end = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert serve.poll() is None and time.monotonic() < end, "coordinator did not come up"
-            time.sleep(0.2)
+    with served_coordinator(state) as served:
+        base = served.url
         out = tmp_path / "model.onnx"
         refused = runner.invoke(app, ["export", "onnx", "--run", "run-a", "--api", base, "--out", str(out)], env={})
         assert refused.exit_code == 2 and "HTTP 401" in refused.output and not out.exists()
-        token = subprocess.run([sys.executable, "-m", "feddst_cli.main", "cloud", "token", "create", "--role",
-                                "viewer", "--state-dir", str(state)], env=env, capture_output=True, text=True,
-                               timeout=60).stdout.strip()
+        token = create_token(state, "viewer").stdout.strip()
         latest = runner.invoke(app, ["export", "onnx", "--run", "run-a", "--api", base, "--out", str(out)],
                                env={"FEDDST_API_TOKEN": token})
         assert latest.exit_code == 0, latest.output
@@ -76,6 +51,3 @@ def test_export_over_http_with_and_without_a_token(tmp_path):
                                       token, "--out", str(tmp_path / "r9.onnx")])
         assert missing.exit_code == 2 and "HTTP 404" in missing.output and "no global model of round 9" in (
             missing.output)
-    finally:
-        serve.terminate()
-        serve.communicate(timeout=30)
