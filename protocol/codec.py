@@ -16,6 +16,7 @@ an unknown schema version raises :class:`UnsupportedVersionError`. Then, little-
   mask changes.
 * Ack (6): ``str device_id, u8 ok, str detail``.
 * Abort (7): ``str reason``.
+* RunCompleted (8): ``u8 has_accuracy, f64 accuracy`` (0.0 when absent; else in [0, 1]), tensor set.
 
 ``run_id``, ``server_round`` and (for Register, Status, Update) ``device_id`` come from the
 envelope. The payload must be consumed exactly (trailing bytes are an error).
@@ -42,6 +43,7 @@ from protocol.messages import (
     Message,
     ModelBroadcast,
     Register,
+    RunCompleted,
     Status,
     Task,
     Update,
@@ -107,6 +109,13 @@ def _write_payload(writer: ByteWriter, msg: Message, value_format: str, compress
         writer.string(msg.detail, "detail", MAX_STRING_BYTES)
     elif isinstance(msg, Abort):
         writer.string(msg.reason, "reason", MAX_STRING_BYTES)
+    elif isinstance(msg, RunCompleted):
+        accuracy = msg.accuracy
+        if accuracy is not None and not 0.0 <= accuracy <= 1.0:  # also refuses NaN
+            raise InvalidMessageError(f"RunCompleted.accuracy must be in [0, 1] or None, got {accuracy!r}")
+        writer.boolean(accuracy is not None)
+        writer.f64(0.0 if accuracy is None else accuracy, "accuracy")
+        write_tensor_set(writer, msg.tensors, value_format, compression)
     else:
         raise InvalidMessageError(f"not a protocol message: {type(msg).__name__}")
 
@@ -255,6 +264,13 @@ def _read_payload(envelope: Envelope, limits: Limits) -> Message:
             raise MalformedError("Ack.device_id is not a valid identifier")
         ok = reader.boolean("ok")
         msg = Ack(run_id, server_round, device_id, ok, reader.string("detail", text))
+    elif cls is RunCompleted:
+        has_accuracy = reader.boolean("has_accuracy")
+        accuracy = reader.f64("accuracy")
+        if not (0.0 <= accuracy <= 1.0) or (not has_accuracy and accuracy != 0.0):
+            raise MalformedError(f"RunCompleted accuracy {accuracy!r} is not in [0, 1] (0 when absent)")
+        tensors, _ = read_tensor_set(reader, limits, limits.max_elements)
+        msg = RunCompleted(run_id, server_round, tensors, accuracy if has_accuracy else None)
     else:
         msg = Abort(run_id, server_round, reader.string("reason", text))
     reader.expect_end(cls.__name__ + " payload")

@@ -6,7 +6,7 @@ Byte layout (all integers little-endian)::
     0       4     magic b"FDST" (46 44 53 54)
     4       1     protocol version (this implementation: 1)
     5       1     message type (1 Register, 2 Status, 3 Task, 4 ModelBroadcast, 5 Update,
-                  6 Ack, 7 Abort)
+                  6 Ack, 7 Abort, 8 RunCompleted)
     6       1     auth algorithm: 0 none, 1 HMAC-SHA256 (32-byte tag),
                   2 Ed25519 (64-byte signature, see protocol/ed25519.py)
     7       1     flags, must be 0
@@ -71,7 +71,7 @@ FIXED_HEADER = struct.Struct("<4sBBBBIQQBBI")
 FIXED_HEADER_BYTES = FIXED_HEADER.size  # 34
 CRC_BYTES = 4
 MAX_ID_BYTES = 64
-KNOWN_MESSAGE_TYPES = frozenset(range(1, 8))
+KNOWN_MESSAGE_TYPES = frozenset(range(1, 9))
 
 KeySource = (bytes | Verifier | Mapping[str, "bytes | Verifier"] | Callable[[str], "bytes | Verifier | None"]
              | None)

@@ -24,6 +24,10 @@ Field conventions:
 * ``Register.will_seq`` is the sequence number of the last-will ``Status(offline)`` the device
   gave the broker for this connection (0: none), so the coordinator can accept that one will even
   though its sequence number is below the connection's later messages (schema version 2).
+* ``RunCompleted.server_round`` is the number of completed rounds (the run's last round); its
+  ``tensors`` are the final global model (self-contained, as a ``ModelBroadcast`` without a base
+  round), which no ``ModelBroadcast`` ever carries: the broadcast of round ``r`` holds the model after
+  ``r - 1`` rounds.
 """
 
 from __future__ import annotations
@@ -164,9 +168,25 @@ class Abort:
     reason: str
 
 
-Message = Register | Status | Task | ModelBroadcast | Update | Ack | Abort
+@dataclass(frozen=True)
+class RunCompleted:
+    """Coordinator -> devices that asked for it, once when a run completes: the final global model.
+
+    ``server_round``: the completed rounds. ``accuracy``: the run's last reported accuracy (the mean
+    over the evaluation's local test sets, in [0, 1]), None when the run was not evaluated.
+    """
+
+    MESSAGE_TYPE: ClassVar[int] = 8
+    SCHEMA_VERSION: ClassVar[int] = 1
+    run_id: str
+    server_round: int
+    tensors: dict[str, SparseTensor]
+    accuracy: float | None = None
+
+
+Message = Register | Status | Task | ModelBroadcast | Update | Ack | Abort | RunCompleted
 MESSAGE_CLASSES: dict[int, type] = {
-    cls.MESSAGE_TYPE: cls for cls in (Register, Status, Task, ModelBroadcast, Update, Ack, Abort)
+    cls.MESSAGE_TYPE: cls for cls in (Register, Status, Task, ModelBroadcast, Update, Ack, Abort, RunCompleted)
 }
 RUNLESS_MESSAGE_TYPES = frozenset({Register.MESSAGE_TYPE, Status.MESSAGE_TYPE})
 """Types sent with an empty run id and round 0."""

@@ -6,6 +6,7 @@ so they never contain ``/``, ``+`` or ``#``)::
     feddst/v1/runs/<run>/task              coordinator -> all devices  Task (lists the selected ids)
     feddst/v1/runs/<run>/model             coordinator -> all devices  ModelBroadcast (often chunked)
     feddst/v1/runs/<run>/control           coordinator -> all devices  Abort
+    feddst/v1/runs/<run>/final             coordinator -> subscribers  RunCompleted (the final model, chunked)
     feddst/v1/runs/<run>/update/<device>   device -> coordinator       Update (often chunked)
     feddst/v1/runs/<run>/ack/<device>      coordinator -> device       Ack of an update
     feddst/v1/devices/<device>/register    device -> coordinator       Register
@@ -35,6 +36,7 @@ ROOT = "feddst/v1"
 QOS_TASK = 1
 QOS_MODEL = 1
 QOS_CONTROL = 1
+QOS_FINAL = 1
 QOS_UPDATE = 1
 QOS_ACK = 1
 QOS_REGISTER = 1
@@ -42,6 +44,7 @@ QOS_STATUS = 1
 RETAIN_TASK = False
 RETAIN_MODEL = False
 RETAIN_CONTROL = False
+RETAIN_FINAL = False
 RETAIN_UPDATE = False
 RETAIN_ACK = False
 RETAIN_REGISTER = False
@@ -68,6 +71,9 @@ TOPIC_POLICIES: tuple[TopicPolicy, ...] = (
                 "would store a useless last chunk; large retained payloads also burden the broker."),
     TopicPolicy(f"{ROOT}/runs/<run>/control", "coordinator", QOS_CONTROL, RETAIN_CONTROL,
                 "Abort must arrive (QoS 1) but must not be replayed to a later run's devices."),
+    TopicPolicy(f"{ROOT}/runs/<run>/final", "coordinator", QOS_FINAL, RETAIN_FINAL,
+                "Once per completed run: the final global model, for devices that keep it (only those "
+                "subscribe, so only they pay its bytes); chunked, so not retained, like the model topic."),
     TopicPolicy(f"{ROOT}/runs/<run>/update/<device>", "device", QOS_UPDATE, RETAIN_UPDATE,
                 "Each update is consumed once by the coordinator; retaining would replay it."),
     TopicPolicy(f"{ROOT}/runs/<run>/ack/<device>", "coordinator", QOS_ACK, RETAIN_ACK,
@@ -100,6 +106,10 @@ def control(run_id: str) -> str:
     return f"{ROOT}/runs/{_identifier(run_id, 'run id')}/control"
 
 
+def final(run_id: str) -> str:
+    return f"{ROOT}/runs/{_identifier(run_id, 'run id')}/final"
+
+
 def update(run_id: str, device_id: str) -> str:
     return f"{ROOT}/runs/{_identifier(run_id, 'run id')}/update/{_identifier(device_id, 'device id')}"
 
@@ -120,17 +130,24 @@ def inbox(device_id: str) -> str:
     return f"{ROOT}/devices/{_identifier(device_id, 'device id')}/inbox"
 
 
-def device_subscriptions(device_id: str, run_id: str | None = None) -> list[tuple[str, int]]:
-    """``(topic filter, qos)`` pairs a device subscribes to (all runs if ``run_id`` is None)."""
+def device_subscriptions(device_id: str, run_id: str | None = None, *,
+                         final_model: bool = False) -> list[tuple[str, int]]:
+    """``(topic filter, qos)`` pairs a device subscribes to (all runs if ``run_id`` is None).
+
+    ``final_model``: also the runs' ``final`` topic (a device that keeps the final model, e.g. as
+    model.onnx; the others never receive those bytes)."""
     run = "+" if run_id is None else _identifier(run_id, "run id")
     device = _identifier(device_id, "device id")
-    return [
+    filters = [
         (f"{ROOT}/runs/{run}/task", QOS_TASK),
         (f"{ROOT}/runs/{run}/model", QOS_MODEL),
         (f"{ROOT}/runs/{run}/control", QOS_CONTROL),
         (f"{ROOT}/runs/{run}/ack/{device}", QOS_ACK),
         (f"{ROOT}/devices/{device}/inbox", QOS_ACK),
     ]
+    if final_model:
+        filters.insert(3, (f"{ROOT}/runs/{run}/final", QOS_FINAL))
+    return filters
 
 
 def coordinator_subscriptions(run_id: str | None = None) -> list[tuple[str, int]]:
@@ -148,6 +165,7 @@ def _acl_lines(device: str) -> list[str]:
         f"topic read {ROOT}/runs/+/task",
         f"topic read {ROOT}/runs/+/model",
         f"topic read {ROOT}/runs/+/control",
+        f"topic read {ROOT}/runs/+/final",
         f"topic read {ROOT}/runs/+/ack/{device}",
         f"topic read {ROOT}/devices/{device}/inbox",
         f"topic write {ROOT}/runs/+/update/{device}",
@@ -173,6 +191,7 @@ def coordinator_acl(user: str = COORDINATOR_ID) -> list[str]:
         f"topic write {ROOT}/runs/+/task",
         f"topic write {ROOT}/runs/+/model",
         f"topic write {ROOT}/runs/+/control",
+        f"topic write {ROOT}/runs/+/final",
         f"topic write {ROOT}/runs/+/ack/+",
         f"topic write {ROOT}/devices/+/inbox",
         f"topic read {ROOT}/runs/+/update/+",

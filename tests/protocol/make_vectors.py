@@ -40,6 +40,7 @@ from protocol import (  # noqa: E402
     MaskChange,
     ModelBroadcast,
     Register,
+    RunCompleted,
     SparseTensor,
     Status,
     Task,
@@ -114,6 +115,10 @@ def _vectors() -> list[tuple[str, str, object, bytes | None, dict, bool]]:
         ("abort", "Abort a run, Ed25519", Abort("run-1", 4, "operator request"), COORDINATOR, f32, exact),
         ("ack_hmac", "Ack authenticated with an HMAC key (a verifier given that key accepts it)",
          Ack("run-1", 3, "dev-7", True, "accepted"), KEY, f32, exact),
+        ("run_completed", "RunCompleted after 20 rounds: the final model (as model_broadcast's), accuracy, Ed25519",
+         RunCompleted("run-1", 20, model, accuracy=0.875), COORDINATOR, f32, exact),
+        ("run_completed_unevaluated", "RunCompleted of a run that was not evaluated (no accuracy), Ed25519",
+         RunCompleted("run-1", 20, {"bias": model["bias"]}), COORDINATOR, f32, exact),
     ]
 
 

@@ -12,6 +12,7 @@ from protocol import (
     MaskChange,
     ModelBroadcast,
     Register,
+    RunCompleted,
     SparseTensor,
     Status,
     Task,
@@ -82,4 +83,5 @@ messages = st.one_of(
     updates(),
     st.builds(Ack, identifiers, u32, identifiers, st.booleans(), texts),
     st.builds(Abort, identifiers, u32, texts),
+    st.builds(RunCompleted, identifiers, u32, tensor_sets, st.none() | st.floats(0.0, 1.0)),
 )

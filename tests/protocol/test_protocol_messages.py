@@ -24,6 +24,7 @@ from protocol import (
     ModelBroadcast,
     ProtocolError,
     Register,
+    RunCompleted,
     SparseTensor,
     Status,
     Task,
@@ -63,6 +64,9 @@ def sample_messages():
                {"fc.weight": MaskChange([0], [1])}, 600, 0.25, 12.5, 0xFEEDFACE12345678),
         Ack("run-7", 3, "dev-1", True, "update accepted"),
         Abort("run-7", 5, "operator stopped the run"),
+        RunCompleted("run-7", 20, {"fc.weight": SparseTensor.from_dense(weights, mask),
+                                   "fc.bias": SparseTensor((3,), np.ones(3, np.float32))}, accuracy=0.8125),
+        RunCompleted("run-7", 20, {"fc.bias": SparseTensor((3,), np.ones(3, np.float32))}),
     ]
 
 
@@ -330,3 +334,27 @@ def test_key_lookup_returning_non_bytes_is_an_authentication_error():
     data = encode_message(Status("dev-1", "online"), KEY)
     with pytest.raises(AuthenticationError):
         decode_message(data, lambda sender: "not-bytes")  # type: ignore[arg-type,return-value]
+
+
+def _with_payload(data: bytes, payload: bytes) -> bytes:
+    """The same envelope header fields around another payload, unauthenticated."""
+    from protocol.envelope import encode_envelope
+
+    env = decode_envelope(data)
+    return encode_envelope(env.message_type, env.run_id, env.server_round, env.sender_id, env.seq,
+                           env.timestamp_ms, payload, None)
+
+
+@pytest.mark.parametrize("accuracy", [-0.1, 1.5, float("nan"), float("inf")])
+def test_run_completed_accuracy_outside_zero_one_is_refused(accuracy):
+    bias = {"b": SparseTensor((2,), np.ones(2, np.float32))}
+    with pytest.raises(InvalidMessageError, match="accuracy"):
+        encode_message(RunCompleted("run-7", 3, bias, accuracy), None, seq=1)
+    good = encode_message(RunCompleted("run-7", 3, bias, 0.5), None, seq=1, timestamp=1.0)
+    payload = bytes(decode_envelope(good).payload)
+    bad = payload[:2] + struct.pack("<d", accuracy) + payload[10:]  # u8 schema, u8 has_accuracy, f64 accuracy
+    with pytest.raises(MalformedError, match="accuracy"):
+        decode_message(_with_payload(good, bad))
+    absent_but_set = payload[:1] + b"\x00" + payload[2:]  # has_accuracy 0 with accuracy 0.5
+    with pytest.raises(MalformedError, match="accuracy"):
+        decode_message(_with_payload(good, absent_but_set))

@@ -22,6 +22,7 @@ def test_topic_builders():
     assert topics.task("run-1") == "feddst/v1/runs/run-1/task"
     assert topics.model("run-1") == "feddst/v1/runs/run-1/model"
     assert topics.control("run-1") == "feddst/v1/runs/run-1/control"
+    assert topics.final("run-1") == "feddst/v1/runs/run-1/final"
     assert topics.update("run-1", "dev-9") == "feddst/v1/runs/run-1/update/dev-9"
     assert topics.ack("run-1", "dev-9") == "feddst/v1/runs/run-1/ack/dev-9"
     assert topics.register("dev-9") == "feddst/v1/devices/dev-9/register"
@@ -54,6 +55,8 @@ def test_device_acl_gives_exactly_its_own_topics():
     assert _acl_allows(lines, "read", topics.task("run-1"))
     assert _acl_allows(lines, "read", topics.model("run-1"))
     assert _acl_allows(lines, "read", topics.ack("run-1", "dev-1"))
+    assert _acl_allows(lines, "read", topics.final("run-1"))
+    assert not _acl_allows(lines, "write", topics.final("run-1"))
     assert not _acl_allows(lines, "write", topics.update("run-1", "dev-2"))
     assert not _acl_allows(lines, "read", topics.update("run-1", "dev-2"))
     assert not _acl_allows(lines, "read", topics.ack("run-1", "dev-2"))
@@ -64,13 +67,23 @@ def test_device_acl_gives_exactly_its_own_topics():
 
 def test_subscriptions_are_covered_by_the_acls():
     device_lines = topics.device_acl("dev-1")
-    for topic_filter, qos in topics.device_subscriptions("dev-1"):
+    for topic_filter, qos in topics.device_subscriptions("dev-1", final_model=True):
         assert qos == 1
         assert any(line.endswith(" " + topic_filter) and " read " in line for line in device_lines)
     coordinator_lines = topics.coordinator_acl()
     for topic_filter, _ in topics.coordinator_subscriptions():
         assert any(line.endswith(" " + topic_filter) for line in coordinator_lines)
     assert _matches(topics.device_subscriptions("dev-1", "run-1")[0][0], topics.task("run-1"))
+    assert _acl_allows(coordinator_lines, "write", topics.final("run-1"))
+
+
+def test_only_devices_that_keep_the_final_model_subscribe_to_it():
+    def receives_final(filters: list[tuple[str, int]]) -> bool:
+        return any(_matches(topic_filter, topics.final("run-1")) for topic_filter, _ in filters)
+
+    assert not receives_final(topics.device_subscriptions("dev-1"))
+    assert receives_final(topics.device_subscriptions("dev-1", final_model=True))
+    assert receives_final(topics.device_subscriptions("dev-1", "run-1", final_model=True))
 
 
 def test_pattern_acl_uses_the_username():
