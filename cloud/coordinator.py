@@ -61,7 +61,7 @@ from cloud.signing_key import load_or_create_signing_key
 from cloud.store import CoordinatorStore, RunRow
 from feddst_core.masks import density
 from feddst_core.strategies import FedStrategy, ServerState
-from feddst_core.wire_format import model_broadcast
+from feddst_core.wire_format import model_broadcast, run_completed
 from protocol import Abort, Ack, Message, Register, Status, Task, Update, encode_message, topics
 from protocol.ed25519 import Ed25519Signer
 
@@ -478,10 +478,20 @@ class Coordinator:
         self.store.set_run_counters(ex.run_id, ex.counters)
         self.registry.flush()
         if r >= ex.config.rounds:
+            self._publish_final_model(ex, record["accuracy"])
             self._finish(ex.run_id, "completed")
         else:
             ex.phase, ex.phase_since = "waiting", time.time()
             self._try_begin_round(ex, time.time())
+
+    def _publish_final_model(self, ex: RunExecution, accuracy: float | None) -> None:
+        """``RunCompleted`` on the run's ``final`` topic: the model after the last round, which no round's
+        broadcast carries, for the devices that keep it (``--model-onnx-path``; only they subscribe).
+        Its encoded size is the run counter ``final_model_bytes`` (bytes per receiving device; the
+        report's ``download_bytes`` counts the round broadcasts only, as the simulator does)."""
+        data = self._sign(run_completed(ex.run_id, ex.server_round, ex.state.params, ex.state.masks, accuracy))
+        self._publish(topics.final(ex.run_id), data, topics.QOS_FINAL)  # chunked by the link
+        ex.counters["final_model_bytes"] = len(data)
 
     def _stop_active(self, run_id: str) -> None:
         ex = self._execution

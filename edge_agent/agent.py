@@ -54,6 +54,7 @@ from protocol import (
     ModelBroadcast,
     ProtocolError,
     Register,
+    RunCompleted,
     Status,
     Task,
     Update,
@@ -267,7 +268,7 @@ class EdgeAgent:
         self.stats["connects"] += 1
         log.info("connected to %s (session %s)", self.settings.broker_address.url,
                  "resumed" if event.session_present else "new")
-        self.link.subscribe(topics.device_subscriptions(self.device_id))
+        self.link.subscribe(topics.device_subscriptions(self.device_id, final_model=self.snapshots is not None))
         self._publish_status("busy" if self.state.training else "online")
         register = Register(self.device_id, self.capabilities, len(self.data), will_seq=self._will_seq)
         self.link.publish(topics.register(self.device_id), self._encode(register), topics.QOS_REGISTER,
@@ -338,6 +339,8 @@ class EdgeAgent:
             self._on_ack(msg, on_inbox=topic == topics.inbox(self.device_id))
         elif isinstance(msg, Abort):
             self._on_abort(msg)
+        elif isinstance(msg, RunCompleted):
+            self._on_run_completed(msg)
 
     def _allowed_topics(self, msg: Message) -> tuple[str, ...]:
         """The topics each message type may arrive on (none for types devices never receive)."""
@@ -347,6 +350,8 @@ class EdgeAgent:
             return (topics.model(msg.run_id),)
         if isinstance(msg, Abort):
             return (topics.control(msg.run_id),)
+        if isinstance(msg, RunCompleted) and self.snapshots is not None:
+            return (topics.final(msg.run_id),)
         if isinstance(msg, Ack) and msg.device_id == self.device_id:
             return (topics.ack(msg.run_id, self.device_id), topics.inbox(self.device_id))
         return ()
@@ -400,6 +405,12 @@ class EdgeAgent:
             if (task.run_id, task.model_round) == key:
                 del self.state.waiting[round_key]
                 self._make_ready(task)
+
+    def _on_run_completed(self, done: RunCompleted) -> None:
+        """The run's final model: written as model.onnx (only agents keeping one subscribe to it)."""
+        log.info("run %s completed after %d rounds", done.run_id, done.server_round)
+        if self.snapshots is not None and self.snapshots.due(done):
+            self.stats["model_onnx_written" if self.snapshots.write(done) else "model_onnx_failed"] += 1
 
     def _on_ack(self, ack: Ack, on_inbox: bool) -> None:
         if on_inbox:

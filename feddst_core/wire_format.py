@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from protocol import MaskChange, ModelBroadcast, SparseTensor, Update, apply_mask_changes
+from protocol import MaskChange, ModelBroadcast, RunCompleted, SparseTensor, Update, apply_mask_changes
 from protocol.errors import MaskMismatchError
 
 Params = dict[str, torch.Tensor]
@@ -41,6 +41,12 @@ def model_broadcast(run_id: str, server_round: int, params: Mapping[str, torch.T
                     masks: Mapping[str, torch.Tensor]) -> ModelBroadcast:
     """The global model of ``server_round`` as broadcast to devices."""
     return ModelBroadcast(run_id=run_id, server_round=server_round, tensors=model_tensors(params, masks))
+
+
+def run_completed(run_id: str, rounds: int, params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+                  accuracy: float | None) -> RunCompleted:
+    """The final global model after ``rounds`` completed rounds, as sent on the run's ``final`` topic."""
+    return RunCompleted(run_id=run_id, server_round=rounds, tensors=model_tensors(params, masks), accuracy=accuracy)
 
 
 def model_from_tensors(tensors: Mapping[str, SparseTensor], masked_names: list[str]) -> tuple[Params, Masks]:

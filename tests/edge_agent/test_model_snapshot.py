@@ -10,9 +10,10 @@ import pytest
 from agent_harness import KEYED, RUN, agent_settings, global_model, make_task, send_round, wait_until
 
 from edge_agent.config import AgentConfigError, load_settings
+from feddst_core.wire_format import run_completed
 from inference import Predictor
 from inference.onnx_file import write_file_atomically
-from protocol import Register
+from protocol import Register, topics
 
 
 def test_writes_every_nth_completed_round_from_the_broadcast(mosquitto, coordinator, start_agent, tmp_path,
@@ -42,6 +43,41 @@ def test_writes_every_nth_completed_round_from_the_broadcast(mosquitto, coordina
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]  # no temporary file left behind
     lines = [r.getMessage() for r in caplog.records if "wrote" in r.getMessage()]
     assert any(f"run {RUN} after round 4" in line and "local training samples" in line for line in lines)
+
+
+def test_writes_the_final_model_when_the_run_completes(mosquitto, coordinator, start_agent, tmp_path,
+                                                       caplog) -> None:
+    """The model after the last round is in no broadcast: RunCompleted brings it, with the run's accuracy."""
+    caplog.set_level(logging.INFO, logger="feddst.agent")
+    path = tmp_path / "model.onnx"
+    agent = start_agent(agent_settings(mosquitto.url, model_onnx_path=str(path), model_onnx_every=100))
+    coordinator.expect(Register)
+    params, masks = global_model()
+    send_round(coordinator, make_task(2, selected=("dev-999",)), params, masks)  # 1 completed: not due
+    final = {n: t * 3 for n, t in params.items()}
+    coordinator.send(run_completed(RUN, 2, final, masks, 0.75), topics.final(RUN), max_packet=4096)  # chunked
+    assert wait_until(lambda: agent.agent.stats["model_onnx_written"] == 1, 10)
+    card = Predictor(path).card
+    assert (card.run_id, card.server_round, card.accuracy) == (RUN, 2, 0.75)
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    for name, value in final.items():
+        expected = (value * masks[name]).numpy() if name in masks else value.numpy()
+        np.testing.assert_array_equal(weights[name], expected)
+    coordinator.send(run_completed(RUN, 2, params, masks, 0.5), topics.final(RUN))  # a duplicate: not rewritten
+    assert wait_until(lambda: agent.agent.stats["received_runcompleted"] == 2, 10)
+    assert agent.agent.stats["model_onnx_written"] == 1 and Predictor(path).card.accuracy == 0.75
+    assert any(f"run {RUN} after round 2 (run completed), run accuracy 0.7500" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_without_the_setting_the_final_model_is_not_received(mosquitto, coordinator, start_agent) -> None:
+    agent = start_agent(agent_settings(mosquitto.url))
+    coordinator.expect(Register)
+    params, masks = global_model()
+    coordinator.send(run_completed(RUN, 2, params, masks, None), topics.final(RUN))
+    send_round(coordinator, make_task(3, selected=("dev-999",)), params, masks)  # published after it
+    assert wait_until(lambda: agent.agent.stats["received_modelbroadcast"] >= 1, 10)
+    assert agent.agent.stats["received_runcompleted"] == 0 and agent.agent.stats["dropped_wrong_topic"] == 0
 
 
 def test_without_the_setting_nothing_is_written(mosquitto, coordinator, start_agent, tmp_path) -> None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import signal
 
+import numpy as np
 import paho.mqtt.client as mqtt
+import pytest
 from coordinator_harness import make_coordinator, wait_until
 
 from cloud.embedded_broker import EmbeddedBroker
 from cloud.run_config import EvalConfig, RunConfig
+from inference import Predictor
 
 DATA = ("--classes-per-client", "2", "--samples-per-class", "20")
+EVAL_DATA = {"classes_per_client": 2, "samples_per_class": 20}
 
 
 def test_agent_killed_mid_round_does_not_stall_the_round(mosquitto, agents, tmp_path):
@@ -78,13 +82,28 @@ def test_full_run_with_real_agents_on_the_embedded_broker(agents, tmp_path):
     broker = EmbeddedBroker().start()
     coordinator = make_coordinator(broker.url, tmp_path / "state")
     try:
+        model_onnx = tmp_path / "dev-000-model.onnx"  # dev-000 keeps the final model for local use
         for i in range(3):
-            agents(broker.url, f"dev-{i:03d}", f"{i}/3", *DATA, "--mqtt-protocol", "3.1.1")
+            extra = ("--model-onnx-path", str(model_onnx), "--model-onnx-every", "100") if i == 0 else ()
+            agents(broker.url, f"dev-{i:03d}", f"{i}/3", *DATA, "--mqtt-protocol", "3.1.1", *extra)
         wait_until(lambda: len(coordinator.registry.online_ids()) == 3, 60, "agents online")
         run = coordinator.create_run(RunConfig(model="digits_cnn", clients_per_round=3, rounds=2, local_epochs=1,
-                                               batch_size=8, round_timeout_s=30, min_devices=3))
+                                               batch_size=8, round_timeout_s=30, min_devices=3,
+                                               eval=EvalConfig(dataset="digits", clients=3, **EVAL_DATA)))
         coordinator.start_run(run.id)
-        assert coordinator.wait_for_run(run.id, 60).status == "completed"
+        finished = coordinator.wait_for_run(run.id, 60)
+        assert finished.status == "completed"
+        assert finished.counters["final_model_bytes"] > 0
+        # the model after the last round, which no round's broadcast carries, from the RunCompleted message
+        wait_until(lambda: model_onnx.exists() and Predictor(model_onnx).card.server_round == 2, 30,
+                   "dev-000's model.onnx of the completed run")
+        card = Predictor(model_onnx).card
+        last_round = coordinator.get_run(run.id)[1][-1]
+        assert (card.run_id, card.server_round) == (run.id, 2)
+        assert card.accuracy == pytest.approx(last_round["accuracy"])
+        expected = Predictor(coordinator.model_onnx(run.id, 2))  # GET /api/runs/{id}/model.onnx's bytes
+        x = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
+        np.testing.assert_allclose(Predictor(model_onnx).probabilities(x), expected.probabilities(x), rtol=0, atol=1e-7)
     finally:
         coordinator.close()
         broker.stop()
