@@ -132,11 +132,12 @@ def measure_memory(data: tuple[str, str], workdir: Path) -> dict[str, Any]:
     agent = subprocess.Popen(
         [sys.executable, "-m", "feddst_cli.main", "agent", "run", "--broker", broker.url, "--device-id", DEVICE_ID,
          "--dataset", dataset, "--data-dir", data_dir, "--partition", "0/400", "--seed", "0", "--threads", "1",
-         "--heartbeat-s", "2", "--log-level", "warning"],
+         "--heartbeat-s", "2", "--log-level", "warning", "--coordinator-public-key", coordinator.public_key_hex],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         if not watch.arrived.wait(120):
-            raise RuntimeError(f"the agent did not register within 120 s: {agent.poll()=}")
+            raise RuntimeError(f"the agent did not register within 120 s: {agent.poll()=}; its stderr: "
+                               f"{agent.stderr.read()[-2000:] if agent.poll() is not None and agent.stderr else ''}")
         cold_start = watch.at - t0
         time.sleep(3.0)  # settle: connection up, heartbeats running, data loaded
         samples = []
