@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 
+from cloud.run_config import CapabilityFilter
 from cloud.store import CoordinatorStore, DeviceRow
 from protocol import Capabilities
 
@@ -103,3 +105,23 @@ class DeviceRegistry:
             self._dirty.clear()
         for row in rows:
             self.store.save_device(row)
+
+
+def eligible_devices(registry: DeviceRegistry, select: CapabilityFilter | None,
+                     admits: Callable[[str], bool] = lambda device_id: True) -> list[str]:
+    """Sorted ids of the online devices that ``admits`` lets in and that meet every bound of the run's
+    capability filter."""
+    online = [d for d in registry.online_ids() if admits(d)]
+    if select is None:
+        return online
+    out = []
+    for device_id in online:
+        caps = registry.capabilities(device_id)
+        if select.min_cores is not None and caps.get("cores", 0) < select.min_cores:
+            continue
+        if select.min_memory_mb is not None and caps.get("memory_mb", 0) < select.min_memory_mb:
+            continue
+        if select.arch is not None and caps.get("arch") != select.arch:
+            continue
+        out.append(device_id)
+    return out

@@ -24,6 +24,7 @@ otherwise, so an invalid update is not re-sent either.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ class RoundCollector:
         self.expectations = RoundExpectations(spec.parameter_shapes(),
                                               {n: m.cpu().numpy() for n, m in state.masks.items()},
                                               self.readjust_fraction)
+    aggregation_s: float = 0.0  # seconds spent in aggregation.add for the accepted updates
 
     @property
     def complete(self) -> bool:
@@ -110,8 +112,10 @@ class RoundCollector:
         weight, cap_note = self._weight(update)
         try:
             params, masks = update_to_model(update, self.aggregation.state.masks)
+            started = time.perf_counter()
             self.aggregation.add(ClientReply(self.selected.index(update.device_id), params, masks,
                                              weight, update.train_loss))
+            self.aggregation_s += time.perf_counter() - started
         except (ProtocolError, ValueError) as exc:  # check_update should have caught it: still no crash
             return Verdict("invalid", f"{type(exc).__name__}: {exc}", "unusable")
         self.accepted[update.device_id] = size

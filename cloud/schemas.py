@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud.run_phase import RunPhase
 from cloud.store import DeviceRow, EnrollmentRow, RunRow
 
 
@@ -42,6 +43,24 @@ class RoundOut(BaseModel):
     closed_at: float | None = Field(None, description="Unix seconds when the round closed.")
 
 
+class RunPhaseOut(BaseModel):
+    """What a running run is doing now."""
+
+    name: str = Field(description="starting | waiting_for_devices | collecting | aggregating | evaluating")
+    round: int = Field(description="The round being prepared, collected, aggregated or evaluated.")
+    done: int = Field(0, description="waiting_for_devices: eligible devices online; collecting: updates accepted.")
+    total: int = Field(0, description="waiting_for_devices: devices the round needs; collecting: devices selected.")
+    progress: str = Field("", description="done/total, e.g. '3/5' ('' for phases without progress).")
+    since: float | None = Field(None, description="Unix time the phase began.")
+
+    @classmethod
+    def from_phase(cls, phase: RunPhase | None) -> RunPhaseOut | None:
+        if phase is None:
+            return None
+        return cls(name=phase.name, round=phase.round, done=phase.done, total=phase.total,
+                   progress=phase.progress, since=phase.since)
+
+
 class RunSummaryOut(BaseModel):
     """One run in a listing. Times are Unix seconds."""
 
@@ -58,15 +77,18 @@ class RunSummaryOut(BaseModel):
     latest_accuracy: float | None = Field(None, description="Accuracy (0..1) of the last evaluated round.")
     upload_bytes: int = Field(0, description="Bytes uploaded by devices so far (accepted updates).")
     download_bytes: int = Field(0, description="Bytes downloaded by devices so far (model broadcasts).")
+    phase: RunPhaseOut | None = Field(None, description="What a running run is doing now (null otherwise).")
 
     @classmethod
-    def from_row(cls, row: RunRow, progress: dict[str, Any] | None = None) -> RunSummaryOut:
+    def from_row(cls, row: RunRow, progress: dict[str, Any] | None = None,
+                 phase: RunPhase | None = None) -> RunSummaryOut:
         progress = progress or {}
         return cls(id=row.id, name=row.name, status=row.status, created_at=row.created_at,
                    started_at=row.started_at, finished_at=row.finished_at, error=row.error,
                    rounds_done=row.model_round, algorithm=row.config.get("algorithm"),
                    rounds_total=row.config.get("rounds"), latest_accuracy=progress.get("latest_accuracy"),
-                   upload_bytes=progress.get("upload_bytes", 0), download_bytes=progress.get("download_bytes", 0))
+                   upload_bytes=progress.get("upload_bytes", 0), download_bytes=progress.get("download_bytes", 0),
+                   phase=RunPhaseOut.from_phase(phase))
 
 
 class RunDetailOut(RunSummaryOut):
@@ -81,12 +103,13 @@ class RunDetailOut(RunSummaryOut):
     total_download_bytes: int = 0
 
     @classmethod
-    def from_parts(cls, row: RunRow, rounds: list[dict[str, Any]]) -> RunDetailOut:
+    def from_parts(cls, row: RunRow, rounds: list[dict[str, Any]], phase: RunPhase | None = None) -> RunDetailOut:
         evaluated = [r for r in rounds if r.get("accuracy") is not None]
         progress = {"latest_accuracy": evaluated[-1]["accuracy"] if evaluated else None,
                     "upload_bytes": rounds[-1]["upload_bytes"] if rounds else 0,
                     "download_bytes": rounds[-1]["download_bytes"] if rounds else 0}
-        return cls(**RunSummaryOut.from_row(row, progress).model_dump(), config=row.config, counters=row.counters,
+        return cls(**RunSummaryOut.from_row(row, progress, phase).model_dump(), config=row.config,
+                   counters=row.counters,
                    rounds=[RoundOut(**r) for r in rounds],
                    final_accuracy=evaluated[-1]["accuracy"] if evaluated else None,
                    total_upload_bytes=rounds[-1]["upload_bytes"] if rounds else 0,

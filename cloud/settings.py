@@ -55,6 +55,11 @@ class CloudSettings(BaseSettings):
         None, description="Removed (a shared HMAC key): setting it is an error that explains the Ed25519 key.")
     sse_keepalive_s: float = Field(15.0, gt=0, description="Seconds between keep-alive comments of an idle "
                                    "/api/runs/{id}/events stream.")
+    metrics_require_token: bool = Field(
+        False, description="When true, GET /metrics needs a viewer API token (default: open, like most "
+                           "Prometheus targets).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Level of the coordinator's log lines (stderr; uvicorn's too).")
     data_roots: list[Path] = Field(
         default_factory=list,
         description="Directories a run config's eval.data_dir may lie under (symlinks and .. resolved first). "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -30,6 +31,7 @@ from feddst_core.model_file import MASK_SUFFIX, decode_model_file, encode_model_
 
 RUN_STATUSES = ("created", "running", "completed", "stopped", "failed", "interrupted")
 __all__ = ["MASK_SUFFIX", "CoordinatorStore", "DeviceRow", "RunRow"]
+RUN_TABLES = ("rounds",)  # tables keyed by run_id whose rows go with the run (delete_run)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -172,6 +174,21 @@ class CoordinatorStore:
 
     def set_run_counters(self, run_id: str, counters: Mapping[str, int]) -> None:
         self._execute("UPDATE runs SET counters = ? WHERE id = ?", (json.dumps(dict(counters)), run_id))
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove the run, its rounds and its model files (``RunNotFoundError`` if there is no such run)."""
+        self.get_run(run_id)
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for table in RUN_TABLES:
+                    self._db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+                self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        shutil.rmtree(self.state_dir / "models" / run_id, ignore_errors=True)
 
     # --- rounds -----------------------------------------------------------------------------------
 
