@@ -19,7 +19,7 @@ Metric names (the ``_total`` suffix of counters is added by the exposition forma
   coordinator's link received or published, chunk headers included (MQTT framing excluded): the
   closest to wire bytes the coordinator can see.
 * ``feddst_updates_total{verdict}``: update verdicts (``accepted``, ``duplicate``, ``stale``,
-  ``unselected``, ``invalid``, ``ignored_other_run``).
+  ``unselected``, ``invalid``; an update for a run that is not active is ``stale``).
 * ``feddst_device_errors_total{code}``: error reports from devices, by reason code.
 * ``feddst_devices_online``, ``feddst_inbound_queue_depth``, ``feddst_broker_connected`` (1/0),
   ``feddst_active_runs`` (0/1): gauges.
@@ -30,6 +30,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from cloud.round_collector import VERDICTS
 
 ROUND_SECONDS_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, float("inf"))
 AGGREGATION_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf"))
@@ -67,8 +69,10 @@ class CoordinatorMetrics:
         Gauge("feddst_broker_connected", "1 while the coordinator is connected to the MQTT broker.",
               registry=r).set_function(lambda: 1.0 if broker_connected() else 0.0)
         Gauge("feddst_active_runs", "Runs running now (0 or 1).", registry=r).set_function(active_runs)
-        for direction in ("received", "sent"):
+        for direction in ("received", "sent"):  # zeros from the start, so rates work from the first scrape
             self.mqtt_bytes.labels(direction=direction)
+        for verdict in VERDICTS:
+            self.updates.labels(verdict=verdict)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
