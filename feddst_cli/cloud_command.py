@@ -1,4 +1,4 @@
-"""``feddst cloud serve``: the coordinator (FastAPI REST API + MQTT client)."""
+"""``feddst cloud serve``: the coordinator (FastAPI REST API + MQTT client); ``runs``/``devices``/``token`` groups."""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ from pathlib import Path
 
 import typer
 
-from feddst_cli import devices_command, token_command
+from feddst_cli import cloud_devices_command, cloud_runs_command, devices_command, token_command
 
-app = typer.Typer(help="The cloud coordinator.", no_args_is_help=True)
+app = typer.Typer(help="The cloud coordinator: serve it, manage its API tokens, and drive its runs and devices "
+                  "from a terminal over its REST API (--url / FEDDST_API_URL, --token / FEDDST_API_TOKEN).",
+                  no_args_is_help=True)
 app.add_typer(token_command.app, name="token")
 app.add_typer(devices_command.app, name="devices")
 keys_app = typer.Typer(help="The coordinator's Ed25519 signing key (devices verify every coordinator message "
                        "with its public half).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(cloud_runs_command.app, name="runs")
+devices_command.app.command("ls")(cloud_devices_command.list_devices)  # over the REST API
 
 
 @app.command("serve")
