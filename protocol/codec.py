@@ -16,8 +16,9 @@ an unknown schema version raises :class:`UnsupportedVersionError`. Then, little-
   mask changes.
 * Ack (6): ``str device_id, u8 ok, str detail``.
 * Abort (7): ``str reason``.
+* DeviceError (8): ``str code`` (an identifier, e.g. ``bad_data``), ``str detail``.
 
-``run_id``, ``server_round`` and (for Register, Status, Update) ``device_id`` come from the
+``run_id``, ``server_round`` and (for Register, Status, Update, DeviceError) ``device_id`` come from the
 envelope. The payload must be consumed exactly (trailing bytes are an error).
 """
 
@@ -39,6 +40,7 @@ from protocol.messages import (
     Abort,
     Ack,
     Capabilities,
+    DeviceError,
     Message,
     ModelBroadcast,
     Register,
@@ -107,6 +109,11 @@ def _write_payload(writer: ByteWriter, msg: Message, value_format: str, compress
         writer.string(msg.detail, "detail", MAX_STRING_BYTES)
     elif isinstance(msg, Abort):
         writer.string(msg.reason, "reason", MAX_STRING_BYTES)
+    elif isinstance(msg, DeviceError):
+        if not is_identifier(msg.code):
+            raise InvalidMessageError(f"DeviceError.code {msg.code!r} is not a valid identifier (e.g. bad_data)")
+        writer.string(msg.code, "code", MAX_STRING_BYTES)
+        writer.string(msg.detail, "detail", MAX_STRING_BYTES)
     else:
         raise InvalidMessageError(f"not a protocol message: {type(msg).__name__}")
 
@@ -119,7 +126,7 @@ def _envelope_fields(msg: Message, sender_id: str | None) -> tuple[str, int, str
         run_id, server_round = msg.run_id, msg.server_round
         if not is_identifier(run_id):
             raise InvalidMessageError(f"run_id {run_id!r} is not a valid identifier")
-    if isinstance(msg, Register | Status | Update):
+    if isinstance(msg, Register | Status | Update | DeviceError):
         if sender_id is not None and sender_id != msg.device_id:
             raise InvalidMessageError("sender_id must equal device_id for device messages")
         sender_id = msg.device_id
@@ -133,7 +140,7 @@ def encode_message(msg: Message, key: bytes | Signer | None = None, *, sender_id
 
     ``key``: a device's HMAC key (bytes, at least 16), any :class:`~protocol.auth.Signer` (the
     coordinator's :class:`~protocol.ed25519.Ed25519Signer`), or None for no tag.
-    ``sender_id``: defaults to ``msg.device_id`` for Register/Status/Update (where it must match)
+    ``sender_id``: defaults to ``msg.device_id`` for Register/Status/Update/DeviceError (where it must match)
     and to ``"coordinator"`` otherwise. ``seq``: per-sender sequence number (u64).
     ``timestamp``: Unix seconds, default now; stored in milliseconds.
     ``value_format`` / ``compression``: how tensor values are stored (see ``encode_tensor_set``).
@@ -255,6 +262,11 @@ def _read_payload(envelope: Envelope, limits: Limits) -> Message:
             raise MalformedError("Ack.device_id is not a valid identifier")
         ok = reader.boolean("ok")
         msg = Ack(run_id, server_round, device_id, ok, reader.string("detail", text))
+    elif cls is DeviceError:
+        code = reader.string("code", text)
+        if not is_identifier(code):
+            raise MalformedError("DeviceError.code is not a valid identifier")
+        msg = DeviceError(run_id, server_round, sender, code, reader.string("detail", text))
     else:
         msg = Abort(run_id, server_round, reader.string("reason", text))
     reader.expect_end(cls.__name__ + " payload")

@@ -71,7 +71,7 @@ FIXED_HEADER = struct.Struct("<4sBBBBIQQBBI")
 FIXED_HEADER_BYTES = FIXED_HEADER.size  # 34
 CRC_BYTES = 4
 MAX_ID_BYTES = 64
-KNOWN_MESSAGE_TYPES = frozenset(range(1, 8))
+KNOWN_MESSAGE_TYPES = frozenset(range(1, 9))  # 8 = DeviceError
 
 KeySource = (bytes | Verifier | Mapping[str, "bytes | Verifier"] | Callable[[str], "bytes | Verifier | None"]
              | None)

@@ -37,6 +37,7 @@ from protocol import (  # noqa: E402
     Abort,
     Ack,
     Capabilities,
+    DeviceError,
     MaskChange,
     ModelBroadcast,
     Register,
@@ -114,6 +115,9 @@ def _vectors() -> list[tuple[str, str, object, bytes | None, dict, bool]]:
         ("abort", "Abort a run, Ed25519", Abort("run-1", 4, "operator request"), COORDINATOR, f32, exact),
         ("ack_hmac", "Ack authenticated with an HMAC key (a verifier given that key accepts it)",
          Ack("run-1", 3, "dev-7", True, "accepted"), KEY, f32, exact),
+        ("device_error", "A device reports it cannot train round 3 (its data does not fit the model)",
+         DeviceError("run-1", 3, "dev-7", "bad_data", "model digits_cnn takes inputs (1, 8, 8) but the local data "
+                     "is (1, 28, 28)"), KEY, f32, exact),
     ]
 
 

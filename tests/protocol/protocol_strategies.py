@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from protocol import (
     Abort,
+    DeviceError,
     Ack,
     Capabilities,
     MaskChange,
@@ -82,4 +83,5 @@ messages = st.one_of(
     updates(),
     st.builds(Ack, identifiers, u32, identifiers, st.booleans(), texts),
     st.builds(Abort, identifiers, u32, texts),
+    st.builds(DeviceError, identifiers, u32, identifiers, identifiers, texts),
 )

@@ -13,6 +13,7 @@ from protocol_strategies import messages
 
 from protocol import (
     Abort,
+    DeviceError,
     Ack,
     AuthenticationError,
     Capabilities,
@@ -63,6 +64,8 @@ def sample_messages():
                {"fc.weight": MaskChange([0], [1])}, 600, 0.25, 12.5, 0xFEEDFACE12345678),
         Ack("run-7", 3, "dev-1", True, "update accepted"),
         Abort("run-7", 5, "operator stopped the run"),
+        DeviceError("run-7", 3, "dev-1", "out_of_memory", "MemoryError while training round 3"),
+        DeviceError("run-7", 3, "dev-1", "some_future_code"),
     ]
 
 
@@ -330,3 +333,17 @@ def test_key_lookup_returning_non_bytes_is_an_authentication_error():
     data = encode_message(Status("dev-1", "online"), KEY)
     with pytest.raises(AuthenticationError):
         decode_message(data, lambda sender: "not-bytes")  # type: ignore[arg-type,return-value]
+
+
+def test_device_error_codes_must_be_identifiers_on_both_ends():
+    with pytest.raises(InvalidMessageError, match="DeviceError.code"):
+        encode_message(DeviceError("run-1", 3, "dev-1", "bad data", "x"))
+    with pytest.raises(InvalidMessageError, match="sender_id must equal device_id"):
+        encode_message(DeviceError("run-1", 3, "dev-1", "bad_data"), sender_id="dev-2")
+    data = bytearray(encode_message(DeviceError("run-1", 3, "dev-1", "bad_data", "detail")))
+    at = bytes(data).index(b"bad_data")
+    data[at:at + 8] = b"bad/data"  # a topic separator: not an identifier
+    crc_at = len(data) - 4
+    struct.pack_into("<I", data, crc_at, zlib.crc32(bytes(data[:crc_at])))
+    with pytest.raises(MalformedError, match="DeviceError.code"):
+        decode_message(bytes(data))
