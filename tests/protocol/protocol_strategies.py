@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 
 from protocol import (
     Abort,
-    DeviceError,
     Ack,
     Capabilities,
+    DeviceError,
     MaskChange,
     ModelBroadcast,
     Register,

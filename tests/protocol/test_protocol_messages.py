@@ -13,11 +13,11 @@ from protocol_strategies import messages
 
 from protocol import (
     Abort,
-    DeviceError,
     Ack,
     AuthenticationError,
     Capabilities,
     ChecksumError,
+    DeviceError,
     InvalidMessageError,
     LimitExceededError,
     MalformedError,
