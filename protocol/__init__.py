@@ -65,7 +65,8 @@ from protocol.tensors import (
 from protocol.values import VALUE_FORMATS, error_bound
 
 __all__ = [
-    "COORDINATOR_ID", "DEFAULT_LIMITS", "DEVICE_ERROR_CODES", "DeviceError", "DEFAULT_MAX_PACKET", "IDENTIFIER_PATTERN", "PROTOCOL_VERSION",
+    "COORDINATOR_ID", "DEFAULT_LIMITS", "DEVICE_ERROR_CODES", "DeviceError", "DEFAULT_MAX_PACKET",
+    "IDENTIFIER_PATTERN", "PROTOCOL_VERSION",
     "VALUE_FORMATS", "Abort", "Ack", "AuthenticationError", "Capabilities", "ChecksumError",
     "ChunkReassembler", "DecodedMessage", "Envelope", "HmacKey", "InvalidMessageError", "KeySource",
     "LimitExceededError", "Limits", "MalformedError", "MaskChange", "MaskMismatchError", "Message",
