@@ -4,14 +4,15 @@ Lifecycle of a run (one run is active at a time; starting a second one is a ``Ru
 
 1. ``start_run``: the main loop builds the strategy, the seeded initial model (saved as round 0),
    ``rng = np.random.default_rng(seed)`` and, if configured, the held-out evaluator.
-2. Each round ``r`` waits (up to ``device_wait_s``) until enough eligible devices are online
-   (``min_devices`` before round 1, ``clients_per_round`` after), selects with
-   ``strategy.configure_round(r, state, positions 0..M-1 of the sorted eligible ids, rng)``,
+2. Each round waits (up to ``device_wait_s``) for :func:`~cloud.run_phase.devices_needed`
+   eligible devices, selects ``min(clients_per_round, eligible)`` with ``strategy.configure_round``,
    publishes the ``ModelBroadcast`` (chunked) then the ``Task``.
 3. Updates are checked and judged by :class:`~cloud.round_collector.RoundCollector` (invalid ones
    rejected with their reason, weights capped at the registered sample count) and folded into the
    aggregation; each gets an ``Ack`` (``ok=false`` with the reason when rejected). The round
-   closes when every selected device replied, or at the deadline if at least ``quorum`` replied.
+   closes when every selected device replied, or at the deadline if at least ``quorum`` replied. A
+   ``DeviceError`` is recorded instead of an update; when every selected device replied, some with
+   errors, too few to close, the round retries at once with spare devices or the run fails saying why.
 4. A round that misses its quorum is *retried* (same round number, accepted replies kept): the
    devices that did not reply are replaced by other eligible online devices when there are any,
    the model and an extended ``Task`` are re-published and the deadline restarts. After
@@ -60,11 +61,23 @@ from cloud.run_phase import RunPhase, api_phase, devices_needed, round_log_line
 from cloud.run_planning import plan_run
 from cloud.settings import CloudSettings
 from cloud.signing_key import load_or_create_signing_key
-from cloud.store import CoordinatorStore, RunRow
+from cloud.store import CoordinatorStore, DeviceErrorRow, RunRow
 from feddst_core.masks import density
 from feddst_core.strategies import FedStrategy, ServerState
 from feddst_core.wire_format import model_broadcast
-from protocol import Abort, Ack, Message, Register, Status, Task, Update, encode_message, topics
+from protocol import (
+    DEVICE_ERROR_CODES,
+    Abort,
+    Ack,
+    DeviceError,
+    Message,
+    Register,
+    Status,
+    Task,
+    Update,
+    encode_message,
+    topics,
+)
 from protocol.ed25519 import Ed25519Signer
 
 log = logging.getLogger(__name__)
@@ -312,7 +325,7 @@ class Coordinator:
         if item.kind != "message" or item.decoded is None:
             return
         msg, envelope = item.decoded.message, item.decoded.envelope
-        if isinstance(msg, Register | Status | Update) and not self.replay_guard.admit(
+        if isinstance(msg, Register | Status | Update | DeviceError) and not self.replay_guard.admit(
                 envelope.sender_id, envelope.seq, msg):
             if item.retained and isinstance(msg, Status):
                 self.counters[RETAINED_SEEN] += 1  # the broker's retained copy of a status already accepted
@@ -335,6 +348,8 @@ class Coordinator:
             self.registry.register(msg.device_id, msg.capabilities, msg.sample_count, item.size)
         elif isinstance(msg, Update):
             self._handle_update(msg, item)
+        elif isinstance(msg, DeviceError):
+            self._handle_device_error(msg, item)
         else:
             self.counters["unexpected_messages"] += 1
 
@@ -369,6 +384,24 @@ class Coordinator:
         ack = Ack(update.run_id, update.server_round, update.device_id, verdict.ack_ok, verdict.ack_detail)
         self._publish(topics.ack(update.run_id, update.device_id), self._sign(ack), topics.QOS_ACK)
 
+    def _handle_device_error(self, report: DeviceError, item: Inbound) -> None:
+        if item.topic != topics.update(report.run_id, report.device_id):
+            self.counters["misrouted"] += 1
+            return
+        self.registry.error(DeviceErrorRow(report.device_id, report.run_id, report.server_round, report.code,
+                                           report.detail, item.received_at), item.size)
+        self.metrics.device_errors.labels(code=report.code if report.code in DEVICE_ERROR_CODES else "other").inc()
+        log.warning("device %s could not do run %s round %s (%s): %s", report.device_id, report.run_id,
+                    report.server_round, report.code, report.detail)
+        self.events.publish(report.run_id, "device_error", {"device_id": report.device_id,
+                                                           "round": report.server_round, "code": report.code,
+                                                           "message": report.detail})
+        ex = self._execution
+        if ex is not None and ex.run_id == report.run_id:
+            ex.counters["device_errors"] += 1
+            if ex.collector is not None and ex.collector.server_round == report.server_round:
+                ex.collector.report_error(report.device_id, report.code, report.detail)
+
     # --- runs -----------------------------------------------------------------------------------
 
     def _begin_run(self, run_id: str) -> None:
@@ -402,8 +435,23 @@ class Coordinator:
         ex.progress = (len(collector.accepted), len(collector.selected))
         if collector.complete or (now >= ex.deadline and len(collector.accepted) >= ex.config.quorum):
             self._close_round(ex)
+        elif collector.errors and collector.all_replied:  # no point waiting for the deadline
+            self._after_errors(ex, now)
         elif now >= ex.deadline:
             self._retry_round(ex, now)
+
+    def _after_errors(self, ex: RunExecution, now: float) -> None:
+        """Every selected device replied, some with errors: close, retry now with spare devices, or fail saying why."""
+        collector = ex.collector
+        assert collector is not None
+        if len(collector.accepted) >= ex.config.quorum:
+            self._close_round(ex)
+            return
+        spare = [d for d in eligible_devices(self.registry, ex.config.select) if d not in collector.selected]
+        if spare and ex.retries < ex.config.max_round_retries:
+            self._retry_round(ex, now)
+            return
+        self._finish(ex.run_id, "failed", collector.failure_reason(ex.config.quorum))
 
     def _try_begin_round(self, ex: RunExecution, now: float) -> None:
         c = ex.config
@@ -451,9 +499,10 @@ class Coordinator:
         collector = ex.collector
         assert collector is not None
         if ex.retries >= ex.config.max_round_retries:
+            errors = f"; device errors: {collector.error_summary()}" if collector.errors else ""
             self._finish(ex.run_id, "failed", f"round {collector.server_round}: {len(collector.accepted)} of "
                          f"{len(collector.selected)} updates by the deadline, quorum {ex.config.quorum}, "
-                         f"after {ex.retries} retries")
+                         f"after {ex.retries} retries{errors}")
             return
         ex.retries += 1
         ex.counters["round_retries"] += 1
@@ -493,6 +542,7 @@ class Coordinator:
             "upload_by_device": dict(sorted(collector.accepted.items())),
             "layer_density": {name: float(m.to(torch.float32).mean()) for name, m in new_state.masks.items()},
             "started_at": ex.round_started, "closed_at": time.time(),
+            "errors": {d: {"code": c, "detail": t} for d, (c, t) in sorted(collector.errors.items())},
         }
         if ex.evaluator is not None and (r % ex.evaluator.every == 0 or r == ex.config.rounds):
             ex.phase, ex.phase_since = "evaluating", time.time()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 
 from cloud.run_config import CapabilityFilter
-from cloud.store import CoordinatorStore, DeviceRow
+from cloud.store import CoordinatorStore, DeviceErrorRow, DeviceRow
 from protocol import Capabilities
 
 ONLINE_STATES = ("online", "busy")
@@ -27,6 +27,7 @@ class DeviceRegistry:
         self._lock = threading.Lock()
         self._devices: dict[str, DeviceRow] = {row.id: row for row in store.load_devices()}
         self._dirty: set[str] = set()
+        self._last_errors: dict[str, DeviceErrorRow] = store.last_device_errors()
 
     def _get(self, device_id: str) -> DeviceRow:
         row = self._devices.get(device_id)
@@ -67,6 +68,19 @@ class DeviceRegistry:
         with self._lock:
             for device_id in device_ids:
                 self._get(device_id).bytes_down += nbytes
+
+    def error(self, error: DeviceErrorRow, bytes_up: int) -> None:
+        """A device reported it could not do a task: stored (history) and kept as its ``last_error``."""
+        self.store.add_device_error(error)
+        with self._lock:
+            row = self._get(error.device_id)
+            row.last_seen = max(row.last_seen, error.at)
+            row.bytes_up += bytes_up
+            self._last_errors[error.device_id] = error
+
+    def last_error(self, device_id: str) -> DeviceErrorRow | None:
+        with self._lock:
+            return self._last_errors.get(device_id)
 
     def round_done(self, device_id: str) -> None:
         with self._lock:

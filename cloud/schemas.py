@@ -7,13 +7,21 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.run_phase import RunPhase
-from cloud.store import DeviceRow, EnrollmentRow, RunRow
+from cloud.store import DeviceErrorRow, DeviceRow, EnrollmentRow, RunRow
 
 
 class ErrorOut(BaseModel):
     """The body of every error response except 422 (which has FastAPI's validation-error shape)."""
 
     detail: str = Field(description="What went wrong and, where it helps, what to do.")
+
+
+class DeviceErrorBriefOut(BaseModel):
+    """An error a device reported for a round."""
+
+    code: str = Field(description="bad_data | out_of_memory | model_unavailable | training_failed | other (or a "
+                      "newer device's code)")
+    detail: str
 
 
 class RoundOut(BaseModel):
@@ -41,6 +49,8 @@ class RoundOut(BaseModel):
                                             "of each masked layer of the new global model.")
     started_at: float | None = Field(None, description="Unix seconds when the round's task was first sent.")
     closed_at: float | None = Field(None, description="Unix seconds when the round closed.")
+    errors: dict[str, DeviceErrorBriefOut] = Field(default_factory=dict, description="Device id -> the error it "
+                                                   "reported instead of an update this round.")
 
 
 class RunPhaseOut(BaseModel):
@@ -128,14 +138,25 @@ class DeviceOut(BaseModel):
     rounds_done: int
     bytes_up: int = Field(description="Bytes of every message received from the device")
     bytes_down: int = Field(description="Bytes of the broadcasts and tasks sent to the device")
-    last_error: str | None = Field(None, description="The last task failure the device reported (none yet).")
+    last_error: str | None = Field(None, description="The text of the last task failure the device reported "
+                                   "(null: none yet).")
     last_error_at: float | None = Field(None, description="Unix time of ``last_error``.")
+    last_error_code: str | None = Field(None, description="Reason code of ``last_error``: bad_data | "
+                                        "out_of_memory | model_unavailable | training_failed | other (or a "
+                                        "newer device's code).")
+    last_error_run_id: str | None = Field(None, description="The run of the task that failed.")
+    last_error_round: int | None = Field(None, description="The round of the task that failed.")
 
     @classmethod
-    def from_row(cls, row: DeviceRow, online: bool) -> DeviceOut:
+    def from_row(cls, row: DeviceRow, online: bool, last_error: DeviceErrorRow | None = None) -> DeviceOut:
         return cls(id=row.id, status="online" if online else "offline", state=row.state, last_seen=row.last_seen,
                    capabilities=row.capabilities, sample_count=row.sample_count, rounds_done=row.rounds_done,
-                   bytes_up=row.bytes_up, bytes_down=row.bytes_down)
+                   bytes_up=row.bytes_up, bytes_down=row.bytes_down,
+                   last_error=last_error.detail if last_error else None,
+                   last_error_at=last_error.at if last_error else None,
+                   last_error_code=last_error.code if last_error else None,
+                   last_error_run_id=last_error.run_id if last_error else None,
+                   last_error_round=last_error.round if last_error else None)
 
 
 class DeviceRoundOut(BaseModel):
