@@ -320,7 +320,8 @@ def test_old_broker_setting_names_still_work_with_a_deprecation_warning(tmp_path
             "mqtt://old-flag:3"
     both = {"FEDDST_BROKER": "mqtt://old:1", "FEDDST_BROKER_URL": "mqtt://new:2"}
     with pytest.warns(DeprecatedSettingWarning):
-        assert load_settings({**KEYED, "device_id": "d"}, environ=both).broker_url == "mqtt://new:2"  # the new name wins
+        # the new name wins
+        assert load_settings({**KEYED, "device_id": "d"}, environ=both).broker_url == "mqtt://new:2"
     with pytest.warns(DeprecatedSettingWarning), pytest.raises(AgentConfigError, match="--broker-url: unsupported"):
         load_settings({**KEYED, "device_id": "d"}, environ={"FEDDST_BROKER": "http://h:1"})
 
@@ -333,5 +334,5 @@ def test_new_broker_setting_names_give_no_warning(tmp_path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_settings(dict(KEYED), environ={}, config_file=config).broker_url == "mqtt://new-file:1"
-        assert load_settings(dict(KEYED), environ={"FEDDST_BROKER_URL": "mqtt://e:2", "FEDDST_DEVICE_ID": "d"}).broker_url \
-            == "mqtt://e:2"
+        env = {"FEDDST_BROKER_URL": "mqtt://e:2", "FEDDST_DEVICE_ID": "d"}
+        assert load_settings(dict(KEYED), environ=env).broker_url == "mqtt://e:2"

@@ -30,7 +30,7 @@ def test_good_urls_parse_the_same_on_both_sides(url, address):
     settings = CloudSettings(broker_url=url)
     assert (settings.broker_host, settings.broker_port, settings.broker_tls) == (address.host, address.port,
                                                                                  address.tls)
-    assert AgentSettings(device_id="d", broker_url=url).broker_address == address
+    assert AgentSettings(device_id="d", broker_url=url, insecure_unsigned_coordinator=True).broker_address == address
 
 
 @pytest.mark.parametrize("url, words", BAD.items())
@@ -40,7 +40,7 @@ def test_bad_urls_are_refused_by_both_sides_with_the_same_reason(url, words):
     with pytest.raises(ValidationError, match=words):
         CloudSettings(broker_url=url)
     with pytest.raises(AgentConfigError, match=f"--broker-url: .*{words}"):
-        AgentSettings(device_id="d", broker_url=url)
+        AgentSettings(device_id="d", broker_url=url, insecure_unsigned_coordinator=True)
 
 
 def test_canonical_url():
