@@ -447,7 +447,7 @@ class Coordinator:
         if len(collector.accepted) >= ex.config.quorum:
             self._close_round(ex)
             return
-        spare = [d for d in eligible_devices(self.registry, ex.config.select) if d not in collector.selected]
+        spare = [d for d in self._eligible(ex.config) if d not in collector.selected]
         if spare and ex.retries < ex.config.max_round_retries:
             self._retry_round(ex, now)
             return
