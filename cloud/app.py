@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from cloud import dashboard
-from cloud.api import devices, enrollments, health, run_events, runs
+from cloud.api import api_docs, devices, enrollments, health, metrics, run_events, runs
 from cloud.api.deps import authorize, bearer_scheme, role_required_by
 from cloud.coordinator import Coordinator
 from cloud.errors import AuthenticationRequiredError, BrokerUnavailableError, CoordinatorError, RunConfigRejectedError
@@ -30,7 +30,7 @@ from cloud.settings import CloudSettings
 log = logging.getLogger(__name__)
 
 ROUTERS = (health.router, runs.router, run_events.router, devices.router, enrollments.router,
-           dashboard.router)  # one per resource
+           metrics.router, api_docs.router, dashboard.router)  # one per resource
 
 
 def create_app(settings: CloudSettings | None = None, coordinator: Coordinator | None = None) -> FastAPI:
@@ -53,12 +53,13 @@ def create_app(settings: CloudSettings | None = None, coordinator: Coordinator |
             if owned:
                 app.state.coordinator.close()
 
-    app = FastAPI(title="FedDST Edge coordinator", version="1", lifespan=lifespan)
+    app = FastAPI(title="FedDST Edge coordinator", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     if not owned:
         app.state.coordinator = coordinator
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    api_docs.mount_api_docs(app)
     return app
 
 

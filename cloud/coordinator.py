@@ -4,14 +4,15 @@ Lifecycle of a run (one run is active at a time; starting a second one is a ``Ru
 
 1. ``start_run``: the main loop builds the strategy, the seeded initial model (saved as round 0),
    ``rng = np.random.default_rng(seed)`` and, if configured, the held-out evaluator.
-2. Each round ``r`` waits (up to ``device_wait_s``) until enough eligible devices are online
-   (``min_devices`` before round 1, ``clients_per_round`` after), selects with
-   ``strategy.configure_round(r, state, positions 0..M-1 of the sorted eligible ids, rng)``,
+2. Each round waits (up to ``device_wait_s``) for :func:`~cloud.run_phase.devices_needed`
+   eligible devices, selects ``min(clients_per_round, eligible)`` with ``strategy.configure_round``,
    publishes the ``ModelBroadcast`` (chunked) then the ``Task``.
 3. Updates are checked and judged by :class:`~cloud.round_collector.RoundCollector` (invalid ones
    rejected with their reason, weights capped at the registered sample count) and folded into the
    aggregation; each gets an ``Ack`` (``ok=false`` with the reason when rejected). The round
-   closes when every selected device replied, or at the deadline if at least ``quorum`` replied.
+   closes when every selected device replied, or at the deadline if at least ``quorum`` replied. A
+   ``DeviceError`` is recorded instead of an update; when every selected device replied, some with
+   errors, too few to close, the round retries at once with spare devices or the run fails saying why.
 4. A round that misses its quorum is *retried* (same round number, accepted replies kept): the
    devices that did not reply are replaced by other eligible online devices when there are any,
    the model and an extended ``Task`` are re-published and the deadline restarts. After
@@ -46,23 +47,37 @@ import numpy as np
 import torch
 
 from cloud.access_tokens import TokenStore
-from cloud.device_registry import DeviceRegistry
+from cloud.device_registry import DeviceRegistry, eligible_devices
 from cloud.enrollment import REVOKED_MARK, DeviceKeyring
 from cloud.errors import BrokerUnavailableError, RunStateError
 from cloud.evaluation import HeldOutEvaluator
+from cloud.metrics import CoordinatorMetrics
 from cloud.mqtt_link import CoordinatorLink, Inbound
 from cloud.replay_guard import REPLAYED, RETAINED_SEEN, ReplayGuard
 from cloud.round_collector import RoundCollector, Verdict
 from cloud.run_config import RunConfig
 from cloud.run_events import RunEventLog
+from cloud.run_phase import RunPhase, api_phase, devices_needed, round_log_line
 from cloud.run_planning import plan_run
 from cloud.settings import CloudSettings
 from cloud.signing_key import load_or_create_signing_key
-from cloud.store import CoordinatorStore, RunRow
+from cloud.store import CoordinatorStore, DeviceErrorRow, RunRow
 from feddst_core.masks import density
 from feddst_core.strategies import FedStrategy, ServerState
 from feddst_core.wire_format import model_broadcast, run_completed
-from protocol import Abort, Ack, Message, Register, Status, Task, Update, encode_message, topics
+from protocol import (
+    DEVICE_ERROR_CODES,
+    Abort,
+    Ack,
+    DeviceError,
+    Message,
+    Register,
+    Status,
+    Task,
+    Update,
+    encode_message,
+    topics,
+)
 from protocol.ed25519 import Ed25519Signer
 
 log = logging.getLogger(__name__)
@@ -81,8 +96,9 @@ class RunExecution:
     rng: np.random.Generator
     evaluator: HeldOutEvaluator | None
     server_round: int = 0  # last completed round
-    phase: str = "waiting"  # waiting (for devices) | collecting
+    phase: str = "waiting"  # waiting (for devices) | collecting | aggregating | evaluating
     phase_since: float = field(default_factory=time.time)
+    progress: tuple[int, int] = (0, 0)  # waiting: (eligible, needed); collecting: (replied, selected)
     collector: RoundCollector | None = None
     deadline: float = 0.0
     retries: int = 0
@@ -110,12 +126,17 @@ class Coordinator:
         self.inbound: queue.Queue[Inbound] = queue.Queue(maxsize=256)
         self._commands: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self.keyring = DeviceKeyring(self.store, settings.device_keys(), settings.require_device_keys)
+        self.metrics = CoordinatorMetrics(devices_online=lambda: len(self.registry.online_ids()),
+                                          inbound_depth=self.inbound.qsize,
+                                          broker_connected=lambda: self.broker_connected,
+                                          active_runs=lambda: 0 if self.active_run_id is None else 1)
         self.link = CoordinatorLink(
             self.inbound, host=settings.broker_host, port=settings.broker_port,
             client_id=settings.mqtt_client_id, username=settings.mqtt_username,
             password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
             protocol=settings.mqtt_protocol, tls=settings.broker_tls, max_packet=settings.max_packet,
-            key_lookup=self.keyring.lookup, authenticate=self.keyring.verifying, tls_files=settings.tls_files())
+            key_lookup=self.keyring.lookup, authenticate=self.keyring.verifying, tls_files=settings.tls_files(),
+            count_bytes=lambda direction, n: self.metrics.mqtt_bytes.labels(direction=direction).inc(n))
         self.signer = Ed25519Signer(load_or_create_signing_key(settings.signing_key_path))
         self.replay_guard = ReplayGuard(self.store)
         self._seq = int(time.time() * 1000)  # increasing across restarts too
@@ -174,12 +195,13 @@ class Coordinator:
 
     def start_run(self, run_id: str) -> RunRow:
         """Queue the start of a created run; ``BrokerUnavailableError`` while the broker is disconnected."""
-        run = self.store.get_run(run_id)
+        self.store.get_run(run_id)
         if not self.broker_connected:
             raise BrokerUnavailableError("the coordinator is not connected to the MQTT broker "
                                          f"{self.settings.broker_url}; the run could not reach any device, retry "
                                          "when /healthz reports broker_connected")
         with self._lock:
+            run = self.store.get_run(run_id)
             if run.status != "created":
                 raise RunStateError(f"run {run_id} is {run.status}; only a created run can be started")
             if self._active_id is not None:
@@ -202,6 +224,25 @@ class Coordinator:
 
     def get_run(self, run_id: str) -> tuple[RunRow, list[dict[str, Any]]]:
         return self.store.get_run(run_id), self.store.rounds(run_id)
+
+    def run_phase(self, run_id: str) -> RunPhase | None:
+        """What the run is doing now, if it is the active run (None otherwise)."""
+        ex = self._execution
+        if ex is not None and ex.run_id == run_id:
+            return api_phase(ex.phase, ex.server_round, ex.progress, ex.phase_since)
+        if self.active_run_id == run_id:
+            return RunPhase("starting", 1)
+        return None
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run that is not running: its row, rounds and model files (``RunStateError`` if running)."""
+        with self._lock:
+            run = self.store.get_run(run_id)
+            if run.status == "running" or self._active_id == run_id:
+                raise RunStateError(f"run {run_id} is running; stop it before deleting it")
+            self.store.delete_run(run_id)
+        self._finished_accepted.pop(run_id, None)
+        log.info("run %s deleted", run_id)
 
     def list_runs(self) -> list[RunRow]:
         return self.store.list_runs()
@@ -284,7 +325,7 @@ class Coordinator:
         if item.kind != "message" or item.decoded is None:
             return
         msg, envelope = item.decoded.message, item.decoded.envelope
-        if isinstance(msg, Register | Status | Update) and not self.replay_guard.admit(
+        if isinstance(msg, Register | Status | Update | DeviceError) and not self.replay_guard.admit(
                 envelope.sender_id, envelope.seq, msg):
             if item.retained and isinstance(msg, Status):
                 self.counters[RETAINED_SEEN] += 1  # the broker's retained copy of a status already accepted
@@ -307,6 +348,8 @@ class Coordinator:
             self.registry.register(msg.device_id, msg.capabilities, msg.sample_count, item.size)
         elif isinstance(msg, Update):
             self._handle_update(msg, item)
+        elif isinstance(msg, DeviceError):
+            self._handle_device_error(msg, item)
         else:
             self.counters["unexpected_messages"] += 1
 
@@ -334,11 +377,30 @@ class Coordinator:
         else:
             verdict = ex.collector.offer(update, item.size)
             ex.counters.update(verdict.counter_keys)
+        self.metrics.updates.labels(verdict=verdict.kind).inc()
         if verdict.kind == "invalid":  # answered too (ok=false), so the device stops re-sending it
             log.warning("rejected update from %s for round %s (%s): %s", update.device_id, update.server_round,
                         verdict.reason, verdict.detail)
         ack = Ack(update.run_id, update.server_round, update.device_id, verdict.ack_ok, verdict.ack_detail)
         self._publish(topics.ack(update.run_id, update.device_id), self._sign(ack), topics.QOS_ACK)
+
+    def _handle_device_error(self, report: DeviceError, item: Inbound) -> None:
+        if item.topic != topics.update(report.run_id, report.device_id):
+            self.counters["misrouted"] += 1
+            return
+        self.registry.error(DeviceErrorRow(report.device_id, report.run_id, report.server_round, report.code,
+                                           report.detail, item.received_at), item.size)
+        self.metrics.device_errors.labels(code=report.code if report.code in DEVICE_ERROR_CODES else "other").inc()
+        log.warning("device %s could not do run %s round %s (%s): %s", report.device_id, report.run_id,
+                    report.server_round, report.code, report.detail)
+        self.events.publish(report.run_id, "device_error", {"device_id": report.device_id,
+                                                           "round": report.server_round, "code": report.code,
+                                                           "message": report.detail})
+        ex = self._execution
+        if ex is not None and ex.run_id == report.run_id:
+            ex.counters["device_errors"] += 1
+            if ex.collector is not None and ex.collector.server_round == report.server_round:
+                ex.collector.report_error(report.device_id, report.code, report.detail)
 
     # --- runs -----------------------------------------------------------------------------------
 
@@ -350,27 +412,15 @@ class Coordinator:
         except Exception as exc:  # noqa: BLE001 - any set-up failure fails the run with its reason
             self._finish(run_id, "failed", f"cannot start: {type(exc).__name__}: {exc}")
             return
-        self._execution = RunExecution(run_id, config, strategy, state, np.random.default_rng(config.seed),
-                                       evaluator)
+        ex = RunExecution(run_id, config, strategy, state, np.random.default_rng(config.seed), evaluator)
+        ex.progress = (len(self._eligible(config)), devices_needed(config, 1))
+        self._execution = ex
         self.store.save_model(run_id, 0, state.params, state.masks)
         log.info("run %s started", run_id)
 
     def _eligible(self, config: RunConfig) -> list[str]:
-        online = [d for d in self.registry.online_ids() if self.keyring.admits(d)]
-        f = config.select
-        if f is None:
-            return online
-        out = []
-        for device_id in online:
-            caps = self.registry.capabilities(device_id)
-            if f.min_cores is not None and caps.get("cores", 0) < f.min_cores:
-                continue
-            if f.min_memory_mb is not None and caps.get("memory_mb", 0) < f.min_memory_mb:
-                continue
-            if f.arch is not None and caps.get("arch") != f.arch:
-                continue
-            out.append(device_id)
-        return out
+        """Online, admitted (enrolled, not revoked) devices meeting the run's capability filter."""
+        return eligible_devices(self.registry, config.select, self.keyring.admits)
 
     def _tick(self) -> None:
         ex = self._execution
@@ -382,22 +432,40 @@ class Coordinator:
             return
         collector = ex.collector
         assert collector is not None
+        ex.progress = (len(collector.accepted), len(collector.selected))
         if collector.complete or (now >= ex.deadline and len(collector.accepted) >= ex.config.quorum):
             self._close_round(ex)
+        elif collector.errors and collector.all_replied:  # no point waiting for the deadline
+            self._after_errors(ex, now)
         elif now >= ex.deadline:
             self._retry_round(ex, now)
+
+    def _after_errors(self, ex: RunExecution, now: float) -> None:
+        """Every selected device replied, some with errors: close, retry now with spare devices, or fail saying why."""
+        collector = ex.collector
+        assert collector is not None
+        if len(collector.accepted) >= ex.config.quorum:
+            self._close_round(ex)
+            return
+        spare = [d for d in self._eligible(ex.config) if d not in collector.selected]
+        if spare and ex.retries < ex.config.max_round_retries:
+            self._retry_round(ex, now)
+            return
+        self._finish(ex.run_id, "failed", collector.failure_reason(ex.config.quorum))
 
     def _try_begin_round(self, ex: RunExecution, now: float) -> None:
         c = ex.config
         eligible = self._eligible(c)
-        need = c.clients_per_round if ex.server_round > 0 else max(c.clients_per_round, c.min_devices or 0)
+        need = devices_needed(c, ex.server_round + 1)
+        ex.progress = (len(eligible), need)
         if len(eligible) < need:
             if now - ex.phase_since > c.device_wait_s:
                 self._finish(ex.run_id, "failed", f"only {len(eligible)} eligible devices online after "
                              f"{c.device_wait_s:.0f} s; round {ex.server_round + 1} needs {need}")
             return
         r = ex.server_round + 1
-        plan = ex.strategy.configure_round(r, ex.state, list(range(len(eligible))), ex.rng)
+        plan = ex.strategy.configure_round(r, ex.state, list(range(len(eligible))), ex.rng,
+                                           clients_per_round=min(c.clients_per_round, len(eligible)))
         selected = tuple(eligible[i] for i in plan.clients)
         ex.round_started = now
         ex.retries = 0
@@ -424,15 +492,17 @@ class Coordinator:
         task_bytes = self._sign(task)
         self._publish(topics.task(ex.run_id), task_bytes, topics.QOS_TASK)
         ex.download_bytes += len(ex.broadcast) * len(new_devices)
+        self.metrics.download_bytes.inc(len(ex.broadcast) * len(new_devices))
         self.registry.add_bytes_down(new_devices, len(ex.broadcast) + len(task_bytes))
 
     def _retry_round(self, ex: RunExecution, now: float) -> None:
         collector = ex.collector
         assert collector is not None
         if ex.retries >= ex.config.max_round_retries:
+            errors = f"; device errors: {collector.error_summary()}" if collector.errors else ""
             self._finish(ex.run_id, "failed", f"round {collector.server_round}: {len(collector.accepted)} of "
                          f"{len(collector.selected)} updates by the deadline, quorum {ex.config.quorum}, "
-                         f"after {ex.retries} retries")
+                         f"after {ex.retries} retries{errors}")
             return
         ex.retries += 1
         ex.counters["round_retries"] += 1
@@ -449,7 +519,10 @@ class Coordinator:
     def _close_round(self, ex: RunExecution) -> None:
         collector = ex.collector
         assert collector is not None
+        ex.phase, ex.phase_since = "aggregating", time.time()
+        started = time.perf_counter()
         new_state, metrics = collector.aggregation.finish()
+        aggregation_s = collector.aggregation_s + time.perf_counter() - started
         assert new_state is not None  # a round closes only with >= quorum >= 1 accepted updates
         r = collector.server_round
         ex.state, ex.server_round, ex.collector = new_state, r, None
@@ -469,18 +542,23 @@ class Coordinator:
             "upload_by_device": dict(sorted(collector.accepted.items())),
             "layer_density": {name: float(m.to(torch.float32).mean()) for name, m in new_state.masks.items()},
             "started_at": ex.round_started, "closed_at": time.time(),
+            "errors": {d: {"code": c, "detail": t} for d, (c, t) in sorted(collector.errors.items())},
         }
         if ex.evaluator is not None and (r % ex.evaluator.every == 0 or r == ex.config.rounds):
+            ex.phase, ex.phase_since = "evaluating", time.time()
             record["accuracy"], record["global_accuracy"] = ex.evaluator.evaluate(new_state.params)
         self.store.save_model(ex.run_id, r, new_state.params, new_state.masks)
         self.store.add_round(ex.run_id, record)
         self.events.publish(ex.run_id, "round", record)
         self.store.set_run_counters(ex.run_id, ex.counters)
         self.registry.flush()
+        self._count_round(record, collector.upload_bytes, aggregation_s)
+        log.info("%s", round_log_line(ex.run_id, ex.config.rounds, record))
         if r >= ex.config.rounds:
             self._publish_final_model(ex, record["accuracy"])
             self._finish(ex.run_id, "completed")
         else:
+            ex.progress = (len(self._eligible(ex.config)), devices_needed(ex.config, r + 1))
             ex.phase, ex.phase_since = "waiting", time.time()
             self._try_begin_round(ex, time.time())
 
@@ -492,6 +570,12 @@ class Coordinator:
         data = self._sign(run_completed(ex.run_id, ex.server_round, ex.state.params, ex.state.masks, accuracy))
         self._publish(topics.final(ex.run_id), data, topics.QOS_FINAL)  # chunked by the link
         ex.counters["final_model_bytes"] = len(data)
+
+    def _count_round(self, record: dict[str, Any], upload_bytes: int, aggregation_s: float) -> None:
+        self.metrics.rounds_completed.inc()
+        self.metrics.round_seconds.observe(record["seconds"])
+        self.metrics.aggregation_seconds.observe(aggregation_s)
+        self.metrics.upload_bytes.inc(upload_bytes)
 
     def _stop_active(self, run_id: str) -> None:
         ex = self._execution

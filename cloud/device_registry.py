@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 
-from cloud.store import CoordinatorStore, DeviceRow
+from cloud.run_config import CapabilityFilter
+from cloud.store import CoordinatorStore, DeviceErrorRow, DeviceRow
 from protocol import Capabilities
 
 ONLINE_STATES = ("online", "busy")
@@ -25,6 +27,7 @@ class DeviceRegistry:
         self._lock = threading.Lock()
         self._devices: dict[str, DeviceRow] = {row.id: row for row in store.load_devices()}
         self._dirty: set[str] = set()
+        self._last_errors: dict[str, DeviceErrorRow] = store.last_device_errors()
 
     def _get(self, device_id: str) -> DeviceRow:
         row = self._devices.get(device_id)
@@ -66,6 +69,19 @@ class DeviceRegistry:
             for device_id in device_ids:
                 self._get(device_id).bytes_down += nbytes
 
+    def error(self, error: DeviceErrorRow, bytes_up: int) -> None:
+        """A device reported it could not do a task: stored (history) and kept as its ``last_error``."""
+        self.store.add_device_error(error)
+        with self._lock:
+            row = self._get(error.device_id)
+            row.last_seen = max(row.last_seen, error.at)
+            row.bytes_up += bytes_up
+            self._last_errors[error.device_id] = error
+
+    def last_error(self, device_id: str) -> DeviceErrorRow | None:
+        with self._lock:
+            return self._last_errors.get(device_id)
+
     def round_done(self, device_id: str) -> None:
         with self._lock:
             self._get(device_id).rounds_done += 1
@@ -103,3 +119,23 @@ class DeviceRegistry:
             self._dirty.clear()
         for row in rows:
             self.store.save_device(row)
+
+
+def eligible_devices(registry: DeviceRegistry, select: CapabilityFilter | None,
+                     admits: Callable[[str], bool] = lambda device_id: True) -> list[str]:
+    """Sorted ids of the online devices that ``admits`` lets in and that meet every bound of the run's
+    capability filter."""
+    online = [d for d in registry.online_ids() if admits(d)]
+    if select is None:
+        return online
+    out = []
+    for device_id in online:
+        caps = registry.capabilities(device_id)
+        if select.min_cores is not None and caps.get("cores", 0) < select.min_cores:
+            continue
+        if select.min_memory_mb is not None and caps.get("memory_mb", 0) < select.min_memory_mb:
+            continue
+        if select.arch is not None and caps.get("arch") != select.arch:
+            continue
+        out.append(device_id)
+    return out

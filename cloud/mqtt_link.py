@@ -59,7 +59,10 @@ class PublishResult:
 
 
 class CoordinatorLink:
-    """Connects, subscribes to :func:`protocol.topics.coordinator_subscriptions` and feeds ``inbound``."""
+    """Connects, subscribes to :func:`protocol.topics.coordinator_subscriptions` and feeds ``inbound``.
+
+    ``count_bytes(direction, nbytes)`` (optional) is told every MQTT payload received
+    (``"received"``) or handed to paho for publishing (``"sent"``), chunk headers included."""
 
     def __init__(self, inbound: queue.Queue, *, host: str, port: int, client_id: str = "coordinator",
                  username: str | None = None, password: str | None = None, protocol: str = "3.1.1",
@@ -67,10 +70,12 @@ class CoordinatorLink:
                  key_lookup: Callable[[str], bytes | None] | None = None,
                  authenticate: Callable[[], bool] | None = None,
                  tls_files: TlsFiles | None = None,
-                 max_pending_bytes: int = 512 * 1024 * 1024):
+                 max_pending_bytes: int = 512 * 1024 * 1024,
+                 count_bytes: Callable[[str, int], None] | None = None):
         """``key_lookup``: sender id -> HMAC key (None: reject); ``authenticate`` (asked per message, default
         always): whether to verify at all; ``tls_files``: private CA and client certificate for ``tls``."""
         self.inbound = inbound
+        self._count_bytes = count_bytes or (lambda direction, nbytes: None)
         self.host, self.port = host, port
         self.max_packet = max_packet
         self.key_lookup = key_lookup
@@ -141,6 +146,7 @@ class CoordinatorLink:
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:  # noqa: ANN001
         now = time.time()
+        self._count_bytes("received", len(message.payload))
         try:
             whole = self.reassembler.add(message.payload, source=message.topic)
             if whole is None:
@@ -164,4 +170,5 @@ class CoordinatorLink:
             info = self.client.publish(topic, packet, qos=qos, retain=retain)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 return PublishResult(False, len(data), mqtt.error_string(info.rc))
+            self._count_bytes("sent", len(packet))
         return PublishResult(True, len(data))

@@ -24,6 +24,7 @@ otherwise, so an invalid update is not re-sent either.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,35 @@ class RoundCollector:
         self.expectations = RoundExpectations(spec.parameter_shapes(),
                                               {n: m.cpu().numpy() for n, m in state.masks.items()},
                                               self.readjust_fraction)
+    aggregation_s: float = 0.0  # seconds spent in aggregation.add for the accepted updates
+    errors: dict[str, tuple[str, str]] = field(default_factory=dict)  # selected device id -> (code, detail)
+
+    @property
+    def all_replied(self) -> bool:
+        """Every selected device sent an accepted update or an error report."""
+        return all(d in self.accepted or d in self.errors for d in self.selected)
+
+    def report_error(self, device_id: str, code: str, detail: str) -> bool:
+        """Record a selected device's error for this round (first one wins); False if not selected
+        or it already sent an accepted update."""
+        if device_id not in self.selected or device_id in self.accepted or device_id in self.errors:
+            return False
+        self.errors[device_id] = (code, detail)
+        return True
+
+    def failure_reason(self, quorum: int) -> str:
+        """Why the run fails when every selected device replied, too few with updates, and no spare
+        device is left to retry with."""
+        why = ("every selected device reported an error" if not self.accepted else
+               f"{len(self.errors)} of {len(self.selected)} selected devices reported errors and "
+               f"{len(self.accepted)} updates arrived (quorum {quorum})")
+        return f"round {self.server_round}: {why}, no other eligible device to retry with: {self.error_summary()}"
+
+    def error_summary(self, limit: int = 5) -> str:
+        """``dev-1 bad_data: text; dev-2 ...`` for the round's reported errors (at most ``limit``)."""
+        items = [f"{d} {code}: {detail}" for d, (code, detail) in sorted(self.errors.items())]
+        more = f"; and {len(items) - limit} more" if len(items) > limit else ""
+        return "; ".join(items[:limit]) + more
 
     @property
     def complete(self) -> bool:
@@ -106,8 +136,10 @@ class RoundCollector:
         weight, cap_note = self._weight(update)
         try:
             params, masks = update_to_model(update, self.aggregation.state.masks)
+            started = time.perf_counter()
             self.aggregation.add(ClientReply(self.selected.index(update.device_id), params, masks,
                                              weight, update.train_loss))
+            self.aggregation_s += time.perf_counter() - started
         except (ProtocolError, ValueError) as exc:  # check_update should have caught it: still no crash
             return Verdict("invalid", f"{type(exc).__name__}: {exc}", "unusable")
         self.accepted[update.device_id] = size

@@ -91,8 +91,9 @@ class RunConfig(BaseModel):
     round_timeout_s: float = Field(60.0, gt=0.0, description="Deadline of a round after its task is sent.")
     quorum: int = Field(1, ge=1, description="Replies needed to close a round at its deadline.")
     max_round_retries: int = Field(2, ge=0, description="Retries of a round that missed its quorum.")
-    min_devices: int | None = Field(None, ge=1, description="Eligible devices required before round 1 "
-                                    "(default clients_per_round).")
+    min_devices: int | None = Field(None, ge=1, description="Eligible devices a round waits for (default "
+                                    "clients_per_round). Before round 1 it may exceed clients_per_round; below "
+                                    "it, rounds select min(clients_per_round, eligible) devices.")
     device_wait_s: float = Field(120.0, gt=0.0, description="How long a round waits for enough devices.")
     select: CapabilityFilter | None = None
     eval: EvalConfig | None = None
@@ -121,10 +122,9 @@ class RunConfig(BaseModel):
     def _consistent(self) -> RunConfig:
         if self.quorum > self.clients_per_round:
             raise ValueError(f"quorum ({self.quorum}) exceeds clients_per_round ({self.clients_per_round})")
-        if self.min_devices is not None and self.min_devices < self.clients_per_round:
-            raise ValueError(f"min_devices ({self.min_devices}) is below clients_per_round "
-                             f"({self.clients_per_round}): every round needs clients_per_round devices; "
-                             "omit min_devices or raise it")
+        if self.min_devices is not None and self.quorum > self.min_devices:
+            raise ValueError(f"quorum ({self.quorum}) exceeds min_devices ({self.min_devices}): a round of "
+                             f"min_devices devices could never reach its quorum; lower quorum or raise min_devices")
         return self
 
     @property

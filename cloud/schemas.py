@@ -6,13 +6,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.store import DeviceRow, EnrollmentRow, RunRow
+from cloud.run_phase import RunPhase
+from cloud.store import DeviceErrorRow, DeviceRow, EnrollmentRow, RunRow
 
 
 class ErrorOut(BaseModel):
     """The body of every error response except 422 (which has FastAPI's validation-error shape)."""
 
     detail: str = Field(description="What went wrong and, where it helps, what to do.")
+
+
+class DeviceErrorBriefOut(BaseModel):
+    """An error a device reported for a round."""
+
+    code: str = Field(description="bad_data | out_of_memory | model_unavailable | training_failed | other (or a "
+                      "newer device's code)")
+    detail: str
 
 
 class RoundOut(BaseModel):
@@ -40,6 +49,26 @@ class RoundOut(BaseModel):
                                             "of each masked layer of the new global model.")
     started_at: float | None = Field(None, description="Unix seconds when the round's task was first sent.")
     closed_at: float | None = Field(None, description="Unix seconds when the round closed.")
+    errors: dict[str, DeviceErrorBriefOut] = Field(default_factory=dict, description="Device id -> the error it "
+                                                   "reported instead of an update this round.")
+
+
+class RunPhaseOut(BaseModel):
+    """What a running run is doing now."""
+
+    name: str = Field(description="starting | waiting_for_devices | collecting | aggregating | evaluating")
+    round: int = Field(description="The round being prepared, collected, aggregated or evaluated.")
+    done: int = Field(0, description="waiting_for_devices: eligible devices online; collecting: updates accepted.")
+    total: int = Field(0, description="waiting_for_devices: devices the round needs; collecting: devices selected.")
+    progress: str = Field("", description="done/total, e.g. '3/5' ('' for phases without progress).")
+    since: float | None = Field(None, description="Unix time the phase began.")
+
+    @classmethod
+    def from_phase(cls, phase: RunPhase | None) -> RunPhaseOut | None:
+        if phase is None:
+            return None
+        return cls(name=phase.name, round=phase.round, done=phase.done, total=phase.total,
+                   progress=phase.progress, since=phase.since)
 
 
 class RunSummaryOut(BaseModel):
@@ -58,15 +87,18 @@ class RunSummaryOut(BaseModel):
     latest_accuracy: float | None = Field(None, description="Accuracy (0..1) of the last evaluated round.")
     upload_bytes: int = Field(0, description="Bytes uploaded by devices so far (accepted updates).")
     download_bytes: int = Field(0, description="Bytes downloaded by devices so far (model broadcasts).")
+    phase: RunPhaseOut | None = Field(None, description="What a running run is doing now (null otherwise).")
 
     @classmethod
-    def from_row(cls, row: RunRow, progress: dict[str, Any] | None = None) -> RunSummaryOut:
+    def from_row(cls, row: RunRow, progress: dict[str, Any] | None = None,
+                 phase: RunPhase | None = None) -> RunSummaryOut:
         progress = progress or {}
         return cls(id=row.id, name=row.name, status=row.status, created_at=row.created_at,
                    started_at=row.started_at, finished_at=row.finished_at, error=row.error,
                    rounds_done=row.model_round, algorithm=row.config.get("algorithm"),
                    rounds_total=row.config.get("rounds"), latest_accuracy=progress.get("latest_accuracy"),
-                   upload_bytes=progress.get("upload_bytes", 0), download_bytes=progress.get("download_bytes", 0))
+                   upload_bytes=progress.get("upload_bytes", 0), download_bytes=progress.get("download_bytes", 0),
+                   phase=RunPhaseOut.from_phase(phase))
 
 
 class RunDetailOut(RunSummaryOut):
@@ -81,12 +113,13 @@ class RunDetailOut(RunSummaryOut):
     total_download_bytes: int = 0
 
     @classmethod
-    def from_parts(cls, row: RunRow, rounds: list[dict[str, Any]]) -> RunDetailOut:
+    def from_parts(cls, row: RunRow, rounds: list[dict[str, Any]], phase: RunPhase | None = None) -> RunDetailOut:
         evaluated = [r for r in rounds if r.get("accuracy") is not None]
         progress = {"latest_accuracy": evaluated[-1]["accuracy"] if evaluated else None,
                     "upload_bytes": rounds[-1]["upload_bytes"] if rounds else 0,
                     "download_bytes": rounds[-1]["download_bytes"] if rounds else 0}
-        return cls(**RunSummaryOut.from_row(row, progress).model_dump(), config=row.config, counters=row.counters,
+        return cls(**RunSummaryOut.from_row(row, progress, phase).model_dump(), config=row.config,
+                   counters=row.counters,
                    rounds=[RoundOut(**r) for r in rounds],
                    final_accuracy=evaluated[-1]["accuracy"] if evaluated else None,
                    total_upload_bytes=rounds[-1]["upload_bytes"] if rounds else 0,
@@ -105,14 +138,25 @@ class DeviceOut(BaseModel):
     rounds_done: int
     bytes_up: int = Field(description="Bytes of every message received from the device")
     bytes_down: int = Field(description="Bytes of the broadcasts and tasks sent to the device")
-    last_error: str | None = Field(None, description="The last task failure the device reported (none yet).")
+    last_error: str | None = Field(None, description="The text of the last task failure the device reported "
+                                   "(null: none yet).")
     last_error_at: float | None = Field(None, description="Unix time of ``last_error``.")
+    last_error_code: str | None = Field(None, description="Reason code of ``last_error``: bad_data | "
+                                        "out_of_memory | model_unavailable | training_failed | other (or a "
+                                        "newer device's code).")
+    last_error_run_id: str | None = Field(None, description="The run of the task that failed.")
+    last_error_round: int | None = Field(None, description="The round of the task that failed.")
 
     @classmethod
-    def from_row(cls, row: DeviceRow, online: bool) -> DeviceOut:
+    def from_row(cls, row: DeviceRow, online: bool, last_error: DeviceErrorRow | None = None) -> DeviceOut:
         return cls(id=row.id, status="online" if online else "offline", state=row.state, last_seen=row.last_seen,
                    capabilities=row.capabilities, sample_count=row.sample_count, rounds_done=row.rounds_done,
-                   bytes_up=row.bytes_up, bytes_down=row.bytes_down)
+                   bytes_up=row.bytes_up, bytes_down=row.bytes_down,
+                   last_error=last_error.detail if last_error else None,
+                   last_error_at=last_error.at if last_error else None,
+                   last_error_code=last_error.code if last_error else None,
+                   last_error_run_id=last_error.run_id if last_error else None,
+                   last_error_round=last_error.round if last_error else None)
 
 
 class DeviceRoundOut(BaseModel):

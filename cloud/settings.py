@@ -16,7 +16,6 @@ import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +24,7 @@ from cloud.mqtt_link import TlsFiles
 from cloud.signing_key import DEFAULT_SIGNING_KEY_NAME
 from feddst_core.choices import MqttVersion
 from protocol import DEFAULT_MAX_PACKET
+from protocol.endpoint import BrokerAddress, parse_broker_url
 
 COORDINATOR_KEY_HEX_REMOVED = (
     "coordinator_key_hex (FEDDST_CLOUD_COORDINATOR_KEY_HEX) is no longer supported: one HMAC key held by every "
@@ -39,7 +39,8 @@ class CloudSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FEDDST_CLOUD_", extra="forbid")
 
-    broker_url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port (mqtts:// for TLS).")
+    broker_url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port (mqtts:// for TLS); parsed by "
+                            "protocol.endpoint.parse_broker_url, as the agent's setting of the same name.")
     mqtt_username: str | None = Field("coordinator", description="MQTT user name (None: anonymous).")
     mqtt_password: SecretStr | None = Field(None, description="MQTT password; no default value.")
     mqtt_protocol: MqttVersion = Field(
@@ -56,6 +57,11 @@ class CloudSettings(BaseSettings):
         None, description="Removed (a shared HMAC key): setting it is an error that explains the Ed25519 key.")
     sse_keepalive_s: float = Field(15.0, gt=0, description="Seconds between keep-alive comments of an idle "
                                    "/api/runs/{id}/events stream.")
+    metrics_require_token: bool = Field(
+        False, description="When true, GET /metrics needs a viewer API token (default: open, like most "
+                           "Prometheus targets).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Level of the coordinator's log lines (stderr; uvicorn's too).")
     data_roots: list[Path] = Field(
         default_factory=list,
         description="Directories a run config's eval.data_dir may lie under (symlinks and .. resolved first). "
@@ -92,23 +98,24 @@ class CloudSettings(BaseSettings):
     def _check_broker_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        url = urlparse(value)
-        if url.scheme not in ("mqtt", "mqtts", "tcp") or not url.hostname:
-            raise ValueError(f"broker URL must look like mqtt://host:port, got {value!r}")
+        parse_broker_url(value)  # the agent's parser too; BrokerUrlError is a ValueError
         return value
 
     @property
+    def broker_address(self) -> BrokerAddress:
+        return parse_broker_url(self.broker_url)
+
+    @property
     def broker_host(self) -> str:
-        return urlparse(self.broker_url).hostname or "127.0.0.1"
+        return self.broker_address.host
 
     @property
     def broker_port(self) -> int:
-        url = urlparse(self.broker_url)
-        return url.port or (8883 if url.scheme == "mqtts" else 1883)
+        return self.broker_address.port
 
     @property
     def broker_tls(self) -> bool:
-        return urlparse(self.broker_url).scheme == "mqtts"
+        return self.broker_address.tls
 
     @model_validator(mode="after")
     def _check_tls_files(self) -> CloudSettings:

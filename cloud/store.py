@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -29,7 +30,8 @@ from cloud.errors import ModelNotAvailableError, RunNotFoundError
 from feddst_core.model_file import MASK_SUFFIX, decode_model_file, encode_model_file
 
 RUN_STATUSES = ("created", "running", "completed", "stopped", "failed", "interrupted")
-__all__ = ["MASK_SUFFIX", "CoordinatorStore", "DeviceRow", "RunRow"]
+__all__ = ["MASK_SUFFIX", "CoordinatorStore", "DeviceErrorRow", "DeviceRow", "RunRow"]
+RUN_TABLES = ("rounds", "device_errors")  # tables keyed by run_id whose rows go with the run (delete_run)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -40,6 +42,11 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL, round INTEGER NOT NULL, record TEXT NOT NULL, PRIMARY KEY (run_id, round)
 );
+CREATE TABLE IF NOT EXISTS device_errors (
+    device_id TEXT NOT NULL, run_id TEXT NOT NULL, round INTEGER NOT NULL, code TEXT NOT NULL,
+    detail TEXT NOT NULL, at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS device_errors_by_device ON device_errors (device_id, at);
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY, capabilities TEXT NOT NULL DEFAULT '{}', sample_count INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL DEFAULT 'offline', last_seen REAL NOT NULL DEFAULT 0,
@@ -79,6 +86,18 @@ class SequenceRow:
     last_seq: int
     will_seq: int = 0
     will_used: bool = False
+
+
+@dataclass(frozen=True)
+class DeviceErrorRow:
+    """One error a device reported: the task (run, round) it could not do, a reason code, a text, when."""
+
+    device_id: str
+    run_id: str
+    round: int
+    code: str
+    detail: str
+    at: float
 
 
 @dataclass
@@ -173,6 +192,21 @@ class CoordinatorStore:
     def set_run_counters(self, run_id: str, counters: Mapping[str, int]) -> None:
         self._execute("UPDATE runs SET counters = ? WHERE id = ?", (json.dumps(dict(counters)), run_id))
 
+    def delete_run(self, run_id: str) -> None:
+        """Remove the run, its rounds and its model files (``RunNotFoundError`` if there is no such run)."""
+        self.get_run(run_id)
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for table in RUN_TABLES:
+                    self._db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+                self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        shutil.rmtree(self.state_dir / "models" / run_id, ignore_errors=True)
+
     # --- rounds -----------------------------------------------------------------------------------
 
     def add_round(self, run_id: str, record: Mapping[str, Any]) -> None:
@@ -264,6 +298,17 @@ class CoordinatorStore:
             "bytes_up, bytes_down) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (row.id, json.dumps(row.capabilities), row.sample_count, row.state, row.last_seen, row.rounds_done,
              row.bytes_up, row.bytes_down))
+
+    def add_device_error(self, error: DeviceErrorRow) -> None:
+        self._execute("INSERT INTO device_errors (device_id, run_id, round, code, detail, at) "
+                      "VALUES (?, ?, ?, ?, ?, ?)",
+                      (error.device_id, error.run_id, error.round, error.code, error.detail, error.at))
+
+    def last_device_errors(self) -> dict[str, DeviceErrorRow]:
+        """Device id -> its latest reported error."""
+        rows = self._execute("SELECT device_id, run_id, round, code, detail, MAX(at) FROM device_errors "
+                             "GROUP BY device_id")
+        return {r[0]: DeviceErrorRow(*r) for r in rows}
 
     def load_devices(self) -> list[DeviceRow]:
         rows = self._execute("SELECT id, capabilities, sample_count, state, last_seen, rounds_done, bytes_up, "

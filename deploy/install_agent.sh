@@ -117,7 +117,7 @@ write_agent_settings() {
     {
       echo "# FedDST Edge agent settings (see /opt/feddst/docs/agent.md). Env FEDDST_<NAME> overrides."
       echo "device_id = \"$DEVICE_ID\""
-      echo "broker = \"$BROKER\""
+      echo "broker_url = \"$BROKER\""
       echo "dataset = \"$DATASET\""
       [[ -n "$DATA_DIR" ]] && echo "data_dir = \"$DATA_DIR\""
       [[ -n "$PARTITION" ]] && echo "partition = \"$PARTITION\""

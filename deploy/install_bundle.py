@@ -11,7 +11,7 @@ Called by ``deploy/install_agent.sh --bundle FILE``; usable alone::
 * ``agent.key``  the device's HMAC key (hex), mode 0640 owner root, group ``--group``: the agent runs as that
                  group's user and must read it, but cannot change it;
 * ``ca.crt``     the broker's private CA when the bundle has one, mode 0644;
-* ``agent.env``  ``FEDDST_DEVICE_ID``, ``FEDDST_BROKER``, ``FEDDST_PASSWORD``, ``FEDDST_KEY_FILE``,
+* ``agent.env``  ``FEDDST_DEVICE_ID``, ``FEDDST_BROKER_URL``, ``FEDDST_PASSWORD``, ``FEDDST_KEY_FILE``,
                  ``FEDDST_CA_FILE``, ``FEDDST_COORDINATOR_PUBLIC_KEY``, mode 0600 owner root: systemd reads
                  it (``EnvironmentFile=``) as root and hands the values to the agent; nobody else can read it.
 
@@ -102,7 +102,7 @@ def install(bundle: dict, etc: Path, group: str | None) -> list[Path]:
     key_file, ca_file, env_file = etc / "agent.key", etc / "ca.crt", etc / "agent.env"
     written = [key_file]
     _write(key_file, bundle["device_key_hex"] + "\n", 0o640, gid)
-    env = {"FEDDST_DEVICE_ID": bundle["device_id"], "FEDDST_BROKER": bundle["broker_url"],
+    env = {"FEDDST_DEVICE_ID": bundle["device_id"], "FEDDST_BROKER_URL": bundle["broker_url"],
            "FEDDST_KEY_FILE": str(key_file), "FEDDST_COORDINATOR_PUBLIC_KEY": bundle["coordinator_public_key"]}
     if bundle["mqtt_password"] is not None:
         env["FEDDST_PASSWORD"] = bundle["mqtt_password"]

@@ -39,7 +39,7 @@ from edge_agent.capabilities import detect_capabilities
 from edge_agent.config import AgentSettings, kernel_thresholds_warnings
 from edge_agent.coordinator_verifier import REPLAYED, CoordinatorVerifier
 from edge_agent.data import LocalData
-from edge_agent.local_training import TrainingError, train_on_task
+from edge_agent.local_training import TrainingError, classify_failure, train_on_task
 from edge_agent.model_snapshot import ModelSnapshotWriter
 from edge_agent.mqtt_adapter import DeviceLink, Inbound, LinkDown, LinkRefused, LinkUp, PublishRefused
 from feddst_core import native
@@ -50,6 +50,7 @@ from protocol import (
     AuthenticationError,
     Capabilities,
     ChunkReassembler,
+    DeviceError,
     Message,
     ModelBroadcast,
     ProtocolError,
@@ -80,6 +81,7 @@ class TrainingDone:
     task: Task
     update: Update | None
     error: str | None = None
+    error_code: str = "training_failed"  # the DeviceError code when update is None
 
 
 @dataclass
@@ -470,11 +472,11 @@ class EdgeAgent:
             update = train_on_task(task, model, self.data, self.device_id, self.settings.client_index,
                                    self.settings.kernels, self.settings.kernel_threshold_table)
             self.events.put(TrainingDone(task, update))
-        except TrainingError as exc:
-            self.events.put(TrainingDone(task, None, str(exc)))
         except Exception as exc:  # noqa: BLE001 - a failed round must not kill the agent
-            log.exception("training crashed")
-            self.events.put(TrainingDone(task, None, f"{type(exc).__name__}: {exc}"))
+            if not isinstance(exc, TrainingError):
+                log.exception("training crashed")
+            code, detail = classify_failure(exc)
+            self.events.put(TrainingDone(task, None, detail, code))
 
     def _on_training_done(self, done: TrainingDone) -> None:
         task = done.task
@@ -483,7 +485,9 @@ class EdgeAgent:
         key = (task.run_id, task.server_round)
         if done.update is None:
             self.stats["training_failed"] += 1
-            log.error("cannot train %s round %d: %s", *key, done.error)
+            log.error("cannot train %s round %d (%s): %s; reporting it to the coordinator", *key, done.error_code,
+                      done.error)
+            self._report_error(task, done.error_code, done.error or "")
         elif self._is_aborted(*key):
             log.info("run %s was aborted during training; update discarded", task.run_id)
         else:
@@ -495,6 +499,15 @@ class EdgeAgent:
                                                     task.deadline_unix, next_send=time.monotonic())
             self._retry_uploads(time.monotonic())
         self._start_next_training()
+
+    def _report_error(self, task: Task, code: str, detail: str) -> None:
+        """Publish a DeviceError for the task (QoS 1, once) unless the run was aborted meanwhile."""
+        if self._is_aborted(task.run_id, task.server_round) or not self.link.connected:
+            return
+        report = DeviceError(task.run_id, task.server_round, self.device_id, code, detail)
+        packets = split_into_chunks(self._encode(report), self.settings.max_packet)
+        if self.link.publish_all(topics.update(task.run_id, self.device_id), packets, topics.QOS_UPDATE) is not None:
+            self.stats["errors_reported"] += 1
 
     def _retry_uploads(self, now: float) -> None:
         for key, upload in list(self.state.uploads.items()):

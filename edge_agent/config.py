@@ -1,8 +1,8 @@
 """``AgentSettings``: every setting of ``feddst agent run``, merged from flags, env, file and defaults.
 
 Precedence, highest first: command-line flags > environment variables (``FEDDST_<NAME>``, e.g.
-``FEDDST_BROKER``, ``FEDDST_DEVICE_ID``, ``FEDDST_PASSWORD``, ``FEDDST_KEY_FILE``) > the config file
-(TOML, or YAML when PyYAML is installed; keys are the setting names, with ``_`` or ``-``, at top
+``FEDDST_BROKER_URL``, ``FEDDST_DEVICE_ID``, ``FEDDST_PASSWORD``, ``FEDDST_KEY_FILE``) > the config
+file (TOML, or YAML when PyYAML is installed; keys are the setting names, with ``_`` or ``-``, at top
 level or under an ``[agent]`` table) > the defaults below.
 
 Secure by default: the agent verifies every coordinator message with ``coordinator_public_key``
@@ -10,6 +10,11 @@ Secure by default: the agent verifies every coordinator message with ``coordinat
 ``FEDDST_COORDINATOR_PUBLIC_KEY``). Without it the settings are refused, unless
 ``insecure_unsigned_coordinator`` is set (demos and tests only; logged as a warning). The former
 shared HMAC key ``coordinator_key_file`` is refused with an error explaining the change.
+
+Old names keep working with a :class:`~protocol.endpoint.DeprecatedSettingWarning` naming the new
+one (``DEPRECATED_NAMES``): ``broker`` / ``FEDDST_BROKER`` are now ``broker_url`` /
+``FEDDST_BROKER_URL``, the coordinator's name for the same setting. Where both are given the new
+name wins.
 
 Every bad value raises :class:`AgentConfigError` whose message names the setting and says how
 to fix it. Validation happens once, here; the rest of the agent trusts ``AgentSettings``.
@@ -24,16 +29,17 @@ import importlib.util
 import os
 import re
 import tomllib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from feddst_core.choices import CPU_POLICIES, DATA_SOURCES, KERNEL_CHOICES, LOG_LEVELS, MQTT_PROTOCOLS, PARTITIONS
 from feddst_core.sparse import SparseThreshold, parse_thresholds_json
-from protocol import is_identifier
+from protocol import endpoint, is_identifier
 from protocol.ed25519 import parse_public_key_hex
+from protocol.endpoint import BrokerAddress, DeprecatedSettingWarning
 
 ENV_PREFIX = "FEDDST_"
 MIN_KEY_BYTES = 16
@@ -65,19 +71,6 @@ class KernelThresholdsFile:
 
 
 @dataclass(frozen=True)
-class BrokerAddress:
-    """A parsed ``mqtt://host:port`` or ``mqtts://host:port`` URL."""
-
-    host: str
-    port: int
-    tls: bool
-
-    @property
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
 class PartitionSpec:
     """``--partition I/N``: this device holds client I's share of an N-client partition."""
 
@@ -90,7 +83,7 @@ class AgentSettings:
     """Validated agent settings (see the module docstring for where values come from)."""
 
     device_id: str
-    broker: str = "mqtt://127.0.0.1:1883"
+    broker_url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None  # default: the device id
     password: str | None = None
     key_file: str | None = None  # hex HMAC key signing this device's messages
@@ -194,7 +187,7 @@ class AgentSettings:
 
     @property
     def broker_address(self) -> BrokerAddress:
-        return parse_broker_url(self.broker)
+        return parse_broker_url(self.broker_url)
 
     @property
     def partition_spec(self) -> PartitionSpec | None:
@@ -247,24 +240,12 @@ def _flag(name: str) -> str:
 
 
 def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://host[:port]`` (default 1883) or ``mqtts://host[:port]`` (default 8883)."""
-    hint = "expected mqtt://HOST:PORT or mqtts://HOST:PORT, e.g. mqtt://127.0.0.1:1883"
+    """``mqtt://host[:port]`` (default 1883) or ``mqtts://host[:port]`` (default 8883): the parser the
+    coordinator uses too (:func:`protocol.endpoint.parse_broker_url`), errors naming ``--broker-url``."""
     try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as exc:
-        raise AgentConfigError(f"--broker: bad URL {url!r} ({exc}); {hint}") from exc
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise AgentConfigError(f"--broker: unsupported scheme in {url!r}; {hint}")
-    if not parts.hostname:
-        raise AgentConfigError(f"--broker: no host in {url!r}; {hint}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise AgentConfigError(f"--broker: unexpected path or query in {url!r}; {hint}")
-    if parts.username or parts.password:
-        raise AgentConfigError(f"--broker: put credentials in --username/--password (or FEDDST_PASSWORD), "
-                               f"not in the URL; {hint}")
-    tls = parts.scheme in ("mqtts", "ssl")
-    return BrokerAddress(unquote(parts.hostname), port or (8883 if tls else 1883), tls)
+        return endpoint.parse_broker_url(url)
+    except endpoint.BrokerUrlError as exc:
+        raise AgentConfigError(f"--broker-url: {exc}") from exc
 
 
 _PARTITION = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
@@ -340,6 +321,20 @@ def kernel_thresholds_warnings(info: KernelThresholdsFile, native_loaded: bool, 
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(AgentSettings)}
+DEPRECATED_NAMES = {"broker": "broker_url"}  # old setting name -> new (flags dict, file keys, env FEDDST_<OLD>)
+
+
+def _renamed(values: dict[str, Any], where: str, spell: Any = str) -> dict[str, Any]:
+    """``values`` with deprecated keys moved to their new names (a warning each; the new name wins)."""
+    out = dict(values)
+    for old, new in DEPRECATED_NAMES.items():
+        if old in out:
+            warnings.warn(f"{where}: setting {spell(old)} is deprecated, use {spell(new)} (same meaning)",
+                          DeprecatedSettingWarning, stacklevel=3)
+            value = out.pop(old)
+            if out.get(new) is None:
+                out[new] = value
+    return out
 _INT_FIELDS = {"classes_per_client", "samples_per_class", "seed", "threads", "max_packet", "max_message_bytes",
                "keepalive_s", "session_expiry_s", "model_onnx_every"}
 _FLOAT_FIELDS = {"beta", "heartbeat_s", "ack_timeout_s", "reconnect_min_s", "reconnect_max_s"}
@@ -402,8 +397,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if isinstance(data.get("agent"), dict):
         data = data["agent"]
     out: dict[str, Any] = {}
+    data = _renamed({str(k).replace("-", "_"): v for k, v in data.items()}, str(p))
     for raw_key, value in data.items():
-        key = str(raw_key).replace("-", "_")
+        key = str(raw_key)
         if key not in FIELDS:
             raise AgentConfigError(f"--config: {p}: unknown setting {raw_key!r}; known: "
                                    + ", ".join(sorted(FIELDS)))
@@ -414,11 +410,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     """Settings from ``FEDDST_<NAME>`` variables (empty values are ignored)."""
     out: dict[str, Any] = {}
-    for name in FIELDS:
+    for name in [*FIELDS, *DEPRECATED_NAMES]:
         value = environ.get(ENV_PREFIX + name.upper())
         if value not in (None, ""):
-            out[name] = _coerce(name, value, f"${ENV_PREFIX}{name.upper()}")
-    return out
+            out[name] = _coerce(DEPRECATED_NAMES.get(name, name), value, f"${ENV_PREFIX}{name.upper()}")
+    return _renamed(out, "environment", spell=lambda n: ENV_PREFIX + n.upper())
 
 
 def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
@@ -434,7 +430,7 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] | None = 
     if config_file:
         merged.update(read_config_file(config_file))
     merged.update(read_environment(environ))
-    for name, value in flags.items():
+    for name, value in _renamed({k: v for k, v in flags.items() if v is not None}, "flags").items():
         if name not in FIELDS:
             raise AgentConfigError(f"unknown setting {name!r}")
         if value is not None:

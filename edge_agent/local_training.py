@@ -19,9 +19,31 @@ from feddst_core.training import TrainConfig, client_seed
 from feddst_core.wire_format import model_from_tensors, update_message
 from protocol import ModelBroadcast, ProtocolError, Task, Update
 
+MAX_ERROR_DETAIL = 500  # characters of the DeviceError detail an agent sends
+
 
 class TrainingError(RuntimeError):
-    """This device cannot train on this task (unknown model, data that does not fit it...)."""
+    """This device cannot train on this task (unknown model, data that does not fit it...).
+
+    ``code`` is the :class:`protocol.DeviceError` reason code reported to the coordinator."""
+
+    def __init__(self, message: str, code: str = "training_failed"):
+        super().__init__(message)
+        self.code = code
+
+
+def classify_failure(exc: BaseException) -> tuple[str, str]:
+    """``(code, detail)`` of a failed round for the :class:`protocol.DeviceError` report: a
+    :class:`TrainingError`'s own code, ``out_of_memory`` for ``MemoryError`` and torch's allocation
+    failures, else ``training_failed``; ``detail`` is at most ``MAX_ERROR_DETAIL`` characters."""
+    if isinstance(exc, TrainingError):
+        code, detail = exc.code, str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+        lowered = str(exc).lower()
+        oom = isinstance(exc, MemoryError) or "out of memory" in lowered or "can't allocate memory" in lowered
+        code, detail = ("out_of_memory" if oom else "training_failed"), text
+    return code, detail[:MAX_ERROR_DETAIL]
 
 
 def train_config(task: Task) -> TrainConfig:
@@ -46,21 +68,21 @@ def train_on_task(task: Task, model: ModelBroadcast, data: LocalData, device_id:
     try:
         spec = get_model_spec(task.model_name)
     except (KeyError, ValueError) as exc:
-        raise TrainingError(f"unknown model {task.model_name!r}: {exc}") from exc
+        raise TrainingError(f"unknown model {task.model_name!r}: {exc}", "model_unavailable") from exc
     if spec.input_shape != data.input_shape:
         raise TrainingError(f"model {spec.name} takes inputs {spec.input_shape} but the local data is "
-                            f"{data.input_shape}; give this device matching data")
+                            f"{data.input_shape}; give this device matching data", "bad_data")
     if int(data.y.max()) >= spec.num_classes:
         raise TrainingError(f"model {spec.name} has {spec.num_classes} classes but the local labels go up to "
-                            f"{int(data.y.max())}")
+                            f"{int(data.y.max())}", "bad_data")
     expected = dict(spec.parameter_shapes())
     got = {name: tuple(t.shape) for name, t in model.tensors.items()}
     if got != {name: tuple(shape) for name, shape in expected.items()}:
-        raise TrainingError(f"the broadcast model's tensors do not match {spec.name}")
+        raise TrainingError(f"the broadcast model's tensors do not match {spec.name}", "model_unavailable")
     try:
         params, masks = model_from_tensors(model.tensors, spec.masked_names())
     except ProtocolError as exc:
-        raise TrainingError(f"cannot rebuild the broadcast model: {exc}") from exc
+        raise TrainingError(f"cannot rebuild the broadcast model: {exc}", "model_unavailable") from exc
     seed = client_seed(task.seed, task.server_round, client_index)
     started = time.perf_counter()
     trainer = make_local_trainer(spec, train_config(task), kernels, thresholds)

@@ -39,7 +39,7 @@ RUN_HELP = (
     "It connects with a persistent MQTT session and a last-will 'offline' status, registers its capabilities, "
     "heartbeats, and for each task that selects it trains one round on its local data and publishes the sparse "
     "update (re-sent until acknowledged or the task's deadline).\n\n"
-    "Settings come from flags, then environment variables (FEDDST_<NAME>, e.g. FEDDST_BROKER, FEDDST_PASSWORD), "
+    "Settings come from flags, then environment variables (FEDDST_<NAME>, e.g. FEDDST_BROKER_URL, FEDDST_PASSWORD), "
     "then the --config file, then the defaults.\n\n"
     "Example: feddst agent run --broker mqtt://127.0.0.1:1883 --device-id dev-003 --dataset digits "
     "--partition 3/8\n\n"
@@ -53,9 +53,10 @@ def run(
     config: Path | None = typer.Option(None, "--config", "-c", help="TOML (or YAML) file of settings; keys are "
                                        "the flag names, e.g. device_id = \"dev-003\". Env: FEDDST_CONFIG.",
                                        rich_help_panel=BROKER),
-    broker: str | None = typer.Option(None, help="Broker URL: mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS. "
-                                      "Env: FEDDST_BROKER. Default: mqtt://127.0.0.1:1883.",
-                                      rich_help_panel=BROKER),
+    broker: str | None = typer.Option(None, "--broker-url", "--broker", help="Broker URL: mqtt://HOST:PORT, or "
+                                      "mqtts://HOST:PORT for TLS (setting broker_url, as the coordinator's). "
+                                      "Env: FEDDST_BROKER_URL (FEDDST_BROKER still works, deprecated). "
+                                      "Default: mqtt://127.0.0.1:1883.", rich_help_panel=BROKER),
     device_id: str | None = typer.Option(None, help="This device's id (MQTT client id and user name): 1-64 of "
                                          "A-Z a-z 0-9 _ . -. Required. Env: FEDDST_DEVICE_ID.",
                                          rich_help_panel=BROKER),
@@ -156,7 +157,7 @@ def run(
     from edge_agent.config import AgentConfigError, load_settings, read_key_file
 
     flags = {name: _value(value) for name, value in {
-        "broker": broker, "device_id": device_id, "username": username, "password": password,
+        "broker_url": broker, "device_id": device_id, "username": username, "password": password,
         "key_file": key_file, "coordinator_key_file": coordinator_key_file, "ca_file": ca_file,
         "tls_cert_file": tls_cert_file, "tls_key_file": tls_key_file,
         "coordinator_public_key": coordinator_public_key,

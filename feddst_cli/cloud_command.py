@@ -1,4 +1,4 @@
-"""``feddst cloud serve``: the coordinator (FastAPI REST API + MQTT client)."""
+"""``feddst cloud serve``: the coordinator (FastAPI REST API + MQTT client); ``runs``/``devices``/``token`` groups."""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ from pathlib import Path
 
 import typer
 
-from feddst_cli import devices_command, token_command
+from feddst_cli import cloud_devices_command, cloud_runs_command, devices_command, token_command
 
-app = typer.Typer(help="The cloud coordinator.", no_args_is_help=True)
+app = typer.Typer(help="The cloud coordinator: serve it, manage its API tokens, and drive its runs and devices "
+                  "from a terminal over its REST API (--url / FEDDST_API_URL, --token / FEDDST_API_TOKEN).",
+                  no_args_is_help=True)
 app.add_typer(token_command.app, name="token")
 app.add_typer(devices_command.app, name="devices")
 keys_app = typer.Typer(help="The coordinator's Ed25519 signing key (devices verify every coordinator message "
                        "with its public half).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(cloud_runs_command.app, name="runs")
+devices_command.app.command("ls")(cloud_devices_command.list_devices)  # over the REST API
 
 
 @app.command("serve")
@@ -40,6 +44,9 @@ def serve(
     embedded_broker: bool = typer.Option(False, "--embedded-broker", help="Start an in-process amqtt broker "
                                          "(MQTT 3.1.1, anonymous, loopback) and use it: for demos only."),
     broker_port: int = typer.Option(1883, help="Port of the embedded broker."),
+    log_level: str | None = typer.Option(None, "--log-level", help="debug, info, warning or error: lines on "
+                                         "stderr with time and level, one INFO line per round. "
+                                         "Env: FEDDST_CLOUD_LOG_LEVEL. Default: info."),
     data_root: list[Path] | None = typer.Option(None, "--data-root", help="A directory run configs may name "
                                                 "evaluation data under (repeatable). Env: FEDDST_CLOUD_DATA_ROOTS "
                                                 "(JSON list). Default: none (only the built-in digits)."),
@@ -54,6 +61,7 @@ def serve(
 
     from cloud.app import create_app
     from cloud.embedded_broker import EmbeddedBroker
+    from cloud.logging_config import configure_logging
     from cloud.settings import CloudSettings
 
     broker_process = None
@@ -65,12 +73,15 @@ def serve(
         settings = CloudSettings.load(config, broker_url=broker, mqtt_username=username, mqtt_password=password,
                                       api_host=api_host, api_port=api_port, state_dir=state_dir,
                                       heartbeat_s=heartbeat_s, device_keys_file=device_keys_file,
-                                      data_roots=data_root or None, signing_key_file=signing_key_file)
+                                      data_roots=data_root or None, signing_key_file=signing_key_file,
+                                      log_level=log_level)
     except (ValidationError, ValueError, OSError) as exc:
         typer.secho(f"error: invalid settings: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
+    configure_logging(settings.log_level)
     try:
-        uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info")
+        uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None,
+                    log_level=settings.log_level)
     finally:
         if broker_process is not None:
             broker_process.stop()

@@ -168,9 +168,13 @@ class FedStrategy:
         return cosine_readjust_fraction(server_round, c.readjust_ratio, c.readjust_until)
 
     def configure_round(self, server_round: int, state: ServerState, clients: Sequence[int],
-                        rng: np.random.Generator) -> RoundPlan:
-        """Draw ``clients_per_round`` distinct clients (without replacement) and the round's alpha_t."""
-        k = self.config.clients_per_round
+                        rng: np.random.Generator, clients_per_round: int | None = None) -> RoundPlan:
+        """Draw ``clients_per_round`` distinct clients (without replacement) and the round's alpha_t.
+
+        ``clients_per_round`` overrides the config's for this round (the coordinator passes
+        ``min(config, available)`` when its ``min_devices`` allows a smaller round); the draw is the
+        same as the simulator's whenever it equals the config's."""
+        k = self.config.clients_per_round if clients_per_round is None else clients_per_round
         if k > len(clients):
             raise ValueError(f"clients per round ({k}) exceeds the available clients ({len(clients)})")
         chosen = sorted(int(c) for c in rng.choice(np.asarray(clients), size=k, replace=False))

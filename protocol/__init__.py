@@ -39,10 +39,12 @@ from protocol.errors import (
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import (
     COORDINATOR_ID,
+    DEVICE_ERROR_CODES,
     IDENTIFIER_PATTERN,
     Abort,
     Ack,
     Capabilities,
+    DeviceError,
     Message,
     ModelBroadcast,
     Register,
@@ -64,7 +66,8 @@ from protocol.tensors import (
 from protocol.values import VALUE_FORMATS, error_bound
 
 __all__ = [
-    "COORDINATOR_ID", "DEFAULT_LIMITS", "DEFAULT_MAX_PACKET", "IDENTIFIER_PATTERN", "PROTOCOL_VERSION",
+    "COORDINATOR_ID", "DEFAULT_LIMITS", "DEVICE_ERROR_CODES", "DeviceError", "DEFAULT_MAX_PACKET",
+    "IDENTIFIER_PATTERN", "PROTOCOL_VERSION",
     "VALUE_FORMATS", "Abort", "Ack", "AuthenticationError", "Capabilities", "ChecksumError",
     "ChunkReassembler", "DecodedMessage", "Envelope", "HmacKey", "InvalidMessageError", "KeySource",
     "LimitExceededError", "Limits", "MalformedError", "MaskChange", "MaskMismatchError", "Message",

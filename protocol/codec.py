@@ -17,8 +17,9 @@ an unknown schema version raises :class:`UnsupportedVersionError`. Then, little-
 * Ack (6): ``str device_id, u8 ok, str detail``.
 * Abort (7): ``str reason``.
 * RunCompleted (8): ``u8 has_accuracy, f64 accuracy`` (0.0 when absent; else in [0, 1]), tensor set.
+* DeviceError (9): ``str code`` (an identifier, e.g. ``bad_data``), ``str detail``.
 
-``run_id``, ``server_round`` and (for Register, Status, Update) ``device_id`` come from the
+``run_id``, ``server_round`` and (for Register, Status, Update, DeviceError) ``device_id`` come from the
 envelope. The payload must be consumed exactly (trailing bytes are an error).
 """
 
@@ -40,6 +41,7 @@ from protocol.messages import (
     Abort,
     Ack,
     Capabilities,
+    DeviceError,
     Message,
     ModelBroadcast,
     Register,
@@ -116,6 +118,11 @@ def _write_payload(writer: ByteWriter, msg: Message, value_format: str, compress
         writer.boolean(accuracy is not None)
         writer.f64(0.0 if accuracy is None else accuracy, "accuracy")
         write_tensor_set(writer, msg.tensors, value_format, compression)
+    elif isinstance(msg, DeviceError):
+        if not is_identifier(msg.code):
+            raise InvalidMessageError(f"DeviceError.code {msg.code!r} is not a valid identifier (e.g. bad_data)")
+        writer.string(msg.code, "code", MAX_STRING_BYTES)
+        writer.string(msg.detail, "detail", MAX_STRING_BYTES)
     else:
         raise InvalidMessageError(f"not a protocol message: {type(msg).__name__}")
 
@@ -128,7 +135,7 @@ def _envelope_fields(msg: Message, sender_id: str | None) -> tuple[str, int, str
         run_id, server_round = msg.run_id, msg.server_round
         if not is_identifier(run_id):
             raise InvalidMessageError(f"run_id {run_id!r} is not a valid identifier")
-    if isinstance(msg, Register | Status | Update):
+    if isinstance(msg, Register | Status | Update | DeviceError):
         if sender_id is not None and sender_id != msg.device_id:
             raise InvalidMessageError("sender_id must equal device_id for device messages")
         sender_id = msg.device_id
@@ -142,7 +149,7 @@ def encode_message(msg: Message, key: bytes | Signer | None = None, *, sender_id
 
     ``key``: a device's HMAC key (bytes, at least 16), any :class:`~protocol.auth.Signer` (the
     coordinator's :class:`~protocol.ed25519.Ed25519Signer`), or None for no tag.
-    ``sender_id``: defaults to ``msg.device_id`` for Register/Status/Update (where it must match)
+    ``sender_id``: defaults to ``msg.device_id`` for Register/Status/Update/DeviceError (where it must match)
     and to ``"coordinator"`` otherwise. ``seq``: per-sender sequence number (u64).
     ``timestamp``: Unix seconds, default now; stored in milliseconds.
     ``value_format`` / ``compression``: how tensor values are stored (see ``encode_tensor_set``).
@@ -271,6 +278,11 @@ def _read_payload(envelope: Envelope, limits: Limits) -> Message:
             raise MalformedError(f"RunCompleted accuracy {accuracy!r} is not in [0, 1] (0 when absent)")
         tensors, _ = read_tensor_set(reader, limits, limits.max_elements)
         msg = RunCompleted(run_id, server_round, tensors, accuracy if has_accuracy else None)
+    elif cls is DeviceError:
+        code = reader.string("code", text)
+        if not is_identifier(code):
+            raise MalformedError("DeviceError.code is not a valid identifier")
+        msg = DeviceError(run_id, server_round, sender, code, reader.string("detail", text))
     else:
         msg = Abort(run_id, server_round, reader.string("reason", text))
     reader.expect_end(cls.__name__ + " payload")

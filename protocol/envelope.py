@@ -71,7 +71,7 @@ FIXED_HEADER = struct.Struct("<4sBBBBIQQBBI")
 FIXED_HEADER_BYTES = FIXED_HEADER.size  # 34
 CRC_BYTES = 4
 MAX_ID_BYTES = 64
-KNOWN_MESSAGE_TYPES = frozenset(range(1, 9))
+KNOWN_MESSAGE_TYPES = frozenset(range(1, 10))  # 8 = RunCompleted, 9 = DeviceError
 
 KeySource = (bytes | Verifier | Mapping[str, "bytes | Verifier"] | Callable[[str], "bytes | Verifier | None"]
              | None)

@@ -10,7 +10,8 @@ Field conventions:
   to a run: they travel with an empty run id and round 0 in the envelope.
 * The envelope carries ``run_id``, ``server_round`` and the sender id once; payloads do not
   repeat them. For device-originated messages (Register, Status, Update) ``device_id`` *is* the
-  envelope's sender id, so an authenticated sender cannot claim another device's identity.
+  envelope's sender id, so an authenticated sender cannot claim another device's identity
+  (DeviceError too).
 * ``Update.tensors`` carry ``mask=None`` for weights whose mask is unchanged or described by
   ``mask_changes``: their values are in the C order of the set positions of the device's mask
   *after* applying ``mask_changes[name]`` to the mask it was sent. Biases are dense (all values).
@@ -184,9 +185,35 @@ class RunCompleted:
     accuracy: float | None = None
 
 
-Message = Register | Status | Task | ModelBroadcast | Update | Ack | Abort | RunCompleted
+DEVICE_ERROR_CODES = ("bad_data", "out_of_memory", "model_unavailable", "training_failed", "other")
+"""Reason codes a device reports today (``DeviceError.code``); the wire carries the code as a string
+identifier, so a newer device may send a code an older coordinator does not know (it counts it as
+``other``)."""
+
+
+@dataclass(frozen=True)
+class DeviceError:
+    """Device -> coordinator: this device could not do its task of ``run_id`` round ``server_round``.
+
+    ``code`` is one of :data:`DEVICE_ERROR_CODES` (``bad_data``: the local data does not fit the
+    model; ``out_of_memory``; ``model_unavailable``: the device cannot build the model or the
+    broadcast does not fit it; ``training_failed``: an exception during training; ``other``);
+    ``detail`` is a short human text. Sent on the device's update topic of the run, instead of the
+    update, so the coordinator need not wait for it."""
+
+    MESSAGE_TYPE: ClassVar[int] = 9
+    SCHEMA_VERSION: ClassVar[int] = 1
+    run_id: str
+    server_round: int
+    device_id: str
+    code: str
+    detail: str = ""
+
+
+Message = Register | Status | Task | ModelBroadcast | Update | Ack | Abort | RunCompleted | DeviceError
 MESSAGE_CLASSES: dict[int, type] = {
-    cls.MESSAGE_TYPE: cls for cls in (Register, Status, Task, ModelBroadcast, Update, Ack, Abort, RunCompleted)
+    cls.MESSAGE_TYPE: cls
+    for cls in (Register, Status, Task, ModelBroadcast, Update, Ack, Abort, RunCompleted, DeviceError)
 }
 RUNLESS_MESSAGE_TYPES = frozenset({Register.MESSAGE_TYPE, Status.MESSAGE_TYPE})
 """Types sent with an empty run id and round 0."""

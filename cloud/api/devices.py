@@ -19,7 +19,9 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "descript
 def list_devices(coordinator: CoordinatorDep, _token: ViewerDep, page: PageDep) -> list[DeviceOut]:
     """Every device the coordinator has heard from, by id (paginated with `limit`/`offset`; the header
     `X-Total-Count` gives the number of devices)."""
-    return [DeviceOut.from_row(row, online) for row, online in page.slice(coordinator.registry.snapshot())]
+    registry = coordinator.registry
+    return [DeviceOut.from_row(row, online, registry.last_error(row.id))
+            for row, online in page.slice(registry.snapshot())]
 
 
 @router.get("/{device_id}", response_model=DeviceDetailOut, responses=NOT_FOUND)
@@ -32,5 +34,5 @@ def get_device(device_id: str, coordinator: CoordinatorDep, _token: ViewerDep,
         raise DeviceNotFoundError(f"no device {device_id!r}")
     row, online = found[0]
     rounds = coordinator.store.device_rounds(device_id, history) if history else []
-    return DeviceDetailOut(**DeviceOut.from_row(row, online).model_dump(),
+    return DeviceDetailOut(**DeviceOut.from_row(row, online, coordinator.registry.last_error(device_id)).model_dump(),
                            history=[DeviceRoundOut.from_record(run_id, device_id, r) for run_id, r in rounds])

@@ -1,6 +1,6 @@
-"""``/api/runs``: create, start, stop, list, inspect runs and download their global model.
+"""``/api/runs``: create, start, stop, list, inspect, delete runs and download their global model.
 
-GETs need a viewer token, creating, starting and stopping an operator token. Domain errors
+GETs need a viewer token, creating, starting, stopping and deleting an operator token. Domain errors
 (404, 409, 422, 503) are raised by the coordinator and mapped to HTTP by the app's one handler.
 """
 
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
-from fastapi.responses import FileResponse, Response
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import FileResponse
 
 from cloud.api.deps import AUTH_RESPONSES, CoordinatorDep, OperatorDep, PageDep, ViewerDep
+from cloud.coordinator import Coordinator
 from cloud.run_config import RunConfig
 from cloud.schemas import ErrorOut, RoundOut, RunDetailOut, RunSummaryOut
 
@@ -38,13 +39,14 @@ def list_runs(coordinator: CoordinatorDep, _token: ViewerDep, page: PageDep) -> 
     """Every run, including those of earlier coordinator processes, oldest first (paginated with
     `limit`/`offset`; the header `X-Total-Count` gives the number of runs)."""
     progress = coordinator.store.run_progress()
-    return [RunSummaryOut.from_row(r, progress.get(r.id)) for r in page.slice(coordinator.list_runs())]
+    return [RunSummaryOut.from_row(r, progress.get(r.id), coordinator.run_phase(r.id))
+            for r in page.slice(coordinator.list_runs())]
 
 
 @router.get("/{run_id}", response_model=RunDetailOut, responses=NOT_FOUND)
 def get_run(run_id: str, coordinator: CoordinatorDep, _token: ViewerDep) -> RunDetailOut:
     """Config, status, counters and per-round metrics of one run."""
-    return RunDetailOut.from_parts(*coordinator.get_run(run_id))
+    return _detail(coordinator, run_id)
 
 
 @router.get("/{run_id}/rounds", response_model=list[RoundOut], responses=NOT_FOUND)
@@ -65,14 +67,22 @@ def list_rounds(run_id: str, coordinator: CoordinatorDep, _token: ViewerDep,
 def start_run(run_id: str, coordinator: CoordinatorDep, _token: OperatorDep) -> RunDetailOut:
     """Start a created run (one run is active at a time)."""
     coordinator.start_run(run_id)
-    return RunDetailOut.from_parts(*coordinator.get_run(run_id))
+    return _detail(coordinator, run_id)
 
 
 @router.post("/{run_id}/stop", response_model=RunDetailOut, responses={**NOT_FOUND, **CONFLICT})
 def stop_run(run_id: str, coordinator: CoordinatorDep, _token: OperatorDep) -> RunDetailOut:
     """Stop a created or running run (publishes `Abort` on the run's control topic)."""
     coordinator.stop_run(run_id)
-    return RunDetailOut.from_parts(*coordinator.get_run(run_id))
+    return _detail(coordinator, run_id)
+
+
+@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **{
+    409: {"model": ErrorOut, "description": "The run is running: stop it first."}}})
+def delete_run(run_id: str, coordinator: CoordinatorDep, _token: OperatorDep) -> Response:
+    """Delete a run that is not running, with its stored rounds and model files."""
+    coordinator.delete_run(run_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{run_id}/model", response_class=FileResponse,
@@ -100,3 +110,8 @@ def get_model_onnx(run_id: str, coordinator: CoordinatorDep, _token: ViewerDep,
     data = coordinator.model_onnx(run_id, server_round)
     name = f"{run_id}.onnx" if server_round is None else f"{run_id}-round-{server_round}.onnx"
     return Response(data, media_type=ONNX_MEDIA_TYPE, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def _detail(coordinator: Coordinator, run_id: str) -> RunDetailOut:
+    row, rounds = coordinator.get_run(run_id)
+    return RunDetailOut.from_parts(row, rounds, coordinator.run_phase(run_id))

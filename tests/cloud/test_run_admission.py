@@ -113,7 +113,7 @@ def test_an_empty_config_is_created_on_the_defaults(world):
 
 
 @pytest.mark.parametrize("body, loc, words", [
-    ({"clients_per_round": 4, "min_devices": 2}, ["body"], "min_devices (2) is below clients_per_round (4)"),
+    ({"clients_per_round": 4, "quorum": 3, "min_devices": 2}, ["body"], "quorum (3) exceeds min_devices (2)"),
     ({"model": "mnist_cnn", "eval": {"dataset": "digits"}}, ["body", "eval"], "expects inputs"),
     ({"eval": {"dataset": "digits", "clients": 1000, "samples_per_class": 100}}, ["body", "eval"],
      "pathological partition cannot be satisfied"),

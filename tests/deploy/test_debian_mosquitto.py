@@ -131,7 +131,7 @@ def test_shipped_config_starts_beside_debians_and_enforces_auth(debian_broker) -
 
     # The agent connects over TLS with its bundle's credentials and the private CA.
     events: queue.Queue = queue.Queue()
-    agent = DeviceLink(AgentSettings(device_id="dev-b", broker=bundle_b.broker_url, ca_file=str(ca.cert_file),
+    agent = DeviceLink(AgentSettings(device_id="dev-b", broker_url=bundle_b.broker_url, ca_file=str(ca.cert_file),
                                      password=bundle_b.mqtt_password, mqtt_protocol="5",
                                      coordinator_public_key=bundle_b.coordinator_public_key),
                        b"offline", topics.status("dev-b"), events)

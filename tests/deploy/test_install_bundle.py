@@ -55,7 +55,7 @@ def test_bundle_installs_files_the_agent_loads(bundle_file, tmp_path: Path) -> N
     assert env["FEDDST_PASSWORD"] == raw["mqtt_password"]
     assert env["FEDDST_COORDINATOR_PUBLIC_KEY"] == raw["coordinator_public_key"]
     settings = load_settings({}, environ=env)  # what systemd hands the agent
-    assert settings.device_id == "dev-003" and settings.broker == "mqtts://broker.lan:8883"
+    assert settings.device_id == "dev-003" and settings.broker_url == "mqtts://broker.lan:8883"
     assert settings.password == raw["mqtt_password"]
     assert read_key_file(settings.key_file or "") == bytes.fromhex(raw["device_key_hex"])
     assert Path(settings.ca_file or "").read_text() == raw["ca_certificate_pem"]

@@ -48,7 +48,7 @@ def tls_broker(tmp_path: Path):
 
 def agent_link(port: int, ca: CertificateAuthority, cert: Path | None,
                key: Path | None) -> tuple[DeviceLink, queue.Queue]:
-    settings = AgentSettings(device_id="dev-a", broker=f"mqtts://127.0.0.1:{port}", ca_file=str(ca.cert_file),
+    settings = AgentSettings(device_id="dev-a", broker_url=f"mqtts://127.0.0.1:{port}", ca_file=str(ca.cert_file),
                              tls_cert_file=str(cert) if cert else None, tls_key_file=str(key) if key else None,
                              reconnect_min_s=5.0, reconnect_max_s=5.0, coordinator_public_key=COORDINATOR_PUBLIC_KEY)
     events: queue.Queue = queue.Queue()
@@ -128,12 +128,12 @@ def test_tls_settings_are_checked(tmp_path: Path) -> None:
     ca = CertificateAuthority(tmp_path / "pki")
     leaf = ca.issue("dev-a")
     with pytest.raises(AgentConfigError, match="--tls-cert-file.*both"):
-        AgentSettings(device_id="dev-a", broker="mqtts://h:8883", tls_cert_file=str(leaf.cert))
+        AgentSettings(device_id="dev-a", broker_url="mqtts://h:8883", tls_cert_file=str(leaf.cert))
     with pytest.raises(AgentConfigError, match="--tls-cert-file.*mqtts://"):
-        AgentSettings(device_id="dev-a", broker="mqtt://h:1883", tls_cert_file=str(leaf.cert),
+        AgentSettings(device_id="dev-a", broker_url="mqtt://h:1883", tls_cert_file=str(leaf.cert),
                       tls_key_file=str(leaf.key))
     with pytest.raises(AgentConfigError, match="--ca-file: .*missing.pem is not a readable file"):
-        AgentSettings(device_id="dev-a", broker="mqtts://h:8883", ca_file=str(tmp_path / "missing.pem"))
+        AgentSettings(device_id="dev-a", broker_url="mqtts://h:8883", ca_file=str(tmp_path / "missing.pem"))
     with pytest.raises(AgentConfigError, match="--username: .*must be the device id"):
         AgentSettings(device_id="dev-a", username="dev-b")
     from pydantic import ValidationError

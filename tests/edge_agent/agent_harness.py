@@ -198,7 +198,7 @@ class FakeCoordinator:
 
 
 def agent_settings(broker_url: str, device_id: str = "dev-003", **overrides: object) -> AgentSettings:
-    values: dict[str, object] = {**KEYED, "device_id": device_id, "broker": broker_url, "partition": "3/8",
+    values: dict[str, object] = {**KEYED, "device_id": device_id, "broker_url": broker_url, "partition": "3/8",
                                  "heartbeat_s": 0.5, "ack_timeout_s": 0.5, "reconnect_min_s": 0.2,
                                  "reconnect_max_s": 1.0, "keepalive_s": 5}
     values.update(overrides)

@@ -32,13 +32,13 @@ from simulator.engine import Simulation
 
 def test_precedence_flags_over_env_over_file_over_defaults(tmp_path) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text('[agent]\ndevice-id = "dev-file"\nbroker = "mqtt://file-host:1000"\nthreads = 3\n'
+    config.write_text('[agent]\ndevice-id = "dev-file"\nbroker-url = "mqtt://file-host:1000"\nthreads = 3\n'
                       'heartbeat_s = 7.5\npartition = "1/4"\n'
                       f'coordinator_public_key = "{COORDINATOR_PUBLIC_KEY}"\n')
-    env = {"FEDDST_BROKER": "mqtt://env-host:2000", "FEDDST_THREADS": "2", "FEDDST_PASSWORD": "secret"}
-    settings = load_settings({"threads": 4, "broker": None}, environ=env, config_file=config)
+    env = {"FEDDST_BROKER_URL": "mqtt://env-host:2000", "FEDDST_THREADS": "2", "FEDDST_PASSWORD": "secret"}
+    settings = load_settings({"threads": 4, "broker_url": None}, environ=env, config_file=config)
     assert settings.threads == 4  # flag beats env and file
-    assert settings.broker == "mqtt://env-host:2000"  # env beats file
+    assert settings.broker_url == "mqtt://env-host:2000"  # env beats file
     assert settings.heartbeat_s == 7.5 and settings.device_id == "dev-file"  # file beats defaults
     assert settings.password == "secret" and settings.redacted()["password"] == "***"
     assert settings.max_packet == 128 * 1024 and settings.dataset == "digits"  # defaults
@@ -77,7 +77,7 @@ def test_broker_urls() -> None:
     secure = parse_broker_url("mqtts://broker.example.com")
     assert secure.tls and secure.port == 8883
     for bad in ("broker:1883", "http://x:1", "mqtt://:1883", "mqtt://u:p@h:1", "mqtt://h:1/path", "mqtt://h:x"):
-        with pytest.raises(AgentConfigError, match="--broker"):
+        with pytest.raises(AgentConfigError, match="--broker-url"):
             parse_broker_url(bad)
     with pytest.raises(AgentConfigError, match="--ca-file"):
         AgentSettings(**KEYED, device_id="d", ca_file="/etc/ssl/ca.pem")
@@ -233,7 +233,7 @@ def test_kernel_thresholds_from_another_device_are_flagged(tmp_path) -> None:
 def test_start_up_logs_the_table_in_use(tmp_path, caplog, kernels) -> None:
     path = _write_table(tmp_path / "kernel_thresholds.json", measured_on={"machine": platform.machine(),
                                                                          "date": "2026-01-02"})
-    settings = AgentSettings(**KEYED, device_id="d", broker="mqtt://127.0.0.1:1", kernels=kernels,
+    settings = AgentSettings(**KEYED, device_id="d", broker_url="mqtt://127.0.0.1:1", kernels=kernels,
                              kernel_thresholds=path)
     stop = threading.Event()
     stop.set()
@@ -247,7 +247,7 @@ def test_start_up_logs_the_table_in_use(tmp_path, caplog, kernels) -> None:
         assert f"--kernel-thresholds {path} is unused: it only applies to --kernels auto, not dense" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="feddst.agent"):
-        builtin = AgentSettings(**KEYED, device_id="d", broker="mqtt://127.0.0.1:1")
+        builtin = AgentSettings(**KEYED, device_id="d", broker_url="mqtt://127.0.0.1:1")
         EdgeAgent(builtin, load_local_data(builtin)).run(stop)
     assert "kernel thresholds: built in (" in caplog.text
 
@@ -264,7 +264,7 @@ def test_the_table_reaches_the_trainer(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(local_training, "make_local_trainer", spy)
     path = _write_table(tmp_path / "kernel_thresholds.json")
-    settings = AgentSettings(**KEYED, device_id="dev-003", broker="mqtt://127.0.0.1:1", partition="3/8",
+    settings = AgentSettings(**KEYED, device_id="dev-003", broker_url="mqtt://127.0.0.1:1", partition="3/8",
                              kernel_thresholds=path)
     agent = EdgeAgent(settings, load_local_data(settings))
     params, masks = global_model()
@@ -303,3 +303,36 @@ def test_the_shared_coordinator_key_file_is_refused_with_the_replacement(tmp_pat
         with pytest.raises(AgentConfigError, match="--coordinator-key-file: is no longer supported.*shared by every "
                            "device.*--coordinator-public-key"):
             make()
+
+
+def test_old_broker_setting_names_still_work_with_a_deprecation_warning(tmp_path) -> None:
+    from protocol.endpoint import DeprecatedSettingWarning
+
+    config = tmp_path / "agent.toml"
+    config.write_text('device_id = "d"\nbroker = "mqtt://old-file:1"\n')
+    with pytest.warns(DeprecatedSettingWarning, match="setting broker is deprecated, use broker_url"):
+        assert load_settings(dict(KEYED), environ={}, config_file=config).broker_url == "mqtt://old-file:1"
+    with pytest.warns(DeprecatedSettingWarning, match="FEDDST_BROKER is deprecated, use FEDDST_BROKER_URL"):
+        assert load_settings({**KEYED, "device_id": "d"}, environ={"FEDDST_BROKER": "mqtt://old-env:2"}).broker_url == \
+            "mqtt://old-env:2"
+    with pytest.warns(DeprecatedSettingWarning, match="broker is deprecated"):
+        assert load_settings({**KEYED, "device_id": "d", "broker": "mqtt://old-flag:3"}, environ={}).broker_url == \
+            "mqtt://old-flag:3"
+    both = {"FEDDST_BROKER": "mqtt://old:1", "FEDDST_BROKER_URL": "mqtt://new:2"}
+    with pytest.warns(DeprecatedSettingWarning):
+        # the new name wins
+        assert load_settings({**KEYED, "device_id": "d"}, environ=both).broker_url == "mqtt://new:2"
+    with pytest.warns(DeprecatedSettingWarning), pytest.raises(AgentConfigError, match="--broker-url: unsupported"):
+        load_settings({**KEYED, "device_id": "d"}, environ={"FEDDST_BROKER": "http://h:1"})
+
+
+def test_new_broker_setting_names_give_no_warning(tmp_path) -> None:
+    import warnings
+
+    config = tmp_path / "agent.toml"
+    config.write_text('device_id = "d"\nbroker_url = "mqtt://new-file:1"\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_settings(dict(KEYED), environ={}, config_file=config).broker_url == "mqtt://new-file:1"
+        env = {"FEDDST_BROKER_URL": "mqtt://e:2", "FEDDST_DEVICE_ID": "d"}
+        assert load_settings(dict(KEYED), environ=env).broker_url == "mqtt://e:2"

@@ -37,6 +37,7 @@ from protocol import (  # noqa: E402
     Abort,
     Ack,
     Capabilities,
+    DeviceError,
     MaskChange,
     ModelBroadcast,
     Register,
@@ -119,6 +120,9 @@ def _vectors() -> list[tuple[str, str, object, bytes | None, dict, bool]]:
          RunCompleted("run-1", 20, model, accuracy=0.875), COORDINATOR, f32, exact),
         ("run_completed_unevaluated", "RunCompleted of a run that was not evaluated (no accuracy), Ed25519",
          RunCompleted("run-1", 20, {"bias": model["bias"]}), COORDINATOR, f32, exact),
+        ("device_error", "A device reports it cannot train round 3 (its data does not fit the model)",
+         DeviceError("run-1", 3, "dev-7", "bad_data", "model digits_cnn takes inputs (1, 8, 8) but the local data "
+                     "is (1, 28, 28)"), KEY, f32, exact),
     ]
 
 

@@ -9,6 +9,7 @@ from protocol import (
     Abort,
     Ack,
     Capabilities,
+    DeviceError,
     MaskChange,
     ModelBroadcast,
     Register,
@@ -84,4 +85,5 @@ messages = st.one_of(
     st.builds(Ack, identifiers, u32, identifiers, st.booleans(), texts),
     st.builds(Abort, identifiers, u32, texts),
     st.builds(RunCompleted, identifiers, u32, tensor_sets, st.none() | st.floats(0.0, 1.0)),
+    st.builds(DeviceError, identifiers, u32, identifiers, identifiers, texts),
 )

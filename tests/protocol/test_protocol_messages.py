@@ -17,6 +17,7 @@ from protocol import (
     AuthenticationError,
     Capabilities,
     ChecksumError,
+    DeviceError,
     InvalidMessageError,
     LimitExceededError,
     MalformedError,
@@ -67,6 +68,8 @@ def sample_messages():
         RunCompleted("run-7", 20, {"fc.weight": SparseTensor.from_dense(weights, mask),
                                    "fc.bias": SparseTensor((3,), np.ones(3, np.float32))}, accuracy=0.8125),
         RunCompleted("run-7", 20, {"fc.bias": SparseTensor((3,), np.ones(3, np.float32))}),
+        DeviceError("run-7", 3, "dev-1", "out_of_memory", "MemoryError while training round 3"),
+        DeviceError("run-7", 3, "dev-1", "some_future_code"),
     ]
 
 
@@ -358,3 +361,17 @@ def test_run_completed_accuracy_outside_zero_one_is_refused(accuracy):
     absent_but_set = payload[:1] + b"\x00" + payload[2:]  # has_accuracy 0 with accuracy 0.5
     with pytest.raises(MalformedError, match="accuracy"):
         decode_message(_with_payload(good, absent_but_set))
+
+
+def test_device_error_codes_must_be_identifiers_on_both_ends():
+    with pytest.raises(InvalidMessageError, match="DeviceError.code"):
+        encode_message(DeviceError("run-1", 3, "dev-1", "bad data", "x"))
+    with pytest.raises(InvalidMessageError, match="sender_id must equal device_id"):
+        encode_message(DeviceError("run-1", 3, "dev-1", "bad_data"), sender_id="dev-2")
+    data = bytearray(encode_message(DeviceError("run-1", 3, "dev-1", "bad_data", "detail")))
+    at = bytes(data).index(b"bad_data")
+    data[at:at + 8] = b"bad/data"  # a topic separator: not an identifier
+    crc_at = len(data) - 4
+    struct.pack_into("<I", data, crc_at, zlib.crc32(bytes(data[:crc_at])))
+    with pytest.raises(MalformedError, match="DeviceError.code"):
+        decode_message(bytes(data))

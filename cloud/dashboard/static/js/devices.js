@@ -18,9 +18,15 @@ const COLUMNS = [
   { key: "rounds", label: "Rounds done", num: true, get: (d) => d.rounds_done },
   { key: "up", label: "Upload", num: true, get: (d) => d.bytes_up, cell: (d) => mb(d.bytes_up) },
   { key: "down", label: "Download", num: true, get: (d) => d.bytes_down, cell: (d) => mb(d.bytes_down) },
-  { key: "error", label: "Last error", get: (d) => d.last_error ?? "",
-    cell: (d) => (d.last_error ? h("span", { class: "error" }, `${d.last_error} (${ago(d.last_error_at)})`) : "–") },
+  { key: "error", label: "Last error", get: (d) => (d.last_error ? `${d.last_error_code ?? ""} ${d.last_error}` : ""),
+    cell: (d) => (d.last_error ? h("span", { class: "error" }, `${errorText(d)} (${ago(d.last_error_at)})`) : "–") },
 ];
+
+// "bad_data, round 3: <text>": the reason code and the round of the task that failed, then the device's text.
+function errorText(d) {
+  const where = d.last_error_round != null ? `, round ${d.last_error_round}` : "";
+  return `${d.last_error_code ?? "error"}${where}: ${d.last_error}`;
+}
 
 function kernels(d) {
   const v = d.capabilities.library_versions?.["native-kernels"];
@@ -54,7 +60,7 @@ export async function devicesView(root, ctx) {
       state.sort === c.key ? (state.desc ? " ▼" : " ▲") : "")))));
     const column = COLUMNS.find((c) => c.key === state.sort);
     const rows = state.devices.filter((d) => (state.status === "all" || d.status === state.status)
-      && (!state.text || [d.id, d.capabilities.arch, d.last_error].join(" ").toLowerCase().includes(state.text)));
+      && (!state.text || [d.id, d.capabilities.arch, d.last_error, d.last_error_code].join(" ").toLowerCase().includes(state.text)));
     rows.sort((a, b) => compare(column.get(a), column.get(b)) * (state.desc ? -1 : 1));
     const online = state.devices.filter((d) => d.status === "online").length;
     caption.textContent = `${rows.length} of ${state.devices.length} devices shown, ${online} online`;
@@ -88,7 +94,7 @@ export async function deviceView(root, ctx, deviceId) {
       ["Arch", caps.arch ?? "–"], ["Cores", caps.cores ?? "–"], ["Memory", mib(caps.memory_mb)],
       ["Kernels", kernels(d)], ["Libraries", libs || "–"], ["Samples", d.sample_count],
       ["Rounds done", d.rounds_done], ["Upload", mb(d.bytes_up)], ["Download", mb(d.bytes_down)],
-      ["Last error", d.last_error ? `${d.last_error} (${when(d.last_error_at)})` : "–"],
+      ["Last error", d.last_error ? `${errorText(d)} (run ${d.last_error_run_id ?? "–"}, ${when(d.last_error_at)})` : "–"],
     ].map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v)))),
     h("h3", {}, "History (latest rounds it was selected for)"),
     h("div", { class: "scroll" }, h("table", { class: "data", id: "device-history" },
