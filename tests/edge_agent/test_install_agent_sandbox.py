@@ -122,5 +122,5 @@ def test_install_agent_writes_working_settings_with_the_documented_modes(tmp_pat
     (tmp_path / "agent.toml").write_text(toml)
     settings = load_settings({"coordinator_public_key": "00" * 32}, environ={},
                              config_file=tmp_path / "agent.toml")
-    assert (settings.device_id, settings.broker, settings.partition) == ("dev-003", "mqtt://broker.lan:1883", "3/8")
+    assert (settings.device_id, settings.broker_url, settings.partition) == ("dev-003", "mqtt://broker.lan:1883", "3/8")
     assert settings.key_file == str(etc / "feddst" / "agent.key")
