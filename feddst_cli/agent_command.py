@@ -195,6 +195,7 @@ def run_agent(settings: Any, key: bytes | None) -> int:
     from edge_agent.agent import EdgeAgent
     from edge_agent.data import LocalDataError, load_local_data
     from edge_agent.local_training import set_torch_threads
+    from edge_agent.memory import release_free_memory
     from edge_agent.scheduling import apply_cpu_policy
 
     # Before any thread exists: threads started later (MQTT, training, OpenMP workers) inherit the policy.
@@ -205,6 +206,7 @@ def run_agent(settings: Any, key: bytes | None) -> int:
         data = load_local_data(settings)
     except LocalDataError as exc:
         _fail(str(exc))
+    release_free_memory()  # the whole dataset was read to keep this device's share
     agent = EdgeAgent(settings, data, key=key)
     stop = threading.Event()
 
