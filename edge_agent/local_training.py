@@ -23,7 +23,9 @@ from feddst_core.sparse import SparseThreshold
 from protocol import ModelBroadcast, ProtocolError, Task, Update
 
 if TYPE_CHECKING:
-    from feddst_core.training import TrainConfig
+    from feddst_core.models import ModelSpec
+    from feddst_core.sparse.trainer import SparseLocalTrainer
+    from feddst_core.training import LocalTrainer, TrainConfig
 
 MAX_ERROR_DETAIL = 500  # characters of the DeviceError detail an agent sends
 _torch_threads: int | None = None  # set_torch_threads(); None: torch's own default
@@ -62,6 +64,15 @@ def classify_failure(exc: BaseException) -> tuple[str, str]:
     return code, detail[:MAX_ERROR_DETAIL]
 
 
+def make_local_trainer(spec: ModelSpec, config: TrainConfig, kernels: str = "dense",
+                       thresholds: Mapping[str, Sequence[SparseThreshold]] | None = None,
+                       ) -> LocalTrainer | SparseLocalTrainer:
+    """``feddst_core.sparse.make_local_trainer``, imported (with torch) at the first call."""
+    from feddst_core.sparse.trainer import make_local_trainer as make
+
+    return make(spec, config, kernels, thresholds)
+
+
 def train_config(task: Task) -> TrainConfig:
     from feddst_core.training import TrainConfig
 
@@ -86,7 +97,6 @@ def train_on_task(task: Task, model: ModelBroadcast, data: LocalData, device_id:
     import torch
 
     from feddst_core.models import get_model_spec
-    from feddst_core.sparse import make_local_trainer
     from feddst_core.training import client_seed
     from feddst_core.wire_format import model_from_tensors, update_message
 
