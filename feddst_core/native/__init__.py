@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,31 @@ def library_path() -> Path | None:
     return found[0] if found else None
 
 
+def torch_openmp_runtime() -> Path | None:
+    """torch's own ``lib/libgomp.so.1``, found without importing torch (None: torch absent, or its wheel
+    names its OpenMP runtime otherwise)."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    candidate = Path(locations[0]) / "lib" / "libgomp.so.1" if locations else None
+    return candidate if candidate is not None and candidate.is_file() else None
+
+
+def _preload_torch_openmp() -> None:
+    """Load torch's OpenMP runtime before the kernels: they need ``libgomp.so.1`` by soname, and the dynamic
+    loader reuses a loaded library of that soname. Loaded first (this module no longer imports torch), the
+    kernels would otherwise bind the system's libgomp and torch, imported later, would reuse that one
+    instead of its own; this way both use torch's, as when torch is imported first: one thread pool."""
+    runtime = torch_openmp_runtime()
+    if runtime is not None:
+        try:
+            ctypes.CDLL(str(runtime))
+        except OSError:
+            pass  # the kernels then load the system's libgomp, as they would without torch
+
+
 def _load() -> ctypes.CDLL | None:
     global _lib, _status
     if os.environ.get("FEDDST_NATIVE", "1") == "0":
@@ -77,6 +103,7 @@ def _load() -> ctypes.CDLL | None:
         _status = ("not built: run `pip install -e .` (or `make setup`) on a machine with a C compiler "
                    "(Debian: apt-get install -y gcc); torch kernels are used instead")
         return None
+    _preload_torch_openmp()
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:
