@@ -52,7 +52,7 @@ from cloud.enrollment import REVOKED_MARK, DeviceKeyring
 from cloud.errors import BrokerUnavailableError, RunStateError
 from cloud.evaluation import HeldOutEvaluator
 from cloud.metrics import CoordinatorMetrics
-from cloud.mqtt_link import CoordinatorLink, Inbound
+from cloud.mqtt_link import CoordinatorLink, Inbound, PublishResult
 from cloud.replay_guard import REPLAYED, RETAINED_SEEN, ReplayGuard
 from cloud.round_collector import RoundCollector, Verdict
 from cloud.run_config import RunConfig
@@ -104,6 +104,8 @@ class RunExecution:
     retries: int = 0
     round_started: float = 0.0
     broadcast: bytes = b""
+    model_chunk_topics: int = 0  # retained chunk topics of the open round's model (cleared when it closes)
+    task_bytes: bytes = b""  # the open round's signed Task (re-sent to a selected device that registers again)
     task_nonce: int = 0  # of the open round: the updates answering its Task must echo it
     readjust_fraction: float = 0.0  # alpha_t of the open round
     prox_mu: float = 0.0
@@ -322,6 +324,14 @@ class Coordinator:
                 self._count("auth_failed")
             log.warning("dropped undecodable message on %s: %s", item.topic, item.error)
             return
+        if item.kind == "disconnected":
+            self.counters["broker_disconnects"] += 1
+            log.warning("lost the MQTT broker %s (%s); publishes wait in the outbox until it returns",
+                        self.settings.broker_url, item.error)
+            return
+        if item.kind == "connected":
+            log.info("connected to the MQTT broker %s", self.settings.broker_url)
+            return
         if item.kind != "message" or item.decoded is None:
             return
         msg, envelope = item.decoded.message, item.decoded.envelope
@@ -346,6 +356,7 @@ class Coordinator:
                 self.counters["misrouted"] += 1
                 return
             self.registry.register(msg.device_id, msg.capabilities, msg.sample_count, item.size)
+            self._resend_task_to(msg.device_id)
         elif isinstance(msg, Update):
             self._handle_update(msg, item)
         elif isinstance(msg, DeviceError):
@@ -481,7 +492,9 @@ class Coordinator:
 
     def _send_round(self, ex: RunExecution, selected: tuple[str, ...], new_devices: tuple[str, ...]) -> None:
         c, r = ex.config, ex.server_round + 1
-        self._publish(topics.model(ex.run_id), ex.broadcast, topics.QOS_MODEL)
+        if not ex.model_chunk_topics:  # retained: a retry's extra devices subscribe and get it, no re-publish
+            result, ex.model_chunk_topics = self.link.publish_model(ex.run_id, r, ex.broadcast)
+            self._count_publish(topics.model(ex.run_id, r), result)
         ex.deadline = time.time() + c.round_timeout_s
         fraction = ex.readjust_fraction
         task = Task(ex.run_id, r, selected, model_round=r, local_epochs=c.local_epochs, batch_size=c.batch_size,
@@ -489,11 +502,26 @@ class Coordinator:
                     prox_mu=ex.prox_mu,
                     readjust=fraction > 0, alpha=fraction, deadline_unix=ex.deadline, seed=c.seed,
                     model_name=c.model, task_nonce=ex.task_nonce)
-        task_bytes = self._sign(task)
+        task_bytes = ex.task_bytes = self._sign(task)
         self._publish(topics.task(ex.run_id), task_bytes, topics.QOS_TASK)
         ex.download_bytes += len(ex.broadcast) * len(new_devices)
         self.metrics.download_bytes.inc(len(ex.broadcast) * len(new_devices))
         self.registry.add_bytes_down(new_devices, len(ex.broadcast) + len(task_bytes))
+
+    def _resend_task_to(self, device_id: str) -> None:
+        """A device that (re)registers while selected for the open round and not yet accepted gets the Task
+        again on its inbox (a restarted agent's new session never saw it); the model is retained."""
+        ex = self._execution
+        if ex is None or ex.collector is None or not ex.task_bytes:
+            return
+        collector = ex.collector
+        if device_id not in collector.selected or device_id in collector.accepted:
+            return
+        ex.counters["task_resent_on_register"] += 1
+        log.info("device %s registered during round %s it is selected for; re-sending its task", device_id,
+                 collector.server_round)
+        self._publish(topics.inbox(device_id), ex.task_bytes, topics.QOS_TASK)
+        self.registry.add_bytes_down((device_id,), len(ex.task_bytes))
 
     def _retry_round(self, ex: RunExecution, now: float) -> None:
         collector = ex.collector
@@ -525,6 +553,7 @@ class Coordinator:
         aggregation_s = collector.aggregation_s + time.perf_counter() - started
         assert new_state is not None  # a round closes only with >= quorum >= 1 accepted updates
         r = collector.server_round
+        self._clear_round_model(ex, r)
         ex.state, ex.server_round, ex.collector = new_state, r, None
         ex.upload_bytes += collector.upload_bytes
         ex.accepted_by_round[r] = frozenset(collector.accepted)
@@ -577,6 +606,13 @@ class Coordinator:
         self.metrics.aggregation_seconds.observe(aggregation_s)
         self.metrics.upload_bytes.inc(upload_bytes)
 
+    def _clear_round_model(self, ex: RunExecution, server_round: int) -> None:
+        """Remove the round's retained model chunks from the broker (the round is over)."""
+        if ex.model_chunk_topics:
+            self._count_publish(topics.model(ex.run_id, server_round),
+                                self.link.clear_model(ex.run_id, server_round, ex.model_chunk_topics))
+        ex.model_chunk_topics, ex.task_bytes = 0, b""
+
     def _stop_active(self, run_id: str) -> None:
         ex = self._execution
         server_round = ex.server_round + 1 if ex is not None else 0
@@ -593,6 +629,8 @@ class Coordinator:
     def _finish(self, run_id: str, status: str, error: str | None = None) -> None:
         ex = self._execution
         if ex is not None and ex.run_id == run_id:
+            if ex.collector is not None:
+                self._clear_round_model(ex, ex.collector.server_round)
             self.store.set_run_counters(run_id, ex.counters)
             self._finished_accepted[run_id] = ex.accepted_by_round
             while len(self._finished_accepted) > 4:
@@ -620,7 +658,9 @@ class Coordinator:
         return encode_message(msg, self.signer, seq=self._next_seq())
 
     def _publish(self, topic: str, data: bytes, qos: int) -> None:
-        result = self.link.publish(topic, data, qos=qos)
+        self._count_publish(topic, self.link.publish(topic, data, qos=qos))
+
+    def _count_publish(self, topic: str, result: PublishResult) -> None:
         if not result.ok:
-            self.counters["publish_failures"] += 1
-            log.warning("publish on %s failed (%s); paho retries on reconnect", topic, result.detail)
+            self.counters["publishes_queued_offline"] += 1
+            log.warning("publish on %s is queued (%s); sent when the broker is back", topic, result.detail)
