@@ -113,6 +113,9 @@ class RunExecution:
     download_bytes: int = 0
     counters: Counter = field(default_factory=Counter)
     accepted_by_round: dict[int, frozenset[str]] = field(default_factory=dict)  # closed rounds
+    wire_marks: dict[str, tuple[int, int]] = field(default_factory=dict)  # device -> (sent, received) last counted
+    wire_upload_bytes: int = 0  # device-side MQTT bytes sent / received during the run, as reported so far
+    wire_download_bytes: int = 0
 
 
 class Coordinator:
@@ -351,6 +354,8 @@ class Coordinator:
                 return
             at = envelope.timestamp_ms / 1000.0 if item.retained else item.received_at
             self.registry.status(msg.device_id, msg.state, min(at, item.received_at), item.size)
+            if not item.retained:
+                self.registry.wire_report(msg.device_id, msg.wire_sent_bytes, msg.wire_received_bytes)
         elif isinstance(msg, Register):
             if item.topic != topics.register(msg.device_id):
                 self.counters["misrouted"] += 1
@@ -425,6 +430,7 @@ class Coordinator:
             return
         ex = RunExecution(run_id, config, strategy, state, np.random.default_rng(config.seed), evaluator)
         ex.progress = (len(self._eligible(config)), devices_needed(config, 1))
+        ex.wire_marks = {d: self.registry.wire_bytes(d) for d in self.registry.online_ids()}
         self._execution = ex
         self.store.save_model(run_id, 0, state.params, state.masks)
         log.info("run %s started", run_id)
@@ -569,6 +575,8 @@ class Coordinator:
             "retries": ex.retries,
             "late": [d for d in collector.selected if d not in collector.accepted],
             "upload_by_device": dict(sorted(collector.accepted.items())),
+            "wire_by_device": self._wire_since_last_round(ex),
+            "wire_upload_bytes": ex.wire_upload_bytes, "wire_download_bytes": ex.wire_download_bytes,
             "layer_density": {name: float(m.to(torch.float32).mean()) for name, m in new_state.masks.items()},
             "started_at": ex.round_started, "closed_at": time.time(),
             "errors": {d: {"code": c, "detail": t} for d, (c, t) in sorted(collector.errors.items())},
@@ -612,6 +620,23 @@ class Coordinator:
             self._count_publish(topics.model(ex.run_id, server_round),
                                 self.link.clear_model(ex.run_id, server_round, ex.model_chunk_topics))
         ex.model_chunk_topics, ex.task_bytes = 0, b""
+
+    def _wire_since_last_round(self, ex: RunExecution) -> dict[str, dict[str, int]]:
+        """Per device: MQTT bytes it sent (``up``) and received (``down``) since the previous round's row,
+        from the cumulative counters its Status heartbeats report (so up to one heartbeat behind)."""
+        out = {}
+        for device_id in self.registry.online_ids():
+            sent, received = self.registry.wire_bytes(device_id)
+            mark_sent, mark_received = ex.wire_marks.get(device_id, (0, 0))
+            if sent < mark_sent or received < mark_received:  # the agent restarted: its counters began again
+                mark_sent, mark_received = 0, 0
+            up, down = sent - mark_sent, received - mark_received
+            ex.wire_marks[device_id] = (sent, received)
+            if up or down:
+                out[device_id] = {"up": up, "down": down}
+                ex.wire_upload_bytes += up
+                ex.wire_download_bytes += down
+        return dict(sorted(out.items()))
 
     def _stop_active(self, run_id: str) -> None:
         ex = self._execution

@@ -276,7 +276,8 @@ class EdgeAgent:
         info = None
         if self.link.connected:
             info = self.link.publish(topics.status(self.device_id),
-                                     self._encode(Status(self.device_id, "offline", "stopped")),
+                                     self._encode(Status(self.device_id, "offline", "stopped",
+                                                         self.link.wire_sent_bytes, self.link.wire_received_bytes)),
                                      topics.QOS_STATUS, retain=topics.RETAIN_STATUS)
         if info is not None:
             try:
@@ -306,8 +307,9 @@ class EdgeAgent:
     def _publish_status(self, state: str) -> None:
         training = self.state.training
         detail = f"training {training.run_id} round {training.server_round}" if training else ""
-        self.link.publish(topics.status(self.device_id), self._encode(Status(self.device_id, state, detail)),
-                          topics.QOS_STATUS, retain=topics.RETAIN_STATUS)
+        status = Status(self.device_id, state, detail, self.link.wire_sent_bytes, self.link.wire_received_bytes)
+        self.link.publish(topics.status(self.device_id), self._encode(status), topics.QOS_STATUS,
+                          retain=topics.RETAIN_STATUS)
         self._next_heartbeat = time.monotonic() + self.settings.heartbeat_s
 
     def _next_seq(self) -> int:
