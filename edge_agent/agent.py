@@ -293,6 +293,8 @@ class EdgeAgent:
         log.info("connected to %s (session %s)", self.settings.broker_address.url,
                  "resumed" if event.session_present else "new")
         self.link.subscribe(topics.device_subscriptions(self.device_id, final_model=self.snapshots is not None))
+        if self.snapshots is not None:  # --model-onnx-path: this device opted into every round's model
+            self.link.subscribe([(topics.all_models_filter(), topics.QOS_MODEL)])
         if self.state.model_filters:  # a broker restarted without persistence forgot them
             self.link.subscribe([(topics.model_filter(run, r), topics.QOS_MODEL) for run, r in self.state.model_filters])
         self._publish_status("busy" if self.state.training else "online")

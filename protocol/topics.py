@@ -127,6 +127,12 @@ def model_filter(run_id: str, server_round: int) -> str:
     return f"{model(run_id, server_round)}/+"
 
 
+def all_models_filter(run_id: str | None = None) -> str:
+    """Every round's model chunks (of one run, or all runs): for devices that opt into every global model."""
+    run = "+" if run_id is None else _identifier(run_id, "run id")
+    return f"{ROOT}/runs/{run}/model/+/+"
+
+
 def model_round_of(topic: str) -> tuple[str, int] | None:
     """``(run id, round)`` of a model chunk topic, None for any other topic."""
     parts = topic.split("/")
