@@ -321,3 +321,16 @@ def test_a_device_table_from_the_env_drives_training(mosquitto, coordinator, sta
     got_params, _ = update_to_model(update, masks)
     for name, value in expected.params.items():
         torch.testing.assert_close(got_params[name], value, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("offset_s", [600.0, -600.0])
+def test_a_device_clock_ten_minutes_off_still_meets_the_deadline(mosquitto, coordinator, start_agent,
+                                                                 offset_s) -> None:
+    """Deadlines are measured from receipt: a clock +10 min ahead does not see every task as stale."""
+    agent = start_agent(agent_settings(mosquitto.url, clock_offset_s=offset_s))
+    coordinator.expect(Register)
+    assert abs(agent.agent.clock() - time.time() - offset_s) < 5
+    params, masks = global_model()
+    send_round(coordinator, make_task(1, deadline_s=20.0), params, masks)
+    coordinator.expect(Update, is_update_for(1), timeout=20)
+    assert agent.agent.stats["tasks_stale"] == 0 and agent.agent.stats["trained"] == 1
