@@ -24,7 +24,7 @@ from cloud import dashboard
 from cloud.api import api_docs, devices, enrollments, health, metrics, run_events, runs
 from cloud.api.deps import authorize, bearer_scheme, role_required_by
 from cloud.coordinator import Coordinator
-from cloud.errors import AuthenticationRequiredError, BrokerUnavailableError, CoordinatorError, RunConfigRejectedError
+from cloud.errors import AuthenticationRequiredError, CoordinatorError, RunConfigRejectedError
 from cloud.settings import CloudSettings
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ restart (with ``--state-dir`` the update is kept on disk until answered). Never 
 the connection is up: paho itself re-sends un-acknowledged QoS 1 chunks on reconnect. Every
 publish is encoded afresh with the next seq, because the coordinator drops any message whose seq
 is not above the last it accepted. A negative Ack (the coordinator rejected the update, e.g.
-``non_finite: ...``) also ends it; its reason is logged and counted (``updates_rejected``). Anything malformed, oversized, unsigned by the coordinator (see
+``non_finite: ...``) also ends it; its reason is logged and counted (``updates_rejected``).
+Anything malformed, oversized, unsigned by the coordinator (see
 :mod:`edge_agent.coordinator_verifier`), replayed or on the wrong topic is logged, counted in
 :attr:`EdgeAgent.stats`, and dropped.
 
@@ -296,7 +297,8 @@ class EdgeAgent:
         if self.snapshots is not None:  # --model-onnx-path: this device opted into every round's model
             self.link.subscribe([(topics.all_models_filter(), topics.QOS_MODEL)])
         if self.state.model_filters:  # a broker restarted without persistence forgot them
-            self.link.subscribe([(topics.model_filter(run, r), topics.QOS_MODEL) for run, r in self.state.model_filters])
+            self.link.subscribe([(topics.model_filter(run, r), topics.QOS_MODEL)
+                                 for run, r in self.state.model_filters])
         self._publish_status("busy" if self.state.training else "online")
         register = Register(self.device_id, self.capabilities, len(self.data), will_seq=self._will_seq)
         self.link.publish(topics.register(self.device_id), self._encode(register), topics.QOS_REGISTER,
@@ -439,7 +441,7 @@ class EdgeAgent:
         if self._is_aborted(*key):
             return
         if model.base_round is not None:
-            self._drop("unsupported", topics.model(model.run_id), "delta broadcasts (base_round) are not supported")
+            self._drop("unsupported", topics.model(*key), "delta broadcasts (base_round) are not supported")
             return
         if key in self.state.model_filters:
             self.state.model_filters.discard(key)

@@ -195,7 +195,7 @@ class FakeCoordinator:
         return data
 
     def send_model(self, broadcast: ModelBroadcast, max_packet: int = 128 * 1024) -> bytes:
-        """Publish a ModelBroadcast as the coordinator does: chunk i retained on ``topics.model_chunk(run, round, i)``."""
+        """Publish a ModelBroadcast as the coordinator does: chunk i retained on ``topics.model_chunk(...)``."""
         self._seq += 1
         data = encode_message(broadcast, self.key, seq=self._seq)  # type: ignore[arg-type]
         for index, packet in enumerate(split_into_chunks(data, max_packet)):

@@ -4,9 +4,8 @@ aborts are dropped, and insecure mode (explicit) works and warns."""
 
 from __future__ import annotations
 
-import time
-
 import logging
+import time
 
 from agent_harness import (
     DEVICE_KEY,
