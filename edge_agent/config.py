@@ -113,12 +113,14 @@ class AgentSettings:
     max_message_bytes: int = 64 * 1024 * 1024  # larger inbound messages are dropped
     keepalive_s: int = 30
     session_expiry_s: int = 3600
-    ack_timeout_s: float = 3.0  # re-publish an unacknowledged update after this long
+    ack_timeout_s: float = 3.0  # kept for compatibility: updates are no longer re-sent on a timer (docs/agent.md)
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 30.0
     log_level: str = "info"
     model_onnx_path: str | None = None  # keep the latest global model here as ONNX (for local applications)
     model_onnx_every: int = 1  # ... every N completed rounds of a run (1: every global model received)
+    state_dir: str | None = None  # unacknowledged updates are kept here (fsync'd) and re-sent after a restart
+    clock_offset_s: float = 0.0  # added to this device's wall clock (tests of skewed device clocks)
 
     def __post_init__(self) -> None:
         check = _Checker()
@@ -164,6 +166,9 @@ class AgentSettings:
             check(self.username == self.device_id, "username",
                   f"the MQTT user name must be the device id ({self.device_id!r}): the broker uses it as the "
                   "client id and its ACL allows each user only the topics of the device with that id")
+        check(self.state_dir is None or not Path(self.state_dir).is_file(), "state_dir",
+              f"{self.state_dir!r} is a file; give a directory (created if missing), e.g. /var/lib/feddst/agent")
+        check(abs(self.clock_offset_s) <= 7 * 86400, "clock_offset_s", "must be within +-7 days (seconds)")
         check(self.model_onnx_every >= 1, "model_onnx_every", "must be >= 1 (rounds between model.onnx writes)")
         if self.model_onnx_path is not None:
             check(bool(self.model_onnx_path) and not Path(self.model_onnx_path).is_dir(), "model_onnx_path",
@@ -337,7 +342,7 @@ def _renamed(values: dict[str, Any], where: str, spell: Any = str) -> dict[str, 
     return out
 _INT_FIELDS = {"classes_per_client", "samples_per_class", "seed", "threads", "max_packet", "max_message_bytes",
                "keepalive_s", "session_expiry_s", "model_onnx_every"}
-_FLOAT_FIELDS = {"beta", "heartbeat_s", "ack_timeout_s", "reconnect_min_s", "reconnect_max_s"}
+_FLOAT_FIELDS = {"beta", "heartbeat_s", "ack_timeout_s", "reconnect_min_s", "reconnect_max_s", "clock_offset_s"}
 _BOOL_FIELDS = {"tls_insecure", "insecure_unsigned_coordinator"}
 
 

@@ -20,6 +20,11 @@ jitter (x0.5..x1.5) so a fleet dropped by one broker restart does not reconnect 
 The session is persistent (clean_start=False, session expiry), so QoS 1 messages published
 while a device is briefly away are delivered when it comes back; the agent still re-subscribes
 on every connect, since a restarted broker without persistence forgets sessions.
+
+Wire bytes: :attr:`DeviceLink.wire_sent_bytes` / :attr:`DeviceLink.wire_received_bytes` count
+every byte written to and read from the broker socket over this agent's life (all MQTT packets:
+CONNECT, fixed headers, topics, properties, payloads, PUBACKs, PINGs; under TLS the MQTT bytes,
+not the TLS records), across reconnects and a protocol fall-back.
 """
 
 from __future__ import annotations
@@ -99,6 +104,23 @@ class Inbound:
 LinkEvent = LinkUp | LinkDown | LinkRefused | PublishRefused | Inbound
 
 
+class WireCountingClient(mqtt.Client):
+    """A paho client that counts the bytes it writes to and reads from its socket."""
+
+    wire_sent_bytes = 0
+    wire_received_bytes = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        data = super()._sock_recv(bufsize)
+        self.wire_received_bytes += len(data)
+        return data
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        sent = super()._sock_send(buf)
+        self.wire_sent_bytes += sent
+        return sent
+
+
 class DeviceLink:
     """One persistent MQTT v5 session for one device."""
 
@@ -116,16 +138,25 @@ class DeviceLink:
         self._v5_confirmed = False
         self._topics_by_mid: dict[int, str] = {}  # in-flight QoS 1 publishes, to name refused ones
         self.protocol = "3.1.1" if settings.mqtt_protocol == "3.1.1" else "5"
+        self._earlier_sent = self._earlier_received = 0  # bytes of clients replaced by a fall-back
         self.client = self._build_client()
 
-    def _build_client(self) -> mqtt.Client:
+    @property
+    def wire_sent_bytes(self) -> int:
+        return self._earlier_sent + self.client.wire_sent_bytes
+
+    @property
+    def wire_received_bytes(self) -> int:
+        return self._earlier_received + self.client.wire_received_bytes
+
+    def _build_client(self) -> WireCountingClient:
         settings = self.settings
         if self.protocol == "5":
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id,
-                                 protocol=mqtt.MQTTv5, reconnect_on_failure=True)
+            client = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id,
+                                        protocol=mqtt.MQTTv5, reconnect_on_failure=True)
         else:  # MQTT 3.1.1: clean_session=False is the persistent session (kept until the broker drops it)
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id,
-                                 protocol=mqtt.MQTTv311, clean_session=False, reconnect_on_failure=True)
+            client = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id,
+                                        protocol=mqtt.MQTTv311, clean_session=False, reconnect_on_failure=True)
         client.username_pw_set(settings.mqtt_username, settings.password)
         if callable(self._will[1]):
             client.on_pre_connect = self._on_pre_connect
@@ -181,6 +212,8 @@ class DeviceLink:
         self._connected = False
         self.protocol = "3.1.1"
         self._attempt_started = None
+        self._earlier_sent += self.client.wire_sent_bytes
+        self._earlier_received += self.client.wire_received_bytes
         self.client = self._build_client()
         self.start()
 
@@ -210,6 +243,12 @@ class DeviceLink:
             log.warning("subscribe failed (%s); will retry on the next connect", mqtt.error_string(result))
             return False
         return True
+
+    def unsubscribe(self, topic_filters: Iterable[str]) -> bool:
+        """Unsubscribe from topic filters; False on network trouble (harmless: the next message is ignored)."""
+        self._require_started()
+        result, _mid = self.client.unsubscribe(list(topic_filters))
+        return result == mqtt.MQTT_ERR_SUCCESS
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> mqtt.MQTTMessageInfo | None:
         """Publish one payload; returns the message info, or None when not connected or paho refused it."""

@@ -141,9 +141,18 @@ def run(
                                           "Default: 131072.", rich_help_panel=RUNTIME),
     max_message_bytes: int | None = typer.Option(None, help="Inbound messages larger than this are dropped. "
                                                  "Default: 67108864.", rich_help_panel=RUNTIME),
-    ack_timeout_s: float | None = typer.Option(None, help="Re-send an unacknowledged update after this many "
-                                               "seconds (until the task's deadline). Default: 3.",
+    ack_timeout_s: float | None = typer.Option(None, help="Kept for compatibility; unused: an update is re-sent "
+                                               "only when its delivery is in doubt (a reconnect without the "
+                                               "broker's session, a repeated task, a restart). Default: 3.",
                                                rich_help_panel=RUNTIME),
+    state_dir: Path | None = typer.Option(None, help="Directory where unacknowledged updates are kept (fsync'd), "
+                                          "so a restarted agent still delivers them before the deadline. Env: "
+                                          "FEDDST_STATE_DIR. Default: kept in memory only.",
+                                          rich_help_panel=RUNTIME),
+    clock_offset_s: float | None = typer.Option(None, help="Seconds added to this device's wall clock (testing "
+                                                "devices whose clock is wrong; deadlines are measured from "
+                                                "receipt, so they still hold). Default: 0.",
+                                                rich_help_panel=RUNTIME),
     log_level: LogLevel | None = typer.Option(None, help="debug, info, warning or error. Env: "
                                               "FEDDST_LOG_LEVEL. Default: info.", rich_help_panel=RUNTIME),
     model_onnx_path: Path | None = typer.Option(None, help="Keep the latest global model the device receives "
@@ -169,7 +178,7 @@ def run(
         "kernels": kernels, "kernel_thresholds": kernel_thresholds, "cpu_policy": cpu_policy,
         "heartbeat_s": heartbeat_s, "max_packet": max_packet, "max_message_bytes": max_message_bytes,
         "ack_timeout_s": ack_timeout_s, "log_level": log_level, "model_onnx_path": model_onnx_path,
-        "model_onnx_every": model_onnx_every,
+        "model_onnx_every": model_onnx_every, "state_dir": state_dir, "clock_offset_s": clock_offset_s,
     }.items()}
     try:
         settings = load_settings(flags, config_file=config)
