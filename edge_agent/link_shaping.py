@@ -181,6 +181,7 @@ class LinkShaper:
         self._last_up = self._last_down = float("-inf")
         self._path = None if counters_file is None else Path(counters_file)
         self._written = float("-inf")
+        self._timer: threading.Timer | None = None
         if self._path is not None and self._path.is_file():
             try:
                 old = json.loads(self._path.read_text(encoding="utf-8"))
@@ -236,8 +237,21 @@ class LinkShaper:
         return bool(cap) and self.counters.snapshot()["day_sent_bytes"] >= cap
 
     def _maybe_write(self) -> None:
-        if self._path is not None and time.monotonic() - self._written >= WRITE_EVERY_S:
+        """Write now if the last write is ``WRITE_EVERY_S`` old, else once when it will be (a timer), so the
+        file never lags the counters by more than ``WRITE_EVERY_S``."""
+        if self._path is None:
+            return
+        wait = self._written + WRITE_EVERY_S - time.monotonic()
+        if wait <= 0:
             self.write_counters()
+        elif self._timer is None:
+            self._timer = threading.Timer(wait, self._timed_write)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _timed_write(self) -> None:
+        self._timer = None
+        self.write_counters()
 
     def write_counters(self) -> None:
         """Write the counters file now (atomic replace); no-op without one."""

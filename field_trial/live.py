@@ -1,0 +1,120 @@
+"""``feddst trial run``: the spec's algorithms, one after another, over a real broker with real agents.
+
+Process orchestration is ``feddst demo``'s :class:`~feddst_cli.demo_command.DemoStack` (broker,
+coordinator, agent processes, idempotent shutdown); this module only adds what a trial needs: one
+agent per spec device with its link profile (``shaper = "agent"``: the agent's own token bucket and
+delay, ``edge_agent.link_shaping``), its wire counters file, and per-round sampling of those counters.
+
+Wire bytes: when the coordinator's round records carry per-device MQTT wire bytes
+(``wire_by_device``: ``{device: {"up": n, "down": n}}``) those are used; otherwise the agents' own
+counters (every byte paho wrote to / read from the socket) sampled when each round record appears.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from feddst_cli.demo_command import DemoError, DemoStack
+from field_trial.spec import TrialSpec
+
+HEARTBEAT_S = 5.0
+RUN_TIMEOUT_S = 6 * 3600.0
+
+
+class TrialStack(DemoStack):
+    """The demo's stack, with one shaped agent per spec device."""
+
+    def __init__(self, out: Path, spec: TrialSpec):
+        super().__init__(out, spec.device_count, spec.trial.seed)
+        self.spec = spec
+        self.counters_dir = out / "wire"
+        self.counters_dir.mkdir(parents=True, exist_ok=True)
+
+    def agent_command(self, url: str, index: int, device_id: str, profile_name: str) -> list[str]:
+        spec, d = self.spec, self.spec.data
+        profile = spec.profile(profile_name)
+        assert self.coordinator is not None
+        cmd = [sys.executable, "-m", "feddst_cli.main", "agent", "run", "--broker", url, "--device-id", device_id,
+               "--dataset", d.dataset, "--partition", f"{index}/{spec.device_count}", "--partition-kind",
+               d.partition, "--classes-per-client", str(d.classes_per_client), "--samples-per-class",
+               str(d.samples_per_class), "--beta", str(d.beta), "--seed", str(spec.trial.seed), "--threads", "1",
+               "--kernels", "dense", "--heartbeat-s", str(HEARTBEAT_S),
+               "--coordinator-public-key", self.coordinator.public_key_hex,
+               "--upload-format", spec.trial.upload_format, "--compute-factor", str(profile.compute_factor),
+               "--wire-counters-file", str(self.counters_dir / f"{device_id}.json")]
+        if d.data_dir:
+            cmd += ["--data-dir", d.data_dir]
+        if spec.trial.shaper == "agent":
+            cmd += ["--max-uplink-kbps", str(profile.uplink_kbps), "--downlink-kbps", str(profile.downlink_kbps),
+                    "--link-latency-ms", str(profile.latency_ms), "--link-jitter-ms", str(profile.jitter_ms)]
+        if self.broker is not None:
+            cmd += ["--mqtt-protocol", "3.1.1"]  # the embedded amqtt broker has no MQTT 5
+        return cmd
+
+    def start_agents(self, url: str) -> None:
+        logs = self.out / "logs"
+        logs.mkdir(exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        for index, (device_id, profile) in enumerate(self.spec.device_profiles()):
+            log = open(logs / f"{device_id}.log", "wb")  # noqa: SIM115 - owned by the child
+            self.processes.append(subprocess.Popen(self.agent_command(url, index, device_id, profile), stdout=log,
+                                                   stderr=subprocess.STDOUT, env=env, start_new_session=True))
+            log.close()
+
+    def wire_counters(self) -> dict[str, dict[str, int]]:
+        """Each agent's cumulative MQTT bytes now: ``{device: {"up": sent, "down": received}}``."""
+        out = {}
+        for device_id, _ in self.spec.device_profiles():
+            try:
+                data = json.loads((self.counters_dir / f"{device_id}.json").read_text(encoding="utf-8"))
+                out[device_id] = {"up": int(data["sent_bytes"]), "down": int(data["received_bytes"])}
+            except (OSError, ValueError, KeyError):
+                out[device_id] = {"up": 0, "down": 0}
+        return out
+
+    def run_algorithm(self, algorithm: str, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """One live run; returns its report (simulate's schema plus wall-clock and per-device bytes)."""
+        from field_trial.trial_report import live_report
+
+        assert self.coordinator is not None
+        config = self.spec.run_config(algorithm)
+        run = self.coordinator.create_run(config)
+        base = self.wire_counters()
+        self.coordinator.start_run(run.id)
+        started = time.monotonic()
+        seen, wire_rows = 0, []
+        budget = self.spec.trial.upload_budget_mb * 1e6
+        stopped_by_budget = False
+        while True:
+            row, records = self.coordinator.get_run(run.id)
+            for record in records[seen:]:
+                now = self.wire_counters()
+                wire_rows.append(record.get("wire_by_device") or {
+                    d: {k: now[d][k] - base[d][k] for k in ("up", "down")} for d in now})
+                progress({"algorithm": algorithm, "round": record["round"], "rounds": config.rounds,
+                          "accuracy": record["accuracy"], "upload_bytes": record["upload_bytes"],
+                          "download_bytes": record["download_bytes"], "elapsed_s": time.monotonic() - started})
+                if budget and record["upload_bytes"] >= budget and row.status == "running":
+                    self.coordinator.stop_run(run.id)
+                    stopped_by_budget = True
+            seen = len(records)
+            if row.status != "running" and row.status != "created":
+                break
+            if time.monotonic() - started > RUN_TIMEOUT_S:
+                raise DemoError(f"{algorithm}: no result after {RUN_TIMEOUT_S:.0f} s")
+            if all(p.poll() is not None for p in self.processes):
+                raise DemoError(f"every agent exited; see {self.out / 'logs'}")
+            time.sleep(0.2)
+        if row.status != "completed" and not stopped_by_budget:
+            raise DemoError(f"{algorithm}: run {run.id} {row.status}: {row.error}; agent logs in {self.out / 'logs'}")
+        time.sleep(1.0)  # the agents' last counters (acks, status) reach their files
+        final = self.wire_counters()
+        totals = {d: {k: final[d][k] - base[d][k] for k in ("up", "down")} for d in final}
+        return live_report(config, records, wire_rows, totals, time.monotonic() - started)
