@@ -122,7 +122,7 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="Trial spec (
         typer.secho("interrupted: shutting everything down", fg=typer.colors.YELLOW, err=True)
         stack.shutdown()
         raise typer.Exit(130) from None
-    except DemoError as exc:
+    except (DemoError, NetemError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         stack.shutdown()
         raise typer.Exit(1) from exc

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from feddst_cli.demo_command import DemoError, DemoStack
+from field_trial.netem import NetemLinks
 from field_trial.spec import TrialSpec
 
 HEARTBEAT_S = 5.0
@@ -34,8 +35,18 @@ class TrialStack(DemoStack):
     def __init__(self, out: Path, spec: TrialSpec):
         super().__init__(out, spec.device_count, spec.trial.seed)
         self.spec = spec
+        self.links: NetemLinks | None = NetemLinks() if spec.trial.shaper == "netem" else None
         self.counters_dir = out / "wire"
         self.counters_dir.mkdir(parents=True, exist_ok=True)
+
+    def start_broker(self) -> str:
+        """The embedded broker; with netem it listens on every address, so the devices' veths reach it."""
+        if self.links is None:
+            return super().start_broker()
+        from cloud.embedded_broker import EmbeddedBroker
+
+        broker = self.broker = EmbeddedBroker(host="0.0.0.0").start()
+        return broker.url
 
     def agent_command(self, url: str, index: int, device_id: str, profile_name: str) -> list[str]:
         spec, d = self.spec, self.spec.data
@@ -63,10 +74,23 @@ class TrialStack(DemoStack):
         logs.mkdir(exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         for index, (device_id, profile) in enumerate(self.spec.device_profiles()):
+            cmd = self.agent_command(url, index, device_id, profile)
+            if self.links is not None:  # the device's own namespace; it reaches the broker via its veth
+                namespace, host_ip = self.links.add(index, self.spec.profile(profile))
+                port = url.rsplit(":", 1)[1]
+                cmd = ["ip", "netns", "exec", namespace] + [f"mqtt://{host_ip}:{port}" if c == url else c for c in cmd]
             log = open(logs / f"{device_id}.log", "wb")  # noqa: SIM115 - owned by the child
-            self.processes.append(subprocess.Popen(self.agent_command(url, index, device_id, profile), stdout=log,
+            self.processes.append(subprocess.Popen(cmd, stdout=log,
                                                    stderr=subprocess.STDOUT, env=env, start_new_session=True))
             log.close()
+
+    def shutdown(self) -> None:
+        """The demo's shutdown, then every namespace and qdisc this trial created."""
+        try:
+            super().shutdown()
+        finally:
+            if self.links is not None:
+                self.links.close()
 
     def wire_counters(self) -> dict[str, dict[str, int]]:
         """Each agent's cumulative MQTT bytes now: ``{device: {"up": sent, "down": received}}``."""

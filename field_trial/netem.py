@@ -30,6 +30,27 @@ def require_netem() -> None:
     if missing:
         raise NetemError(f"shaper = \"netem\" needs iproute2 ({', '.join(missing)} not found: apt-get install "
                          "iproute2), or use shaper = \"agent\" (token bucket and delay in each agent)")
+    problem = qdisc_problem()
+    if problem:
+        raise NetemError(f"shaper = \"netem\" cannot shape on this kernel: {problem}; load sch_netem and sch_tbf "
+                         "(modprobe), or use shaper = \"agent\" (token bucket and delay in each agent)")
+
+
+def qdisc_problem() -> str | None:
+    """None if this kernel takes netem and tbf qdiscs (probed on a throw-away veth), else what failed."""
+    probe = f"fdprobe{os.getpid() % 100000}"
+    try:
+        _run("ip", "link", "add", probe, "type", "veth", "peer", "name", probe + "p")
+    except NetemError as exc:
+        return str(exc)
+    try:
+        for args in _qdisc(LinkProfile(uplink_kbps=1000, downlink_kbps=1000, latency_ms=10), 1000):
+            _run("tc", "qdisc", "add", "dev", probe, *args)
+        return None
+    except NetemError as exc:
+        return str(exc)
+    finally:
+        subprocess.run(["ip", "link", "del", probe], capture_output=True, check=False)
 
 
 def _run(*cmd: str) -> None:
