@@ -131,7 +131,8 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="Trial spec (
         signal.signal(signal.SIGTERM, previous)
     trial = write_trial(out, spec, reports)
     for r in trial["runs"]:
-        typer.echo(f"{r['algorithm']}: accuracy {r['final_accuracy']:.4f}, payload up {r['total_upload_bytes'] / 1e6:.2f} "
-                   f"MB, wire up {r['wire_upload_bytes'] / 1e6:.2f} MB / down {r['wire_download_bytes'] / 1e6:.2f} MB, "
+        typer.echo(f"{r['algorithm']}: accuracy {r['final_accuracy']:.4f}, payload up "
+                   f"{r['total_upload_bytes'] / 1e6:.2f} MB, wire up {r['wire_upload_bytes'] / 1e6:.2f} MB / "
+                   f"down {r['wire_download_bytes'] / 1e6:.2f} MB, "
                    f"{r['wall_clock_s']:.0f} s")
     typer.echo(f"wrote {out / 'trial.json'}, {out / 'trial.csv'}, {out / 'trial.html'}")

@@ -39,6 +39,18 @@ class TrialStack(DemoStack):
         self.counters_dir = out / "wire"
         self.counters_dir.mkdir(parents=True, exist_ok=True)
 
+    def start_coordinator(self, url: str) -> None:
+        """The demo's coordinator, allowed to read the spec's evaluation data (its data_roots)."""
+        from cloud.coordinator import Coordinator
+        from cloud.settings import CloudSettings
+
+        roots = [str(Path(self.spec.data.data_dir).resolve().parent)] if self.spec.data.data_dir else []
+        settings = CloudSettings(broker_url=url, state_dir=self.state_dir / "coordinator", mqtt_username=None,
+                                 heartbeat_s=HEARTBEAT_S, mqtt_client_id="trial-coordinator", data_roots=roots)
+        coordinator = self.coordinator = Coordinator(settings)
+        if not coordinator.start():
+            raise DemoError(f"the coordinator cannot connect to the broker {url}")
+
     def start_broker(self) -> str:
         """The embedded broker; with netem it listens on every address, so the devices' veths reach it."""
         if self.links is None:

@@ -1,8 +1,9 @@
-"""``shaper = "netem"``: each emulated device in its own Linux network namespace, joined by a veth pair
-to the host (where the broker listens), with ``tc`` netem + tbf applying its link profile in the kernel.
+"""``shaper = "netem"``: each emulated device in its own Linux network namespace, joined by a veth
+pair to the host (where the broker listens), with ``tc`` netem + tbf applying its link profile in the kernel.
 
-Device ``i`` gets namespace ``fdst-<pid>-<i>``, host side ``fd<pid%10000>h<i>`` = 10.<200 + i // 64>.<(i % 64) * 4>.1/30,
-device side 10.x.y.2/30. Uplink (device -> broker) is shaped on the device end of the veth, downlink on the host
+Device ``i`` gets namespace ``fdst-<pid>-<i>``, host side ``fd<pid%10000>h<i>`` =
+10.<200 + i // 64>.<(i % 64) * 4>.1/30, device side 10.x.y.2/30. Uplink (device -> broker) is
+shaped on the device end of the veth, downlink on the host
 end: ``tbf rate <kbit>`` under ``netem delay <latency/2>ms <jitter>ms loss <loss>%``. Everything created is
 removed by :meth:`NetemLinks.close`, which ``with`` blocks, failures and Ctrl-C all reach.
 """
@@ -81,7 +82,8 @@ class NetemLinks:
 
     def add(self, index: int, profile: LinkProfile) -> tuple[str, str]:
         """Create device ``index``'s namespace and shaped veth; returns (namespace, broker address seen from it)."""
-        ns, host, dev = f"fdst-{self.tag}-{index}", f"fd{int(self.tag) % 10000}h{index}", f"fd{int(self.tag) % 10000}d{index}"
+        short = int(self.tag) % 10000
+        ns, host, dev = f"fdst-{self.tag}-{index}", f"fd{short}h{index}", f"fd{short}d{index}"
         a, b = 200 + index // 64, (index % 64) * 4
         host_ip, dev_ip = f"10.{a}.{b}.1", f"10.{a}.{b}.2"
         _run("ip", "netns", "add", ns)

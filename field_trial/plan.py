@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def device_seconds(profile: LinkProfile, down_bytes: int, up_bytes: int, compute
 
 def simulation_config(spec: TrialSpec, algorithm: str, eval_every: int = 1) -> SimulationConfig:
     t, d = spec.trial, spec.data
-    train = {k: v for k, v in spec.train.items() if k in SimulationConfig.__dataclass_fields__}
+    train: dict[str, Any] = {k: v for k, v in spec.train.items() if k in SimulationConfig.__dataclass_fields__}
     return SimulationConfig(**{**train, "dataset": d.dataset, "data_dir": d.data_dir, "partition": d.partition,
                                "clients": spec.device_count, "classes_per_client": d.classes_per_client,
                                "samples_per_class": d.samples_per_class, "beta": d.beta,

@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cloud.run_config import RunConfig
 
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
-EXPECTED_ALGORITHMS = ("feddst", "fedavg", "fedavgm", "fedprox", "randommask")
+AlgorithmName = Literal["feddst", "fedavg", "fedavgm", "fedprox", "randommask"]
+DEFAULT_ALGORITHMS: tuple[AlgorithmName, ...] = ("feddst", "fedavg")
 TRAIN_KEYS_SET_ELSEWHERE = {"name", "algorithm", "rounds", "clients_per_round", "seed", "eval", "upload_format",
                             "round_timeout_s", "min_devices", "quorum", "device_wait_s", "select"}
 AVAILABILITY = re.compile(r"^(always|duty:(\d+)/(\d+)|churn:(0(\.\d+)?|1(\.0+)?))$")
@@ -87,8 +88,7 @@ class TrialSection(BaseModel):
 
     name: str = Field("trial", min_length=1, max_length=200)
     broker: str = "embedded"
-    algorithms: list[Literal["feddst", "fedavg", "fedavgm", "fedprox", "randommask"]] = Field(
-        default_factory=lambda: ["feddst", "fedavg"], min_length=1)
+    algorithms: list[AlgorithmName] = Field(default_factory=lambda: list(DEFAULT_ALGORITHMS), min_length=1)
     rounds: int = Field(20, ge=1, le=100_000)
     clients_per_round: int = Field(10, ge=1)
     upload_budget_mb: float = Field(0.0, ge=0)
@@ -203,7 +203,8 @@ class TrialSpec(BaseModel):
         return RunConfig.model_validate({
             **self.train, "model": self.model, "name": f"{t.name} {algorithm}", "algorithm": algorithm,
             "rounds": t.rounds, "clients_per_round": t.clients_per_round, "seed": t.seed,
-            "round_timeout_s": t.round_timeout_s, "upload_format": t.upload_format, "quorum": 1, "min_devices": self.device_count,
+            "round_timeout_s": t.round_timeout_s, "upload_format": t.upload_format, "quorum": 1,
+            "min_devices": self.device_count,
             "device_wait_s": 300.0, "eval": eval_config.model_dump()}, strict=False)
 
 
