@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from feddst_core.choices import (
-    AGGREGATIONS, ALGORITHMS, DISTRIBUTIONS, KERNEL_CHOICES, MASK_INITS, PARTITIONS,
+    AGGREGATIONS,
+    ALGORITHMS,
+    DISTRIBUTIONS,
+    KERNEL_CHOICES,
+    MASK_INITS,
+    PARTITIONS,
     UPLOAD_FORMATS,
 )
 from feddst_core.sparse import SparseThreshold, parse_thresholds_json
