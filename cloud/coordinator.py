@@ -82,9 +82,6 @@ from protocol.ed25519 import Ed25519Signer
 
 log = logging.getLogger(__name__)
 
-REPORT_FIELDS = ("round", "accuracy", "global_accuracy", "upload_bytes", "download_bytes", "density")
-
-
 @dataclass
 class RunExecution:
     """The in-memory state of the active run."""

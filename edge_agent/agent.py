@@ -445,9 +445,6 @@ class EdgeAgent:
         key = (model.run_id, model.server_round)
         if self._is_aborted(*key):
             return
-        if model.base_round is not None:
-            self._drop("unsupported", topics.model(*key), "delta broadcasts (base_round) are not supported")
-            return
         if key in self.state.model_filters:
             self.state.model_filters.discard(key)
             if self.link.connected:
