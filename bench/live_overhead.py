@@ -167,7 +167,9 @@ def fake_agent_process(port: int, first: int, count: int) -> None:
     reassembler = ChunkReassembler()
 
     def on_model(client, userdata, message) -> None:  # noqa: ANN001
-        whole = reassembler.add(message.payload, source=message.topic)
+        if not message.payload:
+            return  # the coordinator clearing a closed round's retained chunk
+        whole = reassembler.add(message.payload, source=message.topic.rsplit("/", 1)[0])
         if whole is not None:
             msg = decode_message(whole)
             if isinstance(msg, ModelBroadcast):
@@ -177,7 +179,8 @@ def fake_agent_process(port: int, first: int, count: int) -> None:
     receiver = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"model-rx-{first}")
     receiver.on_message = on_model
     receiver.connect("127.0.0.1", port)
-    receiver.subscribe(f"{topics.ROOT}/runs/+/model", qos=1)
+    # one receiver per process stands in for its selected fakes (all are selected in this round)
+    receiver.subscribe(f"{topics.ROOT}/runs/+/model/+/+", qos=1)
     receiver.loop_start()
 
     tasks: list = []

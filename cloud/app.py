@@ -26,7 +26,7 @@ from cloud import dashboard
 from cloud.api import api_docs, devices, enrollments, health, metrics, run_events, runs
 from cloud.api.deps import authorize, bearer_scheme, role_required_by
 from cloud.coordinator import Coordinator
-from cloud.errors import AuthenticationRequiredError, BrokerUnavailableError, CoordinatorError, RunConfigRejectedError
+from cloud.errors import AuthenticationRequiredError, CoordinatorError, RunConfigRejectedError
 from cloud.settings import CloudSettings
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,9 @@ def create_app(settings: CloudSettings | None = None, coordinator: Coordinator |
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
             coord = Coordinator(settings or CloudSettings())
-            if not coord.start():
-                coord.close()
-                raise BrokerUnavailableError(f"cannot connect to the MQTT broker {coord.settings.broker_url}")
+            if not coord.start():  # keeps retrying in the background; /healthz says degraded meanwhile
+                log.warning("the MQTT broker %s is not reachable; serving degraded until it is (runs cannot "
+                            "start meanwhile)", coord.settings.broker_url)
             app.state.coordinator = coord
         _warn_without_tokens(app.state.coordinator)
         await _build_routes_before_first_request(app)

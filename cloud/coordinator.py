@@ -52,7 +52,7 @@ from cloud.enrollment import REVOKED_MARK, DeviceKeyring
 from cloud.errors import BrokerUnavailableError, RunStateError
 from cloud.evaluation import HeldOutEvaluator
 from cloud.metrics import CoordinatorMetrics
-from cloud.mqtt_link import CoordinatorLink, Inbound
+from cloud.mqtt_link import CoordinatorLink, Inbound, PublishResult
 from cloud.replay_guard import REPLAYED, RETAINED_SEEN, ReplayGuard
 from cloud.round_collector import RoundCollector, Verdict
 from cloud.run_config import RunConfig
@@ -104,6 +104,8 @@ class RunExecution:
     retries: int = 0
     round_started: float = 0.0
     broadcast: bytes = b""
+    model_chunk_topics: int = 0  # retained chunk topics of the open round's model (cleared when it closes)
+    task_bytes: bytes = b""  # the open round's signed Task (re-sent to a selected device that registers again)
     task_nonce: int = 0  # of the open round: the updates answering its Task must echo it
     readjust_fraction: float = 0.0  # alpha_t of the open round
     prox_mu: float = 0.0
@@ -111,6 +113,9 @@ class RunExecution:
     download_bytes: int = 0
     counters: Counter = field(default_factory=Counter)
     accepted_by_round: dict[int, frozenset[str]] = field(default_factory=dict)  # closed rounds
+    wire_marks: dict[str, tuple[int, int]] = field(default_factory=dict)  # device -> (sent, received) last counted
+    wire_upload_bytes: int = 0  # device-side MQTT bytes sent / received during the run, as reported so far
+    wire_download_bytes: int = 0
 
 
 class Coordinator:
@@ -322,6 +327,14 @@ class Coordinator:
                 self._count("auth_failed")
             log.warning("dropped undecodable message on %s: %s", item.topic, item.error)
             return
+        if item.kind == "disconnected":
+            self.counters["broker_disconnects"] += 1
+            log.warning("lost the MQTT broker %s (%s); publishes wait in the outbox until it returns",
+                        self.settings.broker_url, item.error)
+            return
+        if item.kind == "connected":
+            log.info("connected to the MQTT broker %s", self.settings.broker_url)
+            return
         if item.kind != "message" or item.decoded is None:
             return
         msg, envelope = item.decoded.message, item.decoded.envelope
@@ -341,11 +354,14 @@ class Coordinator:
                 return
             at = envelope.timestamp_ms / 1000.0 if item.retained else item.received_at
             self.registry.status(msg.device_id, msg.state, min(at, item.received_at), item.size)
+            if not item.retained:
+                self.registry.wire_report(msg.device_id, msg.wire_sent_bytes, msg.wire_received_bytes)
         elif isinstance(msg, Register):
             if item.topic != topics.register(msg.device_id):
                 self.counters["misrouted"] += 1
                 return
             self.registry.register(msg.device_id, msg.capabilities, msg.sample_count, item.size)
+            self._resend_task_to(msg.device_id)
         elif isinstance(msg, Update):
             self._handle_update(msg, item)
         elif isinstance(msg, DeviceError):
@@ -414,6 +430,7 @@ class Coordinator:
             return
         ex = RunExecution(run_id, config, strategy, state, np.random.default_rng(config.seed), evaluator)
         ex.progress = (len(self._eligible(config)), devices_needed(config, 1))
+        ex.wire_marks = {d: self.registry.wire_bytes(d) for d in self.registry.online_ids()}
         self._execution = ex
         self.store.save_model(run_id, 0, state.params, state.masks)
         log.info("run %s started", run_id)
@@ -481,7 +498,9 @@ class Coordinator:
 
     def _send_round(self, ex: RunExecution, selected: tuple[str, ...], new_devices: tuple[str, ...]) -> None:
         c, r = ex.config, ex.server_round + 1
-        self._publish(topics.model(ex.run_id), ex.broadcast, topics.QOS_MODEL)
+        if not ex.model_chunk_topics:  # retained: a retry's extra devices subscribe and get it, no re-publish
+            result, ex.model_chunk_topics = self.link.publish_model(ex.run_id, r, ex.broadcast)
+            self._count_publish(topics.model(ex.run_id, r), result)
         ex.deadline = time.time() + c.round_timeout_s
         fraction = ex.readjust_fraction
         task = Task(ex.run_id, r, selected, model_round=r, local_epochs=c.local_epochs, batch_size=c.batch_size,
@@ -489,11 +508,26 @@ class Coordinator:
                     prox_mu=ex.prox_mu,
                     readjust=fraction > 0, alpha=fraction, deadline_unix=ex.deadline, seed=c.seed,
                     model_name=c.model, task_nonce=ex.task_nonce)
-        task_bytes = self._sign(task)
+        task_bytes = ex.task_bytes = self._sign(task)
         self._publish(topics.task(ex.run_id), task_bytes, topics.QOS_TASK)
         ex.download_bytes += len(ex.broadcast) * len(new_devices)
         self.metrics.download_bytes.inc(len(ex.broadcast) * len(new_devices))
         self.registry.add_bytes_down(new_devices, len(ex.broadcast) + len(task_bytes))
+
+    def _resend_task_to(self, device_id: str) -> None:
+        """A device that (re)registers while selected for the open round and not yet accepted gets the Task
+        again on its inbox (a restarted agent's new session never saw it); the model is retained."""
+        ex = self._execution
+        if ex is None or ex.collector is None or not ex.task_bytes:
+            return
+        collector = ex.collector
+        if device_id not in collector.selected or device_id in collector.accepted:
+            return
+        ex.counters["task_resent_on_register"] += 1
+        log.info("device %s registered during round %s it is selected for; re-sending its task", device_id,
+                 collector.server_round)
+        self._publish(topics.inbox(device_id), ex.task_bytes, topics.QOS_TASK)
+        self.registry.add_bytes_down((device_id,), len(ex.task_bytes))
 
     def _retry_round(self, ex: RunExecution, now: float) -> None:
         collector = ex.collector
@@ -525,6 +559,7 @@ class Coordinator:
         aggregation_s = collector.aggregation_s + time.perf_counter() - started
         assert new_state is not None  # a round closes only with >= quorum >= 1 accepted updates
         r = collector.server_round
+        self._clear_round_model(ex, r)
         ex.state, ex.server_round, ex.collector = new_state, r, None
         ex.upload_bytes += collector.upload_bytes
         ex.accepted_by_round[r] = frozenset(collector.accepted)
@@ -540,6 +575,8 @@ class Coordinator:
             "retries": ex.retries,
             "late": [d for d in collector.selected if d not in collector.accepted],
             "upload_by_device": dict(sorted(collector.accepted.items())),
+            "wire_by_device": self._wire_since_last_round(ex),
+            "wire_upload_bytes": ex.wire_upload_bytes, "wire_download_bytes": ex.wire_download_bytes,
             "layer_density": {name: float(m.to(torch.float32).mean()) for name, m in new_state.masks.items()},
             "started_at": ex.round_started, "closed_at": time.time(),
             "errors": {d: {"code": c, "detail": t} for d, (c, t) in sorted(collector.errors.items())},
@@ -577,6 +614,30 @@ class Coordinator:
         self.metrics.aggregation_seconds.observe(aggregation_s)
         self.metrics.upload_bytes.inc(upload_bytes)
 
+    def _clear_round_model(self, ex: RunExecution, server_round: int) -> None:
+        """Remove the round's retained model chunks from the broker (the round is over)."""
+        if ex.model_chunk_topics:
+            self._count_publish(topics.model(ex.run_id, server_round),
+                                self.link.clear_model(ex.run_id, server_round, ex.model_chunk_topics))
+        ex.model_chunk_topics, ex.task_bytes = 0, b""
+
+    def _wire_since_last_round(self, ex: RunExecution) -> dict[str, dict[str, int]]:
+        """Per device: MQTT bytes it sent (``up``) and received (``down``) since the previous round's row,
+        from the cumulative counters its Status heartbeats report (so up to one heartbeat behind)."""
+        out = {}
+        for device_id in self.registry.online_ids():
+            sent, received = self.registry.wire_bytes(device_id)
+            mark_sent, mark_received = ex.wire_marks.get(device_id, (0, 0))
+            if sent < mark_sent or received < mark_received:  # the agent restarted: its counters began again
+                mark_sent, mark_received = 0, 0
+            up, down = sent - mark_sent, received - mark_received
+            ex.wire_marks[device_id] = (sent, received)
+            if up or down:
+                out[device_id] = {"up": up, "down": down}
+                ex.wire_upload_bytes += up
+                ex.wire_download_bytes += down
+        return dict(sorted(out.items()))
+
     def _stop_active(self, run_id: str) -> None:
         ex = self._execution
         server_round = ex.server_round + 1 if ex is not None else 0
@@ -593,6 +654,8 @@ class Coordinator:
     def _finish(self, run_id: str, status: str, error: str | None = None) -> None:
         ex = self._execution
         if ex is not None and ex.run_id == run_id:
+            if ex.collector is not None:
+                self._clear_round_model(ex, ex.collector.server_round)
             self.store.set_run_counters(run_id, ex.counters)
             self._finished_accepted[run_id] = ex.accepted_by_round
             while len(self._finished_accepted) > 4:
@@ -620,7 +683,9 @@ class Coordinator:
         return encode_message(msg, self.signer, seq=self._next_seq())
 
     def _publish(self, topic: str, data: bytes, qos: int) -> None:
-        result = self.link.publish(topic, data, qos=qos)
+        self._count_publish(topic, self.link.publish(topic, data, qos=qos))
+
+    def _count_publish(self, topic: str, result: PublishResult) -> None:
         if not result.ok:
-            self.counters["publish_failures"] += 1
-            log.warning("publish on %s failed (%s); paho retries on reconnect", topic, result.detail)
+            self.counters["publishes_queued_offline"] += 1
+            log.warning("publish on %s is queued (%s); sent when the broker is back", topic, result.detail)

@@ -28,6 +28,7 @@ class DeviceRegistry:
         self._devices: dict[str, DeviceRow] = {row.id: row for row in store.load_devices()}
         self._dirty: set[str] = set()
         self._last_errors: dict[str, DeviceErrorRow] = store.last_device_errors()
+        self._wire: dict[str, tuple[int, int]] = {}  # device -> cumulative (sent, received) MQTT bytes it reported
 
     def _get(self, device_id: str) -> DeviceRow:
         row = self._devices.get(device_id)
@@ -63,6 +64,18 @@ class DeviceRegistry:
             row.bytes_up += bytes_up
         if changed:
             self.flush()
+
+    def wire_report(self, device_id: str, sent: int, received: int) -> None:
+        """A device's cumulative MQTT wire bytes (``Status`` schema 2); kept in memory, never lowered
+        within one agent process (a restarted agent starts from 0: a lower report replaces the old one)."""
+        if sent or received:
+            with self._lock:
+                self._wire[device_id] = (sent, received)
+
+    def wire_bytes(self, device_id: str) -> tuple[int, int]:
+        """The last cumulative ``(sent, received)`` the device reported ((0, 0): none)."""
+        with self._lock:
+            return self._wire.get(device_id, (0, 0))
 
     def add_bytes_down(self, device_ids: list[str] | tuple[str, ...], nbytes: int) -> None:
         with self._lock:

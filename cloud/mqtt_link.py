@@ -1,9 +1,22 @@
 """The coordinator's one MQTT adapter (paho-mqtt v2 callbacks).
 
-Callbacks only reassemble, decode and enqueue: every received message becomes an
-:class:`Inbound` item on the queue the coordinator's main loop consumes. Publishing checks every
-``MQTTMessageInfo.rc``; network trouble is returned as a status (``PublishResult.ok``), misuse
-(publishing before ``connect``) raises.
+Threads: paho's network thread runs the callbacks, which only hand the raw packet bytes to a
+bounded queue (``put_nowait``; when it is full the packet is dropped and counted in
+``dropped_packets``, so the network thread never blocks); one decoder thread reassembles chunks,
+decodes and verifies (HMAC) and puts each :class:`Inbound` item on the queue the coordinator's
+main loop consumes.
+
+Publishing (the outbox): every chunk of a message is handed to paho, which keeps QoS 1 packets
+in its own unbounded outbox while the broker is away and sends them, in order, on reconnect; a
+refused chunk never stops the remaining ones, so a message is never left as a prefix. Network
+trouble is returned as a status (``PublishResult.ok``: False when some chunk only waits for the
+reconnect); misuse (publishing before ``connect``) raises.
+
+The link starts connecting in the background and keeps retrying, so the coordinator can start
+while the broker is down (``connected`` tells; ``connection_events`` logs loss and return).
+
+Wire bytes: ``wire_sent_bytes`` / ``wire_received_bytes`` count every byte paho writes to or
+reads from the socket (all MQTT packets: fixed headers, topics, properties, payloads, acks, pings).
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
 
 from protocol import (
     ChunkReassembler,
@@ -58,6 +72,36 @@ class PublishResult:
     detail: str = ""
 
 
+class WireCountingClient(mqtt.Client):
+    """A paho client that counts the bytes it writes to and reads from its socket (MQTT level, under TLS)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.wire_sent_bytes = 0
+        self.wire_received_bytes = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        data = super()._sock_recv(bufsize)
+        self.wire_received_bytes += len(data)
+        return data
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        sent = super()._sock_send(buf)
+        self.wire_sent_bytes += sent
+        return sent
+
+
+@dataclass(frozen=True)
+class _RawPacket:
+    topic: str
+    payload: bytes
+    retained: bool
+    received_at: float
+
+
+_STOP = _RawPacket("", b"", False, 0.0)
+
+
 class CoordinatorLink:
     """Connects, subscribes to :func:`protocol.topics.coordinator_subscriptions` and feeds ``inbound``.
 
@@ -70,12 +114,16 @@ class CoordinatorLink:
                  key_lookup: Callable[[str], bytes | None] | None = None,
                  authenticate: Callable[[], bool] | None = None,
                  tls_files: TlsFiles | None = None,
-                 max_pending_bytes: int = 512 * 1024 * 1024,
+                 max_pending_bytes: int = 512 * 1024 * 1024, raw_queue_packets: int = 65536,
                  count_bytes: Callable[[str, int], None] | None = None):
         """``key_lookup``: sender id -> HMAC key (None: reject); ``authenticate`` (asked per message, default
-        always): whether to verify at all; ``tls_files``: private CA and client certificate for ``tls``."""
+        always): whether to verify at all; ``tls_files``: private CA and client certificate for ``tls``;
+        ``raw_queue_packets``: bound of the callback -> decoder queue (packets; beyond it: dropped, counted)."""
         self.inbound = inbound
         self._count_bytes = count_bytes or (lambda direction, nbytes: None)
+        self.raw: queue.Queue[_RawPacket] = queue.Queue(maxsize=raw_queue_packets)
+        self.dropped_packets = 0  # received packets dropped because the decoder queue was full
+        self._decoder: threading.Thread | None = None
         self.host, self.port = host, port
         self.max_packet = max_packet
         self.key_lookup = key_lookup
@@ -86,8 +134,8 @@ class CoordinatorLink:
         version = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
         # MQTT 5 sets clean_start per connect(); 3.1.1 takes a persistent session here.
         clean_session = None if version == mqtt.MQTTv5 else False
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
-                                  clean_session=clean_session)
+        self.client = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
+                                         clean_session=clean_session)
         self._v5 = version == mqtt.MQTTv5
         if username:
             self.client.username_pw_set(username, password)
@@ -103,30 +151,47 @@ class CoordinatorLink:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def connect(self, timeout_s: float = 10.0) -> bool:
-        """Connect and start the network thread; True once the broker accepted the connection."""
-        try:
-            if self._v5:
-                from paho.mqtt.packettypes import PacketTypes
-                from paho.mqtt.properties import Properties
+    @property
+    def wire_sent_bytes(self) -> int:
+        return self.client.wire_sent_bytes
 
-                props = Properties(PacketTypes.CONNECT)
-                props.SessionExpiryInterval = 3600
-                self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=props)
-            else:
-                self.client.connect(self.host, self.port, keepalive=30)
-        except OSError as exc:
-            log.warning("cannot reach MQTT broker %s:%s: %s", self.host, self.port, exc)
-            return False
+    @property
+    def wire_received_bytes(self) -> int:
+        return self.client.wire_received_bytes
+
+    def connect(self, timeout_s: float = 10.0) -> bool:
+        """Start connecting (and reconnecting) in the background; True once the broker accepted us
+        within ``timeout_s``. False leaves the link retrying: publishes queue until it connects."""
+        if self._decoder is None:
+            self._decoder = threading.Thread(target=self._decode_loop, name="mqtt-decoder", daemon=True)
+            self._decoder.start()
+        if self._v5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+        else:
+            self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.loop_start()
         self._started = True
-        return self.connected.wait(timeout_s)
+        ok = self.connected.wait(timeout_s)
+        if not ok:
+            log.warning("MQTT broker %s:%s is not reachable yet; the coordinator runs degraded and keeps retrying",
+                        self.host, self.port)
+        return ok
 
     def close(self) -> None:
         if self._started:
             self.client.disconnect()
             self.client.loop_stop()
             self._started = False
+        if self._decoder is not None:
+            self.raw.put(_STOP)
+            self._decoder.join(timeout=5)
+            self._decoder = None
 
     # --- callbacks (network thread): decode and enqueue only ------------------------------------
 
@@ -141,34 +206,77 @@ class CoordinatorLink:
         self.inbound.put(Inbound("connected", received_at=time.time()))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        was_connected = self.connected.is_set()
         self.connected.clear()
-        self.inbound.put(Inbound("disconnected", error=str(reason_code), received_at=time.time()))
+        if was_connected:
+            self.inbound.put(Inbound("disconnected", error=str(reason_code), received_at=time.time()))
+
+    def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
+        log.debug("connection attempt to %s:%s failed; retrying", self.host, self.port)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:  # noqa: ANN001
-        now = time.time()
         self._count_bytes("received", len(message.payload))
         try:
-            whole = self.reassembler.add(message.payload, source=message.topic)
-            if whole is None:
+            self.raw.put_nowait(_RawPacket(message.topic, bytes(message.payload), bool(message.retain), time.time()))
+        except queue.Full:
+            self.dropped_packets += 1
+
+    # --- decoder thread -------------------------------------------------------------------------
+
+    def _decode_loop(self) -> None:
+        while True:
+            packet = self.raw.get()
+            if packet is _STOP:
                 return
+            item = self._decode(packet)
+            if item is not None:
+                self.inbound.put(item)
+
+    def _decode(self, packet: _RawPacket) -> Inbound | None:
+        """Reassemble and decode one packet: an Inbound item, or None while a chunked message is incomplete."""
+        try:
+            whole = self.reassembler.add(packet.payload, source=packet.topic)
+            if whole is None:
+                return None
             verify = self.key_lookup is not None and (self.authenticate is None or self.authenticate())
             decoded = decode_message_with_envelope(whole, self.key_lookup if verify else None)
         except ProtocolError as exc:
-            self.inbound.put(Inbound("invalid", topic=message.topic, size=len(message.payload),
-                                     error=f"{type(exc).__name__}: {exc}", received_at=now))
-            return
-        self.inbound.put(Inbound("message", topic=message.topic, decoded=decoded, size=len(whole),
-                                 retained=bool(message.retain), received_at=now))
+            return Inbound("invalid", topic=packet.topic, size=len(packet.payload),
+                           error=f"{type(exc).__name__}: {exc}", received_at=packet.received_at)
+        return Inbound("message", topic=packet.topic, decoded=decoded, size=len(whole), retained=packet.retained,
+                       received_at=packet.received_at)
 
     # --- publishing -----------------------------------------------------------------------------
 
     def publish(self, topic: str, data: bytes, qos: int = 1, retain: bool = False) -> PublishResult:
-        """Publish one encoded message (chunked when larger than ``max_packet``)."""
+        """Publish one encoded message (chunked when larger than ``max_packet``), every chunk on ``topic``."""
+        packets = split_into_chunks(data, self.max_packet)
+        return self._publish_packets([(topic, packet) for packet in packets], len(data), qos, retain)
+
+    def publish_model(self, run_id: str, server_round: int, data: bytes) -> tuple[PublishResult, int]:
+        """Publish a round's encoded ModelBroadcast, chunk ``i`` retained on ``topics.model_chunk(run, round, i)``;
+        returns the result and the number of chunk topics (for :meth:`clear_model`)."""
+        packets = split_into_chunks(data, self.max_packet)
+        pairs = [(topics.model_chunk(run_id, server_round, i), packet) for i, packet in enumerate(packets)]
+        return self._publish_packets(pairs, len(data), topics.QOS_MODEL, topics.RETAIN_MODEL), len(pairs)
+
+    def clear_model(self, run_id: str, server_round: int, chunk_topics: int) -> PublishResult:
+        """Remove a round's retained model chunks from the broker (empty retained publishes)."""
+        pairs = [(topics.model_chunk(run_id, server_round, i), b"") for i in range(chunk_topics)]
+        return self._publish_packets(pairs, 0, topics.QOS_MODEL, True)
+
+    def _publish_packets(self, pairs: list[tuple[str, bytes]], nbytes: int, qos: int, retain: bool) -> PublishResult:
+        """Hand every packet to paho, even after one was refused (paho queues QoS >= 1 packets while
+        disconnected and sends them on reconnect), so a message is never sent as a prefix."""
         if not self._started:
             raise RuntimeError("publish before connect()")
-        for packet in split_into_chunks(data, self.max_packet):
+        problems = []
+        for topic, packet in pairs:
             info = self.client.publish(topic, packet, qos=qos, retain=retain)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                return PublishResult(False, len(data), mqtt.error_string(info.rc))
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                problems.append(mqtt.error_string(info.rc))
             self._count_bytes("sent", len(packet))
-        return PublishResult(True, len(data))
+        if problems:
+            return PublishResult(False, nbytes, f"{len(problems)} of {len(pairs)} packets wait for the broker: "
+                                                f"{problems[0]}")
+        return PublishResult(True, nbytes)

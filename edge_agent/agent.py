@@ -8,12 +8,26 @@ acks or reconnects.
 Per round (the message-flow contract in ``docs/agent.md``): a ``Task`` selecting this device and
 the ``ModelBroadcast`` of its ``model_round`` may arrive in either order; once both are here and
 the (run, round) has not been handled before, training starts (a repeated task is handled once).
-The update (echoing the task's nonce, signed with ``--key-file``) is published, chunked when
-larger than ``--max-packet``, and re-published every ``ack_timeout_s`` until the coordinator's
-``Ack`` arrives or the task's deadline passes; every publish is encoded afresh with the next seq,
-because the coordinator drops any message whose seq is not above the last it accepted. A negative
-Ack (the coordinator rejected the update, e.g. ``non_finite: ...``) also ends the re-sending; its
-reason is logged and counted (``updates_rejected``). Anything malformed, oversized, unsigned by the coordinator (see
+Model delivery: a Task that selects this device makes it subscribe to that round's retained model
+chunk topics (``topics.model_filter``); it unsubscribes once the model is whole. Unselected devices
+never receive model bytes. Tasks arrive on the run's task topic, or on this device's inbox when
+the coordinator re-sends one to a device that registered again mid-round.
+
+Deadlines are relative: the time left is the Task's ``deadline_unix`` minus its envelope
+timestamp (both on the coordinator's clock), counted from receipt on this device's monotonic
+clock, so a device clock that is wrong by minutes does not matter; the coordinator enforces the
+absolute deadline.
+
+The update (echoing the task's nonce, signed with ``--key-file``) is published once, chunked when
+larger than ``--max-packet``, as QoS 1. It is re-published in full only when its delivery is in
+doubt: a publish that paho refused (not connected), a reconnect on which the broker did not keep
+the session, a repeated Task for its round (a retried round, a restarted coordinator), or an agent
+restart (with ``--state-dir`` the update is kept on disk until answered). Never on a timer while
+the connection is up: paho itself re-sends un-acknowledged QoS 1 chunks on reconnect. Every
+publish is encoded afresh with the next seq, because the coordinator drops any message whose seq
+is not above the last it accepted. A negative Ack (the coordinator rejected the update, e.g.
+``non_finite: ...``) also ends it; its reason is logged and counted (``updates_rejected``).
+Anything malformed, oversized, unsigned by the coordinator (see
 :mod:`edge_agent.coordinator_verifier`), replayed or on the wrong topic is logged, counted in
 :attr:`EdgeAgent.stats`, and dropped.
 
@@ -42,6 +56,7 @@ from edge_agent.data import LocalData
 from edge_agent.local_training import TrainingError, classify_failure, train_on_task
 from edge_agent.model_snapshot import ModelSnapshotWriter
 from edge_agent.mqtt_adapter import DeviceLink, Inbound, LinkDown, LinkRefused, LinkUp, PublishRefused
+from edge_agent.pending_updates import PendingUpdateStore, StoredUpdate
 from feddst_core import native
 from feddst_core.sparse import default_thresholds, describe_thresholds
 from protocol import (
@@ -50,6 +65,7 @@ from protocol import (
     AuthenticationError,
     Capabilities,
     ChunkReassembler,
+    DecodedMessage,
     DeviceError,
     Message,
     ModelBroadcast,
@@ -90,10 +106,10 @@ class PendingUpload:
 
     topic: str
     update: Update
-    deadline_unix: float
-    next_send: float  # monotonic time of the next (re-)publish
+    deadline: float  # monotonic time after which it is given up
+    next_send: float  # monotonic time before which it is not (re-)published
     sends: int = 0
-    acked: bool = False
+    in_doubt: bool = True  # publish (again) when connected: never sent, or its delivery is in doubt
 
 
 @dataclass
@@ -102,6 +118,8 @@ class AgentState:
 
     models: OrderedDict[RoundKey, ModelBroadcast] = field(default_factory=OrderedDict)
     waiting: dict[RoundKey, Task] = field(default_factory=dict)  # selected, model not here yet
+    deadlines: dict[RoundKey, float] = field(default_factory=dict)  # monotonic deadline of each task received
+    model_filters: set[RoundKey] = field(default_factory=set)  # (run, model round) model topics subscribed
     ready: list[Task] = field(default_factory=list)  # model here, waiting for the trainer
     handled: OrderedDict[RoundKey, None] = field(default_factory=OrderedDict)  # training started
     uploads: dict[RoundKey, PendingUpload] = field(default_factory=dict)
@@ -114,8 +132,9 @@ class EdgeAgent:
 
     ``key`` signs this device's messages (its own HMAC key). The coordinator's messages are
     verified with ``settings.coordinator_public_key`` (none: ``insecure_unsigned_coordinator``);
-    ``coordinator_verifier`` overrides that (tests). ``clock`` is Unix time (deadlines); retries
-    use ``time.monotonic``.
+    ``coordinator_verifier`` overrides that (tests). ``clock`` is this device's Unix time (plus
+    ``settings.clock_offset_s``), used only for the deadlines of updates kept on disk; deadlines
+    and retries run on ``time.monotonic``.
     """
 
     def __init__(self, settings: AgentSettings, data: LocalData, *, key: bytes | None = None,
@@ -126,7 +145,9 @@ class EdgeAgent:
         self.key = key
         self.coordinator = coordinator_verifier or CoordinatorVerifier(settings.coordinator_public_key_bytes)
         self.capabilities = capabilities or detect_capabilities()
-        self.clock = clock
+        self.clock: Callable[[], float] = (clock if not settings.clock_offset_s else
+                                           (lambda: clock() + settings.clock_offset_s))
+        self.pending_store = PendingUpdateStore(settings.state_dir) if settings.state_dir else None
         self.device_id = settings.device_id
         self.events: queue.Queue = queue.Queue()
         self.state = AgentState()
@@ -150,6 +171,7 @@ class EdgeAgent:
                  self.settings.broker_address.url)
         self._log_coordinator_key()
         self._log_kernel_setup()
+        self._load_pending_updates()
         self.link.start()
         try:
             while not stop.is_set() and self._exit_code is None:
@@ -255,7 +277,8 @@ class EdgeAgent:
         info = None
         if self.link.connected:
             info = self.link.publish(topics.status(self.device_id),
-                                     self._encode(Status(self.device_id, "offline", "stopped")),
+                                     self._encode(Status(self.device_id, "offline", "stopped",
+                                                         self.link.wire_sent_bytes, self.link.wire_received_bytes)),
                                      topics.QOS_STATUS, retain=topics.RETAIN_STATUS)
         if info is not None:
             try:
@@ -271,19 +294,26 @@ class EdgeAgent:
         log.info("connected to %s (session %s)", self.settings.broker_address.url,
                  "resumed" if event.session_present else "new")
         self.link.subscribe(topics.device_subscriptions(self.device_id, final_model=self.snapshots is not None))
+        if self.snapshots is not None:  # --model-onnx-path: this device opted into every round's model
+            self.link.subscribe([(topics.all_models_filter(), topics.QOS_MODEL)])
+        if self.state.model_filters:  # a broker restarted without persistence forgot them
+            self.link.subscribe([(topics.model_filter(run, r), topics.QOS_MODEL)
+                                 for run, r in self.state.model_filters])
         self._publish_status("busy" if self.state.training else "online")
         register = Register(self.device_id, self.capabilities, len(self.data), will_seq=self._will_seq)
         self.link.publish(topics.register(self.device_id), self._encode(register), topics.QOS_REGISTER,
                           retain=topics.RETAIN_REGISTER)
-        now = time.monotonic()
-        for upload in self.state.uploads.values():
-            upload.next_send = min(upload.next_send, now)  # resend what the drop may have lost
+        if not event.session_present:  # the broker lost our session (and maybe what it had of the update)
+            now = time.monotonic()
+            for upload in self.state.uploads.values():
+                upload.in_doubt, upload.next_send = True, min(upload.next_send, now)
 
     def _publish_status(self, state: str) -> None:
         training = self.state.training
         detail = f"training {training.run_id} round {training.server_round}" if training else ""
-        self.link.publish(topics.status(self.device_id), self._encode(Status(self.device_id, state, detail)),
-                          topics.QOS_STATUS, retain=topics.RETAIN_STATUS)
+        status = Status(self.device_id, state, detail, self.link.wire_sent_bytes, self.link.wire_received_bytes)
+        self.link.publish(topics.status(self.device_id), self._encode(status), topics.QOS_STATUS,
+                          retain=topics.RETAIN_STATUS)
         self._next_heartbeat = time.monotonic() + self.settings.heartbeat_s
 
     def _next_seq(self) -> int:
@@ -310,8 +340,14 @@ class EdgeAgent:
         if len(payload) > limit:
             self._drop("oversized", topic, f"{len(payload)} bytes > limit {limit}")
             return
+        model_round = topics.model_round_of(topic)
+        if model_round is not None and not payload:
+            self.stats["model_clears_seen"] += 1  # the coordinator removed a closed round's retained chunk
+            return
+        # the chunks of one model arrive on one topic each: they reassemble together
+        source = topic if model_round is None else topics.model(*model_round)
         try:
-            whole = self._reassembler.add(payload, source=topic)
+            whole = self._reassembler.add(payload, source=source)
         except ProtocolError as exc:
             self._drop("malformed", topic, exc)
             return
@@ -326,7 +362,8 @@ class EdgeAgent:
             self._drop("malformed", topic, f"{type(exc).__name__}: {exc}")
             return
         msg = decoded.message
-        if topic not in self._allowed_topics(msg):
+        if topic not in self._allowed_topics(msg) and not (
+                isinstance(msg, ModelBroadcast) and model_round == (msg.run_id, msg.server_round)):
             self._drop("wrong_topic", topic, f"{type(msg).__name__} for run {getattr(msg, 'run_id', '')!r}")
             return
         if self.coordinator.is_replay(decoded):
@@ -334,7 +371,7 @@ class EdgeAgent:
             return
         self.stats[f"received_{type(msg).__name__.lower()}"] += 1
         if isinstance(msg, Task):
-            self._on_task(msg)
+            self._on_task(msg, decoded)
         elif isinstance(msg, ModelBroadcast):
             self._on_model(msg)
         elif isinstance(msg, Ack):
@@ -347,9 +384,7 @@ class EdgeAgent:
     def _allowed_topics(self, msg: Message) -> tuple[str, ...]:
         """The topics each message type may arrive on (none for types devices never receive)."""
         if isinstance(msg, Task):
-            return (topics.task(msg.run_id),)
-        if isinstance(msg, ModelBroadcast):
-            return (topics.model(msg.run_id),)
+            return (topics.task(msg.run_id), topics.inbox(self.device_id))
         if isinstance(msg, Abort):
             return (topics.control(msg.run_id),)
         if isinstance(msg, RunCompleted) and self.snapshots is not None:
@@ -362,7 +397,7 @@ class EdgeAgent:
         first = self.state.aborted.get(run_id)
         return first is not None and server_round >= first
 
-    def _on_task(self, task: Task) -> None:
+    def _on_task(self, task: Task, decoded: DecodedMessage) -> None:
         key = (task.run_id, task.server_round)
         if self.device_id not in task.selected:
             self.stats["tasks_not_selected"] += 1
@@ -371,31 +406,52 @@ class EdgeAgent:
         if self._is_aborted(*key):
             self.stats["tasks_aborted_run"] += 1
             return
-        if key in self.state.handled or key in self.state.waiting:
+        # the time left, on the coordinator's clock, counted from receipt on ours
+        deadline = time.monotonic() + (task.deadline_unix - decoded.envelope.timestamp)
+        if key not in self.state.handled and self.link.shaper.daily_cap_reached():
+            self.stats["tasks_declined_daily_cap"] += 1
+            log.warning("task %s round %d declined: today's upload cap (%.1f MB) is used up", *key,
+                        self.settings.daily_upload_cap_mb)
+            return
+        if key in self.state.handled or key in self.state.waiting or key in self.state.uploads:
             self.stats["tasks_repeated"] += 1
+            self.state.deadlines[key] = max(deadline, self.state.deadlines.get(key, deadline))
             upload = self.state.uploads.get(key)
-            if upload is not None and task.deadline_unix > upload.deadline_unix:
-                upload.deadline_unix = task.deadline_unix  # a retried round: keep offering the same update
-                upload.next_send = time.monotonic()
+            if upload is not None:  # a retried round or a restarted coordinator: its delivery is in doubt
+                upload.deadline = max(upload.deadline, deadline)
+                upload.in_doubt, upload.next_send = True, time.monotonic()
+                self._save_pending(key, upload)
             log.info("task %s round %d already handled; not training again", *key)
             return
-        if self.clock() > task.deadline_unix:
+        if deadline < time.monotonic():
             self.stats["tasks_stale"] += 1
             log.warning("task %s round %d arrived after its deadline; skipped", *key)
             return
+        self.state.deadlines[key] = deadline
+        while len(self.state.deadlines) > HANDLED_MEMORY:
+            self.state.deadlines.pop(next(iter(self.state.deadlines)))
         log.info("selected for %s round %d (model round %d)", task.run_id, task.server_round, task.model_round)
-        if (task.run_id, task.model_round) in self.state.models:
+        model_key = (task.run_id, task.model_round)
+        if model_key in self.state.models:
             self._make_ready(task)
         else:
             self.state.waiting[key] = task
+            if model_key not in self.state.model_filters:
+                self.state.model_filters.add(model_key)
+                if self.link.connected:
+                    self.link.subscribe([(topics.model_filter(*model_key), topics.QOS_MODEL)])
 
     def _on_model(self, model: ModelBroadcast) -> None:
         key = (model.run_id, model.server_round)
         if self._is_aborted(*key):
             return
         if model.base_round is not None:
-            self._drop("unsupported", topics.model(model.run_id), "delta broadcasts (base_round) are not supported")
+            self._drop("unsupported", topics.model(*key), "delta broadcasts (base_round) are not supported")
             return
+        if key in self.state.model_filters:
+            self.state.model_filters.discard(key)
+            if self.link.connected:
+                self.link.unsubscribe([topics.model_filter(*key)])
         if self.snapshots is not None and self.snapshots.due(model):
             self.stats["model_onnx_written" if self.snapshots.write(model) else "model_onnx_failed"] += 1
         models = self.state.models
@@ -419,6 +475,8 @@ class EdgeAgent:
             log.info("registration acknowledged by the coordinator: %s", ack.detail or "ok")
             return
         upload = self.state.uploads.pop((ack.run_id, ack.server_round), None)
+        if self.pending_store is not None:
+            self.pending_store.remove(ack.run_id, ack.server_round)
         if upload is None:
             self.stats["acks_unmatched"] += 1
             return
@@ -437,7 +495,10 @@ class EdgeAgent:
         st = self.state
         st.waiting = {k: t for k, t in st.waiting.items() if not (k[0] == run and k[1] >= first)}
         st.ready = [t for t in st.ready if not (t.run_id == run and t.server_round >= first)]
-        st.uploads = {k: u for k, u in st.uploads.items() if not (k[0] == run and k[1] >= first)}
+        for key in [k for k in st.uploads if k[0] == run and k[1] >= first]:
+            del st.uploads[key]
+            if self.pending_store is not None:
+                self.pending_store.remove(*key)
         for key in [k for k in st.models if k[0] == run]:
             del st.models[key]
 
@@ -471,6 +532,8 @@ class EdgeAgent:
         try:
             update = train_on_task(task, model, self.data, self.device_id, self.settings.client_index,
                                    self.settings.kernels, self.settings.kernel_threshold_table)
+            if self.settings.compute_factor > 1:  # trials: emulate a slower device
+                time.sleep(update.compute_s * (self.settings.compute_factor - 1))
             self.events.put(TrainingDone(task, update))
         except Exception as exc:  # noqa: BLE001 - a failed round must not kill the agent
             if not isinstance(exc, TrainingError):
@@ -495,9 +558,12 @@ class EdgeAgent:
             update = done.update
             log.info("trained %s round %d: %d samples, loss %.4f, %.2f s", *key, update.sample_count,
                      update.train_loss, update.compute_s)
-            self.state.uploads[key] = PendingUpload(topics.update(task.run_id, self.device_id), update,
-                                                    task.deadline_unix, next_send=time.monotonic())
-            self._retry_uploads(time.monotonic())
+            now = time.monotonic()
+            upload = PendingUpload(topics.update(task.run_id, self.device_id), update,
+                                   self.state.deadlines.get(key, now), next_send=now)
+            self.state.uploads[key] = upload
+            self._save_pending(key, upload)
+            self._retry_uploads(now)
         self._start_next_training()
 
     def _report_error(self, task: Task, code: str, detail: str) -> None:
@@ -511,29 +577,67 @@ class EdgeAgent:
 
     def _retry_uploads(self, now: float) -> None:
         for key, upload in list(self.state.uploads.items()):
-            if now < upload.next_send:
-                continue
-            if upload.sends and self.clock() > upload.deadline_unix:
+            if now > upload.deadline:
                 del self.state.uploads[key]
+                if self.pending_store is not None:
+                    self.pending_store.remove(*key)
                 self.stats["updates_unacked"] += 1
                 log.warning("no ack for %s round %d before the deadline; giving up", *key)
                 continue
-            if not self.link.connected:
+            if not upload.in_doubt or now < upload.next_send or not self.link.connected:
                 continue
-            packets = split_into_chunks(self._encode(upload.update), self.settings.max_packet)
+            packets = split_into_chunks(encode_message(upload.update, self.key, seq=self._next_seq(),
+                                                       value_format=self.settings.upload_format),
+                                        self.settings.max_packet)
             if self.link.publish_all(upload.topic, packets, topics.QOS_UPDATE) is None:
-                upload.next_send = now + 1.0
+                upload.next_send = now + 1.0  # refused part-way: the whole message again, never a prefix
                 continue
             upload.sends += 1
+            upload.in_doubt = False
             self.stats["update_publishes"] += 1
             if upload.sends > 1:
+                self.stats["update_resends"] += 1
                 log.info("re-sent the update for %s round %d (attempt %d)", *key, upload.sends)
-            upload.next_send = now + self.settings.ack_timeout_s
+
+    def _save_pending(self, key: RoundKey, upload: PendingUpload) -> None:
+        """Keep the update on disk (``--state-dir``) with its deadline on this device's wall clock."""
+        if self.pending_store is None:
+            return
+        deadline_wall = self.clock() + (upload.deadline - time.monotonic())
+        try:
+            self.pending_store.save(StoredUpdate(upload.topic, upload.update, deadline_wall))
+        except OSError as exc:
+            self.stats["pending_save_failed"] += 1
+            log.warning("cannot keep the update for %s round %d on disk: %s", *key, exc)
+
+    def _load_pending_updates(self) -> None:
+        """Updates a previous run of this agent left unacknowledged: re-sent on the first connection."""
+        if self.pending_store is None:
+            return
+        now_wall, now = self.clock(), time.monotonic()
+        for stored in self.pending_store.load():
+            update = stored.update
+            key = (update.run_id, update.server_round)
+            if stored.deadline_wall <= now_wall:
+                self.pending_store.remove(*key)
+                continue
+            self.state.handled[key] = None  # never trained again
+            self.state.uploads[key] = PendingUpload(stored.topic, update, now + stored.deadline_wall - now_wall,
+                                                    next_send=now)
+            self.stats["updates_restored"] += 1
+            log.info("restored the unacknowledged update for %s round %d from %s", *key,
+                     self.pending_store.directory)
 
     def _expire_waiting(self) -> None:
-        now = self.clock()
+        now = time.monotonic()
         for key, task in list(self.state.waiting.items()):
-            if now > task.deadline_unix:
+            if now > self.state.deadlines.get(key, now):
                 del self.state.waiting[key]
                 self.stats["tasks_expired_without_model"] += 1
                 log.warning("the model for %s round %d never arrived before the deadline", *key)
+                model_key = (task.run_id, task.model_round)
+                if model_key in self.state.model_filters and not any(
+                        (t.run_id, t.model_round) == model_key for t in self.state.waiting.values()):
+                    self.state.model_filters.discard(model_key)
+                    if self.link.connected:
+                        self.link.unsubscribe([topics.model_filter(*model_key)])

@@ -20,6 +20,12 @@ jitter (x0.5..x1.5) so a fleet dropped by one broker restart does not reconnect 
 The session is persistent (clean_start=False, session expiry), so QoS 1 messages published
 while a device is briefly away are delivered when it comes back; the agent still re-subscribes
 on every connect, since a restarted broker without persistence forgets sessions.
+
+Wire bytes: :attr:`DeviceLink.wire_sent_bytes` / :attr:`DeviceLink.wire_received_bytes` count
+every byte written to and read from the broker socket over this agent's life (all MQTT packets:
+CONNECT, fixed headers, topics, properties, payloads, PUBACKs, PINGs; under TLS the MQTT bytes,
+not the TLS records), across reconnects and a protocol fall-back: the link shaper
+(:mod:`edge_agent.link_shaping`), which every socket byte passes through, counts them.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent import link_shaping
 from edge_agent.config import AgentSettings
 
 log = logging.getLogger("feddst.agent.mqtt")
@@ -116,7 +123,17 @@ class DeviceLink:
         self._v5_confirmed = False
         self._topics_by_mid: dict[int, str] = {}  # in-flight QoS 1 publishes, to name refused ones
         self.protocol = "3.1.1" if settings.mqtt_protocol == "3.1.1" else "5"
+        # every MQTT byte goes through the shaper: wire counters, uplink cap, trial emulation (link_shaping)
+        self.shaper = link_shaping.LinkShaper(settings.device_id, settings.link_limits, settings.wire_counters_file)
         self.client = self._build_client()
+
+    @property
+    def wire_sent_bytes(self) -> int:
+        return self.shaper.counters.sent_bytes
+
+    @property
+    def wire_received_bytes(self) -> int:
+        return self.shaper.counters.received_bytes
 
     def _build_client(self) -> mqtt.Client:
         settings = self.settings
@@ -137,6 +154,7 @@ class DeviceLink:
             if settings.tls_insecure:
                 client.tls_insecure_set(True)
         client.max_inflight_messages_set(64)
+        link_shaping.install(client, self.shaper)
         self._jitter_reconnect_delay(client)
         client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
@@ -193,6 +211,7 @@ class DeviceLink:
                 self.client.disconnect()
         finally:
             self.client.loop_stop()
+            self.shaper.write_counters()
             self._started = False
             self._connected = False
 
@@ -210,6 +229,12 @@ class DeviceLink:
             log.warning("subscribe failed (%s); will retry on the next connect", mqtt.error_string(result))
             return False
         return True
+
+    def unsubscribe(self, topic_filters: Iterable[str]) -> bool:
+        """Unsubscribe from topic filters; False on network trouble (harmless: the next message is ignored)."""
+        self._require_started()
+        result, _mid = self.client.unsubscribe(list(topic_filters))
+        return result == mqtt.MQTT_ERR_SUCCESS
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> mqtt.MQTTMessageInfo | None:
         """Publish one payload; returns the message info, or None when not connected or paho refused it."""

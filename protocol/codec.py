@@ -7,7 +7,9 @@ an unknown schema version raises :class:`UnsupportedVersionError`. Then, little-
 * Register (1): ``str arch, u32 cores, u32 memory_mb, u32 library_count,
   library_count x (str name, str version)`` (strictly increasing names), ``u64 sample_count,
   u64 will_seq``.
-* Status (2): ``u8 state`` (0 online, 1 offline, 2 busy), ``str detail``.
+* Status (2): ``u8 state`` (0 online, 1 offline, 2 busy), ``str detail``; schema 2 adds
+  ``u64 wire_sent_bytes, u64 wire_received_bytes`` (a Status whose counters are both 0 is
+  written as schema 1; both schemas are read).
 * Task (3): ``u32 selected_count, selected_count x str device_id, u32 model_round,
   u32 local_epochs, u32 batch_size, f64 lr, f64 momentum, f64 weight_decay, f64 prox_mu,
   u8 readjust, f64 alpha, f64 deadline_unix, u64 seed, str model_name, u64 task_nonce``.
@@ -57,7 +59,7 @@ MAX_STRING_BYTES = 65535
 
 
 def _write_payload(writer: ByteWriter, msg: Message, value_format: str, compression: str) -> None:
-    writer.u8(msg.SCHEMA_VERSION)
+    writer.u8(msg.schema_version if isinstance(msg, Status) else msg.SCHEMA_VERSION)
     if isinstance(msg, Register):
         caps = msg.capabilities
         writer.string(caps.arch, "arch", MAX_STRING_BYTES)
@@ -74,6 +76,9 @@ def _write_payload(writer: ByteWriter, msg: Message, value_format: str, compress
             raise InvalidMessageError(f"Status.state must be one of {DEVICE_STATES}, got {msg.state!r}")
         writer.u8(DEVICE_STATES.index(msg.state))
         writer.string(msg.detail, "detail", MAX_STRING_BYTES)
+        if msg.schema_version == 2:
+            writer.u64(msg.wire_sent_bytes, "wire_sent_bytes")
+            writer.u64(msg.wire_received_bytes, "wire_received_bytes")
     elif isinstance(msg, Task):
         writer.u32(len(msg.selected), "selected count")
         for device_id in msg.selected:
@@ -198,7 +203,7 @@ def _read_payload(envelope: Envelope, limits: Limits) -> Message:
     message_type = envelope.message_type
     cls = MESSAGE_CLASSES[message_type]
     schema = reader.u8("schema version")
-    if schema != cls.SCHEMA_VERSION:  # type: ignore[attr-defined]
+    if schema not in getattr(cls, "SCHEMA_VERSIONS", (cls.SCHEMA_VERSION,)):  # type: ignore[attr-defined]
         raise UnsupportedVersionError(f"{cls.__name__} schema version {schema} is not supported")
     if message_type in RUNLESS_MESSAGE_TYPES and (envelope.run_id or envelope.server_round):
         raise MalformedError(f"{cls.__name__} must have an empty run id and round 0")
@@ -231,7 +236,11 @@ def _read_payload(envelope: Envelope, limits: Limits) -> Message:
         state = reader.u8("state")
         if state >= len(DEVICE_STATES):
             raise MalformedError(f"unknown device state {state}")
-        msg = Status(sender, DEVICE_STATES[state], reader.string("detail", text))
+        detail = reader.string("detail", text)
+        sent, received = (reader.u64("wire_sent_bytes"), reader.u64("wire_received_bytes")) if schema == 2 else (0, 0)
+        if schema == 2 and not (sent or received):
+            raise MalformedError("Status schema 2 with both wire counters 0 must be encoded as schema 1")
+        msg = Status(sender, DEVICE_STATES[state], detail, sent, received)
     elif cls is Task:
         selected_count = reader.u32("selected count")
         if selected_count > limits.max_list_items:

@@ -53,7 +53,8 @@ def _value_to_json(value: Any) -> Any:
 
 def message_to_json(msg: Message) -> dict[str, Any]:
     fields = {field.name: _value_to_json(getattr(msg, field.name)) for field in dataclasses.fields(msg)}
-    return {"type": type(msg).__name__, "schema_version": msg.SCHEMA_VERSION, "fields": fields}
+    schema = getattr(msg, "schema_version", msg.SCHEMA_VERSION)  # Status: 1 or 2, by content
+    return {"type": type(msg).__name__, "schema_version": schema, "fields": fields}
 
 
 def message_from_json(obj: dict[str, Any]) -> Message:

@@ -78,13 +78,25 @@ class Register:
 
 @dataclass(frozen=True)
 class Status:
-    """Device -> coordinator heartbeat; also the retained last-will message (``offline``)."""
+    """Device -> coordinator heartbeat; also the retained last-will message (``offline``).
+
+    ``wire_sent_bytes`` / ``wire_received_bytes``: every MQTT byte the device has written to / read
+    from its broker connection since its agent started (all packets; cumulative). Schema 2 carries
+    them; a Status with both 0 is encoded as schema 1 (what older coordinators read)."""
 
     MESSAGE_TYPE: ClassVar[int] = 2
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSIONS: ClassVar[tuple[int, ...]] = (1, 2)
     device_id: str
     state: str
     detail: str = ""
+    wire_sent_bytes: int = 0
+    wire_received_bytes: int = 0
+
+    @property
+    def schema_version(self) -> int:
+        """The schema this status is encoded with: 1 without wire counters, 2 with."""
+        return 2 if self.wire_sent_bytes or self.wire_received_bytes else 1
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Layout (``<run>`` and ``<device>`` are identifiers, see ``protocol.messages.IDEN
 so they never contain ``/``, ``+`` or ``#``)::
 
     feddst/v1/runs/<run>/task              coordinator -> all devices  Task (lists the selected ids)
-    feddst/v1/runs/<run>/model             coordinator -> all devices  ModelBroadcast (often chunked)
+    feddst/v1/runs/<run>/model/<round>/<i> coordinator -> selected     chunk i of round's ModelBroadcast (retained)
     feddst/v1/runs/<run>/control           coordinator -> all devices  Abort
     feddst/v1/runs/<run>/final             coordinator -> subscribers  RunCompleted (the final model, chunked)
     feddst/v1/runs/<run>/update/<device>   device -> coordinator       Update (often chunked)
@@ -18,6 +18,15 @@ id can collide with a device topic. Everything a device may *write* ends in its 
 broker ACL keyed on the MQTT username (= device id) confines each device to its own topics:
 it reads the broadcast topics of every run, its own ack/inbox, and writes only its own
 update/register/status topics. It can never read another device's update or status.
+
+Model delivery (topic layout revision 2): the ModelBroadcast of round ``r`` is published once per
+round, each chunk ``i`` (index 0 for an unchunked message) on its own *retained* topic
+``runs/<run>/model/<r>/<i>``; a device subscribes to ``runs/<run>/model/<r>/+`` only when a Task
+selects it (and unsubscribes once the model is whole), so only selected devices receive model
+bytes, while the broker still does the fan-out (the coordinator uploads the model once). Retained
+chunks also reach a device selected later (a retried round) or one that restarted mid-round and
+subscribes again. The coordinator clears them (empty retained publishes) when the round closes;
+devices ignore empty payloads.
 
 QoS and retain (see :data:`TOPIC_POLICIES` for the per-topic reasons): everything uses QoS 1
 (at least once; decoders tolerate duplicates: chunk duplicates are ignored and messages carry
@@ -42,7 +51,7 @@ QOS_ACK = 1
 QOS_REGISTER = 1
 QOS_STATUS = 1
 RETAIN_TASK = False
-RETAIN_MODEL = False
+RETAIN_MODEL = True
 RETAIN_CONTROL = False
 RETAIN_FINAL = False
 RETAIN_UPDATE = False
@@ -66,9 +75,10 @@ TOPIC_POLICIES: tuple[TopicPolicy, ...] = (
     TopicPolicy(f"{ROOT}/runs/<run>/task", "coordinator", QOS_TASK, RETAIN_TASK,
                 "Published once per round; not retained so a device joining later never acts on a "
                 "stale round; devices use persistent sessions so QoS 1 queues it across short drops."),
-    TopicPolicy(f"{ROOT}/runs/<run>/model", "coordinator", QOS_MODEL, RETAIN_MODEL,
-                "Usually chunked, and a retained topic keeps only its last packet, so retaining "
-                "would store a useless last chunk; large retained payloads also burden the broker."),
+    TopicPolicy(f"{ROOT}/runs/<run>/model/<round>/<chunk>", "coordinator", QOS_MODEL, RETAIN_MODEL,
+                "One retained topic per chunk, so a device that subscribes when a Task selects it "
+                "(or again after a restart) gets every chunk, and unselected devices get none; "
+                "cleared by the coordinator when the round closes."),
     TopicPolicy(f"{ROOT}/runs/<run>/control", "coordinator", QOS_CONTROL, RETAIN_CONTROL,
                 "Abort must arrive (QoS 1) but must not be replayed to a later run's devices."),
     TopicPolicy(f"{ROOT}/runs/<run>/final", "coordinator", QOS_FINAL, RETAIN_FINAL,
@@ -98,8 +108,38 @@ def task(run_id: str) -> str:
     return f"{ROOT}/runs/{_identifier(run_id, 'run id')}/task"
 
 
-def model(run_id: str) -> str:
-    return f"{ROOT}/runs/{_identifier(run_id, 'run id')}/model"
+def model(run_id: str, server_round: int) -> str:
+    """The prefix of round ``server_round``'s model chunk topics (no message is published on it)."""
+    if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 0:
+        raise InvalidMessageError(f"server round {server_round!r} is not a non-negative integer")
+    return f"{ROOT}/runs/{_identifier(run_id, 'run id')}/model/{server_round}"
+
+
+def model_chunk(run_id: str, server_round: int, index: int) -> str:
+    """The retained topic of chunk ``index`` (0 for an unchunked message) of a round's ModelBroadcast."""
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise InvalidMessageError(f"chunk index {index!r} is not a non-negative integer")
+    return f"{model(run_id, server_round)}/{index}"
+
+
+def model_filter(run_id: str, server_round: int) -> str:
+    """The filter a selected device subscribes to for one round's model: every chunk topic."""
+    return f"{model(run_id, server_round)}/+"
+
+
+def all_models_filter(run_id: str | None = None) -> str:
+    """Every round's model chunks (of one run, or all runs): for devices that opt into every global model."""
+    run = "+" if run_id is None else _identifier(run_id, "run id")
+    return f"{ROOT}/runs/{run}/model/+/+"
+
+
+def model_round_of(topic: str) -> tuple[str, int] | None:
+    """``(run id, round)`` of a model chunk topic, None for any other topic."""
+    parts = topic.split("/")
+    if (len(parts) != 7 or "/".join(parts[:2]) != ROOT or parts[2] != "runs" or parts[4] != "model"
+            or not parts[5].isdigit() or not parts[6].isdigit() or not is_identifier(parts[3])):
+        return None
+    return parts[3], int(parts[5])
 
 
 def control(run_id: str) -> str:
@@ -140,7 +180,6 @@ def device_subscriptions(device_id: str, run_id: str | None = None, *,
     device = _identifier(device_id, "device id")
     filters = [
         (f"{ROOT}/runs/{run}/task", QOS_TASK),
-        (f"{ROOT}/runs/{run}/model", QOS_MODEL),
         (f"{ROOT}/runs/{run}/control", QOS_CONTROL),
         (f"{ROOT}/runs/{run}/ack/{device}", QOS_ACK),
         (f"{ROOT}/devices/{device}/inbox", QOS_ACK),
@@ -163,7 +202,7 @@ def coordinator_subscriptions(run_id: str | None = None) -> list[tuple[str, int]
 def _acl_lines(device: str) -> list[str]:
     return [
         f"topic read {ROOT}/runs/+/task",
-        f"topic read {ROOT}/runs/+/model",
+        f"topic read {ROOT}/runs/+/model/#",
         f"topic read {ROOT}/runs/+/control",
         f"topic read {ROOT}/runs/+/final",
         f"topic read {ROOT}/runs/+/ack/{device}",
@@ -189,7 +228,7 @@ def coordinator_acl(user: str = COORDINATOR_ID) -> list[str]:
     return [
         f"user {_identifier(user, 'coordinator user')}",
         f"topic write {ROOT}/runs/+/task",
-        f"topic write {ROOT}/runs/+/model",
+        f"topic write {ROOT}/runs/+/model/#",
         f"topic write {ROOT}/runs/+/control",
         f"topic write {ROOT}/runs/+/final",
         f"topic write {ROOT}/runs/+/ack/+",

@@ -1,7 +1,8 @@
 """Protocol-level fake devices for coordinator tests: real MQTT (paho, MQTT 3.1.1), real codec.
 
 A :class:`FakeDevice` follows the agent side of the contract (status + will, register, task and
-model in either order, one update per (run, round), re-send until acked) and can misbehave on
+model in either order (subscribing to a round's retained model topics when a Task selects it),
+one update per (run, round), re-send until acked) and can misbehave on
 purpose: send every update twice, go silent, also send an update for an older round, or rewrite
 its updates (``tamper``: poisoning attacks), or report a ``DeviceError`` for every task
 (``fails_with``). With
@@ -67,6 +68,7 @@ class FakeDevice:
     handled: set = field(default_factory=set)
     sent_sizes: dict = field(default_factory=dict)  # (run, round) -> bytes of the update sent
     training_failures: int = 0
+    models_received: int = 0  # ModelBroadcasts reassembled (only rounds this device is selected in)
 
     def __post_init__(self) -> None:
         self._events: queue.Queue = queue.Queue()
@@ -146,8 +148,11 @@ class FakeDevice:
             self._work()
 
     def _on_packet(self, topic: str, payload: bytes) -> None:
+        model_round = topics.model_round_of(topic)
+        if model_round is not None and not payload:
+            return  # a closed round's retained chunk being cleared
         try:
-            whole = self._reassembler.add(payload, source=topic)
+            whole = self._reassembler.add(payload, source=topic if model_round is None else topics.model(*model_round))
             if whole is None:
                 return
             msg = decode_message(whole, self.coordinator_key)  # type: ignore[arg-type]
@@ -157,8 +162,12 @@ class FakeDevice:
             if (msg.run_id, msg.server_round) not in self.handled:
                 self.handled.add((msg.run_id, msg.server_round))
                 self._tasks.append(msg)
+                if (msg.run_id, msg.model_round) not in self._models:  # selected: fetch the round's model
+                    self.client.subscribe(topics.model_filter(msg.run_id, msg.model_round), qos=1)
         elif isinstance(msg, ModelBroadcast):
             self._models[(msg.run_id, msg.server_round)] = msg
+            self.models_received += 1
+            self.client.unsubscribe(topics.model_filter(msg.run_id, msg.server_round))
         elif isinstance(msg, Ack) and msg.device_id == self.device_id:
             self.acks.append(msg)
             self._pending.pop((msg.run_id, msg.server_round), None)

@@ -30,6 +30,7 @@ from protocol import (
     ChunkReassembler,
     DecodedMessage,
     Message,
+    ModelBroadcast,
     ProtocolError,
     Task,
     decode_message_with_envelope,
@@ -62,11 +63,11 @@ def send_round(coordinator: FakeCoordinator, task: Task, params, masks, model_fi
                max_packet: int = 4096) -> None:
     broadcast = model_broadcast(task.run_id, task.model_round, params, masks)
     if model_first:
-        coordinator.send(broadcast, topics.model(task.run_id), max_packet)
+        coordinator.send_model(broadcast, max_packet)
         coordinator.send(task, topics.task(task.run_id))
     else:
         coordinator.send(task, topics.task(task.run_id))
-        coordinator.send(broadcast, topics.model(task.run_id), max_packet)
+        coordinator.send_model(broadcast, max_packet)
 
 
 def is_update_for(server_round: int, device: str = "dev-003"):  # type: ignore[no-untyped-def]
@@ -99,6 +100,7 @@ class FakeCoordinator:
         self.errors: list[Exception] = []
         self._reassembler = ChunkReassembler()
         self._seq = 0
+        self._retained: set[str] = set()  # model chunk topics this fake left retained (cleared on close)
         self._connected = threading.Event()
         self.connections = 0  # successful connects (and subscribes) so far
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fake-{username}-{id(self)}",
@@ -192,7 +194,19 @@ class FakeCoordinator:
             self.publish_raw(topic, packet)
         return data
 
+    def send_model(self, broadcast: ModelBroadcast, max_packet: int = 128 * 1024) -> bytes:
+        """Publish a ModelBroadcast as the coordinator does: chunk i retained on ``topics.model_chunk(...)``."""
+        self._seq += 1
+        data = encode_message(broadcast, self.key, seq=self._seq)  # type: ignore[arg-type]
+        for index, packet in enumerate(split_into_chunks(data, max_packet)):
+            topic = topics.model_chunk(broadcast.run_id, broadcast.server_round, index)
+            self.publish_raw(topic, packet, retain=True)
+            self._retained.add(topic)
+        return data
+
     def close(self) -> None:
+        for topic in self._retained:  # a broker shared with later tests must not keep this test's models
+            self.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -5,6 +5,7 @@ aborts are dropped, and insecure mode (explicit) works and warns."""
 from __future__ import annotations
 
 import logging
+import time
 
 from agent_harness import (
     DEVICE_KEY,
@@ -30,12 +31,19 @@ def test_a_device_cannot_forge_a_round_the_fleet_obeys(mosquitto, coordinator, s
     task = make_task(1, readjust=False)
     model = model_broadcast(RUN, 1, params, masks)
     # What a device could send on a broker without ACLs: its own HMAC key, nothing, or its own Ed25519 key.
-    for forger in (DEVICE_KEY, None, Ed25519Signer(bytes(range(7, 39)))):
-        for msg, topic in ((model, topics.model(RUN)), (task, topics.task(RUN))):
-            for packet in split_into_chunks(encode_message(msg, forger), 4096):  # type: ignore[arg-type]
-                coordinator.publish_raw(topic, packet)
+    forgers = (DEVICE_KEY, None, Ed25519Signer(bytes(range(7, 39))))
+    for forger in forgers:
+        coordinator.publish_raw(topics.task(RUN), encode_message(task, forger))  # type: ignore[arg-type]
+    assert wait_until(lambda: stats["dropped_unauthenticated"] == 3), dict(stats)
+    assert not agent.agent.state.waiting
+    coordinator.send(task, topics.task(RUN))  # genuine: the agent subscribes to the round's model topics
+    assert wait_until(lambda: (RUN, 1) in agent.agent.state.waiting)
+    time.sleep(0.5)  # its SUBSCRIBE is on the wire: let the broker install it before the forged chunks
+    for forger in forgers:
+        for i, packet in enumerate(split_into_chunks(encode_message(model, forger), 4096)):  # type: ignore[arg-type]
+            coordinator.publish_raw(topics.model_chunk(RUN, 1, i), packet)
     assert wait_until(lambda: stats["dropped_unauthenticated"] == 6), dict(stats)
-    assert not agent.agent.state.models and not agent.agent.state.waiting and stats["trained"] == 0
+    assert not agent.agent.state.models and stats["trained"] == 0
     assert not [r for r in coordinator.collect(1.0) if isinstance(r.message, Update)]
     send_round(coordinator, task, params, masks)  # the genuine coordinator, signed: obeyed
     coordinator.expect(Update, is_update_for(1))

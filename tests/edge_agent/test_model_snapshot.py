@@ -75,8 +75,8 @@ def test_without_the_setting_the_final_model_is_not_received(mosquitto, coordina
     coordinator.expect(Register)
     params, masks = global_model()
     coordinator.send(run_completed(RUN, 2, params, masks, None), topics.final(RUN))
-    send_round(coordinator, make_task(3, selected=("dev-999",)), params, masks)  # published after it
-    assert wait_until(lambda: agent.agent.stats["received_modelbroadcast"] >= 1, 10)
+    coordinator.send(make_task(3, selected=("dev-999",)), topics.task(RUN))  # published after it
+    assert wait_until(lambda: agent.agent.stats["tasks_not_selected"] >= 1, 10)
     assert agent.agent.stats["received_runcompleted"] == 0 and agent.agent.stats["dropped_wrong_topic"] == 0
 
 
@@ -85,7 +85,9 @@ def test_without_the_setting_nothing_is_written(mosquitto, coordinator, start_ag
     coordinator.expect(Register)  # registered: subscribed, so the broadcast below reaches it
     params, masks = global_model()
     send_round(coordinator, make_task(2, selected=("dev-999",)), params, masks)
-    assert wait_until(lambda: agent.agent.stats["received_modelbroadcast"] >= 1, 10)
+    assert wait_until(lambda: agent.agent.stats["tasks_not_selected"] >= 1, 10)
+    # without the setting an unselected device does not even receive the model (no model bytes paid)
+    assert agent.agent.stats["received_modelbroadcast"] == 0
     assert agent.agent.snapshots is None and agent.agent.stats["model_onnx_written"] == 0
 
 

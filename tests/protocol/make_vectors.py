@@ -123,6 +123,8 @@ def _vectors() -> list[tuple[str, str, object, bytes | None, dict, bool]]:
         ("device_error", "A device reports it cannot train round 3 (its data does not fit the model)",
          DeviceError("run-1", 3, "dev-7", "bad_data", "model digits_cnn takes inputs (1, 8, 8) but the local data "
                      "is (1, 28, 28)"), KEY, f32, exact),
+        ("status_wire_counters", "Status schema 2: heartbeat carrying the device's cumulative MQTT wire bytes",
+         Status("dev-7", "online", "", wire_sent_bytes=123456, wire_received_bytes=7890123), KEY, f32, exact),
     ]
 
 
