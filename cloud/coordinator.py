@@ -465,7 +465,7 @@ class Coordinator:
         if spare and ex.retries < ex.config.max_round_retries:
             self._retry_round(ex, now)
             return
-        self._finish(ex.run_id, "failed", collector.failure_reason(ex.config.quorum))
+        self._finish(ex.run_id, "failed", collector.failure_reason(ex.config.quorum, ex.retries if spare else None))
 
     def _try_begin_round(self, ex: RunExecution, now: float) -> None:
         c = ex.config
