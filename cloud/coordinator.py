@@ -131,7 +131,8 @@ class Coordinator:
         self.metrics = CoordinatorMetrics(devices_online=lambda: len(self.registry.online_ids()),
                                           inbound_depth=self.inbound.qsize,
                                           broker_connected=lambda: self.broker_connected,
-                                          active_runs=lambda: 0 if self.active_run_id is None else 1)
+                                          active_runs=lambda: 0 if self.active_run_id is None else 1,
+                                          link_counters=lambda: self.link.counters())
         self.link = CoordinatorLink(
             self.inbound, host=settings.broker_host, port=settings.broker_port,
             client_id=settings.mqtt_client_id, username=settings.mqtt_username,

@@ -66,6 +66,15 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
+class LinkCounters:
+    """Cumulative counts the coordinator's MQTT link keeps itself (``/metrics`` reads them when scraped)."""
+
+    wire_received_bytes: int
+    wire_sent_bytes: int
+    dropped_packets: int
+
+
+@dataclass(frozen=True)
 class PublishResult:
     """Whether paho took every packet of a message (``detail``: why not; paho queues refused QoS >= 1
     packets and sends them on reconnect)."""
@@ -247,6 +256,10 @@ class CoordinatorLink:
                            error=f"{type(exc).__name__}: {exc}", received_at=packet.received_at)
         return Inbound("message", topic=packet.topic, decoded=decoded, size=len(whole), retained=packet.retained,
                        received_at=packet.received_at)
+
+    def counters(self) -> LinkCounters:
+        """Socket bytes both ways and decoder-queue drops, cumulative since this link was made."""
+        return LinkCounters(self.client.wire_received_bytes, self.client.wire_sent_bytes, self.dropped_packets)
 
     # --- publishing -----------------------------------------------------------------------------
 
