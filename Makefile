@@ -35,4 +35,4 @@ test-arm64:
 
 lint:
 	ruff check .
-	mypy feddst_core protocol simulator datasources cloud edge_agent feddst_cli
+	mypy feddst_core protocol simulator datasources cloud edge_agent feddst_cli field_trial

@@ -82,9 +82,6 @@ from protocol.ed25519 import Ed25519Signer
 
 log = logging.getLogger(__name__)
 
-REPORT_FIELDS = ("round", "accuracy", "global_accuracy", "upload_bytes", "download_bytes", "density")
-
-
 @dataclass
 class RunExecution:
     """The in-memory state of the active run."""
@@ -134,7 +131,8 @@ class Coordinator:
         self.metrics = CoordinatorMetrics(devices_online=lambda: len(self.registry.online_ids()),
                                           inbound_depth=self.inbound.qsize,
                                           broker_connected=lambda: self.broker_connected,
-                                          active_runs=lambda: 0 if self.active_run_id is None else 1)
+                                          active_runs=lambda: 0 if self.active_run_id is None else 1,
+                                          link_counters=lambda: self.link.counters())
         self.link = CoordinatorLink(
             self.inbound, host=settings.broker_host, port=settings.broker_port,
             client_id=settings.mqtt_client_id, username=settings.mqtt_username,
@@ -468,7 +466,7 @@ class Coordinator:
         if spare and ex.retries < ex.config.max_round_retries:
             self._retry_round(ex, now)
             return
-        self._finish(ex.run_id, "failed", collector.failure_reason(ex.config.quorum))
+        self._finish(ex.run_id, "failed", collector.failure_reason(ex.config.quorum, ex.retries if spare else None))
 
     def _try_begin_round(self, ex: RunExecution, now: float) -> None:
         c = ex.config

@@ -66,9 +66,20 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
+class LinkCounters:
+    """Cumulative counts the coordinator's MQTT link keeps itself (``/metrics`` reads them when scraped)."""
+
+    wire_received_bytes: int
+    wire_sent_bytes: int
+    dropped_packets: int
+
+
+@dataclass(frozen=True)
 class PublishResult:
+    """Whether paho took every packet of a message (``detail``: why not; paho queues refused QoS >= 1
+    packets and sends them on reconnect)."""
+
     ok: bool
-    nbytes: int  # bytes of the message (chunk headers excluded)
     detail: str = ""
 
 
@@ -246,26 +257,30 @@ class CoordinatorLink:
         return Inbound("message", topic=packet.topic, decoded=decoded, size=len(whole), retained=packet.retained,
                        received_at=packet.received_at)
 
+    def counters(self) -> LinkCounters:
+        """Socket bytes both ways and decoder-queue drops, cumulative since this link was made."""
+        return LinkCounters(self.client.wire_received_bytes, self.client.wire_sent_bytes, self.dropped_packets)
+
     # --- publishing -----------------------------------------------------------------------------
 
     def publish(self, topic: str, data: bytes, qos: int = 1, retain: bool = False) -> PublishResult:
         """Publish one encoded message (chunked when larger than ``max_packet``), every chunk on ``topic``."""
         packets = split_into_chunks(data, self.max_packet)
-        return self._publish_packets([(topic, packet) for packet in packets], len(data), qos, retain)
+        return self._publish_packets([(topic, packet) for packet in packets], qos, retain)
 
     def publish_model(self, run_id: str, server_round: int, data: bytes) -> tuple[PublishResult, int]:
         """Publish a round's encoded ModelBroadcast, chunk ``i`` retained on ``topics.model_chunk(run, round, i)``;
         returns the result and the number of chunk topics (for :meth:`clear_model`)."""
         packets = split_into_chunks(data, self.max_packet)
         pairs = [(topics.model_chunk(run_id, server_round, i), packet) for i, packet in enumerate(packets)]
-        return self._publish_packets(pairs, len(data), topics.QOS_MODEL, topics.RETAIN_MODEL), len(pairs)
+        return self._publish_packets(pairs, topics.QOS_MODEL, topics.RETAIN_MODEL), len(pairs)
 
     def clear_model(self, run_id: str, server_round: int, chunk_topics: int) -> PublishResult:
         """Remove a round's retained model chunks from the broker (empty retained publishes)."""
         pairs = [(topics.model_chunk(run_id, server_round, i), b"") for i in range(chunk_topics)]
-        return self._publish_packets(pairs, 0, topics.QOS_MODEL, True)
+        return self._publish_packets(pairs, topics.QOS_MODEL, True)
 
-    def _publish_packets(self, pairs: list[tuple[str, bytes]], nbytes: int, qos: int, retain: bool) -> PublishResult:
+    def _publish_packets(self, pairs: list[tuple[str, bytes]], qos: int, retain: bool) -> PublishResult:
         """Hand every packet to paho, even after one was refused (paho queues QoS >= 1 packets while
         disconnected and sends them on reconnect), so a message is never sent as a prefix."""
         if not self._started:
@@ -277,6 +292,5 @@ class CoordinatorLink:
                 problems.append(mqtt.error_string(info.rc))
             self._count_bytes("sent", len(packet))
         if problems:
-            return PublishResult(False, nbytes, f"{len(problems)} of {len(pairs)} packets wait for the broker: "
-                                                f"{problems[0]}")
-        return PublishResult(True, nbytes)
+            return PublishResult(False, f"{len(problems)} of {len(pairs)} packets wait for the broker: {problems[0]}")
+        return PublishResult(True)

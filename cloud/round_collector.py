@@ -92,13 +92,16 @@ class RoundCollector:
         self.errors[device_id] = (code, detail)
         return True
 
-    def failure_reason(self, quorum: int) -> str:
-        """Why the run fails when every selected device replied, too few with updates, and no spare
-        device is left to retry with."""
+    def failure_reason(self, quorum: int, retries_done: int | None = None) -> str:
+        """Why the run fails when every selected device replied, too few with updates, and it cannot
+        retry: ``retries_done`` (the run's ``max_round_retries``) when it used up its retries, None
+        when no spare device is left to retry with."""
         why = ("every selected device reported an error" if not self.accepted else
                f"{len(self.errors)} of {len(self.selected)} selected devices reported errors and "
                f"{len(self.accepted)} updates arrived (quorum {quorum})")
-        return f"round {self.server_round}: {why}, no other eligible device to retry with: {self.error_summary()}"
+        stop = ("no other eligible device to retry with" if retries_done is None else
+                f"after {retries_done} {'retry' if retries_done == 1 else 'retries'} (max_round_retries)")
+        return f"round {self.server_round}: {why}, {stop}: {self.error_summary()}"
 
     def error_summary(self, limit: int = 5) -> str:
         """``dev-1 bad_data: text; dev-2 ...`` for the round's reported errors (at most ``limit``)."""

@@ -22,6 +22,7 @@ from feddst_core.choices import (
     DistributionName,
     MaskInitName,
     PartitionName,
+    UploadFormatName,
 )
 from feddst_core.models import MODELS
 from feddst_core.strategies import StrategyConfig
@@ -108,6 +109,10 @@ class RunConfig(BaseModel):
                                            description="Max ||w_client - w_global|| / ||w_global|| per layer over "
                                            "the positions the device holds; larger updates are scaled down. "
                                            "None: no clipping.")
+    upload_format: UploadFormatName = Field(
+        "float32", description="Value format devices upload in (protocol/values.py). The coordinator decodes any "
+        "format; Task schema v2 carries none, so live devices take it from their upload_format setting "
+        "(`feddst trial` passes it to its agents) and feddst simulate / trial plan apply it to every update.")
     max_sample_count: int | None = Field(None, ge=1, description="Cap on any device's aggregation weight (its "
                                          "declared sample count is also capped at the count it registered).")
 

@@ -408,6 +408,11 @@ class EdgeAgent:
             return
         # the time left, on the coordinator's clock, counted from receipt on ours
         deadline = time.monotonic() + (task.deadline_unix - decoded.envelope.timestamp)
+        if key not in self.state.handled and self.link.shaper.daily_cap_reached():
+            self.stats["tasks_declined_daily_cap"] += 1
+            log.warning("task %s round %d declined: today's upload cap (%.1f MB) is used up", *key,
+                        self.settings.daily_upload_cap_mb)
+            return
         if key in self.state.handled or key in self.state.waiting or key in self.state.uploads:
             self.stats["tasks_repeated"] += 1
             self.state.deadlines[key] = max(deadline, self.state.deadlines.get(key, deadline))
@@ -439,9 +444,6 @@ class EdgeAgent:
     def _on_model(self, model: ModelBroadcast) -> None:
         key = (model.run_id, model.server_round)
         if self._is_aborted(*key):
-            return
-        if model.base_round is not None:
-            self._drop("unsupported", topics.model(*key), "delta broadcasts (base_round) are not supported")
             return
         if key in self.state.model_filters:
             self.state.model_filters.discard(key)
@@ -527,6 +529,8 @@ class EdgeAgent:
         try:
             update = train_on_task(task, model, self.data, self.device_id, self.settings.client_index,
                                    self.settings.kernels, self.settings.kernel_threshold_table)
+            if self.settings.compute_factor > 1:  # trials: emulate a slower device
+                time.sleep(update.compute_s * (self.settings.compute_factor - 1))
             self.events.put(TrainingDone(task, update))
         except Exception as exc:  # noqa: BLE001 - a failed round must not kill the agent
             if not isinstance(exc, TrainingError):
@@ -579,7 +583,9 @@ class EdgeAgent:
                 continue
             if not upload.in_doubt or now < upload.next_send or not self.link.connected:
                 continue
-            packets = split_into_chunks(self._encode(upload.update), self.settings.max_packet)
+            packets = split_into_chunks(encode_message(upload.update, self.key, seq=self._next_seq(),
+                                                       value_format=self.settings.upload_format),
+                                        self.settings.max_packet)
             if self.link.publish_all(upload.topic, packets, topics.QOS_UPDATE) is None:
                 upload.next_send = now + 1.0  # refused part-way: the whole message again, never a prefix
                 continue

@@ -35,7 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from feddst_core.choices import CPU_POLICIES, DATA_SOURCES, KERNEL_CHOICES, LOG_LEVELS, MQTT_PROTOCOLS, PARTITIONS
+from edge_agent.link_shaping import LinkLimits
+from feddst_core.choices import (
+    CPU_POLICIES,
+    DATA_SOURCES,
+    KERNEL_CHOICES,
+    LOG_LEVELS,
+    MQTT_PROTOCOLS,
+    PARTITIONS,
+    UPLOAD_FORMATS,
+)
 from feddst_core.sparse import SparseThreshold, parse_thresholds_json
 from protocol import endpoint, is_identifier
 from protocol.ed25519 import parse_public_key_hex
@@ -121,6 +130,15 @@ class AgentSettings:
     model_onnx_every: int = 1  # ... every N completed rounds of a run (1: every global model received)
     state_dir: str | None = None  # unacknowledged updates are kept here (fsync'd) and re-sent after a restart
     clock_offset_s: float = 0.0  # added to this device's wall clock (tests of skewed device clocks)
+    # --- link caps and emulation (edge_agent.link_shaping); 0 = none
+    upload_format: str = "float32"  # value format of uploaded updates: float32 | float16 | bfloat16 | int8
+    max_uplink_kbps: float = 0.0  # cap on every byte the agent sends over MQTT, kbit/s
+    daily_upload_cap_mb: float = 0.0  # MB (10**6 bytes) sent per UTC day, after which tasks are declined
+    downlink_kbps: float = 0.0  # emulated downlink rate (trials), kbit/s
+    link_latency_ms: float = 0.0  # emulated round-trip latency (trials): half on each direction
+    link_jitter_ms: float = 0.0  # emulated extra one-way delay, uniform in [0, jitter]
+    compute_factor: float = 1.0  # emulated slower device: training takes this many times as long
+    wire_counters_file: str | None = None  # JSON file of this agent's MQTT byte counters (rewritten live)
 
     def __post_init__(self) -> None:
         check = _Checker()
@@ -169,6 +187,12 @@ class AgentSettings:
         check(self.state_dir is None or not Path(self.state_dir).is_file(), "state_dir",
               f"{self.state_dir!r} is a file; give a directory (created if missing), e.g. /var/lib/feddst/agent")
         check(abs(self.clock_offset_s) <= 7 * 86400, "clock_offset_s", "must be within +-7 days (seconds)")
+        check(self.upload_format in UPLOAD_FORMATS, "upload_format", "choose one of " + ", ".join(UPLOAD_FORMATS))
+        for name in ("max_uplink_kbps", "daily_upload_cap_mb", "downlink_kbps", "link_latency_ms", "link_jitter_ms"):
+            value = getattr(self, name)
+            check(value >= 0 and value != float("inf"), name, f"must be a finite number >= 0 (0 = none), got {value}")
+        check(1.0 <= self.compute_factor <= 1000.0, "compute_factor", "must be in [1, 1000] (1 = this machine's "
+              f"speed), got {self.compute_factor}")
         check(self.model_onnx_every >= 1, "model_onnx_every", "must be >= 1 (rounds between model.onnx writes)")
         if self.model_onnx_path is not None:
             check(bool(self.model_onnx_path) and not Path(self.model_onnx_path).is_dir(), "model_onnx_path",
@@ -208,6 +232,13 @@ class AgentSettings:
         """The auto policy's table for ``--kernels auto`` (None: the built-in one)."""
         info = self.kernel_thresholds_file
         return None if info is None else info.table
+
+    @property
+    def link_limits(self) -> LinkLimits:
+        """The link shaping of ``edge_agent.link_shaping`` (uplink cap, emulated downlink and delay, daily cap)."""
+        return LinkLimits(uplink_kbps=self.max_uplink_kbps, downlink_kbps=self.downlink_kbps,
+                          latency_ms=self.link_latency_ms, jitter_ms=self.link_jitter_ms,
+                          daily_upload_cap_bytes=int(self.daily_upload_cap_mb * 1e6))
 
     @property
     def mqtt_username(self) -> str:
@@ -342,7 +373,9 @@ def _renamed(values: dict[str, Any], where: str, spell: Any = str) -> dict[str, 
     return out
 _INT_FIELDS = {"classes_per_client", "samples_per_class", "seed", "threads", "max_packet", "max_message_bytes",
                "keepalive_s", "session_expiry_s", "model_onnx_every"}
-_FLOAT_FIELDS = {"beta", "heartbeat_s", "ack_timeout_s", "reconnect_min_s", "reconnect_max_s", "clock_offset_s"}
+_FLOAT_FIELDS = {"max_uplink_kbps", "daily_upload_cap_mb", "downlink_kbps", "link_latency_ms", "link_jitter_ms",
+                 "compute_factor", "beta", "heartbeat_s", "ack_timeout_s", "reconnect_min_s", "reconnect_max_s",
+                 "clock_offset_s"}
 _BOOL_FIELDS = {"tls_insecure", "insecure_unsigned_coordinator"}
 
 

@@ -24,7 +24,8 @@ on every connect, since a restarted broker without persistence forgets sessions.
 Wire bytes: :attr:`DeviceLink.wire_sent_bytes` / :attr:`DeviceLink.wire_received_bytes` count
 every byte written to and read from the broker socket over this agent's life (all MQTT packets:
 CONNECT, fixed headers, topics, properties, payloads, PUBACKs, PINGs; under TLS the MQTT bytes,
-not the TLS records), across reconnects and a protocol fall-back.
+not the TLS records), across reconnects and a protocol fall-back: the link shaper
+(:mod:`edge_agent.link_shaping`), which every socket byte passes through, counts them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent import link_shaping
 from edge_agent.config import AgentSettings
 
 log = logging.getLogger("feddst.agent.mqtt")
@@ -104,23 +106,6 @@ class Inbound:
 LinkEvent = LinkUp | LinkDown | LinkRefused | PublishRefused | Inbound
 
 
-class WireCountingClient(mqtt.Client):
-    """A paho client that counts the bytes it writes to and reads from its socket."""
-
-    wire_sent_bytes = 0
-    wire_received_bytes = 0
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        data = super()._sock_recv(bufsize)
-        self.wire_received_bytes += len(data)
-        return data
-
-    def _sock_send(self, buf: bytes | bytearray) -> int:
-        sent = super()._sock_send(buf)
-        self.wire_sent_bytes += sent
-        return sent
-
-
 class DeviceLink:
     """One persistent MQTT v5 session for one device."""
 
@@ -138,25 +123,26 @@ class DeviceLink:
         self._v5_confirmed = False
         self._topics_by_mid: dict[int, str] = {}  # in-flight QoS 1 publishes, to name refused ones
         self.protocol = "3.1.1" if settings.mqtt_protocol == "3.1.1" else "5"
-        self._earlier_sent = self._earlier_received = 0  # bytes of clients replaced by a fall-back
+        # every MQTT byte goes through the shaper: wire counters, uplink cap, trial emulation (link_shaping)
+        self.shaper = link_shaping.LinkShaper(settings.device_id, settings.link_limits, settings.wire_counters_file)
         self.client = self._build_client()
 
     @property
     def wire_sent_bytes(self) -> int:
-        return self._earlier_sent + self.client.wire_sent_bytes
+        return self.shaper.counters.sent_bytes
 
     @property
     def wire_received_bytes(self) -> int:
-        return self._earlier_received + self.client.wire_received_bytes
+        return self.shaper.counters.received_bytes
 
-    def _build_client(self) -> WireCountingClient:
+    def _build_client(self) -> mqtt.Client:
         settings = self.settings
         if self.protocol == "5":
-            client = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id,
-                                        protocol=mqtt.MQTTv5, reconnect_on_failure=True)
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id,
+                                 protocol=mqtt.MQTTv5, reconnect_on_failure=True)
         else:  # MQTT 3.1.1: clean_session=False is the persistent session (kept until the broker drops it)
-            client = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id,
-                                        protocol=mqtt.MQTTv311, clean_session=False, reconnect_on_failure=True)
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id,
+                                 protocol=mqtt.MQTTv311, clean_session=False, reconnect_on_failure=True)
         client.username_pw_set(settings.mqtt_username, settings.password)
         if callable(self._will[1]):
             client.on_pre_connect = self._on_pre_connect
@@ -168,6 +154,7 @@ class DeviceLink:
             if settings.tls_insecure:
                 client.tls_insecure_set(True)
         client.max_inflight_messages_set(64)
+        link_shaping.install(client, self.shaper)
         self._jitter_reconnect_delay(client)
         client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
@@ -212,20 +199,23 @@ class DeviceLink:
         self._connected = False
         self.protocol = "3.1.1"
         self._attempt_started = None
-        self._earlier_sent += self.client.wire_sent_bytes
-        self._earlier_received += self.client.wire_received_bytes
         self.client = self._build_client()
         self.start()
 
     def stop(self, timeout_s: float = 3.0) -> None:
-        """Flush pending publishes (up to ``timeout_s``), disconnect cleanly (no will), stop the thread."""
+        """Wait up to ``timeout_s`` seconds for in-flight QoS 1 publishes to be acknowledged (while
+        connected), disconnect cleanly (no will), stop the network thread."""
         if not self._started:
             return
+        deadline = time.monotonic() + timeout_s
+        while self._connected and self._topics_by_mid and time.monotonic() < deadline:
+            time.sleep(0.02)  # PUBACKs arrive on paho's thread, which pops _topics_by_mid
         try:
             if self._connected:
                 self.client.disconnect()
         finally:
             self.client.loop_stop()
+            self.shaper.write_counters()
             self._started = False
             self._connected = False
 

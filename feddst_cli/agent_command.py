@@ -11,12 +11,21 @@ from typing import Any
 
 import typer
 
-from feddst_core.choices import CpuPolicyName, DataSourceName, KernelName, LogLevel, MqttProtocolChoice, PartitionName
+from feddst_core.choices import (
+    CpuPolicyName,
+    DataSourceName,
+    KernelName,
+    LogLevel,
+    MqttProtocolChoice,
+    PartitionName,
+    UploadFormatName,
+)
 
 BROKER = "Broker and identity"
 DATA = "Local data"
 RUNTIME = "Runtime"
 MODEL = "Using the model on the device"
+LINK = "Link caps and trial emulation"
 
 app = typer.Typer(
     name="agent",
@@ -162,6 +171,25 @@ def run(
     model_onnx_every: int | None = typer.Option(None, help="With --model-onnx-path: write the model of every "
                                                 "N-th completed round of a run. Env: FEDDST_MODEL_ONNX_EVERY. "
                                                 "Default: 1 (every global model received).", rich_help_panel=MODEL),
+    upload_format: UploadFormatName | None = typer.Option(None, help="Value format of uploaded updates: float32 "
+                                                      "(lossless), float16, bfloat16 or int8. Default: float32.",
+                                                      rich_help_panel=LINK),
+    max_uplink_kbps: float | None = typer.Option(None, help="Cap every byte sent over MQTT at this many kbit/s "
+                                                 "(token bucket). Default: 0 (no cap).", rich_help_panel=LINK),
+    daily_upload_cap_mb: float | None = typer.Option(None, help="After this many MB (10^6 bytes) sent in a UTC "
+                                                     "day, decline tasks until the next day (metered SIM cards). "
+                                                     "Default: 0 (no cap).", rich_help_panel=LINK),
+    downlink_kbps: float | None = typer.Option(None, help="Trials: emulate a downlink of this many kbit/s. "
+                                               "Default: 0 (none).", rich_help_panel=LINK),
+    link_latency_ms: float | None = typer.Option(None, help="Trials: emulate this round-trip latency. "
+                                                 "Default: 0.", rich_help_panel=LINK),
+    link_jitter_ms: float | None = typer.Option(None, help="Trials: emulate up to this much extra one-way "
+                                                "delay. Default: 0.", rich_help_panel=LINK),
+    compute_factor: float | None = typer.Option(None, help="Trials: emulate a device this many times slower "
+                                                "at training. Default: 1.", rich_help_panel=LINK),
+    wire_counters_file: Path | None = typer.Option(None, help="Keep this agent's MQTT byte counters (sent, "
+                                                   "received, today's sent) in this JSON file, rewritten live. "
+                                                   "Default: not written.", rich_help_panel=LINK),
 ) -> None:
     from edge_agent.config import AgentConfigError, load_settings, read_key_file
 
@@ -179,6 +207,10 @@ def run(
         "heartbeat_s": heartbeat_s, "max_packet": max_packet, "max_message_bytes": max_message_bytes,
         "ack_timeout_s": ack_timeout_s, "log_level": log_level, "model_onnx_path": model_onnx_path,
         "model_onnx_every": model_onnx_every, "state_dir": state_dir, "clock_offset_s": clock_offset_s,
+        "upload_format": upload_format, "max_uplink_kbps": max_uplink_kbps,
+        "daily_upload_cap_mb": daily_upload_cap_mb, "downlink_kbps": downlink_kbps,
+        "link_latency_ms": link_latency_ms, "link_jitter_ms": link_jitter_ms, "compute_factor": compute_factor,
+        "wire_counters_file": wire_counters_file,
     }.items()}
     try:
         settings = load_settings(flags, config_file=config)

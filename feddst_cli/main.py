@@ -12,6 +12,7 @@ from feddst_cli import (
     export_command,
     predict_command,
     simulate_command,
+    trial_command,
 )
 
 app = typer.Typer(
@@ -48,6 +49,7 @@ app.command("demo")(demo_command.demo)
 app.command("compare")(compare_command.compare)
 app.add_typer(export_command.app, name="export")
 app.command("predict")(predict_command.predict)
+app.add_typer(trial_command.app, name="trial")
 
 if __name__ == "__main__":
     app()

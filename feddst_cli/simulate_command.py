@@ -7,7 +7,14 @@ from pathlib import Path
 
 import typer
 
-from feddst_core.choices import AggregationName, AlgorithmName, DatasetName, KernelName, PartitionName
+from feddst_core.choices import (
+    AggregationName,
+    AlgorithmName,
+    DatasetName,
+    KernelName,
+    PartitionName,
+    UploadFormatName,
+)
 
 PAPER = "Paper setting"
 DATA = "Data and partition"
@@ -70,6 +77,11 @@ def simulate(
                                                   "ratio ||w_client - w_global|| / ||w_global|| (over the "
                                                   "positions it holds) [default: no clipping].",
                                                   rich_help_panel=ALGO),
+    upload_format: UploadFormatName = typer.Option("float32", help="Value format of every uploaded "
+                                               "update: float32 (lossless), float16, bfloat16 (2 bytes a value) "
+                                               "or int8 (1 byte and a per-tensor scale). The server aggregates the "
+                                               "decoded values, so the accuracy cost is measured.",
+                                               rich_help_panel=ALGO),
     seed: int = typer.Option(0, help="Seed: same seed, same report.", rich_help_panel=RUN),
     eval_every: int = typer.Option(10, help="Evaluate every N rounds (and after the last).",
                                    rich_help_panel=RUN),
@@ -111,7 +123,7 @@ def simulate(
             server_momentum=server_momentum, seed=seed, eval_every=eval_every, out=str(out),
             client_batching=client_batching, kernels=kernels, distribution=distribution,
             mask_init=mask_init, min_votes=min_votes, aggregation=aggregation, trim_fraction=trim_fraction,
-            clip_update_norm=clip_update_norm,
+            clip_update_norm=clip_update_norm, upload_format=upload_format,
             kernel_thresholds=str(kernel_thresholds) if kernel_thresholds else None)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

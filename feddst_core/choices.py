@@ -55,6 +55,10 @@ KernelName = Literal["auto", "sparse", "dense"]
 """Local training kernels (``feddst_core.sparse.policy``): measured per layer, compressed sparse, masked dense."""
 KERNEL_CHOICES: tuple[str, ...] = get_args(KernelName)
 
+UploadFormatName = Literal["float32", "float16", "bfloat16", "int8"]
+"""How update values are encoded on the wire (protocol.values.VALUE_FORMATS: float32 lossless)."""
+UPLOAD_FORMATS: tuple[str, ...] = get_args(UploadFormatName)
+
 CpuPolicyName = Literal["batch", "normal"]
 """Linux scheduling policy of the agent's threads (``edge_agent.scheduling``)."""
 CPU_POLICIES: tuple[str, ...] = get_args(CpuPolicyName)

@@ -7,7 +7,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from feddst_core.choices import AGGREGATIONS, ALGORITHMS, DISTRIBUTIONS, KERNEL_CHOICES, MASK_INITS, PARTITIONS
+from feddst_core.choices import (
+    AGGREGATIONS,
+    ALGORITHMS,
+    DISTRIBUTIONS,
+    KERNEL_CHOICES,
+    MASK_INITS,
+    PARTITIONS,
+    UPLOAD_FORMATS,
+)
 from feddst_core.sparse import SparseThreshold, parse_thresholds_json
 
 DATASET_MODELS = {"digits": "digits_cnn", "mnist": "mnist_cnn", "cifar10": "cifar10_cnn", "npz": None}
@@ -61,6 +69,7 @@ class SimulationConfig:
     aggregation: str = "mean"  # mean (sample-weighted) | trimmed_mean | median over each weight's holders
     trim_fraction: float = 0.1  # robust rules: fraction of a round's updates assumed hostile
     clip_update_norm: float | None = None  # max ||w_client - w_global|| / ||w_global|| per layer; None = off
+    upload_format: str = "float32"  # update value format: float32 (lossless) | float16 | bfloat16 | int8
 
     def __post_init__(self) -> None:
         checks = [
@@ -95,6 +104,8 @@ class SimulationConfig:
             (self.aggregation in AGGREGATIONS, f"--aggregation must be one of {', '.join(AGGREGATIONS)}, "
              f"got {self.aggregation!r}"),
             (0.0 <= self.trim_fraction < 0.5, f"--trim-fraction must be in [0, 0.5), got {self.trim_fraction}"),
+            (self.upload_format in UPLOAD_FORMATS, f"--upload-format must be one of "
+             f"{', '.join(UPLOAD_FORMATS)}, got {self.upload_format!r}"),
             (self.clip_update_norm is None or 0.0 < self.clip_update_norm < float("inf"),
              f"--clip-update-norm must be a finite number > 0, got {self.clip_update_norm}"),
         ]

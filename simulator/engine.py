@@ -77,7 +77,7 @@ class Simulation:
         self.y_test = torch.from_numpy(self.data.y_test)
         self.state: ServerState = self.strategy.initialize(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        self.meter = ByteMeter()
+        self.meter = ByteMeter(config.upload_format)
         self.server_round = 0
         self.workers = max(1, torch.get_num_threads())  # threads for batched client training
 
@@ -151,8 +151,9 @@ class Simulation:
             trained = self.train_clients(plan.clients, plan.readjust_fraction, plan.prox_mu, server_round)
             replies = []
             for client, outcome in trained:
-                upload += self.meter.update_bytes(outcome, self.state.masks, server_round, client)
-                replies.append(ClientReply(client, outcome.params, outcome.masks, outcome.num_samples,
+                sent, received = self.meter.received_update(outcome, self.state.masks, server_round, client)
+                upload += sent
+                replies.append(ClientReply(client, received, outcome.masks, outcome.num_samples,
                                            outcome.train_loss))
             new_state, metrics = self.strategy.aggregate_round(server_round, self.state, replies)
             assert new_state is not None

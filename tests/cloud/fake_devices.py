@@ -4,7 +4,8 @@ A :class:`FakeDevice` follows the agent side of the contract (status + will, reg
 model in either order (subscribing to a round's retained model topics when a Task selects it),
 one update per (run, round), re-send until acked) and can misbehave on
 purpose: send every update twice, go silent, also send an update for an older round, or rewrite
-its updates (``tamper``: poisoning attacks). With
+its updates (``tamper``: poisoning attacks), or report a ``DeviceError`` for every task
+(``fails_with``). With
 ``data`` it trains exactly like an agent (``LocalTrainer`` K=1, ``client_seed(task.seed, r,
 index)``); without, it returns the global model unchanged (no training: fast).
 
@@ -32,6 +33,7 @@ from protocol import (
     Ack,
     Capabilities,
     ChunkReassembler,
+    DeviceError,
     ModelBroadcast,
     ProtocolError,
     Register,
@@ -61,6 +63,7 @@ class FakeDevice:
     sample_count: int = 10
     password: str | None = None  # MQTT password (enrolled devices)
     tamper: Callable[[Update, ModelBroadcast], Update] | None = None  # rewrite each update before sending (attacks)
+    fails_with: tuple[str, str] | None = None  # (code, detail): report a DeviceError for each task instead
     acks: list[Ack] = field(default_factory=list)
     handled: set = field(default_factory=set)
     sent_sizes: dict = field(default_factory=dict)  # (run, round) -> bytes of the update sent
@@ -179,6 +182,10 @@ class FakeDevice:
                 continue
             if self.delay_s:
                 time.sleep(self.delay_s)
+            if self.fails_with is not None:  # like an agent whose task failed: one report, no update
+                report = DeviceError(task.run_id, task.server_round, self.device_id, *self.fails_with)
+                self._publish(topics.update(task.run_id, self.device_id), self._encode(report))
+                continue
             try:
                 update = self._make_update(task, model)
             except Exception:  # noqa: BLE001 - like an agent whose training fails: no update this round

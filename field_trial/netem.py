@@ -1,0 +1,121 @@
+"""``shaper = "netem"``: each emulated device in its own Linux network namespace, joined by a veth
+pair to the host (where the broker listens), with ``tc`` netem + tbf applying its link profile in the kernel.
+
+Device ``i`` gets namespace ``fdst-<pid>-<i>``, host side ``fd<pid%10000>h<i>`` =
+10.<200 + i // 64>.<(i % 64) * 4>.1/30, device side 10.x.y.2/30. Uplink (device -> broker) is
+shaped on the device end of the veth, downlink on the host
+end: ``tbf rate <kbit>`` under ``netem delay <latency/2>ms <jitter>ms loss <loss>%``. Everything created is
+removed by :meth:`NetemLinks.close`, which ``with`` blocks, failures and Ctrl-C all reach.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from field_trial.spec import LinkProfile
+
+
+class NetemError(RuntimeError):
+    """netem shaping is not possible here (or a command failed); the message says why and what to use instead."""
+
+
+def require_netem() -> None:
+    """Raise :class:`NetemError` unless we are root with iproute2 (``ip``, ``tc``) installed."""
+    missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
+    if os.geteuid() != 0:
+        raise NetemError("shaper = \"netem\" needs root (network namespaces and tc qdiscs); run as root, or use "
+                         "shaper = \"agent\" (token bucket and delay in each agent, unprivileged)")
+    if missing:
+        raise NetemError(f"shaper = \"netem\" needs iproute2 ({', '.join(missing)} not found: apt-get install "
+                         "iproute2), or use shaper = \"agent\" (token bucket and delay in each agent)")
+    problem = qdisc_problem()
+    if problem:
+        raise NetemError(f"shaper = \"netem\" cannot shape on this kernel: {problem}; load sch_netem and sch_tbf "
+                         "(modprobe), or use shaper = \"agent\" (token bucket and delay in each agent)")
+
+
+def qdisc_problem() -> str | None:
+    """None if this kernel takes netem and tbf qdiscs (probed on a throw-away veth), else what failed."""
+    probe = f"fdprobe{os.getpid() % 100000}"
+    try:
+        _run("ip", "link", "add", probe, "type", "veth", "peer", "name", probe + "p")
+    except NetemError as exc:
+        return str(exc)
+    try:
+        for args in _qdisc(LinkProfile(uplink_kbps=1000, downlink_kbps=1000, latency_ms=10), 1000):
+            _run("tc", "qdisc", "add", "dev", probe, *args)
+        return None
+    except NetemError as exc:
+        return str(exc)
+    finally:
+        subprocess.run(["ip", "link", "del", probe], capture_output=True, check=False)
+
+
+def _run(*cmd: str) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise NetemError(f"{' '.join(cmd)} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+
+def _qdisc(profile: LinkProfile, kbps: float) -> list[list[str]]:
+    """The tc argument lists (after ``tc qdisc add dev DEV``) for one direction of ``profile``."""
+    netem = ["root", "handle", "1:", "netem", "delay", f"{profile.latency_ms / 2:.3f}ms"]
+    if profile.jitter_ms:
+        netem += [f"{profile.jitter_ms:.3f}ms"]
+    if profile.loss_pct:
+        netem += ["loss", f"{profile.loss_pct}%"]
+    burst = max(1600, int(kbps * 1000 / 8 * 0.05))
+    tbf = ["parent", "1:", "handle", "2:", "tbf", "rate", f"{kbps:.0f}kbit", "burst", str(burst), "latency", "400ms"]
+    return [netem, tbf]
+
+
+@dataclass
+class NetemLinks:
+    """The namespaces and veth pairs of one trial; ``close`` removes them (idempotent)."""
+
+    tag: str = field(default_factory=lambda: str(os.getpid()))
+    namespaces: list[str] = field(default_factory=list)
+    host_links: list[str] = field(default_factory=list)
+
+    def add(self, index: int, profile: LinkProfile) -> tuple[str, str]:
+        """Create device ``index``'s namespace and shaped veth; returns (namespace, broker address seen from it)."""
+        short = int(self.tag) % 10000
+        ns, host, dev = f"fdst-{self.tag}-{index}", f"fd{short}h{index}", f"fd{short}d{index}"
+        a, b = 200 + index // 64, (index % 64) * 4
+        host_ip, dev_ip = f"10.{a}.{b}.1", f"10.{a}.{b}.2"
+        _run("ip", "netns", "add", ns)
+        self.namespaces.append(ns)
+        _run("ip", "link", "add", host, "type", "veth", "peer", "name", dev)
+        self.host_links.append(host)
+        _run("ip", "link", "set", dev, "netns", ns)
+        _run("ip", "addr", "add", f"{host_ip}/30", "dev", host)
+        _run("ip", "link", "set", host, "up")
+        _run("ip", "-n", ns, "addr", "add", f"{dev_ip}/30", "dev", dev)
+        _run("ip", "-n", ns, "link", "set", dev, "up")
+        _run("ip", "-n", ns, "link", "set", "lo", "up")
+        for args in _qdisc(profile, profile.uplink_kbps):
+            _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, *args)
+        for args in _qdisc(profile, profile.downlink_kbps):
+            _run("tc", "qdisc", "add", "dev", host, *args)
+        return ns, host_ip
+
+    def close(self) -> None:
+        for link in self.host_links:  # deleting one end of a veth removes both (and their qdiscs)
+            subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
+        for ns in self.namespaces:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        self.host_links, self.namespaces = [], []
+
+    def __enter__(self) -> NetemLinks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def existing_namespaces(prefix: str) -> list[str]:
+    result = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    return [line.split()[0] for line in result.stdout.splitlines() if line.startswith(prefix)]
