@@ -8,7 +8,7 @@
 """
 
 from feddst_core.models import FC_HEAVY_MNIST_CNN
-from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_linear
+from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_conv2d_pool, sparse_linear
 from feddst_core.sparse.policy import (
     DEFAULT_THRESHOLDS,
     KERNEL_CHOICES,
@@ -29,6 +29,7 @@ from feddst_core.sparse.trainer import SparseLocalTrainer, forward_mixed, make_l
 __all__ = [
     "DEFAULT_THRESHOLDS", "FC_HEAVY_MNIST_CNN", "KERNEL_CHOICES", "TORCH_ONLY_THRESHOLDS", "CsrPattern",
     "SparseLocalTrainer", "SparseThreshold", "choose_layer_kernels", "default_thresholds", "forward_mixed",
+    "sparse_conv2d_pool",
     "make_local_trainer", "sparse_conv2d", "sparse_linear", "validate_kernels", "CalibrationPoint",
     "thresholds_from_calibration", "thresholds_from_dict", "thresholds_to_dict", "parse_thresholds_json",
     "describe_thresholds",
