@@ -14,6 +14,7 @@ freshly allocated torch tensors. Kernels run on torch's own OpenMP thread pool
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import weakref
 from collections.abc import Callable
@@ -56,8 +57,36 @@ def library_path() -> Path | None:
     return found[0] if found else None
 
 
+def open_library(path: Path) -> tuple[ctypes.CDLL | None, str]:
+    """Load the shared library at ``path`` if it is a build of this ABI: (library with its prototypes set,
+    status line), or (None, the reason in one line and what to do). Never raises: a library that cannot
+    be loaded, lacks a kernel or is a stale build (an older ``feddst_kernels.c``) means the torch fallback."""
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        return None, f"cannot load {path.name}: {exc}; rebuild with `pip install -e .`; torch kernels are used"
+    rebuild = ("rebuild with `pip install -e .` (or `python setup.py build_ext --inplace`); "
+               "torch kernels are used until then")
+    try:
+        version_fn = lib.feddst_abi_version
+    except AttributeError:
+        return None, f"{path.name} has no feddst_abi_version (not a FedDST kernel build); {rebuild}"
+    version_fn.restype = ctypes.c_int
+    version_fn.argtypes = []
+    found = version_fn()
+    if found != ABI_VERSION:
+        return None, f"{path.name} is a stale build (ABI {found}, this code needs ABI {ABI_VERSION}); {rebuild}"
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name, None)
+        if fn is None:
+            return None, f"{path.name} (ABI {found}) lacks {name}; {rebuild}"
+        fn.argtypes = argtypes
+        fn.restype = ctypes.c_int  # 0 = ok, 1 = a scratch allocation failed
+    return lib, f"loaded {path.name}"
+
+
 def _load() -> ctypes.CDLL | None:
-    global _lib, _status
+    global _status
     if os.environ.get("FEDDST_NATIVE", "1") == "0":
         _status = "disabled by FEDDST_NATIVE=0"
         return None
@@ -66,19 +95,9 @@ def _load() -> ctypes.CDLL | None:
         _status = ("not built: run `pip install -e .` (or `make setup`) on a machine with a C compiler "
                    "(Debian: apt-get install -y gcc); torch kernels are used instead")
         return None
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as exc:
-        _status = f"cannot load {path.name}: {exc}; rebuild with `pip install -e .`"
-        return None
-    if lib.feddst_abi_version() != ABI_VERSION:
-        _status = f"{path.name} is a stale build (ABI {lib.feddst_abi_version()} != {ABI_VERSION}); rebuild"
-        return None
-    for name, argtypes in _SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.argtypes = argtypes
-        fn.restype = ctypes.c_int  # 0 = ok, 1 = a scratch allocation failed
-    _status = f"loaded {path.name}"
+    lib, _status = open_library(path)
+    if lib is None:  # built but unusable: say so once (a missing compiler is the documented quiet case)
+        logging.getLogger(__name__).warning("native CPU kernels: %s", _status)
     return lib
 
 
