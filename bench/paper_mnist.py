@@ -14,6 +14,7 @@ round would take at that rate.
     python bench/paper_mnist.py                 # 200 rounds (about 20-25 minutes on 2 cores)
     python bench/paper_mnist.py --rounds 20     # a quick look
     python bench/paper_mnist.py --json          # one JSON object on stdout
+    python bench/paper_mnist.py --speed-only --threads 1   # one core vs one core (a shared machine)
 """
 
 from __future__ import annotations
@@ -179,15 +180,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-speed", action="store_true", help="skip the speed comparison")
     parser.add_argument("--speed-only", action="store_true", help="only the speed comparison (no accuracy runs)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for everything timed: the baseline's intra-op threads and the "
+                             "simulator's worker threads (default: torch's default, one per core); 1 compares "
+                             "one core against one core, which holds up when other jobs share the machine")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     speed: dict[str, float] = {}
     if not args.skip_speed:
-        log(f"speed: {args.speed_rounds} paper-setting rounds, simulator vs sequential plain PyTorch")
-        speed = measure_speed(args.data_dir, args.speed_rounds, log)
+        log(f"speed: {args.speed_rounds} paper-setting rounds, simulator vs sequential plain PyTorch, "
+            f"{torch.get_num_threads()} torch thread(s)")
+        speed = {**measure_speed(args.data_dir, args.speed_rounds, log), "threads": torch.get_num_threads()}
     reports = {}
     for algorithm in ([] if args.speed_only else args.algorithms.split(",")):
         log(f"accuracy: {algorithm}, {args.rounds} rounds")
