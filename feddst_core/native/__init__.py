@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import importlib.util
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,9 +36,10 @@ if TYPE_CHECKING:
         sparse_conv2d_backward_input,
         sparse_conv2d_backward_weight,
         sparse_conv2d_forward,
+        sparse_conv2d_pool_forward,
     )
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 _LIB_STEM = "_feddst_kernels"
 
 _lib: ctypes.CDLL | None = None
@@ -54,6 +56,8 @@ _SIGNATURES = {
     "feddst_sconv_backward_input": [_f32p, _int, _int, _i32p, _i32p, _f32p, _int, _int, _int, _int, _f32p, _int],
     "feddst_sconv_backward_weight": [_f32p, _f32p, _int, _int, _int, _int, _int, _int, _i32p, _i32p, _f32p,
                                      _f32p, _int],
+    "feddst_sconv_pool_forward": [_f32p, _int, _int, _int, _int, _i32p, _i32p, _f32p, _f32p, _int, _int, _int,
+                                  _int, _f32p, _u8p, _int],
     "feddst_csr_matmul": [_i32p, _i32p, _i16p, _f32p, _i32p, _f32p, _int, _f32p, _int, _f32p, _int],
     "feddst_csr_sddmm": [_i32p, _i32p, _int, _f32p, _f32p, _int, _f32p, _f32p, _int],
     "feddst_maxpool_forward": [_f32p, _long, _int, _int, _int, _int, _int, _f32p, _u8p, _int],
@@ -93,8 +97,36 @@ def _preload_torch_openmp() -> None:
             pass  # the kernels then load the system's libgomp, as they would without torch
 
 
+def open_library(path: Path) -> tuple[ctypes.CDLL | None, str]:
+    """Load the shared library at ``path`` if it is a build of this ABI: (library with its prototypes set,
+    status line), or (None, the reason in one line and what to do). Never raises: a library that cannot
+    be loaded, lacks a kernel or is a stale build (an older ``feddst_kernels.c``) means the torch fallback."""
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        return None, f"cannot load {path.name}: {exc}; rebuild with `pip install -e .`; torch kernels are used"
+    rebuild = ("rebuild with `pip install -e .` (or `python setup.py build_ext --inplace`); "
+               "torch kernels are used until then")
+    try:
+        version_fn = lib.feddst_abi_version
+    except AttributeError:
+        return None, f"{path.name} has no feddst_abi_version (not a FedDST kernel build); {rebuild}"
+    version_fn.restype = ctypes.c_int
+    version_fn.argtypes = []
+    found = version_fn()
+    if found != ABI_VERSION:
+        return None, f"{path.name} is a stale build (ABI {found}, this code needs ABI {ABI_VERSION}); {rebuild}"
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name, None)
+        if fn is None:
+            return None, f"{path.name} (ABI {found}) lacks {name}; {rebuild}"
+        fn.argtypes = argtypes
+        fn.restype = ctypes.c_int  # 0 = ok, 1 = a scratch allocation failed
+    return lib, f"loaded {path.name}"
+
+
 def _load() -> ctypes.CDLL | None:
-    global _lib, _status
+    global _status
     if os.environ.get("FEDDST_NATIVE", "1") == "0":
         _status = "disabled by FEDDST_NATIVE=0"
         return None
@@ -104,19 +136,9 @@ def _load() -> ctypes.CDLL | None:
                    "(Debian: apt-get install -y gcc); torch kernels are used instead")
         return None
     _preload_torch_openmp()
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as exc:
-        _status = f"cannot load {path.name}: {exc}; rebuild with `pip install -e .`"
-        return None
-    if lib.feddst_abi_version() != ABI_VERSION:
-        _status = f"{path.name} is a stale build (ABI {lib.feddst_abi_version()} != {ABI_VERSION}); rebuild"
-        return None
-    for name, argtypes in _SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.argtypes = argtypes
-        fn.restype = ctypes.c_int  # 0 = ok, 1 = a scratch allocation failed
-    _status = f"loaded {path.name}"
+    lib, _status = open_library(path)
+    if lib is None:  # built but unusable: say so once (a missing compiler is the documented quiet case)
+        logging.getLogger(__name__).warning("native CPU kernels: %s", _status)
     return lib
 
 
@@ -140,11 +162,12 @@ def _require() -> ctypes.CDLL:
 
 
 TENSOR_KERNELS = ("POOL_CLIPPED", "csr_matmul", "csr_sddmm", "max_pool2d_backward", "max_pool2d_forward",
-                  "sparse_conv2d_backward_input", "sparse_conv2d_backward_weight", "sparse_conv2d_forward")
+                  "sparse_conv2d_backward_input", "sparse_conv2d_backward_weight", "sparse_conv2d_forward",
+                  "sparse_conv2d_pool_forward")
 """The names :mod:`feddst_core.native.tensor_kernels` provides through this module."""
 __all__ = ["ABI_VERSION", "POOL_CLIPPED", "available", "csr_matmul", "csr_sddmm", "library_path",
            "max_pool2d_backward", "max_pool2d_forward", "sparse_conv2d_backward_input",
-           "sparse_conv2d_backward_weight", "sparse_conv2d_forward", "status"]
+           "sparse_conv2d_backward_weight", "sparse_conv2d_forward", "sparse_conv2d_pool_forward", "status"]
 
 
 def __getattr__(name: str) -> Any:  # noqa: ANN401 - PEP 562: the torch wrappers, imported on first use

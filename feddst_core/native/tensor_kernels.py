@@ -122,6 +122,34 @@ def sparse_conv2d_forward(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor
     return y
 
 
+def sparse_conv2d_pool_forward(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+                               bias: torch.Tensor, out_channels: int, kernel: int, pool_kernel: int,
+                               relu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Valid stride-1 sparse conv (as ``sparse_conv2d_forward``) then a stride-1 ``pool_kernel`` max-pool
+    (then ReLU if ``relu``), without writing the convolution's output: x (B, C, H, W) ->
+    (pooled (B, O, Hp, Wp), argmax uint8 (B, O, Hp, Wp) as ``max_pool2d_forward`` returns them),
+    Hp = H - kernel - pool_kernel + 2 (likewise Wp)."""
+    lib = _require()
+    _check("x", x, torch.float32, 4)
+    _check("bias", bias, torch.float32, 1)
+    _check_kernel(kernel)
+    b, c, h, w = x.shape
+    if h < kernel or w < kernel or bias.shape[0] != out_channels:
+        raise ValueError(f"input {tuple(x.shape)} smaller than kernel {kernel} or bias of the wrong size")
+    if not 1 <= pool_kernel <= 15 or h - kernel + 1 < pool_kernel or w - kernel + 1 < pool_kernel:
+        raise ValueError(f"pooling window {pool_kernel} must be in [1, 15] and fit the convolution's output")
+    _check("col", col, torch.int32, 1)
+    _check("values", values, torch.float32, 1)
+    if _check_csr(crow, col, out_channels, c * kernel * kernel) != values.shape[0]:
+        raise ValueError(f"{values.shape[0]} values for a pattern of {col.shape[0]} entries")
+    hp, wp = h - kernel - pool_kernel + 2, w - kernel - pool_kernel + 2
+    y = torch.empty(b, out_channels, hp, wp)
+    arg = torch.empty(b, out_channels, hp, wp, dtype=torch.uint8)
+    _run(lib.feddst_sconv_pool_forward, _ptr(x), b, c, h, w, _ptr(crow), _ptr(col), _ptr(values), _ptr(bias),
+         out_channels, kernel, pool_kernel, int(relu), _ptr(y), _ptr(arg), _threads())
+    return y, arg
+
+
 def sparse_conv2d_backward_input(grad_out: torch.Tensor, t_crow: torch.Tensor, t_row: torch.Tensor,
                                  t_values: torch.Tensor, in_channels: int, input_hw: tuple[int, int],
                                  kernel: int) -> torch.Tensor:

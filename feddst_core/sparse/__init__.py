@@ -34,11 +34,12 @@ from feddst_core.sparse.policy import (
 
 if TYPE_CHECKING:
     from feddst_core.models import FC_HEAVY_MNIST_CNN
-    from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_linear
+    from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_conv2d_pool, sparse_linear
     from feddst_core.sparse.trainer import SparseLocalTrainer, forward_mixed, make_local_trainer
 
 LAZY_NAMES = {"FC_HEAVY_MNIST_CNN": "feddst_core.models", "CsrPattern": "feddst_core.sparse.kernels",
-              "sparse_conv2d": "feddst_core.sparse.kernels", "sparse_linear": "feddst_core.sparse.kernels",
+              "sparse_conv2d": "feddst_core.sparse.kernels",
+              "sparse_conv2d_pool": "feddst_core.sparse.kernels", "sparse_linear": "feddst_core.sparse.kernels",
               "SparseLocalTrainer": "feddst_core.sparse.trainer", "forward_mixed": "feddst_core.sparse.trainer",
               "make_local_trainer": "feddst_core.sparse.trainer"}
 """Names that import torch, and the module each comes from."""
@@ -46,6 +47,7 @@ LAZY_NAMES = {"FC_HEAVY_MNIST_CNN": "feddst_core.models", "CsrPattern": "feddst_
 __all__ = [
     "DEFAULT_THRESHOLDS", "FC_HEAVY_MNIST_CNN", "KERNEL_CHOICES", "TORCH_ONLY_THRESHOLDS", "CsrPattern",
     "SparseLocalTrainer", "SparseThreshold", "choose_layer_kernels", "default_thresholds", "forward_mixed",
+    "sparse_conv2d_pool",
     "make_local_trainer", "sparse_conv2d", "sparse_linear", "validate_kernels", "CalibrationPoint",
     "thresholds_from_calibration", "thresholds_from_dict", "thresholds_to_dict", "parse_thresholds_json",
     "describe_thresholds",
