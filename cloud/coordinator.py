@@ -134,14 +134,17 @@ class Coordinator:
         self.metrics = CoordinatorMetrics(devices_online=lambda: len(self.registry.online_ids()),
                                           inbound_depth=self.inbound.qsize,
                                           broker_connected=lambda: self.broker_connected,
-                                          active_runs=lambda: 0 if self.active_run_id is None else 1)
+                                          active_runs=lambda: 0 if self.active_run_id is None else 1,
+                                          dropped_packets=lambda: self.link.dropped_packets,
+                                          broker_disconnects=lambda: self.link.disconnects)
         self.link = CoordinatorLink(
             self.inbound, host=settings.broker_host, port=settings.broker_port,
             client_id=settings.mqtt_client_id, username=settings.mqtt_username,
             password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
             protocol=settings.mqtt_protocol, tls=settings.broker_tls, max_packet=settings.max_packet,
             key_lookup=self.keyring.lookup, authenticate=self.keyring.verifying, tls_files=settings.tls_files(),
-            count_bytes=lambda direction, n: self.metrics.mqtt_bytes.labels(direction=direction).inc(n))
+            count_bytes=lambda direction, n: self.metrics.mqtt_bytes.labels(direction=direction).inc(n),
+            raw_queue_packets=settings.mqtt_receive_queue_packets)
         self.signer = Ed25519Signer(load_or_create_signing_key(settings.signing_key_path))
         self.replay_guard = ReplayGuard(self.store)
         self._seq = int(time.time() * 1000)  # increasing across restarts too
@@ -327,13 +330,7 @@ class Coordinator:
                 self._count("auth_failed")
             log.warning("dropped undecodable message on %s: %s", item.topic, item.error)
             return
-        if item.kind == "disconnected":
-            self.counters["broker_disconnects"] += 1
-            log.warning("lost the MQTT broker %s (%s); publishes wait in the outbox until it returns",
-                        self.settings.broker_url, item.error)
-            return
-        if item.kind == "connected":
-            log.info("connected to the MQTT broker %s", self.settings.broker_url)
+        if item.kind in ("disconnected", "connected"):  # logged and counted by the link (CoordinatorLink)
             return
         if item.kind != "message" or item.decoded is None:
             return

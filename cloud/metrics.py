@@ -23,6 +23,9 @@ Metric names (the ``_total`` suffix of counters is added by the exposition forma
 * ``feddst_device_errors_total{code}``: error reports from devices, by reason code.
 * ``feddst_devices_online``, ``feddst_inbound_queue_depth``, ``feddst_broker_connected`` (1/0),
   ``feddst_active_runs`` (0/1): gauges.
+* ``feddst_mqtt_dropped_packets_total``: packets dropped because the callback -> decoder queue was
+  full (``mqtt_receive_queue_packets``); ``feddst_broker_disconnects_total``: losses of the broker
+  connection. Both are counted by the MQTT link and read when scraped.
 """
 
 from __future__ import annotations
@@ -30,8 +33,33 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from cloud.round_collector import VERDICTS
+
+
+class LinkCounters(Collector):
+    """Counters owned by the MQTT link (plain ints it increments on its own threads), read at scrape time."""
+
+    def __init__(self, dropped_packets: Callable[[], int], broker_disconnects: Callable[[], int]) -> None:
+        self._dropped_packets = dropped_packets
+        self._broker_disconnects = broker_disconnects
+
+    def describe(self) -> list[Metric]:
+        """The metric names (the registry checks them at registration, before the link exists)."""
+        return self._families(0, 0)
+
+    def collect(self) -> list[Metric]:
+        return self._families(self._dropped_packets(), self._broker_disconnects())
+
+    @staticmethod
+    def _families(dropped_packets: int, broker_disconnects: int) -> list[Metric]:
+        return [CounterMetricFamily("feddst_mqtt_dropped_packets", "MQTT packets dropped because the callback -> "
+                                    "decoder queue was full.", value=dropped_packets),
+                CounterMetricFamily("feddst_broker_disconnects", "Losses of the MQTT broker connection.",
+                                    value=broker_disconnects)]
+
 
 ROUND_SECONDS_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, float("inf"))
 AGGREGATION_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf"))
@@ -43,7 +71,8 @@ class CoordinatorMetrics:
     CONTENT_TYPE = CONTENT_TYPE_LATEST
 
     def __init__(self, *, devices_online: Callable[[], int], inbound_depth: Callable[[], int],
-                 broker_connected: Callable[[], bool], active_runs: Callable[[], int]):
+                 broker_connected: Callable[[], bool], active_runs: Callable[[], int],
+                 dropped_packets: Callable[[], int] = lambda: 0, broker_disconnects: Callable[[], int] = lambda: 0):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.rounds_completed = Counter("feddst_rounds_completed", "Rounds closed and recorded.", registry=r)
@@ -69,6 +98,7 @@ class CoordinatorMetrics:
         Gauge("feddst_broker_connected", "1 while the coordinator is connected to the MQTT broker.",
               registry=r).set_function(lambda: 1.0 if broker_connected() else 0.0)
         Gauge("feddst_active_runs", "Runs running now (0 or 1).", registry=r).set_function(active_runs)
+        r.register(LinkCounters(dropped_packets, broker_disconnects))
         for direction in ("received", "sent"):  # zeros from the start, so rates work from the first scrape
             self.mqtt_bytes.labels(direction=direction)
         for verdict in VERDICTS:
