@@ -132,6 +132,7 @@ class CoordinatorLink:
         self.keepalive_s = keepalive_s
         self._decoder: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._closing = False
         self.host, self.port = host, port
         self.max_packet = max_packet
         self.key_lookup = key_lookup
@@ -195,6 +196,7 @@ class CoordinatorLink:
 
     def close(self) -> None:
         if self._started:
+            self._closing = True  # our own disconnect: not a loss of the broker
             self.client.disconnect()
             self.client.loop_stop()
             self._started = False
@@ -220,7 +222,7 @@ class CoordinatorLink:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         was_connected = self.connected.is_set()
         self.connected.clear()
-        if was_connected:
+        if was_connected and not self._closing:
             self.disconnects += 1
             log.warning("lost the MQTT broker %s:%s (%s); publishes wait in the outbox until it returns",
                         self.host, self.port, reason_code)
