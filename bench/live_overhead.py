@@ -21,9 +21,12 @@ processes run on this machine, so their wall clocks agree.
 * ``encode``: the agent packs the update (values on the mask, mask changes), HMACs and chunks it.
 * ``upload``: from the agent handing the update to paho until its last packet reaches the
   coordinator's MQTT callback.
-* ``aggregation``: the coordinator's streaming adds and finish (per round).
-* ``critical_path``: per round, broadcast + the last-arriving device's delivery..upload +
-  aggregation; ``other`` = round seconds - critical path (main-loop queueing, evaluation, storing).
+* ``aggregation``: the coordinator's streaming adds and finish (per round; the adds run while
+  other devices still train, so the shares of the stages do not add up to 100 %).
+* ``close``: from the last accepted update's arrival to the round's close (its decode and add, the
+  aggregation's finish, main-loop queueing).
+* ``critical_path``: per round, broadcast + the last-arriving device's delivery..upload + close;
+  ``other`` = round seconds - critical path (selection before the broadcast, clock granularity).
 
 ``simulated_train_per_client_s`` (the unbatched simulation's round time / clients per round) sits
 beside ``train``: the agents train the same clients with the same kernels, so their ratio is the
@@ -116,7 +119,7 @@ def agent_stage_lines(log_path: Path) -> dict[int, dict[str, float]]:
 def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[str, float]]]) -> dict:
     """Mean seconds of each stage (see the module docstring) over every accepted (round, device)."""
     per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
-    critical, other, round_s = [], [], []
+    critical, other, round_s, closes = [], [], [], []
     for record in records:
         r = record["round"]
         per_stage["broadcast"].append(record["broadcast_s"])
@@ -133,7 +136,10 @@ def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[s
                 per_stage[name].append(value)
             paths.append((received_at, delivery + agent["decode"] + agent["train"] + agent["encode"] + upload))
         if paths:
-            path = record["broadcast_s"] + max(paths)[1] + record["aggregation_s"]
+            last_arrival, last_path = max(paths)
+            close = record["closed_at"] - last_arrival
+            closes.append(close)
+            path = record["broadcast_s"] + last_path + close
             critical.append(path)
             other.append(record["seconds"] - path)
             round_s.append(record["seconds"])
@@ -142,7 +148,7 @@ def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[s
         return sum(values) / len(values) if values else None
 
     result = {f"{name}_s": mean(values) for name, values in per_stage.items()}
-    result.update(critical_path_s=mean(critical), other_s=mean(other), round_s=mean(round_s),
+    result.update(close_s=mean(closes), critical_path_s=mean(critical), other_s=mean(other), round_s=mean(round_s),
                   samples=len(per_stage["train"]))
     return result
 
@@ -430,8 +436,9 @@ def print_stages(stages: dict, agents: int) -> None:
         value = stages[f"{name}_s"]
         share = f"{100 * value / round_s:5.1f} %" if value is not None and round_s else "   n/a"
         print(f"  {name:<12} {value if value is not None else float('nan'):8.3f} s  {share}")
-    print(f"  {'critical path':<12} {stages['critical_path_s']:8.3f} s   other (queueing, eval, store) "
-          f"{stages['other_s']:.3f} s")
+    print(f"  {'close':<12} {stages['close_s']:8.3f} s  (last update's arrival to the round's close)")
+    print(f"  {'critical path':<12} {stages['critical_path_s']:8.3f} s  (broadcast + slowest device + close); "
+          f"other {stages['other_s']:.3f} s")
     sim = stages["simulated_train_per_client_s"]
     print(f"  train per client: live {stages['train_s']:.3f} s vs simulated {sim:.3f} s "
           f"(x{stages['train_s'] / sim:.2f}: {agents} one-thread agents on {os.cpu_count()} cores)")
