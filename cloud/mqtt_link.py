@@ -171,6 +171,7 @@ class CoordinatorLink:
     def connect(self, timeout_s: float = 10.0) -> bool:
         """Start connecting (and reconnecting) in the background; True once the broker accepted us
         within ``timeout_s``. False leaves the link retrying: publishes queue until it connects."""
+        self._closing = False
         if self._decoder is None:
             self._stopping.clear()
             self._decoder = threading.Thread(target=self._decode_loop, name="mqtt-decoder", daemon=True)
