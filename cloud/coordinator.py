@@ -101,6 +101,9 @@ class RunExecution:
     retries: int = 0
     round_started: float = 0.0
     broadcast: bytes = b""
+    broadcast_s: float = 0.0  # open round: signing + encoding the ModelBroadcast, handing it and the Task to paho
+    published_at: float = 0.0  # open round: Unix time its model and Task were handed to paho
+    update_received_at: dict[str, float] = field(default_factory=dict)  # device -> Unix time its update arrived
     model_chunk_topics: int = 0  # retained chunk topics of the open round's model (cleared when it closes)
     task_bytes: bytes = b""  # the open round's signed Task (re-sent to a selected device that registers again)
     task_nonce: int = 0  # of the open round: the updates answering its Task must echo it
@@ -139,7 +142,8 @@ class Coordinator:
             password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
             protocol=settings.mqtt_protocol, tls=settings.broker_tls, max_packet=settings.max_packet,
             key_lookup=self.keyring.lookup, authenticate=self.keyring.verifying, tls_files=settings.tls_files(),
-            count_bytes=lambda direction, n: self.metrics.mqtt_bytes.labels(direction=direction).inc(n))
+            count_bytes=lambda direction, n: self.metrics.mqtt_bytes.labels(direction=direction).inc(n),
+            raw_queue_packets=settings.mqtt_receive_queue_packets)
         self.signer = Ed25519Signer(load_or_create_signing_key(settings.signing_key_path))
         self.replay_guard = ReplayGuard(self.store)
         self._seq = int(time.time() * 1000)  # increasing across restarts too
@@ -325,13 +329,7 @@ class Coordinator:
                 self._count("auth_failed")
             log.warning("dropped undecodable message on %s: %s", item.topic, item.error)
             return
-        if item.kind == "disconnected":
-            self.counters["broker_disconnects"] += 1
-            log.warning("lost the MQTT broker %s (%s); publishes wait in the outbox until it returns",
-                        self.settings.broker_url, item.error)
-            return
-        if item.kind == "connected":
-            log.info("connected to the MQTT broker %s", self.settings.broker_url)
+        if item.kind in ("disconnected", "connected"):  # logged and counted by the link (CoordinatorLink)
             return
         if item.kind != "message" or item.decoded is None:
             return
@@ -391,6 +389,8 @@ class Coordinator:
         else:
             verdict = ex.collector.offer(update, item.size)
             ex.counters.update(verdict.counter_keys)
+            if verdict.kind == "accepted":
+                ex.update_received_at[update.device_id] = item.received_at
         self.metrics.updates.labels(verdict=verdict.kind).inc()
         if verdict.kind == "invalid":  # answered too (ok=false), so the device stops re-sending it
             log.warning("rejected update from %s for round %s (%s): %s", update.device_id, update.server_round,
@@ -489,10 +489,13 @@ class Coordinator:
                                       task_nonce=ex.task_nonce, readjust_fraction=plan.readjust_fraction,
                                       registered_samples=self.registry.sample_count,
                                       max_sample_count=c.max_sample_count)
+        encode_started = time.perf_counter()
         ex.broadcast = self._sign(model_broadcast(ex.run_id, r, ex.state.params, ex.state.masks))
         ex.phase, ex.phase_since = "collecting", now
         ex.readjust_fraction, ex.prox_mu = plan.readjust_fraction, plan.prox_mu
+        ex.update_received_at = {}
         self._send_round(ex, selected, new_devices=selected)
+        ex.broadcast_s, ex.published_at = time.perf_counter() - encode_started, time.time()
 
     def _send_round(self, ex: RunExecution, selected: tuple[str, ...], new_devices: tuple[str, ...]) -> None:
         c, r = ex.config, ex.server_round + 1
@@ -577,6 +580,8 @@ class Coordinator:
             "wire_upload_bytes": ex.wire_upload_bytes, "wire_download_bytes": ex.wire_download_bytes,
             "layer_density": {name: float(m.to(torch.float32).mean()) for name, m in new_state.masks.items()},
             "started_at": ex.round_started, "closed_at": time.time(),
+            "broadcast_s": ex.broadcast_s, "published_at": ex.published_at, "aggregation_s": aggregation_s,
+            "update_received_at": dict(sorted(ex.update_received_at.items())),
             "errors": {d: {"code": c, "detail": t} for d, (c, t) in sorted(collector.errors.items())},
         }
         if ex.evaluator is not None and (r % ex.evaluator.every == 0 or r == ex.config.rounds):
