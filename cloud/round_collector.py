@@ -70,6 +70,7 @@ class RoundCollector:
     accepted: dict[str, int] = field(default_factory=dict)  # device id -> encoded update bytes
     counts: Counter = field(default_factory=Counter)
     task_nonce: int = 0  # Task.task_nonce of this round; updates must echo it
+    target: int = 0  # accepted updates that complete the round (0: every selected device's)
 
     def __post_init__(self) -> None:
         state, spec = self.aggregation.state, self.aggregation.strategy.spec
@@ -108,7 +109,9 @@ class RoundCollector:
 
     @property
     def complete(self) -> bool:
-        return len(self.accepted) == len(self.selected)
+        """Every selected device's update arrived, or as many as the round first selected: a retry's extra
+        devices stand in for silent ones, so the round closes without waiting for those."""
+        return len(self.accepted) == len(self.selected) or 0 < self.target <= len(self.accepted)
 
     @property
     def upload_bytes(self) -> int:
