@@ -47,6 +47,9 @@ def serve(
     log_level: str | None = typer.Option(None, "--log-level", help="debug, info, warning or error: lines on "
                                          "stderr with time and level, one INFO line per round. "
                                          "Env: FEDDST_CLOUD_LOG_LEVEL. Default: info."),
+    resume_runs: bool | None = typer.Option(None, "--resume-runs/--no-resume-runs", help="Resume the run the "
+                                            "previous coordinator process was running, from its last completed "
+                                            "round. Env: FEDDST_CLOUD_RESUME_RUNS. Default: on."),
     data_root: list[Path] | None = typer.Option(None, "--data-root", help="A directory run configs may name "
                                                 "evaluation data under (repeatable). Env: FEDDST_CLOUD_DATA_ROOTS "
                                                 "(JSON list). Default: none (only the built-in digits)."),
@@ -74,7 +77,7 @@ def serve(
                                       api_host=api_host, api_port=api_port, state_dir=state_dir,
                                       heartbeat_s=heartbeat_s, device_keys_file=device_keys_file,
                                       data_roots=data_root or None, signing_key_file=signing_key_file,
-                                      log_level=log_level)
+                                      log_level=log_level, resume_runs=resume_runs)
     except (ValidationError, ValueError, OSError) as exc:
         typer.secho(f"error: invalid settings: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
