@@ -55,7 +55,7 @@ def log(msg: str) -> None:
 
 def run_config(rounds: int, agents: int, quorum: int) -> dict[str, Any]:
     return dict(model="digits_cnn", algorithm="fedavgm", rounds=rounds, clients_per_round=4, min_devices=agents,
-                local_epochs=2, batch_size=8, lr=0.05, seed=7, round_timeout_s=20.0, device_wait_s=120.0,
+                local_epochs=10, batch_size=8, lr=0.05, seed=7, round_timeout_s=20.0, device_wait_s=120.0,
                 quorum=quorum, max_round_retries=4)
 
 
@@ -73,9 +73,11 @@ class Fleet:
         self.broker = MosquittoBroker(workdir / "mosquitto", extra_config=[
             "persistence true", f"persistence_location {persist}/", "autosave_interval 1",
             "max_queued_messages 0"]).start()
-        self.coordinator = CoordinatorProcess(workdir / "coordinator", self.broker.url)
+        # heartbeat_s 5 (the default): agents beat every 1 s, so a 2 s broker outage leaves them online
+        self.coordinator = CoordinatorProcess(workdir / "coordinator", self.broker.url, heartbeat_s=5.0)
         self.public_key = TEST_COORDINATOR_PUBLIC_KEY
         self.agents: dict[str, subprocess.Popen] = {}
+        self.started_at: dict[str, float] = {}
 
     def device_ids(self) -> list[str]:
         return [f"dev-{i}" for i in range(self.count)]
@@ -93,6 +95,16 @@ class Fleet:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         with open(self.agent_log(device_id), "ab") as out:
             self.agents[device_id] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        self.started_at[device_id] = time.monotonic()
+
+    def wait_all_online(self, timeout_s: float = 180) -> None:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            devices = self.coordinator.api("GET", "/api/devices").json()
+            if sum(d["status"] == "online" for d in devices) >= self.count:
+                return
+            time.sleep(0.5)
+        raise TimeoutError("the agents did not all come online")
 
     def kill_agent(self, device_id: str) -> None:
         proc = self.agents[device_id]
@@ -141,9 +153,17 @@ def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def wait_round_open(fleet: Fleet, run_id: str, server_round: int, timeout_s: float = 180) -> None:
-    fleet.coordinator.wait_run(run_id, lambda r: (r.get("phase") or {}).get("round") == server_round
-                               and (r.get("phase") or {}).get("name") == "collecting", timeout_s,
-                               f"round {server_round} collecting")
+    """Return as soon as the run collects ``server_round`` (an error if it got past it unseen)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        run = fleet.coordinator.run(run_id)
+        phase = run.get("phase") or {}
+        if phase.get("name") == "collecting" and phase.get("round") == server_round:
+            return
+        if len(run["rounds"]) >= server_round or run["status"] != "running":
+            raise RuntimeError(f"round {server_round} closed before the fault could be injected")
+        time.sleep(0.02)
+    raise TimeoutError(f"round {server_round} never opened")
 
 
 def fault_coordinator_kill9(fleet: Fleet, run_id: str, server_round: int) -> None:
@@ -170,10 +190,13 @@ def fault_agent_killed_mid_upload(fleet: Fleet, run_id: str, server_round: int) 
     raise TimeoutError(f"no agent trained round {server_round}")
 
 
-def churn(fleet: Fleet, stop: threading.Event, every_s: float = 4.0) -> None:
+def churn(fleet: Fleet, stop: threading.Event, every_s: float = 8.0, settle_s: float = 25.0) -> None:
+    """Every ``every_s``, kill -9 and restart 30 % of the agents, chosen among those up for ``settle_s``
+    (an agent process takes several seconds to import torch and connect on a loaded 2-core machine)."""
     rng = random.Random(1)
     while not stop.wait(every_s):
-        victims = rng.sample(fleet.device_ids(), max(1, round(0.3 * fleet.count)))
+        up = [d for d in fleet.device_ids() if time.monotonic() - fleet.started_at[d] > settle_s]
+        victims = rng.sample(up, min(len(up), max(1, round(0.3 * fleet.count))))
         for device_id in victims:
             fleet.kill_agent(device_id)
         for device_id in victims:
@@ -183,6 +206,7 @@ def churn(fleet: Fleet, stop: threading.Event, every_s: float = 4.0) -> None:
 def run_scenario(fleet: Fleet, name: str, config: dict[str, Any],
                  fault: Callable[[Fleet, str, int], None] | None) -> dict[str, Any]:
     log(f"scenario {name} ...")
+    fleet.wait_all_online()
     created = fleet.coordinator.api("POST", "/api/runs", json=config)
     assert created.status_code == 201, created.text
     run_id = created.json()["id"]

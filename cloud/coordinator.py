@@ -17,8 +17,12 @@ Lifecycle of a run (one run is active at a time; starting a second one is a ``Ru
    devices that did not reply are replaced by other eligible online devices when there are any,
    the model and an extended ``Task`` are re-published and the deadline restarts. After
    ``max_round_retries`` retries the run fails.
-5. After each round: evaluate (if configured), save the model (safetensors), record the round.
-   ``stop_run`` publishes ``Abort`` on the control topic.
+5. After each round: evaluate (if configured), save the model (safetensors), record the round, then
+   checkpoint the run (:mod:`cloud.checkpoints`: model, masks, server momentum, RNG state, counters).
+   ``stop_run`` publishes ``Abort`` on the control topic and returns once the run has stopped.
+6. Resume: a coordinator started on a state dir whose last run was left running (``kill -9``) or
+   interrupted by a shutdown resumes it (``resume_runs``), or ``resume_run`` does by hand: from the
+   latest checkpoint, reopening the round that was open (same selection and task nonce).
 
 Byte accounting matches the simulator: download = encoded broadcast size x selected devices;
 upload = encoded size of each accepted update (duplicates and ignored updates are not counted).
@@ -55,8 +59,8 @@ from cloud.mqtt_link import CoordinatorLink, Inbound, PublishResult
 from cloud.replay_guard import REPLAYED, RETAINED_SEEN, ReplayGuard
 from cloud.round_collector import RoundCollector, Verdict
 from cloud.run_config import RunConfig
-from cloud.run_execution import RunExecution, checkpoint_of, execution_from_checkpoint
 from cloud.run_events import RunEventLog
+from cloud.run_execution import RunExecution, checkpoint_of, execution_from_checkpoint
 from cloud.run_phase import RunPhase, api_phase, devices_needed, round_log_line
 from cloud.run_planning import plan_run
 from cloud.settings import CloudSettings

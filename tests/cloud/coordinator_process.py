@@ -31,6 +31,7 @@ class CoordinatorProcess:
     url: str = ""
     headers: dict[str, str] | None = None
     starts: int = 0
+    heartbeat_s: float = 1.0  # --heartbeat-s: a device is online when seen within 3x
 
     def start(self, timeout_s: float = 60.0) -> CoordinatorProcess:
         provision_signing_key(self.state)
@@ -44,7 +45,7 @@ class CoordinatorProcess:
         log = open(self.state.parent / f"{self.state.name}-serve-{self.starts}.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "feddst_cli.main", "cloud", "serve", "--broker", self.broker_url,
-             "--api-port", str(port), "--state-dir", str(self.state), "--heartbeat-s", "1", *self.extra_args],
+             "--api-port", str(port), "--state-dir", str(self.state), "--heartbeat-s", str(self.heartbeat_s), *self.extra_args],
             env=feddst_env(), stdout=log, stderr=subprocess.STDOUT)
         end = time.monotonic() + timeout_s
         while True:
