@@ -512,12 +512,22 @@ class Coordinator:
         collector = ex.collector
         assert collector is not None
         ex.progress = (len(collector.accepted), len(collector.selected))
-        if collector.complete or (now >= ex.deadline and len(collector.accepted) >= ex.config.quorum):
+        if (collector.complete or (now >= ex.deadline and len(collector.accepted) >= ex.config.quorum)
+                or self._only_gone_devices_missing(collector)):
             self._close_round(ex)
         elif collector.errors and collector.all_replied:  # no point waiting for the deadline
             self._after_errors(ex, now)
         elif now >= ex.deadline:
             self._retry_round(ex, now)
+
+    def _only_gone_devices_missing(self, collector: RoundCollector) -> bool:
+        """A retried round whose stand-ins answered (as many updates as it first selected) while every device
+        still missing is offline: its selected set cannot complete before they return, so it closes now
+        instead of waiting out the deadline (a device still online may yet answer: it is waited for)."""
+        if not collector.target_met:
+            return False
+        online = set(self.registry.online_ids())
+        return not any(d in online for d in collector.missing())
 
     def _after_errors(self, ex: RunExecution, now: float) -> None:
         """Every selected device replied, some with errors: close, retry now with spare devices, or fail saying why."""

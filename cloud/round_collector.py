@@ -109,9 +109,16 @@ class RoundCollector:
 
     @property
     def complete(self) -> bool:
-        """Every selected device's update arrived, or as many as the round first selected: a retry's extra
-        devices stand in for silent ones, so the round closes without waiting for those."""
-        return len(self.accepted) == len(self.selected) or 0 < self.target <= len(self.accepted)
+        return len(self.accepted) == len(self.selected)
+
+    @property
+    def target_met(self) -> bool:
+        """As many updates accepted as the round first selected devices (a retry's stand-ins answered)."""
+        return 0 < self.target <= len(self.accepted)
+
+    def missing(self) -> list[str]:
+        """Selected devices without an accepted update or an error report."""
+        return [d for d in self.selected if d not in self.accepted and d not in self.errors]
 
     @property
     def upload_bytes(self) -> int:

@@ -38,7 +38,8 @@ def fleet(broker):
 
     yield start
     for device in started:
-        device.stop()
+        if not device._stop.is_set():
+            device.stop()
 
 
 def _online(coordinator, n):
@@ -127,12 +128,14 @@ def test_a_retried_round_closes_when_its_stand_ins_reply(broker, fleet, tmp_path
     coordinator = make_coordinator(broker.url, tmp_path / "state")
     try:
         fleet("dev-0", index=0)
-        fleet("dev-1", index=1, silent=True)  # never replies: the retry can never complete its selected set
+        gone = fleet("dev-1", index=1, silent=True)
         _online(coordinator, 2)
         run = coordinator.create_run(RunConfig(rounds=1, clients_per_round=2, quorum=2, max_round_retries=1,
                                                **{**SMALL, "round_timeout_s": 2.0}))
         coordinator.start_run(run.id)
         _collecting(coordinator, run.id)
+        gone.crash()  # its last will says offline: the retry's selected set can never complete
+        wait_until(lambda: "dev-1" not in coordinator.registry.online_ids(), what="dev-1 offline")
         spare = fleet("dev-2", index=2)  # online by the retry: it stands in for dev-1
         assert coordinator.wait_for_run(run.id, 60).status == "completed"
         record = coordinator.get_run(run.id)[1][0]
