@@ -45,7 +45,8 @@ class CoordinatorProcess:
         log = open(self.state.parent / f"{self.state.name}-serve-{self.starts}.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "feddst_cli.main", "cloud", "serve", "--broker", self.broker_url,
-             "--api-port", str(port), "--state-dir", str(self.state), "--heartbeat-s", str(self.heartbeat_s), *self.extra_args],
+             "--api-port", str(port), "--state-dir", str(self.state), "--heartbeat-s", str(self.heartbeat_s),
+             *self.extra_args],
             env=feddst_env(), stdout=log, stderr=subprocess.STDOUT)
         end = time.monotonic() + timeout_s
         while True:
