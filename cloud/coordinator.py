@@ -711,6 +711,8 @@ class Coordinator:
         out = {}
         for device_id in self.registry.online_ids():
             sent, received = self.registry.wire_bytes(device_id)
+            if not sent and not received:  # no report yet (e.g. since a coordinator restart): keep the mark
+                continue
             mark_sent, mark_received = ex.wire_marks.get(device_id, (0, 0))
             if sent < mark_sent or received < mark_received:  # the agent restarted: its counters began again
                 mark_sent, mark_received = 0, 0
