@@ -127,6 +127,7 @@ class Coordinator:
         self._thread: threading.Thread | None = None
         self._finished_accepted: dict[str, dict[int, frozenset[str]]] = {}  # recent runs, for late duplicates
         self.counters: Counter = Counter()  # coordinator-wide (messages outside any run, invalid...)
+        self._connected_at = 0.0  # monotonic time of the last (re)connection to the broker
         if settings.resume_runs:
             self._resume_at_start(left_running)
 
@@ -367,6 +368,7 @@ class Coordinator:
                         self.settings.broker_url, item.error)
             return
         if item.kind == "connected":
+            self._connected_at = time.monotonic()
             log.info("connected to the MQTT broker %s", self.settings.broker_url)
             return
         if item.kind != "message" or item.decoded is None:
@@ -543,6 +545,11 @@ class Coordinator:
         self._finish(ex.run_id, "failed", collector.failure_reason(ex.config.quorum))
 
     def _try_begin_round(self, ex: RunExecution, now: float) -> None:
+        """Select and open the next round once enough devices are eligible. Not within two heartbeats of a
+        (re)connection to the broker: devices that lost it too are re-announcing themselves, and selecting
+        from a partial fleet would change the draw (and the run) for a passing outage."""
+        if time.monotonic() - self._connected_at < 2 * self.settings.heartbeat_s:
+            return
         c = ex.config
         eligible = self._eligible(c)
         need = devices_needed(c, ex.server_round + 1)
