@@ -21,8 +21,12 @@ from feddst_core.model_file import decode_model_file
 from feddst_core.training import ClientData
 
 DEVICES = 6
-RUN = dict(model="digits_cnn", algorithm="fedavgm", rounds=5, clients_per_round=4, min_devices=DEVICES,
+RUN = dict(model="digits_cnn", rounds=5, clients_per_round=4, min_devices=DEVICES,
            local_epochs=1, batch_size=8, lr=0.05, round_timeout_s=30.0, device_wait_s=60.0, seed=7)
+ALGORITHMS = {  # FedAvgM: the server momentum must survive; FedDST: masks that change at readjustment rounds
+    "fedavgm": dict(algorithm="fedavgm", server_momentum=0.9),
+    "feddst": dict(algorithm="feddst", sparsity=0.8, readjust_ratio=0.2, readjust_every=2, readjust_until=4),
+}
 
 
 @pytest.fixture
@@ -54,11 +58,13 @@ def _run_to_the_end(coordinator: CoordinatorProcess, run_id: str) -> dict:
     return coordinator.wait_run(run_id, lambda r: r["status"] not in ("created", "running"), 240, "the run's end")
 
 
-def test_a_run_killed_at_a_random_round_and_restarted_ends_with_the_same_model(fleet, tmp_path):
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_a_run_killed_at_a_random_round_and_restarted_ends_with_the_same_model(fleet, tmp_path, algorithm):
     torch.set_num_threads(1)
+    config = {**RUN, **ALGORITHMS[algorithm]}
     reference = CoordinatorProcess(tmp_path / "uninterrupted", fleet.url).start()
     try:
-        run_id = reference.api("POST", "/api/runs", json=RUN).json()["id"]
+        run_id = reference.api("POST", "/api/runs", json=config).json()["id"]
         assert reference.api("POST", f"/api/runs/{run_id}/start").status_code == 200
         done = _run_to_the_end(reference, run_id)
         assert done["status"] == "completed", done.get("error")
@@ -69,7 +75,7 @@ def test_a_run_killed_at_a_random_round_and_restarted_ends_with_the_same_model(f
     kill_after = random.Random().randint(1, RUN["rounds"] - 1)  # noqa: S311 - a random round, printed on failure
     crashed = CoordinatorProcess(tmp_path / "crashed", fleet.url).start()
     try:
-        run_id = crashed.api("POST", "/api/runs", json=RUN).json()["id"]
+        run_id = crashed.api("POST", "/api/runs", json=config).json()["id"]
         assert crashed.api("POST", f"/api/runs/{run_id}/start").status_code == 200
         crashed.wait_run(run_id, lambda r: len(r["rounds"]) >= kill_after, 120, f"round {kill_after}")
         crashed.kill9()
