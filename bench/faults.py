@@ -142,7 +142,7 @@ class Fleet:
 
     def trained(self, run_id: str) -> set[tuple[str, int]]:
         """(device, round) of every update the agents logged as trained (and sent) for the run."""
-        out = set()
+        out: set[tuple[str, int]] = set()
         for device_id in self.device_ids():
             text = self.agent_log(device_id).read_text(errors="replace") if self.agent_log(device_id).exists() else ""
             out.update((device_id, int(r)) for run, r in TRAINED.findall(text) if run == run_id)
