@@ -86,7 +86,6 @@ from protocol.ed25519 import Ed25519Signer
 log = logging.getLogger(__name__)
 
 REPORT_FIELDS = ("round", "accuracy", "global_accuracy", "upload_bytes", "download_bytes", "density")
-RESTART_REASON = "coordinator restarted during the run"  # the store's mark for runs a crashed process left running
 SHUTDOWN_REASON = "coordinator shut down during the run"
 TERMINAL_STATUSES = ("completed", "stopped", "failed")  # never rewritten (a stop racing completion is a no-op)
 STOP_WAIT_S = 30.0  # POST stop waits this long for the main loop to stop the run
