@@ -90,6 +90,10 @@ class CloudSettings(BaseSettings):
         None, description="Its password; needed only to enroll and revoke (no default value).")
     device_broker_url: str | None = Field(
         None, description="Broker URL written into device bundles, as devices reach it (default: broker_url).")
+    resume_runs: bool = Field(
+        True, description="At start-up, resume the run the previous coordinator process was running (killed or "
+        "shut down) from its last checkpointed round. Off: it stays `interrupted` until "
+        "POST /api/runs/{id}/resume.")
 
     @model_validator(mode="after")
     def _refuse_shared_coordinator_key(self) -> CloudSettings:
