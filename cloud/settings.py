@@ -86,6 +86,13 @@ class CloudSettings(BaseSettings):
         None, description="Its password; needed only to enroll and revoke (no default value).")
     device_broker_url: str | None = Field(
         None, description="Broker URL written into device bundles, as devices reach it (default: broker_url).")
+    database_url: str | None = Field(
+        None, description="The store's database: postgresql+psycopg://USER[:PASSWORD]@HOST[:PORT]/DATABASE for "
+        "PostgreSQL (psycopg 3; postgresql:// means the same), or sqlite:///PATH. Default: SQLite "
+        "<state_dir>/coordinator.sqlite3. Model files stay in <state_dir>/models either way.")
+    checkpoint_retention: int = Field(
+        0, ge=0, description="Round model files kept per run: the last N rounds plus round 0 and the current "
+        "(final) one; older ones are deleted after each saved round. 0 (default): keep all.")
 
     @model_validator(mode="after")
     def _refuse_shared_coordinator_key(self) -> CloudSettings:
@@ -99,6 +106,18 @@ class CloudSettings(BaseSettings):
         if value is None:
             return None
         parse_broker_url(value)  # the agent's parser too; BrokerUrlError is a ValueError
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            from cloud.store_database import DatabaseError, database_url
+
+            try:
+                database_url(Path("."), value)
+            except DatabaseError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @property
