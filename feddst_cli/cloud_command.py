@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from feddst_cli import cloud_devices_command, cloud_runs_command, devices_command, token_command
+
+if TYPE_CHECKING:
+    from cloud.settings import CloudSettings
 
 app = typer.Typer(help="The cloud coordinator: serve it, manage its API tokens, and drive its runs and devices "
                   "from a terminal over its REST API (--url / FEDDST_API_URL, --token / FEDDST_API_TOKEN).",
@@ -50,6 +54,14 @@ def serve(
     data_root: list[Path] | None = typer.Option(None, "--data-root", help="A directory run configs may name "
                                                 "evaluation data under (repeatable). Env: FEDDST_CLOUD_DATA_ROOTS "
                                                 "(JSON list). Default: none (only the built-in digits)."),
+    database_url: str | None = typer.Option(None, "--database-url", help="The store's database: "
+                                            "postgresql+psycopg://USER@HOST:PORT/DB (PostgreSQL) or "
+                                            "sqlite:///PATH. Env: FEDDST_CLOUD_DATABASE_URL (prefer it when the "
+                                            "URL holds a password). Default: <state-dir>/coordinator.sqlite3."),
+    checkpoint_retention: int | None = typer.Option(None, "--checkpoint-retention", min=0, help="Round model "
+                                                    "files kept per run: the last N plus round 0 and the final "
+                                                    "one. Env: FEDDST_CLOUD_CHECKPOINT_RETENTION. Default: 0 "
+                                                    "(keep all)."),
 ) -> None:
     """Serve the coordinator: REST API on --api-host:--api-port, MQTT client to --broker.
 
@@ -74,17 +86,32 @@ def serve(
                                       api_host=api_host, api_port=api_port, state_dir=state_dir,
                                       heartbeat_s=heartbeat_s, device_keys_file=device_keys_file,
                                       data_roots=data_root or None, signing_key_file=signing_key_file,
-                                      log_level=log_level)
+                                      log_level=log_level, database_url=database_url,
+                                      checkpoint_retention=checkpoint_retention)
     except (ValidationError, ValueError, OSError) as exc:
         typer.secho(f"error: invalid settings: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     configure_logging(settings.log_level)
     try:
+        _check_database(settings)
         uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None,
                     log_level=settings.log_level)
     finally:
         if broker_process is not None:
             broker_process.stop()
+
+
+def _check_database(settings: CloudSettings) -> None:
+    """Open the store once before serving (connect, schema check, migrations): a database that cannot be
+    used ends the command with one line naming database_url, not a traceback from inside uvicorn."""
+    from cloud.store import CoordinatorStore
+    from cloud.store_database import DatabaseError
+
+    try:
+        CoordinatorStore.from_settings(settings).close()
+    except DatabaseError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
 
 
 @keys_app.command("public")
