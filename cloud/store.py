@@ -320,6 +320,8 @@ def round_columns(record: Mapping[str, Any]) -> dict[str, float | int | None]:
     for name, integer in (("closed_at", False), ("upload_bytes", True), ("download_bytes", True),
                           ("accuracy", False)):
         value = record.get(name)
-        finite = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        out[name] = (int(value) if integer else float(value)) if finite else None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            out[name] = None
+        else:
+            out[name] = int(value) if integer else float(value)
     return out

@@ -68,7 +68,8 @@ def upgrade() -> None:
     for name, columns in _tables().items():
         if name not in existing:
             op.create_table(name, *columns)
-    indexes = {index["name"] for index in inspector.get_indexes("device_errors")} if "device_errors" in existing else set()
+    indexes = {index["name"] for index in inspector.get_indexes("device_errors")} \
+        if "device_errors" in existing else set()
     if "device_errors_by_device" not in indexes:
         op.create_index("device_errors_by_device", "device_errors", ["device_id", "at"])
 

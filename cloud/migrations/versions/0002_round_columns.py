@@ -30,8 +30,10 @@ def round_columns(record: dict) -> dict[str, float | int | None]:
     out: dict[str, float | int | None] = {}
     for name, kind in COLUMNS:
         value = record.get(name)
-        finite = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        out[name] = (int(value) if kind is sa.BigInteger else float(value)) if finite else None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            out[name] = None
+        else:
+            out[name] = int(value) if kind is sa.BigInteger else float(value)
     return out
 
 
