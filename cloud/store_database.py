@@ -16,6 +16,7 @@ failure is one line naming ``database_url`` and what to do.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,16 @@ MIGRATION_LOCK_KEY = 0x46454444  # pg_advisory_xact_lock key while migrating ("F
 WRITE = "feddst_write"
 """Execution option of a connection whose transactions write (SQLite: ``BEGIN IMMEDIATE``)."""
 SETTING_HINT = "database_url (flag --database-url, env FEDDST_CLOUD_DATABASE_URL)"
+
+
+def _migration_steps_only(record: logging.LogRecord) -> bool:
+    """Alembic's INFO lines worth a coordinator log: the migrations it runs (not its set-up chatter)."""
+    return record.levelno >= logging.WARNING or record.getMessage().startswith(("Running upgrade",
+                                                                                "Running downgrade"))
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_migration_steps_only)
+logging.getLogger("alembic.runtime.plugins").addFilter(_migration_steps_only)
 
 
 class DatabaseError(CoordinatorError):

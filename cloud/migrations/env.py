@@ -12,6 +12,8 @@ connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("the coordinator store's migrations run through cloud.store_database.migrate(), "
                        "which passes an open connection; the alembic command line is not set up")
-context.configure(connection=connection, target_metadata=None, render_as_batch=connection.dialect.name == "sqlite")
+sqlite = connection.dialect.name == "sqlite"
+# SQLite's DDL is transactional too: the whole upgrade is the caller's one transaction on either back end
+context.configure(connection=connection, target_metadata=None, render_as_batch=sqlite, transactional_ddl=True)
 with context.begin_transaction():
     context.run_migrations()
