@@ -386,3 +386,20 @@ def test_an_unreachable_database_is_one_line_naming_the_setting(tmp_path: Path):
     with pytest.raises(DatabaseUnavailableError) as caught:
         CoordinatorStore(tmp_path, "postgresql://nobody:s3cret@127.0.0.1:1/x")  # postgresql:// = psycopg 3
     assert "s3cret" not in str(caught.value) and "nobody:***@" in str(caught.value)
+
+
+def test_settings_choose_the_back_end_from_the_environment(backend_url, tmp_path: Path, monkeypatch):
+    from cloud.settings import CloudSettings
+
+    if backend_url is not None:
+        monkeypatch.setenv("FEDDST_CLOUD_DATABASE_URL", backend_url)
+    monkeypatch.setenv("FEDDST_CLOUD_CHECKPOINT_RETENTION", "3")
+    settings = CloudSettings.load(None, state_dir=tmp_path / "state", mqtt_username=None)
+    store = CoordinatorStore.from_settings(settings)
+    try:
+        assert (store.backend, store.checkpoint_retention) == ("sqlite" if backend_url is None else "postgresql", 3)
+    finally:
+        store.close()
+    assert (tmp_path / "state" / "coordinator.sqlite3").exists() == (backend_url is None)
+    with pytest.raises(ValueError, match="back end 'mysql' is not supported"):
+        CloudSettings(state_dir=tmp_path, database_url="mysql://root@127.0.0.1/x")
