@@ -4,7 +4,8 @@ Two back ends, chosen by the ``database_url`` setting:
 
 * none (default): SQLite, ``<state_dir>/coordinator.sqlite3`` (mode 0600: it holds device keys), in WAL
   mode with ``synchronous=FULL`` (a committed transaction survives a power cut); write transactions take
-  the write lock up front (``BEGIN IMMEDIATE``, waiting up to 30 s for another process's writer);
+  the write lock up front (``BEGIN IMMEDIATE``, waiting up to 30 s for another process's writer); reads
+  are single statements in autocommit mode;
 * ``postgresql+psycopg://USER[:PASSWORD]@HOST[:PORT]/DB`` (``postgresql://`` means the same: psycopg 3);
   ``?options=-csearch_path%3DSCHEMA`` puts the tables in another schema. ``sqlite:///PATH`` is accepted too.
 
@@ -136,14 +137,17 @@ def _sqlite_engine(url: URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.get_execution_options().get(WRITE) else "BEGIN")
+        if connection.get_execution_options().get(WRITE):  # reads are single statements: autocommit suffices
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
 
 def _postgresql_engine(url: URL) -> Engine:
     try:
-        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        # no pool_pre_ping (a round trip per call): a connection the server dropped fails one call, and the
+        # pool then discards every connection opened before it
+        return create_engine(url, connect_args={"connect_timeout": 10})
     except (ArgumentError, NoSuchModuleError) as exc:
         raise DatabaseUnavailableError(f"{SETTING_HINT} {shown_url(url)}: {exc}") from None
 
