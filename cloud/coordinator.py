@@ -95,7 +95,7 @@ class Coordinator:
 
     def __init__(self, settings: CloudSettings, store: CoordinatorStore | None = None):
         self.settings = settings
-        self.store = store or CoordinatorStore(settings.state_dir)
+        self.store = store or CoordinatorStore.from_settings(settings)
         self.checkpoints = CheckpointStore(self.store.state_dir)
         left_running = self.store.mark_unfinished_runs_interrupted()
         self.tokens = TokenStore(self.store.state_dir)

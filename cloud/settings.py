@@ -94,6 +94,13 @@ class CloudSettings(BaseSettings):
         True, description="At start-up, resume the run the previous coordinator process was running (killed or "
         "shut down) from its last checkpointed round. Off: it stays `interrupted` until "
         "POST /api/runs/{id}/resume.")
+    database_url: str | None = Field(
+        None, description="The store's database: postgresql+psycopg://USER[:PASSWORD]@HOST[:PORT]/DATABASE for "
+        "PostgreSQL (psycopg 3; postgresql:// means the same), or sqlite:///PATH. Default: SQLite "
+        "<state_dir>/coordinator.sqlite3. Model files stay in <state_dir>/models either way.")
+    checkpoint_retention: int = Field(
+        0, ge=0, description="Round model files kept per run: the last N rounds plus round 0 and the current "
+        "(final) one; older ones are deleted after each saved round. 0 (default): keep all.")
 
     @model_validator(mode="after")
     def _refuse_shared_coordinator_key(self) -> CloudSettings:
@@ -107,6 +114,18 @@ class CloudSettings(BaseSettings):
         if value is None:
             return None
         parse_broker_url(value)  # the agent's parser too; BrokerUrlError is a ValueError
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            from cloud.store_database import DatabaseError, database_url
+
+            try:
+                database_url(Path("."), value)
+            except DatabaseError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @property

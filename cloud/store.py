@@ -1,217 +1,165 @@
-"""Durable state of the coordinator: SQLite (runs, rounds, devices) + one safetensors file per round.
+"""Durable state of the coordinator: a database (runs, rounds, devices...) + one safetensors file per round.
 
-Layout of ``state_dir``::
+The database is SQLite in ``state_dir`` (default) or PostgreSQL (setting ``database_url``), through
+SQLAlchemy Core on the tables of :mod:`cloud.store_schema`; :mod:`cloud.store_database` opens it and
+migrates its schema. Layout of ``state_dir``::
 
-    coordinator.sqlite3                         runs, rounds, devices, enrollments (device keys), device
-                                                sequence numbers
+    coordinator.sqlite3                         (SQLite only) runs, rounds, devices, enrollments (device
+                                                keys), device sequence numbers; API tokens on either
     models/<run_id>/round-00012.safetensors     global model after round 12 (and round-00000: initial)
 
 Model files hold every parameter under its own name plus each mask as ``<name>.mask`` (bool);
-they are written atomically (temp file + ``os.replace``). All methods are thread-safe (one
-connection guarded by a lock); a restarted coordinator sees every past run.
+they are written atomically and durably (:mod:`cloud.model_files`), and with ``checkpoint_retention``
+N > 0 only round 0, the current round and the last N rounds keep their files. All methods are
+thread-safe; a restarted coordinator sees every past run.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import math
 import shutil
-import sqlite3
-import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from sqlalchemy import Connection, Table, func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from cloud import model_files
 from cloud.errors import ModelNotAvailableError, RunNotFoundError
+from cloud.store_database import WRITE, open_database
+from cloud.store_rows import (
+    ENROLLMENT_STATUSES,
+    RUN_STATUSES,
+    DeviceErrorRow,
+    DeviceRow,
+    EnrollmentRow,
+    RunRow,
+    SequenceRow,
+)
+from cloud.store_schema import RUN_TABLES, device_errors, device_sequences, devices, enrollments, rounds, runs
 from feddst_core.model_file import MASK_SUFFIX, decode_model_file, encode_model_file
 
-RUN_STATUSES = ("created", "running", "completed", "stopped", "failed", "interrupted")
-__all__ = ["MASK_SUFFIX", "CoordinatorStore", "DeviceErrorRow", "DeviceRow", "RunRow"]
-RUN_TABLES = ("rounds", "device_errors")  # tables keyed by run_id whose rows go with the run (delete_run)
+if TYPE_CHECKING:
+    from cloud.settings import CloudSettings
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, config TEXT NOT NULL, status TEXT NOT NULL,
-    created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT,
-    model_round INTEGER, counters TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    run_id TEXT NOT NULL, round INTEGER NOT NULL, record TEXT NOT NULL, PRIMARY KEY (run_id, round)
-);
-CREATE TABLE IF NOT EXISTS device_errors (
-    device_id TEXT NOT NULL, run_id TEXT NOT NULL, round INTEGER NOT NULL, code TEXT NOT NULL,
-    detail TEXT NOT NULL, at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS device_errors_by_device ON device_errors (device_id, at);
-CREATE TABLE IF NOT EXISTS devices (
-    id TEXT PRIMARY KEY, capabilities TEXT NOT NULL DEFAULT '{}', sample_count INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL DEFAULT 'offline', last_seen REAL NOT NULL DEFAULT 0,
-    rounds_done INTEGER NOT NULL DEFAULT 0, bytes_up INTEGER NOT NULL DEFAULT 0,
-    bytes_down INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS enrollments (
-    device_id TEXT PRIMARY KEY, device_key TEXT NOT NULL, status TEXT NOT NULL,
-    enrolled_at REAL NOT NULL, revoked_at REAL
-);
-CREATE TABLE IF NOT EXISTS device_sequences (
-    device_id TEXT PRIMARY KEY, last_seq TEXT NOT NULL, will_seq TEXT NOT NULL DEFAULT '0',
-    will_used INTEGER NOT NULL DEFAULT 0
-);
-"""
+__all__ = ["ENROLLMENT_STATUSES", "MASK_SUFFIX", "RUN_STATUSES", "CoordinatorStore", "DeviceErrorRow", "DeviceRow",
+           "EnrollmentRow", "RunRow", "SequenceRow"]
 
-
-@dataclass
-class RunRow:
-    id: str
-    name: str
-    config: dict[str, Any]
-    status: str
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    error: str | None
-    model_round: int | None
-    counters: dict[str, int]
-
-
-@dataclass(frozen=True)
-class SequenceRow:
-    """Replay state of one device: the highest seq accepted, and its current last will (u64 values)."""
-
-    device_id: str
-    last_seq: int
-    will_seq: int = 0
-    will_used: bool = False
-
-
-@dataclass(frozen=True)
-class DeviceErrorRow:
-    """One error a device reported: the task (run, round) it could not do, a reason code, a text, when."""
-
-    device_id: str
-    run_id: str
-    round: int
-    code: str
-    detail: str
-    at: float
-
-
-@dataclass
-class DeviceRow:
-    id: str
-    capabilities: dict[str, Any]
-    sample_count: int
-    state: str
-    last_seen: float
-    rounds_done: int
-    bytes_up: int
-    bytes_down: int
-
-
-ENROLLMENT_STATUSES = ("active", "revoked")
-
-
-@dataclass(frozen=True)
-class EnrollmentRow:
-    """An enrolled device: its HMAC key (hex) and whether it is ``active`` or ``revoked`` (Unix times)."""
-
-    device_id: str
-    device_key_hex: str
-    status: str
-    enrolled_at: float
-    revoked_at: float | None
+RUN_COLUMNS = (runs.c.id, runs.c.name, runs.c.config, runs.c.status, runs.c.created_at, runs.c.started_at,
+               runs.c.finished_at, runs.c.error, runs.c.model_round, runs.c.counters)
+DEVICE_COLUMNS = (devices.c.id, devices.c.capabilities, devices.c.sample_count, devices.c.state, devices.c.last_seen,
+                  devices.c.rounds_done, devices.c.bytes_up, devices.c.bytes_down)
+ENROLLMENT_COLUMNS = (enrollments.c.device_id, enrollments.c.device_key, enrollments.c.status,
+                      enrollments.c.enrolled_at, enrollments.c.revoked_at)
 
 
 class CoordinatorStore:
-    """Runs, rounds and devices in SQLite; global models as safetensors files."""
+    """Runs, rounds and devices in SQLite or PostgreSQL; global models as safetensors files.
 
-    def __init__(self, state_dir: Path):
+    ``database_url`` None: SQLite in ``state_dir``. ``checkpoint_retention`` 0 keeps every round's model
+    file. Raises :class:`cloud.store_database.DatabaseError` when the database cannot be used."""
+
+    def __init__(self, state_dir: Path, database_url: str | None = None, checkpoint_retention: int = 0):
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        db_path = self.state_dir / "coordinator.sqlite3"
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        os.chmod(db_path, 0o600)  # it holds the device keys; SQLite gives its -wal/-shm files the same mode
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        self.checkpoint_retention = int(checkpoint_retention)
+        self._engine = open_database(self.state_dir, database_url)
+        self.backend = self._engine.dialect.name  # "sqlite" or "postgresql"
+        self._insert = postgresql_insert if self.backend == "postgresql" else sqlite_insert
+
+    @classmethod
+    def from_settings(cls, settings: CloudSettings) -> CoordinatorStore:
+        """The store the coordinator's settings describe (``state_dir``, ``database_url``, ``checkpoint_retention``)."""
+        return cls(settings.state_dir, settings.database_url, settings.checkpoint_retention)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._engine.dispose()
 
-    def _execute(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+    def _read(self, statement: Any) -> list[Any]:
+        with self._engine.connect() as conn:
+            return list(conn.execute(statement).all())
+
+    def _write(self, *statements: Any) -> None:
+        """Run ``statements`` in one transaction (``(statement, parameter list)`` pairs run as executemany)."""
+        with self._writing() as conn, conn.begin():
+            for statement in statements:
+                if isinstance(statement, tuple):
+                    conn.execute(*statement)
+                else:
+                    conn.execute(statement)
+
+    def _writing(self) -> Connection:
+        return self._engine.connect().execution_options(**{WRITE: True})
+
+    def _upsert(self, table: Table, values: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
+        """INSERT ... ON CONFLICT (primary key) DO UPDATE every other column (SQLite's INSERT OR REPLACE)."""
+        statement = self._insert(table)
+        keys = [c.name for c in table.primary_key.columns]
+        updated = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys and
+                   c.name in values[0]}
+        return statement.on_conflict_do_update(index_elements=keys, set_=updated), values
 
     # --- runs -------------------------------------------------------------------------------------
 
     def create_run(self, run_id: str, name: str, config: Mapping[str, Any]) -> RunRow:
-        self._execute("INSERT INTO runs (id, name, config, status, created_at) VALUES (?, ?, ?, 'created', ?)",
-                      (run_id, name, json.dumps(config), time.time()))
+        self._write(runs.insert().values(id=run_id, name=name, config=json.dumps(config), status="created",
+                                         created_at=time.time()))
         return self.get_run(run_id)
 
     def get_run(self, run_id: str) -> RunRow:
-        rows = self._execute("SELECT id, name, config, status, created_at, started_at, finished_at, error, "
-                             "model_round, counters FROM runs WHERE id = ?", (run_id,))
+        rows = self._read(select(*RUN_COLUMNS).where(runs.c.id == run_id))
         if not rows:
             raise RunNotFoundError(f"no run {run_id!r}")
         return self._run_row(rows[0])
 
     def list_runs(self) -> list[RunRow]:
-        rows = self._execute("SELECT id, name, config, status, created_at, started_at, finished_at, error, "
-                             "model_round, counters FROM runs ORDER BY created_at, id")
-        return [self._run_row(r) for r in rows]
+        return [self._run_row(r) for r in self._read(select(*RUN_COLUMNS).order_by(runs.c.created_at, runs.c.id))]
 
     @staticmethod
-    def _run_row(r: tuple) -> RunRow:
+    def _run_row(r: Any) -> RunRow:
         return RunRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], json.loads(r[9]))
 
     def set_run_status(self, run_id: str, status: str, error: str | None = None) -> None:
         assert status in RUN_STATUSES, status
         now = time.time()
+        update = runs.update().where(runs.c.id == run_id)
         if status == "running":
-            self._execute("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?), finished_at = NULL, "
-                          "error = NULL WHERE id = ?", (status, now, run_id))  # NULLs: a resumed run
+            self._write(update.values(status=status, started_at=func.coalesce(runs.c.started_at, now),
+                                      finished_at=None, error=None))  # NULLs: a resumed run
         elif status in ("completed", "stopped", "failed", "interrupted"):
-            self._execute("UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
-                          (status, now, error, run_id))
+            self._write(update.values(status=status, finished_at=now, error=error))
         else:
-            self._execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
+            self._write(update.values(status=status))
 
     def mark_unfinished_runs_interrupted(self) -> list[str]:
         """At start-up: runs left 'running' by a previous process become 'interrupted'."""
-        ids = [r[0] for r in self._execute("SELECT id FROM runs WHERE status = 'running'")]
+        ids = [r[0] for r in self._read(select(runs.c.id).where(runs.c.status == "running"))]
         for run_id in ids:
             self.set_run_status(run_id, "interrupted", "coordinator restarted during the run")
         return ids
 
     def set_run_counters(self, run_id: str, counters: Mapping[str, int]) -> None:
-        self._execute("UPDATE runs SET counters = ? WHERE id = ?", (json.dumps(dict(counters)), run_id))
+        self._write(runs.update().where(runs.c.id == run_id).values(counters=json.dumps(dict(counters))))
 
     def delete_run(self, run_id: str) -> None:
         """Remove the run, its rounds and its model files (``RunNotFoundError`` if there is no such run)."""
         self.get_run(run_id)
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                for table in RUN_TABLES:
-                    self._db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-                self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        shutil.rmtree(self.state_dir / "models" / run_id, ignore_errors=True)
+        self._write(*(table.delete().where(table.c.run_id == run_id) for table in RUN_TABLES),
+                    runs.delete().where(runs.c.id == run_id))
+        shutil.rmtree(self.models_dir / run_id, ignore_errors=True)
 
     # --- rounds -----------------------------------------------------------------------------------
 
     def add_round(self, run_id: str, record: Mapping[str, Any]) -> None:
-        self._execute("INSERT OR REPLACE INTO rounds (run_id, round, record) VALUES (?, ?, ?)",
-                      (run_id, int(record["round"]), json.dumps(dict(record))))
+        """Store (or replace) the record of round ``record["round"]`` (a JSON-able mapping)."""
+        values = {"run_id": run_id, "round": int(record["round"]), "record": json.dumps(dict(record)),
+                  **round_columns(record)}
+        self._write(self._upsert(rounds, [values]))
 
     def rounds(self, run_id: str, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """Round records of a run with ``round > since``, in round order, at most ``limit`` of them."""
@@ -220,23 +168,25 @@ class CoordinatorStore:
     def round_texts(self, run_id: str, since: int = 0, limit: int | None = None) -> list[str]:
         """The same records as :meth:`rounds`, as their stored JSON text (one object each), for callers
         that validate JSON straight into schemas (the API: far cheaper than ``json.loads`` per record)."""
-        rows = self._execute("SELECT record FROM rounds WHERE run_id = ? AND round > ? ORDER BY round LIMIT ?",
-                             (run_id, since, -1 if limit is None else limit))
-        return [r[0] for r in rows]
+        query = (select(rounds.c.record).where(rounds.c.run_id == run_id, rounds.c.round > since)
+                 .order_by(rounds.c.round).limit(limit))
+        return [r[0] for r in self._read(query)]
 
     def run_progress(self) -> dict[str, dict[str, Any]]:
         """Per run with rounds: ``upload_bytes``/``download_bytes`` (cumulative, of its last round) and
         ``latest_accuracy`` (of its last evaluated round, None if none was evaluated)."""
-        last = self._execute(
-            "SELECT r.run_id, json_extract(r.record, '$.upload_bytes'), json_extract(r.record, '$.download_bytes') "
-            "FROM rounds r JOIN (SELECT run_id, MAX(round) AS m FROM rounds GROUP BY run_id) t "
-            "ON r.run_id = t.run_id AND r.round = t.m")
-        accuracy = self._execute(
-            "SELECT r.run_id, json_extract(r.record, '$.accuracy') FROM rounds r JOIN (SELECT run_id, MAX(round) AS m "
-            "FROM rounds WHERE json_extract(record, '$.accuracy') IS NOT NULL GROUP BY run_id) t "
-            "ON r.run_id = t.run_id AND r.round = t.m")
-        out = {run_id: {"upload_bytes": up or 0, "download_bytes": down or 0, "latest_accuracy": None}
-               for run_id, up, down in last}
+        last_round = select(rounds.c.run_id, func.max(rounds.c.round).label("m")).group_by(rounds.c.run_id).subquery()
+        last = self._read(select(rounds.c.run_id, rounds.c.upload_bytes, rounds.c.download_bytes)
+                          .join(last_round, (rounds.c.run_id == last_round.c.run_id)
+                                & (rounds.c.round == last_round.c.m)))
+        evaluated = (select(rounds.c.run_id, func.max(rounds.c.round).label("m"))
+                     .where(rounds.c.accuracy.is_not(None)).group_by(rounds.c.run_id).subquery())
+        accuracy = self._read(select(rounds.c.run_id, rounds.c.accuracy)
+                              .join(evaluated, (rounds.c.run_id == evaluated.c.run_id)
+                                    & (rounds.c.round == evaluated.c.m)))
+        out: dict[str, dict[str, Any]] = {
+            run_id: {"upload_bytes": up or 0, "download_bytes": down or 0, "latest_accuracy": None}
+            for run_id, up, down in last}
         for run_id, acc in accuracy:
             out.setdefault(run_id, {"upload_bytes": 0, "download_bytes": 0})["latest_accuracy"] = acc
         return out
@@ -244,8 +194,8 @@ class CoordinatorStore:
     def device_rounds(self, device_id: str, limit: int) -> list[tuple[str, dict[str, Any]]]:
         """(run id, round record) of the latest ``limit`` rounds the device was selected for, newest first."""
         pattern = "%" + json.dumps(device_id).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        rows = self._execute("SELECT run_id, record FROM rounds WHERE record LIKE ? ESCAPE '\\' "
-                             "ORDER BY json_extract(record, '$.closed_at') DESC, round DESC", (pattern,))
+        rows = self._read(select(rounds.c.run_id, rounds.c.record).where(rounds.c.record.like(pattern, escape="\\"))
+                          .order_by(rounds.c.closed_at.desc().nulls_last(), rounds.c.round.desc()))
         out = []
         for run_id, text in rows:
             record = json.loads(text)
@@ -257,19 +207,22 @@ class CoordinatorStore:
 
     # --- models -----------------------------------------------------------------------------------
 
+    @property
+    def models_dir(self) -> Path:
+        return self.state_dir / "models"
+
     def model_path(self, run_id: str, server_round: int) -> Path:
-        return self.state_dir / "models" / run_id / f"round-{server_round:05d}.safetensors"
+        return model_files.round_file(self.models_dir, run_id, server_round)
 
     def save_model(self, run_id: str, server_round: int, params: Mapping[str, torch.Tensor],
                    masks: Mapping[str, torch.Tensor]) -> Path:
-        """Write the global model of ``server_round`` atomically and make it the run's current model
-        (layout: ``feddst_core.model_file``)."""
+        """Write the global model of ``server_round`` atomically and durably, make it the run's current model
+        (layout: ``feddst_core.model_file``), then apply ``checkpoint_retention`` to the run's files."""
         path = self.model_path(run_id, server_round)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(encode_model_file(params, masks, {"run_id": run_id, "round": str(server_round)}))
-        os.replace(tmp, path)
-        self._execute("UPDATE runs SET model_round = ? WHERE id = ?", (server_round, run_id))
+        model_files.write_round_file(path, encode_model_file(params, masks,
+                                                             {"run_id": run_id, "round": str(server_round)}))
+        self._write(runs.update().where(runs.c.id == run_id).values(model_round=server_round))
+        model_files.prune_round_files(path.parent, self.checkpoint_retention, server_round)
         return path
 
     def model_file(self, run_id: str) -> Path:
@@ -284,9 +237,9 @@ class CoordinatorStore:
         self.get_run(run_id)
         path = self.model_path(run_id, server_round)
         if not path.exists():
-            saved = sorted(int(p.stem.split("-")[1]) for p in path.parent.glob("round-*.safetensors"))
+            saved = model_files.saved_rounds(path.parent)
             raise ModelNotAvailableError(f"run {run_id!r} has no global model of round {server_round}"
-                                         + (f"; saved rounds: {saved[0]}..{saved[-1]}" if saved else ""))
+                                         + (f"; saved rounds: {model_files.describe_rounds(saved)}" if saved else ""))
         return path
 
     def load_model(self, run_id: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -298,56 +251,52 @@ class CoordinatorStore:
     # --- devices ----------------------------------------------------------------------------------
 
     def save_device(self, row: DeviceRow) -> None:
-        self._execute(
-            "INSERT OR REPLACE INTO devices (id, capabilities, sample_count, state, last_seen, rounds_done, "
-            "bytes_up, bytes_down) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (row.id, json.dumps(row.capabilities), row.sample_count, row.state, row.last_seen, row.rounds_done,
-             row.bytes_up, row.bytes_down))
+        self._write(self._upsert(devices, [{
+            "id": row.id, "capabilities": json.dumps(row.capabilities), "sample_count": row.sample_count,
+            "state": row.state, "last_seen": row.last_seen, "rounds_done": row.rounds_done,
+            "bytes_up": row.bytes_up, "bytes_down": row.bytes_down}]))
 
     def add_device_error(self, error: DeviceErrorRow) -> None:
-        self._execute("INSERT INTO device_errors (device_id, run_id, round, code, detail, at) "
-                      "VALUES (?, ?, ?, ?, ?, ?)",
-                      (error.device_id, error.run_id, error.round, error.code, error.detail, error.at))
+        self._write(device_errors.insert().values(device_id=error.device_id, run_id=error.run_id, round=error.round,
+                                                  code=error.code, detail=error.detail, at=error.at))
 
     def last_device_errors(self) -> dict[str, DeviceErrorRow]:
         """Device id -> its latest reported error."""
-        rows = self._execute("SELECT device_id, run_id, round, code, detail, MAX(at) FROM device_errors "
-                             "GROUP BY device_id")
+        e = device_errors.c
+        ranked = select(e.device_id, e.run_id, e.round, e.code, e.detail, e.at, func.row_number().over(
+            partition_by=e.device_id, order_by=e.at.desc()).label("n")).subquery()
+        rows = self._read(select(*(c for c in ranked.c if c.name != "n")).where(ranked.c.n == 1))
         return {r[0]: DeviceErrorRow(*r) for r in rows}
 
     def load_devices(self) -> list[DeviceRow]:
-        rows = self._execute("SELECT id, capabilities, sample_count, state, last_seen, rounds_done, bytes_up, "
-                             "bytes_down FROM devices ORDER BY id")
+        rows = self._read(select(*DEVICE_COLUMNS).order_by(devices.c.id))
         return [DeviceRow(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
 
     # --- enrollments ------------------------------------------------------------------------------
 
     def save_enrollment(self, device_id: str, device_key_hex: str) -> EnrollmentRow:
         """Enroll (or re-enroll) a device with a new key: status ``active``, enrolled now."""
-        self._execute("INSERT OR REPLACE INTO enrollments (device_id, device_key, status, enrolled_at, revoked_at) "
-                      "VALUES (?, ?, 'active', ?, NULL)", (device_id, device_key_hex, time.time()))
+        self._write(self._upsert(enrollments, [{"device_id": device_id, "device_key": device_key_hex,
+                                                "status": "active", "enrolled_at": time.time(), "revoked_at": None}]))
         row = self.get_enrollment(device_id)
         assert row is not None
         return row
 
     def revoke_enrollment(self, device_id: str) -> EnrollmentRow | None:
         """Mark an active enrollment revoked (a revoked one keeps its first revocation time); None: unknown."""
-        self._execute("UPDATE enrollments SET status = 'revoked', revoked_at = COALESCE(revoked_at, ?) "
-                      "WHERE device_id = ?", (time.time(), device_id))
+        self._write(enrollments.update().where(enrollments.c.device_id == device_id).values(
+            status="revoked", revoked_at=func.coalesce(enrollments.c.revoked_at, time.time())))
         return self.get_enrollment(device_id)
 
     def get_enrollment(self, device_id: str) -> EnrollmentRow | None:
-        rows = self._execute("SELECT device_id, device_key, status, enrolled_at, revoked_at FROM enrollments "
-                             "WHERE device_id = ?", (device_id,))
+        rows = self._read(select(*ENROLLMENT_COLUMNS).where(enrollments.c.device_id == device_id))
         return EnrollmentRow(*rows[0]) if rows else None
 
     def list_enrollments(self) -> list[EnrollmentRow]:
-        rows = self._execute("SELECT device_id, device_key, status, enrolled_at, revoked_at FROM enrollments "
-                             "ORDER BY device_id")
-        return [EnrollmentRow(*r) for r in rows]
+        return [EnrollmentRow(*r) for r in self._read(select(*ENROLLMENT_COLUMNS).order_by(enrollments.c.device_id))]
 
     def has_enrollments(self) -> bool:
-        return bool(self._execute("SELECT EXISTS (SELECT 1 FROM enrollments)")[0][0])
+        return bool(self._read(select(enrollments.c.device_id).limit(1)))
 
     # --- device sequence numbers (replay protection) ----------------------------------------------
 
@@ -355,17 +304,25 @@ class CoordinatorStore:
         """Persist devices' replay state in one transaction (u64 values are stored as decimal text)."""
         if not rows:
             return
-        values = [(r.device_id, str(r.last_seq), str(r.will_seq), int(r.will_used)) for r in rows]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany("INSERT OR REPLACE INTO device_sequences (device_id, last_seq, will_seq, "
-                                     "will_used) VALUES (?, ?, ?, ?)", values)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        values = [{"device_id": r.device_id, "last_seq": str(r.last_seq), "will_seq": str(r.will_seq),
+                   "will_used": int(r.will_used)} for r in rows]
+        self._write(self._upsert(device_sequences, values))
 
     def load_sequences(self) -> list[SequenceRow]:
-        rows = self._execute("SELECT device_id, last_seq, will_seq, will_used FROM device_sequences ORDER BY device_id")
+        s = device_sequences.c
+        rows = self._read(select(s.device_id, s.last_seq, s.will_seq, s.will_used).order_by(s.device_id))
         return [SequenceRow(r[0], int(r[1]), int(r[2]), bool(r[3])) for r in rows]
+
+
+def round_columns(record: Mapping[str, Any]) -> dict[str, float | int | None]:
+    """``closed_at``, ``upload_bytes``, ``download_bytes``, ``accuracy`` of a round record as column values
+    (None where the record holds no finite number)."""
+    out: dict[str, float | int | None] = {}
+    for name, integer in (("closed_at", False), ("upload_bytes", True), ("download_bytes", True),
+                          ("accuracy", False)):
+        value = record.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            out[name] = None
+        else:
+            out[name] = int(value) if integer else float(value)
+    return out

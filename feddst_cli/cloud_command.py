@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 from feddst_cli import cloud_devices_command, cloud_runs_command, devices_command, token_command
 
+if TYPE_CHECKING:
+    from cloud.settings import CloudSettings
+
 app = typer.Typer(help="The cloud coordinator: serve it, manage its API tokens, and drive its runs and devices "
                   "from a terminal over its REST API (--url / FEDDST_API_URL, --token / FEDDST_API_TOKEN).",
                   no_args_is_help=True)
@@ -58,6 +61,14 @@ def serve(
     data_root: list[Path] | None = typer.Option(None, "--data-root", help="A directory run configs may name "
                                                 "evaluation data under (repeatable). Env: FEDDST_CLOUD_DATA_ROOTS "
                                                 "(JSON list). Default: none (only the built-in digits)."),
+    database_url: str | None = typer.Option(None, "--database-url", help="The store's database: "
+                                            "postgresql+psycopg://USER@HOST:PORT/DB (PostgreSQL) or "
+                                            "sqlite:///PATH. Env: FEDDST_CLOUD_DATABASE_URL (prefer it when the "
+                                            "URL holds a password). Default: <state-dir>/coordinator.sqlite3."),
+    checkpoint_retention: int | None = typer.Option(None, "--checkpoint-retention", min=0, help="Round model "
+                                                    "files kept per run: the last N plus round 0 and the final "
+                                                    "one. Env: FEDDST_CLOUD_CHECKPOINT_RETENTION. Default: 0 "
+                                                    "(keep all)."),
 ) -> None:
     """Serve the coordinator: REST API on --api-host:--api-port, MQTT client to --broker.
 
@@ -78,7 +89,8 @@ def serve(
                                       api_host=api_host, api_port=api_port, state_dir=state_dir,
                                       heartbeat_s=heartbeat_s, device_keys_file=device_keys_file,
                                       data_roots=data_root or None, signing_key_file=signing_key_file,
-                                      log_level=log_level, resume_runs=resume_runs)
+                                      log_level=log_level, resume_runs=resume_runs,
+                                      database_url=database_url, checkpoint_retention=checkpoint_retention)
         check_startup(settings)
     except ValidationError as exc:
         _fail(f"invalid settings: {settings_error_line(exc)}")
@@ -118,11 +130,14 @@ def _start_coordinator(settings: CloudSettings) -> Coordinator:
 
     from cloud.coordinator import Coordinator
     from cloud.signing_key import SigningKeyError
+    from cloud.store_database import DatabaseError
 
     try:
         coordinator = Coordinator(settings)
     except SigningKeyError as exc:
         _fail(f"signing_key_file: {exc}")
+    except DatabaseError as exc:  # connect, schema check, migrations: one line naming database_url
+        _fail(str(exc))
     except OSError as exc:
         _fail(f"state_dir: {settings.state_dir}: {exc}; check the directory and its files")
     if not coordinator.start(connect_timeout_s=5.0):

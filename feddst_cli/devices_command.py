@@ -20,13 +20,19 @@ def _service(config: Path | None, state_dir: Path | None, **overrides: object): 
     from cloud.enrollment import EnrollmentService
     from cloud.settings import CloudSettings
     from cloud.store import CoordinatorStore
+    from cloud.store_database import DatabaseError
 
     try:
         settings = CloudSettings.load(config, state_dir=state_dir, **overrides)
     except (ValidationError, ValueError, OSError) as exc:
         typer.secho(f"error: invalid settings: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
-    return EnrollmentService(settings, CoordinatorStore(settings.state_dir))
+    try:
+        store = CoordinatorStore.from_settings(settings)  # the coordinator's database (database_url) too
+    except DatabaseError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    return EnrollmentService(settings, store)
 
 
 def _fail(exc: Exception) -> typer.Exit:

@@ -72,14 +72,18 @@ def _from_file(source: Path, model: str | None, dataset: str | None, sparse: boo
     raise AssertionError("unreachable")
 
 
-def _from_state_dir(state_dir: Path, run_id: str, server_round: int | None) -> bytes:
+def _from_state_dir(state_dir: Path, run_id: str, server_round: int | None, database_url: str | None) -> bytes:
     from cloud.errors import ModelNotAvailableError, RunNotFoundError
     from cloud.model_export import run_model_onnx
     from cloud.store import CoordinatorStore
+    from cloud.store_database import DatabaseError
 
-    if not (state_dir / "coordinator.sqlite3").is_file():
+    if database_url is None and not (state_dir / "coordinator.sqlite3").is_file():
         _fail(f"--state-dir {state_dir} holds no coordinator.sqlite3; give the coordinator's --state-dir")
-    store = CoordinatorStore(state_dir)
+    try:
+        store = CoordinatorStore(state_dir, database_url)
+    except DatabaseError as exc:
+        _fail(str(exc))
     try:
         return run_model_onnx(store, run_id, server_round)
     except (RunNotFoundError, ModelNotAvailableError) as exc:
@@ -127,6 +131,10 @@ def export_onnx(
                                             "export. Default: the latest.", rich_help_panel=SOURCE),
     state_dir: Path | None = typer.Option(None, help="With --run: the coordinator's --state-dir (read directly).",
                                           rich_help_panel=SOURCE),
+    database_url: str | None = typer.Option(None, "--database-url", envvar="FEDDST_CLOUD_DATABASE_URL",
+                                            help="With --state-dir: the coordinator's database_url when it "
+                                            "is PostgreSQL (its models stay in --state-dir). Env: "
+                                            "FEDDST_CLOUD_DATABASE_URL.", rich_help_panel=SOURCE),
     api: str | None = typer.Option(None, help="With --run: the coordinator's URL, e.g. http://coordinator:8000 "
                                    "(GET /api/runs/{id}/model.onnx).", rich_help_panel=SOURCE),
     token: str | None = typer.Option(None, envvar="FEDDST_API_TOKEN", help="With --api: a bearer token for the "
@@ -158,7 +166,7 @@ def export_onnx(
             _fail("--run needs exactly one of --state-dir DIR (the coordinator's) or --api URL")
         if model or dataset or sparse:
             _fail("--model, --dataset and --sparse go with --from; a run's model and dataset come from its config")
-        data = (_from_state_dir(state_dir, run, server_round) if state_dir is not None
+        data = (_from_state_dir(state_dir, run, server_round, database_url) if state_dir is not None
                 else _from_api(str(api), run, server_round, token))
     from inference.onnx_file import write_file_atomically
 

@@ -11,6 +11,14 @@ import pytest
 sys.path.append(str(Path(__file__).resolve().parent))  # for `brokers`; after the real packages
 
 from brokers import MosquittoBroker  # noqa: E402
+from postgres_schemas import drop_schemas  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_postgresql_schemas() -> Iterator[None]:
+    """The PostgreSQL schemas tests made (tests/postgres_schemas.py) go at the end of the session."""
+    yield
+    drop_schemas()
 
 
 @pytest.fixture

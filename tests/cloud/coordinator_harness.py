@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from postgres_schemas import coordinator_tests_use_postgresql, new_schema
 
 from cloud.coordinator import Coordinator
 from cloud.settings import CloudSettings
@@ -40,8 +41,13 @@ def provision_signing_key(state_dir: Path) -> Path:
 
 
 def make_coordinator(broker_url: str, state_dir: Path, **settings_kwargs: object) -> Coordinator:
-    """A started coordinator whose signing key is :data:`TEST_SIGNING_KEY` (other settings: ``settings_kwargs``)."""
+    """A started coordinator whose signing key is :data:`TEST_SIGNING_KEY` (other settings: ``settings_kwargs``).
+
+    With ``FEDDST_TEST_DATABASE_URL`` set, its store is on that PostgreSQL server, in a schema of its own
+    per state dir (so a coordinator restarted on the same state dir finds its runs)."""
     provision_signing_key(state_dir)
+    if coordinator_tests_use_postgresql() and "database_url" not in settings_kwargs:
+        settings_kwargs["database_url"] = new_schema(str(Path(state_dir).resolve()))  # same state dir, same schema
     settings = CloudSettings(broker_url=broker_url, state_dir=state_dir, heartbeat_s=1.0, mqtt_username=None,
                              **settings_kwargs)  # type: ignore[arg-type]
     coordinator = Coordinator(settings)

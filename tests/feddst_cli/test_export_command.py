@@ -8,6 +8,7 @@ import socket
 import numpy as np
 import onnx
 import pytest
+from postgres_schemas import new_schema, unavailable_reason
 from typer.testing import CliRunner
 
 from cloud.store import CoordinatorStore
@@ -121,6 +122,26 @@ def test_from_a_state_dir(tmp_path, digits_model):
     assert missing.exit_code == 2 and "no global model of round 9; saved rounds: 0..3" in missing.output
     unknown = invoke("export", "onnx", "--run", "nope", "--state-dir", tmp_path / "state", "--out", tmp_path / "x")
     assert unknown.exit_code == 2 and "no run 'nope'" in unknown.output
+
+
+def test_from_a_state_dir_whose_store_is_postgresql(tmp_path, digits_model):
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    params, masks = digits_model
+    url = new_schema()
+    store = CoordinatorStore(tmp_path / "state", url)
+    store.create_run("run-pg", "", {"model": "digits_cnn", "eval": {"dataset": "digits"}})
+    store.save_model("run-pg", 0, params, masks)
+    store.close()
+    out = tmp_path / "pg.onnx"
+    done = invoke("export", "onnx", "--run", "run-pg", "--state-dir", tmp_path / "state", "--database-url", url,
+                  "--out", out)
+    assert done.exit_code == 0, done.output
+    assert card_of(out).run_id == "run-pg"
+    down = invoke("export", "onnx", "--run", "run-pg", "--state-dir", tmp_path / "state", "--database-url",
+                  "postgresql+psycopg://nobody@127.0.0.1:1/x", "--out", tmp_path / "y.onnx")
+    assert down.exit_code == 2 and "database_url" in down.output and "Traceback" not in down.output
 
 
 def test_unreachable_api_is_a_clear_error(tmp_path):
