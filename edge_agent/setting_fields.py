@@ -44,7 +44,7 @@ class AgentSettingFields(BaseModel):
 
     # --- broker and identity
     device_id: str = Field(description="This device's id, its MQTT client id and user name: 1-64 of "
-                           "`A-Z a-z 0-9 _ . -`. Required.", json_schema_extra={"cli": True, "default_text": "required"})
+                           "`A-Z a-z 0-9 _ . -`.", json_schema_extra={"cli": True, "default_text": "required"})
     broker_url: str = setting(
         "mqtt://127.0.0.1:1883", "Broker URL: `mqtt://HOST:PORT`, or `mqtts://HOST:PORT` for TLS (default port "
         "8883); `tcp://`/`ssl://` are synonyms. The coordinator's setting of the same name; both sides parse it "
