@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -59,10 +59,11 @@ RUN_HELP = (
 
 def setting_option(name: str, panel: str) -> Any:
     """The typer option of agent setting ``name``: its flags, help and default text from ``AgentSettings``
-    (``edge_agent.settings_reference``); the value None means "not given" (env, file or default decide)."""
+    (``edge_agent.settings_reference``), for ``Annotated[T | None, ...] = None``: None means "not given"
+    (the environment, the config file or the default decide)."""
     from edge_agent import settings_reference
 
-    return typer.Option(None, *settings_reference.cli_flags(name), help=settings_reference.option_help(name),
+    return typer.Option(*settings_reference.cli_flags(name), help=settings_reference.option_help(name),
                         show_default=False, rich_help_panel=panel)
 
 
@@ -72,48 +73,49 @@ def run(
     config: Path | None = typer.Option(None, "--config", "-c", help="TOML (or YAML) file of settings; keys are "
                                        "the flag names, e.g. device_id = \"dev-003\". Env: FEDDST_CONFIG.",
                                        rich_help_panel=BROKER),
-    broker_url: str | None = setting_option("broker_url", BROKER),
-    device_id: str | None = setting_option("device_id", BROKER),
-    username: str | None = setting_option("username", BROKER),
-    password: str | None = setting_option("password", BROKER),
-    key_file: Path | None = setting_option("key_file", BROKER),
-    coordinator_public_key: str | None = setting_option("coordinator_public_key", BROKER),
-    insecure_unsigned_coordinator: bool | None = setting_option("insecure_unsigned_coordinator", BROKER),
-    coordinator_key_file: Path | None = setting_option("coordinator_key_file", BROKER),
-    mqtt_protocol: MqttProtocolChoice | None = setting_option("mqtt_protocol", BROKER),
-    ca_file: Path | None = setting_option("ca_file", BROKER),
-    tls_cert_file: Path | None = setting_option("tls_cert_file", BROKER),
-    tls_key_file: Path | None = setting_option("tls_key_file", BROKER),
-    dataset: DataSourceName | None = setting_option("dataset", DATA),
-    data_dir: Path | None = setting_option("data_dir", DATA),
-    label_column: str | None = setting_option("label_column", DATA),
-    partition: str | None = setting_option("partition", DATA),
-    partition_kind: PartitionName | None = setting_option("partition_kind", DATA),
-    classes_per_client: int | None = setting_option("classes_per_client", DATA),
-    samples_per_class: int | None = setting_option("samples_per_class", DATA),
-    beta: float | None = setting_option("beta", DATA),
-    seed: int | None = setting_option("seed", DATA),
-    threads: int | None = setting_option("threads", RUNTIME),
-    kernels: KernelName | None = setting_option("kernels", RUNTIME),
-    kernel_thresholds: Path | None = setting_option("kernel_thresholds", RUNTIME),
-    cpu_policy: CpuPolicyName | None = setting_option("cpu_policy", RUNTIME),
-    heartbeat_s: float | None = setting_option("heartbeat_s", RUNTIME),
-    max_packet: int | None = setting_option("max_packet", RUNTIME),
-    max_message_bytes: int | None = setting_option("max_message_bytes", RUNTIME),
-    ack_timeout_s: float | None = setting_option("ack_timeout_s", RUNTIME),
-    state_dir: Path | None = setting_option("state_dir", RUNTIME),
-    clock_offset_s: float | None = setting_option("clock_offset_s", RUNTIME),
-    log_level: LogLevel | None = setting_option("log_level", RUNTIME),
-    model_onnx_path: Path | None = setting_option("model_onnx_path", MODEL),
-    model_onnx_every: int | None = setting_option("model_onnx_every", MODEL),
-    upload_format: UploadFormatName | None = setting_option("upload_format", LINK),
-    max_uplink_kbps: float | None = setting_option("max_uplink_kbps", LINK),
-    daily_upload_cap_mb: float | None = setting_option("daily_upload_cap_mb", LINK),
-    downlink_kbps: float | None = setting_option("downlink_kbps", LINK),
-    link_latency_ms: float | None = setting_option("link_latency_ms", LINK),
-    link_jitter_ms: float | None = setting_option("link_jitter_ms", LINK),
-    compute_factor: float | None = setting_option("compute_factor", LINK),
-    wire_counters_file: Path | None = setting_option("wire_counters_file", LINK),
+    broker_url: Annotated[str | None, setting_option("broker_url", BROKER)] = None,
+    device_id: Annotated[str | None, setting_option("device_id", BROKER)] = None,
+    username: Annotated[str | None, setting_option("username", BROKER)] = None,
+    password: Annotated[str | None, setting_option("password", BROKER)] = None,
+    key_file: Annotated[Path | None, setting_option("key_file", BROKER)] = None,
+    coordinator_public_key: Annotated[str | None, setting_option("coordinator_public_key", BROKER)] = None,
+    insecure_unsigned_coordinator: Annotated[bool | None,
+                                             setting_option("insecure_unsigned_coordinator", BROKER)] = None,
+    coordinator_key_file: Annotated[Path | None, setting_option("coordinator_key_file", BROKER)] = None,
+    mqtt_protocol: Annotated[MqttProtocolChoice | None, setting_option("mqtt_protocol", BROKER)] = None,
+    ca_file: Annotated[Path | None, setting_option("ca_file", BROKER)] = None,
+    tls_cert_file: Annotated[Path | None, setting_option("tls_cert_file", BROKER)] = None,
+    tls_key_file: Annotated[Path | None, setting_option("tls_key_file", BROKER)] = None,
+    dataset: Annotated[DataSourceName | None, setting_option("dataset", DATA)] = None,
+    data_dir: Annotated[Path | None, setting_option("data_dir", DATA)] = None,
+    label_column: Annotated[str | None, setting_option("label_column", DATA)] = None,
+    partition: Annotated[str | None, setting_option("partition", DATA)] = None,
+    partition_kind: Annotated[PartitionName | None, setting_option("partition_kind", DATA)] = None,
+    classes_per_client: Annotated[int | None, setting_option("classes_per_client", DATA)] = None,
+    samples_per_class: Annotated[int | None, setting_option("samples_per_class", DATA)] = None,
+    beta: Annotated[float | None, setting_option("beta", DATA)] = None,
+    seed: Annotated[int | None, setting_option("seed", DATA)] = None,
+    threads: Annotated[int | None, setting_option("threads", RUNTIME)] = None,
+    kernels: Annotated[KernelName | None, setting_option("kernels", RUNTIME)] = None,
+    kernel_thresholds: Annotated[Path | None, setting_option("kernel_thresholds", RUNTIME)] = None,
+    cpu_policy: Annotated[CpuPolicyName | None, setting_option("cpu_policy", RUNTIME)] = None,
+    heartbeat_s: Annotated[float | None, setting_option("heartbeat_s", RUNTIME)] = None,
+    max_packet: Annotated[int | None, setting_option("max_packet", RUNTIME)] = None,
+    max_message_bytes: Annotated[int | None, setting_option("max_message_bytes", RUNTIME)] = None,
+    ack_timeout_s: Annotated[float | None, setting_option("ack_timeout_s", RUNTIME)] = None,
+    state_dir: Annotated[Path | None, setting_option("state_dir", RUNTIME)] = None,
+    clock_offset_s: Annotated[float | None, setting_option("clock_offset_s", RUNTIME)] = None,
+    log_level: Annotated[LogLevel | None, setting_option("log_level", RUNTIME)] = None,
+    model_onnx_path: Annotated[Path | None, setting_option("model_onnx_path", MODEL)] = None,
+    model_onnx_every: Annotated[int | None, setting_option("model_onnx_every", MODEL)] = None,
+    upload_format: Annotated[UploadFormatName | None, setting_option("upload_format", LINK)] = None,
+    max_uplink_kbps: Annotated[float | None, setting_option("max_uplink_kbps", LINK)] = None,
+    daily_upload_cap_mb: Annotated[float | None, setting_option("daily_upload_cap_mb", LINK)] = None,
+    downlink_kbps: Annotated[float | None, setting_option("downlink_kbps", LINK)] = None,
+    link_latency_ms: Annotated[float | None, setting_option("link_latency_ms", LINK)] = None,
+    link_jitter_ms: Annotated[float | None, setting_option("link_jitter_ms", LINK)] = None,
+    compute_factor: Annotated[float | None, setting_option("compute_factor", LINK)] = None,
+    wire_counters_file: Annotated[Path | None, setting_option("wire_counters_file", LINK)] = None,
 ) -> None:
     from edge_agent.config import AgentConfigError, load_settings, read_key_file
 
