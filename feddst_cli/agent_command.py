@@ -11,15 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from feddst_core.choices import (
-    CpuPolicyName,
-    DataSourceName,
-    KernelName,
-    LogLevel,
-    MqttProtocolChoice,
-    PartitionName,
-    UploadFormatName,
-)
+from feddst_core import choices
 
 BROKER = "Broker and identity"
 DATA = "Local data"
@@ -82,33 +74,33 @@ def run(
     insecure_unsigned_coordinator: Annotated[bool | None,
                                              setting_option("insecure_unsigned_coordinator", BROKER)] = None,
     coordinator_key_file: Annotated[Path | None, setting_option("coordinator_key_file", BROKER)] = None,
-    mqtt_protocol: Annotated[MqttProtocolChoice | None, setting_option("mqtt_protocol", BROKER)] = None,
+    mqtt_protocol: Annotated[choices.MqttProtocolChoice | None, setting_option("mqtt_protocol", BROKER)] = None,
     ca_file: Annotated[Path | None, setting_option("ca_file", BROKER)] = None,
     tls_cert_file: Annotated[Path | None, setting_option("tls_cert_file", BROKER)] = None,
     tls_key_file: Annotated[Path | None, setting_option("tls_key_file", BROKER)] = None,
-    dataset: Annotated[DataSourceName | None, setting_option("dataset", DATA)] = None,
+    dataset: Annotated[choices.DataSourceName | None, setting_option("dataset", DATA)] = None,
     data_dir: Annotated[Path | None, setting_option("data_dir", DATA)] = None,
     label_column: Annotated[str | None, setting_option("label_column", DATA)] = None,
     partition: Annotated[str | None, setting_option("partition", DATA)] = None,
-    partition_kind: Annotated[PartitionName | None, setting_option("partition_kind", DATA)] = None,
+    partition_kind: Annotated[choices.PartitionName | None, setting_option("partition_kind", DATA)] = None,
     classes_per_client: Annotated[int | None, setting_option("classes_per_client", DATA)] = None,
     samples_per_class: Annotated[int | None, setting_option("samples_per_class", DATA)] = None,
     beta: Annotated[float | None, setting_option("beta", DATA)] = None,
     seed: Annotated[int | None, setting_option("seed", DATA)] = None,
     threads: Annotated[int | None, setting_option("threads", RUNTIME)] = None,
-    kernels: Annotated[KernelName | None, setting_option("kernels", RUNTIME)] = None,
+    kernels: Annotated[choices.KernelName | None, setting_option("kernels", RUNTIME)] = None,
     kernel_thresholds: Annotated[Path | None, setting_option("kernel_thresholds", RUNTIME)] = None,
-    cpu_policy: Annotated[CpuPolicyName | None, setting_option("cpu_policy", RUNTIME)] = None,
+    cpu_policy: Annotated[choices.CpuPolicyName | None, setting_option("cpu_policy", RUNTIME)] = None,
     heartbeat_s: Annotated[float | None, setting_option("heartbeat_s", RUNTIME)] = None,
     max_packet: Annotated[int | None, setting_option("max_packet", RUNTIME)] = None,
     max_message_bytes: Annotated[int | None, setting_option("max_message_bytes", RUNTIME)] = None,
     ack_timeout_s: Annotated[float | None, setting_option("ack_timeout_s", RUNTIME)] = None,
     state_dir: Annotated[Path | None, setting_option("state_dir", RUNTIME)] = None,
     clock_offset_s: Annotated[float | None, setting_option("clock_offset_s", RUNTIME)] = None,
-    log_level: Annotated[LogLevel | None, setting_option("log_level", RUNTIME)] = None,
+    log_level: Annotated[choices.LogLevel | None, setting_option("log_level", RUNTIME)] = None,
     model_onnx_path: Annotated[Path | None, setting_option("model_onnx_path", MODEL)] = None,
     model_onnx_every: Annotated[int | None, setting_option("model_onnx_every", MODEL)] = None,
-    upload_format: Annotated[UploadFormatName | None, setting_option("upload_format", LINK)] = None,
+    upload_format: Annotated[choices.UploadFormatName | None, setting_option("upload_format", LINK)] = None,
     max_uplink_kbps: Annotated[float | None, setting_option("max_uplink_kbps", LINK)] = None,
     daily_upload_cap_mb: Annotated[float | None, setting_option("daily_upload_cap_mb", LINK)] = None,
     downlink_kbps: Annotated[float | None, setting_option("downlink_kbps", LINK)] = None,
