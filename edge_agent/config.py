@@ -124,6 +124,11 @@ class AgentSettings(AgentSettingFields, BaseSettings):
     def _lower_case_level(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value  # file settings are kept as str
+
     @model_validator(mode="after")
     def _check(self) -> AgentSettings:
         _check_identity(self)

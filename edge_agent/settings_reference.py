@@ -76,7 +76,8 @@ def option_help(name: str) -> str:
     if old:
         env += " (" + ", ".join(old) + " still works, deprecated)"
     description = (FIELDS[name].description or "").replace("`", "")
-    return f"{description} Env: {env}. Default: {default_text(name)}."
+    default = default_text(name)
+    return f"{description} Env: {env}. " + ("Required." if default == "required" else f"Default: {default}.")
 
 
 def _cell(text: str) -> str:

@@ -47,6 +47,7 @@ def test_help_texts_say_the_env_variable_and_the_default() -> None:
         "Env: FEDDST_BROKER_URL (FEDDST_BROKER still works, deprecated). Default: mqtt://127.0.0.1:1883.")
     assert settings_reference.option_help("state_dir").endswith("Default: kept in memory only.")
     assert settings_reference.option_help("insecure_unsigned_coordinator").endswith("Default: off.")
+    assert settings_reference.option_help("device_id").endswith("Env: FEDDST_DEVICE_ID. Required.")
 
 
 def test_the_command_has_exactly_the_settings_flags_with_their_types() -> None:
@@ -89,6 +90,11 @@ def test_type_errors_are_one_line_naming_the_flag(flags, start) -> None:
         load_settings({**KEYED, "device_id": "d", **flags}, environ={})
     message = str(err.value)
     assert message.startswith(start) and "\n" not in message and "pydantic" not in message
+
+
+def test_paths_are_accepted_and_kept_as_text(tmp_path) -> None:
+    settings = AgentSettings(**KEYED, device_id="d", state_dir=tmp_path / "state")
+    assert settings.state_dir == str(tmp_path / "state")
 
 
 def test_direct_construction_ignores_the_environment_and_load_settings_reads_it(monkeypatch) -> None:
