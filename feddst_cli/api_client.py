@@ -13,10 +13,12 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import httpx
 import typer
+
+if TYPE_CHECKING:  # imported by the client itself: `feddst agent run` loads this module but never calls the API
+    import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 T = TypeVar("T")
@@ -57,6 +59,8 @@ class CoordinatorClient:
     """Thin calls over the coordinator's ``/api``; each returns the decoded JSON (or bytes for the model)."""
 
     def __init__(self, url: str, token: str | None, timeout_s: float = 30.0):
+        import httpx
+
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
@@ -71,6 +75,8 @@ class CoordinatorClient:
         self.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        import httpx
+
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
