@@ -21,8 +21,10 @@ Metric names (the ``_total`` suffix of counters is added by the exposition forma
 * ``feddst_mqtt_wire_bytes_total{direction="received"|"sent"}``: every byte the coordinator's MQTT
   client read from or wrote to its broker socket (all packets: framing, topics, acks, pings; under
   TLS the MQTT bytes, not the TLS records), counted where paho touches the socket.
-* ``feddst_inbound_dropped_packets_total``: received packets dropped because the link's
-  callback -> decoder queue was full (the network thread never blocks; anything here is lost work).
+* ``feddst_mqtt_dropped_packets_total``: received packets dropped because the link's callback ->
+  decoder queue was full (``mqtt_receive_queue_packets``; the network thread never blocks, anything
+  here is lost work); ``feddst_broker_disconnects_total``: losses of the broker connection.
+  These and the wire bytes are counted by the MQTT link itself and read when scraped.
 * ``feddst_updates_total{verdict}``: update verdicts (``accepted``, ``duplicate``, ``stale``,
   ``unselected``, ``invalid``; an update for a run that is not active is ``stale``).
 * ``feddst_device_errors_total{code}``: error reports from devices, by reason code.
@@ -62,14 +64,17 @@ class _LinkCollector(Collector):
     def _families(counts: LinkCounters | None) -> Iterator[Metric]:
         wire = CounterMetricFamily("feddst_mqtt_wire_bytes", "Bytes the coordinator's MQTT client read from / "
                                    "wrote to its broker socket (all MQTT packets).", labels=("direction",))
-        dropped = CounterMetricFamily("feddst_inbound_dropped_packets", "Received packets dropped because the "
-                                      "link's decoder queue was full.")
+        dropped = CounterMetricFamily("feddst_mqtt_dropped_packets", "MQTT packets dropped because the callback "
+                                      "-> decoder queue was full.")
+        disconnects = CounterMetricFamily("feddst_broker_disconnects", "Losses of the MQTT broker connection.")
         if counts is not None:
             wire.add_metric(("received",), counts.wire_received_bytes)
             wire.add_metric(("sent",), counts.wire_sent_bytes)
             dropped.add_metric((), counts.dropped_packets)
+            disconnects.add_metric((), counts.broker_disconnects)
         yield wire
         yield dropped
+        yield disconnects
 
 
 class CoordinatorMetrics:

@@ -70,6 +70,7 @@ class RoundCollector:
     accepted: dict[str, int] = field(default_factory=dict)  # device id -> encoded update bytes
     counts: Counter = field(default_factory=Counter)
     task_nonce: int = 0  # Task.task_nonce of this round; updates must echo it
+    target: int = 0  # accepted updates that complete the round (0: every selected device's)
 
     def __post_init__(self) -> None:
         state, spec = self.aggregation.state, self.aggregation.strategy.spec
@@ -112,6 +113,15 @@ class RoundCollector:
     @property
     def complete(self) -> bool:
         return len(self.accepted) == len(self.selected)
+
+    @property
+    def target_met(self) -> bool:
+        """As many updates accepted as the round first selected devices (a retry's stand-ins answered)."""
+        return 0 < self.target <= len(self.accepted)
+
+    def missing(self) -> list[str]:
+        """Selected devices without an accepted update or an error report."""
+        return [d for d in self.selected if d not in self.accepted and d not in self.errors]
 
     @property
     def upload_bytes(self) -> int:

@@ -50,6 +50,15 @@ class RoundOut(BaseModel):
                                             "of each masked layer of the new global model.")
     started_at: float | None = Field(None, description="Unix seconds when the round's task was first sent.")
     closed_at: float | None = Field(None, description="Unix seconds when the round closed.")
+    broadcast_s: float | None = Field(None, description="Seconds the coordinator spent signing and encoding the "
+                                      "round's ModelBroadcast and handing it and the Task to the MQTT client.")
+    published_at: float | None = Field(None, description="Unix seconds when the round's model and Task were "
+                                       "handed to the MQTT client.")
+    aggregation_s: float | None = Field(None, description="Seconds spent aggregating the accepted updates "
+                                        "(streaming adds + finish).")
+    update_received_at: dict[str, float] = Field(default_factory=dict, description="Device id -> Unix seconds "
+                                                 "when the last packet of its accepted update reached the "
+                                                 "coordinator.")
     errors: dict[str, DeviceErrorBriefOut] = Field(default_factory=dict, description="Device id -> the error it "
                                                    "reported instead of an update this round.")
 

@@ -174,8 +174,8 @@ class CoordinatorStore:
         assert status in RUN_STATUSES, status
         now = time.time()
         if status == "running":
-            self._execute("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?) WHERE id = ?",
-                          (status, now, run_id))
+            self._execute("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?), finished_at = NULL, "
+                          "error = NULL WHERE id = ?", (status, now, run_id))  # NULLs: a resumed run
         elif status in ("completed", "stopped", "failed", "interrupted"):
             self._execute("UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
                           (status, now, error, run_id))

@@ -142,6 +142,13 @@ def stop_run(run_id: RunId, url: UrlOption = DEFAULT_URL, token: TokenOption = N
     _action(run_id, "stop", url, token, as_json)
 
 
+@app.command("resume")
+def resume_run(run_id: RunId, url: UrlOption = DEFAULT_URL, token: TokenOption = None,
+               as_json: JsonOption = False) -> None:
+    """Resume an interrupted run from its last completed round (needed with resume_runs off)."""
+    _action(run_id, "resume", url, token, as_json)
+
+
 @app.command("delete")
 def delete_run(run_id: RunId, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
     """Delete a run that is not running, with its rounds and model files."""

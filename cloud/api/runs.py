@@ -73,9 +73,24 @@ def start_run(run_id: str, coordinator: CoordinatorDep, _token: OperatorDep) -> 
     return _detail(coordinator, run_id)
 
 
+@router.post("/{run_id}/resume", response_model=RunDetailOut,
+             responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "The run is not `interrupted`, or "
+                                           "another run is running."},
+                        503: {"model": ErrorOut, "description": "The coordinator is not connected to the MQTT "
+                              "broker."}})
+def resume_run(run_id: str, coordinator: CoordinatorDep, _token: OperatorDep) -> RunDetailOut:
+    """Resume an `interrupted` run from its last completed round (status `running` again); the round it had
+    open is reopened with the same devices and task. Needed only with the setting `resume_runs` off (by
+    default a restarted coordinator resumes its run by itself) or for an older interrupted run."""
+    coordinator.resume_run(run_id)
+    return _detail(coordinator, run_id)
+
+
 @router.post("/{run_id}/stop", response_model=RunDetailOut, responses={**NOT_FOUND, **CONFLICT})
 def stop_run(run_id: str, coordinator: CoordinatorDep, _token: OperatorDep) -> RunDetailOut:
-    """Stop a created or running run (publishes `Abort` on the run's control topic)."""
+    """Stop a created or running run (publishes `Abort` on the run's control topic). Answers once the run
+    has stopped (status `stopped`, or `completed`/`failed` if it ended first), so a start right after it
+    is not refused because this run is still running."""
     coordinator.stop_run(run_id)
     return _detail(coordinator, run_id)
 

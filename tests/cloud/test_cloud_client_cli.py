@@ -105,6 +105,9 @@ def _run_lifecycle(env: dict, base: str, tmp_path) -> None:
                        headers={"Authorization": f"Bearer {env['FEDDST_API_TOKEN']}"}).content
     assert out.read_bytes() == served and len(served) > 1000
 
+    not_interrupted = feddst(env, "cloud", "runs", "resume", run_id)
+    assert not_interrupted.returncode == 1 and not_interrupted.stderr == (
+        f"error: HTTP 409: run {run_id} is completed; only an interrupted run can be resumed\n")
     assert feddst(env, "cloud", "runs", "delete", run_id).returncode == 0
     gone = feddst(env, "cloud", "runs", "report", run_id)
     assert gone.returncode == 1 and gone.stderr == f"error: HTTP 404: no run '{run_id}'\n"

@@ -137,7 +137,7 @@ def assert_agrees(parsed: dict, rounds: list[dict], client: httpx.Client) -> Non
     for direction in ("received", "sent"):  # socket bytes carry MQTT framing on top of every payload
         assert metric(parsed, "feddst_mqtt_wire_bytes_total", direction=direction) > metric(
             parsed, "feddst_mqtt_payload_bytes_total", direction=direction) > 0
-    assert metric(parsed, "feddst_inbound_dropped_packets_total") == 0
+    assert metric(parsed, "feddst_mqtt_dropped_packets_total") == 0
 
 
 def test_metrics_scraped_during_and_after_a_live_run_agree_with_the_api(fleet):
