@@ -7,19 +7,11 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from feddst_core.choices import (
-    CpuPolicyName,
-    DataSourceName,
-    KernelName,
-    LogLevel,
-    MqttProtocolChoice,
-    PartitionName,
-    UploadFormatName,
-)
+from feddst_core import choices
 
 BROKER = "Broker and identity"
 DATA = "Local data"
@@ -57,161 +49,70 @@ RUN_HELP = (
 )
 
 
+def setting_option(name: str, panel: str) -> Any:
+    """The typer option of agent setting ``name``: its flags, help and default text from ``AgentSettings``
+    (``edge_agent.settings_reference``), for ``Annotated[T | None, ...] = None``: None means "not given"
+    (the environment, the config file or the default decide)."""
+    from edge_agent import settings_reference
+
+    return typer.Option(*settings_reference.cli_flags(name), help=settings_reference.option_help(name),
+                        show_default=False, rich_help_panel=panel)
+
+
 @app.command("run", help=RUN_HELP)
 def run(
+    ctx: typer.Context,
     config: Path | None = typer.Option(None, "--config", "-c", help="TOML (or YAML) file of settings; keys are "
                                        "the flag names, e.g. device_id = \"dev-003\". Env: FEDDST_CONFIG.",
                                        rich_help_panel=BROKER),
-    broker: str | None = typer.Option(None, "--broker-url", "--broker", help="Broker URL: mqtt://HOST:PORT, or "
-                                      "mqtts://HOST:PORT for TLS (setting broker_url, as the coordinator's). "
-                                      "Env: FEDDST_BROKER_URL (FEDDST_BROKER still works, deprecated). "
-                                      "Default: mqtt://127.0.0.1:1883.", rich_help_panel=BROKER),
-    device_id: str | None = typer.Option(None, help="This device's id (MQTT client id and user name): 1-64 of "
-                                         "A-Z a-z 0-9 _ . -. Required. Env: FEDDST_DEVICE_ID.",
-                                         rich_help_panel=BROKER),
-    username: str | None = typer.Option(None, help="MQTT user name; must be the device id (the broker "
-                                        "uses it as client id and keys the ACL on it). Env: FEDDST_USERNAME. "
-                                        "Default: the device id.", rich_help_panel=BROKER),
-    password: str | None = typer.Option(None, help="MQTT password; prefer the env var FEDDST_PASSWORD (flags "
-                                        "show up in `ps`).", rich_help_panel=BROKER),
-    key_file: Path | None = typer.Option(None, help="File holding this device's HMAC key in hex; signs every "
-                                         "message it sends. Env: FEDDST_KEY_FILE.", rich_help_panel=BROKER),
-    coordinator_public_key: str | None = typer.Option(None, help="The coordinator's Ed25519 public key, 64 hex "
-                                                      "characters (`feddst cloud keys public` prints it; it is "
-                                                      "in the enrollment bundle). Every task, model and abort "
-                                                      "must carry its signature: others are dropped. Required "
-                                                      "unless --insecure-unsigned-coordinator. Env: "
-                                                      "FEDDST_COORDINATOR_PUBLIC_KEY.", rich_help_panel=BROKER),
-    insecure_unsigned_coordinator: bool | None = typer.Option(
-        None, "--insecure-unsigned-coordinator/--secure-coordinator", "--insecure-accept-unsigned",
-        help="Accept coordinator messages without verifying any signature (demos on a trusted network only; "
-        "logged as a warning). Env: FEDDST_INSECURE_UNSIGNED_COORDINATOR.", show_default=False,
-        rich_help_panel=BROKER),
-    coordinator_key_file: Path | None = typer.Option(None, help="Removed (it was an HMAC key shared by every "
-                                                     "device): giving it is an error; use "
-                                                     "--coordinator-public-key.", hidden=False,
-                                                     rich_help_panel=BROKER),
-    mqtt_protocol: MqttProtocolChoice | None = typer.Option(None, help="MQTT version: 5, 3.1.1, or auto (5, falling "
-                                                      "back to 3.1.1 when the broker refuses 5, as the embedded "
-                                                      "demo broker does). Default: auto.", rich_help_panel=BROKER),
-    ca_file: Path | None = typer.Option(None, help="CA bundle for mqtts:// Default: the system store. Env: "
-                                        "FEDDST_CA_FILE.", rich_help_panel=BROKER),
-    tls_cert_file: Path | None = typer.Option(None, help="PEM client certificate for mutual TLS (a broker with "
-                                              "use_identity_as_username takes its CN as the user name: make it "
-                                              "the device id). Env: FEDDST_TLS_CERT_FILE.", rich_help_panel=BROKER),
-    tls_key_file: Path | None = typer.Option(None, help="PEM private key of --tls-cert-file. Env: "
-                                             "FEDDST_TLS_KEY_FILE.", rich_help_panel=BROKER),
-    dataset: DataSourceName | None = typer.Option(None, help="Local data source: digits (built in), mnist (IDX "
-                                                  "directory), cifar10, npz (file), image-folder (one sub-folder "
-                                                  "per class), csv (features + label column). Env: "
-                                                  "FEDDST_DATASET. Default: digits.", rich_help_panel=DATA),
-    data_dir: Path | None = typer.Option(None, help="Where the data is: a directory (mnist, cifar10, "
-                                         "image-folder) or a file (npz, csv). Env: FEDDST_DATA_DIR.",
-                                         rich_help_panel=DATA),
-    label_column: str | None = typer.Option(None, help="csv: the label column. Default: label.",
-                                            rich_help_panel=DATA),
-    partition: str | None = typer.Option(None, help="I/N: keep only client I's share (0-based) of an N-client "
-                                         "partition, exactly as `feddst simulate --clients N` splits it. "
-                                         "Default: all the data.", rich_help_panel=DATA),
-    partition_kind: PartitionName | None = typer.Option(None, help="How the partition splits (as `feddst "
-                                                        "simulate --partition`). Default: pathological.",
-                                                        rich_help_panel=DATA),
-    classes_per_client: int | None = typer.Option(None, help="pathological: classes per client. Default: 2.",
-                                                  rich_help_panel=DATA),
-    samples_per_class: int | None = typer.Option(None, help="pathological: train images per class per "
-                                                 "client. Default: 20.", rich_help_panel=DATA),
-    beta: float | None = typer.Option(None, help="dirichlet: concentration. Default: 0.1.", rich_help_panel=DATA),
-    seed: int | None = typer.Option(None, help="Partition seed (the simulator's --seed). Default: 0.",
-                                    rich_help_panel=DATA),
-    threads: int | None = typer.Option(None, help="Torch threads for training; keep 1 when several agents "
-                                       "share a machine. Env: FEDDST_THREADS. Default: 1.",
-                                       rich_help_panel=RUNTIME),
-    kernels: KernelName | None = typer.Option(None, help="Local training kernels: auto (compressed sparse layers "
-                                           "where they are measured faster, dense elsewhere), sparse, or dense "
-                                           "(masked dense, for comparison). Env: FEDDST_KERNELS. Default: auto.",
-                                           rich_help_panel=RUNTIME),
-    kernel_thresholds: Path | None = typer.Option(None, help="This device's measured table for --kernels auto "
-                                                  "(JSON: per layer kind, the densities and sizes at which a "
-                                                  "layer trains sparse). Make it once on the device with "
-                                                  "`python bench/sparse_kernels.py --calibrate "
-                                                  "--write-thresholds FILE` (from the source tree). Unused with "
-                                                  "--kernels sparse or dense. Env: FEDDST_KERNEL_THRESHOLDS. "
-                                                  "Default: the built-in table (measured on x86-64).",
-                                                  rich_help_panel=RUNTIME),
-    cpu_policy: CpuPolicyName | None = typer.Option(None, help="Linux scheduling of the agent: batch (SCHED_BATCH: "
-                                                "training is treated as CPU-bound background work that does not "
-                                                "preempt the device's interactive tasks, and is preempted less "
-                                                "itself) or normal. Env: FEDDST_CPU_POLICY. Default: batch.",
-                                                rich_help_panel=RUNTIME),
-    heartbeat_s: float | None = typer.Option(None, help="Seconds between status heartbeats. Default: 5.",
-                                             rich_help_panel=RUNTIME),
-    max_packet: int | None = typer.Option(None, help="Largest MQTT payload sent, in bytes; bigger updates are "
-                                          "chunked. Keep it under the broker's message_size_limit. "
-                                          "Default: 131072.", rich_help_panel=RUNTIME),
-    max_message_bytes: int | None = typer.Option(None, help="Inbound messages larger than this are dropped. "
-                                                 "Default: 67108864.", rich_help_panel=RUNTIME),
-    ack_timeout_s: float | None = typer.Option(None, help="Kept for compatibility; unused: an update is re-sent "
-                                               "only when its delivery is in doubt (a reconnect without the "
-                                               "broker's session, a repeated task, a restart). Default: 3.",
-                                               rich_help_panel=RUNTIME),
-    state_dir: Path | None = typer.Option(None, help="Directory where unacknowledged updates are kept (fsync'd), "
-                                          "so a restarted agent still delivers them before the deadline. Env: "
-                                          "FEDDST_STATE_DIR. Default: kept in memory only.",
-                                          rich_help_panel=RUNTIME),
-    clock_offset_s: float | None = typer.Option(None, help="Seconds added to this device's wall clock (testing "
-                                                "devices whose clock is wrong; deadlines are measured from "
-                                                "receipt, so they still hold). Default: 0.",
-                                                rich_help_panel=RUNTIME),
-    log_level: LogLevel | None = typer.Option(None, help="debug, info, warning or error. Env: "
-                                              "FEDDST_LOG_LEVEL. Default: info.", rich_help_panel=RUNTIME),
-    model_onnx_path: Path | None = typer.Option(None, help="Keep the latest global model the device receives "
-                                                "at this path as ONNX, for local applications (`feddst predict "
-                                                "--model PATH`), written atomically. Env: FEDDST_MODEL_ONNX_PATH. "
-                                                "Default: not written.", rich_help_panel=MODEL),
-    model_onnx_every: int | None = typer.Option(None, help="With --model-onnx-path: write the model of every "
-                                                "N-th completed round of a run. Env: FEDDST_MODEL_ONNX_EVERY. "
-                                                "Default: 1 (every global model received).", rich_help_panel=MODEL),
-    upload_format: UploadFormatName | None = typer.Option(None, help="Value format of uploaded updates: float32 "
-                                                      "(lossless), float16, bfloat16 or int8. Default: float32.",
-                                                      rich_help_panel=LINK),
-    max_uplink_kbps: float | None = typer.Option(None, help="Cap every byte sent over MQTT at this many kbit/s "
-                                                 "(token bucket). Default: 0 (no cap).", rich_help_panel=LINK),
-    daily_upload_cap_mb: float | None = typer.Option(None, help="After this many MB (10^6 bytes) sent in a UTC "
-                                                     "day, decline tasks until the next day (metered SIM cards). "
-                                                     "Default: 0 (no cap).", rich_help_panel=LINK),
-    downlink_kbps: float | None = typer.Option(None, help="Trials: emulate a downlink of this many kbit/s. "
-                                               "Default: 0 (none).", rich_help_panel=LINK),
-    link_latency_ms: float | None = typer.Option(None, help="Trials: emulate this round-trip latency. "
-                                                 "Default: 0.", rich_help_panel=LINK),
-    link_jitter_ms: float | None = typer.Option(None, help="Trials: emulate up to this much extra one-way "
-                                                "delay. Default: 0.", rich_help_panel=LINK),
-    compute_factor: float | None = typer.Option(None, help="Trials: emulate a device this many times slower "
-                                                "at training. Default: 1.", rich_help_panel=LINK),
-    wire_counters_file: Path | None = typer.Option(None, help="Keep this agent's MQTT byte counters (sent, "
-                                                   "received, today's sent) in this JSON file, rewritten live. "
-                                                   "Default: not written.", rich_help_panel=LINK),
+    broker_url: Annotated[str | None, setting_option("broker_url", BROKER)] = None,
+    device_id: Annotated[str | None, setting_option("device_id", BROKER)] = None,
+    username: Annotated[str | None, setting_option("username", BROKER)] = None,
+    password: Annotated[str | None, setting_option("password", BROKER)] = None,
+    key_file: Annotated[Path | None, setting_option("key_file", BROKER)] = None,
+    coordinator_public_key: Annotated[str | None, setting_option("coordinator_public_key", BROKER)] = None,
+    insecure_unsigned_coordinator: Annotated[bool | None,
+                                             setting_option("insecure_unsigned_coordinator", BROKER)] = None,
+    coordinator_key_file: Annotated[Path | None, setting_option("coordinator_key_file", BROKER)] = None,
+    mqtt_protocol: Annotated[choices.MqttProtocolChoice | None, setting_option("mqtt_protocol", BROKER)] = None,
+    ca_file: Annotated[Path | None, setting_option("ca_file", BROKER)] = None,
+    tls_cert_file: Annotated[Path | None, setting_option("tls_cert_file", BROKER)] = None,
+    tls_key_file: Annotated[Path | None, setting_option("tls_key_file", BROKER)] = None,
+    dataset: Annotated[choices.DataSourceName | None, setting_option("dataset", DATA)] = None,
+    data_dir: Annotated[Path | None, setting_option("data_dir", DATA)] = None,
+    label_column: Annotated[str | None, setting_option("label_column", DATA)] = None,
+    partition: Annotated[str | None, setting_option("partition", DATA)] = None,
+    partition_kind: Annotated[choices.PartitionName | None, setting_option("partition_kind", DATA)] = None,
+    classes_per_client: Annotated[int | None, setting_option("classes_per_client", DATA)] = None,
+    samples_per_class: Annotated[int | None, setting_option("samples_per_class", DATA)] = None,
+    beta: Annotated[float | None, setting_option("beta", DATA)] = None,
+    seed: Annotated[int | None, setting_option("seed", DATA)] = None,
+    threads: Annotated[int | None, setting_option("threads", RUNTIME)] = None,
+    kernels: Annotated[choices.KernelName | None, setting_option("kernels", RUNTIME)] = None,
+    kernel_thresholds: Annotated[Path | None, setting_option("kernel_thresholds", RUNTIME)] = None,
+    cpu_policy: Annotated[choices.CpuPolicyName | None, setting_option("cpu_policy", RUNTIME)] = None,
+    heartbeat_s: Annotated[float | None, setting_option("heartbeat_s", RUNTIME)] = None,
+    max_packet: Annotated[int | None, setting_option("max_packet", RUNTIME)] = None,
+    max_message_bytes: Annotated[int | None, setting_option("max_message_bytes", RUNTIME)] = None,
+    ack_timeout_s: Annotated[float | None, setting_option("ack_timeout_s", RUNTIME)] = None,
+    state_dir: Annotated[Path | None, setting_option("state_dir", RUNTIME)] = None,
+    clock_offset_s: Annotated[float | None, setting_option("clock_offset_s", RUNTIME)] = None,
+    log_level: Annotated[choices.LogLevel | None, setting_option("log_level", RUNTIME)] = None,
+    model_onnx_path: Annotated[Path | None, setting_option("model_onnx_path", MODEL)] = None,
+    model_onnx_every: Annotated[int | None, setting_option("model_onnx_every", MODEL)] = None,
+    upload_format: Annotated[choices.UploadFormatName | None, setting_option("upload_format", LINK)] = None,
+    max_uplink_kbps: Annotated[float | None, setting_option("max_uplink_kbps", LINK)] = None,
+    daily_upload_cap_mb: Annotated[float | None, setting_option("daily_upload_cap_mb", LINK)] = None,
+    downlink_kbps: Annotated[float | None, setting_option("downlink_kbps", LINK)] = None,
+    link_latency_ms: Annotated[float | None, setting_option("link_latency_ms", LINK)] = None,
+    link_jitter_ms: Annotated[float | None, setting_option("link_jitter_ms", LINK)] = None,
+    compute_factor: Annotated[float | None, setting_option("compute_factor", LINK)] = None,
+    wire_counters_file: Annotated[Path | None, setting_option("wire_counters_file", LINK)] = None,
 ) -> None:
     from edge_agent.config import AgentConfigError, load_settings, read_key_file
 
-    flags = {name: _value(value) for name, value in {
-        "broker_url": broker, "device_id": device_id, "username": username, "password": password,
-        "key_file": key_file, "coordinator_key_file": coordinator_key_file, "ca_file": ca_file,
-        "tls_cert_file": tls_cert_file, "tls_key_file": tls_key_file,
-        "coordinator_public_key": coordinator_public_key,
-        "insecure_unsigned_coordinator": insecure_unsigned_coordinator,
-        "mqtt_protocol": mqtt_protocol,
-        "dataset": dataset, "data_dir": data_dir, "label_column": label_column, "partition": partition,
-        "partition_kind": partition_kind, "classes_per_client": classes_per_client,
-        "samples_per_class": samples_per_class, "beta": beta, "seed": seed, "threads": threads,
-        "kernels": kernels, "kernel_thresholds": kernel_thresholds, "cpu_policy": cpu_policy,
-        "heartbeat_s": heartbeat_s, "max_packet": max_packet, "max_message_bytes": max_message_bytes,
-        "ack_timeout_s": ack_timeout_s, "log_level": log_level, "model_onnx_path": model_onnx_path,
-        "model_onnx_every": model_onnx_every, "state_dir": state_dir, "clock_offset_s": clock_offset_s,
-        "upload_format": upload_format, "max_uplink_kbps": max_uplink_kbps,
-        "daily_upload_cap_mb": daily_upload_cap_mb, "downlink_kbps": downlink_kbps,
-        "link_latency_ms": link_latency_ms, "link_jitter_ms": link_jitter_ms, "compute_factor": compute_factor,
-        "wire_counters_file": wire_counters_file,
-    }.items()}
+    # Every parameter but --config is the setting of the same name (None: not given on the command line).
+    flags = {name: _value(value) for name, value in ctx.params.items() if name != "config"}
     try:
         settings = load_settings(flags, config_file=config)
         key = read_key_file(settings.key_file) if settings.key_file else None
