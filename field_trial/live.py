@@ -24,7 +24,7 @@ from typing import Any
 from feddst_cli.demo_command import DemoError, DemoStack
 from field_trial.netem import NetemLinks
 from field_trial.private_mosquitto import PrivateMosquitto
-from field_trial.spec import TrialSpec
+from field_trial.spec import DEVICE_TORCH_THREADS, TrialSpec
 
 HEARTBEAT_S = 5.0
 RUN_TIMEOUT_S = 6 * 3600.0
@@ -76,7 +76,8 @@ class TrialStack(DemoStack):
         cmd = [sys.executable, "-m", "feddst_cli.main", "agent", "run", "--broker", url, "--device-id", device_id,
                "--dataset", d.dataset, "--partition", f"{index}/{spec.device_count}", "--partition-kind",
                d.partition, "--classes-per-client", str(d.classes_per_client), "--samples-per-class",
-               str(d.samples_per_class), "--beta", str(d.beta), "--seed", str(spec.trial.seed), "--threads", "1",
+               str(d.samples_per_class), "--beta", str(d.beta), "--seed", str(spec.trial.seed),
+               "--threads", str(DEVICE_TORCH_THREADS),
                "--kernels", "dense", "--heartbeat-s", str(HEARTBEAT_S),
                "--coordinator-public-key", self.coordinator.public_key_hex,
                "--upload-format", spec.trial.upload_format, "--compute-factor", str(profile.compute_factor),
