@@ -26,6 +26,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if a TCP listener could bind ``host:port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
     """Return once 127.0.0.1:``port`` accepts a TCP connection; ``TimeoutError`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -78,6 +88,9 @@ class PrivateMosquitto:
         if binary is None:
             raise MosquittoError("mosquitto is not installed: apt-get install -y mosquitto, or use the embedded "
                                  "broker")
+        if not port_is_free(self.port, self.host):
+            raise MosquittoError(f"mosquitto cannot listen on port {self.port}: it is in use; leave the port to "
+                                 "free_port()")
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(self.config_lines()) + "\n", encoding="utf-8")
@@ -86,6 +99,8 @@ class PrivateMosquitto:
         log.close()
         try:
             wait_for_port(self.port)
+            if self.process.poll() is not None:
+                raise TimeoutError("mosquitto exited")
         except TimeoutError as exc:
             self.stop()
             text = (self.workdir / "mosquitto.log").read_text(encoding="utf-8", errors="replace")
