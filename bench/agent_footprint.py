@@ -8,13 +8,17 @@ an in-process coordinator running one FedDST round (S = 0.8, 10 local epochs, ba
 
 * ``cold_start_s``: from starting the process to its ``Register`` arriving at the broker;
 * ``idle_rss_mb``: the agent's resident memory once registered, before any task (median of samples);
+  ``idle_torch_loaded``: whether torch's shared libraries are mapped into it then (``/proc/PID/maps``;
+  the agent imports torch at its first round);
 * ``round_peak_rss_mb``: the process's peak resident memory (``VmHWM``) after the round, whose
   update the coordinator must have accepted;
 * ``installed_mb``: what ``pip install`` adds to a fresh venv for the ``[agent]`` extra (torch 2.13.0
   CPU included, the base package needs it) and for the ``[infer]`` extra alone (its own
   requirements plus the package without dependencies: a device that only predicts carries no
   torch), the latter also with ``pip install --no-compile`` (no ``.pyc`` files) and its largest
-  packages; "not measured" when the package has no ``[infer]`` extra.
+  packages, and ``infer_without_pillow_no_compile_installed_mb``: onnxruntime and numpy only (a device that
+  predicts from arrays, IDX or CSV files, not image files); "not measured" when the package has no
+  ``[infer]`` extra.
 
 A missed target is printed with its reason (``missed_because``).
 
@@ -50,13 +54,14 @@ DEVICE_ID = "dev-000"
 TARGETS_MB = {"idle_rss_mb": 150.0, "round_peak_rss_mb": 300.0, "infer_installed_mb": 100.0}
 MB = 1024 * 1024
 MISSED_BECAUSE = {  # printed with a missed target (the measurement is printed next to it)
-    "idle_rss_mb": "the agent imports torch at start-up (import_torch_rss_mb alone is most of it): the "
-                   "training, data, kernel-policy and native-kernel modules it loads all import torch",
-    "round_peak_rss_mb": "torch plus the round's activations and optimiser state",
+    "idle_rss_mb": "the idle agent's modules and data (see idle_torch_loaded: torch should not be loaded yet)",
+    "round_peak_rss_mb": "torch, imported at the round (import_torch_rss_mb in a bare interpreter), plus the "
+                         "pages of its libraries and the allocations its first forward/backward passes touch",
     "infer_installed_mb": "onnxruntime's and numpy's manylinux wheels as PyPI ships them (infer_largest_mb: "
-                          "onnxruntime's two shared libraries, numpy's bundled OpenBLAS); nothing left to drop "
-                          "from the requirements",
+                          "onnxruntime's two shared libraries, numpy's bundled OpenBLAS): those two alone are "
+                          "infer_without_pillow_no_compile_installed_mb",
 }
+TORCH_LIBRARIES = ("libtorch_cpu", "/torch/_C")
 
 
 def log(msg: str) -> None:
@@ -72,6 +77,12 @@ def synthetic_mnist(path: Path) -> Path:
              y_train=np.arange(60000) % 10, x_test=rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
              y_test=np.arange(10000) % 10)
     return path
+
+
+def torch_loaded(pid: int) -> bool:
+    """Whether torch's shared libraries are mapped into process ``pid`` (they are once torch is imported)."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return any(name in maps for name in TORCH_LIBRARIES)
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -146,6 +157,7 @@ def measure_memory(data: tuple[str, str], workdir: Path) -> dict[str, Any]:
             time.sleep(0.2)
         idle = statistics.median(samples)
         idle_anon, idle_file = rss_mb(agent.pid, "RssAnon"), rss_mb(agent.pid, "RssFile")
+        idle_torch = torch_loaded(agent.pid)
         startup_peak = rss_mb(agent.pid, "VmHWM")  # includes loading the whole dataset before partitioning
         Path(f"/proc/{agent.pid}/clear_refs").write_text("5")  # resets VmHWM: the peak from here is the round's
         deadline = time.monotonic() + 60
@@ -168,6 +180,7 @@ def measure_memory(data: tuple[str, str], workdir: Path) -> dict[str, Any]:
             raise RuntimeError(f"the round did not complete with the agent's update: {final.status} {final.error}")
         return {"cold_start_s": round(cold_start, 2), "idle_rss_mb": round(idle, 1),
                 "idle_rss_anon_mb": round(idle_anon, 1), "idle_rss_file_mb": round(idle_file, 1),
+                "idle_torch_loaded": idle_torch, "round_torch_loaded": torch_loaded(agent.pid),
                 "startup_peak_rss_mb": round(startup_peak, 1), "round_peak_rss_mb": round(peak, 1),
                 "round_s": round(round_s, 2)}
     finally:
@@ -249,11 +262,13 @@ def measure_install(workdir: Path) -> dict[str, Any]:
     if infer is None:
         out["infer_installed_mb"] = "not measured: the package has no [infer] extra yet"
         return out
-    for label, flags in (("infer", []), ("infer_no_compile", ["--no-compile"])):
+    without_pillow = [r for r in infer if not r.lower().startswith("pillow")]
+    for label, flags, requirements in (("infer", [], infer), ("infer_no_compile", ["--no-compile"], infer),
+                                       ("infer_without_pillow_no_compile", ["--no-compile"], without_pillow)):
         pip = fresh_venv(workdir / label)
         t0 = time.perf_counter()
-        if infer:
-            subprocess.run([str(pip), "install", "-q", *flags, *infer], check=True, env=clean_env())
+        if requirements:
+            subprocess.run([str(pip), "install", "-q", *flags, *requirements], check=True, env=clean_env())
         subprocess.run([str(pip), "install", "-q", *flags, "--no-deps", str(wheel)], check=True, env=clean_env())
         sp = site_packages(pip.parents[1])
         out[f"{label}_installed_mb"] = round(dir_mb(sp) - empty, 1)

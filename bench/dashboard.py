@@ -11,6 +11,9 @@ coordinator's app is served by uvicorn on loopback and the page is opened with a
   as its main loop does after recording a round (``events.publish("round", record)``); latency =
   the page's ``data-drawn-at`` for that round minus the event's ``published_at`` (same clock: one
   machine), i.e. round close to the point on the chart (target <= 0.5 s).
+* run detail body: the server's work for the run view's one big request (``GET /api/runs/{id}``,
+  1000 rounds) as the API does it beside the per-record way it replaced, best of ``--repeat``,
+  measured in this process before the browser starts (a ratio; no target).
 
     python bench/dashboard.py          # human summary on stderr
     python bench/dashboard.py --json   # one JSON object on stdout
@@ -85,6 +88,42 @@ def first_render(page, url: str, selector: str, ready: str, stamp: str, repeat: 
     return times
 
 
+def run_detail_serving(state_dir: Path, run_id: str, repeat: int) -> dict[str, float]:
+    """Seconds (best of ``repeat``, in this process) to turn the stored rounds into the body of
+    ``GET /api/runs/{id}``: the way the API does it (``rounds_from_json`` + pydantic's JSON bytes)
+    beside the per-record way it replaced (``json.loads`` + ``RoundOut(**r)`` per record, then what
+    FastAPI does with a model an endpoint returns: validate it against ``response_model``, dump its
+    JSON), on the same store."""
+    from pydantic import TypeAdapter
+
+    from cloud.schemas import RoundOut, RunDetailOut, rounds_from_json
+    from cloud.store import CoordinatorStore
+
+    store = CoordinatorStore(state_dir)
+    row = store.get_run(run_id)
+
+    def now() -> bytes:
+        return RunDetailOut.from_parts(row, rounds_from_json(store.round_texts(run_id))).model_dump_json().encode()
+
+    response_model = TypeAdapter(RunDetailOut)
+
+    def per_record() -> bytes:
+        detail = RunDetailOut.from_parts(row, [RoundOut(**r) for r in store.rounds(run_id)])
+        return response_model.dump_json(response_model.validate_python(detail))
+
+    assert json.loads(now()) == json.loads(per_record())  # the same answer
+    best = {}
+    for name, build in (("api_s", now), ("per_record_s", per_record)):
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            build()
+            times.append(time.perf_counter() - started)
+        best[name] = min(times)
+    store.close()
+    return best
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=1000)
@@ -106,6 +145,7 @@ def main() -> int:
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="feddst-bench-dashboard-"))
     run_id, devices = fill_store(tmp / "state", args.devices, args.rounds)
+    serving = run_detail_serving(tmp / "state", run_id, args.repeat)
     # Not started: no broker needed; the API reads the store and the event log, as it does in a live run.
     coordinator = Coordinator(CloudSettings(state_dir=tmp / "state", mqtt_username=None, heartbeat_s=3600.0))
     token, _ = coordinator.tokens.create("operator", name="bench")
@@ -145,6 +185,9 @@ def main() -> int:
         "first_render_devices_max_s": round(max(device_times), 3),
         "sse_latency_median_s": round(statistics.median(latencies), 3),
         "sse_latency_max_s": round(max(latencies), 3),
+        "run_detail_body_s": round(serving["api_s"], 4),
+        "run_detail_body_per_record_s": round(serving["per_record_s"], 4),
+        "run_detail_body_speedup": round(serving["per_record_s"] / serving["api_s"], 2),
         "targets": {"first_render_s": 1.0, "sse_latency_s": 0.5},
     })
     result["meets_targets"] = (max(result["first_render_run_view_s"], result["first_render_devices_s"]) <= 1.0
@@ -155,6 +198,9 @@ def main() -> int:
         f"max {result['first_render_devices_max_s']:.3f} s (target <= 1 s)")
     log(f"SSE latency, round published -> point drawn ({args.events} rounds): median "
         f"{result['sse_latency_median_s']:.3f} s, max {result['sse_latency_max_s']:.3f} s (target <= 0.5 s)")
+    log(f"GET /api/runs/{{id}} body ({args.rounds} rounds, best of {args.repeat}): {result['run_detail_body_s']:.4f} s "
+        f"vs {result['run_detail_body_per_record_s']:.4f} s per record (json.loads + RoundOut, response_model): "
+        f"{result['run_detail_body_speedup']:.2f}x")
     if args.json:
         print(json.dumps(result))
     return 0

@@ -7,6 +7,31 @@ local mosquitto; versus ``Simulation(..., client_batching=False)`` on the same c
 ``--kernels`` (default auto, the agents' own default): the same per-client training path. Printed as
 ``overhead_ratio`` = live / simulated (target <= 1.15).
 
+Stage breakdown of the live rounds (mean seconds per selected device per round; ``stages`` in
+``--json``), from timestamps the system records: the coordinator's round records (``broadcast_s``,
+``published_at``, ``update_received_at``, ``aggregation_s``, ``seconds``) and each agent's
+``stage timing`` INFO line (``model_at``, ``decode``, ``train``, ``encode``, ``published_at``). All
+processes run on this machine, so their wall clocks agree.
+
+* ``broadcast``: coordinator signs and encodes the ModelBroadcast and hands it and the Task to paho.
+* ``delivery``: from then until the agent's main loop takes up the model's last chunk (Task
+  delivery, subscribe on selection, retained chunks through mosquitto, agent event queue).
+* ``decode``: the agent decodes and verifies the model (envelope, Ed25519, tensors).
+* ``train``: local training (the update's ``compute_s``).
+* ``encode``: the agent packs the update (values on the mask, mask changes), HMACs and chunks it.
+* ``upload``: from the agent handing the update to paho until its last packet reaches the
+  coordinator's MQTT callback.
+* ``aggregation``: the coordinator's streaming adds and finish (per round; the adds run while
+  other devices still train, so the shares of the stages do not add up to 100 %).
+* ``close``: from the last accepted update's arrival to the round's close (its decode and add, the
+  aggregation's finish, main-loop queueing).
+* ``critical_path``: per round, broadcast + the last-arriving device's delivery..upload + close;
+  ``other`` = round seconds - critical path (selection before the broadcast, clock granularity).
+
+``simulated_train_per_client_s`` (the unbatched simulation's round time / clients per round) sits
+beside ``train``: the agents train the same clients with the same kernels, so their ratio is the
+slow-down of 20 single-threaded agent processes sharing this machine's cores.
+
 Part 2 (scale): 1000 protocol-level fake agents (no training; one MQTT connection each, spread
 over a few processes; one model receiver per process) through mosquitto on loopback, each
 returning a density-0.2 update of the MNIST CNN. Prints the time of one round including
@@ -21,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -75,21 +101,77 @@ def paper_config(rounds: int) -> dict:
                 seed=0)
 
 
-def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels: str) -> float:
+STAGE_LINE = re.compile(r"stage timing (?P<run>\S+) round (?P<round>\d+): model_at=(?P<model_at>\S+) "
+                        r"decode=(?P<decode>\S+) train=(?P<train>\S+) encode=(?P<encode>\S+) "
+                        r"published_at=(?P<published_at>\S+)")
+STAGES = ("broadcast", "delivery", "decode", "train", "encode", "upload", "aggregation")
+
+
+def agent_stage_lines(log_path: Path) -> dict[int, dict[str, float]]:
+    """Round -> the agent's ``stage timing`` values (first line per round)."""
+    out: dict[int, dict[str, float]] = {}
+    for m in STAGE_LINE.finditer(log_path.read_text(errors="replace")):
+        out.setdefault(int(m["round"]), {k: float(m[k]) for k in ("model_at", "decode", "train", "encode",
+                                                                   "published_at")})
+    return out
+
+
+def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[str, float]]]) -> dict:
+    """Mean seconds of each stage (see the module docstring) over every accepted (round, device)."""
+    per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
+    critical, other, round_s, closes = [], [], [], []
+    for record in records:
+        r = record["round"]
+        per_stage["broadcast"].append(record["broadcast_s"])
+        per_stage["aggregation"].append(record["aggregation_s"])
+        paths = []
+        for device, received_at in record["update_received_at"].items():
+            agent = agent_lines.get(device, {}).get(r)
+            if agent is None:
+                continue
+            delivery = agent["model_at"] - record["published_at"]
+            upload = received_at - agent["published_at"]
+            for name, value in (("delivery", delivery), ("decode", agent["decode"]), ("train", agent["train"]),
+                                ("encode", agent["encode"]), ("upload", upload)):
+                per_stage[name].append(value)
+            paths.append((received_at, delivery + agent["decode"] + agent["train"] + agent["encode"] + upload))
+        if paths:
+            last_arrival, last_path = max(paths)
+            close = record["closed_at"] - last_arrival
+            closes.append(close)
+            path = record["broadcast_s"] + last_path + close
+            critical.append(path)
+            other.append(record["seconds"] - path)
+            round_s.append(record["seconds"])
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    result = {f"{name}_s": mean(values) for name, values in per_stage.items()}
+    result.update(close_s=mean(closes), critical_path_s=mean(critical), other_s=mean(other), round_s=mean(round_s),
+                  samples=len(per_stage["train"]))
+    return result
+
+
+def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels: str) -> tuple[float, dict]:
+    """Seconds per live round, and the stage breakdown (:func:`stage_breakdown`)."""
     from cloud.run_config import RunConfig
 
     broker = start_mosquitto(workdir / "mosquitto")
     coordinator = make_coordinator(broker.url, workdir / "state")
     procs = []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    logs = workdir / "agent-logs"
+    logs.mkdir(exist_ok=True)
     try:
         for i in range(agents):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "feddst_cli.main", "agent", "run", "--broker", broker.url, "--device-id",
-                 f"dev-{i:03d}", "--dataset", "mnist", "--data-dir", data_dir, "--partition", f"{i}/400",
-                 "--seed", "0", "--threads", "1", "--heartbeat-s", "2", "--log-level", "warning",
-                 "--kernels", kernels, "--coordinator-public-key", coordinator.public_key_hex],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT))
+            with open(logs / f"dev-{i:03d}.log", "w") as agent_log:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "feddst_cli.main", "agent", "run", "--broker", broker.url, "--device-id",
+                     f"dev-{i:03d}", "--dataset", "mnist", "--data-dir", data_dir, "--partition", f"{i}/400",
+                     "--seed", "0", "--threads", "1", "--heartbeat-s", "2", "--log-level", "info",
+                     "--kernels", kernels, "--coordinator-public-key", coordinator.public_key_hex],
+                    stdout=subprocess.DEVNULL, stderr=agent_log, env=env, cwd=ROOT))
         # up to 10 min: 20 agents loading MNIST on a loaded machine (setup, not measured)
         wait_until(lambda: len(coordinator.registry.online_ids()) == agents, 600, "agents online")
         cfg = paper_config(rounds)
@@ -102,7 +184,10 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
         elapsed = time.perf_counter() - t0
         if final.status != "completed":
             raise RuntimeError(f"live run {final.status}: {final.error}")
-        return elapsed / rounds
+        _, records = coordinator.get_run(run.id)
+        time.sleep(1.0)  # let the agents' last log lines reach their files
+        lines = {f"dev-{i:03d}": agent_stage_lines(logs / f"dev-{i:03d}.log") for i in range(agents)}
+        return elapsed / rounds, stage_breakdown(records, lines)
     finally:
         for p in procs:
             p.terminate()
@@ -243,6 +328,8 @@ def coordinator_process(url: str, state_dir: str, agents: int) -> None:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps({"status": final.status, "error": final.error,
                           "round_s": rounds[0]["seconds"] if rounds else None,
+                          "broadcast_s": rounds[0]["broadcast_s"] if rounds else None,
+                          "aggregation_s": rounds[0]["aggregation_s"] if rounds else None,
                           "accepted": len(rounds[0]["accepted"]) if rounds else 0, "peak_mb": peak_mb}), flush=True)
     finally:
         coordinator.close()
@@ -301,7 +388,7 @@ def main() -> None:
     import torch
 
     result: dict = {"overhead_ratio": None, "scale_agents": args.scale_agents, "scale_round_s": None,
-                    "scale_peak_mb": None}
+                    "scale_peak_mb": None, "stages": None}
     with tempfile.TemporaryDirectory(prefix="feddst-bench-") as tmp:
         work = Path(tmp)
         if not args.skip_overhead:
@@ -311,29 +398,50 @@ def main() -> None:
                 f"--kernels {args.kernels})...")
             sim_before = measure_simulated(args.rounds, args.data_dir, args.kernels)
             log(f"live run: {args.agents} agents x {args.rounds} rounds over mosquitto (--kernels {args.kernels})...")
-            live_s = measure_live(args.rounds, args.data_dir, work, args.agents, args.kernels)
+            live_s, stages = measure_live(args.rounds, args.data_dir, work, args.agents, args.kernels)
             log("simulating again (bracketing the live run)...")
             sim_after = measure_simulated(args.rounds, args.data_dir, args.kernels)
             sim_s = (sim_before + sim_after) / 2
+            stages["simulated_train_per_client_s"] = sim_s / args.agents
             result.update(live_round_s=live_s, simulated_round_s=sim_s, overhead_ratio=live_s / sim_s,
-                          simulated_before_s=sim_before, simulated_after_s=sim_after)
+                          simulated_before_s=sim_before, simulated_after_s=sim_after, stages=stages)
         if not args.skip_scale:
             log(f"scale: one round with {args.scale_agents} fake agents through mosquitto...")
             scale = measure_scale(args.scale_agents, work)
             result.update(scale_round_s=scale["round_s"], scale_peak_mb=scale["peak_mb"],
-                          scale_accepted=scale["accepted"])
+                          scale_accepted=scale["accepted"], scale_broadcast_s=scale["broadcast_s"],
+                          scale_aggregation_s=scale["aggregation_s"])
     if args.json:
-        print(json.dumps({k: result[k] for k in ("overhead_ratio", "scale_agents", "scale_round_s",
-                                                 "scale_peak_mb")}))
+        print(json.dumps({k: result.get(k) for k in ("overhead_ratio", "scale_agents", "scale_round_s",
+                                                     "scale_peak_mb", "stages", "scale_broadcast_s",
+                                                     "scale_aggregation_s")}))
         return
     if result["overhead_ratio"] is not None:
         print(f"overhead: live {result['live_round_s']:.2f} s/round vs simulated {result['simulated_round_s']:.2f} "
               f"s/round (before {result['simulated_before_s']:.2f}, after {result['simulated_after_s']:.2f}) "
               f"-> ratio {result['overhead_ratio']:.3f} (target <= 1.15)")
+        print_stages(result["stages"], args.agents)
     if result["scale_round_s"] is not None:
         print(f"scale: {args.scale_agents} fake agents, one round incl. aggregation {result['scale_round_s']:.2f} s "
               f"(target <= 10 s), {result['scale_accepted']} updates accepted; coordinator peak RSS "
-              f"{result['scale_peak_mb']:.0f} MB")
+              f"{result['scale_peak_mb']:.0f} MB (broadcast {result['scale_broadcast_s']:.2f} s, aggregation "
+              f"{result['scale_aggregation_s']:.2f} s)")
+
+
+def print_stages(stages: dict, agents: int) -> None:
+    """The stage table: mean seconds per device per round, and each stage's share of the mean round."""
+    round_s = stages["round_s"]
+    print(f"live stages (mean s per device per round over {stages['samples']} updates; round {round_s:.2f} s):")
+    for name in STAGES:
+        value = stages[f"{name}_s"]
+        share = f"{100 * value / round_s:5.1f} %" if value is not None and round_s else "   n/a"
+        print(f"  {name:<12} {value if value is not None else float('nan'):8.3f} s  {share}")
+    print(f"  {'close':<12} {stages['close_s']:8.3f} s  (last update's arrival to the round's close)")
+    print(f"  {'critical path':<12} {stages['critical_path_s']:8.3f} s  (broadcast + slowest device + close); "
+          f"other {stages['other_s']:.3f} s")
+    sim = stages["simulated_train_per_client_s"]
+    print(f"  train per client: live {stages['train_s']:.3f} s vs simulated {sim:.3f} s "
+          f"(x{stages['train_s'] / sim:.2f}: {agents} one-thread agents on {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":

@@ -4,14 +4,17 @@ Accuracy part: 400 clients x 2 classes x 20 images, 20 clients per round, 10 loc
 the sparse algorithms; prints final accuracy, upload per round, and each algorithm's accuracy at
 FedDST's total upload budget (the last evaluated round whose cumulative upload fits in it).
 
-Speed part: rounds per minute of ``feddst simulate`` (clients batched) next to a baseline that trains
-the same 20 clients one after another in plain PyTorch (nn.Module + torch.optim.SGD, mask applied
-after each step), both measured in this run; plus this machine's dense matmul rate and the fraction
-of it the simulator achieves on the ~100 GFLOP of dense training math in a round.
+Speed part: rounds per minute of ``feddst simulate`` (default kernels: sparse layers where the auto
+policy picks them, clients on worker threads) and of ``--kernels dense`` (clients batched through
+grouped convolutions) next to a baseline that trains the same 20 clients one after another in plain
+PyTorch (nn.Module + torch.optim.SGD, mask applied after each step), all measured in this run; plus
+this machine's dense matmul rate and the dense FLOP floor: the time the dense training math of a
+round would take at that rate.
 
     python bench/paper_mnist.py                 # 200 rounds (about 20-25 minutes on 2 cores)
     python bench/paper_mnist.py --rounds 20     # a quick look
     python bench/paper_mnist.py --json          # one JSON object on stdout
+    python bench/paper_mnist.py --speed-only --threads 1   # one core vs one core (a shared machine)
 """
 
 from __future__ import annotations
@@ -106,31 +109,43 @@ def matmul_gflops(seconds: float = 2.0) -> float:
 
 
 def measure_speed(data_dir: str, rounds: int, log: Any) -> dict[str, float]:
-    """Simulator vs plain sequential PyTorch on the same rounds and clients, interleaved."""
+    """Simulator (default kernels: sparse where the auto policy says so) vs the simulator with
+    ``--kernels dense`` (clients batched through grouped convolutions, the default before issue 15) vs
+    plain sequential PyTorch, on the same rounds and clients, interleaved round by round."""
     dataset = load_dataset("mnist", data_dir)
-    sim = Simulation(SimulationConfig(dataset="mnist", data_dir=data_dir, rounds=rounds, eval_every=10 ** 6),
-                     dataset)
+    sims = {kernels: Simulation(SimulationConfig(dataset="mnist", data_dir=data_dir, rounds=rounds,
+                                                 eval_every=10 ** 6, kernels=kernels), dataset)
+            for kernels in ("auto", "dense")}
+    sim = sims["auto"]
     client_ids = list(range(sim.config.clients))
-    sim_s = base_s = 0.0
+    seconds = {"auto": 0.0, "dense": 0.0, "baseline": 0.0}
     for server_round in range(1, rounds + 1):
         plan = sim.strategy.configure_round(server_round, sim.state, client_ids, sim.rng)
         t0 = time.perf_counter()
         baseline_round(sim, plan.clients, server_round)
-        base_s += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        sim.train_clients(plan.clients, plan.readjust_fraction, plan.prox_mu, server_round)
-        sim_s += time.perf_counter() - t0
-        log(f"  speed round {server_round}: simulator {sim_s / server_round:.2f} s/round, "
-            f"sequential baseline {base_s / server_round:.2f} s/round")
+        seconds["baseline"] += time.perf_counter() - t0
+        for kernels, s in sims.items():
+            t0 = time.perf_counter()
+            s.train_clients(plan.clients, plan.readjust_fraction, plan.prox_mu, server_round)
+            seconds[kernels] += time.perf_counter() - t0
+        log(f"  speed round {server_round}: simulator {seconds['auto'] / server_round:.2f} s/round, "
+            f"with --kernels dense {seconds['dense'] / server_round:.2f} s/round, "
+            f"sequential baseline {seconds['baseline'] / server_round:.2f} s/round")
     images = sum(len(sim.partition.train[c]) for c in plan.clients) * sim.config.local_epochs
     gflop = training_gflop_per_round(MNIST_CNN, images)
     peak = matmul_gflops()
+    sim_s, base_s = seconds["auto"], seconds["baseline"]
     return {
         "rounds_per_min": 60.0 * rounds / sim_s,
         "baseline_rounds_per_min": 60.0 * rounds / base_s,
+        "dense_kernels_rounds_per_min": 60.0 * rounds / seconds["dense"],
         "speedup": base_s / sim_s,
+        "dense_kernels_speedup": base_s / seconds["dense"],
         "gflop_per_round": gflop,
         "matmul_gflops": peak,
+        # the dense training math of a round at this machine's matmul rate (measured in this run)
+        "dense_floor_s_per_round": gflop / peak,
+        "s_per_round": sim_s / rounds,
         "fraction_of_matmul_peak": gflop / (sim_s / rounds) / peak,
     }
 
@@ -165,15 +180,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-speed", action="store_true", help="skip the speed comparison")
     parser.add_argument("--speed-only", action="store_true", help="only the speed comparison (no accuracy runs)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for everything timed: the baseline's intra-op threads and the "
+                             "simulator's worker threads (default: torch's default, one per core); 1 compares "
+                             "one core against one core, which holds up when other jobs share the machine")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     speed: dict[str, float] = {}
     if not args.skip_speed:
-        log(f"speed: {args.speed_rounds} paper-setting rounds, simulator vs sequential plain PyTorch")
-        speed = measure_speed(args.data_dir, args.speed_rounds, log)
+        log(f"speed: {args.speed_rounds} paper-setting rounds, simulator vs sequential plain PyTorch, "
+            f"{torch.get_num_threads()} torch thread(s)")
+        speed = {**measure_speed(args.data_dir, args.speed_rounds, log), "threads": torch.get_num_threads()}
     reports = {}
     for algorithm in ([] if args.speed_only else args.algorithms.split(",")):
         log(f"accuracy: {algorithm}, {args.rounds} rounds")
@@ -203,10 +227,14 @@ def main(argv: list[str] | None = None) -> int:
         print_accuracy_tables(rows, args.rounds, budget, caps)
     if speed:
         print(f"\nsimulator: {speed['rounds_per_min']:.1f} rounds/min; sequential plain-PyTorch baseline: "
-              f"{speed['baseline_rounds_per_min']:.1f} rounds/min; speedup {speed['speedup']:.2f}x")
+              f"{speed['baseline_rounds_per_min']:.1f} rounds/min; speedup {speed['speedup']:.2f}x "
+              f"(--kernels dense: {speed['dense_kernels_rounds_per_min']:.1f} rounds/min, "
+              f"{speed['dense_kernels_speedup']:.2f}x)")
         print(f"dense training math {speed['gflop_per_round']:.0f} GFLOP/round; matmul peak "
-              f"{speed['matmul_gflops']:.0f} GFLOP/s; simulator achieves "
-              f"{100 * speed['fraction_of_matmul_peak']:.0f}% of it")
+              f"{speed['matmul_gflops']:.0f} GFLOP/s, so the dense FLOP floor is "
+              f"{speed['dense_floor_s_per_round']:.2f} s/round; simulator {speed['s_per_round']:.2f} s/round "
+              f"= {speed['s_per_round'] / speed['dense_floor_s_per_round']:.2f}x the floor (below 1 = faster "
+              "than dense math could be)")
     if reports:
         print(f"plot: {Path(args.out) / 'accuracy_vs_upload.png'}")
     return 0

@@ -17,8 +17,12 @@ Lifecycle of a run (one run is active at a time; starting a second one is a ``Ru
    devices that did not reply are replaced by other eligible online devices when there are any,
    the model and an extended ``Task`` are re-published and the deadline restarts. After
    ``max_round_retries`` retries the run fails.
-5. After each round: evaluate (if configured), save the model (safetensors), record the round.
-   ``stop_run`` publishes ``Abort`` on the control topic.
+5. After each round: evaluate (if configured), save the model (safetensors), record the round, then
+   checkpoint the run (:mod:`cloud.checkpoints`: model, masks, server momentum, RNG state, counters).
+   ``stop_run`` publishes ``Abort`` on the control topic and returns once the run has stopped.
+6. Resume: a coordinator started on a state dir whose last run was left running (``kill -9``) or
+   interrupted by a shutdown resumes it (``resume_runs``), or ``resume_run`` does by hand: from the
+   latest checkpoint, reopening the round that was open (same selection and task nonce).
 
 Byte accounting matches the simulator: download = encoded broadcast size x selected devices;
 upload = encoded size of each accepted update (duplicates and ignored updates are not counted).
@@ -39,7 +43,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,23 +50,23 @@ import numpy as np
 import torch
 
 from cloud.access_tokens import TokenStore
+from cloud.checkpoints import CheckpointStore, OpenRound, rng_from_state
 from cloud.device_registry import DeviceRegistry, eligible_devices
 from cloud.enrollment import REVOKED_MARK, DeviceKeyring
 from cloud.errors import BrokerUnavailableError, RunStateError
-from cloud.evaluation import HeldOutEvaluator
 from cloud.metrics import CoordinatorMetrics
 from cloud.mqtt_link import CoordinatorLink, Inbound, PublishResult
 from cloud.replay_guard import REPLAYED, RETAINED_SEEN, ReplayGuard
 from cloud.round_collector import RoundCollector, Verdict
 from cloud.run_config import RunConfig
 from cloud.run_events import RunEventLog
+from cloud.run_execution import RunExecution, checkpoint_of, execution_from_checkpoint
 from cloud.run_phase import RunPhase, api_phase, devices_needed, round_log_line
 from cloud.run_planning import plan_run
 from cloud.settings import CloudSettings
 from cloud.signing_key import load_or_create_signing_key
 from cloud.store import CoordinatorStore, DeviceErrorRow, RunRow
 from feddst_core.masks import density
-from feddst_core.strategies import FedStrategy, ServerState
 from feddst_core.wire_format import model_broadcast, run_completed
 from protocol import (
     DEVICE_ERROR_CODES,
@@ -82,40 +85,9 @@ from protocol.ed25519 import Ed25519Signer
 
 log = logging.getLogger(__name__)
 
-REPORT_FIELDS = ("round", "accuracy", "global_accuracy", "upload_bytes", "download_bytes", "density")
-
-
-@dataclass
-class RunExecution:
-    """The in-memory state of the active run."""
-
-    run_id: str
-    config: RunConfig
-    strategy: FedStrategy
-    state: ServerState
-    rng: np.random.Generator
-    evaluator: HeldOutEvaluator | None
-    server_round: int = 0  # last completed round
-    phase: str = "waiting"  # waiting (for devices) | collecting | aggregating | evaluating
-    phase_since: float = field(default_factory=time.time)
-    progress: tuple[int, int] = (0, 0)  # waiting: (eligible, needed); collecting: (replied, selected)
-    collector: RoundCollector | None = None
-    deadline: float = 0.0
-    retries: int = 0
-    round_started: float = 0.0
-    broadcast: bytes = b""
-    model_chunk_topics: int = 0  # retained chunk topics of the open round's model (cleared when it closes)
-    task_bytes: bytes = b""  # the open round's signed Task (re-sent to a selected device that registers again)
-    task_nonce: int = 0  # of the open round: the updates answering its Task must echo it
-    readjust_fraction: float = 0.0  # alpha_t of the open round
-    prox_mu: float = 0.0
-    upload_bytes: int = 0
-    download_bytes: int = 0
-    counters: Counter = field(default_factory=Counter)
-    accepted_by_round: dict[int, frozenset[str]] = field(default_factory=dict)  # closed rounds
-    wire_marks: dict[str, tuple[int, int]] = field(default_factory=dict)  # device -> (sent, received) last counted
-    wire_upload_bytes: int = 0  # device-side MQTT bytes sent / received during the run, as reported so far
-    wire_download_bytes: int = 0
+SHUTDOWN_REASON = "coordinator shut down during the run"
+TERMINAL_STATUSES = ("completed", "stopped", "failed")  # never rewritten (a stop racing completion is a no-op)
+STOP_WAIT_S = 30.0  # POST stop waits this long for the main loop to stop the run
 
 
 class Coordinator:
@@ -124,24 +96,27 @@ class Coordinator:
     def __init__(self, settings: CloudSettings, store: CoordinatorStore | None = None):
         self.settings = settings
         self.store = store or CoordinatorStore(settings.state_dir)
-        self.store.mark_unfinished_runs_interrupted()
+        self.checkpoints = CheckpointStore(self.store.state_dir)
+        left_running = self.store.mark_unfinished_runs_interrupted()
         self.tokens = TokenStore(self.store.state_dir)
         self.registry = DeviceRegistry(self.store, settings.heartbeat_s)
         self.events = RunEventLog()  # recent round/status/device_error events per run (the SSE endpoint)
         self.inbound: queue.Queue[Inbound] = queue.Queue(maxsize=256)
-        self._commands: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[tuple[str, str, threading.Event | None]] = queue.SimpleQueue()
         self.keyring = DeviceKeyring(self.store, settings.device_keys(), settings.require_device_keys)
         self.metrics = CoordinatorMetrics(devices_online=lambda: len(self.registry.online_ids()),
                                           inbound_depth=self.inbound.qsize,
                                           broker_connected=lambda: self.broker_connected,
-                                          active_runs=lambda: 0 if self.active_run_id is None else 1)
+                                          active_runs=lambda: 0 if self.active_run_id is None else 1,
+                                          link_counters=lambda: self.link.counters())
         self.link = CoordinatorLink(
             self.inbound, host=settings.broker_host, port=settings.broker_port,
             client_id=settings.mqtt_client_id, username=settings.mqtt_username,
             password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
             protocol=settings.mqtt_protocol, tls=settings.broker_tls, max_packet=settings.max_packet,
             key_lookup=self.keyring.lookup, authenticate=self.keyring.verifying, tls_files=settings.tls_files(),
-            count_bytes=lambda direction, n: self.metrics.mqtt_bytes.labels(direction=direction).inc(n))
+            count_bytes=lambda direction, n: self.metrics.mqtt_bytes.labels(direction=direction).inc(n),
+            raw_queue_packets=settings.mqtt_receive_queue_packets)
         self.signer = Ed25519Signer(load_or_create_signing_key(settings.signing_key_path))
         self.replay_guard = ReplayGuard(self.store)
         self._seq = int(time.time() * 1000)  # increasing across restarts too
@@ -152,6 +127,23 @@ class Coordinator:
         self._thread: threading.Thread | None = None
         self._finished_accepted: dict[str, dict[int, frozenset[str]]] = {}  # recent runs, for late duplicates
         self.counters: Counter = Counter()  # coordinator-wide (messages outside any run, invalid...)
+        self._connected_at = 0.0  # monotonic time of the last (re)connection to the broker
+        if settings.resume_runs:
+            self._resume_at_start(left_running)
+
+    def _resume_at_start(self, left_running: list[str]) -> None:
+        """Queue the resume of the run the previous process was running: one it left ``running`` (a crash,
+        marked interrupted by the store just now) or one its shutdown interrupted; only the most recently
+        started run qualifies (older interrupted runs are resumed by hand, ``resume_run``)."""
+        started = [r for r in self.store.list_runs() if r.started_at is not None]
+        if not started:
+            return
+        last = max(started, key=lambda r: r.started_at or 0.0)
+        if last.status == "interrupted" and (last.id in left_running or last.error == SHUTDOWN_REASON):
+            self._active_id = last.id
+            self._set_status(last.id, "running")
+            self._commands.put(("resume", last.id, None))
+            log.info("run %s was running when the previous coordinator stopped; resuming it", last.id)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -163,13 +155,18 @@ class Coordinator:
         return ok
 
     def close(self) -> None:
+        """Stop the main loop (it marks the active run ``interrupted`` as its last write), then the link and
+        the store. Nothing writes after the loop has exited; if it does not exit within a minute (a stuck
+        evaluation), the store is left open rather than closed under it."""
         self._shutdown.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        with self._lock:
-            active = self._active_id
-        if active is not None:
-            self._set_status(active, "interrupted", "coordinator shut down during the run")
+        if self._thread is None:
+            self._interrupt_active()
+        else:
+            self._thread.join(timeout=60)
+            if self._thread.is_alive():
+                log.error("the coordinator main loop did not stop within 60 s; leaving the store open")
+                self.link.close()
+                return
         self.link.close()
         self.registry.flush()
         self.replay_guard.flush()
@@ -213,18 +210,42 @@ class Coordinator:
                 raise RunStateError(f"run {self._active_id} is running; stop it first")
             self._active_id = run_id
             self._set_status(run_id, "running")
-        self._commands.put(("start", run_id))
+        self._commands.put(("start", run_id, None))
+        return self.store.get_run(run_id)
+
+    def resume_run(self, run_id: str) -> RunRow:
+        """Queue the resume of an ``interrupted`` run from its last checkpointed round (``RunStateError``
+        for any other status or while another run is active; ``BrokerUnavailableError`` while disconnected)."""
+        self.store.get_run(run_id)
+        if not self.broker_connected:
+            raise BrokerUnavailableError("the coordinator is not connected to the MQTT broker "
+                                         f"{self.settings.broker_url}; retry when /healthz reports broker_connected")
+        with self._lock:
+            run = self.store.get_run(run_id)
+            if run.status != "interrupted":
+                raise RunStateError(f"run {run_id} is {run.status}; only an interrupted run can be resumed")
+            if self._active_id is not None:
+                raise RunStateError(f"run {self._active_id} is running; stop it first")
+            self._active_id = run_id
+            self._set_status(run_id, "running")
+        self._commands.put(("resume", run_id, None))
         return self.store.get_run(run_id)
 
     def stop_run(self, run_id: str) -> RunRow:
-        run = self.store.get_run(run_id)
+        """Stop a created or running run; returns once the main loop has stopped it (status ``stopped``, or
+        ``completed``/``failed`` if it ended first), so a start right after it is not refused as running.
+        ``RunStateError`` for a run in any other status."""
+        done = threading.Event()
         with self._lock:
+            run = self.store.get_run(run_id)
             if run.status == "created":
                 self._set_status(run_id, "stopped", "stopped before it started")
-            elif run.status == "running" and self._active_id == run_id:
-                self._commands.put(("stop", run_id))
-            else:
+                return self.store.get_run(run_id)
+            if run.status != "running" or self._active_id != run_id:
                 raise RunStateError(f"run {run_id} is {run.status}; it cannot be stopped")
+            self._commands.put(("stop", run_id, done))
+        if not done.wait(STOP_WAIT_S):
+            log.warning("run %s: the main loop has not stopped it after %.0f s", run_id, STOP_WAIT_S)
         return self.store.get_run(run_id)
 
     def get_run(self, run_id: str) -> tuple[RunRow, list[dict[str, Any]]]:
@@ -246,6 +267,7 @@ class Coordinator:
             if run.status == "running" or self._active_id == run_id:
                 raise RunStateError(f"run {run_id} is running; stop it before deleting it")
             self.store.delete_run(run_id)
+            self.checkpoints.delete_run(run_id)
         self._finished_accepted.pop(run_id, None)
         log.info("run %s deleted", run_id)
 
@@ -296,17 +318,30 @@ class Coordinator:
             except Exception as exc:  # noqa: BLE001 - the loop must survive; the run fails loudly
                 log.exception("coordinator main loop error")
                 self._fail_active(f"internal error: {type(exc).__name__}: {exc}")
+        self._interrupt_active()  # the loop's last write: nothing else writes a run's status after it
+
+    def _interrupt_active(self) -> None:
+        with self._lock:
+            active = self._active_id
+        if active is not None:
+            self._set_status(active, "interrupted", SHUTDOWN_REASON)
 
     def _drain_commands(self) -> None:
         while True:
             try:
-                command, run_id = self._commands.get_nowait()
+                command, run_id, done = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if command == "start":
-                self._begin_run(run_id)
-            elif command == "stop":
-                self._stop_active(run_id)
+            try:
+                if command == "start":
+                    self._begin_run(run_id)
+                elif command == "resume":
+                    self._resume_run(run_id)
+                elif command == "stop":
+                    self._stop_active(run_id)
+            finally:
+                if done is not None:
+                    done.set()
 
     # --- inbound --------------------------------------------------------------------------------
 
@@ -327,13 +362,10 @@ class Coordinator:
                 self._count("auth_failed")
             log.warning("dropped undecodable message on %s: %s", item.topic, item.error)
             return
-        if item.kind == "disconnected":
-            self.counters["broker_disconnects"] += 1
-            log.warning("lost the MQTT broker %s (%s); publishes wait in the outbox until it returns",
-                        self.settings.broker_url, item.error)
+        if item.kind == "disconnected":  # logged and counted by the link (CoordinatorLink)
             return
-        if item.kind == "connected":
-            log.info("connected to the MQTT broker %s", self.settings.broker_url)
+        if item.kind == "connected":  # logged by the link; no round is drawn within the reconnection grace
+            self._connected_at = time.monotonic()
             return
         if item.kind != "message" or item.decoded is None:
             return
@@ -393,6 +425,8 @@ class Coordinator:
         else:
             verdict = ex.collector.offer(update, item.size)
             ex.counters.update(verdict.counter_keys)
+            if verdict.kind == "accepted":
+                ex.update_received_at[update.device_id] = item.received_at
         self.metrics.updates.labels(verdict=verdict.kind).inc()
         if verdict.kind == "invalid":  # answered too (ok=false), so the device stops re-sending it
             log.warning("rejected update from %s for round %s (%s): %s", update.device_id, update.server_round,
@@ -433,7 +467,35 @@ class Coordinator:
         ex.wire_marks = {d: self.registry.wire_bytes(d) for d in self.registry.online_ids()}
         self._execution = ex
         self.store.save_model(run_id, 0, state.params, state.masks)
+        self.checkpoints.save(checkpoint_of(ex))
         log.info("run %s started", run_id)
+
+    def _resume_run(self, run_id: str) -> None:
+        """Continue an interrupted run from its last checkpoint; reopen the round it had open, if any, with
+        the same selection and task nonce (agents' updates for it still count). A run without a checkpoint
+        (it never got past start) starts over, which is the same run (everything is seeded)."""
+        checkpoint = self.checkpoints.latest(run_id)
+        if checkpoint is None:
+            self._begin_run(run_id)
+            return
+        try:
+            config = RunConfig.model_validate(self.store.get_run(run_id).config)
+            plan = plan_run(config, self.settings.data_roots)
+        except Exception as exc:  # noqa: BLE001 - like a start: the run fails with its reason
+            self._finish(run_id, "failed", f"cannot resume: {type(exc).__name__}: {exc}")
+            return
+        ex = execution_from_checkpoint(checkpoint, config, plan.strategy, plan.evaluator)
+        ex.counters["resumes"] += 1
+        ex.progress = (len(self._eligible(config)), devices_needed(config, ex.server_round + 1))
+        self._execution = ex
+        opened = self.checkpoints.open_round(run_id)
+        log.info("run %s resumed after round %s%s", run_id, ex.server_round,
+                 f"; reopening round {opened.server_round}" if opened else "")
+        if opened is not None and opened.server_round == ex.server_round + 1:
+            ex.counters["rounds_reopened"] += 1
+            ex.rng = rng_from_state(opened.rng_state)
+            ex.retries = opened.retries
+            self._open_round(ex, opened, time.time())
 
     def _eligible(self, config: RunConfig) -> list[str]:
         """Online, admitted (enrolled, not revoked) devices meeting the run's capability filter."""
@@ -450,12 +512,22 @@ class Coordinator:
         collector = ex.collector
         assert collector is not None
         ex.progress = (len(collector.accepted), len(collector.selected))
-        if collector.complete or (now >= ex.deadline and len(collector.accepted) >= ex.config.quorum):
+        if (collector.complete or (now >= ex.deadline and len(collector.accepted) >= ex.config.quorum)
+                or self._only_gone_devices_missing(collector)):
             self._close_round(ex)
         elif collector.errors and collector.all_replied:  # no point waiting for the deadline
             self._after_errors(ex, now)
         elif now >= ex.deadline:
             self._retry_round(ex, now)
+
+    def _only_gone_devices_missing(self, collector: RoundCollector) -> bool:
+        """A retried round whose stand-ins answered (as many updates as it first selected) while every device
+        still missing is offline: its selected set cannot complete before they return, so it closes now
+        instead of waiting out the deadline (a device still online may yet answer: it is waited for)."""
+        if not collector.target_met:
+            return False
+        online = set(self.registry.online_ids())
+        return not any(d in online for d in collector.missing())
 
     def _after_errors(self, ex: RunExecution, now: float) -> None:
         """Every selected device replied, some with errors: close, retry now with spare devices, or fail saying why."""
@@ -468,9 +540,14 @@ class Coordinator:
         if spare and ex.retries < ex.config.max_round_retries:
             self._retry_round(ex, now)
             return
-        self._finish(ex.run_id, "failed", collector.failure_reason(ex.config.quorum))
+        self._finish(ex.run_id, "failed", collector.failure_reason(ex.config.quorum, ex.retries if spare else None))
 
     def _try_begin_round(self, ex: RunExecution, now: float) -> None:
+        """Select and open the next round once enough devices are eligible. Not within two heartbeats of a
+        (re)connection to the broker: devices that lost it too are re-announcing themselves, and selecting
+        from a partial fleet would change the draw (and the run) for a passing outage."""
+        if time.monotonic() - self._connected_at < 2 * self.settings.heartbeat_s:
+            return
         c = ex.config
         eligible = self._eligible(c)
         need = devices_needed(c, ex.server_round + 1)
@@ -483,18 +560,29 @@ class Coordinator:
         r = ex.server_round + 1
         plan = ex.strategy.configure_round(r, ex.state, list(range(len(eligible))), ex.rng,
                                            clients_per_round=min(c.clients_per_round, len(eligible)))
-        selected = tuple(eligible[i] for i in plan.clients)
-        ex.round_started = now
         ex.retries = 0
-        ex.task_nonce = secrets.randbits(64)
+        opened = OpenRound(r, tuple(eligible[i] for i in plan.clients), secrets.randbits(64),
+                           plan.readjust_fraction, plan.prox_mu, 0, dict(ex.rng.bit_generator.state))
+        self.checkpoints.save_open_round(ex.run_id, opened)  # durable before any device sees the Task
+        self._open_round(ex, opened, now)
+
+    def _open_round(self, ex: RunExecution, opened: OpenRound, now: float) -> None:
+        """Start collecting ``opened`` (a new round, or the one a restarted coordinator reopens)."""
+        r, selected = opened.server_round, opened.selected
+        ex.round_started = now
+        ex.task_nonce = opened.task_nonce
         ex.collector = RoundCollector(ex.run_id, r, selected, ex.strategy.begin_aggregation(ex.state),
-                                      task_nonce=ex.task_nonce, readjust_fraction=plan.readjust_fraction,
+                                      task_nonce=ex.task_nonce, readjust_fraction=opened.readjust_fraction,
                                       registered_samples=self.registry.sample_count,
-                                      max_sample_count=c.max_sample_count)
+                                      max_sample_count=ex.config.max_sample_count,
+                                      target=opened.target or len(selected))
+        encode_started = time.perf_counter()
         ex.broadcast = self._sign(model_broadcast(ex.run_id, r, ex.state.params, ex.state.masks))
         ex.phase, ex.phase_since = "collecting", now
-        ex.readjust_fraction, ex.prox_mu = plan.readjust_fraction, plan.prox_mu
+        ex.readjust_fraction, ex.prox_mu = opened.readjust_fraction, opened.prox_mu
+        ex.update_received_at = {}
         self._send_round(ex, selected, new_devices=selected)
+        ex.broadcast_s, ex.published_at = time.perf_counter() - encode_started, time.time()
 
     def _send_round(self, ex: RunExecution, selected: tuple[str, ...], new_devices: tuple[str, ...]) -> None:
         c, r = ex.config, ex.server_round + 1
@@ -546,6 +634,9 @@ class Coordinator:
         extra = tuple(sorted(ex.rng.choice(np.asarray(spare), size=replace_count, replace=False).tolist())
                       if replace_count else ())
         collector.selected = collector.selected + extra
+        self.checkpoints.save_open_round(ex.run_id, OpenRound(
+            collector.server_round, collector.selected, ex.task_nonce, ex.readjust_fraction, ex.prox_mu,
+            ex.retries, dict(ex.rng.bit_generator.state), collector.target))
         log.warning("round %s missed its quorum; retry %s with %s extra devices", collector.server_round,
                     ex.retries, len(extra))
         self._send_round(ex, collector.selected, new_devices=extra)
@@ -579,6 +670,8 @@ class Coordinator:
             "wire_upload_bytes": ex.wire_upload_bytes, "wire_download_bytes": ex.wire_download_bytes,
             "layer_density": {name: float(m.to(torch.float32).mean()) for name, m in new_state.masks.items()},
             "started_at": ex.round_started, "closed_at": time.time(),
+            "broadcast_s": ex.broadcast_s, "published_at": ex.published_at, "aggregation_s": aggregation_s,
+            "update_received_at": dict(sorted(ex.update_received_at.items())),
             "errors": {d: {"code": c, "detail": t} for d, (c, t) in sorted(collector.errors.items())},
         }
         if ex.evaluator is not None and (r % ex.evaluator.every == 0 or r == ex.config.rounds):
@@ -588,6 +681,7 @@ class Coordinator:
         self.store.add_round(ex.run_id, record)
         self.events.publish(ex.run_id, "round", record)
         self.store.set_run_counters(ex.run_id, ex.counters)
+        self.checkpoints.save(checkpoint_of(ex))  # after the round's row: a crash in between re-runs round r
         self.registry.flush()
         self._count_round(record, collector.upload_bytes, aggregation_s)
         log.info("%s", round_log_line(ex.run_id, ex.config.rounds, record))
@@ -627,6 +721,8 @@ class Coordinator:
         out = {}
         for device_id in self.registry.online_ids():
             sent, received = self.registry.wire_bytes(device_id)
+            if not sent and not received:  # no report yet (e.g. since a coordinator restart): keep the mark
+                continue
             mark_sent, mark_received = ex.wire_marks.get(device_id, (0, 0))
             if sent < mark_sent or received < mark_received:  # the agent restarted: its counters began again
                 mark_sent, mark_received = 0, 0
@@ -640,8 +736,10 @@ class Coordinator:
 
     def _stop_active(self, run_id: str) -> None:
         ex = self._execution
-        server_round = ex.server_round + 1 if ex is not None else 0
-        abort = Abort(run_id, server_round, "stopped by operator")
+        if ex is None or ex.run_id != run_id:  # it completed or failed before the stop reached the loop
+            log.info("run %s ended before the stop request was handled; nothing to stop", run_id)
+            return
+        abort = Abort(run_id, ex.server_round + 1, "stopped by operator")
         self._publish(topics.control(run_id), self._sign(abort), topics.QOS_CONTROL)
         self._finish(run_id, "stopped", "stopped by operator")
 
@@ -662,13 +760,19 @@ class Coordinator:
                 self._finished_accepted.pop(next(iter(self._finished_accepted)))
             self._execution = None
         self._set_status(run_id, status, error)
+        self.checkpoints.clear_open_round(run_id)
         with self._lock:
             if self._active_id == run_id:
                 self._active_id = None
         log.info("run %s %s%s", run_id, status, f": {error}" if error else "")
 
     def _set_status(self, run_id: str, status: str, error: str | None = None) -> None:
-        """Record a run's new status and publish it as a ``status`` event."""
+        """Record a run's new status and publish it as a ``status`` event; a completed, stopped or failed run
+        keeps its status (a stop racing the last round never rewrites a completed run)."""
+        current = self.store.get_run(run_id).status
+        if current in TERMINAL_STATUSES and status != current:
+            log.warning("run %s is %s already; not marking it %s", run_id, current, status)
+            return
         self.store.set_run_status(run_id, status, error)
         self.events.publish(run_id, "status", {"status": status, "error": error})
 

@@ -18,6 +18,13 @@ Metric names (the ``_total`` suffix of counters is added by the exposition forma
 * ``feddst_mqtt_payload_bytes_total{direction="received"|"sent"}``: every MQTT payload the
   coordinator's link received or published, chunk headers included (MQTT framing excluded): the
   closest to wire bytes the coordinator can see.
+* ``feddst_mqtt_wire_bytes_total{direction="received"|"sent"}``: every byte the coordinator's MQTT
+  client read from or wrote to its broker socket (all packets: framing, topics, acks, pings; under
+  TLS the MQTT bytes, not the TLS records), counted where paho touches the socket.
+* ``feddst_mqtt_dropped_packets_total``: received packets dropped because the link's callback ->
+  decoder queue was full (``mqtt_receive_queue_packets``; the network thread never blocks, anything
+  here is lost work); ``feddst_broker_disconnects_total``: losses of the broker connection.
+  These and the wire bytes are counted by the MQTT link itself and read when scraped.
 * ``feddst_updates_total{verdict}``: update verdicts (``accepted``, ``duplicate``, ``stale``,
   ``unselected``, ``invalid``; an update for a run that is not active is ``stale``).
 * ``feddst_device_errors_total{code}``: error reports from devices, by reason code.
@@ -27,14 +34,47 @@ Metric names (the ``_total`` suffix of counters is added by the exposition forma
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from cloud.mqtt_link import LinkCounters
 from cloud.round_collector import VERDICTS
 
 ROUND_SECONDS_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, float("inf"))
 AGGREGATION_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf"))
+
+
+class _LinkCollector(Collector):
+    """Exposes :class:`LinkCounters` as Prometheus counters (values owned by the link, not incremented here)."""
+
+    def __init__(self, read: Callable[[], LinkCounters]):
+        self._read = read
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without values (the registry asks at registration, before the link exists)."""
+        return self._families(None)
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._read())
+
+    @staticmethod
+    def _families(counts: LinkCounters | None) -> Iterator[Metric]:
+        wire = CounterMetricFamily("feddst_mqtt_wire_bytes", "Bytes the coordinator's MQTT client read from / "
+                                   "wrote to its broker socket (all MQTT packets).", labels=("direction",))
+        dropped = CounterMetricFamily("feddst_mqtt_dropped_packets", "MQTT packets dropped because the callback "
+                                      "-> decoder queue was full.")
+        disconnects = CounterMetricFamily("feddst_broker_disconnects", "Losses of the MQTT broker connection.")
+        if counts is not None:
+            wire.add_metric(("received",), counts.wire_received_bytes)
+            wire.add_metric(("sent",), counts.wire_sent_bytes)
+            dropped.add_metric((), counts.dropped_packets)
+            disconnects.add_metric((), counts.broker_disconnects)
+        yield wire
+        yield dropped
+        yield disconnects
 
 
 class CoordinatorMetrics:
@@ -43,7 +83,8 @@ class CoordinatorMetrics:
     CONTENT_TYPE = CONTENT_TYPE_LATEST
 
     def __init__(self, *, devices_online: Callable[[], int], inbound_depth: Callable[[], int],
-                 broker_connected: Callable[[], bool], active_runs: Callable[[], int]):
+                 broker_connected: Callable[[], bool], active_runs: Callable[[], int],
+                 link_counters: Callable[[], LinkCounters]):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.rounds_completed = Counter("feddst_rounds_completed", "Rounds closed and recorded.", registry=r)
@@ -69,6 +110,7 @@ class CoordinatorMetrics:
         Gauge("feddst_broker_connected", "1 while the coordinator is connected to the MQTT broker.",
               registry=r).set_function(lambda: 1.0 if broker_connected() else 0.0)
         Gauge("feddst_active_runs", "Runs running now (0 or 1).", registry=r).set_function(active_runs)
+        r.register(_LinkCollector(link_counters))
         for direction in ("received", "sent"):  # zeros from the start, so rates work from the first scrape
             self.mqtt_bytes.labels(direction=direction)
         for verdict in VERDICTS:

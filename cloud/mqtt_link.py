@@ -13,7 +13,12 @@ trouble is returned as a status (``PublishResult.ok``: False when some chunk onl
 reconnect); misuse (publishing before ``connect``) raises.
 
 The link starts connecting in the background and keeps retrying, so the coordinator can start
-while the broker is down (``connected`` tells; ``connection_events`` logs loss and return).
+while the broker is down (``connected`` tells). The callbacks log the broker's loss and return
+themselves and count them (``connects``, ``disconnects``); the matching ``Inbound`` events are
+handed on with ``put_nowait`` too (a full inbound queue drops them and counts ``dropped_events``),
+so no callback ever waits for the coordinator's main loop. The decoder thread waits for room in
+``inbound`` (back-pressure lands on the bounded raw queue, never on the network thread) and stops
+on :meth:`close` even while ``inbound`` stays full.
 
 Wire bytes: ``wire_sent_bytes`` / ``wire_received_bytes`` count every byte paho writes to or
 reads from the socket (all MQTT packets: fixed headers, topics, properties, payloads, acks, pings).
@@ -66,9 +71,21 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
+class LinkCounters:
+    """Cumulative counts the coordinator's MQTT link keeps itself (``/metrics`` reads them when scraped)."""
+
+    wire_received_bytes: int
+    wire_sent_bytes: int
+    dropped_packets: int
+    broker_disconnects: int
+
+
+@dataclass(frozen=True)
 class PublishResult:
+    """Whether paho took every packet of a message (``detail``: why not; paho queues refused QoS >= 1
+    packets and sends them on reconnect)."""
+
     ok: bool
-    nbytes: int  # bytes of the message (chunk headers excluded)
     detail: str = ""
 
 
@@ -99,9 +116,6 @@ class _RawPacket:
     received_at: float
 
 
-_STOP = _RawPacket("", b"", False, 0.0)
-
-
 class CoordinatorLink:
     """Connects, subscribes to :func:`protocol.topics.coordinator_subscriptions` and feeds ``inbound``.
 
@@ -115,15 +129,22 @@ class CoordinatorLink:
                  authenticate: Callable[[], bool] | None = None,
                  tls_files: TlsFiles | None = None,
                  max_pending_bytes: int = 512 * 1024 * 1024, raw_queue_packets: int = 65536,
-                 count_bytes: Callable[[str, int], None] | None = None):
+                 count_bytes: Callable[[str, int], None] | None = None, keepalive_s: int = 30):
         """``key_lookup``: sender id -> HMAC key (None: reject); ``authenticate`` (asked per message, default
         always): whether to verify at all; ``tls_files``: private CA and client certificate for ``tls``;
-        ``raw_queue_packets``: bound of the callback -> decoder queue (packets; beyond it: dropped, counted)."""
+        ``raw_queue_packets``: bound of the callback -> decoder queue (packets; beyond it: dropped, counted);
+        ``keepalive_s``: MQTT keepalive (seconds between pings on an idle connection)."""
         self.inbound = inbound
         self._count_bytes = count_bytes or (lambda direction, nbytes: None)
         self.raw: queue.Queue[_RawPacket] = queue.Queue(maxsize=raw_queue_packets)
         self.dropped_packets = 0  # received packets dropped because the decoder queue was full
+        self.dropped_events = 0  # connection events not handed on because inbound was full (still logged)
+        self.connects = 0  # connections the broker accepted
+        self.disconnects = 0  # losses of an accepted connection
+        self.keepalive_s = keepalive_s
         self._decoder: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._closing = False
         self.host, self.port = host, port
         self.max_packet = max_packet
         self.key_lookup = key_lookup
@@ -162,7 +183,9 @@ class CoordinatorLink:
     def connect(self, timeout_s: float = 10.0) -> bool:
         """Start connecting (and reconnecting) in the background; True once the broker accepted us
         within ``timeout_s``. False leaves the link retrying: publishes queue until it connects."""
+        self._closing = False
         if self._decoder is None:
+            self._stopping.clear()
             self._decoder = threading.Thread(target=self._decode_loop, name="mqtt-decoder", daemon=True)
             self._decoder.start()
         if self._v5:
@@ -171,9 +194,10 @@ class CoordinatorLink:
 
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 3600
-            self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+            self.client.connect_async(self.host, self.port, keepalive=self.keepalive_s, clean_start=False,
+                                      properties=props)
         else:
-            self.client.connect_async(self.host, self.port, keepalive=30)
+            self.client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
         self.client.on_connect_fail = self._on_connect_fail
         self.client.loop_start()
         self._started = True
@@ -185,11 +209,12 @@ class CoordinatorLink:
 
     def close(self) -> None:
         if self._started:
+            self._closing = True  # our own disconnect: not a loss of the broker
             self.client.disconnect()
             self.client.loop_stop()
             self._started = False
         if self._decoder is not None:
-            self.raw.put(_STOP)
+            self._stopping.set()  # the decoder checks it between packets and while waiting for room in inbound
             self._decoder.join(timeout=5)
             self._decoder = None
 
@@ -203,13 +228,25 @@ class CoordinatorLink:
         if result != mqtt.MQTT_ERR_SUCCESS:
             log.warning("subscribe failed: %s", mqtt.error_string(result))
         self.connected.set()
-        self.inbound.put(Inbound("connected", received_at=time.time()))
+        self.connects += 1
+        log.info("connected to the MQTT broker %s:%s", self.host, self.port)
+        self._post_event(Inbound("connected", received_at=time.time()))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         was_connected = self.connected.is_set()
         self.connected.clear()
-        if was_connected:
-            self.inbound.put(Inbound("disconnected", error=str(reason_code), received_at=time.time()))
+        if was_connected and not self._closing:
+            self.disconnects += 1
+            log.warning("lost the MQTT broker %s:%s (%s); publishes wait in the outbox until it returns",
+                        self.host, self.port, reason_code)
+            self._post_event(Inbound("disconnected", error=str(reason_code), received_at=time.time()))
+
+    def _post_event(self, item: Inbound) -> None:
+        """Hand a connection event to the main loop without ever waiting (network thread)."""
+        try:
+            self.inbound.put_nowait(item)
+        except queue.Full:
+            self.dropped_events += 1
 
     def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
         log.debug("connection attempt to %s:%s failed; retrying", self.host, self.port)
@@ -224,13 +261,18 @@ class CoordinatorLink:
     # --- decoder thread -------------------------------------------------------------------------
 
     def _decode_loop(self) -> None:
-        while True:
-            packet = self.raw.get()
-            if packet is _STOP:
-                return
+        while not self._stopping.is_set():
+            try:
+                packet = self.raw.get(timeout=0.2)
+            except queue.Empty:
+                continue
             item = self._decode(packet)
-            if item is not None:
-                self.inbound.put(item)
+            while item is not None and not self._stopping.is_set():
+                try:
+                    self.inbound.put(item, timeout=0.2)  # back-pressure: the raw queue fills, then drops
+                    item = None
+                except queue.Full:
+                    continue
 
     def _decode(self, packet: _RawPacket) -> Inbound | None:
         """Reassemble and decode one packet: an Inbound item, or None while a chunked message is incomplete."""
@@ -246,26 +288,31 @@ class CoordinatorLink:
         return Inbound("message", topic=packet.topic, decoded=decoded, size=len(whole), retained=packet.retained,
                        received_at=packet.received_at)
 
+    def counters(self) -> LinkCounters:
+        """Socket bytes both ways, decoder-queue drops and connection losses, cumulative since this link was made."""
+        return LinkCounters(self.client.wire_received_bytes, self.client.wire_sent_bytes, self.dropped_packets,
+                            self.disconnects)
+
     # --- publishing -----------------------------------------------------------------------------
 
     def publish(self, topic: str, data: bytes, qos: int = 1, retain: bool = False) -> PublishResult:
         """Publish one encoded message (chunked when larger than ``max_packet``), every chunk on ``topic``."""
         packets = split_into_chunks(data, self.max_packet)
-        return self._publish_packets([(topic, packet) for packet in packets], len(data), qos, retain)
+        return self._publish_packets([(topic, packet) for packet in packets], qos, retain)
 
     def publish_model(self, run_id: str, server_round: int, data: bytes) -> tuple[PublishResult, int]:
         """Publish a round's encoded ModelBroadcast, chunk ``i`` retained on ``topics.model_chunk(run, round, i)``;
         returns the result and the number of chunk topics (for :meth:`clear_model`)."""
         packets = split_into_chunks(data, self.max_packet)
         pairs = [(topics.model_chunk(run_id, server_round, i), packet) for i, packet in enumerate(packets)]
-        return self._publish_packets(pairs, len(data), topics.QOS_MODEL, topics.RETAIN_MODEL), len(pairs)
+        return self._publish_packets(pairs, topics.QOS_MODEL, topics.RETAIN_MODEL), len(pairs)
 
     def clear_model(self, run_id: str, server_round: int, chunk_topics: int) -> PublishResult:
         """Remove a round's retained model chunks from the broker (empty retained publishes)."""
         pairs = [(topics.model_chunk(run_id, server_round, i), b"") for i in range(chunk_topics)]
-        return self._publish_packets(pairs, 0, topics.QOS_MODEL, True)
+        return self._publish_packets(pairs, topics.QOS_MODEL, True)
 
-    def _publish_packets(self, pairs: list[tuple[str, bytes]], nbytes: int, qos: int, retain: bool) -> PublishResult:
+    def _publish_packets(self, pairs: list[tuple[str, bytes]], qos: int, retain: bool) -> PublishResult:
         """Hand every packet to paho, even after one was refused (paho queues QoS >= 1 packets while
         disconnected and sends them on reconnect), so a message is never sent as a prefix."""
         if not self._started:
@@ -277,6 +324,5 @@ class CoordinatorLink:
                 problems.append(mqtt.error_string(info.rc))
             self._count_bytes("sent", len(packet))
         if problems:
-            return PublishResult(False, nbytes, f"{len(problems)} of {len(pairs)} packets wait for the broker: "
-                                                f"{problems[0]}")
-        return PublishResult(True, nbytes)
+            return PublishResult(False, f"{len(problems)} of {len(pairs)} packets wait for the broker: {problems[0]}")
+        return PublishResult(True)

@@ -70,6 +70,7 @@ class RoundCollector:
     accepted: dict[str, int] = field(default_factory=dict)  # device id -> encoded update bytes
     counts: Counter = field(default_factory=Counter)
     task_nonce: int = 0  # Task.task_nonce of this round; updates must echo it
+    target: int = 0  # accepted updates that complete the round (0: every selected device's)
 
     def __post_init__(self) -> None:
         state, spec = self.aggregation.state, self.aggregation.strategy.spec
@@ -92,13 +93,16 @@ class RoundCollector:
         self.errors[device_id] = (code, detail)
         return True
 
-    def failure_reason(self, quorum: int) -> str:
-        """Why the run fails when every selected device replied, too few with updates, and no spare
-        device is left to retry with."""
+    def failure_reason(self, quorum: int, retries_done: int | None = None) -> str:
+        """Why the run fails when every selected device replied, too few with updates, and it cannot
+        retry: ``retries_done`` (the run's ``max_round_retries``) when it used up its retries, None
+        when no spare device is left to retry with."""
         why = ("every selected device reported an error" if not self.accepted else
                f"{len(self.errors)} of {len(self.selected)} selected devices reported errors and "
                f"{len(self.accepted)} updates arrived (quorum {quorum})")
-        return f"round {self.server_round}: {why}, no other eligible device to retry with: {self.error_summary()}"
+        stop = ("no other eligible device to retry with" if retries_done is None else
+                f"after {retries_done} {'retry' if retries_done == 1 else 'retries'} (max_round_retries)")
+        return f"round {self.server_round}: {why}, {stop}: {self.error_summary()}"
 
     def error_summary(self, limit: int = 5) -> str:
         """``dev-1 bad_data: text; dev-2 ...`` for the round's reported errors (at most ``limit``)."""
@@ -109,6 +113,15 @@ class RoundCollector:
     @property
     def complete(self) -> bool:
         return len(self.accepted) == len(self.selected)
+
+    @property
+    def target_met(self) -> bool:
+        """As many updates accepted as the round first selected devices (a retry's stand-ins answered)."""
+        return 0 < self.target <= len(self.accepted)
+
+    def missing(self) -> list[str]:
+        """Selected devices without an accepted update or an error report."""
+        return [d for d in self.selected if d not in self.accepted and d not in self.errors]
 
     @property
     def upload_bytes(self) -> int:

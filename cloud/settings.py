@@ -51,6 +51,10 @@ class CloudSettings(BaseSettings):
     state_dir: Path = Path("cloud-state")
     heartbeat_s: float = Field(5.0, gt=0, description="Device heartbeat period; online = seen within 3x.")
     max_packet: int = Field(DEFAULT_MAX_PACKET, ge=1024, description="Largest MQTT payload before chunking.")
+    mqtt_receive_queue_packets: int = Field(
+        65536, ge=1, description="Bound of the queue between the MQTT callback and the decoder thread (packets); "
+        "a burst beyond it is dropped and counted (feddst_mqtt_dropped_packets_total), never blocking the network "
+        "thread.")
     device_keys_file: Path | None = Field(
         None, description="JSON object device id -> hex HMAC key; when set, updates must be authenticated.")
     coordinator_key_hex: SecretStr | None = Field(
@@ -86,6 +90,10 @@ class CloudSettings(BaseSettings):
         None, description="Its password; needed only to enroll and revoke (no default value).")
     device_broker_url: str | None = Field(
         None, description="Broker URL written into device bundles, as devices reach it (default: broker_url).")
+    resume_runs: bool = Field(
+        True, description="At start-up, resume the run the previous coordinator process was running (killed or "
+        "shut down) from its last checkpointed round. Off: it stays `interrupted` until "
+        "POST /api/runs/{id}/resume.")
 
     @model_validator(mode="after")
     def _refuse_shared_coordinator_key(self) -> CloudSettings:

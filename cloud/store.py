@@ -174,8 +174,8 @@ class CoordinatorStore:
         assert status in RUN_STATUSES, status
         now = time.time()
         if status == "running":
-            self._execute("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?) WHERE id = ?",
-                          (status, now, run_id))
+            self._execute("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?), finished_at = NULL, "
+                          "error = NULL WHERE id = ?", (status, now, run_id))  # NULLs: a resumed run
         elif status in ("completed", "stopped", "failed", "interrupted"):
             self._execute("UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
                           (status, now, error, run_id))
@@ -215,9 +215,14 @@ class CoordinatorStore:
 
     def rounds(self, run_id: str, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """Round records of a run with ``round > since``, in round order, at most ``limit`` of them."""
+        return [json.loads(text) for text in self.round_texts(run_id, since, limit)]
+
+    def round_texts(self, run_id: str, since: int = 0, limit: int | None = None) -> list[str]:
+        """The same records as :meth:`rounds`, as their stored JSON text (one object each), for callers
+        that validate JSON straight into schemas (the API: far cheaper than ``json.loads`` per record)."""
         rows = self._execute("SELECT record FROM rounds WHERE run_id = ? AND round > ? ORDER BY round LIMIT ?",
                              (run_id, since, -1 if limit is None else limit))
-        return [json.loads(r[0]) for r in rows]
+        return [r[0] for r in rows]
 
     def run_progress(self) -> dict[str, dict[str, Any]]:
         """Per run with rounds: ``upload_bytes``/``download_bytes`` (cumulative, of its last round) and

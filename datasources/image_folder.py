@@ -53,7 +53,11 @@ def read_image(file: Path, mode: str | None = None, size: tuple[int, int] | None
     to resize to (Pillow's default filter, bicubic); default: as stored.
     Raises :class:`DataSourceError` naming the file.
     """
-    from PIL import Image, UnidentifiedImageError  # local import: Pillow is only needed here
+    try:
+        from PIL import Image, UnidentifiedImageError  # local import: Pillow is only needed here
+    except ImportError as exc:
+        raise DataSourceError(f"{file}: reading image files needs Pillow, which is not installed: pip install "
+                              "pillow (or the [infer] extra); IDX, .npz and .csv inputs work without it") from exc
 
     try:
         with Image.open(file) as img:

@@ -2,11 +2,14 @@
 # Install the FedDST Edge agent as a systemd service on Raspberry Pi OS (64-bit) or Debian/Ubuntu.
 #
 #   sudo deploy/install_agent.sh --device-id dev-003 --broker mqtt://broker.lan:1883 \
-#        [--password-file pw.txt] [--key-file dev-003.hex] [--source DIR|feddst-edge.tar.gz|feddst-edge.whl] \
+#        --coordinator-public-key HEX|FILE [--password-file pw.txt] [--key-file dev-003.hex] \
+#        [--source DIR|feddst-edge.tar.gz|feddst-edge.whl] \
 #        [--dataset digits --partition 3/8] [--torch auto|cpu-index|pypi-cpu|pypi] [--torch-wheel FILE] [--no-start]
 #   sudo deploy/install_agent.sh --bundle dev-003.bundle.json [--dataset ...]   # from `feddst cloud devices enroll`
 #
 # --source defaults to the source tree this script lives in (feddst-edge is on no package index).
+# --coordinator-public-key: the 64 hex characters `feddst cloud keys public` prints, or a file holding them;
+# without it (or a --bundle, which carries it) the agent refuses to start until coordinator_public_key is set.
 #
 # What it does (idempotent; re-run to upgrade):
 #   1. apt: python3 (>= 3.11), python3-venv, libopenblas0 (numpy/torch CPU maths), gcc + libc6-dev
@@ -16,7 +19,8 @@
 #      else PyPI's wheel without its ~2.9 GB of NVIDIA libraries), then feddst-edge with its [agent]
 #      extra built on this machine; stops with a clear error if the agent cannot import, prints
 #      whether the native kernels loaded (a loud warning, not a failure, when they did not)
-#   4. /etc/feddst/agent.toml (settings, 0640 root:feddst), /etc/feddst/agent.env (FEDDST_PASSWORD...,
+#   4. /etc/feddst/agent.toml (settings, 0640 root:feddst; --coordinator-public-key sets its
+#      coordinator_public_key, also in a kept agent.toml, e.g. after a key rotation), /etc/feddst/agent.env (FEDDST_PASSWORD...,
 #      0600 root: systemd reads it as root and passes it to the agent), /etc/feddst/agent.key (HMAC key,
 #      0640 root:feddst: the agent, user feddst, reads it but cannot change it), /var/lib/feddst (local data).
 #      --bundle FILE takes the device id, broker URL, password, key, CA and coordinator public key from
@@ -34,6 +38,8 @@ DEVICE_ID=""
 BROKER=""
 PASSWORD_FILE=""
 KEY_FILE=""
+COORDINATOR_KEY_ARG=""
+COORDINATOR_KEY=""
 BUNDLE=""
 SOURCE=""
 DATASET="digits"
@@ -41,14 +47,14 @@ DATA_DIR=""
 PARTITION=""
 START=1
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 parse_args() {
   while [[ $# -gt 0 ]]; do
     parse_common_option "$@"
     if [[ $CONSUMED -gt 0 ]]; then shift "$CONSUMED"; continue; fi
     case "$1" in
-      --device-id|--broker|--password-file|--key-file|--bundle|--dataset|--data-dir|--partition)
+      --device-id|--broker|--password-file|--key-file|--coordinator-public-key|--bundle|--dataset|--data-dir|--partition)
         [[ $# -ge 2 ]] || die "$1 needs a value" ;;
     esac
     case "$1" in
@@ -56,6 +62,7 @@ parse_args() {
       --broker) BROKER="$2"; shift 2 ;;
       --password-file) PASSWORD_FILE="$2"; shift 2 ;;
       --key-file) KEY_FILE="$2"; shift 2 ;;
+      --coordinator-public-key) COORDINATOR_KEY_ARG="$2"; shift 2 ;;
       --bundle) BUNDLE="$2"; shift 2 ;;
       --dataset) DATASET="$2"; shift 2 ;;
       --data-dir) DATA_DIR="$2"; shift 2 ;;
@@ -70,6 +77,7 @@ parse_args() {
 read_bundle() {
   [[ -f "$BUNDLE" ]] || die "--bundle $BUNDLE: no such file"
   [[ -z "$KEY_FILE$PASSWORD_FILE" ]] || die "--bundle already holds the key and password: drop --key-file/--password-file"
+  [[ -z "$COORDINATOR_KEY_ARG" ]] || die "--bundle already holds the coordinator public key: drop --coordinator-public-key"
   command -v python3 >/dev/null || die "--bundle needs python3 to read the bundle: apt-get install -y python3"
   mapfile -t BUNDLE_FIELDS < <(python3 "$HERE/install_bundle.py" show "$BUNDLE") || die "--bundle: unusable bundle"
   [[ ${#BUNDLE_FIELDS[@]} -eq 2 ]] || die "--bundle $BUNDLE: unusable bundle"
@@ -88,7 +96,30 @@ check_args() {
   [[ "$BROKER" =~ ^mqtts?:// ]] || die "--broker must start with mqtt:// or mqtts://"
   [[ -z "$PASSWORD_FILE" || -r "$PASSWORD_FILE" ]] || die "--password-file $PASSWORD_FILE: cannot read it"
   [[ -z "$KEY_FILE" || -r "$KEY_FILE" ]] || die "--key-file $KEY_FILE: cannot read it"
+  [[ -z "$COORDINATOR_KEY_ARG" ]] || read_coordinator_key
   check_common_options
+}
+
+# --coordinator-public-key HEX|FILE -> COORDINATOR_KEY (64 lower-case hex characters)
+read_coordinator_key() {
+  local value="$COORDINATOR_KEY_ARG"
+  if [[ ! "$value" =~ ^[0-9a-fA-F]{64}$ ]]; then
+    [[ -f "$value" && -r "$value" ]] || die "--coordinator-public-key '$value': neither 64 hex characters nor a readable file (give what \`feddst cloud keys public\` prints, or a file holding it)"
+    value="$(tr -d ' \t\r\n' < "$value")"
+    [[ "$value" =~ ^[0-9a-fA-F]{64}$ ]] || die "--coordinator-public-key $COORDINATOR_KEY_ARG: the file does not hold a key of 64 hex characters (save what \`feddst cloud keys public\` prints)"
+  fi
+  COORDINATOR_KEY="${value,,}"
+}
+
+# Sets coordinator_public_key in /etc/feddst/agent.toml (replacing the line if there is one), same owner and mode.
+set_coordinator_key() {
+  local toml=/etc/feddst/agent.toml
+  grep -v '^coordinator_public_key *=' "$toml" > "$toml.tmp" || true
+  echo "coordinator_public_key = \"$COORDINATOR_KEY\"  # feddst cloud keys public" >> "$toml.tmp"
+  chown root:feddst "$toml.tmp"
+  chmod 0640 "$toml.tmp"
+  mv "$toml.tmp" "$toml"
+  echo "coordinator public key: $COORDINATOR_KEY (agents drop coordinator messages it did not sign)"
 }
 
 install_agent_python() {
@@ -131,6 +162,11 @@ write_agent_settings() {
     mv /etc/feddst/agent.toml.tmp /etc/feddst/agent.toml
   else
     echo "keeping the existing /etc/feddst/agent.toml"
+  fi
+  if [[ -n "$COORDINATOR_KEY" ]]; then
+    set_coordinator_key
+  elif [[ -z "$BUNDLE" ]] && ! grep -qs '^coordinator_public_key *=' /etc/feddst/agent.toml; then
+    echo "note: no --coordinator-public-key: the agent will refuse to start until coordinator_public_key is set in /etc/feddst/agent.toml (\`feddst cloud keys public\` on the coordinator)" >&2
   fi
   if [[ -n "$PASSWORD_FILE" ]]; then
     (umask 077; printf 'FEDDST_PASSWORD=%s\n' "$(tr -d '\n' < "$PASSWORD_FILE")" > /etc/feddst/agent.env.tmp)

@@ -98,6 +98,7 @@ class TrainingDone:
     update: Update | None
     error: str | None = None
     error_code: str = "training_failed"  # the DeviceError code when update is None
+    job_s: float = 0.0  # the whole training job: model tensors to torch, training (update.compute_s), packing
 
 
 @dataclass
@@ -110,6 +111,7 @@ class PendingUpload:
     next_send: float  # monotonic time before which it is not (re-)published
     sends: int = 0
     in_doubt: bool = True  # publish (again) when connected: never sent, or its delivery is in doubt
+    pack_s: float = 0.0  # job time outside compute_s (tensor conversion, update packing); 0 when restored
 
 
 @dataclass
@@ -159,6 +161,8 @@ class EdgeAgent:
                                              max_message_bytes=settings.max_message_bytes)
         self._next_heartbeat = 0.0
         self._exit_code: int | None = None
+        # (run, model round) -> (Unix time the model's last chunk was taken up, seconds to decode and verify it)
+        self._model_timing: OrderedDict[RoundKey, tuple[float, float]] = OrderedDict()
         self.link = DeviceLink(settings, self._compose_will, topics.status(self.device_id), self.events)
         self.snapshots = (None if settings.model_onnx_path is None else
                           ModelSnapshotWriter(settings.model_onnx_path, settings.model_onnx_every, data,
@@ -336,6 +340,7 @@ class EdgeAgent:
         log.warning("dropped a message on %s (%s): %s", topic, reason, detail)
 
     def _on_packet(self, topic: str, payload: bytes) -> None:
+        taken_up = time.time()
         limit = self.settings.max_message_bytes
         if len(payload) > limit:
             self._drop("oversized", topic, f"{len(payload)} bytes > limit {limit}")
@@ -353,6 +358,7 @@ class EdgeAgent:
             return
         if whole is None:
             return
+        decode_started = time.perf_counter()
         try:
             decoded = self.coordinator.decode(whole, limit)
         except AuthenticationError as exc:
@@ -373,6 +379,9 @@ class EdgeAgent:
         if isinstance(msg, Task):
             self._on_task(msg, decoded)
         elif isinstance(msg, ModelBroadcast):
+            self._model_timing[(msg.run_id, msg.server_round)] = (taken_up, time.perf_counter() - decode_started)
+            while len(self._model_timing) > MODEL_CACHE_SIZE:
+                self._model_timing.popitem(last=False)
             self._on_model(msg)
         elif isinstance(msg, Ack):
             self._on_ack(msg, on_inbox=topic == topics.inbox(self.device_id))
@@ -446,9 +455,6 @@ class EdgeAgent:
     def _on_model(self, model: ModelBroadcast) -> None:
         key = (model.run_id, model.server_round)
         if self._is_aborted(*key):
-            return
-        if model.base_round is not None:
-            self._drop("unsupported", topics.model(*key), "delta broadcasts (base_round) are not supported")
             return
         if key in self.state.model_filters:
             self.state.model_filters.discard(key)
@@ -531,12 +537,13 @@ class EdgeAgent:
 
     def _train(self, task: Task, model: ModelBroadcast) -> None:
         """Training thread: never touches agent state, only posts the outcome."""
+        started = time.perf_counter()
         try:
             update = train_on_task(task, model, self.data, self.device_id, self.settings.client_index,
                                    self.settings.kernels, self.settings.kernel_threshold_table)
             if self.settings.compute_factor > 1:  # trials: emulate a slower device
                 time.sleep(update.compute_s * (self.settings.compute_factor - 1))
-            self.events.put(TrainingDone(task, update))
+            self.events.put(TrainingDone(task, update, job_s=time.perf_counter() - started))
         except Exception as exc:  # noqa: BLE001 - a failed round must not kill the agent
             if not isinstance(exc, TrainingError):
                 log.exception("training crashed")
@@ -562,7 +569,8 @@ class EdgeAgent:
                      update.train_loss, update.compute_s)
             now = time.monotonic()
             upload = PendingUpload(topics.update(task.run_id, self.device_id), update,
-                                   self.state.deadlines.get(key, now), next_send=now)
+                                   self.state.deadlines.get(key, now), next_send=now,
+                                   pack_s=max(0.0, done.job_s - update.compute_s))
             self.state.uploads[key] = upload
             self._save_pending(key, upload)
             self._retry_uploads(now)
@@ -588,18 +596,35 @@ class EdgeAgent:
                 continue
             if not upload.in_doubt or now < upload.next_send or not self.link.connected:
                 continue
+            encode_started = time.perf_counter()
             packets = split_into_chunks(encode_message(upload.update, self.key, seq=self._next_seq(),
                                                        value_format=self.settings.upload_format),
                                         self.settings.max_packet)
+            encode_s = time.perf_counter() - encode_started
+            published_at = time.time()
             if self.link.publish_all(upload.topic, packets, topics.QOS_UPDATE) is None:
                 upload.next_send = now + 1.0  # refused part-way: the whole message again, never a prefix
                 continue
+            if upload.sends == 0:
+                self._log_stage_timing(key, upload, encode_s, published_at)
             upload.sends += 1
             upload.in_doubt = False
             self.stats["update_publishes"] += 1
             if upload.sends > 1:
                 self.stats["update_resends"] += 1
                 log.info("re-sent the update for %s round %d (attempt %d)", *key, upload.sends)
+
+    def _log_stage_timing(self, key: RoundKey, upload: PendingUpload, encode_s: float, published_at: float) -> None:
+        """One INFO line per trained round with this device's stage times (``bench/live_overhead.py`` reads it).
+
+        Times ``*_at`` are Unix seconds on this device's clock (no ``--clock-offset-s``), durations seconds:
+        ``model_at`` the model's last chunk taken up by the main loop, ``decode`` envelope + signature + tensor
+        decode of the model, ``train`` the update's ``compute_s``, ``encode`` packing (``pack_s``) plus envelope,
+        HMAC and chunking of the first publish, ``published_at`` when the update was handed to the MQTT client."""
+        timing = self._model_timing.get(key)  # the coordinator's Task names its own round as the model round
+        model_at, decode_s = timing if timing is not None else (float("nan"), float("nan"))
+        log.info("stage timing %s round %d: model_at=%.6f decode=%.6f train=%.6f encode=%.6f published_at=%.6f",
+                 *key, model_at, decode_s, upload.update.compute_s, upload.pack_s + encode_s, published_at)
 
     def _save_pending(self, key: RoundKey, upload: PendingUpload) -> None:
         """Keep the update on disk (``--state-dir``) with its deadline on this device's wall clock."""

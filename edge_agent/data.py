@@ -8,14 +8,16 @@ the rows the simulator trains client I on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from datasources import Dataset, DataSourceError, load_dataset
 from edge_agent.config import AgentSettings
 from feddst_core.partition import PartitionError, make_partition
-from feddst_core.training import ClientData
+
+if TYPE_CHECKING:  # torch is imported at the first round (client_data), not by the idle agent
+    from feddst_core.training import ClientData
 
 
 class LocalDataError(ValueError):
@@ -40,6 +42,11 @@ class LocalData:
         return int(c), int(h), int(w)
 
     def client_data(self) -> ClientData:
+        """The samples as torch tensors sharing this object's memory (imports torch)."""
+        import torch
+
+        from feddst_core.training import ClientData
+
         return ClientData(torch.from_numpy(self.x), torch.from_numpy(self.y))
 
 

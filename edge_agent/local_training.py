@@ -4,22 +4,40 @@ Exactly the simulator's per-client path (``client_batching=False``): one client 
 ``make_local_trainer`` (``LocalTrainer``, or the CPU sparse kernels' trainer with the same math),
 seed ``client_seed(task.seed, task.server_round, client_index)``, readjustment fraction
 ``task.alpha`` when ``task.readjust`` else 0, and the update built by ``feddst_core.wire_format``.
+
+Importing this module does not import torch: an idle agent never loads it (about 220 MB resident).
+:func:`train_on_task` imports torch and the learning core at the first round, in the training thread,
+and gives torch the thread count set with :func:`set_torch_threads`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from edge_agent.data import LocalData
-from feddst_core.models import get_model_spec
-from feddst_core.sparse import SparseThreshold, make_local_trainer
-from feddst_core.training import TrainConfig, client_seed
-from feddst_core.wire_format import model_from_tensors, update_message
+from feddst_core.sparse import SparseThreshold
 from protocol import ModelBroadcast, ProtocolError, Task, Update
 
+if TYPE_CHECKING:
+    from feddst_core.models import ModelSpec
+    from feddst_core.sparse.trainer import SparseLocalTrainer
+    from feddst_core.training import LocalTrainer, TrainConfig
+
 MAX_ERROR_DETAIL = 500  # characters of the DeviceError detail an agent sends
+_torch_threads: int | None = None  # set_torch_threads(); None: torch's own default
+
+
+def set_torch_threads(threads: int) -> None:
+    """Torch's intra-op thread count for every round (``--threads``), applied now if torch is already
+    imported, else when the first round imports it; the native kernels use the same pool."""
+    global _torch_threads
+    _torch_threads = threads
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 class TrainingError(RuntimeError):
@@ -46,7 +64,18 @@ def classify_failure(exc: BaseException) -> tuple[str, str]:
     return code, detail[:MAX_ERROR_DETAIL]
 
 
+def make_local_trainer(spec: ModelSpec, config: TrainConfig, kernels: str = "dense",
+                       thresholds: Mapping[str, Sequence[SparseThreshold]] | None = None,
+                       ) -> LocalTrainer | SparseLocalTrainer:
+    """``feddst_core.sparse.make_local_trainer``, imported (with torch) at the first call."""
+    from feddst_core.sparse.trainer import make_local_trainer as make
+
+    return make(spec, config, kernels, thresholds)
+
+
 def train_config(task: Task) -> TrainConfig:
+    from feddst_core.training import TrainConfig
+
     return TrainConfig(lr=task.lr, momentum=task.momentum, weight_decay=task.weight_decay,
                        batch_size=task.batch_size, local_epochs=task.local_epochs, prox_mu=task.prox_mu)
 
@@ -65,6 +94,14 @@ def train_on_task(task: Task, model: ModelBroadcast, data: LocalData, device_id:
     (``--kernel-thresholds``, this device's own); None = the built-in one.
     Raises :class:`TrainingError` when the model is unknown or does not fit the data.
     """
+    import torch
+
+    from feddst_core.models import get_model_spec
+    from feddst_core.training import client_seed
+    from feddst_core.wire_format import model_from_tensors, update_message
+
+    if _torch_threads is not None:
+        torch.set_num_threads(_torch_threads)
     try:
         spec = get_model_spec(task.model_name)
     except (KeyError, ValueError) as exc:

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from edge_agent.data import LocalData
-from feddst_core.models import MODELS, ModelSpec, predict
-from feddst_core.onnx_export import OnnxExportError, export_model
-from feddst_core.wire_format import model_from_tensors
 from inference.onnx_file import write_file_atomically
 from protocol import ModelBroadcast, ProtocolError, RunCompleted, SparseTensor
+
+if TYPE_CHECKING:  # torch, the models and the exporter are imported at the first write, not when idle
+    import torch
+
+    from feddst_core.models import ModelSpec
 
 log = logging.getLogger("feddst.agent")
 LOCAL_EVAL_SAMPLES = 1000  # bounds the cost of the local-accuracy figure on devices with much data
@@ -34,6 +35,8 @@ LOCAL_EVAL_SAMPLES = 1000  # bounds the cost of the local-accuracy figure on dev
 
 def spec_of_tensors(tensors: dict[str, SparseTensor]) -> ModelSpec | None:
     """The built-in model whose parameter shapes ``tensors`` are (None: no such model)."""
+    from feddst_core.models import MODELS
+
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     for spec in MODELS.values():
         if shapes == dict(spec.parameter_shapes()):
@@ -65,6 +68,9 @@ class ModelSnapshotWriter:
 
     def write(self, model: ModelBroadcast | RunCompleted) -> bool:
         """Export and write the message's model; True when the file was written."""
+        from feddst_core.onnx_export import OnnxExportError, export_model
+        from feddst_core.wire_format import model_from_tensors
+
         completed = self._completed_rounds(model)
         accuracy = model.accuracy if isinstance(model, RunCompleted) else None
         spec = spec_of_tensors(model.tensors)
@@ -88,6 +94,10 @@ class ModelSnapshotWriter:
         return True
 
     def _local_accuracy(self, spec: ModelSpec, params: dict[str, torch.Tensor]) -> str:
+        import torch
+
+        from feddst_core.models import predict
+
         if spec.input_shape != self.data.input_shape or len(self.data) == 0:
             return "local accuracy n/a (the local data does not fit this model)"
         x = torch.from_numpy(self.data.x[:LOCAL_EVAL_SAMPLES])

@@ -203,9 +203,13 @@ class DeviceLink:
         self.start()
 
     def stop(self, timeout_s: float = 3.0) -> None:
-        """Flush pending publishes (up to ``timeout_s``), disconnect cleanly (no will), stop the thread."""
+        """Wait up to ``timeout_s`` seconds for in-flight QoS 1 publishes to be acknowledged (while
+        connected), disconnect cleanly (no will), stop the network thread."""
         if not self._started:
             return
+        deadline = time.monotonic() + timeout_s
+        while self._connected and self._topics_by_mid and time.monotonic() < deadline:
+            time.sleep(0.02)  # PUBACKs arrive on paho's thread, which pops _topics_by_mid
         try:
             if self._connected:
                 self.client.disconnect()

@@ -233,20 +233,21 @@ def configure_logging(level: str, device_id: str) -> None:
 def run_agent(settings: Any, key: bytes | None) -> int:
     """Load the data, then run the agent until SIGTERM/SIGINT; returns the exit code."""
     configure_logging(settings.log_level, settings.device_id)
-    import torch
-
     from edge_agent.agent import EdgeAgent
     from edge_agent.data import LocalDataError, load_local_data
+    from edge_agent.local_training import set_torch_threads
+    from edge_agent.memory import release_free_memory
     from edge_agent.scheduling import apply_cpu_policy
 
     # Before any thread exists: threads started later (MQTT, training, OpenMP workers) inherit the policy.
     policy = apply_cpu_policy(settings.cpu_policy)
     logging.getLogger("feddst.agent").info("CPU scheduling: %s", policy)
-    torch.set_num_threads(settings.threads)
+    set_torch_threads(settings.threads)  # torch itself is imported at the first round, not while idle
     try:
         data = load_local_data(settings)
     except LocalDataError as exc:
         _fail(str(exc))
+    release_free_memory()  # the whole dataset was read to keep this device's share
     agent = EdgeAgent(settings, data, key=key)
     stop = threading.Event()
 

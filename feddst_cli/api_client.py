@@ -3,22 +3,25 @@
 One ``httpx.Client`` with the bearer token; every non-2xx answer and every transport failure
 becomes an :class:`ApiError` whose ``str`` is one line: the HTTP status and the API's ``detail``
 (422 validation lists are flattened to ``field.path: message; ...``). Also the shared option
-types (``--url``/``FEDDST_API_URL``, ``--token``/``FEDDST_API_TOKEN``, ``--json``) and a plain
-text table formatter.
+types (``--url``/``FEDDST_API_URL``, ``--token``/``FEDDST_API_TOKEN``, ``--json``), :func:`call_api`
+(a client for one command, API errors as one line and exit 1) and a plain text table formatter.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import httpx
 import typer
 
+if TYPE_CHECKING:  # imported by the client itself: `feddst agent run` loads this module but never calls the API
+    import httpx
+
 DEFAULT_URL = "http://127.0.0.1:8080"
+T = TypeVar("T")
 
 UrlOption = Annotated[str, typer.Option("--url", envvar="FEDDST_API_URL",
                                         help="Coordinator REST API base URL. Env: FEDDST_API_URL.")]
@@ -56,6 +59,8 @@ class CoordinatorClient:
     """Thin calls over the coordinator's ``/api``; each returns the decoded JSON (or bytes for the model)."""
 
     def __init__(self, url: str, token: str | None, timeout_s: float = 30.0):
+        import httpx
+
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
@@ -70,6 +75,8 @@ class CoordinatorClient:
         self.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        import httpx
+
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -93,6 +100,17 @@ def fail(error: ApiError) -> typer.Exit:
     """Print the error as one line on stderr; the caller raises the returned exit (code 1)."""
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     return typer.Exit(1)
+
+
+def call_api(url: str, token: str | None, calls: Callable[[CoordinatorClient], T], timeout_s: float = 30.0) -> T:
+    """Run ``calls`` with a client on ``url`` and return what it returns; an :class:`ApiError` on the way
+    prints its one line on stderr and exits 1 (``typer.Exit``). Every ``feddst cloud runs|devices``
+    command goes through here."""
+    try:
+        with CoordinatorClient(url, token, timeout_s=timeout_s) as client:
+            return calls(client)
+    except ApiError as exc:
+        raise fail(exc) from exc
 
 
 def print_json(data: Any) -> None:

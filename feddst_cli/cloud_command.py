@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from cloud.coordinator import Coordinator
+    from cloud.settings import CloudSettings
 
 from feddst_cli import cloud_devices_command, cloud_runs_command, devices_command, token_command
 
@@ -47,6 +52,9 @@ def serve(
     log_level: str | None = typer.Option(None, "--log-level", help="debug, info, warning or error: lines on "
                                          "stderr with time and level, one INFO line per round. "
                                          "Env: FEDDST_CLOUD_LOG_LEVEL. Default: info."),
+    resume_runs: bool | None = typer.Option(None, "--resume-runs/--no-resume-runs", help="Resume the run the "
+                                            "previous coordinator process was running, from its last completed "
+                                            "round. Env: FEDDST_CLOUD_RESUME_RUNS. Default: on."),
     data_root: list[Path] | None = typer.Option(None, "--data-root", help="A directory run configs may name "
                                                 "evaluation data under (repeatable). Env: FEDDST_CLOUD_DATA_ROOTS "
                                                 "(JSON list). Default: none (only the built-in digits)."),
@@ -63,28 +71,65 @@ def serve(
     from cloud.embedded_broker import EmbeddedBroker
     from cloud.logging_config import configure_logging
     from cloud.settings import CloudSettings
+    from cloud.startup_checks import StartupError, check_startup, settings_error_line
 
-    broker_process = None
-    if embedded_broker:
-        broker_process = EmbeddedBroker(port=broker_port).start()
-        broker = broker_process.url
-        typer.echo(f"embedded MQTT broker on {broker}")
     try:
         settings = CloudSettings.load(config, broker_url=broker, mqtt_username=username, mqtt_password=password,
                                       api_host=api_host, api_port=api_port, state_dir=state_dir,
                                       heartbeat_s=heartbeat_s, device_keys_file=device_keys_file,
                                       data_roots=data_root or None, signing_key_file=signing_key_file,
-                                      log_level=log_level)
-    except (ValidationError, ValueError, OSError) as exc:
-        typer.secho(f"error: invalid settings: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from exc
+                                      log_level=log_level, resume_runs=resume_runs)
+        check_startup(settings)
+    except ValidationError as exc:
+        _fail(f"invalid settings: {settings_error_line(exc)}")
+    except StartupError as exc:
+        _fail(str(exc))
+    except (ValueError, OSError) as exc:  # the config file itself: missing, not JSON/TOML
+        _fail(f"config file {config}: {exc}; fix the file or drop --config")
     configure_logging(settings.log_level)
+    broker_process = None
+    if embedded_broker:
+        try:
+            broker_process = EmbeddedBroker(port=broker_port).start()
+        except (OSError, RuntimeError) as exc:
+            _fail(f"--broker-port {broker_port}: the embedded broker could not start ({exc}); choose a free port")
+        typer.echo(f"embedded MQTT broker on {broker_process.url}")
+        settings = settings.model_copy(update={"broker_url": broker_process.url})
     try:
-        uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None,
-                    log_level=settings.log_level)
+        coordinator = _start_coordinator(settings)
+        try:
+            uvicorn.run(create_app(coordinator=coordinator), host=settings.api_host, port=settings.api_port,
+                        log_config=None, log_level=settings.log_level)
+        finally:
+            coordinator.close()
     finally:
         if broker_process is not None:
             broker_process.stop()
+
+
+def _fail(line: str) -> NoReturn:
+    typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _start_coordinator(settings: CloudSettings) -> Coordinator:
+    """The coordinator, its main loop started; an unreachable broker only makes it start degraded."""
+    import logging
+
+    from cloud.coordinator import Coordinator
+    from cloud.signing_key import SigningKeyError
+
+    try:
+        coordinator = Coordinator(settings)
+    except SigningKeyError as exc:
+        _fail(f"signing_key_file: {exc}")
+    except OSError as exc:
+        _fail(f"state_dir: {settings.state_dir}: {exc}; check the directory and its files")
+    if not coordinator.start(connect_timeout_s=5.0):
+        logging.getLogger("cloud.coordinator").warning(
+            "the MQTT broker %s is not reachable; serving degraded until it is (runs cannot start meanwhile)",
+            settings.broker_url)
+    return coordinator
 
 
 @keys_app.command("public")

@@ -9,12 +9,10 @@ import typer
 
 from feddst_cli.api_client import (
     DEFAULT_URL,
-    ApiError,
-    CoordinatorClient,
     JsonOption,
     TokenOption,
     UrlOption,
-    fail,
+    call_api,
     format_table,
     megabytes,
     print_json,
@@ -30,11 +28,7 @@ def seen_ago(last_seen: float, now: float) -> str:
 
 def list_devices(url: UrlOption = DEFAULT_URL, token: TokenOption = None, as_json: JsonOption = False) -> None:
     """Every device: status, last seen, arch, cores, memory, samples, rounds done, bytes up/down."""
-    try:
-        with CoordinatorClient(url, token) as client:
-            devices = client.get("/api/devices")
-    except ApiError as exc:
-        raise fail(exc) from exc
+    devices = call_api(url, token, lambda client: client.get("/api/devices"))
     if as_json:
         print_json(devices)
         return

@@ -16,12 +16,11 @@ import typer
 
 from feddst_cli.api_client import (
     DEFAULT_URL,
-    ApiError,
     CoordinatorClient,
     JsonOption,
     TokenOption,
     UrlOption,
-    fail,
+    call_api,
     format_table,
     megabytes,
     percent,
@@ -46,11 +45,7 @@ def phase_text(run: dict[str, Any]) -> str:
 @app.command("ls")
 def list_runs(url: UrlOption = DEFAULT_URL, token: TokenOption = None, as_json: JsonOption = False) -> None:
     """Every run: id, name, status, phase, rounds done, created (UTC), error."""
-    try:
-        with CoordinatorClient(url, token) as client:
-            runs = client.get("/api/runs")
-    except ApiError as exc:
-        raise fail(exc) from exc
+    runs = call_api(url, token, lambda client: client.get("/api/runs"))
     if as_json:
         print_json(runs)
         return
@@ -113,13 +108,12 @@ def create(
             if not isinstance(target, dict):
                 raise typer.BadParameter(f"--set {assignment}: {key} is not an object")
         target[path[-1]] = value
-    try:
-        with CoordinatorClient(url, token) as client:
-            run = client.post("/api/runs", body)
-            if start:
-                run = client.post(f"/api/runs/{run['id']}/start")
-    except ApiError as exc:
-        raise fail(exc) from exc
+
+    def create_and_start(client: CoordinatorClient) -> Any:
+        run = client.post("/api/runs", body)
+        return client.post(f"/api/runs/{run['id']}/start") if start else run
+
+    run = call_api(url, token, create_and_start)
     if as_json:
         print_json(run)
     else:
@@ -127,11 +121,7 @@ def create(
 
 
 def _action(run_id: str, action: str, url: str, token: str | None, as_json: bool) -> None:
-    try:
-        with CoordinatorClient(url, token) as client:
-            run = client.post(f"/api/runs/{run_id}/{action}")
-    except ApiError as exc:
-        raise fail(exc) from exc
+    run = call_api(url, token, lambda client: client.post(f"/api/runs/{run_id}/{action}"))
     if as_json:
         print_json(run)
     else:
@@ -152,14 +142,17 @@ def stop_run(run_id: RunId, url: UrlOption = DEFAULT_URL, token: TokenOption = N
     _action(run_id, "stop", url, token, as_json)
 
 
+@app.command("resume")
+def resume_run(run_id: RunId, url: UrlOption = DEFAULT_URL, token: TokenOption = None,
+               as_json: JsonOption = False) -> None:
+    """Resume an interrupted run from its last completed round (needed with resume_runs off)."""
+    _action(run_id, "resume", url, token, as_json)
+
+
 @app.command("delete")
 def delete_run(run_id: RunId, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
     """Delete a run that is not running, with its rounds and model files."""
-    try:
-        with CoordinatorClient(url, token) as client:
-            client.delete(f"/api/runs/{run_id}")
-    except ApiError as exc:
-        raise fail(exc) from exc
+    call_api(url, token, lambda client: client.delete(f"/api/runs/{run_id}"))
     typer.echo(f"{run_id}: deleted")
 
 
@@ -181,24 +174,24 @@ def watch(
     """Follow a run: one line per completed round and one per phase change, until it finishes.
 
     Exits 0 when the run completed, 1 when it failed, was stopped or interrupted (its error printed)."""
-    seen, last_phase = 0, None
-    try:
-        with CoordinatorClient(url, token) as client:
-            while True:
-                run = client.get(f"/api/runs/{run_id}")
-                total = run["config"].get("rounds", "?")
-                for record in run["rounds"][seen:]:
-                    typer.echo(json.dumps(record, sort_keys=True) if as_json else round_line(record, total))
-                seen = len(run["rounds"])
-                phase = phase_text(run)
-                if not as_json and run["status"] == "running" and phase != last_phase:
-                    typer.echo(f"{run_id}: {phase}", err=True)
-                last_phase = phase
-                if run["status"] in FINISHED:
-                    break
-                time.sleep(interval)
-    except ApiError as exc:
-        raise fail(exc) from exc
+
+    def follow(client: CoordinatorClient) -> Any:
+        seen, last_phase = 0, None
+        while True:
+            run = client.get(f"/api/runs/{run_id}")
+            total = run["config"].get("rounds", "?")
+            for record in run["rounds"][seen:]:
+                typer.echo(json.dumps(record, sort_keys=True) if as_json else round_line(record, total))
+            seen = len(run["rounds"])
+            phase = phase_text(run)
+            if not as_json and run["status"] == "running" and phase != last_phase:
+                typer.echo(f"{run_id}: {phase}", err=True)
+            last_phase = phase
+            if run["status"] in FINISHED:
+                return run
+            time.sleep(interval)
+
+    run = call_api(url, token, follow)
     summary = f"{run_id}: {run['status']}" + (f": {run['error']}" if run["error"] else "")
     if run["status"] == "completed":
         typer.echo(summary, err=True)
@@ -211,11 +204,7 @@ def watch(
 def report(run_id: RunId, url: UrlOption = DEFAULT_URL, token: TokenOption = None,
            as_json: JsonOption = False) -> None:
     """A run's status, totals and per-round table (accuracy, bytes, density, devices, seconds)."""
-    try:
-        with CoordinatorClient(url, token) as client:
-            run = client.get(f"/api/runs/{run_id}")
-    except ApiError as exc:
-        raise fail(exc) from exc
+    run = call_api(url, token, lambda client: client.get(f"/api/runs/{run_id}"))
     if as_json:
         print_json(run)
         return
@@ -244,10 +233,7 @@ def model(
 ) -> None:
     """Download the run's current global model (safetensors; masks as '<name>.mask')."""
     path = out or Path(f"{run_id}.safetensors")
-    try:
-        with CoordinatorClient(url, token, timeout_s=300.0) as client:
-            data = client.request("GET", f"/api/runs/{run_id}/model").content
-    except ApiError as exc:
-        raise fail(exc) from exc
+    data = call_api(url, token, lambda client: client.request("GET", f"/api/runs/{run_id}/model").content,
+                    timeout_s=300.0)
     write_atomically(path, data)
     typer.echo(f"{path} ({len(data)} bytes)")

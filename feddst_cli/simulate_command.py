@@ -88,9 +88,11 @@ def simulate(
     out: Path = typer.Option(Path("runs/simulate"), help="Output directory for report.json, metrics.csv, "
                              "accuracy_vs_upload.png and the final global model model.safetensors (export it "
                              "with `feddst export onnx --from`).", rich_help_panel=RUN),
-    kernels: KernelName = typer.Option("dense", help="Local training kernels: dense (masked dense; "
-                                        "batches clients), or auto / sparse (CPU sparse kernels, as devices "
-                                        "run them; clients trained one by one).", rich_help_panel=RUN),
+    kernels: KernelName = typer.Option("auto", help="Local training kernels: auto (the default, "
+                                       "as devices run: CPU sparse kernels for the layers where they are "
+                                       "faster; rounds where every layer stays dense batch the clients), "
+                                       "sparse (every masked layer sparse), or dense (masked dense, clients "
+                                       "batched through grouped convolutions).", rich_help_panel=RUN),
     kernel_thresholds: Path | None = typer.Option(None, help="A device's measured table for --kernels auto "
                                                   "(JSON: per layer kind, the densities and sizes at which a "
                                                   "layer trains sparse), e.g. to time rounds as that device "

@@ -13,7 +13,7 @@ an unknown schema version raises :class:`UnsupportedVersionError`. Then, little-
 * Task (3): ``u32 selected_count, selected_count x str device_id, u32 model_round,
   u32 local_epochs, u32 batch_size, f64 lr, f64 momentum, f64 weight_decay, f64 prox_mu,
   u8 readjust, f64 alpha, f64 deadline_unix, u64 seed, str model_name, u64 task_nonce``.
-* ModelBroadcast (4): ``u8 has_base_round, u32 base_round`` (0 when absent), tensor set.
+* ModelBroadcast (4): ``u8 has_base_round, u32 base_round`` (reserved, both 0), tensor set.
 * Update (5): ``u64 sample_count, f64 train_loss, f64 compute_s, u64 task_nonce``, tensor set,
   mask changes.
 * Ack (6): ``str device_id, u8 ok, str detail``.
@@ -97,8 +97,8 @@ def _write_payload(writer: ByteWriter, msg: Message, value_format: str, compress
         writer.string(msg.model_name, "model_name", MAX_STRING_BYTES)
         writer.u64(msg.task_nonce, "task_nonce")
     elif isinstance(msg, ModelBroadcast):
-        writer.boolean(msg.base_round is not None)
-        writer.u32(0 if msg.base_round is None else msg.base_round, "base_round")
+        writer.boolean(False)  # reserved (has_base_round): deltas are not part of the protocol
+        writer.u32(0, "base_round")  # reserved
         write_tensor_set(writer, msg.tensors, value_format, compression)
     elif isinstance(msg, Update):
         writer.u64(msg.sample_count, "sample_count")
@@ -257,12 +257,12 @@ def _read_payload(envelope: Envelope, limits: Limits) -> Message:
         msg = Task(run_id, server_round, selected, model_round, local_epochs, batch_size, lr, momentum,
                    weight_decay, prox_mu, readjust, alpha, deadline, seed, model_name, reader.u64("task_nonce"))
     elif cls is ModelBroadcast:
-        has_base = reader.boolean("has_base_round")
-        base_round = reader.u32("base_round")
-        if not has_base and base_round:
-            raise MalformedError("base_round must be 0 when absent")
+        has_base, base_round = reader.boolean("has_base_round"), reader.u32("base_round")
+        if has_base or base_round:
+            raise MalformedError(f"ModelBroadcast: has_base_round={int(has_base)}, base_round={base_round}: "
+                                 "delta broadcasts are not part of the protocol (both reserved bytes must be 0)")
         tensors, _ = read_tensor_set(reader, limits, limits.max_elements)
-        msg = ModelBroadcast(run_id, server_round, tensors, base_round if has_base else None)
+        msg = ModelBroadcast(run_id, server_round, tensors)
     elif cls is Update:
         sample_count = reader.u64("sample_count")
         train_loss, compute_s = reader.f64("train_loss"), reader.f64("compute_s")

@@ -16,8 +16,10 @@ Field conventions:
   ``mask_changes``: their values are in the C order of the set positions of the device's mask
   *after* applying ``mask_changes[name]`` to the mask it was sent. Biases are dense (all values).
   A tensor may instead carry its own ``mask`` (self-contained), which then takes precedence.
-* ``ModelBroadcast.base_round``: ``None`` means the values are the global weights; an integer
-  means the values are a delta to add to the model of that round.
+* ``ModelBroadcast`` always carries the global weights (self-contained tensors). Its layout keeps
+  five reserved bytes (``has_base_round`` = 0, ``base_round`` = 0) where an unimplemented "delta
+  against an earlier round" once was: nothing produced deltas, so they left the contract; decoders
+  refuse a broadcast that sets them.
 * ``Task.model_round`` is the round whose ``ModelBroadcast`` the selected devices train from.
 * ``Task.task_nonce`` is a random u64 the coordinator draws per (run, round); the ``Update``
   answering that task echoes it in ``Update.task_nonce``, binding the update to the run, round
@@ -130,19 +132,18 @@ class Task:
 
 @dataclass(frozen=True)
 class ModelBroadcast:
-    """Coordinator -> devices: the global sparse model (or a delta against ``base_round``)."""
+    """Coordinator -> devices: the global sparse model (self-contained tensors, never a delta)."""
 
     MESSAGE_TYPE: ClassVar[int] = 4
     SCHEMA_VERSION: ClassVar[int] = 1
     run_id: str
     server_round: int
     tensors: dict[str, SparseTensor]
-    base_round: int | None = None
 
 
 @dataclass(frozen=True)
 class Update:
-    """Device -> coordinator: trained weights (or delta), mask changes and statistics."""
+    """Device -> coordinator: trained weights on the device's mask, mask changes and statistics."""
 
     MESSAGE_TYPE: ClassVar[int] = 5
     SCHEMA_VERSION: ClassVar[int] = 2

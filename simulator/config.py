@@ -64,7 +64,7 @@ class SimulationConfig:
     min_votes: int = 1
     model: str | None = None  # default: the paper's model for the dataset
     client_batching: bool = True  # train a round's clients together (grouped convs); off = one by one
-    kernels: str = "dense"  # dense | auto | sparse: CPU sparse kernels train clients one by one
+    kernels: str = "auto"  # auto | sparse | dense (masked dense only, clients batched); as devices
     kernel_thresholds: str | None = None  # JSON auto-policy table (bench --write-thresholds); None = built in
     aggregation: str = "mean"  # mean (sample-weighted) | trimmed_mean | median over each weight's holders
     trim_fraction: float = 0.1  # robust rules: fraction of a round's updates assumed hostile

@@ -17,7 +17,7 @@ from feddst_core.evaluation import client_and_global_accuracy
 from feddst_core.masks import density
 from feddst_core.models import ModelSpec, get_model_spec
 from feddst_core.partition import Partition, make_partition
-from feddst_core.sparse import make_local_trainer
+from feddst_core.sparse import SparseLocalTrainer, make_local_trainer
 from feddst_core.strategies import ClientReply, FedStrategy, ServerState, StrategyConfig
 from feddst_core.training import ClientData, ClientOutcome, LocalTrainer, TrainConfig, client_seed
 from simulator.accounting import ByteMeter
@@ -92,16 +92,26 @@ class Simulation:
 
     def train_clients(self, clients: list[int], readjust_fraction: float, prox_mu: float,
                       server_round: int) -> list[tuple[int, ClientOutcome]]:
-        """Local training of the round's clients: batched by equal data size, or one by one (always
-        one by one with CPU sparse kernels, ``--kernels auto|sparse``, which train a client at a time).
+        """Local training of the round's clients.
 
-        The work (groups of clients, or single clients) is spread over ``self.workers`` Python threads
-        that each run one torch thread (torch releases the GIL inside its kernels), as separate agent
-        processes would: on these small per-client tensors that beats torch's own intra-op threading
-        by about 20% on 2 cores. Each client's result does not depend on which thread trained it.
+        With ``--kernels auto|sparse`` (auto is the default, what devices run) every client is trained by
+        ``SparseLocalTrainer``: the layers the policy picks for this round's global masks hold only
+        their active weights and run the CPU sparse kernels. Only when the policy keeps every layer
+        dense (e.g. FedAvg, or small layers) are clients of equal data size batched through grouped
+        convolutions (``LocalTrainer``, K clients per call); ``--kernels dense`` always does that.
+        ``--no-client-batching`` trains with the same trainer, one client per call.
+
+        The work (single clients, or groups) is spread over ``self.workers`` Python threads that each
+        run one torch thread (torch and the native kernels release the GIL), as separate agent processes
+        would: on these small per-client tensors that beats intra-op threading on 2 cores. Each client's
+        result does not depend on which thread trained it (float summation order aside: the native
+        weight gradients sum per thread, so 1 and 2 threads differ in the last bits).
         """
         trainer = make_local_trainer(self.spec, self.train_config(prox_mu), self.config.kernels,
                                      self.config.kernel_threshold_table)
+        if isinstance(trainer, SparseLocalTrainer) and all(
+                choice == "dense" for choice in trainer.layer_choice(self.state.masks).values()):
+            trainer = LocalTrainer(self.spec, self.train_config(prox_mu))  # the same math, batchable
         if self.config.client_batching and isinstance(trainer, LocalTrainer):
             groups: dict[int, list[int]] = defaultdict(list)
             for c in clients:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,19 +33,23 @@ def create_token(state: Path, role: str) -> subprocess.CompletedProcess[str]:
 class ServedCoordinator:
     process: subprocess.Popen
     url: str  # http://127.0.0.1:PORT
-    output: str = field(default="")  # everything it printed, once stopped
+    broker_port: int  # the embedded broker's (plain MQTT on 127.0.0.1)
+    output: str = field(default="")  # everything it printed (stdout, and stderr unless logged), once stopped
 
 
 @contextmanager
-def served_coordinator(state: Path, *extra_args: str, timeout_s: float = 60.0) -> Iterator[ServedCoordinator]:
+def served_coordinator(state: Path, *extra_args: str, timeout_s: float = 60.0,
+                       stderr_path: Path | None = None) -> Iterator[ServedCoordinator]:
     """Run ``feddst cloud serve --embedded-broker`` on ``state`` until ``/healthz`` answers; stop it on exit
-    (``output`` then holds what it printed)."""
-    api_port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "feddst_cli.main", "cloud", "serve", "--embedded-broker", "--broker-port",
-         str(free_port()), "--api-port", str(api_port), "--state-dir", str(state), *extra_args],
-        env=feddst_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    served = ServedCoordinator(process, f"http://127.0.0.1:{api_port}")
+    (``output`` then holds what it printed). With ``stderr_path`` its stderr (the log) goes to that file
+    instead of ``output``."""
+    api_port, broker_port = free_port(), free_port()
+    with open(stderr_path, "w") if stderr_path else nullcontext() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "feddst_cli.main", "cloud", "serve", "--embedded-broker", "--broker-port",
+             str(broker_port), "--api-port", str(api_port), "--state-dir", str(state), *extra_args],
+            env=feddst_env(), stdout=subprocess.PIPE, stderr=log or subprocess.STDOUT, text=True)
+    served = ServedCoordinator(process, f"http://127.0.0.1:{api_port}", broker_port)
     try:
         end = time.monotonic() + timeout_s
         while True:

@@ -14,7 +14,9 @@ from fastapi.responses import FileResponse
 from cloud.api.deps import AUTH_RESPONSES, CoordinatorDep, OperatorDep, PageDep, ViewerDep
 from cloud.coordinator import Coordinator
 from cloud.run_config import RunConfig
-from cloud.schemas import ErrorOut, RoundOut, RunDetailOut, RunSummaryOut
+from cloud.schemas import ROUND_LIST, ErrorOut, RoundOut, RunDetailOut, RunSummaryOut, rounds_from_json
+
+JSON = "application/json"  # the big GETs return pydantic's own JSON bytes (response_model kept for OpenAPI)
 
 router = APIRouter(prefix="/api/runs", tags=["runs"], responses=AUTH_RESPONSES)
 
@@ -44,9 +46,9 @@ def list_runs(coordinator: CoordinatorDep, _token: ViewerDep, page: PageDep) -> 
 
 
 @router.get("/{run_id}", response_model=RunDetailOut, responses=NOT_FOUND)
-def get_run(run_id: str, coordinator: CoordinatorDep, _token: ViewerDep) -> RunDetailOut:
+def get_run(run_id: str, coordinator: CoordinatorDep, _token: ViewerDep) -> Response:
     """Config, status, counters and per-round metrics of one run."""
-    return _detail(coordinator, run_id)
+    return Response(_detail(coordinator, run_id).model_dump_json(), media_type=JSON)
 
 
 @router.get("/{run_id}/rounds", response_model=list[RoundOut], responses=NOT_FOUND)
@@ -54,11 +56,12 @@ def list_rounds(run_id: str, coordinator: CoordinatorDep, _token: ViewerDep,
                 since: Annotated[int, Query(ge=0, description="Only rounds after this one (a cursor: pass the last "
                                             "round you have).")] = 0,
                 limit: Annotated[int, Query(ge=1, le=10_000, description="At most this many rounds.")] = 1000,
-                ) -> list[RoundOut]:
+                ) -> Response:
     """Completed rounds of a run with `round > since`, in round order, at most `limit` of them: page
     through a long run by passing the last round received as the next `since`."""
     coordinator.store.get_run(run_id)
-    return [RoundOut(**r) for r in coordinator.store.rounds(run_id, since=since, limit=limit)]
+    rounds = rounds_from_json(coordinator.store.round_texts(run_id, since=since, limit=limit))
+    return Response(ROUND_LIST.dump_json(rounds), media_type=JSON)
 
 
 @router.post("/{run_id}/start", response_model=RunDetailOut,
@@ -70,9 +73,24 @@ def start_run(run_id: str, coordinator: CoordinatorDep, _token: OperatorDep) -> 
     return _detail(coordinator, run_id)
 
 
+@router.post("/{run_id}/resume", response_model=RunDetailOut,
+             responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "The run is not `interrupted`, or "
+                                           "another run is running."},
+                        503: {"model": ErrorOut, "description": "The coordinator is not connected to the MQTT "
+                              "broker."}})
+def resume_run(run_id: str, coordinator: CoordinatorDep, _token: OperatorDep) -> RunDetailOut:
+    """Resume an `interrupted` run from its last completed round (status `running` again); the round it had
+    open is reopened with the same devices and task. Needed only with the setting `resume_runs` off (by
+    default a restarted coordinator resumes its run by itself) or for an older interrupted run."""
+    coordinator.resume_run(run_id)
+    return _detail(coordinator, run_id)
+
+
 @router.post("/{run_id}/stop", response_model=RunDetailOut, responses={**NOT_FOUND, **CONFLICT})
 def stop_run(run_id: str, coordinator: CoordinatorDep, _token: OperatorDep) -> RunDetailOut:
-    """Stop a created or running run (publishes `Abort` on the run's control topic)."""
+    """Stop a created or running run (publishes `Abort` on the run's control topic). Answers once the run
+    has stopped (status `stopped`, or `completed`/`failed` if it ended first), so a start right after it
+    is not refused because this run is still running."""
     coordinator.stop_run(run_id)
     return _detail(coordinator, run_id)
 
@@ -113,5 +131,7 @@ def get_model_onnx(run_id: str, coordinator: CoordinatorDep, _token: ViewerDep,
 
 
 def _detail(coordinator: Coordinator, run_id: str) -> RunDetailOut:
-    row, rounds = coordinator.get_run(run_id)
+    """The run with every round, validated from the stored JSON in one pass (``rounds_from_json``)."""
+    row = coordinator.store.get_run(run_id)
+    rounds = rounds_from_json(coordinator.store.round_texts(run_id))
     return RunDetailOut.from_parts(row, rounds, coordinator.run_phase(run_id))

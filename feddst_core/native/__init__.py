@@ -5,6 +5,11 @@ The C library is compiled by the package install (``pip install -e .`` runs ``se
 disabled with ``FEDDST_NATIVE=0``, ``available()`` is False and callers use torch kernels instead:
 results are the same math, only slower. ``status()`` says which and why.
 
+This module loads the library and answers ``available()`` / ``status()`` without importing torch
+(an idle edge agent reports its kernels and never loads torch). The torch wrappers live in
+:mod:`feddst_core.native.tensor_kernels` and stay reachable here (``native.csr_matmul`` ...): the
+first such attribute imports that module, and so torch.
+
 Every wrapper checks dtypes (float32 data, int32 indices), contiguity and shapes and raises
 ``ValueError`` naming the problem, so the C code never sees memory it does not own. Outputs are
 freshly allocated torch tensors. Kernels run on torch's own OpenMP thread pool
@@ -14,16 +19,27 @@ freshly allocated torch tensors. Kernels run on torch's own OpenMP thread pool
 from __future__ import annotations
 
 import ctypes
+import importlib
+import importlib.util
+import logging
 import os
-import weakref
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    from feddst_core.native.tensor_kernels import (
+        POOL_CLIPPED,
+        csr_matmul,
+        csr_sddmm,
+        max_pool2d_backward,
+        max_pool2d_forward,
+        sparse_conv2d_backward_input,
+        sparse_conv2d_backward_weight,
+        sparse_conv2d_forward,
+        sparse_conv2d_pool_forward,
+    )
 
-ABI_VERSION = 4
-T = TypeVar("T")
+ABI_VERSION = 5
 _LIB_STEM = "_feddst_kernels"
 
 _lib: ctypes.CDLL | None = None
@@ -40,6 +56,8 @@ _SIGNATURES = {
     "feddst_sconv_backward_input": [_f32p, _int, _int, _i32p, _i32p, _f32p, _int, _int, _int, _int, _f32p, _int],
     "feddst_sconv_backward_weight": [_f32p, _f32p, _int, _int, _int, _int, _int, _int, _i32p, _i32p, _f32p,
                                      _f32p, _int],
+    "feddst_sconv_pool_forward": [_f32p, _int, _int, _int, _int, _i32p, _i32p, _f32p, _f32p, _int, _int, _int,
+                                  _int, _f32p, _u8p, _int],
     "feddst_csr_matmul": [_i32p, _i32p, _i16p, _f32p, _i32p, _f32p, _int, _f32p, _int, _f32p, _int],
     "feddst_csr_sddmm": [_i32p, _i32p, _int, _f32p, _f32p, _int, _f32p, _f32p, _int],
     "feddst_maxpool_forward": [_f32p, _long, _int, _int, _int, _int, _int, _f32p, _u8p, _int],
@@ -54,8 +72,61 @@ def library_path() -> Path | None:
     return found[0] if found else None
 
 
+def torch_openmp_runtime() -> Path | None:
+    """torch's own ``lib/libgomp.so.1``, found without importing torch (None: torch absent, or its wheel
+    names its OpenMP runtime otherwise)."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    candidate = Path(locations[0]) / "lib" / "libgomp.so.1" if locations else None
+    return candidate if candidate is not None and candidate.is_file() else None
+
+
+def _preload_torch_openmp() -> None:
+    """Load torch's OpenMP runtime before the kernels: they need ``libgomp.so.1`` by soname, and the dynamic
+    loader reuses a loaded library of that soname. Loaded first (this module no longer imports torch), the
+    kernels would otherwise bind the system's libgomp and torch, imported later, would reuse that one
+    instead of its own; this way both use torch's, as when torch is imported first: one thread pool."""
+    runtime = torch_openmp_runtime()
+    if runtime is not None:
+        try:
+            ctypes.CDLL(str(runtime))
+        except OSError:
+            pass  # the kernels then load the system's libgomp, as they would without torch
+
+
+def open_library(path: Path) -> tuple[ctypes.CDLL | None, str]:
+    """Load the shared library at ``path`` if it is a build of this ABI: (library with its prototypes set,
+    status line), or (None, the reason in one line and what to do). Never raises: a library that cannot
+    be loaded, lacks a kernel or is a stale build (an older ``feddst_kernels.c``) means the torch fallback."""
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        return None, f"cannot load {path.name}: {exc}; rebuild with `pip install -e .`; torch kernels are used"
+    rebuild = ("rebuild with `pip install -e .` (or `python setup.py build_ext --inplace`); "
+               "torch kernels are used until then")
+    try:
+        version_fn = lib.feddst_abi_version
+    except AttributeError:
+        return None, f"{path.name} has no feddst_abi_version (not a FedDST kernel build); {rebuild}"
+    version_fn.restype = ctypes.c_int
+    version_fn.argtypes = []
+    found = version_fn()
+    if found != ABI_VERSION:
+        return None, f"{path.name} is a stale build (ABI {found}, this code needs ABI {ABI_VERSION}); {rebuild}"
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name, None)
+        if fn is None:
+            return None, f"{path.name} (ABI {found}) lacks {name}; {rebuild}"
+        fn.argtypes = argtypes
+        fn.restype = ctypes.c_int  # 0 = ok, 1 = a scratch allocation failed
+    return lib, f"loaded {path.name}"
+
+
 def _load() -> ctypes.CDLL | None:
-    global _lib, _status
+    global _status
     if os.environ.get("FEDDST_NATIVE", "1") == "0":
         _status = "disabled by FEDDST_NATIVE=0"
         return None
@@ -64,19 +135,10 @@ def _load() -> ctypes.CDLL | None:
         _status = ("not built: run `pip install -e .` (or `make setup`) on a machine with a C compiler "
                    "(Debian: apt-get install -y gcc); torch kernels are used instead")
         return None
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as exc:
-        _status = f"cannot load {path.name}: {exc}; rebuild with `pip install -e .`"
-        return None
-    if lib.feddst_abi_version() != ABI_VERSION:
-        _status = f"{path.name} is a stale build (ABI {lib.feddst_abi_version()} != {ABI_VERSION}); rebuild"
-        return None
-    for name, argtypes in _SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.argtypes = argtypes
-        fn.restype = ctypes.c_int  # 0 = ok, 1 = a scratch allocation failed
-    _status = f"loaded {path.name}"
+    _preload_torch_openmp()
+    lib, _status = open_library(path)
+    if lib is None:  # built but unusable: say so once (a missing compiler is the documented quiet case)
+        logging.getLogger(__name__).warning("native CPU kernels: %s", _status)
     return lib
 
 
@@ -99,246 +161,16 @@ def _require() -> ctypes.CDLL:
     return _lib
 
 
-def _ptr(t: torch.Tensor | None) -> int | None:
-    """A pointer argument: the tensor's data address, or NULL for None (the C signatures in
-    ``_SIGNATURES`` name the element types; the wrappers check the dtypes)."""
-    return None if t is None else t.data_ptr()
+TENSOR_KERNELS = ("POOL_CLIPPED", "csr_matmul", "csr_sddmm", "max_pool2d_backward", "max_pool2d_forward",
+                  "sparse_conv2d_backward_input", "sparse_conv2d_backward_weight", "sparse_conv2d_forward",
+                  "sparse_conv2d_pool_forward")
+"""The names :mod:`feddst_core.native.tensor_kernels` provides through this module."""
+__all__ = ["ABI_VERSION", "POOL_CLIPPED", "available", "csr_matmul", "csr_sddmm", "library_path",
+           "max_pool2d_backward", "max_pool2d_forward", "sparse_conv2d_backward_input",
+           "sparse_conv2d_backward_weight", "sparse_conv2d_forward", "sparse_conv2d_pool_forward", "status"]
 
 
-def _check(name: str, t: torch.Tensor, dtype: torch.dtype, dim: int | None = None) -> None:
-    if t.dtype != dtype:
-        raise ValueError(f"{name} must be {dtype}, got {t.dtype}")
-    if t.device.type != "cpu" or not t.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous CPU tensor")
-    if dim is not None and t.dim() != dim:
-        raise ValueError(f"{name} must have {dim} dimensions, got shape {tuple(t.shape)}")
-    if t.numel() >= 2**31:
-        raise ValueError(f"{name} has {t.numel()} elements; the native kernels index with 32-bit ints (< 2^31)")
-
-
-# Validations already done, keyed by the ids of the tensors checked: (weakrefs to them, their _versions,
-# the other arguments, the result). Patterns are built once per mask and reused for every step (a dozen
-# kernel calls each), so their O(nnz) checks run once, not per call; an in-place change bumps a tensor's
-# _version and forces a re-check.
-_validated: dict[tuple[int, ...], tuple[tuple[weakref.ref, ...], tuple[int, ...], tuple, Any]] = {}
-
-
-def _cached_check(tensors: tuple[torch.Tensor, ...], args: tuple, check: Callable[[], T]) -> T:
-    """``check()``'s result, run only if these exact tensors (unmodified) were not checked with ``args``."""
-    key = tuple(id(t) for t in tensors)
-    hit = _validated.get(key)
-    if (hit is not None and all(ref() is t for ref, t in zip(hit[0], tensors, strict=True))
-            and hit[1] == tuple(t._version for t in tensors) and hit[2] == args):
-        return cast(T, hit[3])
-    result = check()
-    if len(_validated) > 256:  # drop entries whose tensors are gone
-        for k in [k for k, v in _validated.items() if any(ref() is None for ref in v[0])]:
-            del _validated[k]
-    _validated[key] = (tuple(weakref.ref(t) for t in tensors), tuple(t._version for t in tensors), args, result)
-    return result
-
-
-def _check_index(name: str, t: torch.Tensor, upper: int) -> None:
-    """Every entry of the 1-D index tensor t in [0, upper) (O(n) the first time, O(1) on reuse)."""
-    def check() -> None:
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= upper):
-            raise ValueError(f"{name} has an index outside [0, {upper})")
-    _cached_check((t,), (upper,), check)
-
-
-def _check_csr(crow: torch.Tensor, index: torch.Tensor, rows: int, cols: int) -> int:
-    """A well-formed CSR pattern of a (rows, cols) matrix: crow int32 (rows + 1,) from 0, never decreasing;
-    index (int32, or int16 where allowed by the caller) (nnz,) in [0, cols). Returns nnz.
-    O(nnz) the first time a pattern is seen, O(1) for the same unmodified tensors afterwards."""
-    def check() -> int:
-        _check("crow", crow, torch.int32, 1)
-        if index.dtype not in (torch.int32, torch.int16):
-            raise ValueError(f"CSR column index must be int32 or int16, got {index.dtype}")
-        _check("index", index, index.dtype, 1)
-        if crow.shape[0] != rows + 1:
-            raise ValueError(f"crow has {crow.shape[0]} entries for a matrix of {rows} rows (needs {rows + 1})")
-        if int(crow[0]) != 0 or int(crow[-1]) != index.shape[0]:
-            raise ValueError(f"crow must run from 0 to nnz = {index.shape[0]}, got {int(crow[0])}..{int(crow[-1])}")
-        if rows and bool((crow[1:] < crow[:-1]).any()):
-            raise ValueError("crow must never decrease")
-        _check_index("CSR column index", index, cols)
-        return index.shape[0]
-    return _cached_check((crow, index), (rows, cols), check)
-
-
-def _check_kernel(kernel: int) -> None:
-    if not isinstance(kernel, int) or kernel < 1:
-        raise ValueError(f"kernel must be an int >= 1, got {kernel!r}")
-
-
-def _run(fn, *args) -> None:
-    """Call a kernel; its outputs are fresh tensors, so on failure nothing the caller holds is half-written."""
-    if fn(*args) != 0:
-        raise MemoryError(f"{fn.__name__}: out of memory for its scratch buffers")
-
-
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
-
-
-def sparse_conv2d_forward(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
-                          bias: torch.Tensor, out_channels: int, kernel: int) -> torch.Tensor:
-    """Valid stride-1 conv of x (B, C, H, W) with a CSR weight (O, C*k*k) -> (B, O, H-k+1, W-k+1)."""
-    lib = _require()
-    _check("x", x, torch.float32, 4)
-    _check("bias", bias, torch.float32, 1)
-    _check_kernel(kernel)
-    b, c, h, w = x.shape
-    if h < kernel or w < kernel or bias.shape[0] != out_channels:
-        raise ValueError(f"input {tuple(x.shape)} smaller than kernel {kernel} or bias of the wrong size")
-    _check("col", col, torch.int32, 1)
-    _check("values", values, torch.float32, 1)
-    if _check_csr(crow, col, out_channels, c * kernel * kernel) != values.shape[0]:
-        raise ValueError(f"{values.shape[0]} values for a pattern of {col.shape[0]} entries")
-    y = torch.empty(b, out_channels, h - kernel + 1, w - kernel + 1)
-    _run(lib.feddst_sconv_forward, _ptr(x), b, c, h, w, _ptr(crow), _ptr(col), _ptr(values), _ptr(bias),
-                             out_channels, kernel, _ptr(y), _threads())
-    return y
-
-
-def sparse_conv2d_backward_input(grad_out: torch.Tensor, t_crow: torch.Tensor, t_row: torch.Tensor,
-                                 t_values: torch.Tensor, in_channels: int, input_hw: tuple[int, int],
-                                 kernel: int) -> torch.Tensor:
-    """dL/dx (B, C, H, W) from grad_out (B, O, Ho, Wo) and W^T's CSR (C*k*k rows, values in W^T order)."""
-    lib = _require()
-    _check("grad_out", grad_out, torch.float32, 4)
-    _check_kernel(kernel)
-    b, o, ho, wo = grad_out.shape
-    h, w = input_hw
-    if (ho, wo) != (h - kernel + 1, w - kernel + 1):
-        raise ValueError(f"grad_out {tuple(grad_out.shape)} does not match input {input_hw} and kernel {kernel}")
-    _check("t_row", t_row, torch.int32, 1)
-    _check("t_values", t_values, torch.float32, 1)
-    if _check_csr(t_crow, t_row, in_channels * kernel * kernel, o) != t_values.shape[0]:
-        raise ValueError(f"{t_values.shape[0]} values for a pattern of {t_row.shape[0]} entries")
-    gx = torch.empty(b, in_channels, h, w)
-    _run(lib.feddst_sconv_backward_input, _ptr(grad_out), b, o, _ptr(t_crow), _ptr(t_row), _ptr(t_values),
-                                    in_channels, h, w, kernel, _ptr(gx), _threads())
-    return gx
-
-
-def sparse_conv2d_backward_weight(x: torch.Tensor, grad_out: torch.Tensor, crow: torch.Tensor, col: torch.Tensor,
-                                  kernel: int, with_bias: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(dL/dvalues (nnz,), dL/dbias (O,) or None) at the CSR pattern's positions only."""
-    lib = _require()
-    _check("x", x, torch.float32, 4)
-    _check("grad_out", grad_out, torch.float32, 4)
-    _check_kernel(kernel)
-    b, c, h, w = x.shape
-    o = grad_out.shape[1]
-    if grad_out.shape != (b, o, h - kernel + 1, w - kernel + 1):
-        raise ValueError(f"grad_out {tuple(grad_out.shape)} does not match input {tuple(x.shape)}, kernel {kernel}")
-    _check("col", col, torch.int32, 1)
-    _check_csr(crow, col, o, c * kernel * kernel)
-    grad_values = torch.empty(col.shape[0])
-    grad_bias = torch.empty(o) if with_bias else None
-    _run(lib.feddst_sconv_backward_weight, _ptr(x), _ptr(grad_out), b, c, h, w, o, kernel, _ptr(crow),
-                                     _ptr(col), _ptr(grad_values),
-                                     _ptr(grad_bias), _threads())
-    return grad_values, grad_bias
-
-
-def csr_matmul(crow: torch.Tensor, index: torch.Tensor, values: torch.Tensor, src: torch.Tensor,
-               bias: torch.Tensor | None = None, perm: torch.Tensor | None = None) -> torch.Tensor:
-    """out (R, B) = [bias +] M @ src for a CSR matrix M (R, Cn) and a dense src (Cn, B).
-
-    index: column of each entry, int32 or int16. values: (nnz,) in entry order, or in another order
-    with ``perm`` (int32, entry -> position in values): how W^T is applied from W's values.
-    """
-    lib = _require()
-    _check("src", src, torch.float32, 2)
-    _check("values", values, torch.float32, 1)
-    rows, (cols, b) = crow.shape[0] - 1, src.shape
-    nnz = _check_csr(crow, index, rows, cols)
-    if perm is None and values.shape[0] != nnz:
-        raise ValueError(f"{values.shape[0]} values for a pattern of {nnz} entries")
-    if perm is not None:
-        _check("perm", perm, torch.int32, 1)
-        if perm.shape[0] != nnz:
-            raise ValueError(f"perm has {perm.shape[0]} entries for a pattern of {nnz}")
-        _check_index("perm", perm, values.shape[0])
-    if bias is not None:
-        _check("bias", bias, torch.float32, 1)
-        if bias.shape[0] != rows:
-            raise ValueError(f"bias has {bias.shape[0]} entries for {rows} rows")
-    out = torch.empty(rows, b)
-    _run(lib.feddst_csr_matmul, _ptr(crow), _ptr(index) if index.dtype == torch.int32 else None,
-                          _ptr(index) if index.dtype == torch.int16 else None, _ptr(values),
-                          _ptr(perm),
-                          _ptr(bias), rows, _ptr(src), b, _ptr(out), _threads())
-    return out
-
-
-def csr_sddmm(crow: torch.Tensor, col: torch.Tensor, left: torch.Tensor, right_t: torch.Tensor,
-              with_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(left @ right_t^T) at the CSR pattern's positions -> ((nnz,), row sums of left (R,) or None).
-
-    left (R, B) and right_t (Cn, B): for a linear layer dy^T and x^T, giving dL/dW at the mask.
-    """
-    lib = _require()
-    _check("left", left, torch.float32, 2)
-    _check("right_t", right_t, torch.float32, 2)
-    rows, b = left.shape
-    if right_t.shape[1] != b:
-        raise ValueError(f"left {tuple(left.shape)} and right_t {tuple(right_t.shape)} disagree on B")
-    _check("col", col, torch.int32, 1)
-    _check_csr(crow, col, rows, right_t.shape[0])
-    grad = torch.empty(col.shape[0])
-    grad_bias = torch.empty(rows) if with_bias else None
-    _run(lib.feddst_csr_sddmm, _ptr(crow), _ptr(col), rows, _ptr(left), _ptr(right_t), b, _ptr(grad),
-                         _ptr(grad_bias), _threads())
-    return grad, grad_bias
-
-
-POOL_CLIPPED = 255  # argmax of an output the fused ReLU set to 0: no gradient flows back through it
-
-
-def max_pool2d_forward(x: torch.Tensor, kernel: int, stride: int,
-                       relu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max-pool x (..., H, W) without padding -> (values (..., Ho, Wo), argmax uint8 offsets kh*k + kw).
-
-    relu: also apply a following ReLU (outputs <= 0 become 0, their argmax ``POOL_CLIPPED``).
-    """
-    lib = _require()
-    _check("x", x, torch.float32)
-    if x.dim() < 2 or not 1 <= kernel <= 15 or stride < 1:
-        raise ValueError("max_pool2d needs (..., H, W) input, 1 <= kernel <= 15 and stride >= 1")
-    h, w = x.shape[-2:]
-    if h < kernel or w < kernel:
-        raise ValueError(f"input {tuple(x.shape)} smaller than the pooling window {kernel}")
-    ho, wo = (h - kernel) // stride + 1, (w - kernel) // stride + 1
-    n = x.numel() // (h * w)
-    y = torch.empty(*x.shape[:-2], ho, wo)
-    arg = torch.empty(*x.shape[:-2], ho, wo, dtype=torch.uint8)
-    _run(lib.feddst_maxpool_forward, _ptr(x), n, h, w, kernel, stride, int(relu), _ptr(y), _ptr(arg),
-         _threads())
-    return y, arg
-
-
-def max_pool2d_backward(grad_out: torch.Tensor, arg: torch.Tensor, input_hw: tuple[int, int], kernel: int,
-                        stride: int, trusted_arg: bool = False) -> torch.Tensor:
-    """dL/dx (..., H, W): each window's gradient added at its argmax."""
-    lib = _require()
-    _check("grad_out", grad_out, torch.float32)
-    _check("arg", arg, torch.uint8)
-    if grad_out.dim() < 2 or not 1 <= kernel <= 15 or stride < 1:
-        raise ValueError("max_pool2d backward needs (..., Ho, Wo) gradients, 1 <= kernel <= 15 and stride >= 1")
-    if arg.shape != grad_out.shape:
-        raise ValueError(f"argmax {tuple(arg.shape)} and grad_out {tuple(grad_out.shape)} differ")
-    h, w = input_hw
-    if h < kernel or w < kernel or ((h - kernel) // stride + 1, (w - kernel) // stride + 1) != grad_out.shape[-2:]:
-        raise ValueError(f"grad_out {tuple(grad_out.shape)} is not the pooled shape of an input {input_hw} "
-                         f"with kernel {kernel}, stride {stride}")
-    # trusted_arg: arg is what max_pool2d_forward returned for this geometry (the autograd Function's own
-    # saved tensor), so its O(n) range check is skipped; every other check still runs.
-    if not trusted_arg and arg.numel() and bool(((arg >= kernel * kernel) & (arg != POOL_CLIPPED)).any()):
-        raise ValueError(f"argmax offsets must be < kernel * kernel = {kernel * kernel} (or {POOL_CLIPPED})")
-    n = grad_out.numel() // (grad_out.shape[-2] * grad_out.shape[-1])
-    gx = torch.empty(*grad_out.shape[:-2], h, w)
-    _run(lib.feddst_maxpool_backward, _ptr(grad_out), _ptr(arg), n, h, w, kernel, stride, _ptr(gx), _threads())
-    return gx
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - PEP 562: the torch wrappers, imported on first use
+    if name in TENSOR_KERNELS:
+        return getattr(importlib.import_module("feddst_core.native.tensor_kernels"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,7 +42,7 @@ static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
 static inline v8 splat8(float w) { return (v8){w, w, w, w, w, w, w, w}; }
 
-int feddst_abi_version(void) { return 4; }
+int feddst_abi_version(void) { return 5; }
 
 /* Every entry point returns FEDDST_OK, or FEDDST_ENOMEM when a scratch allocation failed (outputs are
  * then incomplete: the Python wrapper raises MemoryError and drops them). */
@@ -385,6 +385,58 @@ static inline void maxpool_row_s1(const float *x0, int W, int K, int Wo, int rel
         const v8u8 bytes = __builtin_convertvector(va, v8u8);
         memcpy(ar + q, &bytes, sizeof bytes);
     }
+}
+
+/* Fused sparse convolution + stride-1 max-pool (+ ReLU): the convolution's output plane of each (b, o)
+ * is computed into a per-thread scratch (padded layout, row stride W, as in feddst_sconv_forward) and
+ * pooled from there while it is in cache, so the (B, O, Ho, Wo) convolution output is never written.
+ * y (B, O, Hp, Wp) and arg (B, O, Hp, Wp) uint8 are exactly feddst_maxpool_forward's outputs on
+ * feddst_sconv_forward's output (the same sums in the same order): Hp = Ho - Kp + 1, Wp = Wo - Kp + 1. */
+FEDDST_CLONES
+int feddst_sconv_pool_forward(const float *x, int B, int C, int H, int W, const int32_t *crow, const int32_t *col,
+                               const float *val, const float *bias, int O, int K, int Kp, int relu, float *y,
+                               uint8_t *arg, int nthreads) {
+    const int Ho = H - K + 1, Wo = W - K + 1, KK = K * K, plane = H * W;
+    const int Hp = Ho - Kp + 1, Wp = Wo - Kp + 1;
+    const int Lv = (Ho - 1) * W + Wo;
+    const int nnz = crow[O];
+    int32_t *off = malloc(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
+    if (!off) return FEDDST_ENOMEM;
+    for (int j = 0; j < nnz; j++) {
+        int c = col[j] / KK, r = col[j] % KK;
+        off[j] = c * plane + (r / K) * W + (r % K);
+    }
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float *tmp = malloc(sizeof(float) * (size_t)(Lv + VL));
+        if (!tmp) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (long task = 0; task < (long)B * O; task++) {
+            if (!tmp) continue;
+            const int b = (int)(task / O), o = (int)(task % O);
+            const float *xb = x + (size_t)b * C * plane;
+            const int j0 = crow[o], n = crow[o + 1] - j0;
+            int i0 = 0;
+            for (; i0 + VL <= Lv; i0 += VL)
+                gather_axpy_block(tmp + i0, bias[o], xb + i0, 1, off, NULL, val, NULL, j0, j0 + n);
+            for (int i = i0; i < Lv; i++) {
+                float a = bias[o];
+                for (int j = 0; j < n; j++) a += val[j0 + j] * xb[off[j0 + j] + i];
+                tmp[i] = a;
+            }
+            const size_t out0 = ((size_t)b * O + o) * Hp * Wp;
+            for (int r = 0; r < Hp; r++) /* reads tmp rows r..r+Kp-1, columns < Wo: all computed */
+                maxpool_row_s1(tmp + (size_t)r * W, W, Kp, Wp, relu, y + out0 + (size_t)r * Wp,
+                               arg + out0 + (size_t)r * Wp);
+        }
+        free(tmp);
+    }
+    free(off);
+    return failed ? FEDDST_ENOMEM : FEDDST_OK;
 }
 
 /* Max-pooling over N planes (H, W) with a K x K window and stride S, no padding:

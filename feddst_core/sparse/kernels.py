@@ -309,6 +309,46 @@ class NativeSparseConv2dFunction(torch.autograd.Function):
         return grad_x, grad_values, grad_bias, None
 
 
+class NativeSparseConv2dPoolFunction(torch.autograd.Function):
+    """Sparse conv2d (valid, stride 1) -> stride-1 max-pool (-> ReLU) as one autograd node, native kernels.
+
+    x (B, C, H, W), values (nnz,), bias (out,) -> (B, out, Hp, Wp), Hp = H - k - pool_kernel + 2.
+    Forward never writes the convolution's output (``native.sparse_conv2d_pool_forward``); backward
+    routes the gradient through the saved uint8 argmax (``native.max_pool2d_backward``) and then runs
+    the sparse convolution's two gradients, with no autograd node or Python call in between.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, pattern: CsrPattern,
+                pool_kernel: int, relu: bool) -> torch.Tensor:
+        out_c, in_c, kh, kw = pattern.weight_shape
+        assert x.dim() == 4 and x.shape[1] == in_c and kh == kw, "x must be (B, in_channels, H, W); square kernels"
+        x = x.contiguous()
+        y, arg = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values.detach(), bias.detach(),
+                                                   out_c, kh, pool_kernel, relu)
+        ctx.pattern, ctx.pool_kernel = pattern, pool_kernel
+        ctx.save_for_backward(x, values, arg)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, values, arg = ctx.saved_tensors
+        pattern: CsrPattern = ctx.pattern
+        out_c, in_c, kh, _ = pattern.weight_shape
+        conv_hw = (x.shape[2] - kh + 1, x.shape[3] - kh + 1)
+        grad_conv = native.max_pool2d_backward(grad_out.contiguous(), arg, conv_hw, ctx.pool_kernel, 1,
+                                               trusted_arg=True)  # (B, out, Ho, Wo)
+        grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            t_values = values.detach().index_select(0, pattern.transpose_perm)  # (nnz,) in W^T order
+            grad_x = native.sparse_conv2d_backward_input(grad_conv, pattern.t_crow, pattern.t_col_int32,
+                                                         t_values, in_c, (x.shape[2], x.shape[3]), kh)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_values, grad_bias = native.sparse_conv2d_backward_weight(x, grad_conv, pattern.crow, pattern.col, kh,
+                                                                          with_bias=ctx.needs_input_grad[2])
+        return grad_x, grad_values, grad_bias, None, None, None
+
+
 class SparseConv2dFunction(torch.autograd.Function):
     """Valid, stride-1 conv2d with a CSR weight (out, in*k*k) through im2col (the torch-only fallback).
 
@@ -362,3 +402,20 @@ def sparse_conv2d(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
     if use_native:
         return NativeSparseConv2dFunction.apply(x, values, bias, pattern)
     return SparseConv2dFunction.apply(x, values, bias, pattern)
+
+
+def sparse_conv2d_pool(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, pattern: CsrPattern,
+                       pool_kernel: int, pool_stride: int, relu: bool, use_native: bool | None = None,
+                       ) -> torch.Tensor:
+    """``max_pool2d(sparse_conv2d(x, ...), pool_kernel, pool_stride, relu)``, fused into one pass when the
+    native kernels are built and the pool has stride 1 (the paper CNNs); composed otherwise (same values).
+
+    x (B, C, H, W) -> (B, out, (H-k+1-pool_kernel)//pool_stride + 1, likewise W).
+    """
+    if use_native is None:
+        use_native = native.available() and x.dtype == torch.float32
+    if use_native and pool_stride == 1 and pool_kernel <= 15:
+        return NativeSparseConv2dPoolFunction.apply(x, values, bias, pattern, pool_kernel, relu)
+    from feddst_core.pooling import max_pool2d
+
+    return max_pool2d(sparse_conv2d(x, values, bias, pattern, use_native), pool_kernel, pool_stride, relu=relu)

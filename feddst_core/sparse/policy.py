@@ -17,12 +17,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from feddst_core import native
 from feddst_core.choices import KERNEL_CHOICES
-from feddst_core.models import Conv, Linear, ModelSpec
+
+if TYPE_CHECKING:  # feddst_core.models imports torch; the threshold tables here must not (idle agent)
+    import torch
+
+    from feddst_core.models import Conv, Linear, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ def validate_kernels(kernels: str) -> str:
 
 
 def layer_kind(layer: Conv | Linear) -> str:
+    from feddst_core.models import Conv
+
     return "conv" if isinstance(layer, Conv) else "linear"
 
 
@@ -81,6 +86,8 @@ def choose_layer_kernels(spec: ModelSpec, masks: Mapping[str, torch.Tensor], ker
     masks: bool weight masks keyed ``"<layer>.weight"``; a layer without a mask is dense (nothing
     to skip). layer_kernels: per-layer overrides ("sparse" | "dense") that beat ``kernels``.
     """
+    from feddst_core.models import Conv, Linear
+
     validate_kernels(kernels)
     table = dict(default_thresholds() if thresholds is None else thresholds)
     overrides = dict(layer_kernels or {})

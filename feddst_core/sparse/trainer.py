@@ -31,7 +31,7 @@ from feddst_core.models import (
 )
 from feddst_core.pooling import max_pool2d
 from feddst_core.readjust import MaskChange, readjust_masks
-from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_linear
+from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_conv2d_pool, sparse_linear
 from feddst_core.sparse.policy import SparseThreshold, choose_layer_kernels, validate_kernels
 from feddst_core.training import ClientData, ClientOutcome, LocalTrainer, TrainConfig, sgd_update
 
@@ -53,8 +53,19 @@ def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns:
             # the one tensor both the ReLU and the next Linear keep for backward, not two copies.
             # (A ReLU right after a MaxPool is already fused into the pool: no ReLU pass at all.)
             layers[i], layers[i + 1] = layers[i + 1], layers[i]
-    for layer in layers:
-        if isinstance(layer, FusedMaxPoolReLU):
+    pending_conv: Conv | None = None  # a sparse Conv whose output goes straight into the next pool
+    for i, layer in enumerate(layers):
+        if pending_conv is not None:
+            pool = layer.pool if isinstance(layer, FusedMaxPoolReLU) else layer
+            assert isinstance(pool, MaxPool)
+            act = sparse_conv2d_pool(act, leaves[f"{pending_conv.name}.weight"], leaves[f"{pending_conv.name}.bias"],
+                                     patterns[f"{pending_conv.name}.weight"], pool.kernel, pool.stride,
+                                     relu=isinstance(layer, FusedMaxPoolReLU))
+            pending_conv = None
+        elif (isinstance(layer, Conv) and f"{layer.name}.weight" in patterns and i + 1 < len(layers)
+                and isinstance(layers[i + 1], (MaxPool, FusedMaxPoolReLU))):
+            pending_conv = layer  # conv + pool (+ ReLU) run as one fused pass at the next layer
+        elif isinstance(layer, FusedMaxPoolReLU):
             act = max_pool2d(act, layer.pool.kernel, layer.pool.stride, relu=True)
         elif isinstance(layer, Conv):
             weight, bias = leaves[f"{layer.name}.weight"], leaves[f"{layer.name}.bias"]

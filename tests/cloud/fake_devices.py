@@ -4,7 +4,8 @@ A :class:`FakeDevice` follows the agent side of the contract (status + will, reg
 model in either order (subscribing to a round's retained model topics when a Task selects it),
 one update per (run, round), re-send until acked) and can misbehave on
 purpose: send every update twice, go silent, also send an update for an older round, or rewrite
-its updates (``tamper``: poisoning attacks). With
+its updates (``tamper``: poisoning attacks), or report a ``DeviceError`` for every task
+(``fails_with``). With
 ``data`` it trains exactly like an agent (``LocalTrainer`` K=1, ``client_seed(task.seed, r,
 index)``); without, it returns the global model unchanged (no training: fast).
 
@@ -32,6 +33,7 @@ from protocol import (
     Ack,
     Capabilities,
     ChunkReassembler,
+    DeviceError,
     ModelBroadcast,
     ProtocolError,
     Register,
@@ -57,10 +59,13 @@ class FakeDevice:
     silent: bool = False  # receive tasks but never reply
     stale_too: bool = False  # after each update also re-send the previous round's update
     delay_s: float = 0.0  # hold each update this long before sending it (a slow device)
+    resend_on_repeated_task: bool = False  # like the agent: a repeated Task for a round it answered puts the
+    # update's delivery in doubt (a retried round, a restarted coordinator): send it again (new seq)
     heartbeat_s: float = 1.0
     sample_count: int = 10
     password: str | None = None  # MQTT password (enrolled devices)
     tamper: Callable[[Update, ModelBroadcast], Update] | None = None  # rewrite each update before sending (attacks)
+    fails_with: tuple[str, str] | None = None  # (code, detail): report a DeviceError for each task instead
     acks: list[Ack] = field(default_factory=list)
     handled: set = field(default_factory=set)
     sent_sizes: dict = field(default_factory=dict)  # (run, round) -> bytes of the update sent
@@ -74,6 +79,9 @@ class FakeDevice:
         self._tasks: list[Task] = []
         self._pending: dict[tuple[str, int], tuple[bytes, float]] = {}  # (run, round) -> (data, deadline)
         self._last_update: object = None
+        self._updates: dict[tuple[str, int], object] = {}  # (run, round) -> the update made for it
+        self.resends = 0  # updates sent again for a repeated Task
+        self.tasks_seen: list[Task] = []  # every Task that selected this device, repeats included
         self._seq = time.time_ns() // 1000
         self._seq_lock = threading.Lock()  # the network thread (on_connect) and the worker both encode
         self._reassembler = ChunkReassembler()
@@ -156,7 +164,12 @@ class FakeDevice:
         except ProtocolError:
             return
         if isinstance(msg, Task) and self.device_id in msg.selected:
-            if (msg.run_id, msg.server_round) not in self.handled:
+            self.tasks_seen.append(msg)
+            done = self._updates.get((msg.run_id, msg.server_round))
+            if done is not None and self.resend_on_repeated_task:
+                self.resends += 1
+                self._publish(topics.update(msg.run_id, self.device_id), self._encode(done))
+            elif (msg.run_id, msg.server_round) not in self.handled:
                 self.handled.add((msg.run_id, msg.server_round))
                 self._tasks.append(msg)
                 if (msg.run_id, msg.model_round) not in self._models:  # selected: fetch the round's model
@@ -179,6 +192,10 @@ class FakeDevice:
                 continue
             if self.delay_s:
                 time.sleep(self.delay_s)
+            if self.fails_with is not None:  # like an agent whose task failed: one report, no update
+                report = DeviceError(task.run_id, task.server_round, self.device_id, *self.fails_with)
+                self._publish(topics.update(task.run_id, self.device_id), self._encode(report))
+                continue
             try:
                 update = self._make_update(task, model)
             except Exception:  # noqa: BLE001 - like an agent whose training fails: no update this round
@@ -192,6 +209,7 @@ class FakeDevice:
             if self.stale_too and self._last_update is not None:
                 self._publish(topics.update(task.run_id, self.device_id), self._encode(self._last_update))
             self._last_update = update
+            self._updates[(task.run_id, task.server_round)] = update
             self._pending[(task.run_id, task.server_round)] = (data, task.deadline_unix)
         now = time.time()
         for key, (_data, deadline) in list(self._pending.items()):

@@ -76,6 +76,14 @@ def test_every_module_import_of_the_page_resolves_to_a_shipped_file():
         assert not re.search(r"https?://", js.read_text()), f"{js.name} names an external URL"
 
 
+def test_the_page_preloads_exactly_the_modules_main_js_imports_directly_or_not():
+    index = (STATIC / "index.html").read_text()
+    preloaded = set(re.findall(r'<link rel="modulepreload" href="/static/js/([^"]+)">', index))
+    imported = {target[2:] for js in (STATIC / "js").glob("*.js")
+                for target in re.findall(r'from "(\./[^"]+)"', js.read_text())}
+    assert preloaded == imported and "main.js" not in preloaded  # main.js itself is the page's script
+
+
 @pytest.mark.parametrize("path", ["/static/../app.py", "/static/%2e%2e/__init__.py", "/static/js/nope.js",
                                   "/static/", "/static/js", "/static/vendor/uplot/../../../__init__.py"])
 def test_only_shipped_files_are_served(client, path):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from coordinator_harness import bearer, make_coordinator, wait_until
 from fake_devices import FakeDevice
-from headless_chromium import chromium_missing, launch
+from headless_chromium import chromium_missing, signed_in_dashboard
 from live_server import LiveServer
 
 from cloud.run_config import EvalConfig, RunConfig
@@ -34,41 +34,14 @@ def live(mosquitto, tmp_path):
 
 @pytest.fixture
 def browser(live, tmp_path):
-    """A page on the dashboard, signed in as an operator; ``outside`` collects any request to another origin."""
-    from playwright.sync_api import sync_playwright
-
+    """A page on the dashboard, signed in as an operator; the page may not ask for any other origin."""
     server, coordinator = live
-    outside: list[str] = []
-    inside: list[str] = []
-    problems: list[str] = []
-
-    def guard(route):  # noqa: ANN001 - playwright Route
-        url = route.request.url
-        if url == server.url or url.startswith(server.url + "/"):
-            inside.append(url)
-            route.continue_()
-        else:
-            outside.append(url)
-            route.abort()
-
-    with sync_playwright() as playwright:
-        context = launch(playwright, tmp_path / "profile")
-        context.route("**/*", guard)
-        page = context.pages[0] if context.pages else context.new_page()
-        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-        page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
-                if msg.type == "error" and not msg.text.startswith(EXPECTED_4XX) else None)
-        page.goto(server.url + "/")
-        page.fill("#token", bearer(coordinator, "operator")["Authorization"].removeprefix("Bearer "))
-        page.click("#login-form button[type=submit]")
-        page.wait_for_selector("#runs-table")
-        try:
-            yield page, server, coordinator
-        finally:
-            context.close()
-    assert outside == [], f"the page requested other origins: {outside}"
-    assert any(u.endswith("/static/vendor/uplot/uPlot.iife.min.js") for u in inside)  # the guard saw traffic
-    assert problems == []
+    token = bearer(coordinator, "operator")["Authorization"].removeprefix("Bearer ")
+    with signed_in_dashboard(server.url, token, tmp_path / "profile", (EXPECTED_4XX,)) as session:
+        yield session.page, server, coordinator
+    assert session.outside == [], f"the page requested other origins: {session.outside}"
+    assert any(u.endswith("/static/vendor/uplot/uPlot.iife.min.js") for u in session.inside)  # the guard saw traffic
+    assert session.problems == []
 
 
 def test_a_live_run_from_the_runs_list_to_charts_that_grow_without_a_reload(browser, tmp_path):

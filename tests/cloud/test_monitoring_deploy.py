@@ -11,13 +11,14 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloud.metrics import CoordinatorMetrics
+from cloud.mqtt_link import LinkCounters
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def exported_names() -> set[str]:
     metrics = CoordinatorMetrics(devices_online=lambda: 0, inbound_depth=lambda: 0, broker_connected=lambda: True,
-                                 active_runs=lambda: 0)
+                                 active_runs=lambda: 0, link_counters=lambda: LinkCounters(0, 0, 0, 0))
     metrics.device_errors.labels(code="training_failed").inc()
     names = set()
     for family in text_string_to_metric_families(metrics.render().decode()):

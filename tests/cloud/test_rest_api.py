@@ -95,3 +95,17 @@ def _check_model_onnx(client, run_id: str, detail: dict) -> None:
     assert missing.status_code == 404 and "no global model of round 7" in missing.json()["detail"]
     assert client.get("/api/runs/nope/model.onnx").status_code == 404
     assert client.get(f"/api/runs/{run_id}/model.onnx?round=-1").status_code == 422
+
+
+def test_resume_endpoint_only_for_an_interrupted_run(api):
+    client, coordinator = api
+    run_id = client.post("/api/runs", json=RUN).json()["id"]
+    refused = client.post(f"/api/runs/{run_id}/resume")
+    assert refused.status_code == 409 and "only an interrupted run can be resumed" in refused.json()["detail"]
+    assert client.post("/api/runs/run-nope/resume").status_code == 404
+    coordinator.store.set_run_status(run_id, "interrupted", "coordinator restarted during the run")  # as after a crash
+    resumed = client.post(f"/api/runs/{run_id}/resume")
+    assert resumed.status_code == 200 and resumed.json()["status"] == "running"
+    wait_until(lambda: client.get(f"/api/runs/{run_id}").json()["status"] == "completed", 60, "the resumed run")
+    assert [r["round"] for r in client.get(f"/api/runs/{run_id}").json()["rounds"]] == [1, 2]
+    assert client.post(f"/api/runs/{run_id}/resume").status_code == 409

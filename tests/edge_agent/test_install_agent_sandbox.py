@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from test_install_scripts import DEPLOY, REPO, make_wheel
 
-from edge_agent.config import load_settings
+from edge_agent.config import AgentConfigError, load_settings
 
 # Overlays /etc and /var, then runs the script given as arguments; the mounts vanish with the namespace.
 ENTER_SANDBOX = """set -e
@@ -70,31 +70,46 @@ def owner(path: Path, upper_etc: Path) -> tuple[str, str]:
     return names("passwd").get(info.st_uid, str(info.st_uid)), names("group").get(info.st_gid, str(info.st_gid))
 
 
+COORDINATOR_KEY = "c0ffee" + "ab" * 29  # 64 hex characters, as `feddst cloud keys public` prints them
+
+
+def run_install(sandbox: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """install_agent.sh ARGS in the sandbox (the same upper layers each time: a re-run sees what the last left)."""
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", ENTER_SANDBOX, "sandbox",
+                           str(DEPLOY / "install_agent.sh"), *args], env={**env, "SANDBOX": str(sandbox)},
+                          capture_output=True, text=True, timeout=300)
+
+
+def recording_env(tmp_path: Path, prefix: Path, calls: Path) -> dict[str, str]:
+    """The script's environment: PREFIX in the temp dir, a recording apt-get first on PATH, this tree importable."""
+    fake_venv(prefix, calls)
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "apt-get").write_text(RECORDER % calls)
+    (stubs / "apt-get").chmod(0o755)
+    return {**os.environ, "PREFIX": str(prefix), "PYTHONPATH": str(REPO), "PATH": f"{stubs}:{os.environ['PATH']}"}
+
+
 def test_install_agent_writes_working_settings_with_the_documented_modes(tmp_path: Path) -> None:
     why_not = can_overlay(tmp_path)
     if why_not:
         pytest.skip(why_not)
-    sandbox, prefix = tmp_path / "sandbox", tmp_path / "opt-feddst"
-    stubs, calls = tmp_path / "stubs", tmp_path / "calls"
-    fake_venv(prefix, calls)
-    stubs.mkdir()
-    (stubs / "apt-get").write_text(RECORDER % calls)
-    (stubs / "apt-get").chmod(0o755)
+    sandbox, prefix, calls = tmp_path / "sandbox", tmp_path / "opt-feddst", tmp_path / "calls"
+    env = recording_env(tmp_path, prefix, calls)
     key_file, password_file = tmp_path / "dev-003.hex", tmp_path / "pw.txt"
     key_file.write_text("ab" * 32 + "\n")
     password_file.write_text("s3cret\n")
+    coordinator_key_file = tmp_path / "coordinator.pub"  # `feddst cloud keys public > coordinator.pub`
+    coordinator_key_file.write_text(COORDINATOR_KEY.upper() + "\n")
     wheel = make_wheel(tmp_path / "feddst_edge-0.1.0-py3-none-any.whl")
     host_had_feddst = Path("/etc/feddst").exists()
-    env = {**os.environ, "SANDBOX": str(sandbox), "PREFIX": str(prefix), "PYTHONPATH": str(REPO),
-           "PATH": f"{stubs}:{os.environ['PATH']}"}
-    result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "bash", "-c", ENTER_SANDBOX, "sandbox",
-         str(DEPLOY / "install_agent.sh"), "--device-id", "dev-003", "--broker", "mqtt://broker.lan:1883",
-         "--key-file", str(key_file), "--password-file", str(password_file), "--source", str(wheel),
-         "--torch", "pypi", "--partition", "3/8", "--no-start"],
-        env=env, capture_output=True, text=True, timeout=300)
+    result = run_install(sandbox, env, "--device-id", "dev-003", "--broker", "mqtt://broker.lan:1883",
+                         "--key-file", str(key_file), "--password-file", str(password_file),
+                         "--coordinator-public-key", str(coordinator_key_file), "--source", str(wheel),
+                         "--torch", "pypi", "--partition", "3/8", "--no-start")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "installed; start with: systemctl start feddst-agent.service" in result.stdout
+    assert "no --coordinator-public-key" not in result.stderr
     assert Path("/etc/feddst").exists() == host_had_feddst, "the install escaped the sandbox"
 
     etc = sandbox / "upper" / "etc"
@@ -120,7 +135,38 @@ def test_install_agent_writes_working_settings_with_the_documented_modes(tmp_pat
     toml = (etc / "feddst" / "agent.toml").read_text().replace("/etc/feddst/agent.key",
                                                                str(etc / "feddst" / "agent.key"))
     (tmp_path / "agent.toml").write_text(toml)
-    settings = load_settings({"coordinator_public_key": "00" * 32}, environ={},
-                             config_file=tmp_path / "agent.toml")
+    settings = load_settings({}, environ={}, config_file=tmp_path / "agent.toml")
     assert (settings.device_id, settings.broker_url, settings.partition) == ("dev-003", "mqtt://broker.lan:1883", "3/8")
     assert settings.key_file == str(etc / "feddst" / "agent.key")
+    assert settings.coordinator_public_key_bytes == bytes.fromhex(COORDINATOR_KEY)  # --coordinator-public-key FILE
+
+    # Re-run after a key rotation: the kept agent.toml gets the new key (given as hex) and nothing else changes.
+    written = (etc / "feddst" / "agent.toml").read_text()
+    rotated = "5e" * 32
+    result = run_install(sandbox, env, "--device-id", "dev-003", "--broker", "mqtt://broker.lan:1883",
+                         "--coordinator-public-key", rotated, "--source", str(wheel), "--torch", "pypi", "--no-start")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "keeping the existing /etc/feddst/agent.toml" in result.stdout
+    path = etc / "feddst" / "agent.toml"
+    assert (stat.S_IMODE(path.stat().st_mode), owner(path, etc)) == (0o640, ("root", "feddst"))
+    kept = path.read_text()
+    assert [line for line in kept.splitlines() if "coordinator_public_key" in line] == \
+        [f'coordinator_public_key = "{rotated}"  # feddst cloud keys public']
+    assert kept.replace(rotated, COORDINATOR_KEY) == written
+
+
+def test_install_agent_without_a_coordinator_key_warns_that_the_agent_will_not_start(tmp_path: Path) -> None:
+    why_not = can_overlay(tmp_path)
+    if why_not:
+        pytest.skip(why_not)
+    sandbox, prefix, calls = tmp_path / "sandbox", tmp_path / "opt-feddst", tmp_path / "calls"
+    env = recording_env(tmp_path, prefix, calls)
+    wheel = make_wheel(tmp_path / "feddst_edge-0.1.0-py3-none-any.whl")
+    result = run_install(sandbox, env, "--device-id", "dev-003", "--broker", "mqtt://broker.lan:1883",
+                         "--source", str(wheel), "--torch", "pypi", "--no-start")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "no --coordinator-public-key: the agent will refuse to start" in result.stderr
+    toml = sandbox / "upper" / "etc" / "feddst" / "agent.toml"
+    assert "coordinator_public_key" not in toml.read_text()
+    with pytest.raises(AgentConfigError, match="coordinator public key"):
+        load_settings({}, environ={}, config_file=toml)

@@ -46,3 +46,30 @@ def test_feddst_predict_and_the_python_api_without_torch(mnist_model, mnist_pixe
                "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]", tmp_path)
     assert api.returncode == 0, api.stderr
     assert json.loads(api.stdout) == list(expected.argmax(1))
+
+
+def test_without_pillow_arrays_predict_and_images_get_a_one_line_error(mnist_model, mnist_pixels, tmp_path):
+    """A device may install onnxruntime and numpy only (no Pillow, docs/inference.md): .npz input still works,
+    an image file is refused with exit 2 and one line saying to install Pillow."""
+    from PIL import Image
+
+    data, params = mnist_model
+    (tmp_path / "model.onnx").write_bytes(data)
+    np.savez(tmp_path / "x.npz", x=mnist_pixels[:2])
+    Image.fromarray(mnist_pixels[0]).save(tmp_path / "seven.png")
+    block = BLOCK.replace("'sklearn'", "'sklearn', 'PIL'")
+    predict = "from feddst_cli.main import app\napp()"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(*inputs: str) -> subprocess.CompletedProcess:
+        argv = repr(['feddst', 'predict', '--model', 'model.onnx', '--json', *inputs])
+        return subprocess.run([sys.executable, "-c", f"{block}sys.argv = {argv}\n{predict}"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    arrays = run("x.npz")
+    assert arrays.returncode == 0, arrays.stderr
+    got = np.asarray([r["probabilities"] for r in json.loads(arrays.stdout)["predictions"]])
+    assert np.abs(got - torch_probabilities(params, mnist_pixels[:2])).max() <= 1e-5
+    image = run("seven.png")
+    assert image.returncode == 2 and "Traceback" not in image.stderr, image.stderr
+    assert "reading image files needs Pillow, which is not installed: pip install pillow" in image.stderr

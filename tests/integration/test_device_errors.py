@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 
-import numpy as np
+from broken_data import mismatched_inputs_npz
 from coordinator_harness import bearer, make_coordinator, wait_until
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,14 +19,6 @@ from cloud.app import create_app
 DEADLINE_S = 900.0  # far beyond any wait below
 RUN = {"model": "digits_cnn", "rounds": 1, "local_epochs": 1, "batch_size": 8, "round_timeout_s": DEADLINE_S,
        "max_round_retries": 2, "eval": {"dataset": "digits", "clients": 2, "samples_per_class": 10}}
-
-
-def broken_npz(path):
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 255, (60, 28, 28), dtype=np.uint8)  # mnist-sized, not digits' 8x8
-    y = np.repeat(np.arange(10), 6)
-    np.savez(path, x_train=x, y_train=y, x_test=x[:20], y_test=y[:20])
-    return ("--dataset", "npz", "--data-dir", str(path), "--classes-per-client", "2", "--samples-per-class", "3")
 
 
 def device_errors_total(client) -> dict[str, float]:
@@ -40,7 +32,7 @@ def device_errors_total(client) -> dict[str, float]:
 
 def test_device_errors_are_recorded_counted_and_fail_a_run_fast(mosquitto, agents, tmp_path):
     coordinator = make_coordinator(mosquitto.url, tmp_path / "state")
-    broken = broken_npz(tmp_path / "broken.npz")
+    broken = mismatched_inputs_npz(tmp_path / "broken.npz")
     try:
         good = agents(mosquitto.url, "dev-000", "0/2", "--samples-per-class", "10")
         agents(mosquitto.url, "dev-001", "1/2", *broken)

@@ -86,7 +86,9 @@ def _vectors() -> list[tuple[str, str, object, bytes | None, dict, bool]]:
         "rice": SparseTensor.from_dense(dense, rice_mask),
         "bias": SparseTensor.from_dense(dense[0, :4]),
     }
-    delta = {"rice": SparseTensor((4, 16), np.array([0.125, -3.5], np.float32))}
+    sparse_mask = np.zeros((4, 16), bool)
+    sparse_mask.flat[[3, 40]] = True
+    model_bf16 = {"fc.weight": SparseTensor((4, 16), np.array([0.125, -3.5], np.float32), sparse_mask)}
     int8_update = Update("run-1", 3, "dev-7", {"w": SparseTensor((8,), dense[0, :8])}, {}, 10, 1.25, 0.75, NONCE)
     big_update = Update("run-1", 3, "dev-7", {"w": SparseTensor((4, 64), rng.standard_normal(256))}, {},
                         10, 1.25, 0.75, NONCE)
@@ -105,8 +107,8 @@ def _vectors() -> list[tuple[str, str, object, bytes | None, dict, bool]]:
             "mnist_cnn", NONCE), COORDINATOR, f32, exact),
         ("model_broadcast", "Self-contained model: ALL, BITMAP, RICE positions and a dense bias, Ed25519",
          ModelBroadcast("run-1", 3, model), COORDINATOR, f32, exact),
-        ("model_delta_bfloat16", "Delta against round 2 on the known mask, bfloat16 values, Ed25519",
-         ModelBroadcast("run-1", 3, delta, base_round=2), COORDINATOR, bf16, exact),
+        ("model_broadcast_bfloat16", "Self-contained sparse model with bfloat16 values, Ed25519",
+         ModelBroadcast("run-1", 3, model_bf16), COORDINATOR, bf16, exact),
         ("update_small", "docs/protocol.md worked example", worked_example_update(), KEY, f32, exact),
         ("update_int8", "Update with int8 values (per-tensor scale)", int8_update, KEY,
          {"value_format": "int8", "compression": "none"}, False),
@@ -207,6 +209,8 @@ def main() -> None:
          "MalformedError", {"key_hex": None}),
         ("zstd_trailing", "Update whose zstd value block holds one byte after the frame", _zstd_trailing(),
          "MalformedError", {"key_hex": None}),
+        ("model_delta_reserved", "ModelBroadcast with has_base_round=1, base_round=2 (deltas are not in the "
+         "protocol)", _model_delta(), "MalformedError", {"key_hex": None}),
     ]
     for name, description, data, error, keys in negatives:
         _write(name, data, {"description": description, "file": f"{name}.bin", **keys, "expect_error": error})
@@ -234,6 +238,14 @@ def _unsorted_register() -> bytes:
     numpy_entry, python_entry = b"\x05\x00numpy\x06\x001.26.4", b"\x06\x00python\x06\x003.11.7"
     assert numpy_entry + python_entry in payload
     return _reencode_payload(data, payload.replace(numpy_entry + python_entry, python_entry + numpy_entry))
+
+
+def _model_delta() -> bytes:
+    broadcast = ModelBroadcast("run-1", 3, {"bias": SparseTensor((2,), np.array([0.5, -1.0], np.float32))})
+    data = encode_message(broadcast, None, seq=1, timestamp=TIMESTAMP)
+    payload = decode_envelope(data).payload.tobytes()
+    assert payload[1:6] == bytes(5)  # schema u8, then the reserved has_base_round u8 and base_round u32
+    return _reencode_payload(data, payload[:1] + b"\x01" + (2).to_bytes(4, "little") + payload[6:])
 
 
 def _zstd_trailing() -> bytes:

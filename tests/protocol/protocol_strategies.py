@@ -80,7 +80,7 @@ messages = st.one_of(
     st.builds(Status, identifiers, st.sampled_from(["online", "offline", "busy"]), texts),
     st.builds(Task, identifiers, u32, st.lists(identifiers, max_size=6).map(tuple), u32, u32, u32, finite,
               finite, finite, finite, st.booleans(), finite, finite, u64, texts, u64),
-    st.builds(ModelBroadcast, identifiers, u32, tensor_sets, st.none() | u32),
+    st.builds(ModelBroadcast, identifiers, u32, tensor_sets),
     updates(),
     st.builds(Ack, identifiers, u32, identifiers, st.booleans(), texts),
     st.builds(Abort, identifiers, u32, texts),

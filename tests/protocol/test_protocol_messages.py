@@ -59,7 +59,7 @@ def sample_messages():
              "mnist_cnn", 0xFEEDFACE12345678),
         ModelBroadcast("run-7", 3, {"fc.weight": SparseTensor.from_dense(weights, mask),
                                     "fc.bias": SparseTensor((3,), np.ones(3, np.float32))}),
-        ModelBroadcast("run-7", 4, {"fc.weight": SparseTensor((3, 4), np.ones(3, np.float32))}, base_round=3),
+        ModelBroadcast("run-7", 4, {"fc.bias": SparseTensor((3,), np.arange(3, dtype=np.float32))}),
         Update("run-7", 3, "dev-1", {"fc.weight": SparseTensor((3, 4), np.ones(3, np.float32)),
                                      "fc.bias": SparseTensor((3,), np.zeros(3, np.float32))},
                {"fc.weight": MaskChange([0], [1])}, 600, 0.25, 12.5, 0xFEEDFACE12345678),

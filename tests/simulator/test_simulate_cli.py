@@ -246,8 +246,8 @@ def test_bad_kernel_thresholds_give_clear_errors(tmp_path, content, problem):
 
 def test_kernel_thresholds_without_auto_are_noted_as_unused(tmp_path):
     _write_table(tmp_path / "t.json")
-    result = run([*SMALL, "--rounds", "1", "--out", str(tmp_path / "o"), "--kernel-thresholds",
-                  str(tmp_path / "t.json")])
+    result = run([*SMALL, "--rounds", "1", "--out", str(tmp_path / "o"), "--kernels", "dense", "--kernel-thresholds",
+                  str(tmp_path / "t.json")])  # dense is no longer the default (auto is)
     assert result.exit_code == 0, result.output
     assert "is unused with --kernels dense" in result.output
 

@@ -19,8 +19,13 @@ const COLUMNS = [
   { key: "up", label: "Upload", num: true, get: (d) => d.bytes_up, cell: (d) => mb(d.bytes_up) },
   { key: "down", label: "Download", num: true, get: (d) => d.bytes_down, cell: (d) => mb(d.bytes_down) },
   { key: "error", label: "Last error", get: (d) => (d.last_error ? `${d.last_error_code ?? ""} ${d.last_error}` : ""),
-    cell: (d) => (d.last_error ? h("span", { class: "error" }, `${errorText(d)} (${ago(d.last_error_at)})`) : "–") },
+    cell: (d) => (d.last_error ? h("span", { class: "error" }, `${errorText(d)} (`, at(d.last_error_at), ")") : "–") },
 ];
+
+// "5 s ago" as a <time> with the exact instant (ISO 8601, UTC) for machines and the local time on hover.
+function at(unix) {
+  return unix ? h("time", { datetime: new Date(unix * 1000).toISOString(), title: when(unix) }, ago(unix)) : "–";
+}
 
 // "bad_data, round 3: <text>": the reason code and the round of the task that failed, then the device's text.
 function errorText(d) {

@@ -1,0 +1,299 @@
+"""Fault benchmark: a digits run through real mosquitto, a real ``feddst cloud serve`` and 6 real agents, per fault.
+
+Every scenario is one run on the same fleet (one mosquitto with persistence on, one coordinator process,
+``--agents`` agent processes with ``--state-dir``, partition i/N of digits, fixed seeds):
+
+* ``fault_free``: the reference (its wall time and final model);
+* ``coordinator_kill9``: the coordinator is ``kill -9``-ed while round ``rounds // 2 + 1`` is open and
+  started again on its state dir (it resumes the run by itself, reopening that round);
+* ``broker_restart``: mosquitto is stopped (SIGTERM) while that round is open and started again 2 s later;
+* ``agent_killed_mid_upload``: a selected agent is ``kill -9``-ed right after it logged its trained update
+  for that round, and restarted (it re-sends the update it kept on disk, or trains again on the Task it
+  is re-sent when it registers); while it is away the next round may be drawn without it, so
+  ``same_final_model`` is null;
+* ``churn_30pct``: every few seconds 30 % of the agents are ``kill -9``-ed and restarted (quorum below
+  ``clients_per_round``, so which updates a round closes with is timing: ``same_final_model`` is null).
+
+Per scenario: ``completed`` (the run ended ``completed``), ``rounds_rerun`` (rounds reopened after a
+coordinator restart plus deadline retries), ``updates_lost`` (updates an agent logged as trained for a
+round of the run that the round's record does not list as accepted: an upper bound, since an agent
+killed between training and sending counts too), ``overhead_ratio``
+(wall time / the fault-free run's) and ``same_final_model`` (every tensor bit-equal to the fault-free
+run's; null where replies cannot be deterministic).
+
+    python bench/faults.py            # the table
+    python bench/faults.py --json     # one JSON object {"scenarios": [...]}
+
+Not yet here (issue 12): an agent's network cut beyond a deadline, 5 % packet loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "cloud"))
+
+TRAINED = re.compile(r"trained (\S+) round (\d+):")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_config(rounds: int, agents: int, quorum: int) -> dict[str, Any]:
+    return dict(model="digits_cnn", algorithm="fedavgm", rounds=rounds, clients_per_round=4, min_devices=agents,
+                local_epochs=10, batch_size=8, lr=0.05, seed=7, round_timeout_s=60.0, device_wait_s=120.0,
+                quorum=quorum, max_round_retries=4)
+
+
+class Fleet:
+    """mosquitto (persistence on) + a coordinator process + agent processes, in ``workdir``."""
+
+    def __init__(self, workdir: Path, agents: int):
+        from brokers import MosquittoBroker
+        from coordinator_harness import TEST_COORDINATOR_PUBLIC_KEY
+        from coordinator_process import CoordinatorProcess
+
+        self.workdir, self.count = workdir, agents
+        persist = workdir / "mosquitto-data"
+        persist.mkdir(parents=True)
+        self.broker = MosquittoBroker(workdir / "mosquitto", extra_config=[
+            "persistence true", f"persistence_location {persist}/", "autosave_interval 1",
+            "max_queued_messages 0"]).start()
+        # heartbeat_s 2: online = seen within 6 s; agents beat every 1 s
+        self.coordinator = CoordinatorProcess(workdir / "coordinator", self.broker.url, heartbeat_s=2.0)
+        self.public_key = TEST_COORDINATOR_PUBLIC_KEY
+        self.agents: dict[str, subprocess.Popen] = {}
+        self.started_at: dict[str, float] = {}
+        self.starts: dict[str, int] = {}
+
+    def device_ids(self) -> list[str]:
+        return [f"dev-{i}" for i in range(self.count)]
+
+    def agent_log(self, device_id: str) -> Path:
+        return self.workdir / f"{device_id}.log"
+
+    def start_agent(self, device_id: str) -> None:
+        i = int(device_id.split("-")[1])
+        cmd = [sys.executable, "-m", "feddst_cli.main", "agent", "run", "--broker", self.broker.url,
+               "--device-id", device_id, "--dataset", "digits", "--partition", f"{i}/{self.count}",
+               "--classes-per-client", "2", "--samples-per-class", "20", "--seed", "7", "--threads", "1",
+               "--heartbeat-s", "1", "--coordinator-public-key", self.public_key,
+               "--state-dir", str(self.workdir / "agent-state" / device_id)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        with open(self.agent_log(device_id), "ab") as out:
+            self.agents[device_id] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        self.started_at[device_id] = time.monotonic()
+        self.starts[device_id] = self.starts.get(device_id, 0) + 1
+
+    def settled(self, device_id: str, min_up_s: float) -> bool:
+        """The agent's latest process connected to the broker and has run for ``min_up_s``."""
+        text = self.agent_log(device_id).read_text(errors="replace") if self.agent_log(device_id).exists() else ""
+        return (text.count("feddst.agent: connected to ") >= self.starts.get(device_id, 0)
+                and time.monotonic() - self.started_at[device_id] > min_up_s)
+
+    def wait_all_online(self, timeout_s: float = 180) -> None:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            devices = self.coordinator.api("GET", "/api/devices").json()
+            if sum(d["status"] == "online" for d in devices) >= self.count:
+                return
+            time.sleep(0.5)
+        raise TimeoutError("the agents did not all come online")
+
+    def kill_agent(self, device_id: str) -> None:
+        proc = self.agents[device_id]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def start(self) -> Fleet:
+        self.coordinator.start()
+        for device_id in self.device_ids():
+            self.start_agent(device_id)
+        return self
+
+    def stop(self) -> None:
+        for proc in self.agents.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.agents.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.coordinator.stop()
+        self.broker.stop()
+
+    def trained(self, run_id: str) -> set[tuple[str, int]]:
+        """(device, round) of every update the agents logged as trained (and sent) for the run."""
+        out: set[tuple[str, int]] = set()
+        for device_id in self.device_ids():
+            text = self.agent_log(device_id).read_text(errors="replace") if self.agent_log(device_id).exists() else ""
+            out.update((device_id, int(r)) for run, r in TRAINED.findall(text) if run == run_id)
+        return out
+
+
+def final_tensors(fleet: Fleet, run_id: str) -> dict[str, Any]:
+    from feddst_core.model_file import decode_model_file
+
+    response = fleet.coordinator.api("GET", f"/api/runs/{run_id}/model")
+    model = decode_model_file(response.content, run_id)
+    return {**model.params, **{f"{n}.mask": m for n, m in model.masks.items()}}
+
+
+def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def wait_round_open(fleet: Fleet, run_id: str, server_round: int, timeout_s: float = 180) -> None:
+    """Return as soon as the run collects ``server_round`` (an error if it got past it unseen)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        run = fleet.coordinator.run(run_id)
+        phase = run.get("phase") or {}
+        if phase.get("name") == "collecting" and phase.get("round") == server_round:
+            return
+        if len(run["rounds"]) >= server_round or run["status"] != "running":
+            raise RuntimeError(f"round {server_round} closed before the fault could be injected")
+        time.sleep(0.02)
+    raise TimeoutError(f"round {server_round} never opened")
+
+
+def fault_coordinator_kill9(fleet: Fleet, run_id: str, server_round: int) -> None:
+    wait_round_open(fleet, run_id, server_round)
+    fleet.coordinator.kill9()
+    fleet.coordinator.start()
+
+
+def fault_broker_restart(fleet: Fleet, run_id: str, server_round: int) -> None:
+    wait_round_open(fleet, run_id, server_round)
+    fleet.broker.restart(down_s=2.0)
+
+
+def fault_agent_killed_mid_upload(fleet: Fleet, run_id: str, server_round: int) -> None:
+    wait_round_open(fleet, run_id, server_round)
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        for device_id, r in fleet.trained(run_id):
+            if r == server_round:
+                fleet.kill_agent(device_id)
+                fleet.start_agent(device_id)
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"no agent trained round {server_round}")
+
+
+def churn(fleet: Fleet, stop: threading.Event, every_s: float = 3.0, settle_s: float = 3.0) -> None:
+    """Every ``every_s``, kill -9 and restart 30 % of the agents, chosen among those connected for about
+    ``settle_s`` (an agent process takes 5-20 s to import torch and connect on a loaded 2-core machine)."""
+    rng = random.Random(1)
+    while not stop.wait(every_s):
+        up = [d for d in fleet.device_ids() if fleet.settled(d, settle_s)]
+        victims = rng.sample(up, min(len(up), max(1, round(0.3 * fleet.count))))
+        for device_id in victims:
+            fleet.kill_agent(device_id)
+        for device_id in victims:
+            fleet.start_agent(device_id)
+
+
+def run_scenario(fleet: Fleet, name: str, config: dict[str, Any],
+                 fault: Callable[[Fleet, str, int], None] | None) -> dict[str, Any]:
+    log(f"scenario {name} ...")
+    fleet.wait_all_online()
+    created = fleet.coordinator.api("POST", "/api/runs", json=config)
+    assert created.status_code == 201, created.text
+    run_id = created.json()["id"]
+    fleet.coordinator.wait_run(run_id, lambda r: True, 5, "the run")
+    started = time.monotonic()
+    stop_churn = threading.Event()
+    churner = None
+    assert fleet.coordinator.api("POST", f"/api/runs/{run_id}/start").status_code == 200
+    if name.startswith("churn"):
+        churner = threading.Thread(target=churn, args=(fleet, stop_churn), daemon=True)
+        churner.start()
+    elif fault is not None:
+        fault(fleet, run_id, config["rounds"] // 2 + 1)
+    done = fleet.coordinator.wait_run(run_id, lambda r: r["status"] not in ("created", "running"), 900, "the end")
+    seconds = time.monotonic() - started
+    if churner is not None:
+        stop_churn.set()
+        churner.join()
+    accepted = {(d, r["round"]) for r in done["rounds"] for d in r["accepted"]}
+    lost = sorted(fleet.trained(run_id) - accepted)
+    counters = done["counters"]
+    return {"name": name, "run_id": run_id, "completed": done["status"] == "completed", "error": done.get("error"),
+            "rounds_completed": len(done["rounds"]),
+            "rounds_rerun": int(counters.get("rounds_reopened", 0)) + int(counters.get("round_retries", 0)),
+            "updates_lost": len(lost), "lost": [f"{d}@{r}" for d, r in lost], "seconds": seconds,
+            "model": final_tensors(fleet, run_id) if done["status"] == "completed" else None}
+
+
+SCENARIOS: list[tuple[str, Callable[[Fleet, str, int], None] | None, bool]] = [
+    ("coordinator_kill9", fault_coordinator_kill9, True),
+    ("broker_restart", fault_broker_restart, True),
+    ("agent_killed_mid_upload", fault_agent_killed_mid_upload, False),  # its absence may change the next draw
+    ("churn_30pct", None, False),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--only", action="append", help="Run only these scenarios (repeatable).")
+    parser.add_argument("--json", action="store_true", help="Print one JSON object on stdout.")
+    parser.add_argument("--workdir", type=Path, help="Keep the logs and state here (default: a temporary dir).")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="feddst-faults-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        fleet = Fleet(workdir, args.agents).start()
+        try:
+            base = run_scenario(fleet, "fault_free", run_config(args.rounds, args.agents, 4), None)
+            rows = [base]
+            for name, fault, deterministic in SCENARIOS:
+                if args.only and name not in args.only:
+                    continue
+                quorum = 4 if deterministic else 2
+                row = run_scenario(fleet, name, run_config(args.rounds, args.agents, quorum), fault)
+                row["same_final_model"] = (same_model(row["model"], base["model"])
+                                           if deterministic and row["model"] is not None and base["model"] is not None
+                                           else None)
+                rows.append(row)
+        finally:
+            fleet.stop()
+    base_seconds = rows[0]["seconds"]
+    rows[0]["same_final_model"] = None  # the reference itself
+    scenarios = [{"name": r["name"], "completed": r["completed"], "rounds_rerun": r["rounds_rerun"],
+                  "updates_lost": r["updates_lost"], "overhead_ratio": round(r["seconds"] / base_seconds, 3),
+                  "same_final_model": r["same_final_model"], "rounds_completed": r["rounds_completed"],
+                  "seconds": round(r["seconds"], 2), "lost": r["lost"], "error": r["error"]} for r in rows]
+    if args.json:
+        print(json.dumps({"scenarios": scenarios, "agents": args.agents, "rounds": args.rounds}))
+        return
+    print(f"{'scenario':<26}{'completed':>10}{'rounds':>8}{'re-run':>8}{'lost':>6}{'overhead':>10}  same model")
+    for s in scenarios:
+        print(f"{s['name']:<26}{str(s['completed']):>10}{s['rounds_completed']:>8}{s['rounds_rerun']:>8}"
+              f"{s['updates_lost']:>6}{s['overhead_ratio']:>9.2f}x  {s['same_final_model']}")
+
+
+if __name__ == "__main__":
+    main()

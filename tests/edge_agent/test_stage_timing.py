@@ -1,0 +1,45 @@
+"""The agent's per-round ``stage timing`` line (read by ``bench/live_overhead.py``): one per trained round,
+its train time equal to the update's own ``compute_s``, its timestamps ordered within what the test saw."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from agent_harness import RUN, agent_settings, global_model, is_update_for, make_task, send_round, wait_until
+
+from protocol import Register, Update, topics
+
+LINE = re.compile(r"stage timing (\S+) round (\d+): model_at=(\S+) decode=(\S+) train=(\S+) encode=(\S+) "
+                  r"published_at=(\S+)$")
+
+
+def _stage_lines(caplog) -> list[re.Match]:  # type: ignore[no-untyped-def]
+    return [m for r in caplog.records if (m := LINE.match(r.getMessage()))]
+
+
+def test_one_stage_timing_line_per_trained_round(mosquitto, coordinator, start_agent, caplog) -> None:
+    caplog.set_level("INFO", logger="feddst.agent")
+    start_agent(agent_settings(mosquitto.url))
+    coordinator.expect(Register)
+    params, masks = global_model()
+    task = make_task(1)
+    sent_at = time.time()
+    send_round(coordinator, task, params, masks)
+    got = coordinator.expect(Update, is_update_for(1))
+    received_at = time.time()
+    assert wait_until(lambda: len(_stage_lines(caplog)) == 1)
+    (line,) = _stage_lines(caplog)
+    run, server_round = line.group(1), int(line.group(2))
+    model_at, decode, train, encode, published_at = (float(line.group(i)) for i in range(3, 8))
+    assert (run, server_round) == (RUN, 1)
+    assert train == pytest.approx(got.message.compute_s, abs=1e-5)  # the update's own field
+    assert sent_at <= model_at < published_at <= received_at  # the model came after it was sent, etc.
+    assert published_at - model_at >= train  # training happened in between
+    assert decode > 0 and encode > 0
+
+    coordinator.send(task, topics.task(RUN))  # a repeated Task: the update is re-sent, not re-timed
+    coordinator.expect(Update, is_update_for(1))
+    time.sleep(0.3)
+    assert len(_stage_lines(caplog)) == 1

@@ -1,0 +1,93 @@
+"""The fused sparse conv + max-pool (+ ReLU) node against torch autograd on the masked dense layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_sparse_kernels import USE_NATIVE
+
+from feddst_core import native
+from feddst_core.sparse import CsrPattern, sparse_conv2d, sparse_conv2d_pool
+
+SHAPES = [  # (out, in, k, H=W, batch, pool kernel)
+    (10, 1, 5, 28, 4, 3),  # the paper's conv1 -> pool 3/1
+    (20, 10, 5, 22, 3, 3),  # conv2 -> pool 3/1
+    (16, 1, 3, 8, 5, 2),  # the digits CNN's conv1 -> pool 2/1
+    (6, 3, 3, 13, 2, 1),
+]
+
+
+def _problem(shape, density, seed=3):
+    out_c, in_c, k, hw, batch, _ = shape
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(out_c, in_c, k, k, generator=g) < density
+    weight = torch.randn(out_c, in_c, k, k, generator=g) / (in_c * k * k) ** 0.5
+    bias = torch.randn(out_c, generator=g) * 0.1
+    x = torch.randn(batch, in_c, hw, hw, generator=g)
+    return mask, weight, bias, x, g
+
+
+@pytest.mark.parametrize("use_native", USE_NATIVE)
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_conv_pool_matches_torch_autograd(shape, density, relu, use_native):
+    mask, weight, bias, x, g = _problem(shape, density)
+    pool = shape[5]
+    pattern = CsrPattern.from_mask(mask)
+    values = pattern.gather(weight).requires_grad_()
+    xs, bs = x.clone().requires_grad_(), bias.clone().requires_grad_()
+    y = sparse_conv2d_pool(xs, values, bs, pattern, pool, 1, relu, use_native=use_native)
+    assert (y.grad_fn.name() == "NativeSparseConv2dPoolFunctionBackward") == use_native
+    grad_out = torch.randn(y.shape, generator=g)
+    gx, gv, gb = torch.autograd.grad(y, [xs, values, bs], grad_out)
+
+    wd = (weight * mask).requires_grad_()
+    xd, bd = x.clone().requires_grad_(), bias.clone().requires_grad_()
+    y_ref = F.max_pool2d(F.conv2d(xd, wd, bd), pool, 1)
+    y_ref = F.relu(y_ref) if relu else y_ref
+    gx_ref, gw_ref, gb_ref = torch.autograd.grad(y_ref, [xd, wd, bd], grad_out)
+
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gx, gx_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gv, pattern.gather(gw_ref), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gb, gb_ref, atol=1e-4, rtol=1e-4)
+    assert torch.equal(pattern.scatter(gv.detach()) * ~mask, torch.zeros_like(weight))  # nothing off the mask
+
+
+@pytest.mark.skipif(not native.available(), reason=native.status())
+@pytest.mark.parametrize("shape", SHAPES[:2])
+def test_fused_forward_equals_conv_then_pool_exactly(shape):
+    """Same sums in the same order as the two native kernels run one after the other (ties and all)."""
+    mask, weight, bias, x, _ = _problem(shape, 0.3)
+    pattern = CsrPattern.from_mask(mask)
+    values = pattern.gather(weight)
+    conv = native.sparse_conv2d_forward(x, pattern.crow, pattern.col, values, bias, shape[0], shape[2])
+    y_ref, arg_ref = native.max_pool2d_forward(conv, shape[5], 1, relu=True)
+    y, arg = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values, bias, shape[0], shape[2],
+                                               shape[5], relu=True)
+    assert torch.equal(y, y_ref) and torch.equal(arg, arg_ref)
+
+
+@pytest.mark.skipif(not native.available(), reason=native.status())
+def test_fused_forward_refuses_bad_input_naming_it():
+    mask, weight, bias, x, _ = _problem(SHAPES[0], 0.3)
+    pattern = CsrPattern.from_mask(mask)
+    values = pattern.gather(weight)
+    with pytest.raises(ValueError, match="pooling window"):
+        native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values, bias, 10, 5, 25)
+    with pytest.raises(ValueError, match="values"):
+        native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values[:-1], bias, 10, 5, 3)
+    with pytest.raises(ValueError, match="x must be torch.float32"):
+        native.sparse_conv2d_pool_forward(x.double(), pattern.crow, pattern.col, values, bias, 10, 5, 3)
+
+
+def test_strided_pool_composes_the_unfused_layers():
+    mask, weight, bias, x, _ = _problem(SHAPES[1], 0.3)
+    pattern = CsrPattern.from_mask(mask)
+    values = pattern.gather(weight).requires_grad_()
+    y = sparse_conv2d_pool(x, values, bias, pattern, 2, 2, True)
+    assert y.grad_fn.name() != "NativeSparseConv2dPoolFunctionBackward"
+    ref = F.relu(F.max_pool2d(sparse_conv2d(x, values, bias, pattern), 2, 2))
+    torch.testing.assert_close(y, ref)
