@@ -2,15 +2,20 @@
 
     python bench/field_trial.py [--data-dir ../shared/data/mnist] [--agents 10] [--rounds 10] [--json]
 
-1. Live (`feddst trial run` machinery, embedded broker, agent shaper, lte-rural): wall-clock and uploaded bytes
-   to the target accuracy (default FedAvg's final accuracy minus 1 point); ``feddst_wall_clock_ratio`` =
-   FedDST's seconds to target / FedAvg's (target <= 0.5). ``plan_vs_measured_error``: |planned - measured| /
-   measured mean round seconds, averaged over the two algorithms (target <= 0.2).
+1. Live (`feddst trial run` machinery, private mosquitto or embedded broker, agent shaper, lte-rural):
+   wall-clock and uploaded bytes to the target accuracy (default FedAvg's final accuracy minus 1 point);
+   ``feddst_wall_clock_ratio`` = FedDST's seconds to target / FedAvg's (target <= 0.5).
+   ``plan_vs_measured_error``: |planned - measured| / measured mean round seconds, averaged over
+   the two algorithms (target <= 0.2).
 2. Value formats in the simulator (paper MNIST, ``--format-rounds``, default 200; ``--format-rounds 0`` skips):
    final accuracy and upload of float32 vs float16 for FedDST (target: within 0.3 points at <= 0.55x upload).
-3. ``wire_vs_broker_ratio``: the devices' wire totals over the broker's own byte counters. null here: the
-   embedded broker publishes no byte counters and the live per-device wire accounting of issue 9 part 1 has
-   not landed in this branch.
+3. ``wire_vs_broker_ratio``: with ``--broker mosquitto`` (the default when mosquitto is installed) the live
+   part runs on a private mosquitto (``field_trial.private_mosquitto``: free port, ``sys_interval 1``). After
+   the runs the agents stop (clean disconnects, final counters files), then the in-process coordinator; the
+   bytes every client wrote (agents' link-shaper counters + the coordinator's ``WireCountingClient`` + the
+   ``$SYS`` reader's own) over ``$SYS/broker/bytes/received``, and the bytes they read over ``/sent``;
+   ``wire_vs_broker_ratio`` is the total of both directions over the broker's total. null with
+   ``--broker embedded`` (the embedded broker publishes no byte counters).
 """
 
 from __future__ import annotations
@@ -22,10 +27,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from field_trial.private_mosquitto import BrokerByteCounters, find_mosquitto  # noqa: E402
 from field_trial.spec import parse_spec  # noqa: E402
+
+if TYPE_CHECKING:
+    from field_trial.live import TrialStack
 
 
 def live_spec(args: argparse.Namespace) -> dict:
@@ -46,8 +56,15 @@ def run_live(args: argparse.Namespace, out: Path) -> dict:
     predicted = {a: [r.predicted_s for r in plan_rounds(spec, a, os.cpu_count() or 1)] for a in spec.trial.algorithms}
     stack = TrialStack(out, spec)
     reports = {}
+    counters: BrokerByteCounters | None = None
+    wire: dict = {"wire_vs_broker_ratio": None}
     try:
-        url = stack.start_broker()
+        if args.broker == "mosquitto":
+            url = stack.start_private_mosquitto(sys_interval_s=1)
+            assert stack.mosquitto is not None
+            counters = BrokerByteCounters(stack.mosquitto.port)
+        else:
+            url = stack.start_broker()
         stack.start_coordinator(url)
         stack.start_agents(url)
         for algorithm in spec.trial.algorithms:
@@ -56,7 +73,14 @@ def run_live(args: argparse.Namespace, out: Path) -> dict:
                 file=sys.stderr))
             report["trial"]["predicted_round_s"] = predicted[algorithm]
             reports[algorithm] = report
+        if counters is not None:
+            try:
+                wire = wire_vs_broker(stack, counters)
+            except TimeoutError as exc:  # keep the runs' figures; say why the ratio is missing
+                wire["wire_vs_broker_error"] = str(exc)
     finally:
+        if counters is not None:
+            counters.close()
         stack.shutdown()
     trial = write_trial(out, spec, reports)
     runs = {r["algorithm"]: r for r in trial["runs"]}
@@ -64,9 +88,25 @@ def run_live(args: argparse.Namespace, out: Path) -> dict:
     ratio = (fd["seconds_to_target"] / fa["seconds_to_target"]
              if fd["seconds_to_target"] is not None and fa["seconds_to_target"] else None)
     errors = [abs(r["predicted_mean_round_s"] - r["mean_round_s"]) / r["mean_round_s"] for r in runs.values()]
-    return {"target_accuracy": fd["target_accuracy"], "runs": trial["runs"], "feddst_wall_clock_ratio": ratio,
+    return {**wire, "target_accuracy": fd["target_accuracy"], "runs": trial["runs"], "feddst_wall_clock_ratio": ratio,
             "plan_vs_measured_error": sum(errors) / len(errors),
             "plan_vs_measured_error_by_algorithm": dict(zip(runs, errors, strict=True))}
+
+
+def wire_vs_broker(stack: TrialStack, counters: BrokerByteCounters) -> dict:
+    """Stop the agents and the coordinator, then compare every client's socket bytes with ``$SYS``."""
+    stack.stop_agents()
+    agents = stack.wire_counters()
+    coordinator, stack.coordinator = stack.coordinator, None
+    assert coordinator is not None
+    coordinator.close()
+    broker = counters.fresh()
+    sent = sum(d["up"] for d in agents.values()) + coordinator.link.wire_sent_bytes + counters.wire_sent_bytes
+    received = (sum(d["down"] for d in agents.values()) + coordinator.link.wire_received_bytes
+                + counters.wire_received_bytes)
+    return {"wire_vs_broker_ratio": (sent + received) / (broker["received"] + broker["sent"]),
+            "clients_sent_bytes": sent, "broker_received_bytes": broker["received"],
+            "clients_received_bytes": received, "broker_sent_bytes": broker["sent"]}
 
 
 def run_formats(args: argparse.Namespace) -> dict:
@@ -92,11 +132,16 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--format-rounds", type=int, default=200)
     parser.add_argument("--out", type=Path, default=None, help="Keep the live trial's outputs here.")
+    parser.add_argument("--broker", choices=("embedded", "mosquitto"),
+                        default="mosquitto" if find_mosquitto() else "embedded",
+                        help="Live part's broker: a private mosquitto (default when installed; gives "
+                        "wire_vs_broker_ratio) or the embedded one.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     started = time.perf_counter()
     out = args.out or Path(tempfile.mkdtemp(prefix="feddst-bench-trial-"))
-    result: dict = {"live": run_live(args, out), "wire_vs_broker_ratio": None}
+    result: dict = {"live": run_live(args, out), "broker": args.broker}
+    result["wire_vs_broker_ratio"] = result["live"]["wire_vs_broker_ratio"]
     result["feddst_wall_clock_ratio"] = result["live"]["feddst_wall_clock_ratio"]
     result["plan_vs_measured_error"] = result["live"]["plan_vs_measured_error"]
     if args.format_rounds:
@@ -112,6 +157,10 @@ def main() -> None:
               f"{r['mean_round_s']:.1f} s (planned {r['predicted_mean_round_s']:.1f} s)")
     print(f"feddst_wall_clock_ratio {result['feddst_wall_clock_ratio']}  plan_vs_measured_error "
           f"{result['plan_vs_measured_error']:.3f}  wire_vs_broker_ratio {result['wire_vs_broker_ratio']}")
+    if result["wire_vs_broker_ratio"] is not None:
+        live = result["live"]
+        print(f"clients sent {live['clients_sent_bytes']} B / broker received {live['broker_received_bytes']} B; "
+              f"clients received {live['clients_received_bytes']} B / broker sent {live['broker_sent_bytes']} B")
     if "formats_feddst" in result:
         print(f"formats (FedDST): {json.dumps(result['formats_feddst'])}")
 

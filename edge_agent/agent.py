@@ -421,6 +421,8 @@ class EdgeAgent:
             self.stats["tasks_declined_daily_cap"] += 1
             log.warning("task %s round %d declined: today's upload cap (%.1f MB) is used up", *key,
                         self.settings.daily_upload_cap_mb)
+            self._report_error(task, "upload_cap_reached", f"today's upload cap of "
+                               f"{self.settings.daily_upload_cap_mb:g} MB is used up (resets at 00:00 UTC)")
             return
         if key in self.state.handled or key in self.state.waiting or key in self.state.uploads:
             self.stats["tasks_repeated"] += 1

@@ -192,7 +192,8 @@ class DemoStack:
         if not server.started:
             raise DemoError(f"could not serve the dashboard on 127.0.0.1:{api_port} (port in use?)")
 
-    def shutdown(self) -> None:
+    def stop_agents(self) -> None:
+        """SIGTERM every agent process (they disconnect cleanly), SIGKILL what is left after 10 s."""
         for p in self.processes:
             if p.poll() is None:
                 p.terminate()
@@ -204,6 +205,9 @@ class DemoStack:
                 p.kill()
                 p.wait()
         self.processes = []
+
+    def shutdown(self) -> None:
+        self.stop_agents()
         if self.coordinator is not None:
             self.coordinator.close()
             self.coordinator = None

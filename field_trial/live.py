@@ -23,7 +23,8 @@ from typing import Any
 
 from feddst_cli.demo_command import DemoError, DemoStack
 from field_trial.netem import NetemLinks
-from field_trial.spec import TrialSpec
+from field_trial.private_mosquitto import PrivateMosquitto
+from field_trial.spec import DEVICE_TORCH_THREADS, TrialSpec
 
 HEARTBEAT_S = 5.0
 RUN_TIMEOUT_S = 6 * 3600.0
@@ -38,6 +39,7 @@ class TrialStack(DemoStack):
         self.links: NetemLinks | None = NetemLinks() if spec.trial.shaper == "netem" else None
         self.counters_dir = out / "wire"
         self.counters_dir.mkdir(parents=True, exist_ok=True)
+        self.mosquitto: PrivateMosquitto | None = None
 
     def start_coordinator(self, url: str) -> None:
         """The demo's coordinator, allowed to read the spec's evaluation data (its data_roots)."""
@@ -60,6 +62,13 @@ class TrialStack(DemoStack):
         broker = self.broker = EmbeddedBroker(host="0.0.0.0").start()
         return broker.url
 
+    def start_private_mosquitto(self, sys_interval_s: int = 1) -> str:
+        """A private mosquitto (config, log in ``out/mosquitto``) instead of the embedded broker: MQTT 5, and
+        ``$SYS/broker/bytes`` every ``sys_interval_s`` seconds. Raises ``MosquittoError`` if it is missing."""
+        host = "127.0.0.1" if self.links is None else "0.0.0.0"
+        self.mosquitto = PrivateMosquitto(self.out / "mosquitto", host=host, sys_interval_s=sys_interval_s).start()
+        return self.mosquitto.url
+
     def agent_command(self, url: str, index: int, device_id: str, profile_name: str) -> list[str]:
         spec, d = self.spec, self.spec.data
         profile = spec.profile(profile_name)
@@ -67,7 +76,8 @@ class TrialStack(DemoStack):
         cmd = [sys.executable, "-m", "feddst_cli.main", "agent", "run", "--broker", url, "--device-id", device_id,
                "--dataset", d.dataset, "--partition", f"{index}/{spec.device_count}", "--partition-kind",
                d.partition, "--classes-per-client", str(d.classes_per_client), "--samples-per-class",
-               str(d.samples_per_class), "--beta", str(d.beta), "--seed", str(spec.trial.seed), "--threads", "1",
+               str(d.samples_per_class), "--beta", str(d.beta), "--seed", str(spec.trial.seed),
+               "--threads", str(DEVICE_TORCH_THREADS),
                "--kernels", "dense", "--heartbeat-s", str(HEARTBEAT_S),
                "--coordinator-public-key", self.coordinator.public_key_hex,
                "--upload-format", spec.trial.upload_format, "--compute-factor", str(profile.compute_factor),
@@ -101,6 +111,9 @@ class TrialStack(DemoStack):
         try:
             super().shutdown()
         finally:
+            if self.mosquitto is not None:
+                self.mosquitto.stop()
+                self.mosquitto = None
             if self.links is not None:
                 self.links.close()
 
@@ -114,6 +127,12 @@ class TrialStack(DemoStack):
             except (OSError, ValueError, KeyError):
                 out[device_id] = {"up": 0, "down": 0}
         return out
+
+    def coordinator_wire_bytes(self) -> dict[str, int]:
+        """The in-process coordinator's MQTT socket bytes so far: ``{"up": sent, "down": received}``."""
+        assert self.coordinator is not None
+        link = self.coordinator.link
+        return {"up": int(link.wire_sent_bytes), "down": int(link.wire_received_bytes)}
 
     def run_algorithm(self, algorithm: str, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """One live run; returns its report (simulate's schema plus wall-clock and per-device bytes)."""

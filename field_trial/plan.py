@@ -2,14 +2,21 @@
 
 Per round, every selected online device costs (seconds)::
 
-    latency_ms / 1000 + download_bytes * 8 / (downlink_kbps * 1000 * (1 - loss))
+    LEGS * one_way_s + download_bytes * 8 / (downlink_kbps * 1000 * (1 - loss))
       + compute_s * compute_factor * contention + upload_bytes * 8 / (uplink_kbps * 1000 * (1 - loss))
 
-where ``loss = loss_pct / 100``, ``compute_s`` is this machine's measured time to train one client
-(one client trained alone, scaled by its sample count) and ``contention`` is ``max(1, selected /
-host_cores)`` when the trial's agents share ``host_cores`` cores (``feddst trial run`` on one machine),
-else 1. The round takes the slowest device's time, capped at ``round_timeout_s``: devices slower than
-the deadline are dropped (their updates are not aggregated, their upload still counts as sent).
+where ``loss = loss_pct / 100``. ``LEGS`` = 4 one-way trips are on a round's critical path: the Task
+reaches the device, its SUBSCRIBE to the round's model topics reaches the broker (the model is
+delivered on selection only), the retained model reaches the device, its Update reaches the
+coordinator (the round closes on receipt; the ack is off the path). ``one_way_s`` is the mean one-way
+delay: ``latency_ms / 2`` plus, with ``shaper = "agent"`` (a uniform draw in ``[0, jitter_ms]``),
+``jitter_ms / 2`` (netem's jitter is symmetric around ``latency_ms / 2``). ``compute_s`` is this
+machine's measured time to train one client the way a trial agent does (``DEVICE_TORCH_THREADS``
+torch threads; the median of three timed runs after a warm-up, scaled by the sample count) and
+``contention`` is ``max(1, selected / host_cores)`` when the trial's agents share ``host_cores``
+cores (``feddst trial run`` on one machine), else 1. The round takes the slowest device's time,
+capped at ``round_timeout_s``: devices slower than the deadline are dropped (their updates are not
+aggregated, their upload still counts as sent).
 Offline devices (availability) are not selectable.
 
 Bytes are the simulator's: exact encoded message sizes (upload in the trial's ``upload_format``).
@@ -17,16 +24,18 @@ Bytes are the simulator's: exact encoded message sizes (upload in the trial's ``
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from feddst_core.masks import density
 from feddst_core.strategies import ClientReply
-from field_trial.spec import LinkProfile, TrialSpec
+from field_trial.spec import DEVICE_TORCH_THREADS, LinkProfile, TrialSpec
 from simulator.config import SimulationConfig
 from simulator.engine import RoundRecord, Simulation
 
@@ -41,11 +50,23 @@ class PlannedRound(RoundRecord):
     dropped: int = 0
 
 
+CRITICAL_PATH_LEGS = 4
+"""One-way trips on a round's critical path: Task down, SUBSCRIBE up, model down, Update up."""
+
+
+def one_way_delay_s(profile: LinkProfile, shaper: str = "agent") -> float:
+    """Mean one-way delay of ``profile`` in seconds under ``shaper`` (``"agent"`` or ``"netem"``)."""
+    jitter_mean_ms = profile.jitter_ms / 2 if shaper == "agent" else 0.0
+    return (profile.latency_ms / 2 + jitter_mean_ms) / 1000.0
+
+
 def device_seconds(profile: LinkProfile, down_bytes: int, up_bytes: int, compute_s: float,
-                   contention: float = 1.0) -> float:
-    """Predicted seconds of one device's round on ``profile`` (see the module docstring)."""
+                   contention: float = 1.0, shaper: str = "agent") -> float:
+    """Predicted seconds of one device's round on ``profile`` (see the module docstring); bytes are
+    encoded message bytes, rates kbit/s (1000 bit/s)."""
     keep = 1.0 - profile.loss_pct / 100.0
-    return (profile.latency_ms / 1000.0 + down_bytes * 8 / (profile.downlink_kbps * 1000 * keep)
+    return (CRITICAL_PATH_LEGS * one_way_delay_s(profile, shaper)
+            + down_bytes * 8 / (profile.downlink_kbps * 1000 * keep)
             + compute_s * profile.compute_factor * contention + up_bytes * 8 / (profile.uplink_kbps * 1000 * keep))
 
 
@@ -72,14 +93,20 @@ class PlannedTrial:
         self.compute_per_sample_s = self._calibrate()
 
     def _calibrate(self) -> float:
-        """Seconds per training sample of one client trained alone on this machine (one untimed warm-up)."""
+        """Seconds per training sample of one client trained alone on this machine with the trial
+        agents' ``DEVICE_TORCH_THREADS`` threads (one untimed warm-up, then the median of three)."""
         sim = self.sim
-        times = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            sim.train_clients([0], 0.0, 0.0, 1)
-            times.append(time.perf_counter() - t0)
-        return times[-1] / max(1, len(sim.partition.train[0]))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(DEVICE_TORCH_THREADS)
+        try:
+            times = []
+            for _ in range(4):
+                t0 = time.perf_counter()
+                sim.train_clients([0], 0.0, 0.0, 1)
+                times.append(time.perf_counter() - t0)
+        finally:
+            torch.set_num_threads(threads)
+        return statistics.median(times[1:]) / max(1, len(sim.partition.train[0]))
 
     def rounds(self) -> Iterator[PlannedRound]:
         sim, cfg = self.sim, self.sim.config
@@ -101,7 +128,8 @@ class PlannedTrial:
                 sent, received = sim.meter.received_update(outcome, sim.state.masks, server_round, client)
                 upload += sent
                 compute = self.compute_per_sample_s * len(sim.partition.train[client])  # all local epochs
-                seconds = device_seconds(self.profiles[client], down, sent, compute, contention)
+                seconds = device_seconds(self.profiles[client], down, sent, compute, contention,
+                                         self.spec.trial.shaper)
                 times.append(seconds)
                 if seconds <= timeout:
                     replies.append(ClientReply(client, received, outcome.masks, outcome.num_samples,

@@ -28,6 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cloud.run_config import RunConfig
 
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+DEVICE_TORCH_THREADS = 1
+"""Torch threads each trial agent trains with (``feddst agent run --threads``); the planner calibrates
+compute the same way."""
 AlgorithmName = Literal["feddst", "fedavg", "fedavgm", "fedprox", "randommask"]
 DEFAULT_ALGORITHMS: tuple[AlgorithmName, ...] = ("feddst", "fedavg")
 TRAIN_KEYS_SET_ELSEWHERE = {"name", "algorithm", "rounds", "clients_per_round", "seed", "eval", "upload_format",

@@ -198,7 +198,8 @@ class RunCompleted:
     accuracy: float | None = None
 
 
-DEVICE_ERROR_CODES = ("bad_data", "out_of_memory", "model_unavailable", "training_failed", "other")
+DEVICE_ERROR_CODES = ("bad_data", "out_of_memory", "model_unavailable", "training_failed", "upload_cap_reached",
+                      "other")
 """Reason codes a device reports today (``DeviceError.code``); the wire carries the code as a string
 identifier, so a newer device may send a code an older coordinator does not know (it counts it as
 ``other``)."""
@@ -210,7 +211,8 @@ class DeviceError:
 
     ``code`` is one of :data:`DEVICE_ERROR_CODES` (``bad_data``: the local data does not fit the
     model; ``out_of_memory``; ``model_unavailable``: the device cannot build the model or the
-    broadcast does not fit it; ``training_failed``: an exception during training; ``other``);
+    broadcast does not fit it; ``training_failed``: an exception during training; ``upload_cap_reached``:
+    the device's own upload cap (a metered link's daily cap) is used up, it declines the task; ``other``);
     ``detail`` is a short human text. Sent on the device's update topic of the run, instead of the
     update, so the coordinator need not wait for it."""
 

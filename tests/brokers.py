@@ -7,34 +7,19 @@ stop and restart it on the same port (to test reconnects). Nothing is mocked.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from field_trial.private_mosquitto import find_mosquitto, free_port, wait_for_port
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+__all__ = ["MosquittoBroker", "free_port", "init_dynsec", "mosquitto_binary", "start_mosquitto", "wait_for_port"]
 
 
 def mosquitto_binary() -> str:
-    path = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    path = find_mosquitto()
     if path is None:
         raise RuntimeError("mosquitto is not installed: run `make setup` (apt-get install -y mosquitto)")
     return path

@@ -1,6 +1,6 @@
 """The agent against a real mosquitto and a protocol-level fake coordinator: register, heartbeat,
 train exactly like ``LocalTrainer``, ignore tasks for others, handle a repeated task once, retry
-until acknowledged, drop garbage, follow an abort."""
+until acknowledged, drop garbage, follow an abort, decline a task past the daily upload cap."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from datasources import load_dataset
 from feddst_core.partition import make_partition
 from feddst_core.training import ClientData, LocalTrainer, TrainConfig, client_seed
 from feddst_core.wire_format import update_to_model
-from protocol import Abort, Ack, Register, Status, Task, Update, encode_message, topics
+from protocol import Abort, Ack, DeviceError, Register, Status, Task, Update, encode_message, topics
 from protocol.ed25519 import Ed25519Signer
 
 
@@ -250,6 +250,23 @@ def test_unknown_model_is_reported_not_fatal(mosquitto, coordinator, start_agent
     coordinator.expect(Update, is_update_for(2))
     # the failed round counted once, the next one trained: the agent survived the bad task
     assert agent.agent.stats["training_failed"] == 1 and agent.agent.stats["trained"] == 1
+
+
+def test_a_device_past_its_daily_upload_cap_declines_with_a_device_error(mosquitto, coordinator, start_agent) -> None:
+    # 200 bytes a day: the Register and first heartbeats use it up before any task arrives
+    agent = start_agent(agent_settings(mosquitto.url, daily_upload_cap_mb=0.0002))
+    coordinator.expect(Register)
+    assert wait_until(agent.agent.link.shaper.daily_cap_reached)
+    params, masks = global_model()
+    send_round(coordinator, make_task(1), params, masks)
+    seen = coordinator.received_until(DeviceError, lambda r: r.message.server_round == 1)
+    report = seen[-1].message
+    assert (report.run_id, report.device_id, report.code) == (RUN, "dev-003", "upload_cap_reached")
+    assert "upload cap" in report.detail
+    assert seen[-1].topic == topics.update(RUN, "dev-003")  # where the coordinator expects the round's answer
+    assert not any(isinstance(r.message, Update) for r in seen)
+    assert agent.agent.stats["tasks_declined_daily_cap"] == 1 and agent.agent.stats["trained"] == 0
+    assert agent.agent.stats["errors_reported"] == 1
 
 
 def test_falls_back_to_mqtt311_on_the_embedded_broker(start_agent) -> None:

@@ -36,9 +36,13 @@ profile = "lte-rural"
 
 
 def test_link_model_adds_latency_transfer_and_compute():
-    p = PRESETS["lte-rural"]  # 1000 kbit/s up, 5000 down, 100 ms, 1 % loss
+    p = PRESETS["lte-rural"]  # 1000 kbit/s up, 5000 down, 100 ms, 30 ms jitter, 1 % loss
+    assert (p.uplink_kbps, p.downlink_kbps, p.latency_ms, p.jitter_ms, p.loss_pct) == (1000, 5000, 100, 30, 1)
     seconds = device_seconds(p, down_bytes=625_000, up_bytes=125_000, compute_s=2.0, contention=1.5)
-    assert seconds == pytest.approx(0.1 + 1.0 / 0.99 + 3.0 + 1.0 / 0.99)
+    # four one-way trips (task, subscribe, model, update) of 50 ms + the agent shaper's mean jitter 15 ms
+    assert seconds == pytest.approx(4 * 0.065 + 1.0 / 0.99 + 3.0 + 1.0 / 0.99)
+    netem = device_seconds(p, down_bytes=625_000, up_bytes=125_000, compute_s=2.0, contention=1.5, shaper="netem")
+    assert netem == pytest.approx(4 * 0.05 + 1.0 / 0.99 + 3.0 + 1.0 / 0.99)  # netem's jitter is symmetric
 
 
 @pytest.mark.timeout(600)

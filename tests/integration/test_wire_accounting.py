@@ -4,52 +4,22 @@ and the run's MQTT byte counts against the broker's own ``$SYS`` counters."""
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 from brokers import MosquittoBroker
 from coordinator_harness import TEST_COORDINATOR_PUBLIC_KEY, make_coordinator, wait_until
 
-from cloud.mqtt_link import WireCountingClient
 from cloud.run_config import RunConfig
+from field_trial.private_mosquitto import BrokerByteCounters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "edge_agent"))
 
 from agent_harness import AgentThread, agent_settings  # noqa: E402
 
 
-class BrokerCounters:
-    """Subscribes to ``$SYS/broker/bytes/#`` with a byte-counting client (its own traffic is in the totals too)."""
-
-    def __init__(self, port: int) -> None:
-        self.values: dict[str, int] = {}
-        self.updated = threading.Event()
-        self.client = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="sys-reader")
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe("$SYS/broker/bytes/#", qos=0)
-        self.client.loop_start()
-
-    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        self.values[message.topic.rsplit("/", 1)[-1]] = int(message.payload)
-        self.updated.set()
-
-    def fresh(self, timeout_s: float = 10.0) -> dict[str, int]:
-        """The counters after the next update (mosquitto republishes a ``$SYS`` value only when it changed)."""
-        self.updated.clear()
-        wait_until(self.updated.is_set, timeout_s, "a $SYS byte counter update")
-        wait_until(lambda: {"received", "sent"} <= set(self.values), timeout_s, "both $SYS byte counters")
-        return dict(self.values)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def test_only_the_selected_device_receives_the_model_and_wire_bytes_match_the_broker(tmp_path):
     broker = MosquittoBroker(tmp_path / "mosquitto", extra_config=["sys_interval 1"]).start()
-    counters = BrokerCounters(broker.port)
+    counters = BrokerByteCounters(broker.port)
     coordinator = make_coordinator(broker.url, tmp_path / "state")
     agents = [AgentThread(agent_settings(broker.url, f"dev-{i:03d}", partition=f"{i}/3", heartbeat_s=0.5,
                                          coordinator_public_key=TEST_COORDINATOR_PUBLIC_KEY), key=None)

@@ -127,6 +127,9 @@ def _vectors() -> list[tuple[str, str, object, bytes | None, dict, bool]]:
                      "is (1, 28, 28)"), KEY, f32, exact),
         ("status_wire_counters", "Status schema 2: heartbeat carrying the device's cumulative MQTT wire bytes",
          Status("dev-7", "online", "", wire_sent_bytes=123456, wire_received_bytes=7890123), KEY, f32, exact),
+        ("device_error_upload_cap", "A device declines round 4: its daily upload cap is used up",
+         DeviceError("run-1", 4, "dev-7", "upload_cap_reached", "today's upload cap of 50 MB is used up (resets at "
+                     "00:00 UTC)"), KEY, f32, exact),
     ]
 
 

@@ -1,0 +1,168 @@
+"""A private mosquitto for a trial or a bench: the Debian ``mosquitto`` binary on a free port, plus its
+``$SYS/broker/bytes/received|sent`` counters read by a byte-counting client.
+
+The broker's config is written here (listener, no persistence, ``sys_interval``), so its ``$SYS`` byte
+counters are fresh every ``sys_interval`` seconds; :class:`BrokerByteCounters` subscribes to them. Its
+own MQTT traffic is in the broker's totals too, so it counts its socket bytes
+(:class:`~cloud.mqtt_link.WireCountingClient`) for the caller to add to the clients' side.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the OS's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if a TCP listener could bind ``host:port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
+    """Return once 127.0.0.1:``port`` accepts a TCP connection; ``TimeoutError`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
+def find_mosquitto() -> str | None:
+    """The mosquitto binary's path, or None when it is not installed."""
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
+class MosquittoError(RuntimeError):
+    """mosquitto is missing or did not start; the message says which and what to do."""
+
+
+@dataclass
+class PrivateMosquitto:
+    """One anonymous mosquitto process with its config and log in ``workdir``.
+
+    ``host`` is the listener address (``0.0.0.0`` when devices reach it from network namespaces);
+    ``sys_interval_s`` how often mosquitto republishes ``$SYS`` (0: never).
+    """
+
+    workdir: Path
+    host: str = "127.0.0.1"
+    port: int = field(default_factory=free_port)
+    sys_interval_s: int = 1
+    extra_config: list[str] = field(default_factory=list)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def config_lines(self) -> list[str]:
+        lines = [f"listener {self.port} {self.host}", "allow_anonymous true", "persistence false",
+                 "log_dest stderr", "log_type error", "log_type warning", f"sys_interval {self.sys_interval_s}"]
+        if os.geteuid() == 0 and not any(line.startswith("user ") for line in self.extra_config):
+            lines.append("user root")  # as root mosquitto drops to "mosquitto", which cannot read 0700 dirs
+        return lines + self.extra_config
+
+    def start(self) -> PrivateMosquitto:
+        binary = find_mosquitto()
+        if binary is None:
+            raise MosquittoError("mosquitto is not installed: apt-get install -y mosquitto, or use the embedded "
+                                 "broker")
+        if not port_is_free(self.port, self.host):
+            raise MosquittoError(f"mosquitto cannot listen on port {self.port}: it is in use; leave the port to "
+                                 "free_port()")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text("\n".join(self.config_lines()) + "\n", encoding="utf-8")
+        log = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115 - kept open for the process
+        self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+        log.close()
+        try:
+            wait_for_port(self.port)
+            if self.process.poll() is not None:
+                raise TimeoutError("mosquitto exited")
+        except TimeoutError as exc:
+            self.stop()
+            text = (self.workdir / "mosquitto.log").read_text(encoding="utf-8", errors="replace")
+            raise MosquittoError(f"mosquitto did not start on port {self.port}; its log: {text.strip()}") from exc
+        return self
+
+    def stop(self) -> None:
+        """Terminate the process (kill after 5 s); idempotent."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+class BrokerByteCounters:
+    """The broker's ``$SYS/broker/bytes/received`` and ``/sent`` (bytes since the broker started)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        import paho.mqtt.client as mqtt
+
+        from cloud.mqtt_link import WireCountingClient
+
+        self.values: dict[str, int] = {}
+        self._updated = threading.Condition()
+        self.client = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sys-bytes-{os.getpid()}")
+        self.client.on_message = self._on_message
+        self.client.connect(host, port)
+        self.client.subscribe("$SYS/broker/bytes/#", qos=0)
+        self.client.loop_start()
+
+    def _on_message(self, client: object, userdata: object, message: object) -> None:
+        topic, payload = message.topic, message.payload  # type: ignore[attr-defined]
+        with self._updated:
+            self.values[topic.rsplit("/", 1)[-1]] = int(payload)
+            self._updated.notify_all()
+
+    def fresh(self, timeout_s: float = 10.0) -> dict[str, int]:
+        """``{"received": n, "sent": n}`` after the next update (mosquitto republishes a value only when it
+        changed; the reader's own PINGs make sure one does). ``TimeoutError`` if none comes."""
+        deadline = time.monotonic() + timeout_s
+        with self._updated:
+            before = dict(self.values)
+            while not ({"received", "sent"} <= set(self.values) and self.values != before):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no $SYS/broker/bytes update in {timeout_s} s")
+                self._updated.wait(left)
+            self._updated.wait(0.2)  # the same tick's other counter, published right after
+            return dict(self.values)
+
+    @property
+    def wire_sent_bytes(self) -> int:
+        return int(self.client.wire_sent_bytes)
+
+    @property
+    def wire_received_bytes(self) -> int:
+        return int(self.client.wire_received_bytes)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
