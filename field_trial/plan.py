@@ -4,6 +4,7 @@ Per round, every selected online device costs (seconds)::
 
     LEGS * one_way_s + download_bytes * 8 / (downlink_kbps * 1000 * (1 - loss))
       + compute_s * compute_factor * contention + upload_bytes * 8 / (uplink_kbps * 1000 * (1 - loss))
+      + first_task_s * contention     (only in the first round a device trains in)
 
 where ``loss = loss_pct / 100``. ``LEGS`` = 4 one-way trips are on a round's critical path: the Task
 reaches the device, its SUBSCRIBE to the round's model topics reaches the broker (the model is
@@ -13,6 +14,9 @@ delay: ``latency_ms / 2`` plus, with ``shaper = "agent"`` (a uniform draw in ``[
 ``jitter_ms / 2`` (netem's jitter is symmetric around ``latency_ms / 2``). ``compute_s`` is this
 machine's measured time to train one client the way a trial agent does (``DEVICE_TORCH_THREADS``
 torch threads; the median of three timed runs after a warm-up, scaled by the sample count) and
+``first_task_s`` is what an agent pays once, at its first task: the idle agent does not import torch,
+so its first round imports torch and the trainer modules (measured in a fresh interpreter with the
+agents' thread count, the median of two; CPU-bound, so it shares the cores like compute).
 ``contention`` is ``max(1, selected / host_cores)`` when the trial's agents share ``host_cores``
 cores (``feddst trial run`` on one machine), else 1. The round takes the slowest device's time,
 capped at ``round_timeout_s``: devices slower than the deadline are dropped (their updates are not
@@ -24,7 +28,10 @@ Bytes are the simulator's: exact encoded message sizes (upload in the trial's ``
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,13 +68,29 @@ def one_way_delay_s(profile: LinkProfile, shaper: str = "agent") -> float:
 
 
 def device_seconds(profile: LinkProfile, down_bytes: int, up_bytes: int, compute_s: float,
-                   contention: float = 1.0, shaper: str = "agent") -> float:
+                   contention: float = 1.0, shaper: str = "agent", first_task_s: float = 0.0) -> float:
     """Predicted seconds of one device's round on ``profile`` (see the module docstring); bytes are
-    encoded message bytes, rates kbit/s (1000 bit/s)."""
+    encoded message bytes, rates kbit/s (1000 bit/s); ``first_task_s``: the agent's one-time start-up
+    cost, given only for the first round the device trains in."""
     keep = 1.0 - profile.loss_pct / 100.0
     return (CRITICAL_PATH_LEGS * one_way_delay_s(profile, shaper)
             + down_bytes * 8 / (profile.downlink_kbps * 1000 * keep)
-            + compute_s * profile.compute_factor * contention + up_bytes * 8 / (profile.uplink_kbps * 1000 * keep))
+            + compute_s * profile.compute_factor * contention + up_bytes * 8 / (profile.uplink_kbps * 1000 * keep)
+            + first_task_s * contention)
+
+
+FIRST_TASK_IMPORTS = "import torch, feddst_core.sparse.trainer, edge_agent.local_training"
+"""What an idle agent imports at its first task (it registers and heartbeats without torch)."""
+
+
+def measure_first_task_s(runs: int = 2) -> float:
+    """Seconds a fresh interpreter takes for :data:`FIRST_TASK_IMPORTS` with the agents' thread count
+    (median of ``runs``; the interpreter's own start-up is not counted: an agent is already running)."""
+    code = f"import time; t = time.perf_counter(); {FIRST_TASK_IMPORTS}; print(time.perf_counter() - t)"
+    env = {**os.environ, "OMP_NUM_THREADS": str(DEVICE_TORCH_THREADS)}
+    times = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                  env=env, timeout=300).stdout.strip().splitlines()[-1]) for _ in range(runs)]
+    return statistics.median(times)
 
 
 def simulation_config(spec: TrialSpec, algorithm: str, eval_every: int = 1) -> SimulationConfig:
@@ -91,6 +114,7 @@ class PlannedTrial:
         self.host_cores = host_cores
         self.availability_rng = np.random.default_rng(spec.trial.seed + 1)
         self.compute_per_sample_s = self._calibrate()
+        self.first_task_s = measure_first_task_s()
 
     def _calibrate(self) -> float:
         """Seconds per training sample of one client trained alone on this machine with the trial
@@ -113,6 +137,7 @@ class PlannedTrial:
         upload = download = 0
         elapsed = 0.0
         timeout = self.spec.trial.round_timeout_s
+        trained_before: set[int] = set()  # devices past their first task
         for server_round in range(1, cfg.rounds + 1):
             draws = self.availability_rng.random(len(self.profiles))
             online = [c for c, p in enumerate(self.profiles) if p.online(server_round, float(draws[c]))]
@@ -128,8 +153,10 @@ class PlannedTrial:
                 sent, received = sim.meter.received_update(outcome, sim.state.masks, server_round, client)
                 upload += sent
                 compute = self.compute_per_sample_s * len(sim.partition.train[client])  # all local epochs
+                first = 0.0 if client in trained_before else self.first_task_s
+                trained_before.add(client)
                 seconds = device_seconds(self.profiles[client], down, sent, compute, contention,
-                                         self.spec.trial.shaper)
+                                         self.spec.trial.shaper, first)
                 times.append(seconds)
                 if seconds <= timeout:
                     replies.append(ClientReply(client, received, outcome.masks, outcome.num_samples,

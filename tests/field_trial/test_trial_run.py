@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from feddst_cli.main import app
-from field_trial.plan import device_seconds
+from field_trial.plan import FIRST_TASK_IMPORTS, device_seconds, measure_first_task_s
 from field_trial.spec import PRESETS
 
 SPEC = """
@@ -43,6 +43,15 @@ def test_link_model_adds_latency_transfer_and_compute():
     assert seconds == pytest.approx(4 * 0.065 + 1.0 / 0.99 + 3.0 + 1.0 / 0.99)
     netem = device_seconds(p, down_bytes=625_000, up_bytes=125_000, compute_s=2.0, contention=1.5, shaper="netem")
     assert netem == pytest.approx(4 * 0.05 + 1.0 / 0.99 + 3.0 + 1.0 / 0.99)  # netem's jitter is symmetric
+    first = device_seconds(p, down_bytes=625_000, up_bytes=125_000, compute_s=2.0, contention=1.5, first_task_s=4.0)
+    assert first == pytest.approx(seconds + 6.0)  # the first task's start-up shares the cores like compute
+
+
+def test_first_task_cost_is_the_imports_an_idle_agent_skipped():
+    """The idle agent never imports torch (tests/edge_agent/test_agent_footprint.py); the planner measures
+    what its first task then pays, in a fresh interpreter, so it is more than nothing and less than a minute."""
+    assert "torch" in FIRST_TASK_IMPORTS
+    assert 0.05 < measure_first_task_s(runs=1) < 60
 
 
 @pytest.mark.timeout(600)
