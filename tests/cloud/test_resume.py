@@ -77,7 +77,10 @@ def test_a_run_killed_at_a_random_round_and_restarted_ends_with_the_same_model(f
     try:
         run_id = crashed.api("POST", "/api/runs", json=config).json()["id"]
         assert crashed.api("POST", f"/api/runs/{run_id}/start").status_code == 200
-        crashed.wait_run(run_id, lambda r: len(r["rounds"]) >= kill_after, 120, f"round {kill_after}")
+        # killed while a round after round kill_after is open (its Task sent): that round is the one reopened
+        crashed.wait_run(run_id, lambda r: len(r["rounds"]) >= kill_after and r["status"] == "running"
+                         and (r.get("phase") or {}).get("name") == "collecting", 120,
+                         f"a round open after round {kill_after}")
         crashed.kill9()
         crashed.start()  # resume_runs is on by default: it continues by itself
         done = _run_to_the_end(crashed, run_id)
