@@ -85,6 +85,7 @@ from protocol.ed25519 import Ed25519Signer
 
 log = logging.getLogger(__name__)
 
+STATUS_PAYLOAD_BYTES = "status_payload_bytes"  # run counter: devices' Status (heartbeat) messages, encoded bytes
 SHUTDOWN_REASON = "coordinator shut down during the run"
 TERMINAL_STATUSES = ("completed", "stopped", "failed")  # never rewritten (a stop racing completion is a no-op)
 STOP_WAIT_S = 30.0  # POST stop waits this long for the main loop to stop the run
@@ -388,6 +389,8 @@ class Coordinator:
             self.registry.status(msg.device_id, msg.state, min(at, item.received_at), item.size)
             if not item.retained:
                 self.registry.wire_report(msg.device_id, msg.wire_sent_bytes, msg.wire_received_bytes)
+                if self._execution is not None:  # heartbeat traffic of the run (its share is in the report)
+                    self._execution.counters[STATUS_PAYLOAD_BYTES] += item.size
         elif isinstance(msg, Register):
             if item.topic != topics.register(msg.device_id):
                 self.counters["misrouted"] += 1
@@ -668,6 +671,7 @@ class Coordinator:
             "upload_by_device": dict(sorted(collector.accepted.items())),
             "wire_by_device": self._wire_since_last_round(ex),
             "wire_upload_bytes": ex.wire_upload_bytes, "wire_download_bytes": ex.wire_download_bytes,
+            "status_upload_bytes": ex.counters[STATUS_PAYLOAD_BYTES],
             "layer_density": {name: float(m.to(torch.float32).mean()) for name, m in new_state.masks.items()},
             "started_at": ex.round_started, "closed_at": time.time(),
             "broadcast_s": ex.broadcast_s, "published_at": ex.published_at, "aggregation_s": aggregation_s,

@@ -46,6 +46,8 @@ class RoundOut(BaseModel):
                             "the round closed.")
     upload_by_device: dict[str, int] = Field(default_factory=dict, description="Encoded bytes of each accepted "
                                              "update, by device (the devices that contributed).")
+    status_upload_bytes: int = Field(0, description="Encoded bytes of the devices' Status (heartbeat) messages "
+                                     "the coordinator received during the run so far (cumulative).")
     layer_density: dict[str, float] = Field(default_factory=dict, description="Density (kept fraction, 0..1) "
                                             "of each masked layer of the new global model.")
     started_at: float | None = Field(None, description="Unix seconds when the round's task was first sent.")

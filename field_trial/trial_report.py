@@ -36,6 +36,8 @@ def live_report(config: Any, records: list[dict], wire_rows: list[dict], wire_to
     for r in records:
         for device, size in (r.get("upload_by_device") or {}).items():
             payload_up[device] = payload_up.get(device, 0) + int(size)
+    status_bytes = int(records[-1].get("status_upload_bytes", 0)) if records else 0
+    wire_up = sum(w["up"] for w in wire_totals.values())
     report["trial"] = {
         "wall_clock_s": wall_clock_s,
         "round_seconds": [r.get("seconds") or 0.0 for r in records],
@@ -47,6 +49,10 @@ def live_report(config: Any, records: list[dict], wire_rows: list[dict], wire_to
         "wire_by_round": wire_rows,
         "wire_upload_bytes": sum(w["up"] for w in wire_totals.values()),
         "wire_download_bytes": sum(w["down"] for w in wire_totals.values()),
+        # heartbeats: the devices' Status messages (encoded bytes the coordinator received during the run)
+        # over every byte the devices sent; lower it with the agents' --heartbeat-s on metered links
+        "status_upload_bytes": status_bytes,
+        "heartbeat_share": status_bytes / wire_up if wire_up else None,
     }
     return report
 

@@ -74,6 +74,10 @@ def test_trial_run_writes_the_contract_files(tmp_path):
         assert run["wire_upload_bytes"] >= run["total_upload_bytes"]
         assert run["wire_download_bytes"] >= run["total_download_bytes"]
         assert sum(d["payload_up"] for d in devices.values()) == run["total_upload_bytes"]
+        # heartbeats (Status, counted by the coordinator) are part of what the devices sent beyond their updates
+        t = report["trial"]
+        assert 0 < t["status_upload_bytes"] <= run["wire_upload_bytes"] - run["total_upload_bytes"]
+        assert t["heartbeat_share"] == pytest.approx(t["status_upload_bytes"] / t["wire_upload_bytes"])
     fd, fa = trial["runs"]
     assert fd["total_upload_bytes"] < fa["total_upload_bytes"]  # sparse updates are smaller
     page = (out / "trial.html").read_text()
