@@ -102,8 +102,9 @@ def update_message(run_id: str, server_round: int, device_id: str, params: Mappi
             tensors[name] = SparseTensor(values.shape, values[new_masks[name].cpu().numpy()])
         else:
             tensors[name] = SparseTensor.from_dense(values)
+    ordered = {name: changes[name] for name in params if name in changes}  # encoded in parameter order
     return Update(run_id=run_id, server_round=server_round, device_id=device_id, tensors=tensors,
-                  mask_changes=changes, sample_count=sample_count, train_loss=train_loss, compute_s=compute_s)
+                  mask_changes=ordered, sample_count=sample_count, train_loss=train_loss, compute_s=compute_s)
 
 
 def check_update_shapes(update: Update, sent_masks: Mapping[str, np.ndarray | torch.Tensor]) -> None:
