@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from cloud.update_checks import RoundExpectations, UpdateRejected, check_update
 from feddst_core.strategies import ClientReply, RoundAggregation
-from feddst_core.wire_format import update_to_model
+from feddst_core.wire_format import update_on_masks
 from protocol import ProtocolError, Update
 
 VERDICTS = ("accepted", "duplicate", "stale", "unselected", "wrong_nonce", "invalid")
@@ -74,6 +74,7 @@ class RoundCollector:
 
     def __post_init__(self) -> None:
         state, spec = self.aggregation.state, self.aggregation.strategy.spec
+        # The sent masks as numpy, once per round: every update's checks and rebuild share them.
         self.expectations = RoundExpectations(spec.parameter_shapes(),
                                               {n: m.cpu().numpy() for n, m in state.masks.items()},
                                               self.readjust_fraction)
@@ -143,12 +144,12 @@ class RoundCollector:
         if update.task_nonce != self.task_nonce:
             return Verdict("wrong_nonce", "the update does not echo this round's task nonce")
         try:
-            check_update(update, self.expectations)
+            held = check_update(update, self.expectations)
         except UpdateRejected as exc:
             return Verdict("invalid", exc.detail, exc.reason)
         weight, cap_note = self._weight(update)
         try:
-            params, masks = update_to_model(update, self.aggregation.state.masks)
+            params, masks = update_on_masks(update, held)  # the checked masks: nothing converted again
             started = time.perf_counter()
             self.aggregation.add(ClientReply(self.selected.index(update.device_id), params, masks,
                                              weight, update.train_loss))

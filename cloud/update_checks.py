@@ -65,8 +65,14 @@ def max_moves(active: int, size: int, fraction: float) -> int:
     return min(math.floor(fraction * active), size - active)
 
 
-def check_update(update: Update, expect: RoundExpectations) -> None:
-    """Raise :class:`UpdateRejected` unless ``update`` fits ``expect`` (see the module docstring)."""
+def check_update(update: Update, expect: RoundExpectations) -> dict[str, np.ndarray]:
+    """Raise :class:`UpdateRejected` unless ``update`` fits ``expect`` (see the module docstring).
+
+    Returns the masks the device holds (bool numpy, one per masked name of ``expect.sent_masks``), as
+    the checks worked them out, for ``feddst_core.wire_format.update_on_masks`` to scatter the values
+    on: a mask the update carries, else the sent mask with its changes applied (the sent mask itself,
+    not a copy, when it has none: read-only).
+    """
     if update.sample_count < 1:
         raise UpdateRejected("sample_count", f"sample_count must be >= 1, got {update.sample_count}")
     for field_name in ("train_loss", "compute_s"):
@@ -77,13 +83,15 @@ def check_update(update: Update, expect: RoundExpectations) -> None:
         if not bool(np.isfinite(tensor.values).all()):
             bad = int(np.count_nonzero(~np.isfinite(tensor.values)))
             raise UpdateRejected("non_finite", f"{name}: {bad} of {tensor.values.size} values are NaN or infinite")
+    held: dict[str, np.ndarray] = {}
     for name, tensor in update.tensors.items():
         if name in expect.sent_masks:
-            _check_masked(name, update, expect)
+            held[name] = _check_masked(name, update, expect)
         else:
             size = math.prod(tensor.shape)
             if (tensor.mask is not None and not bool(tensor.mask.all())) or tensor.values.size != size:
                 raise UpdateRejected("outside_mask", f"{name} has no mask: it must carry all {size} values")
+    return held
 
 
 def _check_names_and_shapes(update: Update, expect: RoundExpectations) -> None:
@@ -104,7 +112,8 @@ def _check_names_and_shapes(update: Update, expect: RoundExpectations) -> None:
                                  f"{tuple(expect.shapes[name])}")
 
 
-def _check_masked(name: str, update: Update, expect: RoundExpectations) -> None:
+def _check_masked(name: str, update: Update, expect: RoundExpectations) -> np.ndarray:
+    """Check one masked tensor; return the mask the device holds."""
     tensor = update.tensors[name]
     sent = np.asarray(expect.sent_masks[name], dtype=bool)
     if tensor.mask is not None:
@@ -112,18 +121,18 @@ def _check_masked(name: str, update: Update, expect: RoundExpectations) -> None:
             raise UpdateRejected("outside_mask", f"{name} carries both its own mask and mask changes")
         change = MaskChange.between(sent, tensor.mask)
         held = tensor.mask
-    else:
-        change = update.mask_changes.get(name, MaskChange(np.empty(0, np.int64), np.empty(0, np.int64)))
+    elif name in update.mask_changes:
+        change = update.mask_changes[name]
         try:
             held = apply_mask_changes(sent, change)
         except ProtocolError as exc:
             raise UpdateRejected("outside_mask", f"{name}: {exc}") from exc
-    held_count = int(np.count_nonzero(held))
-    if tensor.values.size != held_count:
-        raise UpdateRejected("outside_mask", f"{name}: {tensor.values.size} values for {held_count} held positions")
+    else:
+        return _check_count(name, tensor.values.size, sent)
+    _check_count(name, tensor.values.size, held)
     dropped, grown = int(change.dropped.size), int(change.grown.size)
     if dropped == grown == 0:
-        return
+        return held
     active = int(np.count_nonzero(sent))
     if dropped != grown:
         raise UpdateRejected("mask_budget", f"{name}: {dropped} weights dropped but {grown} grown; a readjustment "
@@ -133,3 +142,12 @@ def _check_masked(name: str, update: Update, expect: RoundExpectations) -> None:
         why = ("this round does not readjust masks" if expect.readjust_fraction == 0
                else f"alpha {expect.readjust_fraction:.6g} of {active} active weights allows {allowed}")
         raise UpdateRejected("mask_budget", f"{name}: {grown} weights moved; {why}")
+    return held
+
+
+def _check_count(name: str, values: int, held: np.ndarray) -> np.ndarray:
+    """``held`` if ``values`` is its number of set positions, else :class:`UpdateRejected`."""
+    held_count = int(np.count_nonzero(held))
+    if values != held_count:
+        raise UpdateRejected("outside_mask", f"{name}: {values} values for {held_count} held positions")
+    return held

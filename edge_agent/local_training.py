@@ -126,5 +126,5 @@ def train_on_task(task: Task, model: ModelBroadcast, data: LocalData, device_id:
     outcome = trainer.train(params, masks, [data.client_data()], [seed], readjust_fraction(task))[0]
     compute_s = time.perf_counter() - started
     update = update_message(task.run_id, task.server_round, device_id, outcome.params, masks, outcome.masks,
-                            outcome.num_samples, outcome.train_loss, compute_s)
+                            outcome.num_samples, outcome.train_loss, compute_s, outcome.mask_changes)
     return dataclasses.replace(update, task_nonce=task.task_nonce)  # binds the update to this task

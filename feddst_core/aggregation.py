@@ -39,22 +39,28 @@ class MaskedMeanAccumulator:
         self.num_clients = 0
 
     def add(self, params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], weight: float) -> None:
-        """One client's parameters (its mask's zeros included) and masks, weighted by ``weight`` (> 0)."""
+        """One client's parameters and bool masks, weighted by ``weight`` (> 0).
+
+        Masked parameters must be exactly 0 off their mask (the trainers, ``wire_format``'s rebuild
+        and ``clip_update`` all guarantee it), so they are summed as they are, not masked again; the
+        bool masks are summed as they are (promoted in the addition, no per-update cast copy). Every
+        name and shape is checked before anything is added.
+        """
         if weight <= 0:
             raise ValueError(f"client weight must be positive, got {weight}")
         if set(params) != set(self.weighted_sum):
             raise ValueError("client parameters do not match the model's parameter names")
         for name, acc in self.weighted_sum.items():
-            p = params[name].detach().to(torch.float64)
-            if p.shape != acc.shape:
-                raise ValueError(f"{name}: shape {tuple(p.shape)} != model shape {tuple(acc.shape)}")
+            if tuple(params[name].shape) != tuple(acc.shape):
+                raise ValueError(f"{name}: shape {tuple(params[name].shape)} != model shape {tuple(acc.shape)}")
+            if name in self.masked and (name not in masks or tuple(masks[name].shape) != tuple(acc.shape)):
+                raise ValueError(f"{name}: no mask of the model shape {tuple(acc.shape)}")
+        for name, acc in self.weighted_sum.items():
+            acc.add_(params[name].detach().to(torch.float64), alpha=weight)
             if name in self.masked:
                 m = masks[name]
-                acc.add_(p * m, alpha=weight)
-                self.mask_weight[name].add_(m.to(torch.float64), alpha=weight)
-                self.votes[name].add_(m.to(torch.int32))
-            else:
-                acc.add_(p, alpha=weight)
+                self.mask_weight[name].add_(m, alpha=weight)
+                self.votes[name].add_(m)
         self.total_weight += weight
         self.num_clients += 1
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -193,14 +194,119 @@ def init_params(spec: ModelSpec, generator: torch.Generator) -> Params:
 # --- forward ------------------------------------------------------------------------------------
 
 
+class LayerExecutor(Protocol):
+    """How one forward pass runs each kind of layer on its activations; :func:`run_layers` is the one
+    walk of a model's layer list, for every executor (the K-client grouped one below, the CSR one of
+    ``feddst_core.sparse.trainer``). Activation layouts are the executor's own."""
+
+    def conv(self, layer: Conv, act: torch.Tensor) -> torch.Tensor: ...
+
+    def fuses_conv_pool(self, layer: Conv) -> bool:
+        """Whether this Conv and the MaxPool right after it run as one ``conv_pool`` call."""
+        ...
+
+    def conv_pool(self, layer: Conv, pool: MaxPool, relu: bool, act: torch.Tensor) -> torch.Tensor: ...
+
+    def max_pool(self, pool: MaxPool, relu: bool, act: torch.Tensor) -> torch.Tensor:
+        """The pool, and the ReLU after it in the same pass when ``relu``."""
+        ...
+
+    def relu(self, act: torch.Tensor) -> torch.Tensor: ...
+
+    def flatten(self, act: torch.Tensor) -> torch.Tensor: ...
+
+    def linear(self, layer: Linear, act: torch.Tensor) -> torch.Tensor: ...
+
+
+def forward_plan(layers: Sequence[Layer]) -> list[Layer | FusedMaxPoolReLU]:
+    """The layers as :func:`run_layers` runs them: ``fuse_pool_relu``, then every ReLU right before a
+    Flatten moved after it (elementwise, the same values: the flattened copy is then the one tensor
+    both the ReLU and the next Linear keep for backward, not two copies)."""
+    plan = fuse_pool_relu(layers)
+    for i in range(len(plan) - 1):
+        if isinstance(plan[i], ReLU) and isinstance(plan[i + 1], Flatten):
+            plan[i], plan[i + 1] = plan[i + 1], plan[i]
+    return plan
+
+
+def run_layers(spec: ModelSpec, executor: LayerExecutor, act: torch.Tensor) -> torch.Tensor:
+    """Run ``spec``'s layers (:func:`forward_plan`) on ``act`` with ``executor``; returns the last
+    Linear's output. A Conv the executor fuses with the MaxPool (or MaxPool + ReLU) after it runs as
+    one ``conv_pool`` call."""
+    plan = forward_plan(spec.layers)
+    flattened = False
+    i = 0
+    while i < len(plan):
+        layer = plan[i]
+        after = plan[i + 1] if i + 1 < len(plan) else None
+        if (isinstance(layer, Conv) and isinstance(after, (MaxPool, FusedMaxPoolReLU))
+                and executor.fuses_conv_pool(layer)):
+            pool, relu = (after.pool, True) if isinstance(after, FusedMaxPoolReLU) else (after, False)
+            act = executor.conv_pool(layer, pool, relu, act)
+            i += 2
+            continue
+        if isinstance(layer, Conv):
+            act = executor.conv(layer, act)
+        elif isinstance(layer, FusedMaxPoolReLU):
+            act = executor.max_pool(layer.pool, True, act)
+        elif isinstance(layer, MaxPool):
+            act = executor.max_pool(layer, False, act)
+        elif isinstance(layer, ReLU):
+            act = executor.relu(act)
+        elif isinstance(layer, Flatten):
+            act, flattened = executor.flatten(act), True
+        else:
+            assert flattened, "a Linear layer must follow Flatten"
+            act = executor.linear(layer, act)
+        i += 1
+    assert flattened, "a model must end in Linear layers"
+    return act
+
+
+class GroupedLayers:
+    """:class:`LayerExecutor` of K clients at once: convolutions on the grouped layout (B, K*C, H, W)
+    (client k owns channels [k*C, (k+1)*C)), Flatten to (K, B, F), Linear as one batched product.
+    ``params``: each ``(K, *shape)``."""
+
+    def __init__(self, params: Mapping[str, torch.Tensor], k: int, b: int):
+        self.params, self.k, self.b = params, k, b
+
+    def conv(self, layer: Conv, act: torch.Tensor) -> torch.Tensor:
+        weight = self.params[f"{layer.name}.weight"]  # (K, out, in, kh, kw)
+        bias = self.params[f"{layer.name}.bias"]  # (K, out)
+        return F.conv2d(act, weight.reshape(self.k * layer.out_channels, *weight.shape[2:]),
+                        bias.reshape(-1), groups=self.k)  # (B, K*out, H', W')
+
+    def fuses_conv_pool(self, layer: Conv) -> bool:
+        return False
+
+    def conv_pool(self, layer: Conv, pool: MaxPool, relu: bool, act: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("GroupedLayers runs convolutions and pools separately")
+
+    def max_pool(self, pool: MaxPool, relu: bool, act: torch.Tensor) -> torch.Tensor:
+        return max_pool2d(act, pool.kernel, pool.stride, relu=relu)  # native for NCHW, else torch
+
+    def relu(self, act: torch.Tensor) -> torch.Tensor:
+        return F.relu(act)
+
+    def flatten(self, act: torch.Tensor) -> torch.Tensor:
+        return act.reshape(self.b, self.k, -1).transpose(0, 1)  # (K, B, C*H*W), per-sample C,H,W order
+
+    def linear(self, layer: Linear, act: torch.Tensor) -> torch.Tensor:
+        weight = self.params[f"{layer.name}.weight"]  # (K, out, in)
+        bias = self.params[f"{layer.name}.bias"]  # (K, out)
+        # W @ x^T rather than x @ W^T: autograd then returns a contiguous (K, out, in) weight gradient,
+        # which keeps the optimiser's element-wise passes over the big fc1 weight cache-friendly.
+        return torch.baddbmm(bias.unsqueeze(2), weight, act.transpose(1, 2)).transpose(1, 2)  # (K, B, out)
+
+
 def forward(spec: ModelSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Logits of K clients' models on K batches.
+    """Logits of K clients' models on K batches (:func:`run_layers` with :class:`GroupedLayers`).
 
     params: each ``(K, *shape)``; x: ``(K, B, C, H, W)``. Returns ``(K, B, num_classes)``.
     """
     k, b = x.shape[:2]
     c, h, w = x.shape[2:]
-    # Convolutional stage runs in the grouped layout (B, K*C, H, W): client k owns channels [k*C, (k+1)*C).
     act = x.transpose(0, 1).reshape(b, k * c, h, w)  # (B, K*C, H, W)
     # Layout by measurement (2-core AVX-512 CPU, paper CNN step): one client (K = 1, the edge agent) runs
     # NCHW with the native max-pool (feddst_core.pooling), 0.6x the time of channels-last + oneDNN pooling;
@@ -208,33 +314,7 @@ def forward(spec: ModelSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor
     # pooling is also ~2.5x faster than torch's NCHW one. Without the native library: channels-last always.
     nchw = k == 1 and native.available()
     act = act.contiguous(memory_format=torch.contiguous_format if nchw else torch.channels_last)
-    flat: torch.Tensor | None = None  # (K, B, F) once flattened
-    for layer in fuse_pool_relu(spec.layers):
-        if isinstance(layer, FusedMaxPoolReLU):
-            act = max_pool2d(act, layer.pool.kernel, layer.pool.stride, relu=True)
-        elif isinstance(layer, Conv):
-            weight = params[f"{layer.name}.weight"]  # (K, out, in, kh, kw)
-            bias = params[f"{layer.name}.bias"]  # (K, out)
-            act = F.conv2d(act, weight.reshape(k * layer.out_channels, *weight.shape[2:]),
-                           bias.reshape(-1), groups=k)  # (B, K*out, H', W')
-        elif isinstance(layer, MaxPool):
-            act = max_pool2d(act, layer.kernel, layer.stride)  # native for NCHW, else torch
-        elif isinstance(layer, ReLU):
-            if flat is None:
-                act = F.relu(act)
-            else:
-                flat = F.relu(flat)
-        elif isinstance(layer, Flatten):
-            flat = act.reshape(b, k, -1).transpose(0, 1)  # (K, B, C*H*W), per-sample C,H,W order
-        elif isinstance(layer, Linear):
-            assert flat is not None, "a Linear layer must follow Flatten"
-            weight = params[f"{layer.name}.weight"]  # (K, out, in)
-            bias = params[f"{layer.name}.bias"]  # (K, out)
-            # W @ x^T rather than x @ W^T: autograd then returns a contiguous (K, out, in) weight gradient,
-            # which keeps the optimiser's element-wise passes over the big fc1 weight cache-friendly.
-            flat = torch.baddbmm(bias.unsqueeze(2), weight, flat.transpose(1, 2)).transpose(1, 2)  # (K, B, out)
-    assert flat is not None, "a model must end in Linear layers"
-    return flat
+    return run_layers(spec, GroupedLayers(params, k, b), act)
 
 
 def forward_single(spec: ModelSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

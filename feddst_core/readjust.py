@@ -28,7 +28,12 @@ def is_readjust_round(server_round: int, every: int, t_end: int) -> bool:
 
 @dataclass(frozen=True)
 class MaskChange:
-    """Flat indices (into the weight's ``reshape(-1)``) that a readjustment turned off and on."""
+    """Flat indices (into the weight's ``reshape(-1)``) that a readjustment turned off and on.
+
+    The trainer's form (torch, in the order ``prune_and_grow`` chose them). Its wire form is
+    ``protocol.MaskChange`` (numpy, sorted), built from this one once, by
+    ``feddst_core.wire_format.wire_mask_changes``.
+    """
 
     dropped: torch.Tensor  # (n,) int64
     grown: torch.Tensor  # (n,) int64

@@ -59,4 +59,5 @@ class ByteMeter:
     @staticmethod
     def _update(outcome: ClientOutcome, sent_masks: dict, server_round: int, client: int) -> Update:
         return update_message(RUN_ID, server_round, f"client-{client}", outcome.params, sent_masks,
-                              outcome.masks, outcome.num_samples, outcome.train_loss, compute_s=0.0)
+                              outcome.masks, outcome.num_samples, outcome.train_loss, compute_s=0.0,
+                              mask_changes=outcome.mask_changes)

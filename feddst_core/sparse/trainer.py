@@ -18,17 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from feddst_core.models import (
-    Conv,
-    Flatten,
-    FusedMaxPoolReLU,
-    Linear,
-    MaxPool,
-    ModelSpec,
-    ReLU,
-    forward,
-    fuse_pool_relu,
-)
+from feddst_core.models import Conv, Linear, MaxPool, ModelSpec, forward, run_layers
 from feddst_core.pooling import max_pool2d
 from feddst_core.readjust import MaskChange, readjust_masks
 from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_conv2d_pool, sparse_linear
@@ -36,62 +26,58 @@ from feddst_core.sparse.policy import SparseThreshold, choose_layer_kernels, val
 from feddst_core.training import ClientData, ClientOutcome, LocalTrainer, TrainConfig, sgd_update
 
 
+class CsrLayers:
+    """:class:`~feddst_core.models.LayerExecutor` of one client (no client axis), NCHW throughout (what
+    the native sparse convolutions and max-pools take): a layer whose weight is in ``patterns`` runs
+    its CSR kernel, a sparse Conv followed by a MaxPool runs fused with it (``sparse_conv2d_pool``).
+
+    ``leaves["<layer>.weight"]`` is the (nnz,) CSR values when ``"<layer>.weight"`` is in ``patterns``,
+    else the dense weight; biases are dense.
+    """
+
+    def __init__(self, leaves: Mapping[str, torch.Tensor], patterns: Mapping[str, CsrPattern], b: int):
+        self.leaves, self.patterns, self.b = leaves, patterns, b
+
+    def conv(self, layer: Conv, act: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.leaves[f"{layer.name}.weight"], self.leaves[f"{layer.name}.bias"]
+        pattern = self.patterns.get(f"{layer.name}.weight")
+        if pattern is None:
+            return F.conv2d(act, weight, bias)  # (B, out, H', W')
+        return sparse_conv2d(act, weight, bias, pattern)  # (B, out, H', W')
+
+    def fuses_conv_pool(self, layer: Conv) -> bool:
+        return f"{layer.name}.weight" in self.patterns
+
+    def conv_pool(self, layer: Conv, pool: MaxPool, relu: bool, act: torch.Tensor) -> torch.Tensor:
+        name = f"{layer.name}.weight"
+        return sparse_conv2d_pool(act, self.leaves[name], self.leaves[f"{layer.name}.bias"], self.patterns[name],
+                                  pool.kernel, pool.stride, relu=relu)
+
+    def max_pool(self, pool: MaxPool, relu: bool, act: torch.Tensor) -> torch.Tensor:
+        return max_pool2d(act, pool.kernel, pool.stride, relu=relu)
+
+    def relu(self, act: torch.Tensor) -> torch.Tensor:
+        return F.relu(act)
+
+    def flatten(self, act: torch.Tensor) -> torch.Tensor:
+        # (B, C*H*W) in per-sample C, H, W order, laid out as a contiguous (C*H*W, B) transposed:
+        # one copy, and the (in, B) operand sparse_linear / addmm use is then already contiguous.
+        return act.permute(*range(1, act.dim()), 0).reshape(-1, self.b).contiguous().t()
+
+    def linear(self, layer: Linear, act: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.leaves[f"{layer.name}.weight"], self.leaves[f"{layer.name}.bias"]
+        pattern = self.patterns.get(f"{layer.name}.weight")
+        if pattern is None:
+            # W @ x^T: autograd returns a contiguous (out, in) weight gradient (as models.GroupedLayers).
+            return torch.addmm(bias.unsqueeze(1), weight, act.t()).t()  # (B, out)
+        return sparse_linear(act, weight, bias, pattern)  # (B, out)
+
+
 def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns: Mapping[str, CsrPattern],
                   x: torch.Tensor) -> torch.Tensor:
-    """Logits of one client's model on x (B, C, H, W) -> (B, classes).
-
-    ``leaves["<layer>.weight"]`` is the (nnz,) CSR values when ``"<layer>.weight"`` is in
-    ``patterns``, else the dense weight; biases are dense.
-    """
-    b = x.shape[0]
-    # NCHW throughout: the native sparse convolutions and max-pools (feddst_core.native) work on it.
-    act = x.contiguous()  # (B, C, H, W)
-    layers = fuse_pool_relu(spec.layers)
-    for i in range(len(layers) - 1):
-        if isinstance(layers[i], ReLU) and isinstance(layers[i + 1], Flatten):
-            # ReLU, Flatten -> Flatten, ReLU (elementwise, the same values): the flattened copy is then
-            # the one tensor both the ReLU and the next Linear keep for backward, not two copies.
-            # (A ReLU right after a MaxPool is already fused into the pool: no ReLU pass at all.)
-            layers[i], layers[i + 1] = layers[i + 1], layers[i]
-    pending_conv: Conv | None = None  # a sparse Conv whose output goes straight into the next pool
-    for i, layer in enumerate(layers):
-        if pending_conv is not None:
-            pool = layer.pool if isinstance(layer, FusedMaxPoolReLU) else layer
-            assert isinstance(pool, MaxPool)
-            act = sparse_conv2d_pool(act, leaves[f"{pending_conv.name}.weight"], leaves[f"{pending_conv.name}.bias"],
-                                     patterns[f"{pending_conv.name}.weight"], pool.kernel, pool.stride,
-                                     relu=isinstance(layer, FusedMaxPoolReLU))
-            pending_conv = None
-        elif (isinstance(layer, Conv) and f"{layer.name}.weight" in patterns and i + 1 < len(layers)
-                and isinstance(layers[i + 1], (MaxPool, FusedMaxPoolReLU))):
-            pending_conv = layer  # conv + pool (+ ReLU) run as one fused pass at the next layer
-        elif isinstance(layer, FusedMaxPoolReLU):
-            act = max_pool2d(act, layer.pool.kernel, layer.pool.stride, relu=True)
-        elif isinstance(layer, Conv):
-            weight, bias = leaves[f"{layer.name}.weight"], leaves[f"{layer.name}.bias"]
-            pattern = patterns.get(f"{layer.name}.weight")
-            if pattern is None:
-                act = F.conv2d(act, weight, bias)  # (B, out, H', W')
-            else:
-                act = sparse_conv2d(act, weight, bias, pattern)  # (B, out, H', W')
-        elif isinstance(layer, MaxPool):
-            act = max_pool2d(act, layer.kernel, layer.stride)
-        elif isinstance(layer, ReLU):
-            act = F.relu(act)
-        elif isinstance(layer, Flatten):
-            # (B, C*H*W) in per-sample C, H, W order, laid out as a contiguous (C*H*W, B) transposed:
-            # one copy, and the (in, B) operand sparse_linear / addmm use is then already contiguous.
-            act = act.permute(*range(1, act.dim()), 0).reshape(-1, b).contiguous().t()
-        elif isinstance(layer, Linear):
-            weight, bias = leaves[f"{layer.name}.weight"], leaves[f"{layer.name}.bias"]
-            pattern = patterns.get(f"{layer.name}.weight")
-            if pattern is None:
-                # W @ x^T: autograd returns a contiguous (out, in) weight gradient (as models.forward).
-                act = torch.addmm(bias.unsqueeze(1), weight, act.t()).t()  # (B, out)
-            else:
-                act = sparse_linear(act, weight, bias, pattern)  # (B, out)
-    assert act.dim() == 2, "a model must end in Linear layers"
-    return act
+    """Logits of one client's model on x (B, C, H, W) -> (B, classes): ``models.run_layers`` with
+    :class:`CsrLayers` (see there for ``leaves`` and ``patterns``)."""
+    return run_layers(spec, CsrLayers(leaves, patterns, x.shape[0]), x.contiguous())
 
 
 @dataclass

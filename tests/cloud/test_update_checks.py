@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from cloud.round_collector import RoundCollector
 from feddst_core.models import get_model_spec
 from feddst_core.readjust import readjust_masks
 from feddst_core.strategies import FedStrategy, StrategyConfig
-from feddst_core.wire_format import update_message
+from feddst_core.wire_format import update_message, update_to_model
 from protocol import InvalidMessageError, MaskChange, SparseTensor, Update, decode_message, encode_message
 
 SPEC = get_model_spec("digits_cnn")
@@ -272,3 +273,36 @@ def test_every_mutation_alone_is_judged_cleanly(op):
     # a sample count of 1 is legal
     harmless = {"huge", "random_values"} | ({"sample_count"} if verdict.kind == "accepted" else set())
     assert verdict.kind == ("accepted" if op in harmless else "invalid"), (op, verdict)
+
+
+def test_a_huge_declared_shape_allocates_nothing_of_that_shape():
+    # tracemalloc sees numpy's array buffers: the refusal must come from the header, not a failed allocation
+    collector = _collector()
+    update = _honest(collector)
+    huge = SparseTensor((1 << 20, 1 << 20), np.zeros(10, np.float32))
+    bad = _rebuild(update, tensors={**update.tensors, "fc1.weight": huge},
+                   mask_changes={n: c for n, c in update.mask_changes.items() if n != "fc1.weight"})
+    tracemalloc.start()
+    try:
+        verdict = collector.offer(bad, 100)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (verdict.kind, verdict.reason) == ("invalid", "tensor_shape"), verdict
+    assert "fc1.weight: shape (1048576, 1048576)" in verdict.detail
+    assert peak < 1 << 20, f"{peak} bytes allocated before the shape was refused"
+    assert collector.offer(update, 100).kind == "accepted"  # the honest one still fits afterwards
+
+
+def test_an_accepted_update_is_aggregated_on_the_masks_the_checks_worked_out():
+    # oracle: the update rebuilt on its own (wire_format.update_to_model from the torch sent masks)
+    collector = _collector()
+    update = _honest(collector)
+    params, masks = update_to_model(update, collector.aggregation.state.masks)
+    assert collector.offer(update, 100).kind == "accepted"
+    sums = _sums(collector)
+    for name, p in params.items():
+        assert torch.equal(sums[name], p.to(torch.float64) * 40), name
+    acc = collector.aggregation.accumulator
+    for name, m in masks.items():
+        assert torch.equal(acc.votes[name], m.to(torch.int32)), name  # type: ignore[union-attr]

@@ -66,3 +66,19 @@ def test_bad_updates_are_refused():
         acc.add({"w": torch.zeros(4)}, {"w": torch.ones(4, dtype=torch.bool)}, 1.0)
     with pytest.raises(ValueError, match="zero client updates"):
         MaskedMeanAccumulator(SHAPES, ["w"]).result()
+
+
+def test_a_refused_update_leaves_the_accumulator_untouched():
+    # "b" has the wrong shape: the check comes before anything is added, so "w" is not half-added
+    acc, alone = MaskedMeanAccumulator(SHAPES, ["w"]), MaskedMeanAccumulator(SHAPES, ["w"])
+    with pytest.raises(ValueError, match="b: shape"):
+        acc.add({"w": torch.tensor([9.0, 9.0, 0.0, 0.0]), "b": torch.zeros(2)},
+                {"w": torch.tensor([True, True, False, False])}, 1.0)
+    with pytest.raises(ValueError, match="w: no mask"):
+        acc.add({"w": torch.ones(4), "b": torch.zeros(1)}, {"w": torch.ones(5, dtype=torch.bool)}, 1.0)
+    two_clients(acc)
+    two_clients(alone)
+    assert acc.num_clients == 2 and acc.total_weight == 4.0
+    for name in SHAPES:
+        assert torch.equal(acc.result().params[name], alone.result().params[name])
+    assert acc.result().params["w"].tolist() == [1.0, 3.5, -6.0, 0.0]

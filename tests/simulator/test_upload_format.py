@@ -33,6 +33,7 @@ def test_the_server_aggregates_what_it_decodes():
         masks = sim.state.masks
         num_samples = 10
         train_loss = 0.0
+        mask_changes: dict = {}  # a ClientOutcome field: no readjustment (the mask is the sent one)
 
     sim.meter.upload_format = "int8"
     size, received = sim.meter.received_update(Outcome, sim.state.masks, 3, 0)  # type: ignore[arg-type]
