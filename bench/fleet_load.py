@@ -5,7 +5,8 @@ each update returns the global model it was sent, so the coordinator really deco
 aggregates it) spread over ``--procs`` processes connect to a private mosquitto (loopback), register,
 heartbeat every ``--heartbeat-s`` (each device at its own phase) and answer every Task that selects
 them ``--train-s`` after the Task (default 5 s), for ``--minutes`` (default 10) of one long digits run
-(``--clients-per-round`` devices a round, quorum = all of them). The coordinator is a real ``feddst cloud serve`` process on the same broker.
+(``--clients-per-round`` devices a round, quorum = all of them). The coordinator is a real ``feddst cloud serve``
+process on the same broker.
 
 Printed, every ``--sample-s`` seconds and summed up at the end:
 
