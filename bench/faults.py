@@ -12,19 +12,33 @@ Every scenario is one run on the same fleet (one mosquitto with persistence on, 
   is re-sent when it registers); while it is away the next round may be drawn without it, so
   ``same_final_model`` is null;
 * ``churn_30pct``: every few seconds 30 % of the agents are ``kill -9``-ed and restarted (quorum below
-  ``clients_per_round``, so which updates a round closes with is timing: ``same_final_model`` is null).
+  ``clients_per_round``, so which updates a round closes with is timing: ``same_final_model`` is null);
+* ``network_cut``: every packet to and from the first agent that gets that round's Task is dropped for
+  ``CUT_S`` = 75 s, longer than the 60 s deadline (``iptables -j DROP`` in its namespace: its sockets stay
+  open, nothing answers, as on a dead cellular link); the round misses its quorum at the deadline and is
+  retried with a stand-in (``same_final_model`` null: who stands in depends on who is online);
+* ``packet_loss_5pct``: for the whole run each packet to and from every agent is dropped with 5 %
+  probability, each direction on its own (``iptables -m statistic --mode random``); TCP turns the loss
+  into delay, so with quorum = ``clients_per_round`` the same updates are aggregated and the final model
+  is compared.
+
+The two network scenarios need the agents in network namespaces (root, ``ip`` and ``iptables``:
+``field_trial/link_faults.py``); then every scenario's agents run in one (veth to the host, the broker
+listening on the veths' host ends too), so the fault-free reference is measured on the same path.
+Without them (or with ``--no-netns``) those two rows say ``skipped`` and why. The namespaces and rules are
+removed when the bench ends, also after a failure.
 
 Per scenario: ``completed`` (the run ended ``completed``), ``rounds_rerun`` (rounds reopened after a
 coordinator restart plus deadline retries), ``updates_lost`` (updates an agent logged as trained for a
 round of the run that the round's record does not list as accepted: an upper bound, since an agent
-killed between training and sending counts too), ``overhead_ratio``
+killed between training and sending counts too; an update a ``network_cut`` kept from the broker until
+after its round closed is listed as ``updates_cut_off`` instead: it could not arrive), ``overhead_ratio``
 (wall time / the fault-free run's) and ``same_final_model`` (every tensor bit-equal to the fault-free
 run's; null where replies cannot be deterministic).
 
     python bench/faults.py            # the table
     python bench/faults.py --json     # one JSON object {"scenarios": [...]}
-
-Not yet here (issue 12): an agent's network cut beyond a deadline, 5 % packet loss.
+    python bench/faults.py --only network_cut --only packet_loss_5pct
 """
 
 from __future__ import annotations
