@@ -308,7 +308,7 @@ def run_scenario(fleet: Fleet, scenario: Scenario, config: dict[str, Any]) -> di
     run_id = created.json()["id"]
     fleet.coordinator.wait_run(run_id, lambda r: True, 5, "the run")
     stop_churn = threading.Event()
-    churner = None
+    churner = injector = None
     try:
         if scenario.setup is not None:
             scenario.setup(fleet)
@@ -317,11 +317,15 @@ def run_scenario(fleet: Fleet, scenario: Scenario, config: dict[str, Any]) -> di
         if scenario.name.startswith("churn"):
             churner = threading.Thread(target=churn, args=(fleet, stop_churn), daemon=True)
             churner.start()
-        elif scenario.fault is not None:
-            scenario.fault(fleet, run_id, config["rounds"] // 2 + 1)
+        elif scenario.fault is not None:  # in a thread: a fault that lasts (a cut) must not delay seeing the end
+            injector = threading.Thread(target=scenario.fault, args=(fleet, run_id, config["rounds"] // 2 + 1),
+                                        daemon=True)
+            injector.start()
         done = fleet.coordinator.wait_run(run_id, lambda r: r["status"] not in ("created", "running"), 900, "the end")
         seconds = time.monotonic() - started
     finally:
+        if injector is not None:
+            injector.join()
         if churner is not None:
             stop_churn.set()
             churner.join()
