@@ -358,12 +358,21 @@ SCENARIOS = [
 ]
 
 
+def warm_up(fleet: Fleet, agents: int) -> None:
+    """One round on every agent before the reference: each agent imports torch on its first task (5-20 s on
+    a loaded machine), which would otherwise be charged to the fault-free run and deflate every ratio."""
+    config = {**run_config(1, agents, agents), "clients_per_round": agents}
+    row = run_scenario(fleet, Scenario("warm_up", quorum=agents), config)
+    log(f"  warm-up round: {row['seconds']:.1f} s")
+
+
 def run_all(args: argparse.Namespace, workdir: Path, spaces: AgentNamespaces | None,
             netns_problem: str | None) -> list[dict[str, Any]]:
     """The fault-free reference, then every selected scenario on one fleet (skipped rows say why)."""
     fleet = Fleet(workdir, args.agents, spaces)
     try:
         fleet.start()
+        warm_up(fleet, args.agents)
         base = run_scenario(fleet, Scenario("fault_free", quorum=4), run_config(args.rounds, args.agents, 4))
         base["same_final_model"] = None  # the reference itself
         rows = [base]

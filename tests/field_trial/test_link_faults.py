@@ -18,7 +18,7 @@ needs_link_faults = pytest.mark.skipif(PROBLEM is not None, reason=f"link faults
 
 CONNECT = ("import socket, sys\n"
            "try:\n"
-           "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5).close(); print('open')\n"
+           "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close(); print('open')\n"
            "except OSError as exc:\n"
            "    print('failed', exc)\n")
 
