@@ -4,7 +4,8 @@ OUT ?= runs/demo
 
 .PHONY: setup demo test test-arm64 lint bench-wire bench-paper bench-kernels
 
-# Installs the package with every extra, plus the system pieces it uses: mosquitto and chromium (the tests:
+# Installs the package with every extra, plus the system pieces it uses: mosquitto, iptables (network faults in
+# namespaces: tests/field_trial/test_link_faults.py, bench/faults.py) and chromium (the tests:
 # the dashboard's browser tests drive Debian's chromium through playwright, never `playwright install`) and a C
 # compiler (the install builds the native sparse kernels, feddst_core/native/feddst_kernels.c; without one
 # the install still succeeds and training falls back to slower torch kernels). Ends with one status line.
@@ -16,6 +17,8 @@ setup:
 		|| echo "note: no aarch64 cross compiler; the NEON build test (tests/feddst_core/native) will be skipped" >&2
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "warning: could not install chromium; the dashboard browser tests will be skipped" >&2
+	@command -v iptables >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq iptables) \
+		|| echo "note: no iptables; the link-fault tests and bench/faults.py's network scenarios will be skipped" >&2
 	$(PYTHON) -m pip install -q -e '.[all,dev]'
 	@$(PYTHON) -c 'import feddst_core.native as n; print("native kernels:", n.status())'
 

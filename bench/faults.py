@@ -12,19 +12,33 @@ Every scenario is one run on the same fleet (one mosquitto with persistence on, 
   is re-sent when it registers); while it is away the next round may be drawn without it, so
   ``same_final_model`` is null;
 * ``churn_30pct``: every few seconds 30 % of the agents are ``kill -9``-ed and restarted (quorum below
-  ``clients_per_round``, so which updates a round closes with is timing: ``same_final_model`` is null).
+  ``clients_per_round``, so which updates a round closes with is timing: ``same_final_model`` is null);
+* ``network_cut``: every packet to and from the first agent that gets that round's Task is dropped for
+  ``CUT_S`` = 75 s, longer than the 60 s deadline (``iptables -j DROP`` in its namespace: its sockets stay
+  open, nothing answers, as on a dead cellular link); the round misses its quorum at the deadline and is
+  retried with a stand-in (``same_final_model`` null: who stands in depends on who is online);
+* ``packet_loss_5pct``: for the whole run each packet to and from every agent is dropped with 5 %
+  probability, each direction on its own (``iptables -m statistic --mode random``); TCP turns the loss
+  into delay, so with quorum = ``clients_per_round`` the same updates are aggregated and the final model
+  is compared.
+
+The two network scenarios need the agents in network namespaces (root, ``ip`` and ``iptables``:
+``field_trial/link_faults.py``); then every scenario's agents run in one (veth to the host, the broker
+listening on the veths' host ends too), so the fault-free reference is measured on the same path.
+Without them (or with ``--no-netns``) those two rows say ``skipped`` and why. The namespaces and rules are
+removed when the bench ends, also after a failure.
 
 Per scenario: ``completed`` (the run ended ``completed``), ``rounds_rerun`` (rounds reopened after a
 coordinator restart plus deadline retries), ``updates_lost`` (updates an agent logged as trained for a
 round of the run that the round's record does not list as accepted: an upper bound, since an agent
-killed between training and sending counts too), ``overhead_ratio``
+killed between training and sending counts too; an update a ``network_cut`` kept from the broker until
+after its round closed is listed as ``updates_cut_off`` instead: it could not arrive), ``overhead_ratio``
 (wall time / the fault-free run's) and ``same_final_model`` (every tensor bit-equal to the fault-free
 run's; null where replies cannot be deterministic).
 
     python bench/faults.py            # the table
     python bench/faults.py --json     # one JSON object {"scenarios": [...]}
-
-Not yet here (issue 12): an agent's network cut beyond a deadline, 5 % packet loss.
+    python bench/faults.py --only network_cut --only packet_loss_5pct
 """
 
 from __future__ import annotations
@@ -41,8 +55,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from field_trial.link_faults import AgentNamespaces
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,16 +74,24 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+ROUND_TIMEOUT_S = 60.0
+CUT_S = ROUND_TIMEOUT_S + 15.0
+"""How long ``network_cut`` drops one selected agent's packets: longer than the round's deadline."""
+LOSS_PCT = 5.0
+"""``packet_loss_5pct``: each packet to and from every agent is dropped with this probability (percent)."""
+
+
 def run_config(rounds: int, agents: int, quorum: int) -> dict[str, Any]:
     return dict(model="digits_cnn", algorithm="fedavgm", rounds=rounds, clients_per_round=4, min_devices=agents,
-                local_epochs=10, batch_size=8, lr=0.05, seed=7, round_timeout_s=60.0, device_wait_s=120.0,
-                quorum=quorum, max_round_retries=4)
+                local_epochs=10, batch_size=8, lr=0.05, seed=7, round_timeout_s=ROUND_TIMEOUT_S,
+                device_wait_s=120.0, quorum=quorum, max_round_retries=4)
 
 
 class Fleet:
-    """mosquitto (persistence on) + a coordinator process + agent processes, in ``workdir``."""
+    """mosquitto (persistence on) + a coordinator process + agent processes, in ``workdir``; with ``spaces``
+    each agent runs in its own network namespace (``field_trial.link_faults``), reaching the broker over a veth."""
 
-    def __init__(self, workdir: Path, agents: int):
+    def __init__(self, workdir: Path, agents: int, spaces: AgentNamespaces | None = None):
         from brokers import MosquittoBroker
         from coordinator_harness import TEST_COORDINATOR_PUBLIC_KEY
         from coordinator_process import CoordinatorProcess
@@ -73,9 +99,16 @@ class Fleet:
         self.workdir, self.count = workdir, agents
         persist = workdir / "mosquitto-data"
         persist.mkdir(parents=True)
+        self.spaces = spaces
         self.broker = MosquittoBroker(workdir / "mosquitto", extra_config=[
             "persistence true", f"persistence_location {persist}/", "autosave_interval 1",
-            "max_queued_messages 0"]).start()
+            "max_queued_messages 0"])
+        if spaces is not None:  # each agent's namespace reaches the broker on its veth's host end
+            for i in range(agents):
+                spaces.add(i)
+            self.broker.extra_config += [f"listener {self.broker.port} {ip}" for ip in spaces.host_addresses()]
+        self.broker.start()
+        self.cut_off: set[tuple[str, int]] = set()  # (device, round) updates a network cut kept from the broker
         # heartbeat_s 2: online = seen within 6 s; agents beat every 1 s
         self.coordinator = CoordinatorProcess(workdir / "coordinator", self.broker.url, heartbeat_s=2.0)
         self.public_key = TEST_COORDINATOR_PUBLIC_KEY
@@ -96,6 +129,10 @@ class Fleet:
                "--classes-per-client", "2", "--samples-per-class", "20", "--seed", "7", "--threads", "1",
                "--heartbeat-s", "1", "--coordinator-public-key", self.public_key,
                "--state-dir", str(self.workdir / "agent-state" / device_id)]
+        if self.spaces is not None:
+            broker_url = f"mqtt://{self.spaces.addresses[i]}:{self.broker.port}"
+            cmd = ["ip", "netns", "exec", self.spaces.namespaces[i]] + [broker_url if c == self.broker.url else c
+                                                                         for c in cmd]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         with open(self.agent_log(device_id), "ab") as out:
             self.agents[device_id] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -201,6 +238,41 @@ def fault_agent_killed_mid_upload(fleet: Fleet, run_id: str, server_round: int) 
     raise TimeoutError(f"no agent trained round {server_round}")
 
 
+def wait_selected(fleet: Fleet, run_id: str, server_round: int, timeout_s: float = 30) -> str:
+    """The first agent that logged its Task for ``server_round`` of ``run_id``."""
+    line = f"selected for {run_id} round {server_round} "
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        for device_id in fleet.device_ids():
+            path = fleet.agent_log(device_id)
+            if path.exists() and line in path.read_text(errors="replace"):
+                return device_id
+        time.sleep(0.01)
+    raise TimeoutError(f"no agent logged its task for round {server_round}")
+
+
+def fault_network_cut(fleet: Fleet, run_id: str, server_round: int) -> None:
+    """Drop every packet of one selected agent for ``CUT_S`` (> the deadline), from its Task's arrival on."""
+    assert fleet.spaces is not None
+    wait_round_open(fleet, run_id, server_round)
+    device_id = wait_selected(fleet, run_id, server_round)
+    index = fleet.device_ids().index(device_id)
+    fleet.spaces.cut(index)
+    fleet.cut_off.add((device_id, server_round))
+    log(f"  cut {device_id}'s network for {CUT_S:.0f} s (round {server_round}'s deadline is {ROUND_TIMEOUT_S:.0f} s)")
+    try:
+        time.sleep(CUT_S)
+    finally:
+        fleet.spaces.restore(index)
+
+
+def start_packet_loss(fleet: Fleet) -> None:
+    """Before the run: every agent's packets are dropped with ``LOSS_PCT`` % probability each way."""
+    assert fleet.spaces is not None
+    for index in range(fleet.count):
+        fleet.spaces.set_loss(index, LOSS_PCT)
+
+
 def churn(fleet: Fleet, stop: threading.Event, every_s: float = 3.0, settle_s: float = 3.0) -> None:
     """Every ``every_s``, kill -9 and restart 30 % of the agents, chosen among those connected for about
     ``settle_s`` (an agent process takes 5-20 s to import torch and connect on a loaded 2-core machine)."""
@@ -214,83 +286,152 @@ def churn(fleet: Fleet, stop: threading.Event, every_s: float = 3.0, settle_s: f
             fleet.start_agent(device_id)
 
 
-def run_scenario(fleet: Fleet, name: str, config: dict[str, Any],
-                 fault: Callable[[Fleet, str, int], None] | None) -> dict[str, Any]:
-    log(f"scenario {name} ...")
+@dataclass(frozen=True)
+class Scenario:
+    """One fault: ``fault`` runs once the run started (it injects at round ``rounds // 2 + 1``), ``setup``
+    before it starts; ``deterministic``: replies are the fault-free run's, so the final model is compared;
+    ``needs_netns``: the agents must be in network namespaces."""
+
+    name: str
+    fault: Callable[[Fleet, str, int], None] | None = None
+    deterministic: bool = False
+    quorum: int = 2
+    setup: Callable[[Fleet], None] | None = None
+    needs_netns: bool = False
+
+
+def run_scenario(fleet: Fleet, scenario: Scenario, config: dict[str, Any]) -> dict[str, Any]:
+    log(f"scenario {scenario.name} ...")
     fleet.wait_all_online()
     created = fleet.coordinator.api("POST", "/api/runs", json=config)
     assert created.status_code == 201, created.text
     run_id = created.json()["id"]
     fleet.coordinator.wait_run(run_id, lambda r: True, 5, "the run")
-    started = time.monotonic()
     stop_churn = threading.Event()
-    churner = None
-    assert fleet.coordinator.api("POST", f"/api/runs/{run_id}/start").status_code == 200
-    if name.startswith("churn"):
-        churner = threading.Thread(target=churn, args=(fleet, stop_churn), daemon=True)
-        churner.start()
-    elif fault is not None:
-        fault(fleet, run_id, config["rounds"] // 2 + 1)
-    done = fleet.coordinator.wait_run(run_id, lambda r: r["status"] not in ("created", "running"), 900, "the end")
-    seconds = time.monotonic() - started
-    if churner is not None:
-        stop_churn.set()
-        churner.join()
+    churner = injector = None
+    try:
+        if scenario.setup is not None:
+            scenario.setup(fleet)
+        started = time.monotonic()
+        assert fleet.coordinator.api("POST", f"/api/runs/{run_id}/start").status_code == 200
+        if scenario.name.startswith("churn"):
+            churner = threading.Thread(target=churn, args=(fleet, stop_churn), daemon=True)
+            churner.start()
+        elif scenario.fault is not None:  # in a thread: a fault that lasts (a cut) must not delay seeing the end
+            injector = threading.Thread(target=scenario.fault, args=(fleet, run_id, config["rounds"] // 2 + 1),
+                                        daemon=True)
+            injector.start()
+        done = fleet.coordinator.wait_run(run_id, lambda r: r["status"] not in ("created", "running"), 900, "the end")
+        seconds = time.monotonic() - started
+    finally:
+        if injector is not None:
+            injector.join()
+        if churner is not None:
+            stop_churn.set()
+            churner.join()
+        if fleet.spaces is not None:
+            for index in range(fleet.count):
+                fleet.spaces.restore(index)
     accepted = {(d, r["round"]) for r in done["rounds"] for d in r["accepted"]}
-    lost = sorted(fleet.trained(run_id) - accepted)
+    not_accepted = fleet.trained(run_id) - accepted
+    cut_off = sorted(not_accepted & fleet.cut_off)
+    lost = sorted(not_accepted - fleet.cut_off)
     counters = done["counters"]
-    return {"name": name, "run_id": run_id, "completed": done["status"] == "completed", "error": done.get("error"),
-            "rounds_completed": len(done["rounds"]),
+    return {"name": scenario.name, "run_id": run_id, "completed": done["status"] == "completed",
+            "error": done.get("error"), "rounds_completed": len(done["rounds"]),
             "rounds_rerun": int(counters.get("rounds_reopened", 0)) + int(counters.get("round_retries", 0)),
-            "updates_lost": len(lost), "lost": [f"{d}@{r}" for d, r in lost], "seconds": seconds,
+            "updates_lost": len(lost), "lost": [f"{d}@{r}" for d, r in lost],
+            "updates_cut_off": [f"{d}@{r}" for d, r in cut_off], "seconds": seconds,
             "model": final_tensors(fleet, run_id) if done["status"] == "completed" else None}
 
 
-SCENARIOS: list[tuple[str, Callable[[Fleet, str, int], None] | None, bool]] = [
-    ("coordinator_kill9", fault_coordinator_kill9, True),
-    ("broker_restart", fault_broker_restart, True),
-    ("agent_killed_mid_upload", fault_agent_killed_mid_upload, False),  # its absence may change the next draw
-    ("churn_30pct", None, False),
+SCENARIOS = [
+    Scenario("coordinator_kill9", fault_coordinator_kill9, deterministic=True, quorum=4),
+    Scenario("broker_restart", fault_broker_restart, deterministic=True, quorum=4),
+    Scenario("agent_killed_mid_upload", fault_agent_killed_mid_upload),  # its absence may change the next draw
+    Scenario("churn_30pct"),
+    # quorum 4: the cut agent's round misses its deadline and is retried with a stand-in; who stands in
+    # depends on which devices were online then, so the final model is not compared
+    Scenario("network_cut", fault_network_cut, quorum=4, needs_netns=True),
+    # TCP hides the loss as delay: with quorum = clients_per_round the same updates are aggregated
+    Scenario("packet_loss_5pct", deterministic=True, quorum=4, setup=start_packet_loss, needs_netns=True),
 ]
 
 
+def warm_up(fleet: Fleet, agents: int) -> None:
+    """One round on every agent before the reference: each agent imports torch on its first task (5-20 s on
+    a loaded machine), which would otherwise be charged to the fault-free run and deflate every ratio."""
+    config = {**run_config(1, agents, agents), "clients_per_round": agents}
+    row = run_scenario(fleet, Scenario("warm_up", quorum=agents), config)
+    log(f"  warm-up round: {row['seconds']:.1f} s")
+
+
+def run_all(args: argparse.Namespace, workdir: Path, spaces: AgentNamespaces | None,
+            netns_problem: str | None) -> list[dict[str, Any]]:
+    """The fault-free reference, then every selected scenario on one fleet (skipped rows say why)."""
+    fleet = Fleet(workdir, args.agents, spaces)
+    try:
+        fleet.start()
+        warm_up(fleet, args.agents)
+        base = run_scenario(fleet, Scenario("fault_free", quorum=4), run_config(args.rounds, args.agents, 4))
+        base["same_final_model"] = None  # the reference itself
+        rows = [base]
+        for scenario in SCENARIOS:
+            if args.only and scenario.name not in args.only:
+                continue
+            if scenario.needs_netns and spaces is None:
+                log(f"scenario {scenario.name} skipped: {netns_problem}")
+                rows.append({"name": scenario.name, "skipped": netns_problem})
+                continue
+            row = run_scenario(fleet, scenario, run_config(args.rounds, args.agents, scenario.quorum))
+            row["same_final_model"] = (same_model(row["model"], base["model"])
+                                       if scenario.deterministic and row["model"] is not None
+                                       and base["model"] is not None else None)
+            rows.append(row)
+        return rows
+    finally:
+        fleet.stop()
+
+
 def main() -> None:
+    from field_trial.link_faults import AgentNamespaces, link_faults_problem
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--only", action="append", help="Run only these scenarios (repeatable).")
+    parser.add_argument("--no-netns", action="store_true",
+                        help="Agents on loopback, not in network namespaces (skips network_cut and packet loss).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object on stdout.")
     parser.add_argument("--workdir", type=Path, help="Keep the logs and state here (default: a temporary dir).")
     args = parser.parse_args()
+    netns_problem = "--no-netns" if args.no_netns else link_faults_problem()
     with tempfile.TemporaryDirectory(prefix="feddst-faults-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        fleet = Fleet(workdir, args.agents).start()
+        spaces = AgentNamespaces() if netns_problem is None else None
         try:
-            base = run_scenario(fleet, "fault_free", run_config(args.rounds, args.agents, 4), None)
-            rows = [base]
-            for name, fault, deterministic in SCENARIOS:
-                if args.only and name not in args.only:
-                    continue
-                quorum = 4 if deterministic else 2
-                row = run_scenario(fleet, name, run_config(args.rounds, args.agents, quorum), fault)
-                row["same_final_model"] = (same_model(row["model"], base["model"])
-                                           if deterministic and row["model"] is not None and base["model"] is not None
-                                           else None)
-                rows.append(row)
+            rows = run_all(args, workdir, spaces, netns_problem)
         finally:
-            fleet.stop()
+            if spaces is not None:
+                spaces.close()
     base_seconds = rows[0]["seconds"]
-    rows[0]["same_final_model"] = None  # the reference itself
-    scenarios = [{"name": r["name"], "completed": r["completed"], "rounds_rerun": r["rounds_rerun"],
+    scenarios = [{"name": r["name"], "completed": None, "rounds_rerun": None, "updates_lost": None,
+                  "overhead_ratio": None, "same_final_model": None, "skipped": r["skipped"]} if "skipped" in r else
+                 {"name": r["name"], "completed": r["completed"], "rounds_rerun": r["rounds_rerun"],
                   "updates_lost": r["updates_lost"], "overhead_ratio": round(r["seconds"] / base_seconds, 3),
                   "same_final_model": r["same_final_model"], "rounds_completed": r["rounds_completed"],
-                  "seconds": round(r["seconds"], 2), "lost": r["lost"], "error": r["error"]} for r in rows]
+                  "seconds": round(r["seconds"], 2), "lost": r["lost"], "updates_cut_off": r["updates_cut_off"],
+                  "error": r["error"]} for r in rows]
     if args.json:
-        print(json.dumps({"scenarios": scenarios, "agents": args.agents, "rounds": args.rounds}))
+        print(json.dumps({"scenarios": scenarios, "agents": args.agents, "rounds": args.rounds,
+                          "agents_in_namespaces": spaces is not None}))
         return
     print(f"{'scenario':<26}{'completed':>10}{'rounds':>8}{'re-run':>8}{'lost':>6}{'overhead':>10}  same model")
     for s in scenarios:
+        if s.get("skipped"):
+            print(f"{s['name']:<26}  skipped: {s['skipped']}")
+            continue
         print(f"{s['name']:<26}{str(s['completed']):>10}{s['rounds_completed']:>8}{s['rounds_rerun']:>8}"
               f"{s['updates_lost']:>6}{s['overhead_ratio']:>9.2f}x  {s['same_final_model']}")
 
