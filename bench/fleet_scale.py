@@ -158,7 +158,8 @@ def _thread_cpu() -> dict[str, float]:
     for t in psutil.Process().threads():
         name = names.get(t.id, "other")
         key = ("main_loop" if name == "coordinator" else "decoder" if name == "mqtt-decoder"
-               else "paho_network" if name.startswith("paho-mqtt-client") else "other")
+               else "paho_network" if name.startswith("paho-mqtt-client") else "bench_main" if name == "MainThread"
+               else "other")
         out[key] = out.get(key, 0.0) + t.user_time + t.system_time
     times = psutil.Process().cpu_times()
     out["process"] = times.user + times.system
@@ -341,7 +342,7 @@ def print_breakdown(agents: int, result: dict) -> None:
     print(f"  broadcast done {t['broadcast']:.3f}  last fake has model+task {t['model_at']:.3f}  "
           f"fakes done sending (bench) {t['fakes_sent_at']:.3f}")
     print(f"  first update at coordinator {t['first_update_at']:.3f}  last {t['last_update_at']:.3f}  "
-          f"round closed {t['closed_at']:.3f} (aggregation adds + finish {result['aggregation_s']:.3f} s)")
+          f"round closed {t['closed_at']:.3f} (aggregation adds + finish {result['scale_aggregation_s']:.3f} s)")
     print("  CPU s during the round: coordinator " + ", ".join(
         f"{k.removeprefix('coordinator_')} {v:.2f}" for k, v in cpu.items() if k.startswith("coordinator_")))
     print(f"  CPU s (coordinator's life): mosquitto {cpu['broker']:.2f}, fake agents {cpu['fakes']:.2f} "
