@@ -34,6 +34,7 @@ import numpy as np
 
 from protocol import MaskChange, ProtocolError, Update, apply_mask_changes
 
+NO_CHANGE = MaskChange(np.empty(0, np.int64), np.empty(0, np.int64))
 REJECT_REASONS = ("sample_count", "non_finite", "tensor_names", "tensor_shape", "outside_mask", "mask_budget")
 
 
@@ -65,8 +66,11 @@ def max_moves(active: int, size: int, fraction: float) -> int:
     return min(math.floor(fraction * active), size - active)
 
 
-def check_update(update: Update, expect: RoundExpectations) -> None:
-    """Raise :class:`UpdateRejected` unless ``update`` fits ``expect`` (see the module docstring)."""
+def check_update(update: Update, expect: RoundExpectations) -> dict[str, np.ndarray]:
+    """Raise :class:`UpdateRejected` unless ``update`` fits ``expect`` (see the module docstring).
+
+    Returns the mask the device holds for each masked tensor (bool, the tensor's shape; the sent mask
+    object itself when the update changed nothing), which its values sit on in C order."""
     if update.sample_count < 1:
         raise UpdateRejected("sample_count", f"sample_count must be >= 1, got {update.sample_count}")
     for field_name in ("train_loss", "compute_s"):
@@ -77,13 +81,15 @@ def check_update(update: Update, expect: RoundExpectations) -> None:
         if not bool(np.isfinite(tensor.values).all()):
             bad = int(np.count_nonzero(~np.isfinite(tensor.values)))
             raise UpdateRejected("non_finite", f"{name}: {bad} of {tensor.values.size} values are NaN or infinite")
+    held: dict[str, np.ndarray] = {}
     for name, tensor in update.tensors.items():
         if name in expect.sent_masks:
-            _check_masked(name, update, expect)
+            held[name] = _check_masked(name, update, expect)
         else:
             size = math.prod(tensor.shape)
             if (tensor.mask is not None and not bool(tensor.mask.all())) or tensor.values.size != size:
                 raise UpdateRejected("outside_mask", f"{name} has no mask: it must carry all {size} values")
+    return held
 
 
 def _check_names_and_shapes(update: Update, expect: RoundExpectations) -> None:
@@ -104,7 +110,8 @@ def _check_names_and_shapes(update: Update, expect: RoundExpectations) -> None:
                                  f"{tuple(expect.shapes[name])}")
 
 
-def _check_masked(name: str, update: Update, expect: RoundExpectations) -> None:
+def _check_masked(name: str, update: Update, expect: RoundExpectations) -> np.ndarray:
+    """The held mask of masked tensor ``name`` (see :func:`check_update`) once it fits the rules."""
     tensor = update.tensors[name]
     sent = np.asarray(expect.sent_masks[name], dtype=bool)
     if tensor.mask is not None:
@@ -112,8 +119,10 @@ def _check_masked(name: str, update: Update, expect: RoundExpectations) -> None:
             raise UpdateRejected("outside_mask", f"{name} carries both its own mask and mask changes")
         change = MaskChange.between(sent, tensor.mask)
         held = tensor.mask
+    elif name not in update.mask_changes:
+        change, held = NO_CHANGE, sent
     else:
-        change = update.mask_changes.get(name, MaskChange(np.empty(0, np.int64), np.empty(0, np.int64)))
+        change = update.mask_changes[name]
         try:
             held = apply_mask_changes(sent, change)
         except ProtocolError as exc:
@@ -123,7 +132,7 @@ def _check_masked(name: str, update: Update, expect: RoundExpectations) -> None:
         raise UpdateRejected("outside_mask", f"{name}: {tensor.values.size} values for {held_count} held positions")
     dropped, grown = int(change.dropped.size), int(change.grown.size)
     if dropped == grown == 0:
-        return
+        return held
     active = int(np.count_nonzero(sent))
     if dropped != grown:
         raise UpdateRejected("mask_budget", f"{name}: {dropped} weights dropped but {grown} grown; a readjustment "
@@ -133,3 +142,4 @@ def _check_masked(name: str, update: Update, expect: RoundExpectations) -> None:
         why = ("this round does not readjust masks" if expect.readjust_fraction == 0
                else f"alpha {expect.readjust_fraction:.6g} of {active} active weights allows {allowed}")
         raise UpdateRejected("mask_budget", f"{name}: {grown} weights moved; {why}")
+    return held
