@@ -87,6 +87,7 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_REASON = "coordinator shut down during the run"
 TERMINAL_STATUSES = ("completed", "stopped", "failed")  # never rewritten (a stop racing completion is a no-op)
+INBOUND_BATCH = 256  # inbound items admitted (replay state written) in one transaction, then handled
 STOP_WAIT_S = 30.0  # POST stop waits this long for the main loop to stop the run
 
 
@@ -300,16 +301,12 @@ class Coordinator:
             try:
                 self._drain_commands()
                 try:
-                    item: Inbound | None = self.inbound.get(timeout=0.05)
+                    items = [self.inbound.get(timeout=0.05)]
                 except queue.Empty:
-                    item = None
-                while item is not None:
-                    self._handle(item)
-                    try:
-                        item = self.inbound.get_nowait()
-                    except queue.Empty:
-                        item = None
-                    self._tick()
+                    items = []
+                while items:
+                    self._handle_batch(items)
+                    items = self._take_queued(INBOUND_BATCH)
                 self._tick()
                 if time.monotonic() - last_flush > 2.0:
                     self.registry.flush()
@@ -319,6 +316,30 @@ class Coordinator:
                 log.exception("coordinator main loop error")
                 self._fail_active(f"internal error: {type(exc).__name__}: {exc}")
         self._interrupt_active()  # the loop's last write: nothing else writes a run's status after it
+
+    def _take_queued(self, limit: int) -> list[Inbound]:
+        """Up to ``limit`` inbound items that are queued now (no waiting)."""
+        items: list[Inbound] = []
+        while len(items) < limit:
+            try:
+                items.append(self.inbound.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _handle_batch(self, items: list[Inbound]) -> None:
+        """Admit a batch of inbound items against the replay guard, their seqs written in one transaction,
+        then act on the fresh ones in order (the round is ticked after each, as for single items)."""
+        with self.replay_guard.batched():
+            fresh = [self._admit(item) for item in items]
+        for item, ok in zip(items, fresh, strict=True):
+            try:
+                if ok:
+                    self._handle(item)
+                self._tick()
+            except Exception as exc:  # noqa: BLE001 - as in the main loop, and the batch's other items still count
+                log.exception("coordinator main loop error")
+                self._fail_active(f"internal error: {type(exc).__name__}: {exc}")
 
     def _interrupt_active(self) -> None:
         with self._lock:
@@ -351,7 +372,25 @@ class Coordinator:
         if self._execution is not None:
             self._execution.counters[reason] += 1
 
+    def _admit(self, item: Inbound) -> bool:
+        """Whether ``item`` is acted on: False for a device message whose seq is not fresh (counted, logged)."""
+        if item.kind != "message" or item.decoded is None:
+            return True
+        msg, envelope = item.decoded.message, item.decoded.envelope
+        if not isinstance(msg, Register | Status | Update | DeviceError) or self.replay_guard.admit(
+                envelope.sender_id, envelope.seq, msg):
+            return True
+        if item.retained and isinstance(msg, Status):
+            self.counters[RETAINED_SEEN] += 1  # the broker's retained copy of a status already accepted
+            return False
+        self._count(REPLAYED)
+        log.warning("dropped a replayed %s from %s on %s: seq %d is not above the last accepted %s",
+                    type(msg).__name__, envelope.sender_id, item.topic, envelope.seq,
+                    self.replay_guard.last_seq(envelope.sender_id))
+        return False
+
     def _handle(self, item: Inbound) -> None:
+        """Act on one admitted item (:meth:`_admit`)."""
         if item.kind == "invalid":
             self.counters["invalid_messages"] += 1
             if REVOKED_MARK in item.error:
@@ -370,16 +409,6 @@ class Coordinator:
         if item.kind != "message" or item.decoded is None:
             return
         msg, envelope = item.decoded.message, item.decoded.envelope
-        if isinstance(msg, Register | Status | Update | DeviceError) and not self.replay_guard.admit(
-                envelope.sender_id, envelope.seq, msg):
-            if item.retained and isinstance(msg, Status):
-                self.counters[RETAINED_SEEN] += 1  # the broker's retained copy of a status already accepted
-                return
-            self._count(REPLAYED)
-            log.warning("dropped a replayed %s from %s on %s: seq %d is not above the last accepted %s",
-                        type(msg).__name__, envelope.sender_id, item.topic, envelope.seq,
-                        self.replay_guard.last_seq(envelope.sender_id))
-            return
         if isinstance(msg, Status):
             if item.topic != topics.status(msg.device_id):
                 self.counters["misrouted"] += 1
