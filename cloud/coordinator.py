@@ -122,6 +122,8 @@ class Coordinator:
         self.replay_guard = ReplayGuard(self.store)
         self._seq = int(time.time() * 1000)  # increasing across restarts too
         self._lock = threading.Lock()
+        self._status_changed = threading.Condition()  # notified after every run status write (wait_for_run)
+        self._status_changes = 0
         self._active_id: str | None = None
         self._execution: RunExecution | None = None
         self._shutdown = threading.Event()
@@ -285,13 +287,19 @@ class Coordinator:
         return run_model_onnx(self.store, run_id, server_round)
 
     def wait_for_run(self, run_id: str, timeout_s: float) -> RunRow:
-        """Block until the run leaves 'running'/'created' (or the timeout); returns its row."""
+        """Block until the run leaves 'running'/'created' (or the timeout); returns its row. Woken by each
+        status change (the store is read again then, and at least every second)."""
         end = time.monotonic() + timeout_s
         while True:
+            with self._status_changed:
+                seen = self._status_changes
             run = self.store.get_run(run_id)
-            if run.status not in ("running", "created") or time.monotonic() > end:
+            left = end - time.monotonic()
+            if run.status not in ("running", "created") or left <= 0:
                 return run
-            time.sleep(0.05)
+            with self._status_changed:
+                if self._status_changes == seen:
+                    self._status_changed.wait(timeout=min(left, 1.0))
 
     # --- main loop ------------------------------------------------------------------------------
 
@@ -804,6 +812,9 @@ class Coordinator:
             return
         self.store.set_run_status(run_id, status, error)
         self.events.publish(run_id, "status", {"status": status, "error": error})
+        with self._status_changed:
+            self._status_changes += 1
+            self._status_changed.notify_all()
 
     # --- publishing -----------------------------------------------------------------------------
 
