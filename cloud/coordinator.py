@@ -683,7 +683,7 @@ class Coordinator:
         assert collector is not None
         ex.phase, ex.phase_since = "aggregating", time.time()
         started = time.perf_counter()
-        new_state, metrics = collector.aggregation.finish()
+        new_state, metrics = collector.finish()
         aggregation_s = collector.aggregation_s + time.perf_counter() - started
         assert new_state is not None  # a round closes only with >= quorum >= 1 accepted updates
         r = collector.server_round

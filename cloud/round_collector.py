@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cloud.update_checks import RoundExpectations, UpdateRejected, check_update
-from cloud.update_fold import HeldIndices, can_fold, fold_update
-from feddst_core.strategies import ClientReply, RoundAggregation
+from cloud.update_fold import SparseFold, can_fold
+from feddst_core.strategies import ClientReply, RoundAggregation, ServerState
 from feddst_core.wire_format import update_to_model
 from protocol import ProtocolError, Update
 
@@ -79,8 +79,7 @@ class RoundCollector:
         self.expectations = RoundExpectations(spec.parameter_shapes(),
                                               {n: m.cpu().numpy() for n, m in state.masks.items()},
                                               self.readjust_fraction)
-        self._fold = can_fold(self.aggregation)
-        self._held_indices = HeldIndices()
+        self.fold = SparseFold(self.aggregation, self.expectations.sent_masks) if can_fold(self.aggregation) else None
         self._positions: dict[str, int] = {}
         self._positions_of: tuple[str, ...] = ()
 
@@ -140,6 +139,12 @@ class RoundCollector:
         self.counts.update(verdict.counter_keys)
         return verdict
 
+    def finish(self) -> tuple[ServerState | None, dict[str, float]]:
+        """The aggregation's ``finish`` (the new global state and round metrics), folded sums flushed first."""
+        if self.fold is not None:
+            self.fold.flush()
+        return self.aggregation.finish()
+
     def _position(self, device_id: str) -> int | None:
         """The device's index in ``selected`` (None: not selected); O(1), rebuilt when a retry extends it."""
         if self._positions_of is not self.selected:
@@ -164,8 +169,8 @@ class RoundCollector:
         weight, cap_note = self._weight(update)
         try:
             started = time.perf_counter()
-            if self._fold:
-                fold_update(self.aggregation, update, held, weight, self._held_indices)
+            if self.fold is not None:
+                self.fold.add(update, held, weight)
             else:
                 params, masks = update_to_model(update, self.aggregation.state.masks)
                 self.aggregation.add(ClientReply(position, params, masks, weight, update.train_loss))

@@ -27,24 +27,28 @@ def _collector(fold: bool = True, **config) -> RoundCollector:
     collector = RoundCollector("run-1", 1, DEVICES, strategy.begin_aggregation(strategy.initialize(0)),
                                readjust_fraction=0.1)
     if not fold:
-        collector._fold = False  # the dense path, as for clipping or a robust rule
+        collector.fold = None  # the dense path, as for clipping or a robust rule
     return collector
 
 
 def _device_update(collector: RoundCollector, device: str, seed: int):
     """(wire-decoded update, dense params, held masks) of a device: noisy weights on a readjusted mask;
-    dev-c sends its mask itself instead of mask changes."""
+    dev-b keeps the sent mask (the fold's compact path), dev-c sends its mask itself instead of changes."""
     state = collector.aggregation.state
     gen = torch.Generator().manual_seed(seed)
     params = {n: p + 0.05 * torch.randn(p.shape, generator=gen) for n, p in state.params.items()}
     grads = {n: torch.randn(m.shape, generator=gen) for n, m in state.masks.items()}
     masks, _ = readjust_masks(state.masks, params, grads, collector.readjust_fraction)
+    if device == "dev-b":
+        masks = state.masks
     params = {n: p * masks[n] if n in masks else p for n, p in params.items()}
     update = update_message("run-1", 1, device, params, state.masks, masks, WEIGHTS[device], 0.25 * seed, 1.0)
     if device == "dev-c":
         tensors = {n: SparseTensor.from_dense(params[n].numpy(), masks[n].numpy()) if n in masks else t
                    for n, t in update.tensors.items()}
         update = dataclasses.replace(update, tensors=tensors, mask_changes={})
+    if device != "dev-b":
+        assert update.mask_changes or device == "dev-c"
     update = decode_message(encode_message(update, seq=1))  # exactly what arrives
     return update, params, masks
 
@@ -76,6 +80,8 @@ def test_the_fold_gives_the_masked_weighted_mean_computed_by_hand():
     collector = _collector()
     assert can_fold(collector.aggregation)
     devices = _fill(collector)
+    assert collector.fold is not None
+    collector.fold.flush()
     result = collector.aggregation.accumulator.result()
     expected = _by_hand(devices)
     for name, value in expected.items():
@@ -92,6 +98,9 @@ def test_the_fold_and_the_dense_path_end_the_round_with_the_same_model():
     folded, dense = _collector(), _collector(fold=False)
     _fill(folded)
     _fill(dense)
+    assert folded.fold is not None and dense.fold is None
+    assert any(v for v in folded.fold.compact_votes.values())  # dev-b went through the compact path
+    folded.fold.flush()
     acc_f, acc_d = folded.aggregation.accumulator, dense.aggregation.accumulator
     for name in SPEC.parameter_shapes():
         np.testing.assert_allclose(acc_f.weighted_sum[name].numpy(), acc_d.weighted_sum[name].numpy(),
@@ -99,8 +108,8 @@ def test_the_fold_and_the_dense_path_end_the_round_with_the_same_model():
     for name in SPEC.masked_names():
         assert torch.equal(acc_f.votes[name], acc_d.votes[name])  # type: ignore[union-attr]
         assert torch.equal(acc_f.mask_weight[name], acc_d.mask_weight[name])  # type: ignore[union-attr]
-    state_f, metrics_f = folded.aggregation.finish()
-    state_d, metrics_d = dense.aggregation.finish()
+    state_f, metrics_f = folded.finish()
+    state_d, metrics_d = dense.finish()
     assert state_f is not None and state_d is not None
     for name in state_f.masks:
         assert torch.equal(state_f.masks[name], state_d.masks[name])
