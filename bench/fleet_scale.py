@@ -45,7 +45,7 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def fake_agent_process(port: int, first: int, count: int) -> None:
+def fake_agent_process(port: int, first: int, count: int, heartbeat_s: float = 2.0) -> None:
     """Child: ``count`` fake agents, one MQTT connection each; prints 'ready', serves one round, then
     prints one JSON line ``{"model_at", "sent_at", "encode_s", "updates"}`` (unix seconds / seconds).
 
@@ -120,7 +120,7 @@ def fake_agent_process(port: int, first: int, count: int) -> None:
     beat = time.time()
     report: dict = {}
     while not report:
-        if time.time() - beat > 2:
+        if time.time() - beat > heartbeat_s:
             for d, c in clients.items():
                 c.publish(topics.status(d), encode(Status(d, "online")), qos=1, retain=True)
             beat = time.time()
@@ -263,9 +263,11 @@ def _cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
-def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: bool = False) -> dict:
-    """One round with ``agents`` fakes over a fresh mosquitto: the coordinator child's JSON plus
-    ``breakdown`` (see the module docstring)."""
+def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: bool = False,
+                  heartbeat_s: float = 2.0) -> dict:
+    """One round with ``agents`` fakes over a fresh mosquitto (each fake's Status every ``heartbeat_s``;
+    the coordinator's online window is 15 s): the coordinator child's JSON plus ``breakdown`` (see the
+    module docstring)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from brokers import MosquittoBroker
 
@@ -282,8 +284,8 @@ def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: boo
         for k in range(procs_count):
             first, count = k * per, min(per, agents - k * per)
             fakes.append(subprocess.Popen([sys.executable, __file__, "--_fake", str(broker.port), str(first),
-                                           str(count)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                          text=True))
+                                           str(count), str(heartbeat_s)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          env=env, text=True))
         for p in fakes:
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         _log(f"scale: {agents} fake agents connected in {procs_count} processes")
@@ -354,7 +356,7 @@ def print_breakdown(agents: int, result: dict) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "--_fake":
         sys.path.insert(0, str(ROOT))
-        fake_agent_process(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        fake_agent_process(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
     elif sys.argv[1] == "--_coordinator":
         sys.path.insert(0, str(ROOT))
         coordinator_process(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1")

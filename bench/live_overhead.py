@@ -224,6 +224,8 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=20, help="live agents (paper: 20 clients per round)")
     parser.add_argument("--scale-agents", type=int, default=1000, help="fake agents of the scale test")
     parser.add_argument("--scale-procs", type=int, default=4, help="fake-agent processes of the scale test")
+    parser.add_argument("--scale-heartbeat-s", type=float, default=2.0,
+                        help="seconds between each fake agent's Status heartbeats (real agents: 5)")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the scale round's coordinator threads (printed on stderr; slows them)")
     parser.add_argument("--data-dir", default=MNIST_DIR, help="MNIST IDX directory")
@@ -256,7 +258,8 @@ def main() -> None:
                           simulated_before_s=sim_before, simulated_after_s=sim_after, stages=stages)
         if not args.skip_scale:
             log(f"scale: one round with {args.scale_agents} fake agents through mosquitto...")
-            scale = measure_scale(args.scale_agents, work, args.scale_procs, args.profile)
+            scale = measure_scale(args.scale_agents, work, args.scale_procs, args.profile,
+                                  args.scale_heartbeat_s)
             result.update(scale_round_s=scale["round_s"], scale_peak_mb=scale["peak_mb"],
                           scale_breakdown=scale["breakdown"], scale_accepted=scale["accepted"],
                           scale_broadcast_s=scale["broadcast_s"], scale_aggregation_s=scale["aggregation_s"])
@@ -272,7 +275,8 @@ def main() -> None:
         print_stages(result["stages"], args.agents)
     if result["scale_round_s"] is not None:
         print(f"scale: {args.scale_agents} fake agents, one round incl. aggregation {result['scale_round_s']:.2f} s "
-              f"(targets: 1000 <= 2 s, 10 000 <= 10 s), {result['scale_accepted']} updates accepted; coordinator peak RSS "
+              f"(targets: 1000 <= 2 s, 10 000 <= 10 s), {result['scale_accepted']} updates accepted; coordinator "
+              f"peak RSS "
               f"{result['scale_peak_mb']:.0f} MB (broadcast {result['scale_broadcast_s']:.2f} s, aggregation "
               f"{result['scale_aggregation_s']:.2f} s)")
         print_breakdown(args.scale_agents, result)
