@@ -32,13 +32,17 @@ processes run on this machine, so their wall clocks agree.
 beside ``train``: the agents train the same clients with the same kernels, so their ratio is the
 slow-down of 20 single-threaded agent processes sharing this machine's cores.
 
-Part 2 (scale): 1000 protocol-level fake agents (no training; one MQTT connection each, spread
-over a few processes; one model receiver per process) through mosquitto on loopback, each
-returning a density-0.2 update of the MNIST CNN. Prints the time of one round including
-aggregation (target <= 10 s) and the coordinator process's peak RSS.
+Part 2 (scale, ``bench/fleet_scale.py``): ``--scale-agents`` protocol-level fake agents (no training;
+one MQTT connection each, spread over ``--scale-procs`` processes; one model receiver per process)
+through mosquitto on loopback, each returning a density-0.2 update of the MNIST CNN. Prints the time
+of one round including aggregation (targets: 1000 agents <= 2 s, 10 000 <= 10 s), the coordinator
+process's peak RSS (target <= 500 MB at 10 000) and the round's breakdown (``scale_breakdown``:
+timeline, CPU seconds of the coordinator's threads, mosquitto and the fake agents, the broker's
+``$SYS`` counters); ``--profile`` adds cProfile of the coordinator's threads.
 
     python bench/live_overhead.py                   # 3 timed rounds, 1000 fake agents
     python bench/live_overhead.py --rounds 5 --json # one JSON object on stdout
+    python bench/live_overhead.py --skip-overhead --scale-agents 10000 --scale-procs 8
 """
 
 from __future__ import annotations
@@ -47,11 +51,9 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -213,171 +215,19 @@ def measure_simulated(rounds: int, data_dir: str, kernels: str) -> float:
     return (time.perf_counter() - t0) / rounds
 
 
-# --- part 2: scale ----------------------------------------------------------------------------------
-
-
-def fake_agent_process(port: int, first: int, count: int) -> None:
-    """Child: ``count`` fake agents, one MQTT connection each; prints 'ready' then serves one round.
-
-    Like real agents they number their messages from the clock (the coordinator drops any seq not above
-    the last one it accepted from a device) and echo the task's nonce in their updates."""
-    import dataclasses
-    import itertools
-
-    import paho.mqtt.client as mqtt
-
-    from feddst_core.models import MNIST_CNN
-    from feddst_core.wire_format import model_from_tensors, update_message
-    from protocol import (
-        ChunkReassembler,
-        ModelBroadcast,
-        Register,
-        Status,
-        Task,
-        decode_message,
-        encode_message,
-        split_into_chunks,
-        topics,
-    )
-    from protocol.messages import Capabilities
-
-    ids = [f"fake-{i:04d}" for i in range(first, first + count)]
-    seqs = itertools.count(time.time_ns() // 1000)  # one increasing counter shared by this process's fakes
-
-    def encode(msg) -> bytes:  # noqa: ANN001
-        return encode_message(msg, seq=next(seqs))
-
-    model: dict = {}
-    got_model = threading.Event()
-    reassembler = ChunkReassembler()
-
-    def on_model(client, userdata, message) -> None:  # noqa: ANN001
-        if not message.payload:
-            return  # the coordinator clearing a closed round's retained chunk
-        whole = reassembler.add(message.payload, source=message.topic.rsplit("/", 1)[0])
-        if whole is not None:
-            msg = decode_message(whole)
-            if isinstance(msg, ModelBroadcast):
-                model["msg"] = msg
-                got_model.set()
-
-    receiver = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"model-rx-{first}")
-    receiver.on_message = on_model
-    receiver.connect("127.0.0.1", port)
-    # one receiver per process stands in for its selected fakes (all are selected in this round)
-    receiver.subscribe(f"{topics.ROOT}/runs/+/model/+/+", qos=1)
-    receiver.loop_start()
-
-    tasks: list = []
-
-    def make_client(device_id: str) -> mqtt.Client:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv311)
-        will_seq = next(seqs)
-        c.will_set(topics.status(device_id), encode_message(Status(device_id, "offline"), seq=will_seq), qos=1,
-                   retain=True)
-        c.on_message = lambda cl, u, m: tasks.append((device_id, m.payload)) if m.topic.endswith("/task") else None
-        c.connect("127.0.0.1", port, keepalive=120)
-        c.subscribe([(f"{topics.ROOT}/runs/+/task", 1), (f"{topics.ROOT}/runs/+/ack/{device_id}", 1)])
-        c.loop_start()
-        c.publish(topics.status(device_id), encode(Status(device_id, "online")), qos=1, retain=True)
-        c.publish(topics.register(device_id), encode(
-            Register(device_id, Capabilities("x86_64", 1, 1024, {}), 40, will_seq)), qos=1)
-        return c
-
-    clients = {d: make_client(d) for d in ids}
-    print("ready", flush=True)
-    beat = time.time()
-    sent = False
-    while not sent:
-        if time.time() - beat > 2:
-            for d, c in clients.items():
-                c.publish(topics.status(d), encode(Status(d, "online")), qos=1, retain=True)
-            beat = time.time()
-        if tasks and got_model.is_set():
-            task = decode_message(tasks[0][1])
-            assert isinstance(task, Task)
-            msg = model["msg"]
-            params, masks = model_from_tensors(msg.tensors, MNIST_CNN.masked_names())
-            for d in ids:
-                if d in task.selected:
-                    update = update_message(task.run_id, task.server_round, d, params, masks, masks, 40, 0.0, 0.0)
-                    data = encode(dataclasses.replace(update, task_nonce=task.task_nonce))
-                    for packet in split_into_chunks(data):
-                        clients[d].publish(topics.update(task.run_id, d), packet, qos=1)
-            sent = True
-        time.sleep(0.01)
-    sys.stdin.readline()  # parent closes stdin when done
-    for c in clients.values():
-        c.disconnect()
-        c.loop_stop()
-    receiver.loop_stop()
-
-
-def coordinator_process(url: str, state_dir: str, agents: int) -> None:
-    """Child: the coordinator; runs one round with ``agents`` fakes, prints JSON (round_s, peak_mb)."""
-    from cloud.run_config import RunConfig
-
-    coordinator = make_coordinator(url, Path(state_dir))
-    try:
-        wait_until(lambda: len(coordinator.registry.online_ids()) >= agents, 300, "fake agents online")
-        run = coordinator.create_run(RunConfig(model="mnist_cnn", sparsity=0.8, clients_per_round=agents, rounds=1,
-                                               quorum=agents, round_timeout_s=300, seed=0))
-        coordinator.start_run(run.id)
-        final = coordinator.wait_for_run(run.id, 600)
-        _, rounds = coordinator.get_run(run.id)
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"status": final.status, "error": final.error,
-                          "round_s": rounds[0]["seconds"] if rounds else None,
-                          "broadcast_s": rounds[0]["broadcast_s"] if rounds else None,
-                          "aggregation_s": rounds[0]["aggregation_s"] if rounds else None,
-                          "accepted": len(rounds[0]["accepted"]) if rounds else 0, "peak_mb": peak_mb}), flush=True)
-    finally:
-        coordinator.close()
-
-
-def measure_scale(agents: int, workdir: Path, procs_count: int = 4) -> dict:
-    broker = start_mosquitto(workdir / "mosquitto-scale")
-    fakes = []
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    coord = None
-    try:
-        per = -(-agents // procs_count)
-        for k in range(procs_count):
-            first, count = k * per, min(per, agents - k * per)
-            fakes.append(subprocess.Popen([sys.executable, __file__, "--_fake", str(broker.port), str(first),
-                                           str(count)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                          text=True))
-        for p in fakes:
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        coord = subprocess.Popen([sys.executable, __file__, "--_coordinator", broker.url, str(workdir / "scale-state"),
-                                  str(agents)], stdout=subprocess.PIPE, text=True, env=env)
-        out, _ = coord.communicate(timeout=900)
-        result = json.loads(out.strip().splitlines()[-1])
-        if result["status"] != "completed":
-            raise RuntimeError(f"scale round {result['status']}: {result['error']}")
-        return result
-    finally:
-        for p in fakes:
-            try:
-                p.communicate(input="\n", timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        if coord is not None and coord.poll() is None:
-            coord.kill()
-        broker.stop()
+# --- part 2: scale (bench/fleet_scale.py) ----------------------------------------------------------
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--_fake":
-        fake_agent_process(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
-        return
-    if len(sys.argv) > 1 and sys.argv[1] == "--_coordinator":
-        coordinator_process(sys.argv[2], sys.argv[3], int(sys.argv[4]))
-        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of the overhead comparison")
     parser.add_argument("--agents", type=int, default=20, help="live agents (paper: 20 clients per round)")
     parser.add_argument("--scale-agents", type=int, default=1000, help="fake agents of the scale test")
+    parser.add_argument("--scale-procs", type=int, default=4, help="fake-agent processes of the scale test")
+    parser.add_argument("--scale-heartbeat-s", type=float, default=2.0,
+                        help="seconds between each fake agent's Status heartbeats (real agents: 5)")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the scale round's coordinator threads (printed on stderr; slows them)")
     parser.add_argument("--data-dir", default=MNIST_DIR, help="MNIST IDX directory")
     parser.add_argument("--kernels", default="auto", choices=("auto", "sparse", "dense"),
                         help="local training kernels on BOTH sides (agents' default is auto)")
@@ -386,6 +236,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     import torch
+    from fleet_scale import measure_scale, print_breakdown
 
     result: dict = {"overhead_ratio": None, "scale_agents": args.scale_agents, "scale_round_s": None,
                     "scale_peak_mb": None, "stages": None}
@@ -407,14 +258,15 @@ def main() -> None:
                           simulated_before_s=sim_before, simulated_after_s=sim_after, stages=stages)
         if not args.skip_scale:
             log(f"scale: one round with {args.scale_agents} fake agents through mosquitto...")
-            scale = measure_scale(args.scale_agents, work)
+            scale = measure_scale(args.scale_agents, work, args.scale_procs, args.profile,
+                                  args.scale_heartbeat_s)
             result.update(scale_round_s=scale["round_s"], scale_peak_mb=scale["peak_mb"],
-                          scale_accepted=scale["accepted"], scale_broadcast_s=scale["broadcast_s"],
-                          scale_aggregation_s=scale["aggregation_s"])
+                          scale_breakdown=scale["breakdown"], scale_accepted=scale["accepted"],
+                          scale_broadcast_s=scale["broadcast_s"], scale_aggregation_s=scale["aggregation_s"])
     if args.json:
         print(json.dumps({k: result.get(k) for k in ("overhead_ratio", "scale_agents", "scale_round_s",
                                                      "scale_peak_mb", "stages", "scale_broadcast_s",
-                                                     "scale_aggregation_s")}))
+                                                     "scale_aggregation_s", "scale_breakdown")}))
         return
     if result["overhead_ratio"] is not None:
         print(f"overhead: live {result['live_round_s']:.2f} s/round vs simulated {result['simulated_round_s']:.2f} "
@@ -423,9 +275,11 @@ def main() -> None:
         print_stages(result["stages"], args.agents)
     if result["scale_round_s"] is not None:
         print(f"scale: {args.scale_agents} fake agents, one round incl. aggregation {result['scale_round_s']:.2f} s "
-              f"(target <= 10 s), {result['scale_accepted']} updates accepted; coordinator peak RSS "
+              f"(targets: 1000 <= 2 s, 10 000 <= 10 s), {result['scale_accepted']} updates accepted; coordinator "
+              f"peak RSS "
               f"{result['scale_peak_mb']:.0f} MB (broadcast {result['scale_broadcast_s']:.2f} s, aggregation "
               f"{result['scale_aggregation_s']:.2f} s)")
+        print_breakdown(args.scale_agents, result)
 
 
 def print_stages(stages: dict, agents: int) -> None:

@@ -88,6 +88,7 @@ log = logging.getLogger(__name__)
 STATUS_PAYLOAD_BYTES = "status_payload_bytes"  # run counter: devices' Status (heartbeat) messages, encoded bytes
 SHUTDOWN_REASON = "coordinator shut down during the run"
 TERMINAL_STATUSES = ("completed", "stopped", "failed")  # never rewritten (a stop racing completion is a no-op)
+INBOUND_BATCH = 256  # inbound items admitted (replay state written) in one transaction, then handled
 STOP_WAIT_S = 30.0  # POST stop waits this long for the main loop to stop the run
 
 
@@ -122,6 +123,8 @@ class Coordinator:
         self.replay_guard = ReplayGuard(self.store)
         self._seq = int(time.time() * 1000)  # increasing across restarts too
         self._lock = threading.Lock()
+        self._status_changed = threading.Condition()  # notified after every run status write (wait_for_run)
+        self._status_changes = 0
         self._active_id: str | None = None
         self._execution: RunExecution | None = None
         self._shutdown = threading.Event()
@@ -285,13 +288,19 @@ class Coordinator:
         return run_model_onnx(self.store, run_id, server_round)
 
     def wait_for_run(self, run_id: str, timeout_s: float) -> RunRow:
-        """Block until the run leaves 'running'/'created' (or the timeout); returns its row."""
+        """Block until the run leaves 'running'/'created' (or the timeout); returns its row. Woken by each
+        status change (the store is read again then, and at least every second)."""
         end = time.monotonic() + timeout_s
         while True:
+            with self._status_changed:
+                seen = self._status_changes
             run = self.store.get_run(run_id)
-            if run.status not in ("running", "created") or time.monotonic() > end:
+            left = end - time.monotonic()
+            if run.status not in ("running", "created") or left <= 0:
                 return run
-            time.sleep(0.05)
+            with self._status_changed:
+                if self._status_changes == seen:
+                    self._status_changed.wait(timeout=min(left, 1.0))
 
     # --- main loop ------------------------------------------------------------------------------
 
@@ -301,16 +310,12 @@ class Coordinator:
             try:
                 self._drain_commands()
                 try:
-                    item: Inbound | None = self.inbound.get(timeout=0.05)
+                    items = [self.inbound.get(timeout=0.05)]
                 except queue.Empty:
-                    item = None
-                while item is not None:
-                    self._handle(item)
-                    try:
-                        item = self.inbound.get_nowait()
-                    except queue.Empty:
-                        item = None
-                    self._tick()
+                    items = []
+                while items:
+                    self._handle_batch(items)
+                    items = self._take_queued(INBOUND_BATCH)
                 self._tick()
                 if time.monotonic() - last_flush > 2.0:
                     self.registry.flush()
@@ -320,6 +325,30 @@ class Coordinator:
                 log.exception("coordinator main loop error")
                 self._fail_active(f"internal error: {type(exc).__name__}: {exc}")
         self._interrupt_active()  # the loop's last write: nothing else writes a run's status after it
+
+    def _take_queued(self, limit: int) -> list[Inbound]:
+        """Up to ``limit`` inbound items that are queued now (no waiting)."""
+        items: list[Inbound] = []
+        while len(items) < limit:
+            try:
+                items.append(self.inbound.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _handle_batch(self, items: list[Inbound]) -> None:
+        """Admit a batch of inbound items against the replay guard, their seqs written in one transaction,
+        then act on the fresh ones in order (the round is ticked after each, as for single items)."""
+        with self.replay_guard.batched():
+            fresh = [self._admit(item) for item in items]
+        for item, ok in zip(items, fresh, strict=True):
+            try:
+                if ok:
+                    self._handle(item)
+                self._tick()
+            except Exception as exc:  # noqa: BLE001 - as in the main loop, and the batch's other items still count
+                log.exception("coordinator main loop error")
+                self._fail_active(f"internal error: {type(exc).__name__}: {exc}")
 
     def _interrupt_active(self) -> None:
         with self._lock:
@@ -352,7 +381,25 @@ class Coordinator:
         if self._execution is not None:
             self._execution.counters[reason] += 1
 
+    def _admit(self, item: Inbound) -> bool:
+        """Whether ``item`` is acted on: False for a device message whose seq is not fresh (counted, logged)."""
+        if item.kind != "message" or item.decoded is None:
+            return True
+        msg, envelope = item.decoded.message, item.decoded.envelope
+        if not isinstance(msg, Register | Status | Update | DeviceError) or self.replay_guard.admit(
+                envelope.sender_id, envelope.seq, msg):
+            return True
+        if item.retained and isinstance(msg, Status):
+            self.counters[RETAINED_SEEN] += 1  # the broker's retained copy of a status already accepted
+            return False
+        self._count(REPLAYED)
+        log.warning("dropped a replayed %s from %s on %s: seq %d is not above the last accepted %s",
+                    type(msg).__name__, envelope.sender_id, item.topic, envelope.seq,
+                    self.replay_guard.last_seq(envelope.sender_id))
+        return False
+
     def _handle(self, item: Inbound) -> None:
+        """Act on one admitted item (:meth:`_admit`)."""
         if item.kind == "invalid":
             self.counters["invalid_messages"] += 1
             if REVOKED_MARK in item.error:
@@ -371,16 +418,6 @@ class Coordinator:
         if item.kind != "message" or item.decoded is None:
             return
         msg, envelope = item.decoded.message, item.decoded.envelope
-        if isinstance(msg, Register | Status | Update | DeviceError) and not self.replay_guard.admit(
-                envelope.sender_id, envelope.seq, msg):
-            if item.retained and isinstance(msg, Status):
-                self.counters[RETAINED_SEEN] += 1  # the broker's retained copy of a status already accepted
-                return
-            self._count(REPLAYED)
-            log.warning("dropped a replayed %s from %s on %s: seq %d is not above the last accepted %s",
-                        type(msg).__name__, envelope.sender_id, item.topic, envelope.seq,
-                        self.replay_guard.last_seq(envelope.sender_id))
-            return
         if isinstance(msg, Status):
             if item.topic != topics.status(msg.device_id):
                 self.counters["misrouted"] += 1
@@ -649,7 +686,7 @@ class Coordinator:
         assert collector is not None
         ex.phase, ex.phase_since = "aggregating", time.time()
         started = time.perf_counter()
-        new_state, metrics = collector.aggregation.finish()
+        new_state, metrics = collector.finish()
         aggregation_s = collector.aggregation_s + time.perf_counter() - started
         assert new_state is not None  # a round closes only with >= quorum >= 1 accepted updates
         r = collector.server_round
@@ -779,6 +816,9 @@ class Coordinator:
             return
         self.store.set_run_status(run_id, status, error)
         self.events.publish(run_id, "status", {"status": status, "error": error})
+        with self._status_changed:
+            self._status_changes += 1
+            self._status_changed.notify_all()
 
     # --- publishing -----------------------------------------------------------------------------
 

@@ -126,12 +126,11 @@ class DeviceRegistry:
             return row.sample_count if row else 0
 
     def flush(self) -> None:
-        """Persist devices changed since the last flush."""
+        """Persist devices changed since the last flush, in one transaction."""
         with self._lock:
-            rows = [replace(self._devices[d]) for d in self._dirty]
+            rows = [replace(self._devices[d]) for d in sorted(self._dirty)]
             self._dirty.clear()
-        for row in rows:
-            self.store.save_device(row)
+        self.store.save_devices(rows)
 
 
 def eligible_devices(registry: DeviceRegistry, select: CapabilityFilter | None,

@@ -17,7 +17,8 @@ Rules (the coordinator/agent contract):
   is not retained) only ``max_sample_count`` applies.
 
 Accepted updates are folded into the aggregation at once (streaming, memory O(model), for the
-``mean``; the robust rules keep the round's accepted updates). Every verdict comes with an Ack:
+``mean``, straight from the wire form by :mod:`cloud.update_fold`; the robust rules and clipping
+take the dense path, and the robust rules keep the round's accepted updates). Every verdict comes with an Ack:
 ``ok`` for accepted and duplicates so the device stops re-sending, ``ok=false`` with the reason
 otherwise, so an invalid update is not re-sent either.
 """
@@ -30,7 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cloud.update_checks import RoundExpectations, UpdateRejected, check_update
-from feddst_core.strategies import ClientReply, RoundAggregation
+from cloud.update_fold import SparseFold, can_fold
+from feddst_core.strategies import ClientReply, RoundAggregation, ServerState
 from feddst_core.wire_format import update_on_masks
 from protocol import ProtocolError, Update
 
@@ -78,6 +80,10 @@ class RoundCollector:
         self.expectations = RoundExpectations(spec.parameter_shapes(),
                                               {n: m.cpu().numpy() for n, m in state.masks.items()},
                                               self.readjust_fraction)
+        self.fold = SparseFold(self.aggregation, self.expectations.sent_masks) if can_fold(self.aggregation) else None
+        self._positions: dict[str, int] = {}
+        self._positions_of: tuple[str, ...] = ()
+
     aggregation_s: float = 0.0  # seconds spent in aggregation.add for the accepted updates
     errors: dict[str, tuple[str, str]] = field(default_factory=dict)  # selected device id -> (code, detail)
 
@@ -134,10 +140,24 @@ class RoundCollector:
         self.counts.update(verdict.counter_keys)
         return verdict
 
+    def finish(self) -> tuple[ServerState | None, dict[str, float]]:
+        """The aggregation's ``finish`` (the new global state and round metrics), folded sums flushed first."""
+        if self.fold is not None:
+            self.fold.flush()
+        return self.aggregation.finish()
+
+    def _position(self, device_id: str) -> int | None:
+        """The device's index in ``selected`` (None: not selected); O(1), rebuilt when a retry extends it."""
+        if self._positions_of is not self.selected:
+            self._positions = {d: i for i, d in enumerate(self.selected)}
+            self._positions_of = self.selected
+        return self._positions.get(device_id)
+
     def _judge(self, update: Update, size: int) -> Verdict:
         if update.run_id != self.run_id or update.server_round != self.server_round:
             return Verdict("stale", f"round {update.server_round} of run {update.run_id} is not open")
-        if update.device_id not in self.selected:
+        position = self._position(update.device_id)
+        if position is None:
             return Verdict("unselected", "device not selected for this round")
         if update.device_id in self.accepted:
             return Verdict("duplicate", "already received")
@@ -149,10 +169,12 @@ class RoundCollector:
             return Verdict("invalid", exc.detail, exc.reason)
         weight, cap_note = self._weight(update)
         try:
-            params, masks = update_on_masks(update, held)  # the checked masks: nothing converted again
             started = time.perf_counter()
-            self.aggregation.add(ClientReply(self.selected.index(update.device_id), params, masks,
-                                             weight, update.train_loss))
+            if self.fold is not None:
+                self.fold.add(update, held, weight)
+            else:
+                params, masks = update_on_masks(update, held)  # the checked masks: nothing converted again
+                self.aggregation.add(ClientReply(position, params, masks, weight, update.train_loss))
             self.aggregation_s += time.perf_counter() - started
         except (ProtocolError, ValueError) as exc:  # check_update should have caught it: still no crash
             return Verdict("invalid", f"{type(exc).__name__}: {exc}", "unusable")

@@ -251,10 +251,16 @@ class CoordinatorStore:
     # --- devices ----------------------------------------------------------------------------------
 
     def save_device(self, row: DeviceRow) -> None:
+        self.save_devices([row])
+
+    def save_devices(self, rows: list[DeviceRow]) -> None:
+        """Upsert devices in one transaction (one commit, so one fsync on SQLite, however many rows)."""
+        if not rows:
+            return
         self._write(self._upsert(devices, [{
             "id": row.id, "capabilities": json.dumps(row.capabilities), "sample_count": row.sample_count,
             "state": row.state, "last_seen": row.last_seen, "rounds_done": row.rounds_done,
-            "bytes_up": row.bytes_up, "bytes_down": row.bytes_down}]))
+            "bytes_up": row.bytes_up, "bytes_down": row.bytes_down} for row in rows]))
 
     def add_device_error(self, error: DeviceErrorRow) -> None:
         self._write(device_errors.insert().values(device_id=error.device_id, run_id=error.run_id, round=error.round,

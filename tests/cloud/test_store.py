@@ -172,6 +172,14 @@ def test_devices_are_upserted_with_64_bit_byte_counts(store: CoordinatorStore):
                                     DeviceRow("d2", {"ram_mb": 1024}, 11, "busy", 6.5, 2, 2**40 + 1, 2**33)]
 
 
+def test_devices_are_saved_in_one_batch(store: CoordinatorStore):
+    store.save_device(DeviceRow("d0", {}, 1, "online", 1.0, 0, 0, 0))
+    batch = [DeviceRow(f"d{i}", {"cores": i}, i, "online", float(i), i, i, i) for i in range(300)]
+    store.save_devices(batch)  # d0 updated, d1..d299 inserted
+    store.save_devices([])
+    assert store.load_devices() == sorted(batch, key=lambda row: row.id)
+
+
 def test_last_device_error_is_the_latest_per_device(store: CoordinatorStore):
     for device, at, code in (("a", 2.0, "oom"), ("a", 3.0, "bad_data"), ("a", 1.0, "late"), ("b", 1.5, "x")):
         store.add_device_error(DeviceErrorRow(device, "r", int(at), code, f"{code} detail", at))
