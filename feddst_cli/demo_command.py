@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -182,9 +183,16 @@ class DemoStack:
         token, _ = self.coordinator.tokens.create("operator", name="feddst demo --serve")
         server = uvicorn.Server(uvicorn.Config(create_app(coordinator=self.coordinator), host="127.0.0.1",
                                                port=api_port, log_level="warning"))
-        typer.echo(f"dashboard: http://127.0.0.1:{api_port}/  (API under /api, OpenAPI at /openapi.json)")
-        typer.echo(f"operator token for the page (valid while the demo runs): {token}")
-        typer.echo("press Ctrl-C to stop", err=True)
+
+        def announce_once_listening() -> None:  # the URL only once it answers, never a refused connection
+            while not server.started and not server.should_exit:
+                time.sleep(0.05)
+            if server.started:
+                typer.echo(f"dashboard: http://127.0.0.1:{api_port}/  (API under /api, OpenAPI at /openapi.json)")
+                typer.echo(f"operator token for the page (valid while the demo runs): {token}")
+                typer.echo("press Ctrl-C to stop", err=True)
+
+        threading.Thread(target=announce_once_listening, name="demo-announce", daemon=True).start()
         try:
             server.run()  # uvicorn handles SIGINT/SIGTERM: it returns (or re-raises the signal) on either
         except KeyboardInterrupt:
