@@ -24,6 +24,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
+from field_trial.netem import add_veth_namespace
+
 CHAINS = ("INPUT", "OUTPUT")
 
 
@@ -62,16 +64,9 @@ class AgentNamespaces:
         ns, host, dev = f"fdfl-{self.tag}-{index}", f"fl{short}h{index}", f"fl{short}d{index}"
         a, b = 210 + index // 64, (index % 64) * 4
         host_ip, dev_ip = f"10.{a}.{b}.1", f"10.{a}.{b}.2"
-        _run("ip", "netns", "add", ns)
-        self.namespaces[index] = ns
-        _run("ip", "link", "add", host, "type", "veth", "peer", "name", dev)
+        self.namespaces[index] = ns  # recorded first: close() removes whatever part of them exists
         self.host_links.append(host)
-        _run("ip", "link", "set", dev, "netns", ns)
-        _run("ip", "addr", "add", f"{host_ip}/30", "dev", host)
-        _run("ip", "link", "set", host, "up")
-        _run("ip", "-n", ns, "addr", "add", f"{dev_ip}/30", "dev", dev)
-        _run("ip", "-n", ns, "link", "set", dev, "up")
-        _run("ip", "-n", ns, "link", "set", "lo", "up")
+        add_veth_namespace(_run, ns, host, dev, host_ip, dev_ip)
         self.addresses[index] = host_ip
         return ns, host_ip
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from field_trial.spec import LinkProfile
@@ -60,6 +61,21 @@ def _run(*cmd: str) -> None:
         raise NetemError(f"{' '.join(cmd)} failed: {result.stderr.strip() or result.stdout.strip()}")
 
 
+def add_veth_namespace(run: Callable[..., None], ns: str, host: str, dev: str, host_ip: str, dev_ip: str) -> None:
+    """Network namespace ``ns`` joined to the host by a veth pair: ``host`` (``host_ip``/30) on the host side,
+    ``dev`` (``dev_ip``/30) inside, both up, plus the namespace's loopback. ``run`` executes one command and
+    raises its caller's error on failure; a partial set-up is left for the caller's cleanup (``ip link del``,
+    ``ip netns del``), which must record ``ns`` and ``host`` before calling."""
+    run("ip", "netns", "add", ns)
+    run("ip", "link", "add", host, "type", "veth", "peer", "name", dev)
+    run("ip", "link", "set", dev, "netns", ns)
+    run("ip", "addr", "add", f"{host_ip}/30", "dev", host)
+    run("ip", "link", "set", host, "up")
+    run("ip", "-n", ns, "addr", "add", f"{dev_ip}/30", "dev", dev)
+    run("ip", "-n", ns, "link", "set", dev, "up")
+    run("ip", "-n", ns, "link", "set", "lo", "up")
+
+
 def _qdisc(profile: LinkProfile, kbps: float) -> list[list[str]]:
     """The tc argument lists (after ``tc qdisc add dev DEV``) for one direction of ``profile``."""
     netem = ["root", "handle", "1:", "netem", "delay", f"{profile.latency_ms / 2:.3f}ms"]
@@ -86,16 +102,9 @@ class NetemLinks:
         ns, host, dev = f"fdst-{self.tag}-{index}", f"fd{short}h{index}", f"fd{short}d{index}"
         a, b = 200 + index // 64, (index % 64) * 4
         host_ip, dev_ip = f"10.{a}.{b}.1", f"10.{a}.{b}.2"
-        _run("ip", "netns", "add", ns)
-        self.namespaces.append(ns)
-        _run("ip", "link", "add", host, "type", "veth", "peer", "name", dev)
+        self.namespaces.append(ns)  # recorded first: close() removes whatever part of them exists
         self.host_links.append(host)
-        _run("ip", "link", "set", dev, "netns", ns)
-        _run("ip", "addr", "add", f"{host_ip}/30", "dev", host)
-        _run("ip", "link", "set", host, "up")
-        _run("ip", "-n", ns, "addr", "add", f"{dev_ip}/30", "dev", dev)
-        _run("ip", "-n", ns, "link", "set", dev, "up")
-        _run("ip", "-n", ns, "link", "set", "lo", "up")
+        add_veth_namespace(_run, ns, host, dev, host_ip, dev_ip)
         for args in _qdisc(profile, profile.uplink_kbps):
             _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, *args)
         for args in _qdisc(profile, profile.downlink_kbps):
