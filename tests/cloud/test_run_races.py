@@ -27,21 +27,6 @@ def broker(tmp_path):
     server.stop()
 
 
-@pytest.fixture
-def fleet(broker):
-    started: list[FakeDevice] = []
-
-    def start(device_id: str, **kwargs: object) -> FakeDevice:
-        device = FakeDevice(device_id, broker.port, **kwargs).start()  # type: ignore[arg-type]
-        started.append(device)
-        return device
-
-    yield start
-    for device in started:
-        if not device._stop.is_set():
-            device.stop()
-
-
 def _online(coordinator, n):
     wait_until(lambda: len(coordinator.registry.online_ids()) >= n, what=f"{n} devices online")
 
@@ -51,11 +36,11 @@ def _collecting(coordinator, run_id, server_round=1):
                and p.round == server_round, what=f"round {server_round} collecting")
 
 
-def test_stop_answers_once_the_run_stopped_so_a_start_right_after_is_accepted(broker, fleet, tmp_path):
+def test_stop_answers_once_the_run_stopped_so_a_start_right_after_is_accepted(broker, devices, tmp_path):
     coordinator = make_coordinator(broker.url, tmp_path / "state")
     try:
         for i in range(2):
-            fleet(f"dev-{i}", index=i, silent=True)
+            devices(f"dev-{i}", index=i, silent=True)
         _online(coordinator, 2)
         first = coordinator.create_run(RunConfig(rounds=2, clients_per_round=2, round_timeout_s=30.0, **SMALL))
         coordinator.start_run(first.id)
@@ -68,11 +53,11 @@ def test_stop_answers_once_the_run_stopped_so_a_start_right_after_is_accepted(br
         coordinator.close()
 
 
-def test_a_stop_racing_completion_never_rewrites_a_completed_run(broker, fleet, tmp_path):
+def test_a_stop_racing_completion_never_rewrites_a_completed_run(broker, devices, tmp_path):
     coordinator = make_coordinator(broker.url, tmp_path / "state")
     try:
         for i in range(2):
-            fleet(f"dev-{i}", index=i)
+            devices(f"dev-{i}", index=i)
         _online(coordinator, 2)
         run = coordinator.create_run(RunConfig(rounds=1, clients_per_round=2, round_timeout_s=30.0, **SMALL))
         coordinator.start_run(run.id)
@@ -88,10 +73,10 @@ def test_a_stop_racing_completion_never_rewrites_a_completed_run(broker, fleet, 
         coordinator.close()
 
 
-def test_shutdown_mid_round_interrupts_and_a_resume_by_hand_reopens_the_round(broker, fleet, tmp_path):
+def test_shutdown_mid_round_interrupts_and_a_resume_by_hand_reopens_the_round(broker, devices, tmp_path):
     state = tmp_path / "state"
     coordinator = make_coordinator(broker.url, state)
-    devices = [fleet(f"dev-{i}", index=i, delay_s=1.5, resend_on_repeated_task=True) for i in range(2)]
+    started = [devices(f"dev-{i}", index=i, delay_s=1.5, resend_on_repeated_task=True) for i in range(2)]
     _online(coordinator, 2)
     run = coordinator.create_run(RunConfig(rounds=2, clients_per_round=2, round_timeout_s=30.0, **SMALL))
     coordinator.start_run(run.id)
@@ -114,7 +99,7 @@ def test_shutdown_mid_round_interrupts_and_a_resume_by_hand_reopens_the_round(br
         assert [r["round"] for r in rounds] == [1, 2]
         assert rounds[0]["accepted"] == ["dev-0", "dev-1"]  # the updates made for the first coordinator's task
         assert final.counters["accepted"] == 4 and final.counters.get("wrong_nonce", 0) == 0
-        nonces = {t.task_nonce for t in _tasks_seen(devices[0], run.id, 1)}
+        nonces = {t.task_nonce for t in _tasks_seen(started[0], run.id, 1)}
         assert len(nonces) == 1  # the reopened round re-sent the same task
     finally:
         restarted.close()
@@ -124,11 +109,11 @@ def _tasks_seen(device: FakeDevice, run_id: str, server_round: int) -> list[Task
     return [t for t in device.tasks_seen if t.run_id == run_id and t.server_round == server_round]
 
 
-def test_a_retried_round_closes_when_its_stand_ins_reply(broker, fleet, tmp_path):
+def test_a_retried_round_closes_when_its_stand_ins_reply(broker, devices, tmp_path):
     coordinator = make_coordinator(broker.url, tmp_path / "state")
     try:
-        fleet("dev-0", index=0)
-        gone = fleet("dev-1", index=1, silent=True)
+        devices("dev-0", index=0)
+        gone = devices("dev-1", index=1, silent=True)
         _online(coordinator, 2)
         run = coordinator.create_run(RunConfig(rounds=1, clients_per_round=2, quorum=2, max_round_retries=1,
                                                **{**SMALL, "round_timeout_s": 2.0}))
@@ -136,7 +121,7 @@ def test_a_retried_round_closes_when_its_stand_ins_reply(broker, fleet, tmp_path
         _collecting(coordinator, run.id)
         gone.crash()  # its last will says offline: the retry's selected set can never complete
         wait_until(lambda: "dev-1" not in coordinator.registry.online_ids(), what="dev-1 offline")
-        spare = fleet("dev-2", index=2)  # online by the retry: it stands in for dev-1
+        spare = devices("dev-2", index=2)  # online by the retry: it stands in for dev-1
         assert coordinator.wait_for_run(run.id, 60).status == "completed"
         record = coordinator.get_run(run.id)[1][0]
         assert record["retries"] == 1 and record["accepted"] == ["dev-0", "dev-2"]
