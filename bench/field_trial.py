@@ -8,7 +8,9 @@
    ``plan_vs_measured_error``: |planned - measured| / measured mean round seconds, averaged over
    the two algorithms (target <= 0.2).
 2. Value formats in the simulator (paper MNIST, ``--format-rounds``, default 200; ``--format-rounds 0`` skips):
-   final accuracy and upload of float32 vs float16 for FedDST (target: within 0.3 points at <= 0.55x upload).
+   final accuracy, upload and download of float32 vs float16 for FedDST and FedAvg (``--format-algorithms``;
+   target: float16 FedDST within 0.3 points of float32 FedDST at <= 0.55x upload), the simulations side by side
+   in ``--format-workers`` processes; ``--skip-live`` runs only this part.
 3. ``wire_vs_broker_ratio``: with ``--broker mosquitto`` (the default when mosquitto is installed) the live
    part runs on a private mosquitto (``field_trial.private_mosquitto``: free port, ``sys_interval 1``). After
    the runs the agents stop (clean disconnects, final counters files), then the in-process coordinator; the
@@ -109,18 +111,42 @@ def wire_vs_broker(stack: TrialStack, counters: BrokerByteCounters) -> dict:
             "clients_received_bytes": received, "broker_sent_bytes": broker["sent"]}
 
 
-def run_formats(args: argparse.Namespace) -> dict:
+def _format_run(algorithm: str, fmt: str, data_dir: str, rounds: int) -> dict:
+    """One simulation of the paper MNIST setting (a worker process, one torch thread): final accuracy, upload."""
+    import torch
+
     from simulator.config import SimulationConfig
     from simulator.engine import Simulation
 
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    sim = Simulation(SimulationConfig(dataset="mnist", data_dir=data_dir, rounds=rounds, algorithm=algorithm,
+                                      eval_every=rounds, upload_format=fmt))
+    last = list(sim.run_rounds())[-1]
+    return {"final_accuracy": last.accuracy, "upload_bytes": last.upload_bytes,
+            "download_bytes": last.download_bytes, "seconds": time.perf_counter() - started}
+
+
+def run_formats(args: argparse.Namespace) -> dict[str, dict]:
+    """``formats_<algorithm>`` for each of ``--format-algorithms``: float32 vs float16, run side by side in
+    ``--format-workers`` processes; prints one progress line per finished simulation (to stderr)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    jobs = [(a, f) for a in args.format_algorithms.split(",") for f in ("float32", "float16")]
+    results: dict[tuple[str, str], dict] = {}
+    with ProcessPoolExecutor(max_workers=args.format_workers) as pool:
+        futures = {pool.submit(_format_run, a, f, args.data_dir, args.format_rounds): (a, f) for a, f in jobs}
+        for done in as_completed(futures):
+            results[futures[done]] = r = done.result()
+            print(f"formats: {futures[done][0]} {futures[done][1]} done: acc {r['final_accuracy']:.4f}, "
+                  f"up {r['upload_bytes'] / 1e6:.2f} MB, {r['seconds']:.0f} s", file=sys.stderr, flush=True)
     out = {}
-    for fmt in ("float32", "float16"):
-        sim = Simulation(SimulationConfig(dataset="mnist", data_dir=args.data_dir, rounds=args.format_rounds,
-                                          eval_every=args.format_rounds, upload_format=fmt))
-        last = list(sim.run_rounds())[-1]
-        out[fmt] = {"final_accuracy": last.accuracy, "upload_bytes": last.upload_bytes}
-    out["float16_accuracy_drop_points"] = 100 * (out["float32"]["final_accuracy"] - out["float16"]["final_accuracy"])
-    out["float16_upload_ratio"] = out["float16"]["upload_bytes"] / out["float32"]["upload_bytes"]
+    for algorithm in dict.fromkeys(a for a, _ in jobs):
+        f32, f16 = results[(algorithm, "float32")], results[(algorithm, "float16")]
+        out[f"formats_{algorithm}"] = {
+            "float32": f32, "float16": f16,
+            "float16_accuracy_drop_points": 100 * (f32["final_accuracy"] - f16["final_accuracy"]),
+            "float16_upload_ratio": f16["upload_bytes"] / f32["upload_bytes"]}
     return out
 
 
@@ -130,7 +156,13 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=2)
-    parser.add_argument("--format-rounds", type=int, default=200)
+    parser.add_argument("--format-rounds", type=int, default=200,
+                        help="Rounds of each value-format simulation (0 skips part 2).")
+    parser.add_argument("--format-algorithms", default="feddst,fedavg",
+                        help="Comma-separated algorithms whose float32 vs float16 uploads part 2 compares.")
+    parser.add_argument("--format-workers", type=int, default=4,
+                        help="Worker processes for part 2's simulations (one torch thread each).")
+    parser.add_argument("--skip-live", action="store_true", help="Run only part 2 (value formats).")
     parser.add_argument("--out", type=Path, default=None, help="Keep the live trial's outputs here.")
     parser.add_argument("--broker", choices=("embedded", "mosquitto"),
                         default="mosquitto" if find_mosquitto() else "embedded",
@@ -140,16 +172,24 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     out = args.out or Path(tempfile.mkdtemp(prefix="feddst-bench-trial-"))
-    result: dict = {"live": run_live(args, out), "broker": args.broker}
-    result["wire_vs_broker_ratio"] = result["live"]["wire_vs_broker_ratio"]
-    result["feddst_wall_clock_ratio"] = result["live"]["feddst_wall_clock_ratio"]
-    result["plan_vs_measured_error"] = result["live"]["plan_vs_measured_error"]
+    result: dict = {"broker": args.broker}
+    if not args.skip_live:
+        result["live"] = run_live(args, out)
+        for key in ("wire_vs_broker_ratio", "feddst_wall_clock_ratio", "plan_vs_measured_error"):
+            result[key] = result["live"][key]
     if args.format_rounds:
-        result["formats_feddst"] = run_formats(args)
+        result.update(run_formats(args))
     result["bench_seconds"] = time.perf_counter() - started
     if args.json:
         print(json.dumps(result))
         return
+    if "live" in result:
+        _print_live(result)
+    for key in sorted(k for k in result if k.startswith("formats_")):
+        print(f"{key}: {json.dumps(result[key])}")
+
+
+def _print_live(result: dict) -> None:
     for r in result["live"]["runs"]:
         print(f"{r['algorithm']}: acc {r['final_accuracy']:.4f}, up {r['total_upload_bytes'] / 1e6:.2f} MB payload / "
               f"{r['wire_upload_bytes'] / 1e6:.2f} MB wire, {r['wall_clock_s']:.0f} s, to target "
@@ -161,9 +201,6 @@ def main() -> None:
         live = result["live"]
         print(f"clients sent {live['clients_sent_bytes']} B / broker received {live['broker_received_bytes']} B; "
               f"clients received {live['clients_received_bytes']} B / broker sent {live['broker_sent_bytes']} B")
-    if "formats_feddst" in result:
-        print(f"formats (FedDST): {json.dumps(result['formats_feddst'])}")
-
 
 if __name__ == "__main__":
     main()
