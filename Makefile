@@ -38,4 +38,4 @@ test-arm64:
 
 lint:
 	ruff check .
-	mypy feddst_core protocol simulator datasources cloud edge_agent feddst_cli field_trial
+	mypy feddst_core protocol simulator datasources cloud edge_agent feddst_cli field_trial durable_files inference

@@ -10,7 +10,7 @@ Layout under ``<state_dir>/checkpoints/<run_id>/``::
                         task nonce and the selection RNG's state after drawing it, so a restarted
                         coordinator reopens the *same* round and agents' late updates for it still count
 
-Every file is written durably (:func:`write_durably`: temporary file, flush, fsync, ``os.replace``,
+Every file is written durably (:func:`durable_files.write_file_durably`: temporary file, flush, fsync, ``os.replace``,
 fsync of the directory), so after ``kill -9`` or a power cut a file is either the old or the new
 version, never a prefix. The last :data:`KEEP_CHECKPOINTS` checkpoints of a run are kept (older ones
 are removed once a newer one is durable); the store's per-round model files are separate
@@ -21,7 +21,6 @@ are removed once a newer one is durable); the store's per-round model files are 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,29 +31,13 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from durable_files import write_file_durably
 from feddst_core.strategies import ServerState
 
 CHECKPOINT_DIR = "checkpoints"
 OPEN_ROUND_FILE = "open-round.json"
 KEEP_CHECKPOINTS = 2
 FORMAT_VERSION = 1
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (temp file in the same directory, flush,
-    fsync, ``os.replace``, fsync of the directory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rng_from_state(state: dict[str, Any]) -> np.random.Generator:
@@ -167,7 +150,7 @@ class CheckpointStore:
         """Write durably; then drop the open-round record it supersedes and checkpoints beyond the last
         :data:`KEEP_CHECKPOINTS`."""
         path = self.path(checkpoint.run_id, checkpoint.server_round)
-        write_durably(path, checkpoint.encode())
+        write_file_durably(path, checkpoint.encode())
         opened = self.open_round(checkpoint.run_id)
         if opened is not None and opened.server_round <= checkpoint.server_round:
             self.clear_open_round(checkpoint.run_id)
@@ -185,7 +168,7 @@ class CheckpointStore:
         return None
 
     def save_open_round(self, run_id: str, opened: OpenRound) -> None:
-        write_durably(self.run_dir(run_id) / OPEN_ROUND_FILE, opened.to_json())
+        write_file_durably(self.run_dir(run_id) / OPEN_ROUND_FILE, opened.to_json())
 
     def open_round(self, run_id: str) -> OpenRound | None:
         path = self.run_dir(run_id) / OPEN_ROUND_FILE

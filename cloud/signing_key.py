@@ -8,11 +8,12 @@ fsync, rename). Devices hold only the public key, given to them as 64 lowercase 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from durable_files import write_file_durably
 
 DEFAULT_SIGNING_KEY_NAME = "coordinator-signing.key"
 """File name of the signing key inside the coordinator's state dir when no path is configured."""
@@ -41,16 +42,9 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename) with mode 0600: for secrets."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` atomically and durably with mode 0600 (for secrets;
+    :func:`durable_files.write_file_durably`)."""
+    write_file_durably(path, data, mode=0o600)
 
 
 def public_key_hex(key: Ed25519PrivateKey) -> str:

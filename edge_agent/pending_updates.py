@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from durable_files import write_file_durably
 from protocol import ProtocolError, Update, decode_message, encode_message
 
 log = logging.getLogger("feddst.agent.pending")
@@ -43,21 +43,11 @@ class PendingUpdateStore:
         return self.directory / f"{run_id}.{server_round}.update"
 
     def save(self, stored: StoredUpdate) -> None:
-        """Write one update durably (temporary file, fsync, rename, fsync of the directory)."""
+        """Write one update durably (:func:`durable_files.write_file_durably`)."""
         update = stored.update
         header = json.dumps({"format": FORMAT_VERSION, "topic": stored.topic, "deadline_wall": stored.deadline_wall})
         path = self._path(update.run_id, update.server_round)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(header.encode() + b"\n" + encode_message(update, None, seq=0))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_file_durably(path, header.encode() + b"\n" + encode_message(update, None, seq=0))
 
     def remove(self, run_id: str, server_round: int) -> None:
         self._path(run_id, server_round).unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -194,28 +194,32 @@ def init_params(spec: ModelSpec, generator: torch.Generator) -> Params:
 # --- forward ------------------------------------------------------------------------------------
 
 
-class LayerExecutor(Protocol):
+Act = TypeVar("Act")  # an executor's activations: torch tensors, or the ONNX graph builder's value names
+
+
+class LayerExecutor(Protocol[Act]):
     """How one forward pass runs each kind of layer on its activations; :func:`run_layers` is the one
     walk of a model's layer list, for every executor (the K-client grouped one below, the CSR one of
-    ``feddst_core.sparse.trainer``). Activation layouts are the executor's own."""
+    ``feddst_core.sparse.trainer``, the ONNX graph builder of ``feddst_core.onnx_export``). Activation
+    layouts (and types) are the executor's own."""
 
-    def conv(self, layer: Conv, act: torch.Tensor) -> torch.Tensor: ...
+    def conv(self, layer: Conv, act: Act) -> Act: ...
 
     def fuses_conv_pool(self, layer: Conv) -> bool:
         """Whether this Conv and the MaxPool right after it run as one ``conv_pool`` call."""
         ...
 
-    def conv_pool(self, layer: Conv, pool: MaxPool, relu: bool, act: torch.Tensor) -> torch.Tensor: ...
+    def conv_pool(self, layer: Conv, pool: MaxPool, relu: bool, act: Act) -> Act: ...
 
-    def max_pool(self, pool: MaxPool, relu: bool, act: torch.Tensor) -> torch.Tensor:
+    def max_pool(self, pool: MaxPool, relu: bool, act: Act) -> Act:
         """The pool, and the ReLU after it in the same pass when ``relu``."""
         ...
 
-    def relu(self, act: torch.Tensor) -> torch.Tensor: ...
+    def relu(self, act: Act) -> Act: ...
 
-    def flatten(self, act: torch.Tensor) -> torch.Tensor: ...
+    def flatten(self, act: Act) -> Act: ...
 
-    def linear(self, layer: Linear, act: torch.Tensor) -> torch.Tensor: ...
+    def linear(self, layer: Linear, act: Act) -> Act: ...
 
 
 def forward_plan(layers: Sequence[Layer]) -> list[Layer | FusedMaxPoolReLU]:
@@ -229,7 +233,7 @@ def forward_plan(layers: Sequence[Layer]) -> list[Layer | FusedMaxPoolReLU]:
     return plan
 
 
-def run_layers(spec: ModelSpec, executor: LayerExecutor, act: torch.Tensor) -> torch.Tensor:
+def run_layers(spec: ModelSpec, executor: LayerExecutor[Act], act: Act) -> Act:
     """Run ``spec``'s layers (:func:`forward_plan`) on ``act`` with ``executor``; returns the last
     Linear's output. A Conv the executor fuses with the MaxPool (or MaxPool + ReLU) after it runs as
     one ``conv_pool`` call."""

@@ -19,12 +19,13 @@ Constant's output is the dense tensor).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from feddst_core.models import Conv, Flatten, Linear, MaxPool, ModelSpec, ReLU
+from feddst_core.models import Conv, Linear, MaxPool, ModelSpec, run_layers
 
 OPSET = 17
 INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME = "input", "logits", "probabilities"
@@ -72,30 +73,54 @@ def _sparse_initializer(name: str, value: np.ndarray) -> onnx.SparseTensorProto:
                                      numpy_helper.from_array(indices, name + ".indices"), list(value.shape))
 
 
+class OnnxGraphBuilder:
+    """:class:`~feddst_core.models.LayerExecutor` whose activations are ONNX value names: each layer
+    :func:`~feddst_core.models.run_layers` walks appends its node(s) to ``nodes`` and returns the
+    name of its output (``act<n>``, n = the node's index). Weights are read by name from the
+    initializers (``<layer>.weight``, ``<layer>.bias``)."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+
+    def _node(self, op_type: str, inputs: list[str], name: str, **attributes: Any) -> str:
+        out = f"act{len(self.nodes)}"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=name, **attributes))
+        return out
+
+    def conv(self, layer: Conv, act: str) -> str:
+        k = layer.kernel
+        return self._node("Conv", [act, f"{layer.name}.weight", f"{layer.name}.bias"], layer.name,
+                          kernel_shape=[k, k], strides=[1, 1], pads=[0, 0, 0, 0])
+
+    def fuses_conv_pool(self, layer: Conv) -> bool:
+        return False  # ONNX has no fused conv + pool node: Conv, then MaxPool
+
+    def conv_pool(self, layer: Conv, pool: MaxPool, relu: bool, act: str) -> str:
+        return self.max_pool(pool, relu, self.conv(layer, act))
+
+    def max_pool(self, pool: MaxPool, relu: bool, act: str) -> str:
+        out = self._node("MaxPool", [act], f"pool{len(self.nodes)}", kernel_shape=[pool.kernel] * 2,
+                         strides=[pool.stride] * 2)
+        return self.relu(out) if relu else out
+
+    def relu(self, act: str) -> str:
+        return self._node("Relu", [act], f"relu{len(self.nodes)}")
+
+    def flatten(self, act: str) -> str:
+        return self._node("Flatten", [act], f"flatten{len(self.nodes)}", axis=1)
+
+    def linear(self, layer: Linear, act: str) -> str:
+        return self._node("Gemm", [act, f"{layer.name}.weight", f"{layer.name}.bias"], layer.name, transB=1)
+
+
 def _nodes(spec: ModelSpec) -> list[onnx.NodeProto]:
-    nodes: list[onnx.NodeProto] = []
-    act = INPUT_NAME
-    for i, layer in enumerate(spec.layers):
-        out = f"act{i}"
-        if isinstance(layer, Conv):
-            k = layer.kernel
-            nodes.append(helper.make_node("Conv", [act, f"{layer.name}.weight", f"{layer.name}.bias"], [out],
-                                          name=layer.name, kernel_shape=[k, k], strides=[1, 1], pads=[0, 0, 0, 0]))
-        elif isinstance(layer, MaxPool):
-            nodes.append(helper.make_node("MaxPool", [act], [out], name=f"pool{i}",
-                                          kernel_shape=[layer.kernel] * 2, strides=[layer.stride] * 2))
-        elif isinstance(layer, ReLU):
-            nodes.append(helper.make_node("Relu", [act], [out], name=f"relu{i}"))
-        elif isinstance(layer, Flatten):
-            nodes.append(helper.make_node("Flatten", [act], [out], name=f"flatten{i}", axis=1))
-        elif isinstance(layer, Linear):
-            nodes.append(helper.make_node("Gemm", [act, f"{layer.name}.weight", f"{layer.name}.bias"], [out],
-                                          name=layer.name, transB=1))
-        else:
-            raise OnnxExportError(f"{spec.name}: no ONNX node for layer {layer!r}")
-        act = out
-    if not nodes or nodes[-1].op_type != "Gemm":
+    """The graph's nodes: :func:`~feddst_core.models.run_layers` with :class:`OnnxGraphBuilder`, the last
+    Gemm's output renamed ``logits``, then the Softmax giving ``probabilities``."""
+    if not spec.layers or not isinstance(spec.layers[-1], Linear):
         raise OnnxExportError(f"{spec.name}: a model must end in a Linear layer")
+    builder = OnnxGraphBuilder()
+    run_layers(spec, builder, INPUT_NAME)
+    nodes = builder.nodes
     nodes[-1].output[0] = LOGITS_NAME
     nodes.append(helper.make_node("Softmax", [LOGITS_NAME], [PROBABILITIES_NAME], name="softmax", axis=1))
     return nodes

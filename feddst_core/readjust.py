@@ -27,8 +27,8 @@ def is_readjust_round(server_round: int, every: int, t_end: int) -> bool:
 
 
 @dataclass(frozen=True)
-class MaskChange:
-    """Flat indices (into the weight's ``reshape(-1)``) that a readjustment turned off and on.
+class LayerReadjustment:
+    """One layer's readjustment: flat indices (into the weight's ``reshape(-1)``) it turned off and on.
 
     The trainer's form (torch, in the order ``prune_and_grow`` chose them). Its wire form is
     ``protocol.MaskChange`` (numpy, sorted), built from this one once, by
@@ -40,7 +40,7 @@ class MaskChange:
 
 
 def prune_and_grow(mask: torch.Tensor, drop_scores: torch.Tensor, grow_scores: torch.Tensor,
-                   fraction: float) -> tuple[torch.Tensor, MaskChange]:
+                   fraction: float) -> tuple[torch.Tensor, LayerReadjustment]:
     """Readjust one layer's mask, keeping its active count.
 
     Drops ``floor(fraction * active)`` active weights with the *lowest* ``drop_scores`` and grows
@@ -55,7 +55,7 @@ def prune_and_grow(mask: torch.Tensor, drop_scores: torch.Tensor, grow_scores: t
     n = min(math.floor(fraction * active), inactive)
     if n == 0:
         empty = torch.empty(0, dtype=torch.long)
-        return mask.clone(), MaskChange(empty, empty)
+        return mask.clone(), LayerReadjustment(empty, empty)
     big = torch.finfo(torch.float32).max
     # Scores of a diverged client (NaN, +-Inf) must not outrank the fills below: NaN counts as 0.
     drop = _finite(drop_scores, big).masked_fill(~flat_mask, big)  # inactive never dropped
@@ -67,7 +67,7 @@ def prune_and_grow(mask: torch.Tensor, drop_scores: torch.Tensor, grow_scores: t
     new[grown] = True
     assert int(new.sum()) == active, "prune_and_grow must keep the active count"
     assert not bool(flat_mask[grown].any()), "grown weights must have been inactive"
-    return new.reshape(mask.shape), MaskChange(dropped, grown)
+    return new.reshape(mask.shape), LayerReadjustment(dropped, grown)
 
 
 def _finite(scores: torch.Tensor, big: float) -> torch.Tensor:
@@ -77,10 +77,10 @@ def _finite(scores: torch.Tensor, big: float) -> torch.Tensor:
 
 def readjust_masks(masks: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor],
                    gradients: Mapping[str, torch.Tensor], fraction: float,
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, MaskChange]]:
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, LayerReadjustment]]:
     """FedDST's local step for one client: magnitude drop, gradient-magnitude growth, per layer."""
     new_masks: dict[str, torch.Tensor] = {}
-    changes: dict[str, MaskChange] = {}
+    changes: dict[str, LayerReadjustment] = {}
     for name, mask in masks.items():
         new_masks[name], changes[name] = prune_and_grow(
             mask, weights[name].abs(), gradients[name].abs(), fraction)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from feddst_core.masks import apply_masks
 from feddst_core.models import ModelSpec, Params, forward
-from feddst_core.readjust import MaskChange, readjust_masks
+from feddst_core.readjust import LayerReadjustment, readjust_masks
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class ClientOutcome:
 
     params: Params  # trained weights (masked-out entries exactly 0) and biases
     masks: dict[str, torch.Tensor]  # the client's mask after this round
-    mask_changes: dict[str, MaskChange]  # empty unless the round readjusted the mask
+    mask_changes: dict[str, LayerReadjustment]  # empty unless the round readjusted the mask
     num_samples: int
     train_loss: float  # mean cross-entropy over the last local epoch
 
@@ -124,7 +124,7 @@ class LocalTrainer:
         rows = torch.arange(k).unsqueeze(1)  # (K, 1) for gathering per-client batches
         names = list(params)
         epoch_loss = torch.zeros(k)
-        changes: list[dict[str, MaskChange]] = [{} for _ in range(k)]
+        changes: list[dict[str, LayerReadjustment]] = [{} for _ in range(k)]
         readjust_at = self.readjust_epoch() if readjust_fraction > 0 else -1
         for epoch in range(cfg.local_epochs + 1):
             if epoch == readjust_at:
@@ -178,14 +178,14 @@ class LocalTrainer:
 
     def _readjust(self, params: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], x: torch.Tensor,
                   y: torch.Tensor, fraction: float,
-                  ) -> tuple[dict[str, torch.Tensor], list[dict[str, MaskChange]]]:
+                  ) -> tuple[dict[str, torch.Tensor], list[dict[str, LayerReadjustment]]]:
         """Prune by magnitude and regrow by the dense gradient on the full local data (one pass)."""
         k = x.shape[0]
         names = list(masks)
         loss = self._loss(params, x, y).sum()
         dense_grads = torch.autograd.grad(loss, [params[nm] for nm in names])  # (K, ...) each
         new_masks = {nm: masks[nm].clone() for nm in names}
-        changes: list[dict[str, MaskChange]] = []
+        changes: list[dict[str, LayerReadjustment]] = []
         for i in range(k):
             client_masks, client_changes = readjust_masks(
                 {nm: masks[nm][i] for nm in names}, {nm: params[nm][i].detach() for nm in names},

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from feddst_core.readjust import MaskChange as ReadjustChange
+from feddst_core.readjust import LayerReadjustment
 from protocol import MaskChange, ModelBroadcast, RunCompleted, SparseTensor, Update, apply_mask_changes
 from protocol.errors import MaskMismatchError
 
@@ -66,8 +66,8 @@ def model_from_tensors(tensors: Mapping[str, SparseTensor], masked_names: list[s
     return params, masks
 
 
-def wire_mask_changes(changes: Mapping[str, ReadjustChange]) -> dict[str, MaskChange]:
-    """The trainer's per-layer changes (``feddst_core.readjust.MaskChange``, torch int64 flat indices) as
+def wire_mask_changes(changes: Mapping[str, LayerReadjustment]) -> dict[str, MaskChange]:
+    """The trainer's per-layer changes (``feddst_core.readjust.LayerReadjustment``, torch int64 flat indices) as
     the wire's ``protocol.MaskChange`` (numpy int64, sorted); layers that moved nothing are left out."""
     wire: dict[str, MaskChange] = {}
     for name, change in changes.items():
@@ -79,7 +79,7 @@ def wire_mask_changes(changes: Mapping[str, ReadjustChange]) -> dict[str, MaskCh
 def update_message(run_id: str, server_round: int, device_id: str, params: Mapping[str, torch.Tensor],
                    sent_masks: Mapping[str, torch.Tensor], new_masks: Mapping[str, torch.Tensor],
                    sample_count: int, train_loss: float, compute_s: float,
-                   mask_changes: Mapping[str, ReadjustChange] | None = None) -> Update:
+                   mask_changes: Mapping[str, LayerReadjustment] | None = None) -> Update:
     """A device's update: values on its (new) mask, plus the mask changes against the sent mask.
 
     ``mask_changes``: the trainer's own changes (``ClientOutcome.mask_changes``, made against

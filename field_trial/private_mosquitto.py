@@ -1,8 +1,10 @@
 """A private mosquitto for a trial or a bench: the Debian ``mosquitto`` binary on a free port, plus its
 ``$SYS/broker/bytes/received|sent`` counters read by a byte-counting client.
 
-The broker's config is written here (listener, no persistence, ``sys_interval``), so its ``$SYS`` byte
-counters are fresh every ``sys_interval`` seconds; :class:`BrokerByteCounters` subscribes to them. Its
+The broker's config is written here (listener, no persistence, ``sys_interval``, and optionally a
+password file, an ACL file or the dynamic-security plugin: what the tests exercise auth with), so its
+``$SYS`` byte counters are fresh every ``sys_interval`` seconds; :class:`BrokerByteCounters` subscribes
+to them. Its
 own MQTT traffic is in the broker's totals too, so it counts its socket bytes
 (:class:`~cloud.mqtt_link.WireCountingClient`) for the caller to add to the clients' side.
 """
@@ -27,8 +29,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True if a TCP listener could bind ``host:port`` now."""
+    """True if a TCP listener could bind ``host:port`` now (with ``SO_REUSEADDR``, as mosquitto binds: the
+    closed connections a stopped broker leaves in TIME_WAIT do not hold the port, a listener does)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -59,10 +63,13 @@ class MosquittoError(RuntimeError):
 
 @dataclass
 class PrivateMosquitto:
-    """One anonymous mosquitto process with its config and log in ``workdir``.
+    """One mosquitto process with its config and log in ``workdir``; anonymous unless given users.
 
     ``host`` is the listener address (``0.0.0.0`` when devices reach it from network namespaces);
-    ``sys_interval_s`` how often mosquitto republishes ``$SYS`` (0: never).
+    ``sys_interval_s`` how often mosquitto republishes ``$SYS`` (0: never); ``passwords`` (username ->
+    password) a password file (``mosquitto_passwd``); ``acl_lines`` an ``acl_file``; ``dynsec_config``
+    the dynamic-security plugin's file (users and roles changed at run time; ``mosquitto_ctrl dynsec
+    init`` makes one); ``extra_config`` lines appended as they are.
     """
 
     workdir: Path
@@ -70,6 +77,9 @@ class PrivateMosquitto:
     port: int = field(default_factory=free_port)
     sys_interval_s: int = 1
     extra_config: list[str] = field(default_factory=list)
+    passwords: dict[str, str] = field(default_factory=dict)
+    acl_lines: list[str] = field(default_factory=list)
+    dynsec_config: Path | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -77,11 +87,33 @@ class PrivateMosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def config_lines(self) -> list[str]:
-        lines = [f"listener {self.port} {self.host}", "allow_anonymous true", "persistence false",
-                 "log_dest stderr", "log_type error", "log_type warning", f"sys_interval {self.sys_interval_s}"]
+        """The config (written to ``workdir``); writes the password and ACL files it names."""
+        lines = [f"listener {self.port} {self.host}", "persistence false", "log_dest stderr", "log_type error",
+                 "log_type warning", f"sys_interval {self.sys_interval_s}"]
         if os.geteuid() == 0 and not any(line.startswith("user ") for line in self.extra_config):
             lines.append("user root")  # as root mosquitto drops to "mosquitto", which cannot read 0700 dirs
-        return lines + self.extra_config
+        return lines + self._auth_lines() + self.extra_config
+
+    def _auth_lines(self) -> list[str]:
+        if self.passwords:
+            password_file = self.workdir / "passwords"
+            password_file.write_text("")
+            for user, password in self.passwords.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(password_file), user, password], check=True,
+                               capture_output=True)
+            password_file.chmod(0o600)
+            lines = ["allow_anonymous false", f"password_file {password_file}"]
+        elif self.dynsec_config is not None:
+            lines = ["allow_anonymous false", "plugin mosquitto_dynamic_security.so",
+                     f"plugin_opt_config_file {self.dynsec_config}"]
+        else:
+            lines = ["allow_anonymous true"]
+        if self.acl_lines:
+            acl = self.workdir / "acl"
+            acl.write_text("\n".join(self.acl_lines) + "\n")
+            acl.chmod(0o600)
+            lines.append(f"acl_file {acl}")
+        return lines
 
     def start(self) -> PrivateMosquitto:
         binary = find_mosquitto()
@@ -91,7 +123,7 @@ class PrivateMosquitto:
         if not port_is_free(self.port, self.host):
             raise MosquittoError(f"mosquitto cannot listen on port {self.port}: it is in use; leave the port to "
                                  "free_port()")
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)  # before config_lines: it writes auth files there
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(self.config_lines()) + "\n", encoding="utf-8")
         log = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115 - kept open for the process
@@ -117,6 +149,12 @@ class PrivateMosquitto:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop, wait ``down_s`` seconds, start again on the same port (a broker outage)."""
+        self.stop()
+        time.sleep(down_s)
+        self.start()
 
 
 class BrokerByteCounters:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from feddst_core.models import Conv, Linear, MaxPool, ModelSpec, forward, run_layers
 from feddst_core.pooling import max_pool2d
-from feddst_core.readjust import MaskChange, readjust_masks
+from feddst_core.readjust import LayerReadjustment, readjust_masks
 from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_conv2d_pool, sparse_linear
 from feddst_core.sparse.policy import SparseThreshold, choose_layer_kernels, validate_kernels
 from feddst_core.training import ClientData, ClientOutcome, LocalTrainer, TrainConfig, sgd_update
@@ -148,7 +148,7 @@ class SparseLocalTrainer:
         state = self.start(global_params, global_masks)
         generator = torch.Generator().manual_seed(seed)
         epoch_loss = torch.zeros(())
-        changes: dict[str, MaskChange] = {}
+        changes: dict[str, LayerReadjustment] = {}
         # LocalTrainer's schedule: readjust before epoch ``readjust_epoch()`` (E // 2 by default, E = after).
         readjust_at = LocalTrainer(self.spec, cfg).readjust_epoch() if readjust_fraction > 0 else -1
         for epoch in range(cfg.local_epochs + 1):
@@ -218,7 +218,7 @@ class SparseLocalTrainer:
             sgd_update(name, p, g, mask, state.buffers, cfg)
 
     def _readjust_state(self, state: ClientState, global_params: Mapping[str, torch.Tensor], data: ClientData,
-                        fraction: float) -> dict[str, MaskChange]:
+                        fraction: float) -> dict[str, LayerReadjustment]:
         """Prune by magnitude, regrow by the dense gradient of the mean loss on all local data.
 
         The only dense weight gradient of the round: computed here on dense copies of the weights.

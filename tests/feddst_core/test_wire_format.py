@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from feddst_core.models import DIGITS_CNN
-from feddst_core.readjust import MaskChange as ReadjustChange
+from feddst_core.readjust import LayerReadjustment
 from feddst_core.strategies import FedStrategy, StrategyConfig
 from feddst_core.training import ClientData, LocalTrainer, TrainConfig
 from feddst_core.wire_format import (
@@ -91,8 +91,8 @@ def test_update_from_the_trainers_own_changes_is_byte_identical_to_the_mask_diff
 
 def test_wire_mask_changes_drops_layers_that_moved_nothing():
     empty = torch.empty(0, dtype=torch.long)
-    changes = {"a.weight": ReadjustChange(torch.tensor([5, 1]), torch.tensor([0, 9])),
-               "b.weight": ReadjustChange(empty, empty)}
+    changes = {"a.weight": LayerReadjustment(torch.tensor([5, 1]), torch.tensor([0, 9])),
+               "b.weight": LayerReadjustment(empty, empty)}
     wire = wire_mask_changes(changes)
     assert list(wire) == ["a.weight"]
     assert wire["a.weight"].dropped.tolist() == [1, 5] and wire["a.weight"].grown.tolist() == [0, 9]

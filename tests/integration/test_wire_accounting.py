@@ -18,7 +18,7 @@ from agent_harness import AgentThread, agent_settings  # noqa: E402
 
 
 def test_only_the_selected_device_receives_the_model_and_wire_bytes_match_the_broker(tmp_path):
-    broker = MosquittoBroker(tmp_path / "mosquitto", extra_config=["sys_interval 1"]).start()
+    broker = MosquittoBroker(tmp_path / "mosquitto", sys_interval_s=1).start()
     counters = BrokerByteCounters(broker.port)
     coordinator = make_coordinator(broker.url, tmp_path / "state")
     agents = [AgentThread(agent_settings(broker.url, f"dev-{i:03d}", partition=f"{i}/3", heartbeat_s=0.5,
