@@ -26,9 +26,13 @@ setup:
 demo: setup
 	feddst demo --out $(OUT)
 
-# The whole test suite (what CI runs).
+# The whole test suite (what CI runs). TEST_WORKERS=N runs it in N pytest-xdist worker processes (most tests
+# wait on brokers and subprocesses, not the CPU: a serial run used half of one of the 2 cores); `--dist
+# loadgroup` keeps each xdist_group (the network-namespace tests) in one worker. 0 (the default until a run on
+# a quiet machine shows N workers green and faster, docs/results.md "Test suite wall time") runs serially.
+TEST_WORKERS ?= 0
 test: setup
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The agent install proven on 64-bit ARM: deploy/install_agent.sh, then one live round, inside an emulated
 # Debian arm64 root (qemu-user; needs root). The root is built once (debootstrap, a few minutes) and cached

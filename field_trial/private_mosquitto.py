@@ -175,6 +175,8 @@ class BrokerByteCounters:
 
     def _on_message(self, client: object, userdata: object, message: object) -> None:
         topic, payload = message.topic, message.payload  # type: ignore[attr-defined]
+        if message.retain:  # type: ignore[attr-defined]
+            return  # the value kept from a tick before we subscribed: late, it would pass for a fresh one
         with self._updated:
             self.values[topic.rsplit("/", 1)[-1]] = int(payload)
             self._updated.notify_all()

@@ -29,6 +29,11 @@ def connect_from(ns: str, host: str, port: int) -> str:
     return result.stdout.strip()
 
 
+# Every namespace test runs in one pytest-xdist worker: their tags are this worker's pid + a constant, and
+# each gives its first device the same fixed /30 (10.200.0.x netem, 10.210.0.x link faults), so two workers
+# at once would collide on names and on the host route.
+pytestmark = pytest.mark.xdist_group("netns")
+
 def test_without_root_the_problem_is_named(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert "needs root" in (link_faults.link_faults_problem() or "")

@@ -36,7 +36,8 @@ def test_agent_killed_mid_round_does_not_stall_the_round(mosquitto, agents, tmp_
         assert final.status == "completed", final.error
         _, rounds = coordinator.get_run(run.id)
         assert victim not in rounds[0]["accepted"] and len(rounds[0]["accepted"]) == 1
-        assert rounds[0]["seconds"] < timeout + 3.0  # closed at the deadline
+        # closed at the deadline of each attempt (a loaded machine can miss the quorum of 1 and retry once)
+        assert rounds[0]["seconds"] < (rounds[0]["retries"] + 1) * timeout + 3.0
         assert victim not in rounds[1]["selected"]  # its last will marked it offline
         assert rounds[1]["accepted"] == rounds[1]["selected"]
     finally:
