@@ -161,8 +161,8 @@ def sparse_conv2d_pool_backward(x: torch.Tensor, grad_out: torch.Tensor, arg: to
 
     The weight is W's CSR (crow, col, values) plus W^T's (t_crow, t_row int32, perm: entry -> position
     in values). The same sums as ``max_pool2d_backward`` then ``sparse_conv2d_backward_input`` and
-    ``sparse_conv2d_backward_weight`` (dx and dbias bit for bit, dvalues to float rounding). trusted_arg: arg is the forward's own output (its
-    O(n) range check is skipped)."""
+    ``sparse_conv2d_backward_weight`` (dx and dbias bit for bit, dvalues to float rounding).
+    trusted_arg: arg is the forward's own output (its O(n) range check is skipped)."""
     lib = _require()
     _check("x", x, torch.float32, 4)
     _check("grad_out", grad_out, torch.float32, 4)
