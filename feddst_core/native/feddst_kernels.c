@@ -284,31 +284,50 @@ FEDDST_CLONES
 int feddst_csr_matmul(const int32_t *crow, const int32_t *idx32, const int16_t *idx16, const float *val,
                        const int32_t *perm, const float *bias, int R, const float *src, int B, float *out,
                        int nthreads) {
-    #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
-    for (int r = 0; r < R; r++) {
-        const float start = bias ? bias[r] : 0.0f;
-        float *o = out + (long)r * B;
-        int b0 = 0;
-        for (; b0 + VL <= B; b0 += VL)
-            gather_axpy_block(o + b0, start, src + b0, B, idx32, idx16, val, perm, crow[r], crow[r + 1]);
-        for (; b0 + 8 <= B; b0 += 8) { /* batch tail of 8-31 columns (e.g. a round's last batch): one vector */
-            v8 acc = splat8(start);
-            for (int j = crow[r]; j < crow[r + 1]; j++) {
-                const long c = idx32 ? idx32[j] : idx16[j];
-                acc += splat8(perm ? val[perm[j]] : val[j]) * load8(src + c * B + b0);
-            }
-            store8(o + b0, acc);
+    int longest = 1; /* with perm, each row's values are first gathered into a per-thread buffer: the */
+    if (perm)        /* independent random reads run ahead instead of inside the multiply-add chain */
+        for (int r = 0; r < R; r++)
+            if (crow[r + 1] - crow[r] > longest) longest = crow[r + 1] - crow[r];
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float *gathered = perm ? malloc(sizeof(float) * (size_t)longest) : NULL;
+        const int missing = perm && !gathered;
+        if (missing) {
+            #pragma omp atomic write
+            failed = 1;
         }
-        for (int b = b0; b < B; b++) { /* batch tail */
-            float a = start;
-            for (int j = crow[r]; j < crow[r + 1]; j++) {
-                const long c = idx32 ? idx32[j] : idx16[j];
-                a += (perm ? val[perm[j]] : val[j]) * src[c * B + b];
+        #pragma omp for schedule(dynamic, 16)
+        for (int r = 0; r < R; r++) {
+            if (missing) continue;
+            const int j0 = crow[r], n = crow[r + 1] - j0;
+            const int32_t *c32 = idx32 ? idx32 + j0 : NULL;
+            const int16_t *c16 = idx16 ? idx16 + j0 : NULL;
+            const float *rv = val + (perm ? 0 : j0);
+            if (perm) {
+                for (int j = 0; j < n; j++) gathered[j] = val[perm[j0 + j]];
+                rv = gathered;
             }
-            o[b] = a;
+            const float start = bias ? bias[r] : 0.0f;
+            float *o = out + (long)r * B;
+            int b0 = 0;
+            for (; b0 + VL <= B; b0 += VL)
+                gather_axpy_block(o + b0, start, src + b0, B, c32, c16, rv, NULL, 0, n);
+            for (; b0 + 8 <= B; b0 += 8) { /* batch tail of 8-31 columns (e.g. a round's last batch): one vector */
+                v8 acc = splat8(start);
+                for (int j = 0; j < n; j++)
+                    acc += splat8(rv[j]) * load8(src + (long)(c32 ? c32[j] : c16[j]) * B + b0);
+                store8(o + b0, acc);
+            }
+            for (int b = b0; b < B; b++) { /* batch tail */
+                float a = start;
+                for (int j = 0; j < n; j++) a += rv[j] * src[(long)(c32 ? c32[j] : c16[j]) * B + b];
+                o[b] = a;
+            }
         }
+        free(gathered);
     }
-    return FEDDST_OK;
+    return failed ? FEDDST_ENOMEM : FEDDST_OK;
 }
 
 /* r[k] = sum of the 8 lanes of a[k], k < 8 (a transposition tree of shuffles instead of 8 scalar sums). */
