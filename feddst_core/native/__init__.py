@@ -36,10 +36,11 @@ if TYPE_CHECKING:
         sparse_conv2d_backward_input,
         sparse_conv2d_backward_weight,
         sparse_conv2d_forward,
+        sparse_conv2d_pool_backward,
         sparse_conv2d_pool_forward,
     )
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 _LIB_STEM = "_feddst_kernels"
 
 _lib: ctypes.CDLL | None = None
@@ -58,6 +59,8 @@ _SIGNATURES = {
                                      _f32p, _int],
     "feddst_sconv_pool_forward": [_f32p, _int, _int, _int, _int, _i32p, _i32p, _f32p, _f32p, _int, _int, _int,
                                   _int, _f32p, _u8p, _int],
+    "feddst_sconv_pool_backward": [_f32p, _f32p, _u8p, _int, _int, _int, _int, _int, _int, _int, _i32p, _i32p,
+                                   _f32p, _i32p, _i32p, _i32p, _f32p, _f32p, _f32p, _int],
     "feddst_csr_matmul": [_i32p, _i32p, _i16p, _f32p, _i32p, _f32p, _int, _f32p, _int, _f32p, _int],
     "feddst_csr_sddmm": [_i32p, _i32p, _int, _f32p, _f32p, _int, _f32p, _f32p, _int],
     "feddst_maxpool_forward": [_f32p, _long, _int, _int, _int, _int, _int, _f32p, _u8p, _int],
@@ -163,11 +166,12 @@ def _require() -> ctypes.CDLL:
 
 TENSOR_KERNELS = ("POOL_CLIPPED", "csr_matmul", "csr_sddmm", "max_pool2d_backward", "max_pool2d_forward",
                   "sparse_conv2d_backward_input", "sparse_conv2d_backward_weight", "sparse_conv2d_forward",
-                  "sparse_conv2d_pool_forward")
+                  "sparse_conv2d_pool_backward", "sparse_conv2d_pool_forward")
 """The names :mod:`feddst_core.native.tensor_kernels` provides through this module."""
 __all__ = ["ABI_VERSION", "POOL_CLIPPED", "available", "csr_matmul", "csr_sddmm", "library_path",
            "max_pool2d_backward", "max_pool2d_forward", "sparse_conv2d_backward_input",
-           "sparse_conv2d_backward_weight", "sparse_conv2d_forward", "sparse_conv2d_pool_forward", "status"]
+           "sparse_conv2d_backward_weight", "sparse_conv2d_forward", "sparse_conv2d_pool_backward",
+           "sparse_conv2d_pool_forward", "status"]
 
 
 def __getattr__(name: str) -> Any:  # noqa: ANN401 - PEP 562: the torch wrappers, imported on first use

@@ -42,7 +42,7 @@ static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
 static inline v8 splat8(float w) { return (v8){w, w, w, w, w, w, w, w}; }
 
-int feddst_abi_version(void) { return 5; }
+int feddst_abi_version(void) { return 6; }
 
 /* Every entry point returns FEDDST_OK, or FEDDST_ENOMEM when a scratch allocation failed (outputs are
  * then incomplete: the Python wrapper raises MemoryError and drops them). */
@@ -162,6 +162,53 @@ int feddst_sconv_backward_input(const float *gy, int B, int O, const int32_t *t_
     return failed ? FEDDST_ENOMEM : FEDDST_OK;
 }
 
+/* Final sum of one weight-gradient dot: the two accumulators, their 8 lanes in order, then the scalar tail. */
+static inline float dot_finish(v8 a0, v8 a1, const float *row, const float *p, int i, int Lv) {
+    a0 += a1;
+    float d = 0.0f;
+    for (int q = 0; q < 8; q++) d += a0[q];
+    for (; i < Lv; i++) d += row[i] * p[i];
+    return d;
+}
+
+/* pg[j] += row[0:Lv] . xb[off[j] + 0:Lv] for j0 <= j < j1: the convolution's weight gradient for one (b, o)
+ * plane (row: gy at the input's row stride W, zero in columns >= Wo). Four weights at a time share each load
+ * of row; every dot keeps its own two accumulators, so each sum is the same as computed one at a time. */
+static inline void plane_dots_add(const float *row, int Lv, const float *xb, const int32_t *off, int j0, int j1,
+                                  float *pg) {
+    int j = j0;
+    for (; j + 4 <= j1; j += 4) {
+        const float *p0 = xb + off[j], *p1 = xb + off[j + 1], *p2 = xb + off[j + 2], *p3 = xb + off[j + 3];
+        v8 a0 = splat8(0.0f), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0;
+        int i = 0;
+        for (; i + 16 <= Lv; i += 16) {
+            const v8 r0 = load8(row + i), r1 = load8(row + i + 8);
+            a0 += r0 * load8(p0 + i);
+            a1 += r1 * load8(p0 + i + 8);
+            b0 += r0 * load8(p1 + i);
+            b1 += r1 * load8(p1 + i + 8);
+            c0 += r0 * load8(p2 + i);
+            c1 += r1 * load8(p2 + i + 8);
+            d0 += r0 * load8(p3 + i);
+            d1 += r1 * load8(p3 + i + 8);
+        }
+        pg[j] += dot_finish(a0, a1, row, p0, i, Lv);
+        pg[j + 1] += dot_finish(b0, b1, row, p1, i, Lv);
+        pg[j + 2] += dot_finish(c0, c1, row, p2, i, Lv);
+        pg[j + 3] += dot_finish(d0, d1, row, p3, i, Lv);
+    }
+    for (; j < j1; j++) {
+        const float *p = xb + off[j];
+        v8 a0 = splat8(0.0f), a1 = a0;
+        int i = 0;
+        for (; i + 16 <= Lv; i += 16) {
+            a0 += load8(row + i) * load8(p + i);
+            a1 += load8(row + i + 8) * load8(p + i + 8);
+        }
+        pg[j] += dot_finish(a0, a1, row, p, i, Lv);
+    }
+}
+
 /* gval (nnz,) = dL/dW at the active positions; gbias (O,) = sum of gy (skipped if NULL).
  * Deterministic for a given nthreads: per-thread partial sums over a static batch split, reduced in order. */
 FEDDST_CLONES
@@ -206,20 +253,7 @@ int feddst_sconv_backward_weight(const float *x, const float *gy, int B, int C, 
                         for (int q = 0; q < Wo; q++) s += gyo[r * Wo + q];
                     }
                     pb[o] += s;
-                    for (int j = crow[o]; j < crow[o + 1]; j++) {
-                        const float *p = xb + off[j];
-                        v8 a0 = splat8(0.0f), a1 = a0;
-                        int i = 0;
-                        for (; i + 16 <= Lv; i += 16) {
-                            a0 += load8(row + i) * load8(p + i);
-                            a1 += load8(row + i + 8) * load8(p + i + 8);
-                        }
-                        a0 += a1;
-                        float d = 0.0f;
-                        for (int q = 0; q < 8; q++) d += a0[q];
-                        for (; i < Lv; i++) d += row[i] * p[i];
-                        pg[j] += d;
-                    }
+                    plane_dots_add(row, Lv, xb, off, crow[o], crow[o + 1], pg);
                 }
             }
         }
@@ -250,31 +284,50 @@ FEDDST_CLONES
 int feddst_csr_matmul(const int32_t *crow, const int32_t *idx32, const int16_t *idx16, const float *val,
                        const int32_t *perm, const float *bias, int R, const float *src, int B, float *out,
                        int nthreads) {
-    #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
-    for (int r = 0; r < R; r++) {
-        const float start = bias ? bias[r] : 0.0f;
-        float *o = out + (long)r * B;
-        int b0 = 0;
-        for (; b0 + VL <= B; b0 += VL)
-            gather_axpy_block(o + b0, start, src + b0, B, idx32, idx16, val, perm, crow[r], crow[r + 1]);
-        for (; b0 + 8 <= B; b0 += 8) { /* batch tail of 8-31 columns (e.g. a round's last batch): one vector */
-            v8 acc = splat8(start);
-            for (int j = crow[r]; j < crow[r + 1]; j++) {
-                const long c = idx32 ? idx32[j] : idx16[j];
-                acc += splat8(perm ? val[perm[j]] : val[j]) * load8(src + c * B + b0);
-            }
-            store8(o + b0, acc);
+    int longest = 1; /* with perm, each row's values are first gathered into a per-thread buffer: the */
+    if (perm)        /* independent random reads run ahead instead of inside the multiply-add chain */
+        for (int r = 0; r < R; r++)
+            if (crow[r + 1] - crow[r] > longest) longest = crow[r + 1] - crow[r];
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float *gathered = perm ? malloc(sizeof(float) * (size_t)longest) : NULL;
+        const int missing = perm && !gathered;
+        if (missing) {
+            #pragma omp atomic write
+            failed = 1;
         }
-        for (int b = b0; b < B; b++) { /* batch tail */
-            float a = start;
-            for (int j = crow[r]; j < crow[r + 1]; j++) {
-                const long c = idx32 ? idx32[j] : idx16[j];
-                a += (perm ? val[perm[j]] : val[j]) * src[c * B + b];
+        #pragma omp for schedule(dynamic, 16)
+        for (int r = 0; r < R; r++) {
+            if (missing) continue;
+            const int j0 = crow[r], n = crow[r + 1] - j0;
+            const int32_t *c32 = idx32 ? idx32 + j0 : NULL;
+            const int16_t *c16 = idx16 ? idx16 + j0 : NULL;
+            const float *rv = val + (perm ? 0 : j0);
+            if (perm) {
+                for (int j = 0; j < n; j++) gathered[j] = val[perm[j0 + j]];
+                rv = gathered;
             }
-            o[b] = a;
+            const float start = bias ? bias[r] : 0.0f;
+            float *o = out + (long)r * B;
+            int b0 = 0;
+            for (; b0 + VL <= B; b0 += VL)
+                gather_axpy_block(o + b0, start, src + b0, B, c32, c16, rv, NULL, 0, n);
+            for (; b0 + 8 <= B; b0 += 8) { /* batch tail of 8-31 columns (e.g. a round's last batch): one vector */
+                v8 acc = splat8(start);
+                for (int j = 0; j < n; j++)
+                    acc += splat8(rv[j]) * load8(src + (long)(c32 ? c32[j] : c16[j]) * B + b0);
+                store8(o + b0, acc);
+            }
+            for (int b = b0; b < B; b++) { /* batch tail */
+                float a = start;
+                for (int j = 0; j < n; j++) a += rv[j] * src[(long)(c32 ? c32[j] : c16[j]) * B + b];
+                o[b] = a;
+            }
         }
+        free(gathered);
     }
-    return FEDDST_OK;
+    return failed ? FEDDST_ENOMEM : FEDDST_OK;
 }
 
 /* r[k] = sum of the 8 lanes of a[k], k < 8 (a transposition tree of shuffles instead of 8 scalar sums). */
@@ -482,6 +535,29 @@ int feddst_maxpool_forward(const float *x, long N, int H, int W, int K, int S, i
     return FEDDST_OK;
 }
 
+/* One plane of a stride-1 max-pool's backward, as a gather: gx[i] for i < Hi * ld (rows of the pool's
+ * input, Hi x Wi, at row stride ld >= Wi; columns >= Wi come out 0) = the sum over window offsets d, in
+ * (kh, kw) order, of gy[i - d] where arg == d. g, a: scratch of P + Hi*ld (P = (K-1)*ld + K-1) floats and
+ * ints, zero except at the (Hi-K+1) x (Wi-K+1) pooled positions, which this call overwrites. */
+static inline void maxpool_backward_plane_s1(const float *gy, const uint8_t *arg, int Hi, int Wi, int ld, int K,
+                                             float *restrict g, int32_t *restrict a, float *restrict gx) {
+    const int Ho = Hi - K + 1, Wo = Wi - K + 1, P = (K - 1) * ld + (K - 1), n = Hi * ld;
+    for (int r = 0; r < Ho; r++) { /* columns >= Wo and the padding stay 0 */
+        memcpy(g + P + r * ld, gy + r * Wo, sizeof(float) * (size_t)Wo);
+        int32_t *restrict ar = a + P + r * ld;
+        const uint8_t *restrict src = arg + r * Wo;
+        for (int q = 0; q < Wo; q++) ar[q] = src[q];
+    }
+    memset(gx, 0, sizeof(float) * (size_t)n);
+    for (int kh = 0; kh < K; kh++)
+        for (int kw = 0; kw < K; kw++) {
+            const int32_t d = kh * K + kw;
+            const float *restrict gs = g + P - (kh * ld + kw);
+            const int32_t *restrict as = a + P - (kh * ld + kw);
+            for (int i = 0; i < n; i++) gx[i] += as[i] == d ? gs[i] : 0.0f;
+        }
+}
+
 /* gx (N, H, W) = each window's gradient added at its argmax (none for POOL_CLIPPED outputs: the window
  * offsets d compared against are < K*K <= 225).
  * Stride 1: as a gather, vectorised: gx[i] = sum over window offsets d of gy[i - d] where arg == d
@@ -507,8 +583,8 @@ int feddst_maxpool_backward(const float *gy, const uint8_t *arg, long N, int H, 
             const float *gyp = gy + n * Ho * Wo;
             const uint8_t *ap = arg + n * Ho * Wo;
             if (missing) continue;
-            memset(gp, 0, sizeof(float) * (size_t)plane);
             if (S != 1) {
+                memset(gp, 0, sizeof(float) * (size_t)plane);
                 for (int r = 0; r < Ho; r++)
                     for (int q = 0; q < Wo; q++) {
                         const int d = ap[r * Wo + q];
@@ -517,22 +593,112 @@ int feddst_maxpool_backward(const float *gy, const uint8_t *arg, long N, int H, 
                     }
                 continue;
             }
-            for (int r = 0; r < Ho; r++) { /* columns >= Wo and the padding stay 0 */
-                memcpy(g + P + r * W, gyp + r * Wo, sizeof(float) * (size_t)Wo);
-                int32_t *restrict ar = a + P + r * W;
-                const uint8_t *restrict src = ap + r * Wo;
-                for (int q = 0; q < Wo; q++) ar[q] = src[q];
-            }
-            for (int kh = 0; kh < K; kh++)
-                for (int kw = 0; kw < K; kw++) {
-                    const int32_t d = kh * K + kw;
-                    const float *restrict gs = g + P - (kh * W + kw);
-                    const int32_t *restrict as = a + P - (kh * W + kw);
-                    for (int i = 0; i < plane; i++) gp[i] += as[i] == d ? gs[i] : 0.0f;
-                }
+            maxpool_backward_plane_s1(gyp, ap, H, W, W, K, g, a, gp);
         }
         free(g);
         free(a);
     }
+    return failed ? FEDDST_ENOMEM : FEDDST_OK;
+}
+
+
+/* Backward of feddst_sconv_pool_forward, one pass per image: the pooled gradient gp (B, O, Hp, Wp) goes back
+ * through the saved argmax arg (B, O, Hp, Wp) into each (b, o) convolution-gradient plane, laid out at the
+ * input's row stride W in a per-thread scratch (never a (B, O, Ho, Wo) tensor), and while the image's planes
+ * are in cache they give gx (B, C, H, W) (skipped if NULL: W^T's CSR t_crow, t_row with perm (nnz,) = the
+ * position of each W^T entry in W's values val) and the per-thread partial gval (nnz,), gbias (O,) (skipped
+ * if NULL). The same sums in the same order as feddst_maxpool_backward, then feddst_sconv_backward_input
+ * (values val[perm]) and feddst_sconv_backward_weight, for the same nthreads: gx and gbias bit-identical, gval
+ * to float rounding (the compiler may contract multiply-adds differently where the dot loop is inlined). */
+FEDDST_CLONES
+int feddst_sconv_pool_backward(const float *x, const float *gp, const uint8_t *arg, int B, int C, int H, int W,
+                               int O, int K, int Kp, const int32_t *crow, const int32_t *col, const float *val,
+                               const int32_t *t_crow, const int32_t *t_row, const int32_t *perm, float *gx,
+                               float *gval, float *gbias, int nthreads) {
+    const int Ho = H - K + 1, Wo = W - K + 1, KK = K * K, plane = H * W;
+    const int Hp = Ho - Kp + 1, Wp = Wo - Kp + 1, Lv = (Ho - 1) * W + Wo;
+    const int P = (K - 1) * W + (K - 1), stride = P + plane + VL; /* padded gy planes, as in backward_input */
+    const int Pp = (Kp - 1) * W + (Kp - 1);                         /* the pool gather's scratch padding */
+    const int nnz = crow[O];
+    if (nthreads < 1) nthreads = 1;
+    int32_t *off = malloc(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
+    int32_t *t_off = malloc(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
+    float *partial = calloc((size_t)nthreads * (nnz + O), sizeof(float));
+    if (!off || !t_off || !partial) {
+        free(off);
+        free(t_off);
+        free(partial);
+        return FEDDST_ENOMEM;
+    }
+    for (int j = 0; j < nnz; j++) {
+        int c = col[j] / KK, r = col[j] % KK;
+        off[j] = c * plane + (r / K) * W + (r % K);
+    }
+    if (gx)
+        for (int c = 0; c < C; c++)
+            for (int r = 0; r < KK; r++)
+                for (int e = t_crow[c * KK + r]; e < t_crow[c * KK + r + 1]; e++)
+                    t_off[e] = t_row[e] * stride + P - ((r / K) * W + (r % K));
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float *pad = calloc((size_t)O * stride, sizeof(float)); /* zeros outside the rows stay zero */
+        float *g = calloc((size_t)(Pp + Ho * W), sizeof(float));
+        int32_t *a = calloc((size_t)(Pp + Ho * W), sizeof(int32_t));
+        float tmp[VL];
+        const int missing = !pad || !g || !a;
+        if (missing) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (int t = 0; t < nthreads; t++) {
+            if (missing) continue;
+            float *pg = partial + (size_t)t * (nnz + O), *pb = pg + nnz;
+            const int b0 = (int)((long)B * t / nthreads), b1 = (int)((long)B * (t + 1) / nthreads);
+            for (int b = b0; b < b1; b++) {
+                for (int o = 0; o < O; o++) {
+                    const size_t po = ((size_t)b * O + o) * Hp * Wp;
+                    maxpool_backward_plane_s1(gp + po, arg + po, Ho, Wo, W, Kp, g, a, pad + (size_t)o * stride + P);
+                }
+                if (gx)
+                    for (int c = 0; c < C; c++) {
+                        const int e0 = t_crow[c * KK], e1 = t_crow[(c + 1) * KK];
+                        float *gxc = gx + ((size_t)b * C + c) * plane;
+                        for (int i0 = 0; i0 < plane; i0 += VL) {
+                            gather_axpy_block(tmp, 0.0f, pad + i0, 1, t_off, NULL, val, perm, e0, e1);
+                            const int m = plane - i0 < VL ? plane - i0 : VL;
+                            memcpy(gxc + i0, tmp, sizeof(float) * m);
+                        }
+                    }
+                const float *xb = x + (size_t)b * C * plane;
+                for (int o = 0; o < O; o++) {
+                    const float *row = pad + (size_t)o * stride + P;
+                    float s = 0.0f;
+                    for (int r = 0; r < Ho; r++)
+                        for (int q = 0; q < Wo; q++) s += row[r * W + q];
+                    pb[o] += s;
+                    plane_dots_add(row, Lv, xb, off, crow[o], crow[o + 1], pg);
+                }
+            }
+        }
+        free(pad);
+        free(g);
+        free(a);
+    }
+    for (int j = 0; j < nnz; j++) {
+        float s = 0.0f;
+        for (int t = 0; t < nthreads; t++) s += partial[(size_t)t * (nnz + O) + j];
+        gval[j] = s;
+    }
+    if (gbias)
+        for (int o = 0; o < O; o++) {
+            float s = 0.0f;
+            for (int t = 0; t < nthreads; t++) s += partial[(size_t)t * (nnz + O) + nnz + o];
+            gbias[o] = s;
+        }
+    free(partial);
+    free(t_off);
+    free(off);
     return failed ? FEDDST_ENOMEM : FEDDST_OK;
 }

@@ -150,6 +150,52 @@ def sparse_conv2d_pool_forward(x: torch.Tensor, crow: torch.Tensor, col: torch.T
     return y, arg
 
 
+def sparse_conv2d_pool_backward(x: torch.Tensor, grad_out: torch.Tensor, arg: torch.Tensor, crow: torch.Tensor,
+                                col: torch.Tensor, values: torch.Tensor, t_crow: torch.Tensor, t_row: torch.Tensor,
+                                perm: torch.Tensor, kernel: int, pool_kernel: int, input_grad: bool = True,
+                                with_bias: bool = True, trusted_arg: bool = False,
+                                ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """Backward of ``sparse_conv2d_pool_forward`` in one pass: (dL/dx (B, C, H, W) or None if not
+    ``input_grad``, dL/dvalues (nnz,), dL/dbias (O,) or None) from the pooled gradient grad_out and its
+    argmax arg (both (B, O, Hp, Wp)); the (B, O, Ho, Wo) convolution gradient is never materialised.
+
+    The weight is W's CSR (crow, col, values) plus W^T's (t_crow, t_row int32, perm: entry -> position
+    in values). The same sums as ``max_pool2d_backward`` then ``sparse_conv2d_backward_input`` and
+    ``sparse_conv2d_backward_weight`` (dx and dbias bit for bit, dvalues to float rounding).
+    trusted_arg: arg is the forward's own output (its O(n) range check is skipped)."""
+    lib = _require()
+    _check("x", x, torch.float32, 4)
+    _check("grad_out", grad_out, torch.float32, 4)
+    _check("arg", arg, torch.uint8, 4)
+    _check_kernel(kernel)
+    _check_kernel(pool_kernel)
+    b, c, h, w = x.shape
+    o = grad_out.shape[1]
+    if pool_kernel > 15 or grad_out.shape != (b, o, h - kernel - pool_kernel + 2, w - kernel - pool_kernel + 2):
+        raise ValueError(f"grad_out {tuple(grad_out.shape)} is not the pooled output of input {tuple(x.shape)}, "
+                         f"kernel {kernel}, pooling window {pool_kernel} (<= 15)")
+    if arg.shape != grad_out.shape:
+        raise ValueError(f"argmax {tuple(arg.shape)} and grad_out {tuple(grad_out.shape)} differ")
+    if not trusted_arg and arg.numel() and bool(((arg >= pool_kernel ** 2) & (arg != POOL_CLIPPED)).any()):
+        raise ValueError(f"argmax offsets must be < pool_kernel ** 2 = {pool_kernel ** 2} (or {POOL_CLIPPED})")
+    _check("col", col, torch.int32, 1)
+    _check("values", values, torch.float32, 1)
+    nnz = _check_csr(crow, col, o, c * kernel * kernel)
+    if values.shape[0] != nnz:
+        raise ValueError(f"{values.shape[0]} values for a pattern of {nnz} entries")
+    _check("t_row", t_row, torch.int32, 1)
+    _check("perm", perm, torch.int32, 1)
+    if _check_csr(t_crow, t_row, c * kernel * kernel, o) != nnz or perm.shape[0] != nnz:
+        raise ValueError(f"W^T's pattern ({t_row.shape[0]} entries, perm {perm.shape[0]}) is not W's ({nnz})")
+    _check_index("perm", perm, nnz)
+    gx = torch.empty(b, c, h, w) if input_grad else None
+    grad_values = torch.empty(nnz)
+    grad_bias = torch.empty(o) if with_bias else None
+    _run(lib.feddst_sconv_pool_backward, _ptr(x), _ptr(grad_out), _ptr(arg), b, c, h, w, o, kernel, pool_kernel,
+         _ptr(crow), _ptr(col), _ptr(values), _ptr(t_crow), _ptr(t_row), _ptr(perm), _ptr(gx), _ptr(grad_values),
+         _ptr(grad_bias), _threads())
+    return gx, grad_values, grad_bias
+
 def sparse_conv2d_backward_input(grad_out: torch.Tensor, t_crow: torch.Tensor, t_row: torch.Tensor,
                                  t_values: torch.Tensor, in_channels: int, input_hw: tuple[int, int],
                                  kernel: int) -> torch.Tensor:

@@ -313,9 +313,9 @@ class NativeSparseConv2dPoolFunction(torch.autograd.Function):
     """Sparse conv2d (valid, stride 1) -> stride-1 max-pool (-> ReLU) as one autograd node, native kernels.
 
     x (B, C, H, W), values (nnz,), bias (out,) -> (B, out, Hp, Wp), Hp = H - k - pool_kernel + 2.
-    Forward never writes the convolution's output (``native.sparse_conv2d_pool_forward``); backward
-    routes the gradient through the saved uint8 argmax (``native.max_pool2d_backward``) and then runs
-    the sparse convolution's two gradients, with no autograd node or Python call in between.
+    Forward never writes the convolution's output (``native.sparse_conv2d_pool_forward``), nor does
+    backward: one native call (``native.sparse_conv2d_pool_backward``) routes the gradient through the
+    saved uint8 argmax and runs the sparse convolution's two gradients image by image.
     """
 
     @staticmethod
@@ -334,19 +334,12 @@ class NativeSparseConv2dPoolFunction(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         x, values, arg = ctx.saved_tensors
         pattern: CsrPattern = ctx.pattern
-        out_c, in_c, kh, _ = pattern.weight_shape
-        conv_hw = (x.shape[2] - kh + 1, x.shape[3] - kh + 1)
-        grad_conv = native.max_pool2d_backward(grad_out.contiguous(), arg, conv_hw, ctx.pool_kernel, 1,
-                                               trusted_arg=True)  # (B, out, Ho, Wo)
-        grad_x = grad_values = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            t_values = values.detach().index_select(0, pattern.transpose_perm)  # (nnz,) in W^T order
-            grad_x = native.sparse_conv2d_backward_input(grad_conv, pattern.t_crow, pattern.t_col_int32,
-                                                         t_values, in_c, (x.shape[2], x.shape[3]), kh)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_values, grad_bias = native.sparse_conv2d_backward_weight(x, grad_conv, pattern.crow, pattern.col, kh,
-                                                                          with_bias=ctx.needs_input_grad[2])
-        return grad_x, grad_values, grad_bias, None, None, None
+        kh = pattern.weight_shape[2]
+        grad_x, grad_values, grad_bias = native.sparse_conv2d_pool_backward(
+            x, grad_out.contiguous(), arg, pattern.crow, pattern.col, values.detach(), pattern.t_crow,
+            pattern.t_col_int32, pattern.transpose_perm, kh, ctx.pool_kernel, input_grad=ctx.needs_input_grad[0],
+            with_bias=ctx.needs_input_grad[2], trusted_arg=True)
+        return grad_x, grad_values if ctx.needs_input_grad[1] else None, grad_bias, None, None, None
 
 
 class SparseConv2dFunction(torch.autograd.Function):

@@ -91,3 +91,54 @@ def test_strided_pool_composes_the_unfused_layers():
     assert y.grad_fn.name() != "NativeSparseConv2dPoolFunctionBackward"
     ref = F.relu(F.max_pool2d(sparse_conv2d(x, values, bias, pattern), 2, 2))
     torch.testing.assert_close(y, ref)
+
+
+@pytest.mark.skipif(not native.available(), reason=native.status())
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_backward_equals_pool_then_conv_gradients_exactly(shape, threads):
+    """One native backward pass gives the numbers of the three native kernels it replaces, run in turn: the
+    input and bias gradients bit for bit, the weight gradient's dot products to float rounding (the compiler
+    may fuse multiply-adds differently in the two inlined copies)."""
+    out_c, in_c, k, _, _, pool = shape
+    mask, weight, bias, x, g = _problem(shape, 0.3)
+    pattern = CsrPattern.from_mask(mask)
+    values = pattern.gather(weight)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y, arg = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values, bias, out_c, k, pool,
+                                                   relu=True)
+        grad_out = torch.randn(y.shape, generator=g)
+        conv_hw = (x.shape[2] - k + 1, x.shape[3] - k + 1)
+        grad_conv = native.max_pool2d_backward(grad_out, arg, conv_hw, pool, 1)
+        gx_ref = native.sparse_conv2d_backward_input(grad_conv, pattern.t_crow, pattern.t_col_int32,
+                                                     values[pattern.transpose_perm.long()], in_c, x.shape[2:], k)
+        gv_ref, gb_ref = native.sparse_conv2d_backward_weight(x, grad_conv, pattern.crow, pattern.col, k)
+        gx, gv, gb = native.sparse_conv2d_pool_backward(x, grad_out, arg, pattern.crow, pattern.col, values,
+                                                        pattern.t_crow, pattern.t_col_int32, pattern.transpose_perm,
+                                                        k, pool)
+        no_gx, gv_only, no_gb = native.sparse_conv2d_pool_backward(
+            x, grad_out, arg, pattern.crow, pattern.col, values, pattern.t_crow, pattern.t_col_int32,
+            pattern.transpose_perm, k, pool, input_grad=False, with_bias=False)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(gx, gx_ref) and torch.equal(gb, gb_ref)
+    torch.testing.assert_close(gv, gv_ref, rtol=1e-5, atol=1e-5)
+    assert no_gx is None and no_gb is None and torch.equal(gv_only, gv)
+
+
+@pytest.mark.skipif(not native.available(), reason=native.status())
+def test_fused_backward_refuses_bad_input_naming_it():
+    mask, weight, bias, x, g = _problem(SHAPES[0], 0.3)
+    pattern = CsrPattern.from_mask(mask)
+    values = pattern.gather(weight)
+    y, arg = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values, bias, 10, 5, 3)
+    grad = torch.randn(y.shape, generator=g)
+    args = (pattern.crow, pattern.col, values, pattern.t_crow, pattern.t_col_int32, pattern.transpose_perm, 5)
+    with pytest.raises(ValueError, match="not the pooled output"):
+        native.sparse_conv2d_pool_backward(x, grad, arg, *args, 2)
+    with pytest.raises(ValueError, match="argmax offsets"):
+        native.sparse_conv2d_pool_backward(x, grad, torch.full_like(arg, 9), *args, 3)
+    with pytest.raises(ValueError, match="values"):
+        native.sparse_conv2d_pool_backward(x, grad, arg, pattern.crow, pattern.col, values[:-1], *args[3:], 3)
