@@ -36,10 +36,12 @@ Without them (or with ``--no-netns``) those two rows say ``skipped`` and why. Th
 removed when the bench ends, also after a failure.
 
 Per scenario: ``completed`` (the run ended ``completed``), ``rounds_rerun`` (rounds reopened after a
-coordinator restart plus deadline retries), ``updates_lost`` (updates an agent logged as trained for a
-round of the run that the round's record does not list as accepted: an upper bound, since an agent
-killed between training and sending counts too; an update a ``network_cut`` kept from the broker until
-after its round closed is listed as ``updates_cut_off`` instead: it could not arrive), ``overhead_ratio``
+coordinator restart plus deadline retries), ``updates_lost`` (updates an agent logged as handed to its MQTT
+client for a round of the run, ``SENT``, that the round's record does not list as accepted: an upper bound,
+since a publish paho took but could not deliver before the agent was killed counts too; updates trained
+but never handed over, the agent killed first, are listed as ``trained_not_sent``, and an update a
+``network_cut`` kept from the broker until after its round closed as ``updates_cut_off``: neither could
+arrive), ``overhead_ratio``
 (wall time / the fault-free run's), ``same_final_model`` (every tensor bit-equal to the fault-free
 run's; null where replies cannot be deterministic) and ``agents_killed`` (agent ``kill -9``s while the run
 ran).
@@ -76,6 +78,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "cloud"))
 
 TRAINED = re.compile(r"trained (\S+) round (\d+):")
+SENT = re.compile(r"stage timing (\S+) round (\d+):")
+"""The agent's line when a process first hands a round's update to its MQTT client (``EdgeAgent``'s stage
+timing: after training, or for an update restored from ``--state-dir`` after a restart)."""
 
 
 def log(msg: str) -> None:
@@ -202,12 +207,13 @@ class Fleet:
         self.coordinator.stop()
         self.broker.stop()
 
-    def trained(self, run_id: str) -> set[tuple[str, int]]:
-        """(device, round) of every update the agents logged as trained (and sent) for the run."""
+    def trained(self, run_id: str, line: re.Pattern[str] = TRAINED) -> set[tuple[str, int]]:
+        """(device, round) of every update the agents logged as trained for the run (``line=SENT``: as handed
+        to their MQTT client)."""
         out: set[tuple[str, int]] = set()
         for device_id in self.device_ids():
             text = self.agent_log(device_id).read_text(errors="replace") if self.agent_log(device_id).exists() else ""
-            out.update((device_id, int(r)) for run, r in TRAINED.findall(text) if run == run_id)
+            out.update((device_id, int(r)) for run, r in line.findall(text) if run == run_id)
         return out
 
 
@@ -360,7 +366,8 @@ def run_scenario(fleet: Fleet, scenario: Scenario, config: dict[str, Any]) -> di
             for index in range(fleet.count):
                 fleet.spaces.restore(index)
     accepted = {(d, r["round"]) for r in done["rounds"] for d in r["accepted"]}
-    not_accepted = fleet.trained(run_id) - accepted
+    trained, sent = fleet.trained(run_id), fleet.trained(run_id, SENT)
+    not_accepted = sent - accepted
     cut_off = sorted(not_accepted & fleet.cut_off)
     lost = sorted(not_accepted - fleet.cut_off)
     counters = done["counters"]
@@ -369,6 +376,7 @@ def run_scenario(fleet: Fleet, scenario: Scenario, config: dict[str, Any]) -> di
             "rounds_rerun": int(counters.get("rounds_reopened", 0)) + int(counters.get("round_retries", 0)),
             "updates_lost": len(lost), "lost": [f"{d}@{r}" for d, r in lost],
             "updates_cut_off": [f"{d}@{r}" for d, r in cut_off], "seconds": seconds, "agents_killed": killed,
+            "trained_not_sent": [f"{d}@{r}" for d, r in sorted(trained - sent - accepted)],
             "model": final_tensors(fleet, run_id) if done["status"] == "completed" else None}
 
 
@@ -451,7 +459,8 @@ def main() -> None:
                   "updates_lost": r["updates_lost"], "overhead_ratio": round(r["seconds"] / base_seconds, 3),
                   "same_final_model": r["same_final_model"], "rounds_completed": r["rounds_completed"],
                   "seconds": round(r["seconds"], 2), "lost": r["lost"], "updates_cut_off": r["updates_cut_off"],
-                  "error": r["error"], "agents_killed": r["agents_killed"]} for r in rows]
+                  "error": r["error"], "agents_killed": r["agents_killed"],
+                  "trained_not_sent": r["trained_not_sent"]} for r in rows]
     if args.json:
         print(json.dumps({"scenarios": scenarios, "agents": args.agents, "rounds": args.rounds,
                           "agents_in_namespaces": spaces is not None}))
