@@ -245,6 +245,24 @@ def wait_round_open(fleet: Fleet, run_id: str, server_round: int, timeout_s: flo
     raise TimeoutError(f"round {server_round} never opened")
 
 
+def wait_run_end(fleet: Fleet, run_id: str, timeout_s: float) -> dict[str, Any]:
+    """The run once it is no longer created or running; polls on while a killed coordinator restarts (its API
+    refuses connections meanwhile)."""
+    import httpx
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            run = fleet.coordinator.run(run_id)
+        except httpx.TransportError:
+            time.sleep(0.2)
+            continue
+        if run["status"] not in ("created", "running"):
+            return run
+        time.sleep(0.1)
+    raise TimeoutError(f"run {run_id} did not end within {timeout_s:.0f} s")
+
+
 def fault_coordinator_kill9(fleet: Fleet, run_id: str, server_round: int) -> None:
     wait_round_open(fleet, run_id, server_round)
     fleet.coordinator.kill9()
@@ -354,7 +372,7 @@ def run_scenario(fleet: Fleet, scenario: Scenario, config: dict[str, Any]) -> di
             injector = threading.Thread(target=scenario.fault, args=(fleet, run_id, config["rounds"] // 2 + 1),
                                         daemon=True)
             injector.start()
-        done = fleet.coordinator.wait_run(run_id, lambda r: r["status"] not in ("created", "running"), 900, "the end")
+        done = wait_run_end(fleet, run_id, 900)
         seconds, killed = time.monotonic() - started, fleet.kills - kills_before
     finally:
         if injector is not None:
