@@ -11,8 +11,15 @@ Every scenario is one run on the same fleet (one mosquitto with persistence on, 
   for that round, and restarted (it re-sends the update it kept on disk, or trains again on the Task it
   is re-sent when it registers); while it is away the next round may be drawn without it, so
   ``same_final_model`` is null;
-* ``churn_30pct``: every few seconds 30 % of the agents are ``kill -9``-ed and restarted (quorum below
-  ``clients_per_round``, so which updates a round closes with is timing: ``same_final_model`` is null);
+* ``churn_30pct``: from the run's start and every ``CHURN_EVERY_S`` = 3 s until it ends, 30 % of the agents
+  (2 of 6) are ``kill -9``-ed and restarted, chosen among the *settled* ones: an agent is settled once its
+  current process has trained one round (logged ``trained``) or has been up ``CHURN_SETTLE_S`` = 60 s (one
+  deadline).
+  So every device is churned again and again, but each restarted one gets the chance to finish one local
+  round (a restarted agent imports torch for its first task, 5-20 s on a loaded 2-core machine: killing
+  it sooner would be a rate at which no device ever trains). Quorum 2 (below ``clients_per_round``), so
+  which updates a round closes with is timing: ``same_final_model`` is null; the row's ``agents_killed``
+  counts the kills while the run ran;
 * ``network_cut``: every packet to and from the first agent that gets that round's Task is dropped for
   ``CUT_S`` = 75 s, longer than the 60 s deadline (``iptables -j DROP`` in its namespace: its sockets stay
   open, nothing answers, as on a dead cellular link); the round misses its quorum at the deadline and is
@@ -29,12 +36,15 @@ Without them (or with ``--no-netns``) those two rows say ``skipped`` and why. Th
 removed when the bench ends, also after a failure.
 
 Per scenario: ``completed`` (the run ended ``completed``), ``rounds_rerun`` (rounds reopened after a
-coordinator restart plus deadline retries), ``updates_lost`` (updates an agent logged as trained for a
-round of the run that the round's record does not list as accepted: an upper bound, since an agent
-killed between training and sending counts too; an update a ``network_cut`` kept from the broker until
-after its round closed is listed as ``updates_cut_off`` instead: it could not arrive), ``overhead_ratio``
-(wall time / the fault-free run's) and ``same_final_model`` (every tensor bit-equal to the fault-free
-run's; null where replies cannot be deterministic).
+coordinator restart plus deadline retries), ``updates_lost`` (updates an agent logged as handed to its MQTT
+client for a round of the run, ``SENT``, that the round's record does not list as accepted: an upper bound,
+since a publish paho took but could not deliver before the agent was killed counts too; updates trained
+but never handed over, the agent killed first, are listed as ``trained_not_sent``, and an update a
+``network_cut`` kept from the broker until after its round closed as ``updates_cut_off``: neither could
+arrive), ``overhead_ratio``
+(wall time / the fault-free run's), ``same_final_model`` (every tensor bit-equal to the fault-free
+run's; null where replies cannot be deterministic) and ``agents_killed`` (agent ``kill -9``s while the run
+ran).
 
     python bench/faults.py            # the table
     python bench/faults.py --json     # one JSON object {"scenarios": [...]}
@@ -68,6 +78,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "cloud"))
 
 TRAINED = re.compile(r"trained (\S+) round (\d+):")
+SENT = re.compile(r"stage timing (\S+) round (\d+):")
+"""The agent's line when a process first hands a round's update to its MQTT client (``EdgeAgent``'s stage
+timing: after training, or for an update restored from ``--state-dir`` after a restart)."""
 
 
 def log(msg: str) -> None:
@@ -77,6 +90,12 @@ def log(msg: str) -> None:
 ROUND_TIMEOUT_S = 60.0
 CUT_S = ROUND_TIMEOUT_S + 15.0
 """How long ``network_cut`` drops one selected agent's packets: longer than the round's deadline."""
+CHURN_EVERY_S = 3.0
+"""``churn_30pct``: a wave of kills every this many seconds, the first at the run's start."""
+CHURN_SETTLE_S = ROUND_TIMEOUT_S
+"""``churn_30pct``: an agent whose current process has not trained yet may be killed once it is this old: one
+round deadline, the time a selected device is given to answer (at load 20 a restarted agent needed 16-25 s
+to its first update: about 5 s to start and connect, then torch's import on its first task)."""
 LOSS_PCT = 5.0
 """``packet_loss_5pct``: each packet to and from every agent is dropped with this probability (percent)."""
 
@@ -114,7 +133,9 @@ class Fleet:
         self.public_key = TEST_COORDINATOR_PUBLIC_KEY
         self.agents: dict[str, subprocess.Popen] = {}
         self.started_at: dict[str, float] = {}
+        self.log_offset: dict[str, int] = {}  # where the agent's latest process began writing its log
         self.starts: dict[str, int] = {}
+        self.kills = 0  # kill -9s so far (a scenario's row counts those during its run)
 
     def device_ids(self) -> list[str]:
         return [f"dev-{i}" for i in range(self.count)]
@@ -134,16 +155,24 @@ class Fleet:
             cmd = ["ip", "netns", "exec", self.spaces.namespaces[i]] + [broker_url if c == self.broker.url else c
                                                                          for c in cmd]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        with open(self.agent_log(device_id), "ab") as out:
+        path = self.agent_log(device_id)
+        self.log_offset[device_id] = path.stat().st_size if path.exists() else 0
+        with open(path, "ab") as out:
             self.agents[device_id] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         self.started_at[device_id] = time.monotonic()
         self.starts[device_id] = self.starts.get(device_id, 0) + 1
 
-    def settled(self, device_id: str, min_up_s: float) -> bool:
-        """The agent's latest process connected to the broker and has run for ``min_up_s``."""
-        text = self.agent_log(device_id).read_text(errors="replace") if self.agent_log(device_id).exists() else ""
-        return (text.count("feddst.agent: connected to ") >= self.starts.get(device_id, 0)
-                and time.monotonic() - self.started_at[device_id] > min_up_s)
+    def settled(self, device_id: str, max_wait_s: float) -> bool:
+        """The agent's latest process trained a round (its log since that start has a ``trained`` line) or
+        has run for ``max_wait_s``."""
+        if time.monotonic() - self.started_at[device_id] >= max_wait_s:
+            return True
+        path = self.agent_log(device_id)
+        if not path.exists():
+            return False
+        with open(path, "rb") as f:
+            f.seek(self.log_offset.get(device_id, 0))
+            return TRAINED.search(f.read().decode(errors="replace")) is not None
 
     def wait_all_online(self, timeout_s: float = 180) -> None:
         end = time.monotonic() + timeout_s
@@ -158,6 +187,7 @@ class Fleet:
         proc = self.agents[device_id]
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        self.kills += 1
 
     def start(self) -> Fleet:
         self.coordinator.start()
@@ -177,12 +207,13 @@ class Fleet:
         self.coordinator.stop()
         self.broker.stop()
 
-    def trained(self, run_id: str) -> set[tuple[str, int]]:
-        """(device, round) of every update the agents logged as trained (and sent) for the run."""
+    def trained(self, run_id: str, line: re.Pattern[str] = TRAINED) -> set[tuple[str, int]]:
+        """(device, round) of every update the agents logged as trained for the run (``line=SENT``: as handed
+        to their MQTT client)."""
         out: set[tuple[str, int]] = set()
         for device_id in self.device_ids():
             text = self.agent_log(device_id).read_text(errors="replace") if self.agent_log(device_id).exists() else ""
-            out.update((device_id, int(r)) for run, r in TRAINED.findall(text) if run == run_id)
+            out.update((device_id, int(r)) for run, r in line.findall(text) if run == run_id)
         return out
 
 
@@ -212,6 +243,24 @@ def wait_round_open(fleet: Fleet, run_id: str, server_round: int, timeout_s: flo
             raise RuntimeError(f"round {server_round} closed before the fault could be injected")
         time.sleep(0.02)
     raise TimeoutError(f"round {server_round} never opened")
+
+
+def wait_run_end(fleet: Fleet, run_id: str, timeout_s: float) -> dict[str, Any]:
+    """The run once it is no longer created or running; polls on while a killed coordinator restarts (its API
+    refuses connections meanwhile)."""
+    import httpx
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            run = fleet.coordinator.run(run_id)
+        except httpx.TransportError:
+            time.sleep(0.2)
+            continue
+        if run["status"] not in ("created", "running"):
+            return run
+        time.sleep(0.1)
+    raise TimeoutError(f"run {run_id} did not end within {timeout_s:.0f} s")
 
 
 def fault_coordinator_kill9(fleet: Fleet, run_id: str, server_round: int) -> None:
@@ -273,17 +322,19 @@ def start_packet_loss(fleet: Fleet) -> None:
         fleet.spaces.set_loss(index, LOSS_PCT)
 
 
-def churn(fleet: Fleet, stop: threading.Event, every_s: float = 3.0, settle_s: float = 3.0) -> None:
-    """Every ``every_s``, kill -9 and restart 30 % of the agents, chosen among those connected for about
-    ``settle_s`` (an agent process takes 5-20 s to import torch and connect on a loaded 2-core machine)."""
+def churn(fleet: Fleet, stop: threading.Event, every_s: float = CHURN_EVERY_S,
+          settle_s: float = CHURN_SETTLE_S) -> None:
+    """At once and then every ``every_s`` until ``stop``: kill -9 and restart 30 % of the agents, chosen among
+    the settled ones (:meth:`Fleet.settled`: trained once since their restart, or up ``settle_s``)."""
     rng = random.Random(1)
-    while not stop.wait(every_s):
+    while not stop.is_set():
         up = [d for d in fleet.device_ids() if fleet.settled(d, settle_s)]
         victims = rng.sample(up, min(len(up), max(1, round(0.3 * fleet.count))))
         for device_id in victims:
             fleet.kill_agent(device_id)
         for device_id in victims:
             fleet.start_agent(device_id)
+        stop.wait(every_s)
 
 
 @dataclass(frozen=True)
@@ -312,7 +363,7 @@ def run_scenario(fleet: Fleet, scenario: Scenario, config: dict[str, Any]) -> di
     try:
         if scenario.setup is not None:
             scenario.setup(fleet)
-        started = time.monotonic()
+        started, kills_before = time.monotonic(), fleet.kills
         assert fleet.coordinator.api("POST", f"/api/runs/{run_id}/start").status_code == 200
         if scenario.name.startswith("churn"):
             churner = threading.Thread(target=churn, args=(fleet, stop_churn), daemon=True)
@@ -321,8 +372,8 @@ def run_scenario(fleet: Fleet, scenario: Scenario, config: dict[str, Any]) -> di
             injector = threading.Thread(target=scenario.fault, args=(fleet, run_id, config["rounds"] // 2 + 1),
                                         daemon=True)
             injector.start()
-        done = fleet.coordinator.wait_run(run_id, lambda r: r["status"] not in ("created", "running"), 900, "the end")
-        seconds = time.monotonic() - started
+        done = wait_run_end(fleet, run_id, 900)
+        seconds, killed = time.monotonic() - started, fleet.kills - kills_before
     finally:
         if injector is not None:
             injector.join()
@@ -333,7 +384,8 @@ def run_scenario(fleet: Fleet, scenario: Scenario, config: dict[str, Any]) -> di
             for index in range(fleet.count):
                 fleet.spaces.restore(index)
     accepted = {(d, r["round"]) for r in done["rounds"] for d in r["accepted"]}
-    not_accepted = fleet.trained(run_id) - accepted
+    trained, sent = fleet.trained(run_id), fleet.trained(run_id, SENT)
+    not_accepted = sent - accepted
     cut_off = sorted(not_accepted & fleet.cut_off)
     lost = sorted(not_accepted - fleet.cut_off)
     counters = done["counters"]
@@ -341,7 +393,8 @@ def run_scenario(fleet: Fleet, scenario: Scenario, config: dict[str, Any]) -> di
             "error": done.get("error"), "rounds_completed": len(done["rounds"]),
             "rounds_rerun": int(counters.get("rounds_reopened", 0)) + int(counters.get("round_retries", 0)),
             "updates_lost": len(lost), "lost": [f"{d}@{r}" for d, r in lost],
-            "updates_cut_off": [f"{d}@{r}" for d, r in cut_off], "seconds": seconds,
+            "updates_cut_off": [f"{d}@{r}" for d, r in cut_off], "seconds": seconds, "agents_killed": killed,
+            "trained_not_sent": [f"{d}@{r}" for d, r in sorted(trained - sent - accepted)],
             "model": final_tensors(fleet, run_id) if done["status"] == "completed" else None}
 
 
@@ -396,7 +449,9 @@ def run_all(args: argparse.Namespace, workdir: Path, spaces: AgentNamespaces | N
 def main() -> None:
     from field_trial.link_faults import AgentNamespaces, link_faults_problem
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    summary, _, details = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(description=summary, epilog=details,  # the scenarios and churn's rule
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--only", action="append", help="Run only these scenarios (repeatable).")
@@ -422,18 +477,20 @@ def main() -> None:
                   "updates_lost": r["updates_lost"], "overhead_ratio": round(r["seconds"] / base_seconds, 3),
                   "same_final_model": r["same_final_model"], "rounds_completed": r["rounds_completed"],
                   "seconds": round(r["seconds"], 2), "lost": r["lost"], "updates_cut_off": r["updates_cut_off"],
-                  "error": r["error"]} for r in rows]
+                  "error": r["error"], "agents_killed": r["agents_killed"],
+                  "trained_not_sent": r["trained_not_sent"]} for r in rows]
     if args.json:
         print(json.dumps({"scenarios": scenarios, "agents": args.agents, "rounds": args.rounds,
                           "agents_in_namespaces": spaces is not None}))
         return
-    print(f"{'scenario':<26}{'completed':>10}{'rounds':>8}{'re-run':>8}{'lost':>6}{'overhead':>10}  same model")
+    print(f"{'scenario':<26}{'completed':>10}{'rounds':>8}{'re-run':>8}{'lost':>6}{'killed':>8}{'overhead':>10}"
+          "  same model")
     for s in scenarios:
         if s.get("skipped"):
             print(f"{s['name']:<26}  skipped: {s['skipped']}")
             continue
         print(f"{s['name']:<26}{str(s['completed']):>10}{s['rounds_completed']:>8}{s['rounds_rerun']:>8}"
-              f"{s['updates_lost']:>6}{s['overhead_ratio']:>9.2f}x  {s['same_final_model']}")
+              f"{s['updates_lost']:>6}{s['agents_killed']:>8}{s['overhead_ratio']:>9.2f}x  {s['same_final_model']}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ absolute deadline.
 The update (echoing the task's nonce, signed with ``--key-file``) is published once, chunked when
 larger than ``--max-packet``, as QoS 1. It is re-published in full only when its delivery is in
 doubt: a publish that paho refused (not connected), a reconnect on which the broker did not keep
-the session, a repeated Task for its round (a retried round, a restarted coordinator), or an agent
+the session, a repeated Task for its round (a retried round, a restarted coordinator; when this process
+already published the update, only if no Ack came within ``REPEATED_TASK_ACK_WAIT_S``), or an agent
 restart (with ``--state-dir`` the update is kept on disk until answered). Never on a timer while
 the connection is up: paho itself re-sends un-acknowledged QoS 1 chunks on reconnect. Every
 publish is encoded afresh with the next seq, because the coordinator drops any message whose seq
@@ -88,6 +89,10 @@ HANDLED_MEMORY = 4096
 EXIT_OK, EXIT_FAILURE, EXIT_REFUSED = 0, 1, 3
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK reason: the broker does not speak this MQTT version
 CONNACK_TIMEOUT_S = 3.0  # --mqtt-protocol auto: an MQTT 5 CONNECT unanswered this long means 3.1.1 only
+REPEATED_TASK_ACK_WAIT_S = 2.0
+"""A repeated Task for a round whose update this process already published re-sends it only if no Ack came
+within this many seconds: the Task the coordinator re-sends when a restarted agent registers crosses the
+update that agent re-sends on connecting, and the Ack for that one is on its way."""
 
 
 @dataclass(frozen=True)
@@ -430,7 +435,9 @@ class EdgeAgent:
             upload = self.state.uploads.get(key)
             if upload is not None:  # a retried round or a restarted coordinator: its delivery is in doubt
                 upload.deadline = max(upload.deadline, deadline)
-                upload.in_doubt, upload.next_send = True, time.monotonic()
+                now = time.monotonic()  # already published by this process: its Ack may be on the way
+                upload.in_doubt = True
+                upload.next_send = max(upload.next_send, now + REPEATED_TASK_ACK_WAIT_S) if upload.sends else now
                 self._save_pending(key, upload)
             log.info("task %s round %d already handled; not training again", *key)
             return

@@ -22,6 +22,7 @@ from agent_harness import (
     wait_until,
 )
 
+from edge_agent.agent import REPEATED_TASK_ACK_WAIT_S
 from edge_agent.pending_updates import PendingUpdateStore, StoredUpdate
 from feddst_core.wire_format import update_message
 from protocol import Ack, Register, Status, Update, encode_message, topics
@@ -132,6 +133,44 @@ def test_an_agent_stopped_before_its_ack_sends_the_same_update_after_restart(mos
     assert _pending_files(state) == []  # answered: gone from disk
     coordinator.drain()
     assert not [r for r in coordinator.collect(1.5) if isinstance(r.message, Update)]  # and not sent again
+
+
+def test_a_task_resent_on_registration_does_not_duplicate_the_restored_update(mosquitto, coordinator, start_agent,
+                                                                              tmp_path) -> None:
+    """The coordinator re-sends the Task to a device that registers mid-round; a restarted agent has just re-sent
+    its restored update, whose Ack is on the way: the crossing Task must not make it upload a second copy."""
+    state = tmp_path / "agent-state"
+    settings = agent_settings(mosquitto.url, state_dir=str(state))
+    first_agent = start_agent(settings)
+    coordinator.expect(Register)
+    _first_update(coordinator, deadline_s=60)
+    assert wait_until(lambda: _pending_files(state) == [f"{RUN}.1.update"])
+    first_agent.close()  # no Ack came
+    coordinator.drain()
+
+    second_agent = start_agent(settings)
+    coordinator.expect(Register)
+    coordinator.expect(Update, is_update_for(1), timeout=30)  # the restored update, re-sent on connecting
+    coordinator.send(make_task(1, deadline_s=60), topics.inbox("dev-003"))  # what cloud does on a Register
+    time.sleep(0.3)  # the Ack for the update already received follows
+    coordinator.send(Ack(RUN, 1, "dev-003", True), topics.ack(RUN, "dev-003"))
+    stats = second_agent.agent.stats
+    assert wait_until(lambda: stats["updates_acked"] == 1 and stats["tasks_repeated"] == 1)
+    assert not [r for r in coordinator.collect(3.0) if isinstance(r.message, Update)]  # one copy paid, not two
+    assert stats["update_publishes"] == 1 and stats["update_resends"] == 0 and stats["trained"] == 0
+    assert _pending_files(state) == []
+
+
+def test_a_repeated_task_without_an_ack_still_gets_the_update_again(mosquitto, coordinator, start_agent) -> None:
+    """A repeated Task with no Ack following (the coordinator never got the update) re-sends it after the wait."""
+    agent = start_agent(agent_settings(mosquitto.url))
+    coordinator.expect(Register)
+    first, _ = _first_update(coordinator, deadline_s=60)
+    coordinator.send(make_task(1, deadline_s=60), topics.inbox("dev-003"))
+    sent_at = time.monotonic()
+    again = coordinator.expect(Update, is_update_for(1), timeout=15)
+    assert again.message == first and time.monotonic() - sent_at >= REPEATED_TASK_ACK_WAIT_S - 0.5
+    assert agent.agent.stats["update_resends"] == 1
 
 
 def test_an_agent_killed_before_its_ack_sends_the_same_update_after_restart(mosquitto, coordinator,
