@@ -50,9 +50,10 @@ def fake_agent_process(port: int, first: int, count: int, heartbeat_s: float = 2
     prints one JSON line ``{"model_at", "sent_at", "encode_s", "updates"}`` (unix seconds / seconds).
 
     Like real agents they number their messages from the clock (the coordinator drops any seq not above
-    the last one it accepted from a device) and echo the task's nonce in their updates. The update's
-    tensors are built once per process (every fake returns the model it was sent); the envelope, and so
-    the encoding, is per device."""
+    the last one it accepted from a device) and echo the task's nonce in their updates. The update (every
+    fake returns the model it was sent, density 0.2) is encoded once per process; each device's message is
+    that payload in its own envelope (sender id, seq, timestamp, CRC): the bytes ``encode_message`` gives
+    for that device, without repeating the tensor encoding per fake (the bench's cost, not the product's)."""
     import dataclasses
     import itertools
 
@@ -66,11 +67,14 @@ def fake_agent_process(port: int, first: int, count: int, heartbeat_s: float = 2
         Register,
         Status,
         Task,
+        Update,
+        decode_envelope,
         decode_message,
         encode_message,
         split_into_chunks,
         topics,
     )
+    from protocol.envelope import encode_envelope
     from protocol.messages import Capabilities
 
     ids = [f"fake-{i:05d}" for i in range(first, first + count)]
@@ -132,9 +136,13 @@ def fake_agent_process(port: int, first: int, count: int, heartbeat_s: float = 2
             template = update_message(task.run_id, task.server_round, ids[0], params, masks, masks, 40, 0.0, 0.0)
             template = dataclasses.replace(template, task_nonce=task.task_nonce)
             started, sent = time.perf_counter(), 0
+            # The payload (tensors, mask changes, nonce) is the same for every fake: encode it once; per
+            # device only the envelope (sender id, seq, CRC) differs, byte for byte what encode_message makes.
+            payload = bytes(decode_envelope(encode(template)).payload)
             for d in ids:
                 if d in task.selected:
-                    data = encode(dataclasses.replace(template, device_id=d))
+                    data = encode_envelope(Update.MESSAGE_TYPE, task.run_id, task.server_round, d, next(seqs),
+                                           time.time_ns() // 1_000_000, payload, None)
                     for packet in split_into_chunks(data):
                         clients[d].publish(topics.update(task.run_id, d), packet, qos=1)
                     sent += 1

@@ -65,7 +65,7 @@ class CoordinatorServices:
             client_id=settings.mqtt_client_id, username=settings.mqtt_username,
             password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
             protocol=settings.mqtt_protocol, tls=settings.broker_tls, max_packet=settings.max_packet,
-            key_lookup=self.keyring.lookup, authenticate=self.keyring.verifying, tls_files=settings.tls_files(),
+            key_snapshot=self.keyring.verification_key_lookup, tls_files=settings.tls_files(),
             count_bytes=lambda direction, n: self.metrics.mqtt_bytes.labels(direction=direction).inc(n),
             raw_queue_packets=settings.mqtt_receive_queue_packets)
         self.signer = Ed25519Signer(load_or_create_signing_key(settings.signing_key_path))
@@ -126,7 +126,7 @@ class CoordinatorServices:
 
     def _eligible(self, config: RunConfig) -> list[str]:
         """Online, admitted (enrolled, not revoked) devices meeting the run's capability filter."""
-        return eligible_devices(self.registry, config.select, self.keyring.admits)
+        return eligible_devices(self.registry, config.select, self.keyring.snapshot().admits)
 
     def _clear_round_model(self, ex: RunExecution, server_round: int) -> None:
         """Remove the round's retained model chunks from the broker (the round is over)."""

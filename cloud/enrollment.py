@@ -7,17 +7,20 @@ returns a :class:`DeviceBundle`: everything the device needs, in one JSON file (
 ``deploy/install_agent.sh --bundle FILE`` installs. ``revoke(device_id)`` marks the enrollment
 ``revoked`` and deletes the broker user (which disconnects the device at once).
 
-The coordinator reads enrollments per message (:class:`DeviceKeyring`), so both take effect without a
-coordinator restart, also when done by another process (``feddst cloud devices enroll``) on the same
-state dir.
+Both take effect without a coordinator restart, also when done by another process (``feddst cloud
+devices enroll|revoke``) on the same store: every message the coordinator receives after the change
+committed is judged by it (:class:`DeviceKeyring`: a change counter in the store, read once per batch
+of received messages, instead of the enrollments per message).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -77,26 +80,27 @@ def check_device_id(device_id: str) -> str:
     return device_id
 
 
-class DeviceKeyring:
-    """The coordinator's per-message key lookup over the store's enrollments (plus a legacy key file).
+@dataclass(frozen=True)
+class KeyringSnapshot:
+    """The enrollments (and legacy keys) as of one read of the store's enrollment generation.
 
-    Messages are authenticated (``verifying()``) when a device is enrolled, a ``device_keys_file`` is set,
-    or ``require_device_keys``. Then an active enrollment's key verifies its device's messages, a revoked
-    device's messages raise ``AuthenticationError`` (containing :data:`REVOKED_MARK`), and a device known
-    to neither store nor file is rejected. Thread-safe (the store serialises access).
-    """
+    ``verifying``: whether messages are authenticated at all; ``lookup``/``admits`` as in
+    :class:`DeviceKeyring`, answered from memory (no store access)."""
 
-    def __init__(self, store: CoordinatorStore, legacy_keys: dict[str, bytes] | None = None, require: bool = False):
-        self.store = store
-        self.legacy_keys = legacy_keys
-        self.require = require
-        self.rejected: Counter[str] = Counter()
+    generation: int
+    rows: Mapping[str, EnrollmentRow]
+    legacy_keys: Mapping[str, bytes] | None
+    require: bool
+    rejected: Counter[str]  # the keyring's counter (shared, so counts survive refreshes)
 
+    @property
     def verifying(self) -> bool:
-        return self.require or self.legacy_keys is not None or self.store.has_enrollments()
+        return self.require or self.legacy_keys is not None or bool(self.rows)
 
     def lookup(self, device_id: str) -> bytes | None:
-        row = self.store.get_enrollment(device_id)
+        """The device's HMAC key; None (counted ``not_enrolled``) for a device known to neither store nor
+        legacy file; ``AuthenticationError`` naming :data:`REVOKED_MARK` (counted ``revoked``) if revoked."""
+        row = self.rows.get(device_id)
         if row is not None and row.status == "active":
             return bytes.fromhex(row.device_key_hex)
         if row is not None:
@@ -109,10 +113,66 @@ class DeviceKeyring:
 
     def admits(self, device_id: str) -> bool:
         """May this device be selected for a round (not revoked; enrolled or keyed when verifying)?"""
-        row = self.store.get_enrollment(device_id)
+        row = self.rows.get(device_id)
         if row is not None:
             return row.status == "active"
-        return not self.verifying() or device_id in (self.legacy_keys or {})
+        return not self.verifying or device_id in (self.legacy_keys or {})
+
+
+class DeviceKeyring:
+    """The coordinator's key lookup over the store's enrollments (plus a legacy key file).
+
+    Messages are authenticated (``verifying()``) when a device is enrolled, a ``device_keys_file`` is set,
+    or ``require_device_keys``. Then an active enrollment's key verifies its device's messages, a revoked
+    device's messages raise ``AuthenticationError`` (containing :data:`REVOKED_MARK`), and a device known
+    to neither store nor file is rejected.
+
+    Freshness guarantee: :meth:`snapshot` reads the store's enrollment generation (one primary-key read;
+    the store bumps it in the transaction of every enroll and revoke, whichever process commits it) and
+    reloads the enrollments only when it moved. The coordinator's decoder takes one snapshot per batch of
+    received packets, *after* taking the batch off its queue, so every message received after an enroll or
+    revoke committed (by this or another process, e.g. ``feddst cloud devices revoke``) is judged by it;
+    the main loop takes one per device selection. ``lookup``/``admits``/``verifying`` take a snapshot per
+    call. Thread-safe.
+    """
+
+    def __init__(self, store: CoordinatorStore, legacy_keys: dict[str, bytes] | None = None, require: bool = False):
+        self.store = store
+        self.legacy_keys = legacy_keys
+        self.require = require
+        self.rejected: Counter[str] = Counter()
+        self.reloads = 0  # times the enrollments were read in full (the generation moved)
+        self._lock = threading.Lock()
+        self._current: KeyringSnapshot | None = None
+
+    def snapshot(self) -> KeyringSnapshot:
+        """The enrollments as committed when this call began (or later): see the class docstring."""
+        generation = self.store.enrollment_generation()
+        with self._lock:
+            current = self._current
+            if current is not None and current.generation == generation:
+                return current
+            # read after the generation: a change committed in between is included, and the next call,
+            # seeing a newer generation, reloads again
+            rows = {row.device_id: row for row in self.store.list_enrollments()}
+            self._current = KeyringSnapshot(generation, rows, self.legacy_keys, self.require, self.rejected)
+            self.reloads += 1
+            return self._current
+
+    def verifying(self) -> bool:
+        return self.snapshot().verifying
+
+    def lookup(self, device_id: str) -> bytes | None:
+        return self.snapshot().lookup(device_id)
+
+    def admits(self, device_id: str) -> bool:
+        """May this device be selected for a round (not revoked; enrolled or keyed when verifying)?"""
+        return self.snapshot().admits(device_id)
+
+    def verification_key_lookup(self) -> Callable[[str], bytes | None] | None:
+        """For one decoder batch: the snapshot's ``lookup`` when messages are authenticated, else None."""
+        snapshot = self.snapshot()
+        return snapshot.lookup if snapshot.verifying else None
 
 
 class EnrollmentService:

@@ -13,7 +13,7 @@ import time
 from cloud.coordinator_services import STATUS_PAYLOAD_BYTES, log
 from cloud.enrollment import REVOKED_MARK
 from cloud.mqtt_link import Inbound
-from cloud.replay_guard import REPLAYED, RETAINED_SEEN
+from cloud.replay_guard import REPLAYED, RETAINED_SEEN, writes_durably
 from cloud.round_collector import Verdict
 from cloud.round_lifecycle import RoundLifecycle
 from cloud.store import DeviceErrorRow
@@ -23,15 +23,22 @@ from protocol import DEVICE_ERROR_CODES, Ack, DeviceError, Register, Status, Upd
 class InboundHandling(RoundLifecycle):
     """Admit and act on inbound items (main loop thread only)."""
 
-    def _take_queued(self, limit: int) -> list[Inbound]:
-        """Up to ``limit`` inbound items that are queued now (no waiting)."""
+    def _take_queued(self, limit: int, wait_s: float = 0.0) -> list[Inbound]:
+        """Up to ``limit`` inbound items: those queued now, and those arriving within ``wait_s`` seconds
+        (group commit: a burst of updates shares one replay-state transaction, one fsync, not one each)."""
         items: list[Inbound] = []
+        end = time.monotonic() + wait_s
         while len(items) < limit:
             try:
-                items.append(self.inbound.get_nowait())
+                left = end - time.monotonic()
+                items.append(self.inbound.get(timeout=left) if left > 0 else self.inbound.get_nowait())
             except queue.Empty:
                 break
         return items
+
+    @staticmethod
+    def _writes_durably(item: Inbound) -> bool:
+        return item.kind == "message" and item.decoded is not None and writes_durably(item.decoded.message)
 
     def _handle_batch(self, items: list[Inbound]) -> None:
         """Admit a batch of inbound items against the replay guard, their seqs written in one transaction,

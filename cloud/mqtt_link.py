@@ -129,9 +129,12 @@ class CoordinatorLink:
                  authenticate: Callable[[], bool] | None = None,
                  tls_files: TlsFiles | None = None,
                  max_pending_bytes: int = 512 * 1024 * 1024, raw_queue_packets: int = 65536,
-                 count_bytes: Callable[[str, int], None] | None = None, keepalive_s: int = 30):
+                 count_bytes: Callable[[str, int], None] | None = None, keepalive_s: int = 30,
+                 key_snapshot: Callable[[], Callable[[str], bytes | None] | None] | None = None):
         """``key_lookup``: sender id -> HMAC key (None: reject); ``authenticate`` (asked per message, default
-        always): whether to verify at all; ``tls_files``: private CA and client certificate for ``tls``;
+        always): whether to verify at all; ``key_snapshot`` (replaces both): asked for the key lookup to
+        verify with (None: no verification) at most once per run of queued packets, see :meth:`_verifier`;
+        ``tls_files``: private CA and client certificate for ``tls``;
         ``raw_queue_packets``: bound of the callback -> decoder queue (packets; beyond it: dropped, counted);
         ``keepalive_s``: MQTT keepalive (seconds between pings on an idle connection)."""
         self.inbound = inbound
@@ -149,6 +152,11 @@ class CoordinatorLink:
         self.max_packet = max_packet
         self.key_lookup = key_lookup
         self.authenticate = authenticate
+        self.key_snapshot = key_snapshot
+        self.key_snapshots = 0  # times key_snapshot was asked (decoder thread)
+        self._snapshot_lookup: Callable[[str], bytes | None] | None = None
+        self._snapshot_covers = 0  # packets dequeued from now on that were queued before the snapshot was taken
+        self._packet_covered = False  # whether the packet in the decoder's hand is one of them
         self.reassembler = ChunkReassembler(timeout_s=120.0, max_pending_bytes=max_pending_bytes)
         self.connected = threading.Event()
         self._started = False
@@ -266,6 +274,8 @@ class CoordinatorLink:
                 packet = self.raw.get(timeout=0.2)
             except queue.Empty:
                 continue
+            self._packet_covered = self._snapshot_covers > 0
+            self._snapshot_covers = max(0, self._snapshot_covers - 1)
             item = self._decode(packet)
             while item is not None and not self._stopping.is_set():
                 try:
@@ -280,13 +290,29 @@ class CoordinatorLink:
             whole = self.reassembler.add(packet.payload, source=packet.topic)
             if whole is None:
                 return None
-            verify = self.key_lookup is not None and (self.authenticate is None or self.authenticate())
-            decoded = decode_message_with_envelope(whole, self.key_lookup if verify else None)
+            decoded = decode_message_with_envelope(whole, self._verifier())
         except ProtocolError as exc:
             return Inbound("invalid", topic=packet.topic, size=len(packet.payload),
                            error=f"{type(exc).__name__}: {exc}", received_at=packet.received_at)
         return Inbound("message", topic=packet.topic, decoded=decoded, size=len(whole), retained=packet.retained,
                        received_at=packet.received_at)
+
+    def _verifier(self) -> Callable[[str], bytes | None] | None:
+        """The key lookup for the message just completed by the packet in the decoder's hand (None: unverified).
+
+        With ``key_snapshot``: a snapshot taken after that packet was dequeued, so after it was received;
+        one snapshot serves every packet that was already queued when it was taken (they were received
+        before it), so a burst costs one snapshot, and every packet received after a key change (a
+        revocation) committed is verified with a snapshot taken after the change."""
+        if self.key_snapshot is None:
+            verify = self.key_lookup is not None and (self.authenticate is None or self.authenticate())
+            return self.key_lookup if verify else None
+        if not self._packet_covered:
+            queued = self.raw.qsize()  # before the snapshot: these packets were received before it is taken
+            self._snapshot_lookup = self.key_snapshot()
+            self.key_snapshots += 1
+            self._snapshot_covers, self._packet_covered = queued, True
+        return self._snapshot_lookup
 
     def counters(self) -> LinkCounters:
         """Socket bytes both ways, decoder-queue drops and connection losses, cumulative since this link was made."""

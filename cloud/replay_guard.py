@@ -60,7 +60,7 @@ class ReplayGuard:
                 will_seq, will_used = message.will_seq, False
             elif _is_offline(message) and seq == will_seq:
                 will_used = True
-            durable = not isinstance(message, Status) or message.state == "offline"
+            durable = writes_durably(message)
             self._save(SequenceRow(device_id, seq, will_seq, will_used), durable)
             return True
         if _is_offline(message) and row.will_seq and seq == row.will_seq and not row.will_used:
@@ -96,6 +96,12 @@ class ReplayGuard:
                 self.store.save_sequences([row])
         else:
             self._dirty.add(row.device_id)
+
+
+def writes_durably(message: object) -> bool:
+    """Whether admitting ``message`` writes its device's replay state before it is acted on (a Register,
+    an Update, a DeviceError, an offline Status); heartbeats are written by :meth:`ReplayGuard.flush`."""
+    return not isinstance(message, Status) or message.state == "offline"
 
 
 def _is_offline(message: object) -> bool:

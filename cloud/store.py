@@ -41,7 +41,16 @@ from cloud.store_rows import (
     RunRow,
     SequenceRow,
 )
-from cloud.store_schema import RUN_TABLES, device_errors, device_sequences, devices, enrollments, rounds, runs
+from cloud.store_schema import (
+    RUN_TABLES,
+    device_errors,
+    device_sequences,
+    devices,
+    enrollment_generation,
+    enrollments,
+    rounds,
+    runs,
+)
 from feddst_core.model_file import MASK_SUFFIX, decode_model_file, encode_model_file
 
 if TYPE_CHECKING:
@@ -54,6 +63,8 @@ RUN_COLUMNS = (runs.c.id, runs.c.name, runs.c.config, runs.c.status, runs.c.crea
                runs.c.finished_at, runs.c.error, runs.c.model_round, runs.c.counters)
 DEVICE_COLUMNS = (devices.c.id, devices.c.capabilities, devices.c.sample_count, devices.c.state, devices.c.last_seen,
                   devices.c.rounds_done, devices.c.bytes_up, devices.c.bytes_down)
+BUMP_ENROLLMENT_GENERATION = enrollment_generation.update().where(enrollment_generation.c.id == 1).values(
+    generation=enrollment_generation.c.generation + 1)
 ENROLLMENT_COLUMNS = (enrollments.c.device_id, enrollments.c.device_key, enrollments.c.status,
                       enrollments.c.enrolled_at, enrollments.c.revoked_at)
 
@@ -283,7 +294,8 @@ class CoordinatorStore:
     def save_enrollment(self, device_id: str, device_key_hex: str) -> EnrollmentRow:
         """Enroll (or re-enroll) a device with a new key: status ``active``, enrolled now."""
         self._write(self._upsert(enrollments, [{"device_id": device_id, "device_key": device_key_hex,
-                                                "status": "active", "enrolled_at": time.time(), "revoked_at": None}]))
+                                                "status": "active", "enrolled_at": time.time(), "revoked_at": None}]),
+                    BUMP_ENROLLMENT_GENERATION)
         row = self.get_enrollment(device_id)
         assert row is not None
         return row
@@ -291,7 +303,8 @@ class CoordinatorStore:
     def revoke_enrollment(self, device_id: str) -> EnrollmentRow | None:
         """Mark an active enrollment revoked (a revoked one keeps its first revocation time); None: unknown."""
         self._write(enrollments.update().where(enrollments.c.device_id == device_id).values(
-            status="revoked", revoked_at=func.coalesce(enrollments.c.revoked_at, time.time())))
+            status="revoked", revoked_at=func.coalesce(enrollments.c.revoked_at, time.time())),
+            BUMP_ENROLLMENT_GENERATION)
         return self.get_enrollment(device_id)
 
     def get_enrollment(self, device_id: str) -> EnrollmentRow | None:
@@ -303,6 +316,11 @@ class CoordinatorStore:
 
     def has_enrollments(self) -> bool:
         return bool(self._read(select(enrollments.c.device_id).limit(1)))
+
+    def enrollment_generation(self) -> int:
+        """The enrollments' change counter: bumped in the same transaction as every :meth:`save_enrollment`
+        and :meth:`revoke_enrollment`, by whichever process makes it (one primary-key read)."""
+        return int(self._read(select(enrollment_generation.c.generation).where(enrollment_generation.c.id == 1))[0][0])
 
     # --- device sequence numbers (replay protection) ----------------------------------------------
 

@@ -72,6 +72,12 @@ enrollments = Table(
     Column("revoked_at", Double),
 )
 
+enrollment_generation = Table(
+    "enrollment_generation", metadata,  # one row (id 1): bumped with every change to enrollments (migration 0003)
+    Column("id", Integer, primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+)
+
 device_sequences = Table(
     "device_sequences", metadata,
     Column("device_id", Text, primary_key=True),

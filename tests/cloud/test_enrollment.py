@@ -233,8 +233,8 @@ def test_coordinator_rejects_revoked_and_unenrolled_senders_without_restart(tmp_
         wait_until(lambda: "dev-plain" not in coordinator.registry.online_ids(), what="unkeyed device rejected")
         assert coordinator.counters["invalid_messages"] > 0
 
+        assert coordinator.counters["revoked_device_messages"] == 0  # nothing counted as revoked before the revoke
         service.revoke("dev-a")
-        assert coordinator.counters["revoked_device_messages"] == 0
         wait_until(lambda: coordinator.counters["revoked_device_messages"] > 0, what="revoked messages counted")
         wait_until(lambda: "dev-a" not in coordinator.registry.online_ids(), what="revoked device offline")
         assert not coordinator.keyring.admits("dev-a")
