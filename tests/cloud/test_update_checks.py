@@ -222,9 +222,9 @@ def _mutate(update: Update, collector: RoundCollector, op: str, pick: int, rng: 
     elif op == "bias_change":
         changes["fc1.bias"] = MaskChange([pick % 64], [])
     elif op == "own_mask":
-        mt = update.tensors[mname]
-        mask = rng.random(mt.shape) < rng.random()
-        tensors[mname] = SparseTensor.from_dense(rng.normal(size=mt.shape).astype(np.float32), mask)
+        shape = collector.expectations.sent_masks[mname].shape  # an earlier mutation may have removed the tensor
+        mask = rng.random(shape) < rng.random()
+        tensors[mname] = SparseTensor.from_dense(rng.normal(size=shape).astype(np.float32), mask)
         changes.pop(mname, None)
     elif op == "sparse_bias":
         tensors["fc2.bias"] = SparseTensor.from_dense(np.ones(10, np.float32), rng.random(10) < 0.5)
