@@ -209,6 +209,23 @@ static inline void plane_dots_add(const float *row, int Lv, const float *xb, con
     }
 }
 
+/* gval[j] (nnz) and gbias[o] (O, when given) = the sum over threads of their rows of partial
+   (nthreads, nnz + O), in thread order: the weight and bias gradients each thread accumulated apart. */
+static void reduce_thread_partials(const float *partial, int nthreads, int nnz, int O, float *gval,
+                                   float *gbias) {
+    for (int j = 0; j < nnz; j++) {
+        float s = 0.0f;
+        for (int t = 0; t < nthreads; t++) s += partial[(size_t)t * (nnz + O) + j];
+        gval[j] = s;
+    }
+    if (gbias)
+        for (int o = 0; o < O; o++) {
+            float s = 0.0f;
+            for (int t = 0; t < nthreads; t++) s += partial[(size_t)t * (nnz + O) + nnz + o];
+            gbias[o] = s;
+        }
+}
+
 /* gval (nnz,) = dL/dW at the active positions; gbias (O,) = sum of gy (skipped if NULL).
  * Deterministic for a given nthreads: per-thread partial sums over a static batch split, reduced in order. */
 FEDDST_CLONES
@@ -259,17 +276,7 @@ int feddst_sconv_backward_weight(const float *x, const float *gy, int B, int C, 
         }
         free(row);
     }
-    for (int j = 0; j < nnz; j++) {
-        float s = 0.0f;
-        for (int t = 0; t < nthreads; t++) s += partial[(size_t)t * (nnz + O) + j];
-        gval[j] = s;
-    }
-    if (gbias)
-        for (int o = 0; o < O; o++) {
-            float s = 0.0f;
-            for (int t = 0; t < nthreads; t++) s += partial[(size_t)t * (nnz + O) + nnz + o];
-            gbias[o] = s;
-        }
+    reduce_thread_partials(partial, nthreads, nnz, O, gval, gbias);
     free(partial);
     free(off);
     return failed ? FEDDST_ENOMEM : FEDDST_OK;
@@ -686,17 +693,7 @@ int feddst_sconv_pool_backward(const float *x, const float *gp, const uint8_t *a
         free(g);
         free(a);
     }
-    for (int j = 0; j < nnz; j++) {
-        float s = 0.0f;
-        for (int t = 0; t < nthreads; t++) s += partial[(size_t)t * (nnz + O) + j];
-        gval[j] = s;
-    }
-    if (gbias)
-        for (int o = 0; o < O; o++) {
-            float s = 0.0f;
-            for (int t = 0; t < nthreads; t++) s += partial[(size_t)t * (nnz + O) + nnz + o];
-            gbias[o] = s;
-        }
+    reduce_thread_partials(partial, nthreads, nnz, O, gval, gbias);
     free(partial);
     free(t_off);
     free(off);
