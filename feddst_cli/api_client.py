@@ -10,12 +10,13 @@ types (``--url``/``FEDDST_API_URL``, ``--token``/``FEDDST_API_TOKEN``, ``--json`
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+
+from durable_files import write_file_durably
 
 if TYPE_CHECKING:  # imported by the client itself: `feddst agent run` loads this module but never calls the API
     import httpx
@@ -135,7 +136,6 @@ def percent(fraction: float | None) -> str:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + ``os.replace`` (never a half-written file)."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` so that it holds the old content or the new, never a half-written file
+    (``durable_files.write_file_durably``: temporary file, fsync, rename, fsync of the directory)."""
+    write_file_durably(path, data)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from durable_files import write_file_durably
 from simulator.comparison import NamedReport
+from simulator.report import figure_png
 
 
 def plot_comparison(reports: Sequence[NamedReport], path: Path) -> None:
@@ -39,10 +40,7 @@ def plot_comparison(reports: Sequence[NamedReport], path: Path) -> None:
     axes[0].legend()
     fig.suptitle("Accuracy per uploaded byte, per round" + (" and per minute" if timed else ""))
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    write_file_durably(path, figure_png(fig))
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -89,6 +87,4 @@ th:first-child,td:first-child{{text-align:left}}th{{background:#f3f3f3}}</style>
 encoded protocol messages the runs counted; acc@X is the last evaluated accuracy within X MB uploaded.</p>
 </body></html>
 """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page)
-    os.replace(tmp, path)
+    write_file_durably(path, page.encode())

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from durable_files import write_file_durably
 from feddst_core.model_file import encode_model_file
 from simulator.engine import RoundRecord
 
@@ -42,13 +43,14 @@ def build_report(algorithm: str, config: dict[str, Any], records: Sequence[Round
     }
 
 
-def _atomic_write(path: Path, text: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(text, bytes):
-        tmp.write_bytes(text)
-    else:
-        tmp.write_text(text)
-    os.replace(tmp, path)
+def figure_png(fig: Any) -> bytes:
+    """A matplotlib figure rendered as PNG bytes; the figure is closed (its memory freed)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def write_model(out_dir: str | Path, params: Mapping[str, Any], masks: Mapping[str, Any],
@@ -57,7 +59,7 @@ def write_model(out_dir: str | Path, params: Mapping[str, Any], masks: Mapping[s
     /api/runs/{id}/model``: ``feddst_core.model_file``), atomically; returns its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / MODEL_FILE, encode_model_file(params, masks, metadata))
+    write_file_durably(out / MODEL_FILE, encode_model_file(params, masks, metadata))
     return out / MODEL_FILE
 
 
@@ -65,13 +67,12 @@ def write_report(out_dir: str | Path, report: dict[str, Any]) -> Path:
     """Write report.json, metrics.csv and the plot into ``out_dir`` (created); returns the report path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
-    tmp_csv = out / "metrics.csv.tmp"
-    with open(tmp_csv, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=ROW_FIELDS)
-        writer.writeheader()
-        writer.writerows(report["rounds"])
-    os.replace(tmp_csv, out / "metrics.csv")
+    write_file_durably(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=ROW_FIELDS)
+    writer.writeheader()
+    writer.writerows(report["rounds"])
+    write_file_durably(out / "metrics.csv", table.getvalue().encode())
     plot_accuracy_vs_upload({report["algorithm"]: report}, out / "accuracy_vs_upload.png")
     return out / "report.json"
 
@@ -95,7 +96,4 @@ def plot_accuracy_vs_upload(reports: dict[str, dict[str, Any]], path: Path) -> N
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    write_file_durably(path, figure_png(fig))

@@ -6,11 +6,11 @@ import warnings
 
 import numpy as np
 import pytest
+from cifar_batches import write_cifar_dir
 
 from datasources.cifar_batches import UnsafePickleError, load_plain_pickle
 from datasources.dataset import DataSourceError
 from datasources.loaders import load_dataset
-from tests.datasources.test_loaders import write_cifar_dir
 
 
 class _RunsCommand:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cifar_batches import write_cifar_dir
 
 from datasources import DataSourceError, load_dataset
 from datasources.idx import MNIST_FILES, parse_idx
@@ -110,18 +111,6 @@ def test_unknown_dataset_and_missing_dir():
         load_dataset("imagenet")
     with pytest.raises(DataSourceError, match="needs --data-dir"):
         load_dataset("mnist")
-
-
-def write_cifar_dir(directory: Path, per_batch=6) -> None:
-    import pickle
-
-    rng = np.random.default_rng(0)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
-        with open(directory / name, "wb") as fh:
-            pickle.dump(batch, fh)
 
 
 def test_cifar10_python_batches(tmp_path):

@@ -4,11 +4,11 @@ import json
 import re
 
 import pytest
+from simulate_args import SMALL
 from typer.testing import CliRunner
 
 from feddst_cli.main import app
 from simulator.comparison import ReportError, comparison_rows, label_reports, read_report
-from tests.simulator.test_simulate_cli import SMALL
 
 runner = CliRunner()
 

@@ -4,13 +4,12 @@ import subprocess
 import sys
 
 import pytest
+from simulate_args import SMALL
 from typer.testing import CliRunner
 
 from feddst_cli.main import app
 from simulator.report import WALL_CLOCK_FIELDS
 
-SMALL = ["--dataset", "digits", "--clients", "12", "--clients-per-round", "4", "--samples-per-class", "10",
-         "--rounds", "4", "--local-epochs", "1", "--eval-every", "2", "--readjust-every", "2"]
 runner = CliRunner()
 
 
