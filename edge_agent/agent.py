@@ -54,7 +54,7 @@ from edge_agent.capabilities import detect_capabilities
 from edge_agent.config import AgentSettings, kernel_thresholds_warnings
 from edge_agent.coordinator_verifier import REPLAYED, CoordinatorVerifier
 from edge_agent.data import LocalData
-from edge_agent.local_training import TrainingError, classify_failure, train_on_task
+from edge_agent.local_training import TrainingError, classify_failure, load_training_modules, train_on_task
 from edge_agent.model_snapshot import ModelSnapshotWriter
 from edge_agent.mqtt_adapter import DeviceLink, Inbound, LinkDown, LinkRefused, LinkUp, PublishRefused
 from edge_agent.pending_updates import PendingUpdateStore, StoredUpdate
@@ -103,7 +103,8 @@ class TrainingDone:
     update: Update | None
     error: str | None = None
     error_code: str = "training_failed"  # the DeviceError code when update is None
-    job_s: float = 0.0  # the whole training job: model tensors to torch, training (update.compute_s), packing
+    job_s: float = 0.0  # the training job after load_s: model tensors to torch, training (update.compute_s), packing
+    load_s: float = 0.0  # importing torch and the learning core (the first round only; 0 once loaded)
 
 
 @dataclass
@@ -117,6 +118,7 @@ class PendingUpload:
     sends: int = 0
     in_doubt: bool = True  # publish (again) when connected: never sent, or its delivery is in doubt
     pack_s: float = 0.0  # job time outside compute_s (tensor conversion, update packing); 0 when restored
+    load_s: float = 0.0  # the round's import of torch and the learning core (TrainingDone.load_s); 0 when restored
 
 
 @dataclass
@@ -181,6 +183,8 @@ class EdgeAgent:
         self._log_coordinator_key()
         self._log_kernel_setup()
         self._load_pending_updates()
+        if self.settings.preload_training:
+            threading.Thread(target=self._preload_training, daemon=True, name="preload-training").start()
         self.link.start()
         try:
             while not stop.is_set() and self._exit_code is None:
@@ -199,6 +203,15 @@ class EdgeAgent:
             self._shutdown()
         return EXIT_OK if self._exit_code is None else self._exit_code
 
+
+    @staticmethod
+    def _preload_training() -> None:
+        """``--preload-training``: import torch and the learning core now, beside the MQTT link, so that the
+        first round does not pay it (a round that starts meanwhile waits for the same import)."""
+        try:
+            log.info("training modules loaded ahead of the first round in %.2f s", load_training_modules())
+        except Exception:  # noqa: BLE001 - the first round will load (and report) again
+            log.exception("could not preload the training modules; the first round will try again")
 
     def _log_coordinator_key(self) -> None:
         if self.coordinator.verifies:
@@ -544,13 +557,15 @@ class EdgeAgent:
 
     def _train(self, task: Task, model: ModelBroadcast) -> None:
         """Training thread: never touches agent state, only posts the outcome."""
-        started = time.perf_counter()
+        load_s, started = 0.0, time.perf_counter()
         try:
+            load_s = load_training_modules()
+            started = time.perf_counter()
             update = train_on_task(task, model, self.data, self.device_id, self.settings.client_index,
                                    self.settings.kernels, self.settings.kernel_threshold_table)
             if self.settings.compute_factor > 1:  # trials: emulate a slower device
                 time.sleep(update.compute_s * (self.settings.compute_factor - 1))
-            self.events.put(TrainingDone(task, update, job_s=time.perf_counter() - started))
+            self.events.put(TrainingDone(task, update, job_s=time.perf_counter() - started, load_s=load_s))
         except Exception as exc:  # noqa: BLE001 - a failed round must not kill the agent
             if not isinstance(exc, TrainingError):
                 log.exception("training crashed")
@@ -577,7 +592,7 @@ class EdgeAgent:
             now = time.monotonic()
             upload = PendingUpload(topics.update(task.run_id, self.device_id), update,
                                    self.state.deadlines.get(key, now), next_send=now,
-                                   pack_s=max(0.0, done.job_s - update.compute_s))
+                                   pack_s=max(0.0, done.job_s - update.compute_s), load_s=done.load_s)
             self.state.uploads[key] = upload
             self._save_pending(key, upload)
             self._retry_uploads(now)
@@ -627,11 +642,14 @@ class EdgeAgent:
         Times ``*_at`` are Unix seconds on this device's clock (no ``--clock-offset-s``), durations seconds:
         ``model_at`` the model's last chunk taken up by the main loop, ``decode`` envelope + signature + tensor
         decode of the model, ``train`` the update's ``compute_s``, ``encode`` packing (``pack_s``) plus envelope,
-        HMAC and chunking of the first publish, ``published_at`` when the update was handed to the MQTT client."""
+        HMAC and chunking of the first publish, ``published_at`` when the update was handed to the MQTT client,
+        ``load`` the import of torch and the learning core before training (first round only, unless
+        ``--preload-training`` did it at start-up)."""
         timing = self._model_timing.get(key)  # the coordinator's Task names its own round as the model round
         model_at, decode_s = timing if timing is not None else (float("nan"), float("nan"))
-        log.info("stage timing %s round %d: model_at=%.6f decode=%.6f train=%.6f encode=%.6f published_at=%.6f",
-                 *key, model_at, decode_s, upload.update.compute_s, upload.pack_s + encode_s, published_at)
+        log.info("stage timing %s round %d: model_at=%.6f decode=%.6f train=%.6f encode=%.6f published_at=%.6f "
+                 "load=%.6f", *key, model_at, decode_s, upload.update.compute_s, upload.pack_s + encode_s,
+                 published_at, upload.load_s)
 
     def _save_pending(self, key: RoundKey, upload: PendingUpload) -> None:
         """Keep the update on disk (``--state-dir``) with its deadline on this device's wall clock."""

@@ -104,6 +104,10 @@ class AgentSettingFields(BaseModel):
         "which a layer trains sparse). Make it once on the device with `python bench/sparse_kernels.py "
         "--calibrate --write-thresholds FILE` (from the source tree). Unused (logged) with --kernels sparse or "
         "dense.", default_text="the built-in table (measured on x86-64)")
+    preload_training: bool = setting(
+        False, "Import torch and the learning core at start-up (in the background) instead of at the first "
+        "round: the first round then starts training at once (the import takes about 4 CPU s on an x86-64 "
+        "core, tens of seconds on a small ARM board), but the idle agent holds about 220 MB more.")
     cpu_policy: CpuPolicyName = setting(
         "batch", "Linux scheduling of the agent: `batch` (`SCHED_BATCH`: training is CPU-bound background work "
         "that does not preempt the device's interactive tasks and is preempted less itself; no privileges "

@@ -91,6 +91,7 @@ def run(
     kernels: Annotated[choices.KernelName | None, setting_option("kernels", RUNTIME)] = None,
     kernel_thresholds: Annotated[Path | None, setting_option("kernel_thresholds", RUNTIME)] = None,
     cpu_policy: Annotated[choices.CpuPolicyName | None, setting_option("cpu_policy", RUNTIME)] = None,
+    preload_training: Annotated[bool | None, setting_option("preload_training", RUNTIME)] = None,
     heartbeat_s: Annotated[float | None, setting_option("heartbeat_s", RUNTIME)] = None,
     max_packet: Annotated[int | None, setting_option("max_packet", RUNTIME)] = None,
     max_message_bytes: Annotated[int | None, setting_option("max_message_bytes", RUNTIME)] = None,

@@ -33,7 +33,7 @@ def test_the_docs_table_is_the_one_the_model_generates() -> None:
 
 def test_the_table_has_one_row_per_setting_with_its_env_and_default() -> None:
     rows = settings_table().splitlines()[2:]
-    assert len(rows) == len(FIELDS) == 47
+    assert len(rows) == len(FIELDS) == 48
     assert "| `--threads` | `FEDDST_THREADS` | `1` | Torch intra-op threads" in "\n".join(rows)
     assert "| (file/env only) `keepalive_s` | `FEDDST_KEEPALIVE_S` | `30` | MQTT keep-alive, in seconds. |" in rows
     assert any(r.startswith("| `--broker-url` (or `--broker`) | `FEDDST_BROKER_URL`, `FEDDST_BROKER` (deprecated) | "

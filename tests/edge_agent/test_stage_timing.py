@@ -1,5 +1,6 @@
 """The agent's per-round ``stage timing`` line (read by ``bench/live_overhead.py``): one per trained round,
-its train time equal to the update's own ``compute_s``, its timestamps ordered within what the test saw."""
+its train time equal to the update's own ``compute_s``, its timestamps ordered within what the test saw; and
+``--preload-training`` imports the training modules at start-up (logged), before any task."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from agent_harness import RUN, agent_settings, global_model, is_update_for, make
 from protocol import Register, Update, topics
 
 LINE = re.compile(r"stage timing (\S+) round (\d+): model_at=(\S+) decode=(\S+) train=(\S+) encode=(\S+) "
-                  r"published_at=(\S+)$")
+                  r"published_at=(\S+) load=(\S+)$")
 
 
 def _stage_lines(caplog) -> list[re.Match]:  # type: ignore[no-untyped-def]
@@ -32,14 +33,23 @@ def test_one_stage_timing_line_per_trained_round(mosquitto, coordinator, start_a
     assert wait_until(lambda: len(_stage_lines(caplog)) == 1)
     (line,) = _stage_lines(caplog)
     run, server_round = line.group(1), int(line.group(2))
-    model_at, decode, train, encode, published_at = (float(line.group(i)) for i in range(3, 8))
+    model_at, decode, train, encode, published_at, load = (float(line.group(i)) for i in range(3, 9))
     assert (run, server_round) == (RUN, 1)
     assert train == pytest.approx(got.message.compute_s, abs=1e-5)  # the update's own field
     assert sent_at <= model_at < published_at <= received_at  # the model came after it was sent, etc.
-    assert published_at - model_at >= train  # training happened in between
-    assert decode > 0 and encode > 0
+    assert published_at - model_at >= train + load  # loading and training happened in between
+    assert decode > 0 and encode > 0 and load >= 0
 
     coordinator.send(task, topics.task(RUN))  # a repeated Task: the update is re-sent, not re-timed
     coordinator.expect(Update, is_update_for(1))
     time.sleep(0.3)
     assert len(_stage_lines(caplog)) == 1
+
+
+def test_preload_training_loads_before_any_task(mosquitto, coordinator, start_agent, caplog) -> None:
+    caplog.set_level("INFO", logger="feddst.agent")
+    start_agent(agent_settings(mosquitto.url, preload_training=True))
+    coordinator.expect(Register)
+    assert wait_until(lambda: any("training modules loaded ahead of the first round" in r.getMessage()
+                                  for r in caplog.records))
+    assert not _stage_lines(caplog)  # no task was sent: the load came from start-up alone
