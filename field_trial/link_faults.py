@@ -5,7 +5,8 @@ Used by ``bench/faults.py`` (scenarios ``network_cut`` and ``packet_loss_5pct``)
 ``iptables`` rules inside the agent's namespace, so the host (broker, coordinator) is never touched.
 
 Agent ``i`` gets namespace ``fdfl-<tag>-<i>`` joined to the host by the veth ``fl<tag%10000>h<i>`` (host end,
-10.<210 + i // 64>.<(i % 64) * 4>.1/30) / ``fl<tag%10000>d<i>`` (namespace end, .2/30). The broker must
+the .1 of the first free /30 in 10.200.0.0/13, :func:`field_trial.netem.add_veth_namespace`) /
+``fl<tag%10000>d<i>`` (namespace end, the .2). The broker must
 listen on the host end's address (:meth:`AgentNamespaces.host_addresses`).
 
 * :meth:`AgentNamespaces.cut`: DROP every packet in and out of the namespace (what a dead cellular link
@@ -62,11 +63,9 @@ class AgentNamespaces:
         """Create agent ``index``'s namespace and veth; returns (namespace, broker address seen from it)."""
         short = int(self.tag) % 10000
         ns, host, dev = f"fdfl-{self.tag}-{index}", f"fl{short}h{index}", f"fl{short}d{index}"
-        a, b = 210 + index // 64, (index % 64) * 4
-        host_ip, dev_ip = f"10.{a}.{b}.1", f"10.{a}.{b}.2"
         self.namespaces[index] = ns  # recorded first: close() removes whatever part of them exists
         self.host_links.append(host)
-        add_veth_namespace(_run, ns, host, dev, host_ip, dev_ip)
+        host_ip, _ = add_veth_namespace(_run, ns, host, dev)
         self.addresses[index] = host_ip
         return ns, host_ip
 

@@ -1,8 +1,8 @@
 """``shaper = "netem"``: each emulated device in its own Linux network namespace, joined by a veth
 pair to the host (where the broker listens), with ``tc`` netem + tbf applying its link profile in the kernel.
 
-Device ``i`` gets namespace ``fdst-<pid>-<i>``, host side ``fd<pid%10000>h<i>`` =
-10.<200 + i // 64>.<(i % 64) * 4>.1/30, device side 10.x.y.2/30. Uplink (device -> broker) is
+Device ``i`` gets namespace ``fdst-<pid>-<i>``, host side ``fd<pid%10000>h<i>`` = the .1 of the first free
+/30 in 10.200.0.0/13 (``add_veth_namespace``), device side its .2. Uplink (device -> broker) is
 shaped on the device end of the veth, downlink on the host
 end: ``tbf rate <kbit>`` under ``netem delay <latency/2>ms <jitter>ms loss <loss>%``. Everything created is
 removed by :meth:`NetemLinks.close`, which ``with`` blocks, failures and Ctrl-C all reach.
@@ -10,11 +10,15 @@ removed by :meth:`NetemLinks.close`, which ``with`` blocks, failures and Ctrl-C 
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from field_trial.spec import LinkProfile
 
@@ -61,19 +65,48 @@ def _run(*cmd: str) -> None:
         raise NetemError(f"{' '.join(cmd)} failed: {result.stderr.strip() or result.stdout.strip()}")
 
 
-def add_veth_namespace(run: Callable[..., None], ns: str, host: str, dev: str, host_ip: str, dev_ip: str) -> None:
-    """Network namespace ``ns`` joined to the host by a veth pair: ``host`` (``host_ip``/30) on the host side,
-    ``dev`` (``dev_ip``/30) inside, both up, plus the namespace's loopback. ``run`` executes one command and
-    raises its caller's error on failure; a partial set-up is left for the caller's cleanup (``ip link del``,
-    ``ip netns del``), which must record ``ns`` and ``host`` before calling."""
+VETH_ADDRESSES = ipaddress.ip_network("10.200.0.0/13")
+"""Where each veth pair's /30 comes from (``add_veth_namespace``): the first /30 no host interface uses."""
+VETH_LOCK = Path(tempfile.gettempdir()) / "feddst-veth-addresses.lock"
+"""Held while a pair's /30 is chosen and assigned, so concurrent trials, benches and tests never pick the same."""
+
+
+def _host_networks_in_use() -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The /30 of every IPv4 address on the host's interfaces (``ip -o -4 addr show``)."""
+    result = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False)
+    used = set()
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            address = ipaddress.ip_interface(fields[fields.index("inet") + 1]).ip
+            used.add(ipaddress.ip_network(f"{address}/30", strict=False))
+    return used
+
+
+def add_veth_namespace(run: Callable[..., None], ns: str, host: str, dev: str) -> tuple[str, str]:
+    """Network namespace ``ns`` joined to the host by a veth pair: ``host`` on the host side, ``dev`` inside, both
+    up, plus the namespace's loopback; returns ``(host_ip, dev_ip)``, the .1 and .2 of the first /30 of
+    ``VETH_ADDRESSES`` that no host interface holds (chosen and assigned under ``VETH_LOCK``, so two processes
+    making namespaces at once get different subnets). ``run`` executes one command and raises its caller's error
+    on failure; a partial set-up is left for the caller's cleanup (``ip link del``, ``ip netns del``), which must
+    record ``ns`` and ``host`` before calling."""
     run("ip", "netns", "add", ns)
     run("ip", "link", "add", host, "type", "veth", "peer", "name", dev)
     run("ip", "link", "set", dev, "netns", ns)
-    run("ip", "addr", "add", f"{host_ip}/30", "dev", host)
+    with open(VETH_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        used = _host_networks_in_use()
+        subnet = next((n for n in VETH_ADDRESSES.subnets(new_prefix=30) if n not in used), None)
+        if subnet is None:
+            raise RuntimeError(f"every /30 of {VETH_ADDRESSES} is in use on this host; remove stale veth pairs "
+                               "(`ip link show type veth`)")
+        host_ip, dev_ip = (str(a) for a in list(subnet.hosts())[:2])
+        run("ip", "addr", "add", f"{host_ip}/30", "dev", host)
     run("ip", "link", "set", host, "up")
     run("ip", "-n", ns, "addr", "add", f"{dev_ip}/30", "dev", dev)
     run("ip", "-n", ns, "link", "set", dev, "up")
     run("ip", "-n", ns, "link", "set", "lo", "up")
+    return host_ip, dev_ip
 
 
 def _qdisc(profile: LinkProfile, kbps: float) -> list[list[str]]:
@@ -100,11 +133,9 @@ class NetemLinks:
         """Create device ``index``'s namespace and shaped veth; returns (namespace, broker address seen from it)."""
         short = int(self.tag) % 10000
         ns, host, dev = f"fdst-{self.tag}-{index}", f"fd{short}h{index}", f"fd{short}d{index}"
-        a, b = 200 + index // 64, (index % 64) * 4
-        host_ip, dev_ip = f"10.{a}.{b}.1", f"10.{a}.{b}.2"
         self.namespaces.append(ns)  # recorded first: close() removes whatever part of them exists
         self.host_links.append(host)
-        add_veth_namespace(_run, ns, host, dev, host_ip, dev_ip)
+        host_ip, _ = add_veth_namespace(_run, ns, host, dev)
         for args in _qdisc(profile, profile.uplink_kbps):
             _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, *args)
         for args in _qdisc(profile, profile.downlink_kbps):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -29,9 +30,9 @@ def connect_from(ns: str, host: str, port: int) -> str:
     return result.stdout.strip()
 
 
-# Every namespace test runs in one pytest-xdist worker: their tags are this worker's pid + a constant, and
-# each gives its first device the same fixed /30 (10.200.0.x netem, 10.210.0.x link faults), so two workers
-# at once would collide on names and on the host route.
+# Every namespace test runs in one pytest-xdist worker: their tags are this worker's pid + a constant, so two
+# workers at once could collide on namespace and interface names (the /30s cannot collide: add_veth_namespace
+# picks a free one under a lock).
 pytestmark = pytest.mark.xdist_group("netns")
 
 def test_without_root_the_problem_is_named(monkeypatch):
@@ -74,3 +75,14 @@ def test_cleanup_after_a_failure_half_way():
     assert existing_namespaces(f"fdfl-{tag}-") == []
     shown = subprocess.run(["ip", "link", "show"], capture_output=True, text=True).stdout
     assert f"fl{int(tag) % 10000}h0" not in shown and f"fl{int(tag) % 10000}h1" not in shown
+
+
+@needs_link_faults
+def test_two_fleets_at_once_get_different_subnets():
+    with link_faults.AgentNamespaces(tag=str(os.getpid() + 11)) as one, \
+            link_faults.AgentNamespaces(tag=str(os.getpid() + 12)) as two:
+        _, first = one.add(0)
+        _, second = two.add(0)
+        assert first != second  # the old fixed scheme gave both 10.210.0.1
+        subnets = {ipaddress.ip_network(f"{address}/30", strict=False) for address in (first, second)}
+        assert len(subnets) == 2

@@ -18,9 +18,9 @@ QDISC_PROBLEM = netem.qdisc_problem() if NETNS_WORKS else "no root / iproute2"
 needs_netem = pytest.mark.skipif(QDISC_PROBLEM is not None, reason=f"netem/tbf qdiscs unavailable: {QDISC_PROBLEM}")
 
 
-# Every namespace test runs in one pytest-xdist worker: their tags are this worker's pid + a constant, and
-# each gives its first device the same fixed /30 (10.200.0.x netem, 10.210.0.x link faults), so two workers
-# at once would collide on names and on the host route.
+# Every namespace test runs in one pytest-xdist worker: their tags are this worker's pid + a constant, so two
+# workers at once could collide on namespace and interface names (the /30s cannot collide: add_veth_namespace
+# picks a free one under a lock).
 pytestmark = pytest.mark.xdist_group("netns")
 
 def test_without_root_the_error_names_the_agent_mode(monkeypatch):
