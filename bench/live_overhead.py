@@ -32,6 +32,10 @@ processes run on this machine, so their wall clocks agree.
 * ``critical_path``: per round, broadcast + the last-arriving device's delivery..upload + close;
   ``other`` = round seconds - critical path (selection before the broadcast, clock granularity).
 
+``stages.alone``: the same stages for one preloaded agent training one client for one round with nothing else
+running (``--skip-alone`` skips it): a stage's live value minus its ``alone`` value is what the other agents'
+contention for the cores added; the product's own cost of the stage is the ``alone`` value.
+
 ``simulated_train_per_client_s`` (the unbatched simulation's round time / clients per round) sits
 beside ``train``: the agents train the same clients with the same kernels, so their ratio is the
 slow-down of 20 single-threaded agent processes sharing this machine's cores.
@@ -101,8 +105,8 @@ def start_mosquitto(workdir: Path):
 # --- part 1: overhead -----------------------------------------------------------------------------
 
 
-def paper_config(rounds: int) -> dict:
-    return dict(clients_per_round=20, rounds=rounds, local_epochs=10, batch_size=32, lr=0.01, momentum=0.9,
+def paper_config(rounds: int, clients: int = 20) -> dict:
+    return dict(clients_per_round=clients, rounds=rounds, local_epochs=10, batch_size=32, lr=0.01, momentum=0.9,
                 weight_decay=0.001, algorithm="feddst", sparsity=0.8, readjust_ratio=0.01, readjust_every=10,
                 seed=0)
 
@@ -188,7 +192,7 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
         if preload:
             wait_until(lambda: all(PRELOADED_LINE in (logs / f"dev-{i:03d}.log").read_text(errors="replace")
                                    for i in range(agents)), 600, "agents preloaded torch")
-        cfg = paper_config(rounds)
+        cfg = paper_config(rounds, agents)
         config = RunConfig(model="mnist_cnn", round_timeout_s=600, quorum=agents, min_devices=agents,
                            readjust_until=rounds, **cfg)
         run = coordinator.create_run(config)
@@ -214,11 +218,11 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
         broker.stop()
 
 
-def measure_simulated(rounds: int, data_dir: str, kernels: str) -> float:
+def measure_simulated(rounds: int, data_dir: str, kernels: str, clients: int = 20) -> float:
     from simulator.config import SimulationConfig
     from simulator.engine import Simulation
 
-    cfg = paper_config(rounds)
+    cfg = paper_config(rounds, clients)
     sim = Simulation(SimulationConfig(dataset="mnist", data_dir=data_dir, clients=400, eval_every=10 ** 6,
                                       readjust_until=rounds, client_batching=False, kernels=kernels, **cfg))
     t0 = time.perf_counter()
@@ -246,6 +250,8 @@ def main() -> None:
     parser.add_argument("--preload-training", action="store_true",
                         help="start the live agents with --preload-training and wait until each has imported "
                              "torch (the simulation's process has it imported too); default: cold agents")
+    parser.add_argument("--skip-alone", action="store_true",
+                        help="skip the one-agent round whose stages are printed beside the live ones")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -262,12 +268,17 @@ def main() -> None:
             # speed drifts by tens of percent over minutes, and bracketing cancels a linear drift.
             log(f"simulating {args.rounds} rounds (client batching off, {torch.get_num_threads()} torch threads, "
                 f"--kernels {args.kernels})...")
-            sim_before = measure_simulated(args.rounds, args.data_dir, args.kernels)
+            sim_before = measure_simulated(args.rounds, args.data_dir, args.kernels, args.agents)
             log(f"live run: {args.agents} agents x {args.rounds} rounds over mosquitto (--kernels {args.kernels})...")
             live_s, stages = measure_live(args.rounds, args.data_dir, work, args.agents, args.kernels,
                                           args.preload_training)
             log("simulating again (bracketing the live run)...")
-            sim_after = measure_simulated(args.rounds, args.data_dir, args.kernels)
+            sim_after = measure_simulated(args.rounds, args.data_dir, args.kernels, args.agents)
+            if not args.skip_alone:
+                log("one agent alone, one round (the stages without the other agents' contention)...")
+                (work / "alone").mkdir()
+                _, alone = measure_live(1, args.data_dir, work / "alone", 1, args.kernels, preload=True)
+                stages["alone"] = alone
             sim_s = (sim_before + sim_after) / 2
             stages["simulated_train_per_client_s"] = sim_s / args.agents
             result.update(live_round_s=live_s, simulated_round_s=sim_s, overhead_ratio=live_s / sim_s,
@@ -299,19 +310,28 @@ def main() -> None:
 
 
 def print_stages(stages: dict, agents: int) -> None:
-    """The stage table: mean seconds per device per round, and each stage's share of the mean round."""
-    round_s = stages["round_s"]
-    print(f"live stages (mean s per device per round over {stages['samples']} updates; round {round_s:.2f} s):")
+    """The stage table: mean seconds per device per round, each stage's share of the mean round, and (when
+    measured) the same stage of one agent alone on the machine: the difference is the other agents' contention."""
+    round_s, alone = stages["round_s"], stages.get("alone")
+    print(f"live stages (mean s per device per round over {stages['samples']} updates; round {round_s:.2f} s)"
+          + ("; 'alone': one preloaded agent, one client, one round, nothing else running:" if alone else ":"))
     for name in STAGES:
         value = stages[f"{name}_s"]
         share = f"{100 * value / round_s:5.1f} %" if value is not None and round_s else "   n/a"
-        print(f"  {name:<12} {value if value is not None else float('nan'):8.3f} s  {share}")
-    print(f"  {'close':<12} {stages['close_s']:8.3f} s  (last update's arrival to the round's close)")
+        solo = f"   alone {alone[f'{name}_s']:8.3f} s" if alone and alone.get(f"{name}_s") is not None else ""
+        print(f"  {name:<12} {value if value is not None else float('nan'):8.3f} s  {share}{solo}")
+    solo = f"   alone {alone['close_s']:8.3f} s" if alone else ""
+    print(f"  {'close':<12} {stages['close_s']:8.3f} s  (last update's arrival to the round's close){solo}")
     print(f"  {'critical path':<12} {stages['critical_path_s']:8.3f} s  (broadcast + slowest device + close); "
-          f"other {stages['other_s']:.3f} s")
+          f"other {stages['other_s']:.3f} s" + (f"; alone {alone['critical_path_s']:.3f} s" if alone else ""))
     sim = stages["simulated_train_per_client_s"]
     print(f"  train per client: live {stages['train_s']:.3f} s vs simulated {sim:.3f} s "
           f"(x{stages['train_s'] / sim:.2f}: {agents} one-thread agents on {os.cpu_count()} cores)")
+    if alone:
+        protocol = stages["critical_path_s"] - stages["train_s"]
+        solo_protocol = alone["critical_path_s"] - alone["train_s"]
+        print(f"  critical path outside training: {protocol:.3f} s live vs {solo_protocol:.3f} s alone "
+              f"(the rest, {protocol - solo_protocol:.3f} s, is {agents} agents sharing {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
