@@ -4,8 +4,10 @@ its train time equal to the update's own ``compute_s``, its timestamps ordered w
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import time
+from pathlib import Path
 
 import pytest
 from agent_harness import RUN, agent_settings, global_model, is_update_for, make_task, send_round, wait_until
@@ -14,6 +16,16 @@ from protocol import Register, Update, topics
 
 LINE = re.compile(r"stage timing (\S+) round (\d+): model_at=(\S+) decode=(\S+) train=(\S+) encode=(\S+) "
                   r"published_at=(\S+) load=(\S+)$")
+
+
+def bench_stage_line() -> re.Pattern:
+    """``bench/live_overhead.py``'s parser of this line (the bench is a script, not a package)."""
+    bench = Path(__file__).parents[2] / "bench" / "live_overhead.py"
+    spec = importlib.util.spec_from_file_location("live_overhead", bench)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.STAGE_LINE
 
 
 def _stage_lines(caplog) -> list[re.Match]:  # type: ignore[no-untyped-def]
@@ -39,6 +51,9 @@ def test_one_stage_timing_line_per_trained_round(mosquitto, coordinator, start_a
     assert sent_at <= model_at < published_at <= received_at  # the model came after it was sent, etc.
     assert published_at - model_at >= train + load  # loading and training happened in between
     assert decode > 0 and encode > 0 and load >= 0
+
+    parsed = bench_stage_line().search(line.group(0))  # the bench reads the same line to the same values
+    assert parsed is not None and float(parsed["load"]) == load and float(parsed["encode"]) == encode
 
     coordinator.send(task, topics.task(RUN))  # a repeated Task: the update is re-sent, not re-timed
     coordinator.expect(Update, is_update_for(1))
