@@ -20,8 +20,12 @@ EVAL_DATA = {"classes_per_client": 2, "samples_per_class": 20}
 def test_agent_killed_mid_round_does_not_stall_the_round(mosquitto, agents, tmp_path):
     coordinator = make_coordinator(mosquitto.url, tmp_path / "state")
     try:
-        procs = {f"dev-{i:03d}": agents(mosquitto.url, f"dev-{i:03d}", f"{i}/3", *DATA) for i in range(3)}
+        procs = {f"dev-{i:03d}": agents(mosquitto.url, f"dev-{i:03d}", f"{i}/3", *DATA, "--preload-training")
+                 for i in range(3)}
         wait_until(lambda: len(coordinator.registry.online_ids()) == 3, 60, "agents online")
+        # the survivor's 40 epochs must fit the deadline: torch is imported before the run, not inside round 1
+        logs = [tmp_path / f"dev-{i:03d}.log" for i in range(3)]
+        wait_until(lambda: all(b"training modules loaded" in log.read_bytes() for log in logs), 120, "torch loaded")
         timeout = 6.0
         run = coordinator.create_run(RunConfig(
             model="digits_cnn", clients_per_round=2, rounds=2, local_epochs=40, batch_size=8, lr=0.05, quorum=1,
