@@ -86,6 +86,8 @@ class InboundHandling(RoundLifecycle):
         if item.kind == "disconnected":  # logged and counted by the link (CoordinatorLink)
             return
         if item.kind == "connected":  # logged by the link; no round is drawn within the reconnection grace
+            if self._connected_at and not item.session_present:  # a reconnect to a broker that lost our session
+                self._reannounce_open_round()
             self._connected_at = time.monotonic()
             return
         if item.kind != "message" or item.decoded is None:

@@ -59,6 +59,7 @@ class Inbound:
     retained: bool = False
     error: str = ""
     received_at: float = 0.0
+    session_present: bool = False  # "connected": the broker still had this client's session (subscriptions, queue)
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ class CoordinatorLink:
         self.connected.set()
         self.connects += 1
         log.info("connected to the MQTT broker %s:%s", self.host, self.port)
-        self._post_event(Inbound("connected", received_at=time.time()))
+        self._post_event(Inbound("connected", received_at=time.time(), session_present=bool(flags.session_present)))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         was_connected = self.connected.is_set()

@@ -191,6 +191,27 @@ class RoundLifecycle(CoordinatorServices):
         self._publish(topics.inbox(device_id), ex.task_bytes, topics.QOS_TASK)
         self.registry.add_bytes_down((device_id,), len(ex.task_bytes))
 
+    def _reannounce_open_round(self) -> None:
+        """The broker came back without this coordinator's session (restarted without persistence): what
+        devices published while it was not subscribed (re-sent updates) is gone, and so are the retained model
+        chunks. Publish the open round's model chunks and its Task again (same nonce and deadline): a device that
+        kept its update re-sends it on the repeated Task, one still training goes on, one still waiting for the
+        model gets it. Download bytes are counted for the selected devices not yet accepted."""
+        ex = self._execution
+        if ex is None or ex.collector is None or not ex.task_bytes or not ex.broadcast:
+            return
+        collector = ex.collector
+        pending = tuple(d for d in collector.selected if d not in collector.accepted)
+        ex.counters["round_reannounced"] += 1
+        log.warning("the broker lost this coordinator's session; re-publishing round %s's model and task for %d "
+                    "pending devices", collector.server_round, len(pending))
+        result, ex.model_chunk_topics = self.link.publish_model(ex.run_id, collector.server_round, ex.broadcast)
+        self._count_publish(topics.model(ex.run_id, collector.server_round), result)
+        self._publish(topics.task(ex.run_id), ex.task_bytes, topics.QOS_TASK)
+        ex.download_bytes += len(ex.broadcast) * len(pending)
+        self.metrics.download_bytes.inc(len(ex.broadcast) * len(pending))
+        self.registry.add_bytes_down(pending, len(ex.broadcast) + len(ex.task_bytes))
+
     def _retry_round(self, ex: RunExecution, now: float) -> None:
         collector = ex.collector
         assert collector is not None
