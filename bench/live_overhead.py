@@ -224,8 +224,12 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=20, help="live agents (paper: 20 clients per round)")
     parser.add_argument("--scale-agents", type=int, default=1000, help="fake agents of the scale test")
     parser.add_argument("--scale-procs", type=int, default=4, help="fake-agent processes of the scale test")
-    parser.add_argument("--scale-heartbeat-s", type=float, default=2.0,
-                        help="seconds between each fake agent's Status heartbeats (real agents: 5)")
+    parser.add_argument("--scale-heartbeat-s", type=float, default=None,
+                        help="seconds between each fake agent's Status heartbeats (default: the real agent's "
+                             "default, edge_agent heartbeat_s)")
+    parser.add_argument("--scale-bridge", action="store_true",
+                        help="the scale round through a bridged pair of mosquittos (fake processes alternate between "
+                             "them; the coordinator on the first)")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the scale round's coordinator threads (printed on stderr; slows them)")
     parser.add_argument("--data-dir", default=MNIST_DIR, help="MNIST IDX directory")
@@ -257,16 +261,19 @@ def main() -> None:
             result.update(live_round_s=live_s, simulated_round_s=sim_s, overhead_ratio=live_s / sim_s,
                           simulated_before_s=sim_before, simulated_after_s=sim_after, stages=stages)
         if not args.skip_scale:
-            log(f"scale: one round with {args.scale_agents} fake agents through mosquitto...")
+            log(f"scale: one round with {args.scale_agents} fake agents through "
+                f"{'a bridged mosquitto pair' if args.scale_bridge else 'mosquitto'}...")
             scale = measure_scale(args.scale_agents, work, args.scale_procs, args.profile,
-                                  args.scale_heartbeat_s)
+                                  args.scale_heartbeat_s, args.scale_bridge)
             result.update(scale_round_s=scale["round_s"], scale_peak_mb=scale["peak_mb"],
                           scale_breakdown=scale["breakdown"], scale_accepted=scale["accepted"],
-                          scale_broadcast_s=scale["broadcast_s"], scale_aggregation_s=scale["aggregation_s"])
+                          scale_broadcast_s=scale["broadcast_s"], scale_aggregation_s=scale["aggregation_s"],
+                          scale_bridge=args.scale_bridge)
     if args.json:
         print(json.dumps({k: result.get(k) for k in ("overhead_ratio", "scale_agents", "scale_round_s",
                                                      "scale_peak_mb", "stages", "scale_broadcast_s",
-                                                     "scale_aggregation_s", "scale_breakdown")}))
+                                                     "scale_aggregation_s", "scale_breakdown",
+                                                     "scale_bridge")}))
         return
     if result["overhead_ratio"] is not None:
         print(f"overhead: live {result['live_round_s']:.2f} s/round vs simulated {result['simulated_round_s']:.2f} "
