@@ -87,7 +87,7 @@ class FakeFleet:
                        retain=True)
 
         def on_message(client, topic, payload, qos, properties):  # noqa: ANN001, ANN202
-            if topic.endswith("/task"):
+            if topic.endswith("/task") and not self.tasks:  # one run, one round: every device gets the same Task
                 self.tasks.append(payload)
                 self.work.set()
             return 0

@@ -1,9 +1,16 @@
 """Part 2 of ``bench/live_overhead.py``: one round with N protocol-level fake agents through mosquitto.
 
-The fake agents (no training; one MQTT connection each, spread over ``procs`` processes, one model
-receiver per process standing in for its selected fakes) each return a density-0.2 update of the
-MNIST CNN. The coordinator runs in its own process (``--_coordinator``), the fakes in theirs
-(``--_fake``), so each side's CPU time can be read apart.
+The fake agents (``bench/fleet_fakes.py``: no training; one MQTT connection each, multiplexed by one
+asyncio loop per process over ``procs`` processes, one model receiver per process standing in for its
+selected fakes) each return a density-0.2 update of the MNIST CNN and send a retained Status every
+``heartbeat_s`` (default: the real agent's, ``edge_agent`` ``heartbeat_s``). The coordinator runs in its
+own process (``--_coordinator``), the fakes in theirs, so each side's CPU time can be read apart. With
+``bridge`` a second mosquitto is bridged to the first (``BRIDGE_TOPICS``: device traffic out, the
+coordinator's in); fake processes alternate between the two, the coordinator is on the first, and the
+model still reaches the devices by the brokers' fan-out (one copy over the bridge).
+
+The brokers and fakes need one file descriptor per connection: the bench raises ``RLIMIT_NOFILE``
+(inherited by them; mosquitto gets ``max_connections -1``) and says so when it cannot.
 
 Breakdown of the round (``scale_breakdown`` in ``--json``), all from wall-clock timestamps on this
 one machine and CPU seconds read from ``/proc`` (via psutil) at the round's start and end:
@@ -11,13 +18,15 @@ one machine and CPU seconds read from ``/proc`` (via psutil) at the round's star
 * timeline (seconds from the round's start, ``started_at``): ``broadcast`` (the coordinator signs,
   encodes and hands the model and Task to paho), ``model_at`` (the last fake process holding the model
   and the Task), ``fakes_sent_at`` (the last fake process done encoding and handing its updates to
-  paho: the **bench's** cost), ``last_update_at`` (the last accepted update reaching the coordinator's
-  MQTT callback), ``closed_at`` (the round closed: every queued update decoded, checked and added,
-  the aggregation finished);
-* CPU seconds during the round: the coordinator's main loop, its MQTT decoder thread, paho's network
-  thread, the coordinator process in all; mosquitto; the fake-agent processes (bench);
-* the broker's ``$SYS`` counters (``sys_interval 1``) over the round: messages and bytes received and
-  sent, and their rates.
+  its sockets: the **bench's** cost), ``fakes_acked_at`` (the broker acknowledged them all),
+  ``last_update_at`` (the last accepted update reaching the coordinator's MQTT callback), ``closed_at``
+  (the round closed: every queued update decoded, checked and added, the aggregation finished);
+* CPU seconds during the round (from the round's opening, after the coordinator's post-connect grace,
+  to ``wait_for_run``'s return; ``cpu_window_s`` says how long that was): the coordinator's main loop,
+  its MQTT decoder thread, paho's network thread, the coordinator process in all; each mosquitto; the
+  fake-agent processes (bench); and the budget: their sum against cores x window;
+* each broker's ``$SYS`` counters (``sys_interval 1``) over the round: messages and bytes received and
+  sent, and their rates (``broker_sys``, and ``broker_sys_1`` for the bridged broker).
 
 ``--profile`` adds cProfile of the coordinator's main-loop and decoder threads (top functions by own
 time, printed on stderr; the profiler slows the Python code it watches, so the timed round is not
@@ -120,9 +129,12 @@ def coordinator_process(url: str, state_dir: str, agents: int, profile: bool) ->
         wait_until(lambda: len(coordinator.registry.online_ids()) >= agents, 600, "fake agents online")
         run = coordinator.create_run(RunConfig(model="mnist_cnn", sparsity=0.8, clients_per_round=agents, rounds=1,
                                                quorum=agents, round_timeout_s=600, seed=0))
+        coordinator.start_run(run.id)
+        # The round opens once the coordinator's post-connect grace (2 heartbeats) is over: CPU is read from then.
+        while getattr(getattr(coordinator, "_execution", None), "phase", "waiting") == "waiting":
+            time.sleep(0.005)
         print("starting", flush=True)  # the parent reads the brokers' and fakes' CPU now
         cpu_before, window_start = _thread_cpu(), time.time()
-        coordinator.start_run(run.id)
         final = coordinator.wait_for_run(run.id, 900)
         cpu_after, window_end = _thread_cpu(), time.time()
         _, rounds = coordinator.get_run(run.id)
@@ -306,7 +318,9 @@ def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: boo
         result["breakdown"] = breakdown(result, fake_reports, cpu_before, cpu_after, sys_counters)
         result["breakdown"].update(brokers=len(brokers), fake_procs=len(fakes), heartbeat_s=heartbeat_s,
                                    cpu_window_s={"coordinator": result["cpu_window"][1] - result["cpu_window"][0],
-                                                 "brokers_fakes": window_end - window_start})
+                                                 "brokers_fakes": window_end - window_start,
+                                                 "before_round": result["started_at"] - result["cpu_window"][0],
+                                                 "after_close": result["cpu_window"][1] - result["closed_at"]})
         return result
     finally:
         for c in sys_counters:
@@ -370,6 +384,8 @@ def print_breakdown(agents: int, result: dict) -> None:
           f"(coordinator) / {window['brokers_fakes']:.2f} s (brokers, fakes) around the {b['round_span_s']:.2f} s "
           f"round; {cores} cores give {cores * window['brokers_fakes']:.2f} CPU s in that time; this CPU alone "
           f"needs >= {total / cores:.2f} s on {cores} cores")
+    print(f"  (the window: from {window['before_round']:.3f} s before the round's start to "
+          f"{window['after_close']:.3f} s after its close)")
     for key in sorted(k for k in b if k.startswith("broker_sys")):
         if b[key]:
             print(f"  {key} over the round: " + ", ".join(f"{k} {v:,.0f}" for k, v in b[key].items()))

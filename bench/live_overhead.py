@@ -33,16 +33,19 @@ beside ``train``: the agents train the same clients with the same kernels, so th
 slow-down of 20 single-threaded agent processes sharing this machine's cores.
 
 Part 2 (scale, ``bench/fleet_scale.py``): ``--scale-agents`` protocol-level fake agents (no training;
-one MQTT connection each, spread over ``--scale-procs`` processes; one model receiver per process)
-through mosquitto on loopback, each returning a density-0.2 update of the MNIST CNN. Prints the time
-of one round including aggregation (targets: 1000 agents <= 2 s, 10 000 <= 10 s), the coordinator
-process's peak RSS (target <= 500 MB at 10 000) and the round's breakdown (``scale_breakdown``:
-timeline, CPU seconds of the coordinator's threads, mosquitto and the fake agents, the broker's
-``$SYS`` counters); ``--profile`` adds cProfile of the coordinator's threads.
+one MQTT connection each, multiplexed by one asyncio loop in each of ``--scale-procs`` processes; one
+model receiver per process; a Status every ``--scale-heartbeat-s``, default the real agent's) through
+mosquitto on loopback (``--scale-bridge``: a bridged pair of mosquittos), each returning a density-0.2
+update of the MNIST CNN. Prints the time of one round including aggregation (targets: 1000 agents
+<= 2 s, 10 000 <= 10 s), the coordinator process's peak RSS (target <= 500 MB at 10 000) and the
+round's breakdown (``scale_breakdown``: timeline, CPU seconds of the coordinator's threads, each
+mosquitto and the fake agents against the machine's cores, each broker's ``$SYS`` counters);
+``--profile`` adds cProfile of the coordinator's threads.
 
     python bench/live_overhead.py                   # 3 timed rounds, 1000 fake agents
     python bench/live_overhead.py --rounds 5 --json # one JSON object on stdout
-    python bench/live_overhead.py --skip-overhead --scale-agents 10000 --scale-procs 8
+    python bench/live_overhead.py --skip-overhead --scale-agents 10000
+    python bench/live_overhead.py --skip-overhead --scale-agents 10000 --scale-bridge
 """
 
 from __future__ import annotations
