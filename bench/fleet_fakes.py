@@ -14,7 +14,10 @@ last it accepted from a device). The update echoes the task's nonce and is chunk
 ``protocol.split_into_chunks``; every fake returns the model it was sent (density 0.2), so the update
 payload is encoded once per process and each device's message is that payload in its own envelope
 (sender id, seq, timestamp, CRC): byte for byte what ``encode_message`` gives for that device, without
-repeating the tensor encoding per fake (the bench's cost, not the product's).
+repeating the tensor encoding per fake (the bench's cost, not the product's). At most
+``upload_window`` devices per process upload at once (real devices finish training at different
+times; with every device of 10 000 uploading at once, the coordinator held ~10 000 first chunks
+pending and dropped sets past its 512 MB reassembly bound: measured, see docs/fleet_scale.md).
 
 One extra connection per process, the model receiver, subscribes to every round's model chunks and
 stands in for the process's selected devices (the broker's fan-out still delivers the model; the
@@ -41,12 +44,13 @@ CONNECT_CONCURRENCY = 64  # connections opened at once (mosquitto's listen backl
 class FakeFleet:
     """``count`` fake devices ``fake-{first:05d}``.. on the broker at ``host:port`` (see the module docstring).
 
-    ``heartbeat_s``: seconds between each device's retained online Status."""
+    ``heartbeat_s``: seconds between each device's retained online Status; ``upload_window``: see
+    :meth:`send_updates`."""
 
-    def __init__(self, host: str, port: int, first: int, count: int, heartbeat_s: float):
+    def __init__(self, host: str, port: int, first: int, count: int, heartbeat_s: float, upload_window: int = 0):
         from protocol import ChunkReassembler
 
-        self.host, self.port, self.heartbeat_s = host, port, heartbeat_s
+        self.host, self.port, self.heartbeat_s, self.upload_window = host, port, heartbeat_s, upload_window
         self.ids = [f"fake-{i:05d}" for i in range(first, first + count)]
         self.first = first
         self.seqs = itertools.count(time.time_ns() // 1000)  # one increasing counter shared by this process's fakes
@@ -161,15 +165,18 @@ class FakeFleet:
             await self.work.wait()
         model_at = time.time()
         started = time.perf_counter()
-        sent = self.send_updates()
+        sent = await self.send_updates()
         report = {"model_at": model_at, "sent_at": time.time(), "encode_s": time.perf_counter() - started,
                   "updates": sent}
         await self._drained()
         report["acked_at"] = time.time()
         return report
 
-    def send_updates(self) -> int:
-        """Encode the update once, publish it in each selected device's envelope; the number sent."""
+    async def send_updates(self) -> int:
+        """Encode the update once, publish it in each selected device's envelope; the number sent.
+
+        At most ``upload_window`` devices of this process upload at once (a device's slot is free once the
+        broker acknowledged all its packets); 0: every device hands its update to its socket at once."""
         from feddst_core.models import MNIST_CNN
         from feddst_core.wire_format import model_from_tensors, update_message
         from protocol import Task, Update, decode_envelope, decode_message, split_into_chunks, topics
@@ -181,15 +188,29 @@ class FakeFleet:
         template = update_message(task.run_id, task.server_round, self.ids[0], params, masks, masks, 40, 0.0, 0.0)
         template = dataclasses.replace(template, task_nonce=task.task_nonce)
         payload = bytes(decode_envelope(self.encode(template)).payload)
-        selected, sent = set(task.selected), 0
-        for d in self.ids:
-            if d in selected:
-                data = encode_envelope(Update.MESSAGE_TYPE, task.run_id, task.server_round, d, next(self.seqs),
-                                       time.time_ns() // 1_000_000, payload, None)
-                for packet in split_into_chunks(data):
-                    self.clients[d].publish(topics.update(task.run_id, d), packet, qos=1)  # type: ignore
-                sent += 1
-        return sent
+        selected = set(task.selected)
+        devices = [d for d in self.ids if d in selected]
+
+        def publish(d: str) -> object:
+            data = encode_envelope(Update.MESSAGE_TYPE, task.run_id, task.server_round, d, next(self.seqs),
+                                   time.time_ns() // 1_000_000, payload, None)
+            client = self.clients[d]
+            for packet in split_into_chunks(data):
+                client.publish(topics.update(task.run_id, d), packet, qos=1)  # type: ignore[attr-defined]
+            return client
+
+        if not self.upload_window:
+            for d in devices:
+                publish(d)
+            return len(devices)
+        gate = asyncio.Semaphore(self.upload_window)
+
+        async def upload(d: str) -> None:
+            async with gate:
+                await publish(d)._persistent_storage.wait_empty()  # type: ignore[attr-defined]
+
+        await asyncio.gather(*(upload(d) for d in devices))
+        return len(devices)
 
     async def close(self) -> None:
         for client in [*self.clients.values(), self.receiver]:
@@ -200,9 +221,9 @@ async def _read_stdin_line() -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
 
-async def run_fakes(host: str, port: int, first: int, count: int, heartbeat_s: float) -> None:
+async def run_fakes(host: str, port: int, first: int, count: int, heartbeat_s: float, upload_window: int) -> None:
     """The child's life (see the module docstring for its stdout protocol)."""
-    fleet = FakeFleet(host, port, first, count, heartbeat_s)
+    fleet = FakeFleet(host, port, first, count, heartbeat_s, upload_window)
     t0 = time.perf_counter()
     await fleet.start()
     connected_s = time.perf_counter() - t0
@@ -217,8 +238,8 @@ async def run_fakes(host: str, port: int, first: int, count: int, heartbeat_s: f
 
 
 def main(argv: list[str]) -> None:
-    """``fleet_fakes.py HOST PORT FIRST COUNT HEARTBEAT_S``."""
-    asyncio.run(run_fakes(argv[0], int(argv[1]), int(argv[2]), int(argv[3]), float(argv[4])))
+    """``fleet_fakes.py HOST PORT FIRST COUNT HEARTBEAT_S UPLOAD_WINDOW``."""
+    asyncio.run(run_fakes(argv[0], int(argv[1]), int(argv[2]), int(argv[3]), float(argv[4]), int(argv[5])))
 
 
 if __name__ == "__main__":

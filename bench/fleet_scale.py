@@ -203,6 +203,7 @@ BRIDGE_TOPICS = [f"{t} 1" for t in (
     "feddst/v1/devices/+/status out", "feddst/v1/devices/+/register out", "feddst/v1/runs/+/update/+ out",
     "feddst/v1/runs/+/task in", "feddst/v1/runs/+/control in", "feddst/v1/runs/+/ack/+ in",
     "feddst/v1/runs/+/model/+/+ in", "feddst/v1/runs/+/final in", "feddst/v1/devices/+/inbox in")]
+UPLOAD_WINDOW = 64  # devices per fake process uploading at once (bench/fleet_fakes.py FakeFleet.send_updates)
 BROKER_CONFIG = ["max_queued_messages 0", "max_inflight_messages 0", "sys_interval 1", "max_connections -1"]
 
 
@@ -253,7 +254,8 @@ def _wait_for_bridge(device_port: int, coordinator_port: int, timeout_s: float =
             c.disconnect()
 
 
-def start_fakes(brokers: list, agents: int, procs_count: int, heartbeat_s: float) -> list[subprocess.Popen]:
+def start_fakes(brokers: list, agents: int, procs_count: int, heartbeat_s: float,
+                upload_window: int) -> list[subprocess.Popen]:
     """``procs_count`` fake-agent processes (``bench/fleet_fakes.py``), process k on broker k mod len(brokers);
     returns once every one printed ``ready``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -265,7 +267,8 @@ def start_fakes(brokers: list, agents: int, procs_count: int, heartbeat_s: float
             break
         port = brokers[k % len(brokers)].port
         fakes.append(subprocess.Popen([sys.executable, str(ROOT / "bench" / "fleet_fakes.py"), "127.0.0.1", str(port),
-                                       str(first), str(count), str(heartbeat_s)], stdin=subprocess.PIPE,
+                                       str(first), str(count), str(heartbeat_s), str(upload_window)],
+                                      stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, env=env, text=True))
     for p in fakes:
         assert p.stdout is not None
@@ -283,11 +286,13 @@ def _party_cpu(brokers: list, fakes: list[subprocess.Popen]) -> dict[str, float]
 
 
 def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: bool = False,
-                  heartbeat_s: float | None = None, bridge: bool = False) -> dict:
+                  heartbeat_s: float | None = None, bridge: bool = False,
+                  upload_window: int = UPLOAD_WINDOW) -> dict:
     """One round with ``agents`` fakes over a fresh mosquitto, or a bridged pair (``bridge``: fakes
     alternate between the two, the coordinator on the first); each fake's Status every ``heartbeat_s``
     (default: the real agent's, :func:`agent_heartbeat_s`; the coordinator's online window is 15 s).
-    Returns the coordinator child's JSON plus ``breakdown`` (see the module docstring)."""
+    ``upload_window``: devices per fake process uploading at once (0: all). Returns the coordinator
+    child's JSON plus ``breakdown`` (see the module docstring)."""
     heartbeat_s = agent_heartbeat_s() if heartbeat_s is None else heartbeat_s
     limit = raise_fd_limit(agents + 1024)  # every broker and fake process inherits it
     brokers = start_brokers(workdir, bridge)
@@ -296,7 +301,7 @@ def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: boo
     coord = None
     try:
         t0 = time.perf_counter()
-        fakes = start_fakes(brokers, agents, procs_count, heartbeat_s)
+        fakes = start_fakes(brokers, agents, procs_count, heartbeat_s, upload_window)
         _log(f"scale: {agents} fake agents connected in {len(fakes)} processes to {len(brokers)} broker(s) in "
              f"{time.perf_counter() - t0:.1f} s (RLIMIT_NOFILE {limit}, heartbeat every {heartbeat_s:g} s)")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -317,6 +322,7 @@ def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: boo
         fake_reports = [json.loads(p.stdout.readline()) for p in fakes if p.stdout is not None]
         result["breakdown"] = breakdown(result, fake_reports, cpu_before, cpu_after, sys_counters)
         result["breakdown"].update(brokers=len(brokers), fake_procs=len(fakes), heartbeat_s=heartbeat_s,
+                                   upload_window=upload_window,
                                    cpu_window_s={"coordinator": result["cpu_window"][1] - result["cpu_window"][0],
                                                  "brokers_fakes": window_end - window_start,
                                                  "before_round": result["started_at"] - result["cpu_window"][0],
@@ -368,7 +374,8 @@ def print_breakdown(agents: int, result: dict) -> None:
     b = result["scale_breakdown"]
     t, cpu = b["timeline_s"], b["cpu_s"]
     print(f"scale breakdown ({agents} agents, {b.get('fake_procs')} fake processes, {b.get('brokers')} broker(s), "
-          f"heartbeat {b.get('heartbeat_s')} s; seconds from the round's start):")
+          f"heartbeat {b.get('heartbeat_s')} s, upload window {b.get('upload_window')} per process; seconds from "
+          "the round's start):")
     print(f"  broadcast done {t['broadcast']:.3f}  last fake has model+task {t['model_at']:.3f}  "
           f"fakes done sending (bench) {t['fakes_sent_at']:.3f}  all acked by broker {t['fakes_acked_at']:.3f}")
     print(f"  first update at coordinator {t['first_update_at']:.3f}  last {t['last_update_at']:.3f}  "

@@ -233,6 +233,8 @@ def main() -> None:
     parser.add_argument("--scale-bridge", action="store_true",
                         help="the scale round through a bridged pair of mosquittos (fake processes alternate between "
                              "them; the coordinator on the first)")
+    parser.add_argument("--scale-upload-window", type=int, default=None,
+                        help="fake devices per process uploading at once (default 64; 0: all at once)")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the scale round's coordinator threads (printed on stderr; slows them)")
     parser.add_argument("--data-dir", default=MNIST_DIR, help="MNIST IDX directory")
@@ -266,8 +268,9 @@ def main() -> None:
         if not args.skip_scale:
             log(f"scale: one round with {args.scale_agents} fake agents through "
                 f"{'a bridged mosquitto pair' if args.scale_bridge else 'mosquitto'}...")
+            window = {} if args.scale_upload_window is None else {"upload_window": args.scale_upload_window}
             scale = measure_scale(args.scale_agents, work, args.scale_procs, args.profile,
-                                  args.scale_heartbeat_s, args.scale_bridge)
+                                  args.scale_heartbeat_s, args.scale_bridge, **window)
             result.update(scale_round_s=scale["round_s"], scale_peak_mb=scale["peak_mb"],
                           scale_breakdown=scale["breakdown"], scale_accepted=scale["accepted"],
                           scale_broadcast_s=scale["broadcast_s"], scale_aggregation_s=scale["aggregation_s"],
