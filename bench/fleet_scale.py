@@ -1,9 +1,16 @@
 """Part 2 of ``bench/live_overhead.py``: one round with N protocol-level fake agents through mosquitto.
 
-The fake agents (no training; one MQTT connection each, spread over ``procs`` processes, one model
-receiver per process standing in for its selected fakes) each return a density-0.2 update of the
-MNIST CNN. The coordinator runs in its own process (``--_coordinator``), the fakes in theirs
-(``--_fake``), so each side's CPU time can be read apart.
+The fake agents (``bench/fleet_fakes.py``: no training; one MQTT connection each, multiplexed by one
+asyncio loop per process over ``procs`` processes, one model receiver per process standing in for its
+selected fakes) each return a density-0.2 update of the MNIST CNN and send a retained Status every
+``heartbeat_s`` (default: the real agent's, ``edge_agent`` ``heartbeat_s``). The coordinator runs in its
+own process (``--_coordinator``), the fakes in theirs, so each side's CPU time can be read apart. With
+``bridge`` a second mosquitto is bridged to the first (``BRIDGE_TOPICS``: device traffic out, the
+coordinator's in); fake processes alternate between the two, the coordinator is on the first, and the
+model still reaches the devices by the brokers' fan-out (one copy over the bridge).
+
+The brokers and fakes need one file descriptor per connection: the bench raises ``RLIMIT_NOFILE``
+(inherited by them; mosquitto gets ``max_connections -1``) and says so when it cannot.
 
 Breakdown of the round (``scale_breakdown`` in ``--json``), all from wall-clock timestamps on this
 one machine and CPU seconds read from ``/proc`` (via psutil) at the round's start and end:
@@ -11,13 +18,15 @@ one machine and CPU seconds read from ``/proc`` (via psutil) at the round's star
 * timeline (seconds from the round's start, ``started_at``): ``broadcast`` (the coordinator signs,
   encodes and hands the model and Task to paho), ``model_at`` (the last fake process holding the model
   and the Task), ``fakes_sent_at`` (the last fake process done encoding and handing its updates to
-  paho: the **bench's** cost), ``last_update_at`` (the last accepted update reaching the coordinator's
-  MQTT callback), ``closed_at`` (the round closed: every queued update decoded, checked and added,
-  the aggregation finished);
-* CPU seconds during the round: the coordinator's main loop, its MQTT decoder thread, paho's network
-  thread, the coordinator process in all; mosquitto; the fake-agent processes (bench);
-* the broker's ``$SYS`` counters (``sys_interval 1``) over the round: messages and bytes received and
-  sent, and their rates.
+  its sockets: the **bench's** cost), ``fakes_acked_at`` (the broker acknowledged them all),
+  ``last_update_at`` (the last accepted update reaching the coordinator's MQTT callback), ``closed_at``
+  (the round closed: every queued update decoded, checked and added, the aggregation finished);
+* CPU seconds during the round (from the round's opening, after the coordinator's post-connect grace,
+  to ``wait_for_run``'s return; ``cpu_window_s`` says how long that was): the coordinator's main loop,
+  its MQTT decoder thread, paho's network thread, the coordinator process in all; each mosquitto; the
+  fake-agent processes (bench); and the budget: their sum against cores x window;
+* each broker's ``$SYS`` counters (``sys_interval 1``) over the round: messages and bytes received and
+  sent, and their rates (``broker_sys``, and ``broker_sys_1`` for the bridged broker).
 
 ``--profile`` adds cProfile of the coordinator's main-loop and decoder threads (top functions by own
 time, printed on stderr; the profiler slows the Python code it watches, so the timed round is not
@@ -45,116 +54,28 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def fake_agent_process(port: int, first: int, count: int, heartbeat_s: float = 2.0) -> None:
-    """Child: ``count`` fake agents, one MQTT connection each; prints 'ready', serves one round, then
-    prints one JSON line ``{"model_at", "sent_at", "encode_s", "updates"}`` (unix seconds / seconds).
+def agent_heartbeat_s() -> float:
+    """The real agent's default seconds between Status heartbeats (``edge_agent`` settings: one definition)."""
+    from edge_agent.setting_fields import AgentSettingFields
 
-    Like real agents they number their messages from the clock (the coordinator drops any seq not above
-    the last one it accepted from a device) and echo the task's nonce in their updates. The update (every
-    fake returns the model it was sent, density 0.2) is encoded once per process; each device's message is
-    that payload in its own envelope (sender id, seq, timestamp, CRC): the bytes ``encode_message`` gives
-    for that device, without repeating the tensor encoding per fake (the bench's cost, not the product's)."""
-    import dataclasses
-    import itertools
+    return float(AgentSettingFields.model_fields["heartbeat_s"].default)
 
-    import paho.mqtt.client as mqtt
 
-    from feddst_core.models import MNIST_CNN
-    from feddst_core.wire_format import model_from_tensors, update_message
-    from protocol import (
-        ChunkReassembler,
-        ModelBroadcast,
-        Register,
-        Status,
-        Task,
-        Update,
-        decode_envelope,
-        decode_message,
-        encode_message,
-        split_into_chunks,
-        topics,
-    )
-    from protocol.envelope import encode_envelope
-    from protocol.messages import Capabilities
-
-    ids = [f"fake-{i:05d}" for i in range(first, first + count)]
-    seqs = itertools.count(time.time_ns() // 1000)  # one increasing counter shared by this process's fakes
-
-    def encode(msg) -> bytes:  # noqa: ANN001
-        return encode_message(msg, seq=next(seqs))
-
-    model: dict = {}
-    got_model = threading.Event()
-    reassembler = ChunkReassembler()
-
-    def on_model(client, userdata, message) -> None:  # noqa: ANN001
-        if not message.payload:
-            return  # the coordinator clearing a closed round's retained chunk
-        whole = reassembler.add(message.payload, source=message.topic.rsplit("/", 1)[0])
-        if whole is not None:
-            msg = decode_message(whole)
-            if isinstance(msg, ModelBroadcast):
-                model["msg"] = msg
-                got_model.set()
-
-    receiver = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"model-rx-{first}")
-    receiver.on_message = on_model
-    receiver.connect("127.0.0.1", port)
-    receiver.subscribe(f"{topics.ROOT}/runs/+/model/+/+", qos=1)
-    receiver.loop_start()
-
-    tasks: list = []
-
-    def make_client(device_id: str) -> mqtt.Client:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv311)
-        will_seq = next(seqs)
-        c.will_set(topics.status(device_id), encode_message(Status(device_id, "offline"), seq=will_seq), qos=1,
-                   retain=True)
-        c.on_message = lambda cl, u, m: tasks.append((device_id, m.payload)) if m.topic.endswith("/task") else None
-        c.connect("127.0.0.1", port, keepalive=300)
-        c.subscribe([(f"{topics.ROOT}/runs/+/task", 1), (f"{topics.ROOT}/runs/+/ack/{device_id}", 1)])
-        c.loop_start()
-        c.publish(topics.status(device_id), encode(Status(device_id, "online")), qos=1, retain=True)
-        c.publish(topics.register(device_id), encode(
-            Register(device_id, Capabilities("x86_64", 1, 1024, {}), 40, will_seq)), qos=1)
-        return c
-
-    clients = {d: make_client(d) for d in ids}
-    print("ready", flush=True)
-    beat = time.time()
-    report: dict = {}
-    while not report:
-        if time.time() - beat > heartbeat_s:
-            for d, c in clients.items():
-                c.publish(topics.status(d), encode(Status(d, "online")), qos=1, retain=True)
-            beat = time.time()
-        if tasks and got_model.is_set():
-            model_at = time.time()
-            task = decode_message(tasks[0][1])
-            assert isinstance(task, Task)
-            params, masks = model_from_tensors(model["msg"].tensors, MNIST_CNN.masked_names())
-            template = update_message(task.run_id, task.server_round, ids[0], params, masks, masks, 40, 0.0, 0.0)
-            template = dataclasses.replace(template, task_nonce=task.task_nonce)
-            started, sent = time.perf_counter(), 0
-            # The payload (tensors, mask changes, nonce) is the same for every fake: encode it once; per
-            # device only the envelope (sender id, seq, CRC) differs, byte for byte what encode_message makes.
-            payload = bytes(decode_envelope(encode(template)).payload)
-            for d in ids:
-                if d in task.selected:
-                    data = encode_envelope(Update.MESSAGE_TYPE, task.run_id, task.server_round, d, next(seqs),
-                                           time.time_ns() // 1_000_000, payload, None)
-                    for packet in split_into_chunks(data):
-                        clients[d].publish(topics.update(task.run_id, d), packet, qos=1)
-                    sent += 1
-            report = {"model_at": model_at, "sent_at": time.time(), "encode_s": time.perf_counter() - started,
-                      "updates": sent}
-        time.sleep(0.01)
-    print(json.dumps(report), flush=True)
-    sys.stdin.readline()  # parent closes stdin when done
-    for c in clients.values():
-        c.disconnect()
-        c.loop_stop()
-    receiver.loop_stop()
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's soft open-file limit (inherited by the brokers and fakes it starts) to at
+    least ``needed`` descriptors, raising the hard limit too when that is allowed (root); returns the soft
+    limit now. ``RuntimeError`` naming ``RLIMIT_NOFILE`` (``ulimit -n``) and the figures when it cannot."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return soft
+    new_hard = hard if hard == resource.RLIM_INFINITY or hard >= needed else needed
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, new_hard))
+    except (ValueError, OSError) as exc:
+        raise RuntimeError(f"the scale test needs {needed} open files per process (RLIMIT_NOFILE, `ulimit -n`); the "
+                           f"limit is {soft} (hard {hard}) and cannot be raised ({exc}): raise the hard limit or "
+                           "use fewer agents per process (--scale-procs)") from exc
+    return needed
 
 
 def _thread_cpu() -> dict[str, float]:
@@ -208,10 +129,14 @@ def coordinator_process(url: str, state_dir: str, agents: int, profile: bool) ->
         wait_until(lambda: len(coordinator.registry.online_ids()) >= agents, 600, "fake agents online")
         run = coordinator.create_run(RunConfig(model="mnist_cnn", sparsity=0.8, clients_per_round=agents, rounds=1,
                                                quorum=agents, round_timeout_s=600, seed=0))
-        cpu_before = _thread_cpu()
         coordinator.start_run(run.id)
+        # The round opens once the coordinator's post-connect grace (2 heartbeats) is over: CPU is read from then.
+        while getattr(getattr(coordinator, "_execution", None), "phase", "waiting") == "waiting":
+            time.sleep(0.005)
+        print("starting", flush=True)  # the parent reads the brokers' and fakes' CPU now
+        cpu_before, window_start = _thread_cpu(), time.time()
         final = coordinator.wait_for_run(run.id, 900)
-        cpu_after = _thread_cpu()
+        cpu_after, window_end = _thread_cpu(), time.time()
         _, rounds = coordinator.get_run(run.id)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         record = rounds[0] if rounds else {}
@@ -222,6 +147,7 @@ def coordinator_process(url: str, state_dir: str, agents: int, profile: bool) ->
                           "last_update_at": max(received.values()) if received else None,
                           "first_update_at": min(received.values()) if received else None,
                           "accepted": len(record.get("accepted", [])), "peak_mb": peak_mb,
+                          "cpu_window": [window_start, window_end],
                           "cpu_s": {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in cpu_after}}),
               flush=True)
     finally:
@@ -271,100 +197,208 @@ def _cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
-def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: bool = False,
-                  heartbeat_s: float = 2.0) -> dict:
-    """One round with ``agents`` fakes over a fresh mosquitto (each fake's Status every ``heartbeat_s``;
-    the coordinator's online window is 15 s): the coordinator child's JSON plus ``breakdown`` (see the
-    module docstring)."""
+# Bridge topics (on the second broker, pointing at the first, where the coordinator is): what devices
+# publish goes out, what the coordinator publishes comes in; nothing else crosses.
+BRIDGE_TOPICS = [f"{t} 1" for t in (
+    "feddst/v1/devices/+/status out", "feddst/v1/devices/+/register out", "feddst/v1/runs/+/update/+ out",
+    "feddst/v1/runs/+/task in", "feddst/v1/runs/+/control in", "feddst/v1/runs/+/ack/+ in",
+    "feddst/v1/runs/+/model/+/+ in", "feddst/v1/runs/+/final in", "feddst/v1/devices/+/inbox in")]
+UPLOAD_WINDOW = 64  # devices per fake process uploading at once (bench/fleet_fakes.py FakeFleet.send_updates)
+BROKER_CONFIG = ["max_queued_messages 0", "max_inflight_messages 0", "sys_interval 1", "max_connections -1"]
+
+
+def start_brokers(workdir: Path, bridge: bool) -> list:
+    """One mosquitto, or (``bridge``) two: the second bridged to the first (``BRIDGE_TOPICS``), started
+    once the bridge carries a message both ways."""
     sys.path.insert(0, str(ROOT / "tests"))
     from brokers import MosquittoBroker
 
-    broker = MosquittoBroker(workdir / "mosquitto-scale", extra_config=[
-        "max_queued_messages 0", "max_inflight_messages 0", "sys_interval 1"]).start()
-    assert broker.process is not None
-    sys_counters = SysCounters(broker.port)
-    fakes: list[subprocess.Popen] = []
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    coord = None
-    fake_reports: list[dict] = []
+    brokers = [MosquittoBroker(workdir / "mosquitto-scale", extra_config=list(BROKER_CONFIG)).start()]
+    if bridge:
+        try:
+            brokers.append(MosquittoBroker(workdir / "mosquitto-scale-b", extra_config=list(BROKER_CONFIG),
+                                           bridge_to=brokers[0].port, bridge_topics=BRIDGE_TOPICS).start())
+            _wait_for_bridge(brokers[1].port, brokers[0].port)
+        except BaseException:
+            for b in brokers:
+                b.stop()
+            raise
+    return brokers
+
+
+def _wait_for_bridge(device_port: int, coordinator_port: int, timeout_s: float = 20.0) -> None:
+    """Return once a device-side publish on ``device_port`` reaches ``coordinator_port`` and back."""
+    import paho.mqtt.client as mqtt
+
+    seen: set[str] = set()
+    clients = []
+    for port, topic in ((coordinator_port, "feddst/v1/devices/+/status"), (device_port, "feddst/v1/runs/+/task")):
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bridge-probe-{port}")
+        c.on_message = lambda cl, u, m: seen.add(m.topic)
+        c.connect("127.0.0.1", port)
+        c.subscribe(topic, qos=1)
+        c.loop_start()
+        clients.append(c)
+    deadline = time.monotonic() + timeout_s
     try:
-        per = -(-agents // procs_count)
-        for k in range(procs_count):
-            first, count = k * per, min(per, agents - k * per)
-            fakes.append(subprocess.Popen([sys.executable, __file__, "--_fake", str(broker.port), str(first),
-                                           str(count), str(heartbeat_s)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          env=env, text=True))
-        for p in fakes:
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        _log(f"scale: {agents} fake agents connected in {procs_count} processes")
-        cpu_before = {"broker": _cpu_seconds(broker.process.pid), "fakes": sum(_cpu_seconds(p.pid) for p in fakes)}
-        coord = subprocess.Popen([sys.executable, __file__, "--_coordinator", broker.url,
+        while len(seen) < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the mosquitto bridge {device_port} -> {coordinator_port} carries nothing "
+                                   f"after {timeout_s} s (see its mosquitto.log)")
+            clients[1].publish("feddst/v1/devices/bridge-probe/status", b"", qos=1)  # empty: not retained
+            clients[0].publish("feddst/v1/runs/bridge-probe/task", b"", qos=1)
+            time.sleep(0.2)
+    finally:
+        for c in clients:
+            c.loop_stop()
+            c.disconnect()
+
+
+def start_fakes(brokers: list, agents: int, procs_count: int, heartbeat_s: float,
+                upload_window: int) -> list[subprocess.Popen]:
+    """``procs_count`` fake-agent processes (``bench/fleet_fakes.py``), process k on broker k mod len(brokers);
+    returns once every one printed ``ready``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    per = -(-agents // procs_count)
+    fakes: list[subprocess.Popen] = []
+    for k in range(procs_count):
+        first, count = k * per, min(per, agents - k * per)
+        if count <= 0:
+            break
+        port = brokers[k % len(brokers)].port
+        fakes.append(subprocess.Popen([sys.executable, str(ROOT / "bench" / "fleet_fakes.py"), "127.0.0.1", str(port),
+                                       str(first), str(count), str(heartbeat_s), str(upload_window)],
+                                      stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, env=env, text=True))
+    for p in fakes:
+        assert p.stdout is not None
+        line = p.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"a fake-agent process did not start (exit {p.poll()}; it printed {line!r})")
+    return fakes
+
+
+def _party_cpu(brokers: list, fakes: list[subprocess.Popen]) -> dict[str, float]:
+    out = {f"broker_{i}": _cpu_seconds(b.process.pid) for i, b in enumerate(brokers)}
+    out["broker"] = sum(out.values())
+    out["fakes"] = sum(_cpu_seconds(p.pid) for p in fakes)
+    return out
+
+
+def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: bool = False,
+                  heartbeat_s: float | None = None, bridge: bool = False,
+                  upload_window: int = UPLOAD_WINDOW) -> dict:
+    """One round with ``agents`` fakes over a fresh mosquitto, or a bridged pair (``bridge``: fakes
+    alternate between the two, the coordinator on the first); each fake's Status every ``heartbeat_s``
+    (default: the real agent's, :func:`agent_heartbeat_s`; the coordinator's online window is 15 s).
+    ``upload_window``: devices per fake process uploading at once (0: all). Returns the coordinator
+    child's JSON plus ``breakdown`` (see the module docstring)."""
+    heartbeat_s = agent_heartbeat_s() if heartbeat_s is None else heartbeat_s
+    limit = raise_fd_limit(agents + 1024)  # every broker and fake process inherits it
+    brokers = start_brokers(workdir, bridge)
+    sys_counters = [SysCounters(b.port) for b in brokers]
+    fakes: list[subprocess.Popen] = []
+    coord = None
+    try:
+        t0 = time.perf_counter()
+        fakes = start_fakes(brokers, agents, procs_count, heartbeat_s, upload_window)
+        _log(f"scale: {agents} fake agents connected in {len(fakes)} processes to {len(brokers)} broker(s) in "
+             f"{time.perf_counter() - t0:.1f} s (RLIMIT_NOFILE {limit}, heartbeat every {heartbeat_s:g} s)")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        coord = subprocess.Popen([sys.executable, __file__, "--_coordinator", brokers[0].url,
                                   str(workdir / "scale-state"), str(agents), "1" if profile else "0"],
                                  stdout=subprocess.PIPE, text=True, env=env)
-        out, _ = coord.communicate(timeout=1800)
-        cpu_after = {"broker": _cpu_seconds(broker.process.pid), "fakes": sum(_cpu_seconds(p.pid) for p in fakes)}
-        result = json.loads(out.strip().splitlines()[-1])
+        assert coord.stdout is not None
+        if coord.stdout.readline().strip() != "starting":
+            raise RuntimeError(f"the coordinator child failed before the round (exit {coord.wait()})")
+        cpu_before, window_start = _party_cpu(brokers, fakes), time.time()
+        out = coord.stdout.readline()
+        cpu_after, window_end = _party_cpu(brokers, fakes), time.time()
+        coord.wait(60)
+        result = json.loads(out)
         if result["status"] != "completed":
             raise RuntimeError(f"scale round {result['status']}: {result['error']}")
         time.sleep(1.5)  # one more $SYS sample after the round's close
-        for p in fakes:
-            assert p.stdout is not None
-            fake_reports.append(json.loads(p.stdout.readline()))
+        fake_reports = [json.loads(p.stdout.readline()) for p in fakes if p.stdout is not None]
         result["breakdown"] = breakdown(result, fake_reports, cpu_before, cpu_after, sys_counters)
+        result["breakdown"].update(brokers=len(brokers), fake_procs=len(fakes), heartbeat_s=heartbeat_s,
+                                   upload_window=upload_window,
+                                   cpu_window_s={"coordinator": result["cpu_window"][1] - result["cpu_window"][0],
+                                                 "brokers_fakes": window_end - window_start,
+                                                 "before_round": result["started_at"] - result["cpu_window"][0],
+                                                 "after_close": result["cpu_window"][1] - result["closed_at"]})
         return result
     finally:
-        sys_counters.close()
+        for c in sys_counters:
+            c.close()
         for p in fakes:
             try:
-                p.communicate(input="\n", timeout=60)
+                p.communicate(input="\n", timeout=120)
             except subprocess.TimeoutExpired:
                 p.kill()
         if coord is not None and coord.poll() is None:
             coord.kill()
-        broker.stop()
+        for b in reversed(brokers):
+            b.stop()
 
 
-def breakdown(result: dict, fakes: list[dict], cpu_before: dict, cpu_after: dict, sys_counters: SysCounters) -> dict:
-    """The round's timeline (s from its start), CPU seconds per party and the broker's $SYS deltas.
+def breakdown(result: dict, fakes: list[dict], cpu_before: dict, cpu_after: dict,
+              sys_counters: list[SysCounters]) -> dict:
+    """The round's timeline (s from its start), CPU seconds per party and each broker's $SYS deltas.
 
-    The fakes' and broker's CPU is read from the coordinator process's start to its end, which
-    includes start-up and run creation (the fakes' heartbeats); the coordinator's own CPU is the round's."""
+    Every party's CPU is read at the round's start and end (the brokers' and fakes' by the parent, as
+    the coordinator child reports them; the coordinator's by itself)."""
     t0 = result["started_at"]
     timeline = {"broadcast": result["broadcast_s"],
                 "model_at": max(f["model_at"] for f in fakes) - t0,
                 "fakes_sent_at": max(f["sent_at"] for f in fakes) - t0,
+                "fakes_acked_at": max(f["acked_at"] for f in fakes) - t0,
                 "first_update_at": result["first_update_at"] - t0,
                 "last_update_at": result["last_update_at"] - t0,
                 "closed_at": result["closed_at"] - t0}
     cpu = {f"coordinator_{k}": v for k, v in result["cpu_s"].items()}
-    cpu.update(broker=cpu_after["broker"] - cpu_before["broker"], fakes=cpu_after["fakes"] - cpu_before["fakes"],
-               fakes_encode=sum(f["encode_s"] for f in fakes))
-    broker = sys_counters.over(result["started_at"], result["closed_at"])
+    cpu.update({k: cpu_after[k] - cpu_before[k] for k in cpu_before})
+    cpu["fakes_encode"] = sum(f["encode_s"] for f in fakes)
     span = result["closed_at"] - result["started_at"]
-    broker.update({f"{k}_per_s": v / span for k, v in list(broker.items())} if span > 0 else {})
-    return {"timeline_s": timeline, "cpu_s": cpu, "broker_sys": broker}
+    out: dict = {"timeline_s": timeline, "cpu_s": cpu, "round_span_s": span}
+    for i, counters in enumerate(sys_counters):
+        sys_ = counters.over(result["started_at"], result["closed_at"])
+        sys_.update({f"{k}_per_s": v / span for k, v in list(sys_.items())} if span > 0 else {})
+        out["broker_sys" if i == 0 else f"broker_sys_{i}"] = sys_
+    return out
 
 
 def print_breakdown(agents: int, result: dict) -> None:
+    """The breakdown's lines; the CPU budget line sets every party's CPU seconds against the round's
+    wall time x this machine's cores (the most CPU the round could have had)."""
     b = result["scale_breakdown"]
-    t, cpu, sys_ = b["timeline_s"], b["cpu_s"], b["broker_sys"]
-    print(f"scale breakdown ({agents} agents; seconds from the round's start):")
+    t, cpu = b["timeline_s"], b["cpu_s"]
+    print(f"scale breakdown ({agents} agents, {b.get('fake_procs')} fake processes, {b.get('brokers')} broker(s), "
+          f"heartbeat {b.get('heartbeat_s')} s, upload window {b.get('upload_window')} per process; seconds from "
+          "the round's start):")
     print(f"  broadcast done {t['broadcast']:.3f}  last fake has model+task {t['model_at']:.3f}  "
-          f"fakes done sending (bench) {t['fakes_sent_at']:.3f}")
+          f"fakes done sending (bench) {t['fakes_sent_at']:.3f}  all acked by broker {t['fakes_acked_at']:.3f}")
     print(f"  first update at coordinator {t['first_update_at']:.3f}  last {t['last_update_at']:.3f}  "
           f"round closed {t['closed_at']:.3f} (aggregation adds + finish {result['scale_aggregation_s']:.3f} s)")
     print("  CPU s during the round: coordinator " + ", ".join(
         f"{k.removeprefix('coordinator_')} {v:.2f}" for k, v in cpu.items() if k.startswith("coordinator_")))
-    print(f"  CPU s (coordinator's life): mosquitto {cpu['broker']:.2f}, fake agents {cpu['fakes']:.2f} "
-          f"(of which encoding+publishing updates {cpu['fakes_encode']:.2f} s wall)")
-    if sys_:
-        print("  broker $SYS over the round: " + ", ".join(f"{k} {v:,.0f}" for k, v in sys_.items()))
+    brokers = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if k.startswith("broker_"))
+    print(f"  CPU s during the round: mosquitto {cpu['broker']:.2f} ({brokers}), fake agents {cpu['fakes']:.2f} "
+          f"(encoding+publishing updates {cpu['fakes_encode']:.2f} s wall)")
+    total = cpu["coordinator_process"] + cpu["broker"] + cpu["fakes"]
+    cores, window = os.cpu_count() or 1, b["cpu_window_s"]
+    print(f"  CPU budget: coordinator + mosquitto + fakes = {total:.2f} CPU s, read over {window['coordinator']:.2f} s "
+          f"(coordinator) / {window['brokers_fakes']:.2f} s (brokers, fakes) around the {b['round_span_s']:.2f} s "
+          f"round; {cores} cores give {cores * window['brokers_fakes']:.2f} CPU s in that time; this CPU alone "
+          f"needs >= {total / cores:.2f} s on {cores} cores")
+    print(f"  (the window: from {window['before_round']:.3f} s before the round's start to "
+          f"{window['after_close']:.3f} s after its close)")
+    for key in sorted(k for k in b if k.startswith("broker_sys")):
+        if b[key]:
+            print(f"  {key} over the round: " + ", ".join(f"{k} {v:,.0f}" for k, v in b[key].items()))
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--_fake":
-        sys.path.insert(0, str(ROOT))
-        fake_agent_process(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
-    elif sys.argv[1] == "--_coordinator":
+    if sys.argv[1] == "--_coordinator":
         sys.path.insert(0, str(ROOT))
         coordinator_process(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1")

@@ -41,16 +41,19 @@ beside ``train``: the agents train the same clients with the same kernels, so th
 slow-down of 20 single-threaded agent processes sharing this machine's cores.
 
 Part 2 (scale, ``bench/fleet_scale.py``): ``--scale-agents`` protocol-level fake agents (no training;
-one MQTT connection each, spread over ``--scale-procs`` processes; one model receiver per process)
-through mosquitto on loopback, each returning a density-0.2 update of the MNIST CNN. Prints the time
-of one round including aggregation (targets: 1000 agents <= 2 s, 10 000 <= 10 s), the coordinator
-process's peak RSS (target <= 500 MB at 10 000) and the round's breakdown (``scale_breakdown``:
-timeline, CPU seconds of the coordinator's threads, mosquitto and the fake agents, the broker's
-``$SYS`` counters); ``--profile`` adds cProfile of the coordinator's threads.
+one MQTT connection each, multiplexed by one asyncio loop in each of ``--scale-procs`` processes; one
+model receiver per process; a Status every ``--scale-heartbeat-s``, default the real agent's) through
+mosquitto on loopback (``--scale-bridge``: a bridged pair of mosquittos), each returning a density-0.2
+update of the MNIST CNN. Prints the time of one round including aggregation (targets: 1000 agents
+<= 2 s, 10 000 <= 10 s), the coordinator process's peak RSS (target <= 500 MB at 10 000) and the
+round's breakdown (``scale_breakdown``: timeline, CPU seconds of the coordinator's threads, each
+mosquitto and the fake agents against the machine's cores, each broker's ``$SYS`` counters);
+``--profile`` adds cProfile of the coordinator's threads.
 
     python bench/live_overhead.py                   # 3 timed rounds, 1000 fake agents
     python bench/live_overhead.py --rounds 5 --json # one JSON object on stdout
-    python bench/live_overhead.py --skip-overhead --scale-agents 10000 --scale-procs 8
+    python bench/live_overhead.py --skip-overhead --scale-agents 10000
+    python bench/live_overhead.py --skip-overhead --scale-agents 10000 --scale-bridge
 """
 
 from __future__ import annotations
@@ -240,8 +243,14 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=20, help="live agents (paper: 20 clients per round)")
     parser.add_argument("--scale-agents", type=int, default=1000, help="fake agents of the scale test")
     parser.add_argument("--scale-procs", type=int, default=4, help="fake-agent processes of the scale test")
-    parser.add_argument("--scale-heartbeat-s", type=float, default=2.0,
-                        help="seconds between each fake agent's Status heartbeats (real agents: 5)")
+    parser.add_argument("--scale-heartbeat-s", type=float, default=None,
+                        help="seconds between each fake agent's Status heartbeats (default: the real agent's "
+                             "default, edge_agent heartbeat_s)")
+    parser.add_argument("--scale-bridge", action="store_true",
+                        help="the scale round through a bridged pair of mosquittos (fake processes alternate between "
+                             "them; the coordinator on the first)")
+    parser.add_argument("--scale-upload-window", type=int, default=None,
+                        help="fake devices per process uploading at once (default 64; 0: all at once)")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the scale round's coordinator threads (printed on stderr; slows them)")
     parser.add_argument("--data-dir", default=MNIST_DIR, help="MNIST IDX directory")
@@ -284,16 +293,20 @@ def main() -> None:
             result.update(live_round_s=live_s, simulated_round_s=sim_s, overhead_ratio=live_s / sim_s,
                           simulated_before_s=sim_before, simulated_after_s=sim_after, stages=stages)
         if not args.skip_scale:
-            log(f"scale: one round with {args.scale_agents} fake agents through mosquitto...")
+            log(f"scale: one round with {args.scale_agents} fake agents through "
+                f"{'a bridged mosquitto pair' if args.scale_bridge else 'mosquitto'}...")
+            window = {} if args.scale_upload_window is None else {"upload_window": args.scale_upload_window}
             scale = measure_scale(args.scale_agents, work, args.scale_procs, args.profile,
-                                  args.scale_heartbeat_s)
+                                  args.scale_heartbeat_s, args.scale_bridge, **window)
             result.update(scale_round_s=scale["round_s"], scale_peak_mb=scale["peak_mb"],
                           scale_breakdown=scale["breakdown"], scale_accepted=scale["accepted"],
-                          scale_broadcast_s=scale["broadcast_s"], scale_aggregation_s=scale["aggregation_s"])
+                          scale_broadcast_s=scale["broadcast_s"], scale_aggregation_s=scale["aggregation_s"],
+                          scale_bridge=args.scale_bridge)
     if args.json:
         print(json.dumps({k: result.get(k) for k in ("overhead_ratio", "scale_agents", "scale_round_s",
                                                      "scale_peak_mb", "stages", "scale_broadcast_s",
-                                                     "scale_aggregation_s", "scale_breakdown")}))
+                                                     "scale_aggregation_s", "scale_breakdown",
+                                                     "scale_bridge")}))
         return
     if result["overhead_ratio"] is not None:
         print(f"overhead: live {result['live_round_s']:.2f} s/round vs simulated {result['simulated_round_s']:.2f} "

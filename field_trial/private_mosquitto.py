@@ -69,7 +69,9 @@ class PrivateMosquitto:
     ``sys_interval_s`` how often mosquitto republishes ``$SYS`` (0: never); ``passwords`` (username ->
     password) a password file (``mosquitto_passwd``); ``acl_lines`` an ``acl_file``; ``dynsec_config``
     the dynamic-security plugin's file (users and roles changed at run time; ``mosquitto_ctrl dynsec
-    init`` makes one); ``extra_config`` lines appended as they are.
+    init`` makes one); ``extra_config`` lines appended as they are; ``bridge_to`` the port of another
+    broker on 127.0.0.1 that this one bridges to (MQTT 3.1.1, clean session, QoS as each ``bridge_topics``
+    line says: ``pattern in|out|both qos``, mosquitto's ``topic`` syntax; loop-free by ``try_private``).
     """
 
     workdir: Path
@@ -80,6 +82,8 @@ class PrivateMosquitto:
     passwords: dict[str, str] = field(default_factory=dict)
     acl_lines: list[str] = field(default_factory=list)
     dynsec_config: Path | None = None
+    bridge_to: int | None = None
+    bridge_topics: list[str] = field(default_factory=lambda: ["# both 1"])
     process: subprocess.Popen | None = None
 
     @property
@@ -92,7 +96,16 @@ class PrivateMosquitto:
                  "log_type warning", f"sys_interval {self.sys_interval_s}"]
         if os.geteuid() == 0 and not any(line.startswith("user ") for line in self.extra_config):
             lines.append("user root")  # as root mosquitto drops to "mosquitto", which cannot read 0700 dirs
-        return lines + self._auth_lines() + self.extra_config
+        return lines + self._auth_lines() + self.extra_config + self._bridge_lines()
+
+    def _bridge_lines(self) -> list[str]:
+        """The bridge section (last: mosquitto applies the lines after ``connection`` to that bridge)."""
+        if self.bridge_to is None:
+            return []
+        return [f"connection bridge-{self.port}-to-{self.bridge_to}", f"address 127.0.0.1:{self.bridge_to}",
+                f"remote_clientid bridge-{self.port}", "bridge_protocol_version mqttv311", "cleansession true",
+                "try_private true", "start_type automatic", "notifications false", "restart_timeout 1",
+                *(f"topic {line}" for line in self.bridge_topics)]
 
     def _auth_lines(self) -> list[str]:
         if self.passwords:
