@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+# appended, not prepended: bench/inference.py must not hide the inference package for the rest of the suite
+sys.path.append(str(Path(__file__).resolve().parents[2] / "bench"))
 
 from fleet_scale import agent_heartbeat_s, measure_scale  # noqa: E402
 
