@@ -172,9 +172,13 @@ class RoundLifecycle(CoordinatorServices):
                     model_name=c.model, task_nonce=ex.task_nonce)
         task_bytes = ex.task_bytes = self._sign(task)
         self._publish(topics.task(ex.run_id), task_bytes, topics.QOS_TASK)
-        ex.download_bytes += len(ex.broadcast) * len(new_devices)
-        self.metrics.download_bytes.inc(len(ex.broadcast) * len(new_devices))
-        self.registry.add_bytes_down(new_devices, len(ex.broadcast) + len(task_bytes))
+        self._charge_model_download(ex, new_devices)
+
+    def _charge_model_download(self, ex: RunExecution, devices: tuple[str, ...]) -> None:
+        """Count the round's model (and its Task) as downloaded by ``devices``: run total, metric, per device."""
+        ex.download_bytes += len(ex.broadcast) * len(devices)
+        self.metrics.download_bytes.inc(len(ex.broadcast) * len(devices))
+        self.registry.add_bytes_down(devices, len(ex.broadcast) + len(ex.task_bytes))
 
     def _resend_task_to(self, device_id: str) -> None:
         """A device that (re)registers while selected for the open round and not yet accepted gets the Task
@@ -208,9 +212,7 @@ class RoundLifecycle(CoordinatorServices):
         result, ex.model_chunk_topics = self.link.publish_model(ex.run_id, collector.server_round, ex.broadcast)
         self._count_publish(topics.model(ex.run_id, collector.server_round), result)
         self._publish(topics.task(ex.run_id), ex.task_bytes, topics.QOS_TASK)
-        ex.download_bytes += len(ex.broadcast) * len(pending)
-        self.metrics.download_bytes.inc(len(ex.broadcast) * len(pending))
-        self.registry.add_bytes_down(pending, len(ex.broadcast) + len(ex.task_bytes))
+        self._charge_model_download(ex, pending)
 
     def _retry_round(self, ex: RunExecution, now: float) -> None:
         collector = ex.collector

@@ -557,7 +557,6 @@ class EdgeAgent:
 
     def _train(self, task: Task, model: ModelBroadcast) -> None:
         """Training thread: never touches agent state, only posts the outcome."""
-        load_s, started = 0.0, time.perf_counter()
         try:
             load_s = load_training_modules()
             started = time.perf_counter()
