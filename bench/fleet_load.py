@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -120,21 +119,11 @@ class Probe:
 
 
 def start_fakes(port: int, devices: int, procs: int, heartbeat_s: float, train_s: float) -> list[subprocess.Popen]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    per = -(-devices // procs)
-    children = []
-    for k in range(procs):
-        first, count = k * per, min(per, devices - k * per)
-        if count > 0:
-            children.append(subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "fleet_load_devices.py"), str(port), str(first), str(count),
-                 str(heartbeat_s), str(train_s)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True))
-    for child in children:
-        assert child.stdout is not None
-        line = child.stdout.readline().strip()
-        if line != "ready":
-            raise RuntimeError(f"a fake-device process did not start (said {line!r})")
-    return children
+    from device_processes import start_device_processes
+
+    return start_device_processes(ROOT / "bench" / "fleet_load_devices.py", devices, procs,
+                                  lambda k, first, count: [str(port), str(first), str(count), str(heartbeat_s),
+                                                           str(train_s)])
 
 
 def stop_fakes(children: list[subprocess.Popen]) -> dict[str, int]:

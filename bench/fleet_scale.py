@@ -258,24 +258,12 @@ def start_fakes(brokers: list, agents: int, procs_count: int, heartbeat_s: float
                 upload_window: int) -> list[subprocess.Popen]:
     """``procs_count`` fake-agent processes (``bench/fleet_fakes.py``), process k on broker k mod len(brokers);
     returns once every one printed ``ready``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    per = -(-agents // procs_count)
-    fakes: list[subprocess.Popen] = []
-    for k in range(procs_count):
-        first, count = k * per, min(per, agents - k * per)
-        if count <= 0:
-            break
-        port = brokers[k % len(brokers)].port
-        fakes.append(subprocess.Popen([sys.executable, str(ROOT / "bench" / "fleet_fakes.py"), "127.0.0.1", str(port),
-                                       str(first), str(count), str(heartbeat_s), str(upload_window)],
-                                      stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, env=env, text=True))
-    for p in fakes:
-        assert p.stdout is not None
-        line = p.stdout.readline().strip()
-        if line != "ready":
-            raise RuntimeError(f"a fake-agent process did not start (exit {p.poll()}; it printed {line!r})")
-    return fakes
+    from device_processes import start_device_processes
+
+    return start_device_processes(
+        ROOT / "bench" / "fleet_fakes.py", agents, procs_count,
+        lambda k, first, count: ["127.0.0.1", str(brokers[k % len(brokers)].port), str(first), str(count),
+                                 str(heartbeat_s), str(upload_window)])
 
 
 def _party_cpu(brokers: list, fakes: list[subprocess.Popen]) -> dict[str, float]:
