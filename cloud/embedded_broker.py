@@ -29,6 +29,21 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The broker loop's exception handler: one WARNING line naming the error, not asyncio's multi-line dump.
+
+    amqtt lets some errors of one client's connection (a socket reset mid-packet, say) escape its
+    handler; asyncio would log them as a traceback over many lines. The broker keeps serving the
+    other clients either way; the traceback is logged only at DEBUG.
+    """
+    exc = context.get("exception")
+    what = f"{type(exc).__name__}: {exc}" if exc is not None else "no exception"
+    message = f"{context.get('message', 'error')} ({what})".replace("\n", " ")
+    log.warning("embedded broker: %s; the broker keeps serving", message)
+    if exc is not None and log.isEnabledFor(logging.DEBUG):
+        log.debug("embedded broker traceback", exc_info=exc)
+
+
 class EmbeddedBroker:
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.host = host
@@ -58,6 +73,7 @@ class EmbeddedBroker:
         from amqtt.broker import Broker
 
         self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(_log_loop_exception)
         asyncio.set_event_loop(self._loop)
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 0}},
