@@ -25,7 +25,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from field_trial.netem import add_veth_namespace
+from field_trial.netem import add_veth_namespace, run_checked
 
 CHAINS = ("INPUT", "OUTPUT")
 
@@ -45,9 +45,7 @@ def link_faults_problem() -> str | None:
 
 
 def _run(*cmd: str) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise LinkFaultError(f"{' '.join(cmd)} failed: {result.stderr.strip() or result.stdout.strip()}")
+    run_checked(LinkFaultError, *cmd)
 
 
 @dataclass
@@ -65,7 +63,7 @@ class AgentNamespaces:
         ns, host, dev = f"fdfl-{self.tag}-{index}", f"fl{short}h{index}", f"fl{short}d{index}"
         self.namespaces[index] = ns  # recorded first: close() removes whatever part of them exists
         self.host_links.append(host)
-        host_ip, _ = add_veth_namespace(_run, ns, host, dev)
+        host_ip, _ = add_veth_namespace(LinkFaultError, ns, host, dev)
         self.addresses[index] = host_ip
         return ns, host_ip
 

@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,10 +58,15 @@ def qdisc_problem() -> str | None:
         subprocess.run(["ip", "link", "del", probe], capture_output=True, check=False)
 
 
-def _run(*cmd: str) -> None:
+def run_checked(error: type[RuntimeError], *cmd: str) -> None:
+    """Run one command; raise ``error`` with the command and its stderr if it exits non-zero."""
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise NetemError(f"{' '.join(cmd)} failed: {result.stderr.strip() or result.stdout.strip()}")
+        raise error(f"{' '.join(cmd)} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+
+def _run(*cmd: str) -> None:
+    run_checked(NetemError, *cmd)
 
 
 VETH_ADDRESSES = ipaddress.ip_network("10.200.0.0/13")
@@ -83,13 +87,16 @@ def _host_networks_in_use() -> set[ipaddress.IPv4Network | ipaddress.IPv6Network
     return used
 
 
-def add_veth_namespace(run: Callable[..., None], ns: str, host: str, dev: str) -> tuple[str, str]:
+def add_veth_namespace(error: type[RuntimeError], ns: str, host: str, dev: str) -> tuple[str, str]:
     """Network namespace ``ns`` joined to the host by a veth pair: ``host`` on the host side, ``dev`` inside, both
     up, plus the namespace's loopback; returns ``(host_ip, dev_ip)``, the .1 and .2 of the first /30 of
     ``VETH_ADDRESSES`` that no host interface holds (chosen and assigned under ``VETH_LOCK``, so two processes
-    making namespaces at once get different subnets). ``run`` executes one command and raises its caller's error
-    on failure; a partial set-up is left for the caller's cleanup (``ip link del``, ``ip netns del``), which must
+    making namespaces at once get different subnets). A failed command, or no free /30, raises the caller's
+    ``error`` class; a partial set-up is left for the caller's cleanup (``ip link del``, ``ip netns del``), which must
     record ``ns`` and ``host`` before calling."""
+    def run(*cmd: str) -> None:
+        run_checked(error, *cmd)
+
     run("ip", "netns", "add", ns)
     run("ip", "link", "add", host, "type", "veth", "peer", "name", dev)
     run("ip", "link", "set", dev, "netns", ns)
@@ -98,8 +105,8 @@ def add_veth_namespace(run: Callable[..., None], ns: str, host: str, dev: str) -
         used = _host_networks_in_use()
         subnet = next((n for n in VETH_ADDRESSES.subnets(new_prefix=30) if n not in used), None)
         if subnet is None:
-            raise RuntimeError(f"every /30 of {VETH_ADDRESSES} is in use on this host; remove stale veth pairs "
-                               "(`ip link show type veth`)")
+            raise error(f"every /30 of {VETH_ADDRESSES} is in use on this host; remove stale veth pairs "
+                        "(`ip link show type veth`)")
         host_ip, dev_ip = (str(a) for a in list(subnet.hosts())[:2])
         run("ip", "addr", "add", f"{host_ip}/30", "dev", host)
     run("ip", "link", "set", host, "up")
@@ -135,7 +142,7 @@ class NetemLinks:
         ns, host, dev = f"fdst-{self.tag}-{index}", f"fd{short}h{index}", f"fd{short}d{index}"
         self.namespaces.append(ns)  # recorded first: close() removes whatever part of them exists
         self.host_links.append(host)
-        host_ip, _ = add_veth_namespace(_run, ns, host, dev)
+        host_ip, _ = add_veth_namespace(NetemError, ns, host, dev)
         for args in _qdisc(profile, profile.uplink_kbps):
             _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, *args)
         for args in _qdisc(profile, profile.downlink_kbps):

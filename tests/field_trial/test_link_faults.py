@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from field_trial import link_faults
+from field_trial import link_faults, netem
 from field_trial.netem import existing_namespaces
 
 PROBLEM = link_faults.link_faults_problem()
@@ -86,3 +86,15 @@ def test_two_fleets_at_once_get_different_subnets():
         assert first != second  # the old fixed scheme gave both 10.210.0.1
         subnets = {ipaddress.ip_network(f"{address}/30", strict=False) for address in (first, second)}
         assert len(subnets) == 2
+
+
+@needs_link_faults
+def test_no_free_subnet_raises_the_link_fault_error_naming_the_range(monkeypatch):
+    tag = str(os.getpid() + 9)
+    with link_faults.AgentNamespaces(tag=tag) as spaces:
+        _, host_ip = spaces.add(0)
+        only_subnet = ipaddress.ip_network(f"{host_ip}/30", strict=False)  # held by fleet member 0 now
+        monkeypatch.setattr(netem, "VETH_ADDRESSES", only_subnet)
+        with pytest.raises(link_faults.LinkFaultError, match=rf"every /30 of {only_subnet} is in use"):
+            spaces.add(1)
+    assert existing_namespaces(f"fdfl-{tag}-") == []
