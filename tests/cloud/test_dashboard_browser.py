@@ -117,6 +117,13 @@ def test_create_start_stop_and_overlay_from_the_page(browser, tmp_path):
     row = page.locator(f"#runs-table tr[data-run='{created.id}']")
     row.get_by_role("button", name="Start").click()
     wait_until(lambda: coordinator.store.get_run(created.id).model_round not in (None, 0), 30, "a round")
+    row.locator(".badge-running").wait_for()
+    page.evaluate(f"() => {{ window.__stop = document.querySelector(\"tr[data-run='{created.id}'] button.stop\"); }}")
+    rounds_cell = row.locator("td.num").first
+    shown = rounds_cell.inner_text()
+    page.wait_for_function(f"() => document.querySelector(\"tr[data-run='{created.id}'] td.num\").textContent "
+                           f"!== {shown!r}", timeout=30_000)  # the list refreshed with new figures...
+    assert page.evaluate("() => window.__stop.isConnected") is True  # ...and kept the Stop button under the pointer
     row.get_by_role("button", name="Stop").click()
     wait_until(lambda: coordinator.store.get_run(created.id).status == "stopped", 20, "the stop")
     row.locator(".badge-stopped").wait_for()
