@@ -85,6 +85,12 @@ def test_a_live_run_from_the_runs_list_to_charts_that_grow_without_a_reload(brow
     page.keyboard.press("Enter")  # already sorted by id ascending: Enter flips it
     assert page.locator("#devices-table tbody tr").first.get_attribute("data-device") == "dev-2"
     assert page.locator("th:has(button[data-sort='id'])").get_attribute("aria-sort") == "descending"
+    drawn = page.evaluate("() => { window.__link = document.querySelector(\"tr[data-device='dev-0'] a\"); "
+                          "return document.querySelector('#devices-table').dataset.rendered; }")
+    page.wait_for_function(f"() => document.querySelector('#devices-table').dataset.rendered !== {drawn!r}",
+                           timeout=15_000)  # the 3 s refresh redrew the table...
+    assert page.evaluate("() => window.__link.isConnected && document.activeElement.dataset.sort === 'id'")
+    # ...keeping the device link under the pointer and the focused sort button
     page.fill("#device-filter", "dev-1")
     page.wait_for_function("() => document.querySelectorAll('#devices-table tbody tr').length === 1")
     page.screenshot(path=str(tmp_path / "devices.png"))

@@ -1,7 +1,7 @@
 // Devices: a sortable, filterable table (refreshed every few seconds) and one device's view with its history.
 
 import { api } from "./api.js";
-import { ago, h, mb, mib, statusBadge, when } from "./format.js";
+import { ago, h, mb, mib, patchCells, patchRows, statusBadge, when } from "./format.js";
 
 const REFRESH_MS = 5000;
 
@@ -54,7 +54,7 @@ export async function devicesView(root, ctx) {
     h("div", { class: "scroll" }, table));
 
   function draw() {
-    head.replaceChildren(...COLUMNS.map((c) => h("th", {
+    patchCells(head, h("tr", {}, COLUMNS.map((c) => h("th", {
       scope: "col", "aria-sort": state.sort === c.key ? (state.desc ? "descending" : "ascending") : "none" },
     h("button", { type: "button", class: "sort", "data-sort": c.key, onclick: () => {
       state.desc = state.sort === c.key ? !state.desc : false;
@@ -62,15 +62,15 @@ export async function devicesView(root, ctx) {
       draw();
       head.querySelector(`[data-sort="${c.key}"]`).focus();
     } }, c.label, h("span", { "aria-hidden": "true" },
-      state.sort === c.key ? (state.desc ? " ▼" : " ▲") : "")))));
+      state.sort === c.key ? (state.desc ? " ▼" : " ▲") : ""))))));
     const column = COLUMNS.find((c) => c.key === state.sort);
     const rows = state.devices.filter((d) => (state.status === "all" || d.status === state.status)
       && (!state.text || [d.id, d.capabilities.arch, d.last_error, d.last_error_code].join(" ").toLowerCase().includes(state.text)));
     rows.sort((a, b) => compare(column.get(a), column.get(b)) * (state.desc ? -1 : 1));
     const online = state.devices.filter((d) => d.status === "online").length;
     caption.textContent = `${rows.length} of ${state.devices.length} devices shown, ${online} online`;
-    body.replaceChildren(...rows.map((d) => h("tr", { "data-device": d.id, "data-status": d.status },
-      COLUMNS.map((c) => h("td", { class: c.num ? "num" : null }, c.cell ? c.cell(d) : (c.get(d) ?? "–"))))));
+    patchRows(body, rows.map((d) => h("tr", { "data-device": d.id, "data-status": d.status },
+      COLUMNS.map((c) => h("td", { class: c.num ? "num" : null }, c.cell ? c.cell(d) : (c.get(d) ?? "–"))))), "device");
     root.querySelector("#devices-table").dataset.rendered = String(performance.timeOrigin + performance.now());
   }
   draw();

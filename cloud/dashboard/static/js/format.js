@@ -33,6 +33,35 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+// Show the fresh <tr>s `rows` in `body`, keyed by their `data-<key>` attribute: a row already shown is kept and
+// patched (patchCells), so a refresh never swaps out the button, link or box under the pointer (a click whose
+// press and release straddle a swap is lost) or the one holding focus. Rows are re-inserted only on a change of order.
+export function patchRows(body, rows, key) {
+  const shown = new Map([...body.children].filter((tr) => tr.dataset[key] !== undefined)
+    .map((tr) => [tr.dataset[key], tr]));
+  const next = rows.map((fresh) => {
+    const old = fresh.dataset[key] === undefined ? undefined : shown.get(fresh.dataset[key]);
+    return old ? patchCells(old, fresh) : fresh;
+  });
+  if (next.length !== body.children.length || next.some((row, i) => body.children[i] !== row)) {
+    body.replaceChildren(...next);
+  }
+}
+
+// Make element `old` show what `fresh` shows: its attributes, and each child replaced only if its markup differs.
+export function patchCells(old, fresh) {
+  for (const { name, value } of fresh.attributes) if (old.getAttribute(name) !== value) old.setAttribute(name, value);
+  for (const { name } of [...old.attributes]) if (!fresh.hasAttribute(name)) old.removeAttribute(name);
+  const cells = [...fresh.children];  // appending a cell to `old` moves it out of `fresh`
+  cells.forEach((cell, i) => {
+    const current = old.children[i];
+    if (!current) old.append(cell);
+    else if (current.outerHTML !== cell.outerHTML) current.replaceWith(cell);
+  });
+  while (old.children.length > cells.length) old.lastElementChild.remove();
+  return old;
+}
+
 export function statusBadge(status) {
   return h("span", { class: `badge badge-${status}` }, status);
 }

@@ -1,7 +1,7 @@
 // Runs list (with start/stop and overlay selection) and the create form generated from RunConfig's schema.
 
 import { api, ApiError } from "./api.js";
-import { h, mb, pct, phaseText, statusBadge, when } from "./format.js";
+import { h, mb, patchRows, pct, phaseText, statusBadge, when } from "./format.js";
 
 const REFRESH_MS = 3000;
 
@@ -20,16 +20,9 @@ export async function runsView(root, ctx) {
     for (const id of [...selected]) if (!runs.some((r) => r.id === id)) selected.delete(id);
     overlay.disabled = selected.size < 2;
     caption.textContent = `${runs.length} run${runs.length === 1 ? "" : "s"}, newest first`;
-    const shown = new Map([...body.querySelectorAll("tr[data-run]")].map((tr) => [tr.dataset.run, tr]));
-    const rows = runs.slice().reverse().map((run) => {
-      const fresh = runRow(run, selected, overlay, { ...ctx, refresh });
-      const old = shown.get(run.id);
-      return old ? patchRow(old, fresh) : fresh;
-    });
-    const next = rows.length ? rows : [h("tr", {}, h("td", { colspan: 11 }, "No runs yet: create one below."))];
-    if (next.length !== body.children.length || next.some((row, i) => body.children[i] !== row)) {
-      body.replaceChildren(...next);
-    }
+    const rows = runs.slice().reverse().map((run) => runRow(run, selected, overlay, { ...ctx, refresh }));
+    patchRows(body, rows.length ? rows : [h("tr", {}, h("td", { colspan: 11 }, "No runs yet: create one below."))],
+      "run");
   };
   const refresh = async () => fill(await api("/api/runs"));
   await refresh();
@@ -40,17 +33,6 @@ export async function runsView(root, ctx) {
   // The list is re-read every few seconds (a run's own view follows its events live).
   const timer = setInterval(() => refresh().catch((err) => ctx.fail(err)), REFRESH_MS);
   return () => clearInterval(timer);
-}
-
-// Keep every cell of a shown row whose markup is unchanged, so a refresh never swaps out the button or box
-// under the pointer (a click whose press and release straddle a swap is lost) or the one holding focus.
-function patchRow(old, fresh) {
-  [...fresh.children].forEach((cell, i) => {
-    const current = old.children[i];
-    if (!current) old.append(cell);
-    else if (current.outerHTML !== cell.outerHTML) current.replaceWith(cell);
-  });
-  return old;
 }
 
 function runRow(run, selected, overlay, ctx) {
