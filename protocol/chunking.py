@@ -85,7 +85,7 @@ class _PendingSet:
     total_length: int
     count: int
     first_seen: float
-    pieces: dict[int, bytes] = field(default_factory=dict)
+    pieces: dict[int, memoryview] = field(default_factory=dict)
     received_bytes: int = 0
     charged_bytes: int = SET_OVERHEAD_BYTES
     piece_size: int | None = None  # size of every piece but the last, once one of them arrived
@@ -167,7 +167,7 @@ class ChunkReassembler:
             raise MalformedError("reserved chunk header fields must be 0")
         if total_length > self.max_message_bytes:
             raise LimitExceededError(f"chunked message of {total_length} bytes exceeds the limit")
-        piece = packet[CHUNK_HEADER_BYTES:]
+        piece = memoryview(packet)[CHUNK_HEADER_BYTES:]  # a view: the piece is copied once, by the join
         if count < 2 or index >= count or not piece or count > total_length:
             raise MalformedError("inconsistent chunk count, index or size")
         key = (source, transfer_id)
