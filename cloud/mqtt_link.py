@@ -7,16 +7,20 @@ decodes and verifies (HMAC) and puts each :class:`Inbound` item on the queue the
 main loop consumes.
 
 Receive bound (bytes, ``receive_queue_bytes``, setting ``mqtt_receive_queue_bytes``): the broker
-holds a backlog, not the coordinator's RAM. paho runs with ``manual_ack``: a QoS 1 packet is
-PUBACKed when the decoder takes it from the queue (a dropped one at once), so a broker that limits
-the messages in flight to a client (mosquitto's ``max_inflight_messages``, default 20; an MQTT 5
-``ReceiveMaximum``, which the link sends: ``receive_queue_bytes // max_packet``) sends no more
-until the decoder caught up, and a packet the coordinator held unacked when the connection dropped
-is sent again on reconnect (the persistent session). For a broker that does not wait for acks
-(``max_inflight_messages 0``) the network thread stops reading the socket while the queue holds more
-than ``receive_queue_bytes`` (TCP back-pressure; it waits at most 50 ms per loop pass, so it still
-sends PUBACKs, pings and publishes in between, and reads again as soon as the decoder made room):
-the queue never holds more than the bound plus the one packet that crossed it (``peak_queued_bytes``).
+holds a backlog, not the coordinator's RAM. paho runs with ``manual_ack``: a QoS 1 packet that
+arrives while the queue is within the bound is PUBACKed at once (by the network thread, as paho
+would), one that does not fit is *held*: PUBACKed only when the decoder takes it (a dropped one at
+once), so a broker that limits the messages in flight to a client (mosquitto's
+``max_inflight_messages``, default 20; an MQTT 5 ``ReceiveMaximum``, which the link sends:
+``receive_queue_bytes // max_packet``) sends no more until the decoder caught up, and a held packet
+is sent again on reconnect when the connection dropped (the persistent session). (Acking every packet
+from the decoder thread instead cost one wake-up write to paho's socket pair per packet there: 1.0 s
+of its profiled time in a 1000-agent round.) For a broker that does not wait for acks
+(``max_inflight_messages 0``) the network thread also stops reading the socket while the queue holds
+more than ``receive_queue_bytes`` (TCP back-pressure; it waits at most 50 ms per loop pass, so it
+still sends PUBACKs, pings and publishes in between, and reads again as soon as the decoder made
+room): the queue never holds more than the bound plus the one packet that crossed it
+(``peak_queued_bytes``).
 The broker must then be able to hold the backlog (mosquitto's ``max_queued_messages`` and
 ``max_queued_bytes`` per client; beyond them it drops QoS 1 messages).
 
@@ -136,6 +140,7 @@ class _RawPacket:
     mid: int = 0
     qos: int = 0
     connection: int = 0  # the link's ``connects`` when it arrived: a PUBACK only goes back on that connection
+    held: bool = False  # arrived beyond the byte bound: PUBACKed when the decoder takes it
 
 
 READ_PAUSE_S = 0.05
@@ -298,19 +303,22 @@ class CoordinatorLink:
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:  # noqa: ANN001
         size = len(message.payload)
         self._count_bytes("received", size)
-        packet = _RawPacket(message.topic, bytes(message.payload), bool(message.retain), time.time(), message.mid,
-                            message.qos, self.connects)
         with self._queue_lock:
+            held = self.queued_bytes + size > self.receive_queue_bytes
+            packet = _RawPacket(message.topic, bytes(message.payload), bool(message.retain), time.time(),
+                                message.mid, message.qos, self.connects, held)
             try:
                 self.raw.put_nowait(packet)
             except queue.Full:
                 self.dropped_packets += 1
-                self._ack(packet)  # dropped and counted: not to be sent again
-                return
-            self.queued_bytes += size
-            self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes)
-            if self.queued_bytes > self.receive_queue_bytes:
-                self._room.clear()
+                held = False  # dropped and counted: acknowledged, not to be sent again
+            else:
+                self.queued_bytes += size
+                self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes)
+                if held:
+                    self._room.clear()
+        if not held:
+            self._ack(packet)
 
     def _may_read(self) -> bool:
         """The network thread's read gate: True once the receive queue is within its byte bound (waits for
@@ -323,12 +331,13 @@ class CoordinatorLink:
             self.client.ack(packet.mid, packet.qos)
 
     def _taken(self, packet: _RawPacket) -> None:
-        """The decoder took ``packet`` from the queue: its bytes leave the bound, and it is acknowledged."""
+        """The decoder took ``packet`` from the queue: its bytes leave the bound, and a held one is acknowledged."""
         with self._queue_lock:
             self.queued_bytes -= len(packet.payload)
             if self.queued_bytes <= self.receive_queue_bytes:
                 self._room.set()
-        self._ack(packet)
+        if packet.held:
+            self._ack(packet)
 
     # --- decoder thread -------------------------------------------------------------------------
 
