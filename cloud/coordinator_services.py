@@ -67,7 +67,8 @@ class CoordinatorServices:
             protocol=settings.mqtt_protocol, tls=settings.broker_tls, max_packet=settings.max_packet,
             key_snapshot=self.keyring.verification_key_lookup, tls_files=settings.tls_files(),
             count_bytes=lambda direction, n: self.metrics.mqtt_bytes.labels(direction=direction).inc(n),
-            raw_queue_packets=settings.mqtt_receive_queue_packets)
+            raw_queue_packets=settings.mqtt_receive_queue_packets,
+            receive_queue_bytes=settings.mqtt_receive_queue_bytes)
         self.signer = Ed25519Signer(load_or_create_signing_key(settings.signing_key_path))
         self.replay_guard = ReplayGuard(self.store)
         self._seq = int(time.time() * 1000)  # increasing across restarts too

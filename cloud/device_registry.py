@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 
 from cloud.run_config import CapabilityFilter
@@ -29,6 +30,8 @@ class DeviceRegistry:
         self._dirty: set[str] = set()
         self._last_errors: dict[str, DeviceErrorRow] = store.last_device_errors()
         self._wire: dict[str, tuple[int, int]] = {}  # device -> cumulative (sent, received) MQTT bytes it reported
+        self._deferring = False  # inside deferred_flush(): a state change's flush waits for the block's end
+        self._flush_wanted = False
 
     def _get(self, device_id: str) -> DeviceRow:
         row = self._devices.get(device_id)
@@ -53,7 +56,7 @@ class DeviceRegistry:
             row.bytes_up += bytes_up
             if row.state == "offline":
                 row.state = "online"  # a register is sent right after connecting
-        self.flush()
+        self._flush_soon()
 
     def status(self, device_id: str, state: str, at: float, bytes_up: int) -> None:
         with self._lock:
@@ -63,6 +66,26 @@ class DeviceRegistry:
             row.last_seen = max(row.last_seen, at)
             row.bytes_up += bytes_up
         if changed:
+            self._flush_soon()
+
+    @contextmanager
+    def deferred_flush(self) -> Iterator[None]:
+        """Within the block, the flushes a Register or a status change asks for are made once, at its end
+        (one transaction for a batch of inbound messages, not one fsync'd commit per changed device;
+        main loop only). Also when the block raises."""
+        self._deferring, self._flush_wanted = True, False
+        try:
+            yield
+        finally:
+            self._deferring = False
+            if self._flush_wanted:
+                self._flush_wanted = False
+                self.flush()
+
+    def _flush_soon(self) -> None:
+        if self._deferring:
+            self._flush_wanted = True
+        else:
             self.flush()
 
     def wire_report(self, device_id: str, sent: int, received: int) -> None:

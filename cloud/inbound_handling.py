@@ -42,17 +42,19 @@ class InboundHandling(RoundLifecycle):
 
     def _handle_batch(self, items: list[Inbound]) -> None:
         """Admit a batch of inbound items against the replay guard, their seqs written in one transaction,
-        then act on the fresh ones in order (the round is ticked after each, as for single items)."""
+        then act on the fresh ones in order (the round is ticked after each, as for single items); the device
+        states they change are written in one transaction after the last (``DeviceRegistry.deferred_flush``)."""
         with self.replay_guard.batched():
             fresh = [self._admit(item) for item in items]
-        for item, ok in zip(items, fresh, strict=True):
-            try:
-                if ok:
-                    self._handle(item)
-                self._tick()
-            except Exception as exc:  # noqa: BLE001 - as in the main loop, and the batch's other items still count
-                log.exception("coordinator main loop error")
-                self._fail_active(f"internal error: {type(exc).__name__}: {exc}")
+        with self.registry.deferred_flush():  # the batch's device-state changes: one transaction at its end
+            for item, ok in zip(items, fresh, strict=True):
+                try:
+                    if ok:
+                        self._handle(item)
+                    self._tick()
+                except Exception as exc:  # noqa: BLE001 - as in the main loop, the batch's other items still count
+                    log.exception("coordinator main loop error")
+                    self._fail_active(f"internal error: {type(exc).__name__}: {exc}")
 
     def _admit(self, item: Inbound) -> bool:
         """Whether ``item`` is acted on: False for a device message whose seq is not fresh (counted, logged)."""

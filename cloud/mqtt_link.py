@@ -6,6 +6,24 @@ bounded queue (``put_nowait``; when it is full the packet is dropped and counted
 decodes and verifies (HMAC) and puts each :class:`Inbound` item on the queue the coordinator's
 main loop consumes.
 
+Receive bound (bytes, ``receive_queue_bytes``, setting ``mqtt_receive_queue_bytes``): the broker
+holds a backlog, not the coordinator's RAM. paho runs with ``manual_ack``: a QoS 1 packet that
+arrives while the queue is within the bound is PUBACKed at once (by the network thread, as paho
+would), one that does not fit is *held*: PUBACKed only when the decoder takes it (a dropped one at
+once), so a broker that limits the messages in flight to a client (mosquitto's
+``max_inflight_messages``, default 20; an MQTT 5 ``ReceiveMaximum``, which the link sends:
+``receive_queue_bytes // max_packet``) sends no more until the decoder caught up, and a held packet
+is sent again on reconnect when the connection dropped (the persistent session). (Acking every packet
+from the decoder thread instead cost one wake-up write to paho's socket pair per packet there: 1.0 s
+of its profiled time in a 1000-agent round.) For a broker that does not wait for acks
+(``max_inflight_messages 0``) the network thread also stops reading the socket while the queue holds
+more than ``receive_queue_bytes`` (TCP back-pressure; it waits at most 50 ms per loop pass, so it
+still sends PUBACKs, pings and publishes in between, and reads again as soon as the decoder made
+room): the queue never holds more than the bound plus the one packet that crossed it
+(``peak_queued_bytes``).
+The broker must then be able to hold the backlog (mosquitto's ``max_queued_messages`` and
+``max_queued_bytes`` per client; beyond them it drops QoS 1 messages).
+
 Publishing (the outbox): every chunk of a message is handed to paho, which keeps QoS 1 packets
 in its own unbounded outbox while the broker is away and sends them, in order, on reconnect; a
 refused chunk never stops the remaining ones, so a message is never left as a prefix. Network
@@ -93,12 +111,16 @@ class PublishResult:
 class WireCountingClient(mqtt.Client):
     """A paho client that counts the bytes it writes to and reads from its socket (MQTT level, under TLS)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: object, read_gate: Callable[[], bool] | None = None, **kwargs: object) -> None:
+        """``read_gate`` (optional, asked before every socket read): False = not now (paho sees no data yet)."""
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.wire_sent_bytes = 0
         self.wire_received_bytes = 0
+        self._read_gate = read_gate
 
     def _sock_recv(self, bufsize: int) -> bytes:
+        if self._read_gate is not None and not self._read_gate():
+            raise BlockingIOError  # paho: MQTT_ERR_AGAIN, the read is tried again on its next loop pass
         data = super()._sock_recv(bufsize)
         self.wire_received_bytes += len(data)
         return data
@@ -115,6 +137,14 @@ class _RawPacket:
     payload: bytes
     retained: bool
     received_at: float
+    mid: int = 0
+    qos: int = 0
+    connection: int = 0  # the link's ``connects`` when it arrived: a PUBACK only goes back on that connection
+    held: bool = False  # arrived beyond the byte bound: PUBACKed when the decoder takes it
+
+
+READ_PAUSE_S = 0.05
+"""Longest wait of the network thread for room in the receive queue per loop pass (then it sends and pings)."""
 
 
 class CoordinatorLink:
@@ -130,6 +160,7 @@ class CoordinatorLink:
                  authenticate: Callable[[], bool] | None = None,
                  tls_files: TlsFiles | None = None,
                  max_pending_bytes: int = 512 * 1024 * 1024, raw_queue_packets: int = 65536,
+                 receive_queue_bytes: int = 64 * 1024 * 1024,
                  count_bytes: Callable[[str, int], None] | None = None, keepalive_s: int = 30,
                  key_snapshot: Callable[[], Callable[[str], bytes | None] | None] | None = None):
         """``key_lookup``: sender id -> HMAC key (None: reject); ``authenticate`` (asked per message, default
@@ -137,10 +168,18 @@ class CoordinatorLink:
         verify with (None: no verification) at most once per run of queued packets, see :meth:`_verifier`;
         ``tls_files``: private CA and client certificate for ``tls``;
         ``raw_queue_packets``: bound of the callback -> decoder queue (packets; beyond it: dropped, counted);
+        ``receive_queue_bytes``: bound of the same queue in payload bytes (beyond it the broker holds the
+        backlog: see the module docstring);
         ``keepalive_s``: MQTT keepalive (seconds between pings on an idle connection)."""
         self.inbound = inbound
         self._count_bytes = count_bytes or (lambda direction, nbytes: None)
         self.raw: queue.Queue[_RawPacket] = queue.Queue(maxsize=raw_queue_packets)
+        self.receive_queue_bytes = receive_queue_bytes
+        self.queued_bytes = 0  # payload bytes in ``raw`` (guarded by _queue_lock)
+        self.peak_queued_bytes = 0
+        self._queue_lock = threading.Lock()
+        self._room = threading.Event()  # set while queued_bytes <= receive_queue_bytes
+        self._room.set()
         self.dropped_packets = 0  # received packets dropped because the decoder queue was full
         self.dropped_events = 0  # connection events not handed on because inbound was full (still logged)
         self.connects = 0  # connections the broker accepted
@@ -165,7 +204,7 @@ class CoordinatorLink:
         # MQTT 5 sets clean_start per connect(); 3.1.1 takes a persistent session here.
         clean_session = None if version == mqtt.MQTTv5 else False
         self.client = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
-                                         clean_session=clean_session)
+                                         clean_session=clean_session, manual_ack=True, read_gate=self._may_read)
         self._v5 = version == mqtt.MQTTv5
         if username:
             self.client.username_pw_set(username, password)
@@ -203,6 +242,7 @@ class CoordinatorLink:
 
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 3600
+            props.ReceiveMaximum = max(1, min(65535, self.receive_queue_bytes // self.max_packet))
             self.client.connect_async(self.host, self.port, keepalive=self.keepalive_s, clean_start=False,
                                       properties=props)
         else:
@@ -261,11 +301,43 @@ class CoordinatorLink:
         log.debug("connection attempt to %s:%s failed; retrying", self.host, self.port)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:  # noqa: ANN001
-        self._count_bytes("received", len(message.payload))
-        try:
-            self.raw.put_nowait(_RawPacket(message.topic, bytes(message.payload), bool(message.retain), time.time()))
-        except queue.Full:
-            self.dropped_packets += 1
+        size = len(message.payload)
+        self._count_bytes("received", size)
+        with self._queue_lock:
+            held = self.queued_bytes + size > self.receive_queue_bytes
+            packet = _RawPacket(message.topic, bytes(message.payload), bool(message.retain), time.time(),
+                                message.mid, message.qos, self.connects, held)
+            try:
+                self.raw.put_nowait(packet)
+            except queue.Full:
+                self.dropped_packets += 1
+                held = False  # dropped and counted: acknowledged, not to be sent again
+            else:
+                self.queued_bytes += size
+                self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes)
+                if held:
+                    self._room.clear()
+        if not held:
+            self._ack(packet)
+
+    def _may_read(self) -> bool:
+        """The network thread's read gate: True once the receive queue is within its byte bound (waits for
+        room at most READ_PAUSE_S)."""
+        return self._room.is_set() or self._closing or self._room.wait(READ_PAUSE_S)
+
+    def _ack(self, packet: _RawPacket) -> None:
+        """PUBACK ``packet`` if it came with QoS > 0 on the connection still up (else the broker sends it again)."""
+        if packet.qos and packet.connection == self.connects:
+            self.client.ack(packet.mid, packet.qos)
+
+    def _taken(self, packet: _RawPacket) -> None:
+        """The decoder took ``packet`` from the queue: its bytes leave the bound, and a held one is acknowledged."""
+        with self._queue_lock:
+            self.queued_bytes -= len(packet.payload)
+            if self.queued_bytes <= self.receive_queue_bytes:
+                self._room.set()
+        if packet.held:
+            self._ack(packet)
 
     # --- decoder thread -------------------------------------------------------------------------
 
@@ -275,6 +347,7 @@ class CoordinatorLink:
                 packet = self.raw.get(timeout=0.2)
             except queue.Empty:
                 continue
+            self._taken(packet)
             self._packet_covered = self._snapshot_covers > 0
             self._snapshot_covers = max(0, self._snapshot_covers - 1)
             item = self._decode(packet)

@@ -55,6 +55,10 @@ class CloudSettings(BaseSettings):
         65536, ge=1, description="Bound of the queue between the MQTT callback and the decoder thread (packets); "
         "a burst beyond it is dropped and counted (feddst_mqtt_dropped_packets_total), never blocking the network "
         "thread.")
+    mqtt_receive_queue_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Bound of the same queue in payload bytes: PUBACKs wait until the "
+        "decoder takes a packet and the network thread stops reading while the queue holds more, so the broker "
+        "holds a backlog (its max_queued_messages / max_queued_bytes must allow it), not the coordinator's RAM.")
     device_keys_file: Path | None = Field(
         None, description="JSON object device id -> hex HMAC key; when set, updates must be authenticated.")
     coordinator_key_hex: SecretStr | None = Field(

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,11 +48,20 @@ class UpdateRejected(Exception):
 
 @dataclass(frozen=True)
 class RoundExpectations:
-    """What a round's updates must fit: the model's shapes, the sent masks and the task's alpha."""
+    """What a round's updates must fit: the model's shapes, the sent masks and the task's alpha.
+
+    ``sent_counts`` (set positions of each sent mask) is worked out once, when the round's expectations
+    are made, not once per update."""
 
     shapes: Mapping[str, tuple[int, ...]]  # every parameter of the model
     sent_masks: Mapping[str, np.ndarray]  # bool, one per masked parameter: the broadcast mask
     readjust_fraction: float  # alpha of the round's task; 0 = no readjustment
+    sent_counts: Mapping[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        masks = {name: np.asarray(mask, dtype=bool) for name, mask in self.sent_masks.items()}
+        object.__setattr__(self, "sent_masks", masks)
+        object.__setattr__(self, "sent_counts", {name: int(np.count_nonzero(m)) for name, m in masks.items()})
 
 
 def _names(names: set[str] | list[str], limit: int = 4) -> str:
@@ -115,7 +124,7 @@ def _check_names_and_shapes(update: Update, expect: RoundExpectations) -> None:
 def _check_masked(name: str, update: Update, expect: RoundExpectations) -> np.ndarray:
     """Check one masked tensor; return the mask the device holds."""
     tensor = update.tensors[name]
-    sent = np.asarray(expect.sent_masks[name], dtype=bool)
+    sent = expect.sent_masks[name]
     if tensor.mask is not None:
         if name in update.mask_changes:
             raise UpdateRejected("outside_mask", f"{name} carries both its own mask and mask changes")
@@ -128,12 +137,12 @@ def _check_masked(name: str, update: Update, expect: RoundExpectations) -> np.nd
         except ProtocolError as exc:
             raise UpdateRejected("outside_mask", f"{name}: {exc}") from exc
     else:
-        return _check_count(name, tensor.values.size, sent)
+        return _check_count(name, tensor.values.size, sent, expect.sent_counts[name])
     _check_count(name, tensor.values.size, held)
     dropped, grown = int(change.dropped.size), int(change.grown.size)
     if dropped == grown == 0:
         return held
-    active = int(np.count_nonzero(sent))
+    active = expect.sent_counts[name]
     if dropped != grown:
         raise UpdateRejected("mask_budget", f"{name}: {dropped} weights dropped but {grown} grown; a readjustment "
                              f"keeps the layer's {active} active weights")
@@ -145,9 +154,10 @@ def _check_masked(name: str, update: Update, expect: RoundExpectations) -> np.nd
     return held
 
 
-def _check_count(name: str, values: int, held: np.ndarray) -> np.ndarray:
-    """``held`` if ``values`` is its number of set positions, else :class:`UpdateRejected`."""
-    held_count = int(np.count_nonzero(held))
+def _check_count(name: str, values: int, held: np.ndarray, held_count: int | None = None) -> np.ndarray:
+    """``held`` if ``values`` is its number of set positions (``held_count`` when known), else
+    :class:`UpdateRejected`."""
+    held_count = int(np.count_nonzero(held)) if held_count is None else held_count
     if values != held_count:
         raise UpdateRejected("outside_mask", f"{name}: {values} values for {held_count} held positions")
     return held

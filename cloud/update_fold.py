@@ -23,6 +23,7 @@ anything else takes the dense path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -52,13 +53,16 @@ class SparseFold:
         self.compact = {n: np.zeros(i.size, dtype=np.float64) for n, i in self.sent_indices.items()}
         self.compact_weight = dict.fromkeys(self.sent, 0.0)
         self.compact_votes = dict.fromkeys(self.sent, 0)
+        # One float64 scratch vector per tensor for ``weight * values``, reused by every update of the round.
+        shapes = aggregation.strategy.spec.parameter_shapes()
+        self._scratch = {n: np.empty(math.prod(s), dtype=np.float64) for n, s in shapes.items()}
 
     def add(self, update: Update, held: Mapping[str, np.ndarray], weight: int) -> None:
         """Fold in ``update`` (passed by ``check_update``, which gave ``held``: the bool mask each masked
         tensor's values sit on, C order) with aggregation weight ``weight`` (samples, >= 1)."""
         acc, w = self.acc, float(weight)
         for name, tensor in update.tensors.items():
-            scaled = np.multiply(tensor.values, w, dtype=np.float64)
+            scaled = np.multiply(tensor.values, w, out=self._scratch[name][:tensor.values.size], dtype=np.float64)
             if name not in acc.masked:
                 acc.weighted_sum[name].numpy().reshape(-1)[:] += scaled
             elif held[name] is self.sent[name]:

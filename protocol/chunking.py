@@ -25,6 +25,7 @@ A message no larger than ``max_packet`` is sent as is
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 import time
 from dataclasses import dataclass, field
@@ -85,7 +86,7 @@ class _PendingSet:
     total_length: int
     count: int
     first_seen: float
-    pieces: dict[int, bytes] = field(default_factory=dict)
+    pieces: dict[int, memoryview] = field(default_factory=dict)
     received_bytes: int = 0
     charged_bytes: int = SET_OVERHEAD_BYTES
     piece_size: int | None = None  # size of every piece but the last, once one of them arrived
@@ -122,6 +123,7 @@ class ChunkReassembler:
         self._pending: dict[tuple[str, bytes], _PendingSet] = {}
         self.pending_bytes = 0
         self.expired_sets = 0
+        self._oldest = math.inf  # no pending set is older (<= the oldest first_seen): expire() scans only past it
 
     @property
     def pending_sets(self) -> int:
@@ -130,10 +132,13 @@ class ChunkReassembler:
     def expire(self, now: float | None = None) -> int:
         """Drop sets older than ``timeout_s``; return how many were dropped."""
         now = time.monotonic() if now is None else now
+        if now - self._oldest <= self.timeout_s:  # every pending set is younger: no scan (add() calls this per packet)
+            return 0
         stale = [key for key, pending in self._pending.items() if now - pending.first_seen > self.timeout_s]
         for key in stale:
             self._drop(key)
         self.expired_sets += len(stale)
+        self._oldest = min((pending.first_seen for pending in self._pending.values()), default=math.inf)
         return len(stale)
 
     def _drop(self, key: tuple[str, bytes]) -> None:
@@ -167,7 +172,7 @@ class ChunkReassembler:
             raise MalformedError("reserved chunk header fields must be 0")
         if total_length > self.max_message_bytes:
             raise LimitExceededError(f"chunked message of {total_length} bytes exceeds the limit")
-        piece = packet[CHUNK_HEADER_BYTES:]
+        piece = memoryview(packet)[CHUNK_HEADER_BYTES:]  # a view: the piece is copied once, by the join
         if count < 2 or index >= count or not piece or count > total_length:
             raise MalformedError("inconsistent chunk count, index or size")
         key = (source, transfer_id)
@@ -177,6 +182,7 @@ class ChunkReassembler:
                 raise LimitExceededError(f"pending chunk memory would exceed {self.max_pending_bytes} bytes")
             pending = _PendingSet(total_length, count, now)
             self._pending[key] = pending
+            self._oldest = min(self._oldest, now)
             self.pending_bytes += pending.charged_bytes
         elif (pending.total_length, pending.count) != (total_length, count):
             self._drop(key)

@@ -31,6 +31,7 @@ every dropped position must be set in ``old`` and every grown one unset.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -81,7 +82,7 @@ class SparseTensor:
         if any(dim < 0 for dim in shape):
             raise InvalidMessageError(f"negative dimension in shape {shape}")
         values = np.ascontiguousarray(np.asarray(self.values, dtype=np.float32).reshape(-1))
-        n = int(np.prod(shape, dtype=np.int64))
+        n = math.prod(shape)  # Python ints: no overflow, and no numpy call per tensor
         mask = self.mask
         if mask is not None:
             mask = np.asarray(mask)
@@ -112,7 +113,7 @@ class SparseTensor:
         """
         use_mask = self.mask if self.mask is not None else mask
         if use_mask is None:
-            n = int(np.prod(self.shape, dtype=np.int64))
+            n = math.prod(self.shape)
             if self.values.size != n:
                 raise InvalidMessageError("values on a known mask: pass that mask to to_dense")
             return self.values.reshape(self.shape).copy()

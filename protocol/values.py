@@ -175,13 +175,27 @@ def decode_value_block(reader: ByteReader, code: int, count: int) -> np.ndarray:
         stored = np.frombuffer(reader.take(size, "values"), dtype=dtype)
     elif codec == CODEC_ZSTD:
         frame = reader.take(reader.u32("compressed length"), "zstd frame")
-        stored = np.frombuffer(_decompress_exact(frame, size), dtype=np.uint8)
-        if width > 1:
-            stored = stored.reshape(width, count).T.copy()
-        stored = stored.reshape(-1).view(dtype)
+        stored = unshuffle(np.frombuffer(_decompress_exact(frame, size), dtype=np.uint8), width).view(dtype)
+        if code == 0:  # unshuffle made a new writable float32 array: no second copy
+            return stored.astype(np.float32, copy=False)
     else:
         raise MalformedError(f"unknown value codec {codec}")
     return dequantize(stored, code, scale)
+
+
+def unshuffle(planes: np.ndarray, width: int) -> np.ndarray:
+    """Undo the byte shuffle: ``width`` planes of ``count`` bytes (1-D uint8) -> a new uint8 array of
+    ``count`` values of ``width`` bytes each (value ``i`` is byte ``i`` of every plane).
+
+    One contiguous read and one stride-``width`` write per plane; the transpose copy
+    (``planes.reshape(width, count).T.copy()``) reads with stride ``count`` and was 6x slower here."""
+    if width == 1:
+        return planes
+    count = planes.size // width
+    out = np.empty((count, width), dtype=np.uint8)
+    for i, plane in enumerate(planes.reshape(width, count)):
+        out[:, i] = plane
+    return out.reshape(-1)
 
 
 def _decompress_exact(frame: memoryview, size: int) -> bytes:

@@ -1,0 +1,46 @@
+"""DeviceRegistry.deferred_flush: the device-state changes of a batch of inbound messages (status changes,
+Registers) are written in one transaction when the block ends, not one fsync'd commit per change (what the
+coordinator's main loop does for each batch it handles)."""
+
+from __future__ import annotations
+
+from cloud.device_registry import DeviceRegistry
+from cloud.store import CoordinatorStore
+from protocol import Capabilities
+
+
+class CountingStore(CoordinatorStore):
+    """The real SQLite store, counting its ``save_devices`` transactions."""
+
+    saves = 0
+
+    def save_devices(self, rows):  # noqa: ANN001, ANN201
+        self.saves += 1
+        return super().save_devices(rows)
+
+
+def test_a_batch_of_state_changes_is_written_once_when_its_block_ends(tmp_path):
+    store = CountingStore(tmp_path)
+    registry = DeviceRegistry(store, heartbeat_s=5.0)
+    with registry.deferred_flush():
+        registry.register("a", Capabilities("x86_64", 2, 512, {}), 40, 100)
+        for i, device in enumerate(["a", "b", "c", "d"]):
+            registry.status(device, "busy", 1000.0 + i, 50)
+        registry.status("a", "online", 1010.0, 50)
+        assert store.saves == 0
+        assert CoordinatorStore(tmp_path).load_devices() == []  # nothing written inside the block
+    assert store.saves == 1
+    stored = {row.id: row for row in CoordinatorStore(tmp_path).load_devices()}  # a restarted coordinator
+    assert {d: stored[d].state for d in stored} == {"a": "online", "b": "busy", "c": "busy", "d": "busy"}
+    assert stored["a"].capabilities["arch"] == "x86_64" and stored["a"].sample_count == 40
+    store.close()
+
+
+def test_outside_a_block_a_state_change_is_written_at_once(tmp_path):
+    store = CountingStore(tmp_path)
+    registry = DeviceRegistry(store, heartbeat_s=5.0)
+    registry.status("a", "busy", 1000.0, 50)
+    registry.status("a", "busy", 1001.0, 50)  # no change: not written
+    assert store.saves == 1
+    assert [row.state for row in CoordinatorStore(tmp_path).load_devices()] == ["busy"]
+    store.close()
