@@ -203,7 +203,7 @@ BRIDGE_TOPICS = [f"{t} 1" for t in (
     "feddst/v1/devices/+/status out", "feddst/v1/devices/+/register out", "feddst/v1/runs/+/update/+ out",
     "feddst/v1/runs/+/task in", "feddst/v1/runs/+/control in", "feddst/v1/runs/+/ack/+ in",
     "feddst/v1/runs/+/model/+/+ in", "feddst/v1/runs/+/final in", "feddst/v1/devices/+/inbox in")]
-UPLOAD_WINDOW = 64  # devices per fake process uploading at once (bench/fleet_fakes.py FakeFleet.send_updates)
+UPLOAD_WINDOW = 64  # devices per fake process uploading at once (bench/fleet_fakes.py FakeFleet.serve)
 BROKER_CONFIG = ["max_queued_messages 0", "max_inflight_messages 0", "sys_interval 1", "max_connections -1"]
 
 
@@ -307,6 +307,10 @@ def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: boo
         if result["status"] != "completed":
             raise RuntimeError(f"scale round {result['status']}: {result['error']}")
         time.sleep(1.5)  # one more $SYS sample after the round's close
+        for p in fakes:  # the round closed: each fake process stops answering and reports
+            assert p.stdin is not None
+            p.stdin.write("\n")
+            p.stdin.flush()
         fake_reports = [json.loads(p.stdout.readline()) for p in fakes if p.stdout is not None]
         result["breakdown"] = breakdown(result, fake_reports, cpu_before, cpu_after, sys_counters)
         result["breakdown"].update(brokers=len(brokers), fake_procs=len(fakes), heartbeat_s=heartbeat_s,
