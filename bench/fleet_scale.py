@@ -16,8 +16,9 @@ Breakdown of the round (``scale_breakdown`` in ``--json``), all from wall-clock 
 one machine and CPU seconds read from ``/proc`` (via psutil) at the round's start and end:
 
 * timeline (seconds from the round's start, ``started_at``): ``broadcast`` (the coordinator signs,
-  encodes and hands the model and Task to paho), ``model_at`` (the last fake process holding the model
-  and the Task), ``fakes_sent_at`` (the last fake process done encoding and handing its updates to
+  encodes and hands the model and the Tasks to paho), ``tasks`` (the part of it signing one Task per
+  selected device and handing each to paho on the device's inbox), ``model_at`` (the last fake process
+  holding the model and the last of its devices' Tasks), ``fakes_sent_at`` (the last fake process done encoding and handing its updates to
   its sockets: the **bench's** cost), ``fakes_acked_at`` (the broker acknowledged them all),
   ``last_update_at`` (the last accepted update reaching the coordinator's MQTT callback), ``closed_at``
   (the round closed: every queued update decoded, checked and added, the aggregation finished);
@@ -142,7 +143,8 @@ def coordinator_process(url: str, state_dir: str, agents: int, profile: bool) ->
         record = rounds[0] if rounds else {}
         received = record.get("update_received_at", {})
         print(json.dumps({"status": final.status, "error": final.error, "round_s": record.get("seconds"),
-                          "broadcast_s": record.get("broadcast_s"), "aggregation_s": record.get("aggregation_s"),
+                          "broadcast_s": record.get("broadcast_s"), "tasks_s": record.get("tasks_s"),
+                          "aggregation_s": record.get("aggregation_s"),
                           "started_at": record.get("started_at"), "closed_at": record.get("closed_at"),
                           "last_update_at": max(received.values()) if received else None,
                           "first_update_at": min(received.values()) if received else None,
@@ -341,7 +343,7 @@ def breakdown(result: dict, fakes: list[dict], cpu_before: dict, cpu_after: dict
     Every party's CPU is read at the round's start and end (the brokers' and fakes' by the parent, as
     the coordinator child reports them; the coordinator's by itself)."""
     t0 = result["started_at"]
-    timeline = {"broadcast": result["broadcast_s"],
+    timeline = {"broadcast": result["broadcast_s"], "tasks": result.get("tasks_s") or 0.0,
                 "model_at": max(f["model_at"] for f in fakes) - t0,
                 "fakes_sent_at": max(f["sent_at"] for f in fakes) - t0,
                 "fakes_acked_at": max(f["acked_at"] for f in fakes) - t0,
@@ -368,7 +370,8 @@ def print_breakdown(agents: int, result: dict) -> None:
     print(f"scale breakdown ({agents} agents, {b.get('fake_procs')} fake processes, {b.get('brokers')} broker(s), "
           f"heartbeat {b.get('heartbeat_s')} s, upload window {b.get('upload_window')} per process; seconds from "
           "the round's start):")
-    print(f"  broadcast done {t['broadcast']:.3f}  last fake has model+task {t['model_at']:.3f}  "
+    print(f"  broadcast done {t['broadcast']:.3f} (of which Tasks signed + handed to paho {t.get('tasks', 0.0):.3f})  "
+          f"last fake has model+task {t['model_at']:.3f}  "
           f"fakes done sending (bench) {t['fakes_sent_at']:.3f}  all acked by broker {t['fakes_acked_at']:.3f}")
     print(f"  first update at coordinator {t['first_update_at']:.3f}  last {t['last_update_at']:.3f}  "
           f"round closed {t['closed_at']:.3f} (aggregation adds + finish {result['scale_aggregation_s']:.3f} s)")
