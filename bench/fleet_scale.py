@@ -18,10 +18,11 @@ one machine and CPU seconds read from ``/proc`` (via psutil) at the round's star
 * timeline (seconds from the round's start, ``started_at``): ``broadcast`` (the coordinator signs,
   encodes and hands the model and the Tasks to paho), ``tasks`` (the part of it signing one Task per
   selected device and handing each to paho on the device's inbox), ``model_at`` (the last fake process
-  holding the model and the last of its devices' Tasks), ``fakes_sent_at`` (the last fake process done encoding and handing its updates to
-  its sockets: the **bench's** cost), ``fakes_acked_at`` (the broker acknowledged them all),
-  ``last_update_at`` (the last accepted update reaching the coordinator's MQTT callback), ``closed_at``
-  (the round closed: every queued update decoded, checked and added, the aggregation finished);
+  holding the model and the last of its devices' Tasks), ``fakes_sent_at`` (the last fake process done
+  encoding and handing its updates to its sockets: the **bench's** cost), ``fakes_acked_at`` (the broker
+  acknowledged them all), ``last_update_at`` (the last accepted update reaching the coordinator's MQTT
+  callback), ``closed_at`` (the round closed: every queued update decoded, checked and added, the
+  aggregation finished);
 * CPU seconds during the round (from the round's opening, after the coordinator's post-connect grace,
   to ``wait_for_run``'s return; ``cpu_window_s`` says how long that was): the coordinator's main loop,
   its MQTT decoder thread, paho's network thread, the coordinator process in all; each mosquitto; the

@@ -35,8 +35,9 @@ published on ``runs/<run>/task`` any more, so unselected devices receive nothing
 2 one Task listing every selected id went to every device of the run, O(N^2) bytes through the
 broker: at 10 000 selected devices the Task was 120 KB, 1.2 GB per round (12 MB at 1000), and every
 device decoded a 10 000-id tuple; a per-device Task is ~225 bytes, 2.25 MB per round at 10 000.
-The cost moves to the coordinator: N signatures and N publishes when the round opens (measured
-0.75 s for 10 000 Tasks on the development machine, sign + encode; see docs/results.md).
+The cost moves to the coordinator: N signatures and N publishes when the round opens (10 000 Tasks:
+0.75 s to encode and sign, 0.4-0.6 s to hand to paho, isolated; 3-10 s of the main loop in a loaded
+10 000-device round; see docs/results.md "Fleet scale, per-device Task").
 Compatibility: agents still subscribe to ``runs/<run>/task`` (and accept a Task on either topic),
 so a revision-2 coordinator still works with revision-3 agents; revision-2 agents already accept a
 Task on their inbox (the re-send to a device that registers mid-round), so they work with a
