@@ -8,7 +8,9 @@ them do not fit in the ephemeral range 32768-60999.)
 
 Per device, as a real agent does on the wire: a will (retained ``Status`` offline, QoS 1), a retained
 ``Status`` online at connect and every ``heartbeat_s`` (each device at its own phase of the interval,
-not all at once), ``Register``, subscriptions to the run's task and its own ack (QoS 1). Message seqs
+not all at once), ``Register``, subscriptions to the run's task topic, its own ack and its own inbox (QoS 1),
+where each selected device gets its own Task (topic layout revision 3; a Task on the task topic, from a
+revision-2 coordinator, is decoded once per process and answered for the devices it lists). Message seqs
 come from the clock (one increasing counter per process; the coordinator drops any seq not above the
 last it accepted from a device). The update echoes the task's nonce and is chunked with
 ``protocol.split_into_chunks``; every fake returns the model it was sent (density 0.2), so the update
@@ -24,13 +26,15 @@ stands in for the process's selected devices (the broker's fan-out still deliver
 fakes do not each decode it).
 
 Protocol (stdin/stdout with the parent): prints ``ready`` once every device is connected, subscribed
-and registered; serves one round; prints one JSON line ``{"model_at", "sent_at", "encode_s",
-"updates", "connected_s"}`` (unix seconds / seconds); exits when the parent closes stdin.
+and registered; answers each device's Task (once the model is here) until the parent writes a line
+(the round closed), then prints one JSON line ``{"model_at", "sent_at", "acked_at", "encode_s", "updates",
+"connected_s"}`` (unix seconds / seconds; see :meth:`FakeFleet.report`); exits when the parent closes stdin.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -45,7 +49,7 @@ class FakeFleet:
     """``count`` fake devices ``fake-{first:05d}``.. on the broker at ``host:port`` (see the module docstring).
 
     ``heartbeat_s``: seconds between each device's retained online Status; ``upload_window``: see
-    :meth:`send_updates`."""
+    :meth:`serve`."""
 
     def __init__(self, host: str, port: int, first: int, count: int, heartbeat_s: float, upload_window: int = 0):
         from protocol import ChunkReassembler
@@ -55,10 +59,16 @@ class FakeFleet:
         self.first = first
         self.seqs = itertools.count(time.time_ns() // 1000)  # one increasing counter shared by this process's fakes
         self.clients: dict[str, object] = {}
-        self.tasks: list[bytes] = []
+        self.received: list[tuple[str, bytes]] = []  # (device, Task payload) not yet looked at
+        self.decoded: dict[bytes, object] = {}  # Task payload -> Task (a revision-2 Task reaches every device)
+        self.answered: set[tuple[str, int, str]] = set()  # (run, round, device)
+        self.uploads: list[asyncio.Future] = []
+        self.times: dict[str, float] = {}  # model_at, first_at, sent_at, acked_at (see report)
         self.model: dict = {}
+        self.payloads: dict[tuple, bytes] = {}  # (run, round, nonce) -> the update payload
         self.reassembler = ChunkReassembler()
         self.work = asyncio.Event()  # a Task or the model's last chunk arrived
+        self.window = asyncio.Semaphore(upload_window) if upload_window else contextlib.nullcontext()
 
     def encode(self, msg: object) -> bytes:
         return self.encode_seq(msg, next(self.seqs))
@@ -90,16 +100,18 @@ class FakeFleet:
         will = Message(topics.status(device_id), self.encode_seq(Status(device_id, "offline"), will_seq), qos=1,
                        retain=True)
 
+        inbox = topics.inbox(device_id)
+
         def on_message(client, topic, payload, qos, properties):  # noqa: ANN001, ANN202
-            if topic.endswith("/task") and not self.tasks:  # one run, one round: every device gets the same Task
-                self.tasks.append(payload)
+            if topic == inbox or topic.endswith("/task"):  # Tasks (an Ack of Register on the inbox is dropped later)
+                self.received.append((device_id, bytes(payload)))
                 self.work.set()
             return 0
 
         async with gate:
             client = await self._connect(device_id, will, on_message)
         client.subscribe([Subscription(f"{topics.ROOT}/runs/+/task", qos=1),
-                          Subscription(f"{topics.ROOT}/runs/+/ack/{device_id}", qos=1)])
+                          Subscription(f"{topics.ROOT}/runs/+/ack/{device_id}", qos=1), Subscription(inbox, qos=1)])
         client.publish(topics.status(device_id), self.encode(Status(device_id, "online")), qos=1, retain=True)
         client.publish(topics.register(device_id), self.encode(
             Register(device_id, Capabilities("x86_64", 1, 1024, {}), 40, will_seq)), qos=1)
@@ -158,59 +170,83 @@ class FakeFleet:
                 self.clients[d].publish(topics.status(d), self.encode(Status(d, "online")), qos=1,  # type: ignore
                                         retain=True)
 
-    async def serve_round(self) -> dict:
-        """Wait for a Task and the model; send every selected device's update; return the report."""
-        while not (self.tasks and "msg" in self.model):
-            self.work.clear()
+    async def serve(self) -> None:
+        """Until cancelled: each device's Task, once the model is here, starts that device's upload (at most
+        ``upload_window`` devices of this process at once: a device's slot is free once the broker
+        acknowledged all its packets; 0: no limit); a device answers a (run, round) once."""
+        while True:
             await self.work.wait()
-        model_at = time.time()
-        started = time.perf_counter()
-        sent = await self.send_updates()
-        report = {"model_at": model_at, "sent_at": time.time(), "encode_s": time.perf_counter() - started,
-                  "updates": sent}
-        await self._drained()
-        report["acked_at"] = time.time()
-        return report
+            self.work.clear()
+            if "msg" not in self.model:
+                continue
+            taken, self.received = self.received, []
+            answering = [pair for device_id, payload in taken for pair in self._selected_by(device_id, payload)]
+            for d, task in answering:
+                self.answered.add((task.run_id, task.server_round, d))  # type: ignore[attr-defined]
+                self.uploads.append(asyncio.ensure_future(self._upload(d, task)))
+            if answering:
+                self.times.setdefault("first_at", time.time())
+                self.times["model_at"] = time.time()
 
-    async def send_updates(self) -> int:
-        """Encode the update once, publish it in each selected device's envelope; the number sent.
+    def _selected_by(self, device_id: str, payload: bytes) -> list[tuple[str, object]]:
+        """(device, Task) pairs of this process that ``payload``, received by ``device_id``, asks to answer now:
+        a per-device Task selects its receiver; a revision-2 Task (decoded once) every listed device here."""
+        from protocol import ProtocolError, Task, decode_message
 
-        At most ``upload_window`` devices of this process upload at once (a device's slot is free once the
-        broker acknowledged all its packets); 0: every device hands its update to its socket at once."""
+        task = self.decoded.get(payload)
+        if task is None:
+            try:
+                task = decode_message(payload)
+            except ProtocolError:
+                return []
+            if len(payload) > 4096:  # keep only the big shared Task: per-device ones are seen once each
+                self.decoded[payload] = task
+        if not isinstance(task, Task):  # e.g. the Ack of a Register on the inbox
+            return []
+        devices = task.selected if len(task.selected) > 1 else (device_id,) if device_id in task.selected else ()
+        return [(d, task) for d in devices
+                if d in self.clients and (task.run_id, task.server_round, d) not in self.answered]
+
+    def _update_payload(self, task: object) -> bytes:
+        """The update payload for ``task``'s (run, round, nonce): the model sent back, encoded once per process."""
         from feddst_core.models import MNIST_CNN
         from feddst_core.wire_format import model_from_tensors, update_message
-        from protocol import Task, Update, decode_envelope, decode_message, split_into_chunks, topics
+        from protocol import decode_envelope
+
+        key = (task.run_id, task.server_round, task.task_nonce)  # type: ignore[attr-defined]
+        if key not in self.payloads:
+            params, masks = model_from_tensors(self.model["msg"].tensors, MNIST_CNN.masked_names())
+            template = update_message(key[0], key[1], self.ids[0], params, masks, masks, 40, 0.0, 0.0)
+            template = dataclasses.replace(template, task_nonce=key[2])
+            self.payloads[key] = bytes(decode_envelope(self.encode(template)).payload)
+        return self.payloads[key]
+
+    async def _upload(self, d: str, task: object) -> None:
+        """Device ``d``'s update for ``task`` in its own envelope, chunked, within the upload window."""
+        from protocol import Update, split_into_chunks, topics
         from protocol.envelope import encode_envelope
 
-        task = decode_message(self.tasks[0])
-        assert isinstance(task, Task)
-        params, masks = model_from_tensors(self.model["msg"].tensors, MNIST_CNN.masked_names())
-        template = update_message(task.run_id, task.server_round, self.ids[0], params, masks, masks, 40, 0.0, 0.0)
-        template = dataclasses.replace(template, task_nonce=task.task_nonce)
-        payload = bytes(decode_envelope(self.encode(template)).payload)
-        selected = set(task.selected)
-        devices = [d for d in self.ids if d in selected]
-
-        def publish(d: str) -> object:
-            data = encode_envelope(Update.MESSAGE_TYPE, task.run_id, task.server_round, d, next(self.seqs),
-                                   time.time_ns() // 1_000_000, payload, None)
+        run_id, server_round = task.run_id, task.server_round  # type: ignore[attr-defined]
+        async with self.window:
+            data = encode_envelope(Update.MESSAGE_TYPE, run_id, server_round, d, next(self.seqs),
+                                   time.time_ns() // 1_000_000, self._update_payload(task), None)
             client = self.clients[d]
             for packet in split_into_chunks(data):
-                client.publish(topics.update(task.run_id, d), packet, qos=1)  # type: ignore[attr-defined]
-            return client
+                client.publish(topics.update(run_id, d), packet, qos=1)  # type: ignore[attr-defined]
+            self.times["sent_at"] = time.time()
+            await client._persistent_storage.wait_empty()  # type: ignore[attr-defined]
+        self.times["acked_at"] = time.time()
 
-        if not self.upload_window:
-            for d in devices:
-                publish(d)
-            return len(devices)
-        gate = asyncio.Semaphore(self.upload_window)
-
-        async def upload(d: str) -> None:
-            async with gate:
-                await publish(d)._persistent_storage.wait_empty()  # type: ignore[attr-defined]
-
-        await asyncio.gather(*(upload(d) for d in devices))
-        return len(devices)
+    async def report(self) -> dict:
+        """After the round: ``model_at`` (unix s: the process held the model and the last Task it got),
+        ``sent_at`` (the last update handed to its socket), ``acked_at`` (the broker acknowledged the last),
+        ``encode_s`` (wall seconds from the first Task answered to ``sent_at``: the bench's encoding and
+        publishing, upload-window waits included), ``updates`` (devices answered)."""
+        await asyncio.gather(*self.uploads)
+        await self._drained()
+        t = self.times
+        return {"model_at": t.get("model_at"), "sent_at": t.get("sent_at"), "acked_at": t.get("acked_at"),
+                "encode_s": t.get("sent_at", 0.0) - t.get("first_at", 0.0), "updates": len(self.uploads)}
 
     async def close(self) -> None:
         for client in [*self.clients.values(), self.receiver]:
@@ -229,7 +265,10 @@ async def run_fakes(host: str, port: int, first: int, count: int, heartbeat_s: f
     connected_s = time.perf_counter() - t0
     print("ready", flush=True)
     beats = asyncio.ensure_future(fleet.heartbeats())
-    report = await fleet.serve_round()
+    serving = asyncio.ensure_future(fleet.serve())
+    await _read_stdin_line()  # the parent: the round closed
+    serving.cancel()
+    report = await fleet.report()
     report["connected_s"] = connected_s
     print(json.dumps(report), flush=True)
     await _read_stdin_line()  # the parent closes stdin when done

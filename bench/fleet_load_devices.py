@@ -3,7 +3,9 @@
 ``COUNT`` devices ``load-<FIRST>..`` each on its own paho MQTT 3.1.1 connection to ``127.0.0.1:PORT``:
 retained ``Status(online)`` + last will ``Status(offline)``, a ``Register``, then a ``Status`` every
 ``HEARTBEAT_S`` seconds (device ``i`` at phase ``i / COUNT`` of the period, so beats are spread like a real
-fleet's). Every ``Task`` that selects one of them is answered once per (run, round) with an ``Update``
+fleet's). Every ``Task`` that selects one of them (on the device's inbox, one per selected device: topic
+layout revision 3; or on the run's task topic from a revision-2 coordinator) is answered once per (run,
+round) with an ``Update``
 holding the task's global model unchanged, ``TRAIN_S`` seconds after the Task arrived (standing in for
 local training; the task's nonce echoed; messages numbered from the clock,
 as agents do). One receiver connection per process takes the retained model chunks for every round
@@ -92,7 +94,8 @@ class Devices:
                    retain=True)
         c.on_message = lambda cl, u, m: self.inbox.put((device_id, m.topic, bytes(m.payload)))
         c.connect("127.0.0.1", self.port, keepalive=60)
-        c.subscribe([(f"{topics.ROOT}/runs/+/task", 1), (f"{topics.ROOT}/runs/+/ack/{device_id}", 1)])
+        c.subscribe([(f"{topics.ROOT}/runs/+/task", 1), (f"{topics.ROOT}/runs/+/ack/{device_id}", 1),
+                     (topics.inbox(device_id), 1)])  # its own Task arrives on its inbox (topic layout revision 3)
         c.loop_start()
         c.publish(topics.status(device_id), self.encode(Status(device_id, "online")), qos=1, retain=True)
         c.publish(topics.register(device_id), self.encode(
@@ -125,9 +128,9 @@ class Devices:
         return True
 
     def handle(self, topic: str, payload: bytes, seen: set[bytes], waiting: list[tuple[float, Task]]) -> None:
-        if topic.endswith("/task"):
+        if topic.endswith(("/task", "/inbox")):
             if payload in seen:
-                return  # every device of the process got the same Task
+                return  # a QoS 1 duplicate, or a revision-2 coordinator's one Task reaching every device here
             seen.add(payload)
             msg = decode_message(payload)
             if isinstance(msg, Task):

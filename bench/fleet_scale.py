@@ -16,11 +16,13 @@ Breakdown of the round (``scale_breakdown`` in ``--json``), all from wall-clock 
 one machine and CPU seconds read from ``/proc`` (via psutil) at the round's start and end:
 
 * timeline (seconds from the round's start, ``started_at``): ``broadcast`` (the coordinator signs,
-  encodes and hands the model and Task to paho), ``model_at`` (the last fake process holding the model
-  and the Task), ``fakes_sent_at`` (the last fake process done encoding and handing its updates to
-  its sockets: the **bench's** cost), ``fakes_acked_at`` (the broker acknowledged them all),
-  ``last_update_at`` (the last accepted update reaching the coordinator's MQTT callback), ``closed_at``
-  (the round closed: every queued update decoded, checked and added, the aggregation finished);
+  encodes and hands the model and the Tasks to paho), ``tasks`` (the part of it signing one Task per
+  selected device and handing each to paho on the device's inbox), ``model_at`` (the last fake process
+  holding the model and the last of its devices' Tasks), ``fakes_sent_at`` (the last fake process done
+  encoding and handing its updates to its sockets: the **bench's** cost), ``fakes_acked_at`` (the broker
+  acknowledged them all), ``last_update_at`` (the last accepted update reaching the coordinator's MQTT
+  callback), ``closed_at`` (the round closed: every queued update decoded, checked and added, the
+  aggregation finished);
 * CPU seconds during the round (from the round's opening, after the coordinator's post-connect grace,
   to ``wait_for_run``'s return; ``cpu_window_s`` says how long that was): the coordinator's main loop,
   its MQTT decoder thread, paho's network thread, the coordinator process in all; each mosquitto; the
@@ -142,7 +144,8 @@ def coordinator_process(url: str, state_dir: str, agents: int, profile: bool) ->
         record = rounds[0] if rounds else {}
         received = record.get("update_received_at", {})
         print(json.dumps({"status": final.status, "error": final.error, "round_s": record.get("seconds"),
-                          "broadcast_s": record.get("broadcast_s"), "aggregation_s": record.get("aggregation_s"),
+                          "broadcast_s": record.get("broadcast_s"), "tasks_s": record.get("tasks_s"),
+                          "aggregation_s": record.get("aggregation_s"),
                           "started_at": record.get("started_at"), "closed_at": record.get("closed_at"),
                           "last_update_at": max(received.values()) if received else None,
                           "first_update_at": min(received.values()) if received else None,
@@ -203,7 +206,7 @@ BRIDGE_TOPICS = [f"{t} 1" for t in (
     "feddst/v1/devices/+/status out", "feddst/v1/devices/+/register out", "feddst/v1/runs/+/update/+ out",
     "feddst/v1/runs/+/task in", "feddst/v1/runs/+/control in", "feddst/v1/runs/+/ack/+ in",
     "feddst/v1/runs/+/model/+/+ in", "feddst/v1/runs/+/final in", "feddst/v1/devices/+/inbox in")]
-UPLOAD_WINDOW = 64  # devices per fake process uploading at once (bench/fleet_fakes.py FakeFleet.send_updates)
+UPLOAD_WINDOW = 64  # devices per fake process uploading at once (bench/fleet_fakes.py FakeFleet.serve)
 BROKER_CONFIG = ["max_queued_messages 0", "max_inflight_messages 0", "sys_interval 1", "max_connections -1"]
 
 
@@ -307,6 +310,10 @@ def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: boo
         if result["status"] != "completed":
             raise RuntimeError(f"scale round {result['status']}: {result['error']}")
         time.sleep(1.5)  # one more $SYS sample after the round's close
+        for p in fakes:  # the round closed: each fake process stops answering and reports
+            assert p.stdin is not None
+            p.stdin.write("\n")
+            p.stdin.flush()
         fake_reports = [json.loads(p.stdout.readline()) for p in fakes if p.stdout is not None]
         result["breakdown"] = breakdown(result, fake_reports, cpu_before, cpu_after, sys_counters)
         result["breakdown"].update(brokers=len(brokers), fake_procs=len(fakes), heartbeat_s=heartbeat_s,
@@ -337,7 +344,7 @@ def breakdown(result: dict, fakes: list[dict], cpu_before: dict, cpu_after: dict
     Every party's CPU is read at the round's start and end (the brokers' and fakes' by the parent, as
     the coordinator child reports them; the coordinator's by itself)."""
     t0 = result["started_at"]
-    timeline = {"broadcast": result["broadcast_s"],
+    timeline = {"broadcast": result["broadcast_s"], "tasks": result.get("tasks_s") or 0.0,
                 "model_at": max(f["model_at"] for f in fakes) - t0,
                 "fakes_sent_at": max(f["sent_at"] for f in fakes) - t0,
                 "fakes_acked_at": max(f["acked_at"] for f in fakes) - t0,
@@ -364,7 +371,8 @@ def print_breakdown(agents: int, result: dict) -> None:
     print(f"scale breakdown ({agents} agents, {b.get('fake_procs')} fake processes, {b.get('brokers')} broker(s), "
           f"heartbeat {b.get('heartbeat_s')} s, upload window {b.get('upload_window')} per process; seconds from "
           "the round's start):")
-    print(f"  broadcast done {t['broadcast']:.3f}  last fake has model+task {t['model_at']:.3f}  "
+    print(f"  broadcast done {t['broadcast']:.3f} (of which Tasks signed + handed to paho {t.get('tasks', 0.0):.3f})  "
+          f"last fake has model+task {t['model_at']:.3f}  "
           f"fakes done sending (bench) {t['fakes_sent_at']:.3f}  all acked by broker {t['fakes_acked_at']:.3f}")
     print(f"  first update at coordinator {t['first_update_at']:.3f}  last {t['last_update_at']:.3f}  "
           f"round closed {t['closed_at']:.3f} (aggregation adds + finish {result['scale_aggregation_s']:.3f} s)")

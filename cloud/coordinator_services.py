@@ -134,7 +134,7 @@ class CoordinatorServices:
         if ex.model_chunk_topics:
             self._count_publish(topics.model(ex.run_id, server_round),
                                 self.link.clear_model(ex.run_id, server_round, ex.model_chunk_topics))
-        ex.model_chunk_topics, ex.task_bytes = 0, b""
+        ex.model_chunk_topics, ex.task_bytes = 0, {}
 
     def _fail_active(self, reason: str) -> None:
         with self._lock:

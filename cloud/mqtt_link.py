@@ -108,6 +108,16 @@ class PublishResult:
     detail: str = ""
 
 
+MAX_INFLIGHT = 0
+"""QoS 1 messages the coordinator's client keeps in flight at once; 0: no limit, so a round's per-device
+Tasks (one per selected device, all handed to paho when the round opens) leave at once instead of
+waiting for PUBACKs queued behind the devices' update traffic on the inbound stream. Measured at 10 000
+devices (docs/results.md, "Fleet scale, per-device Task"): with 64 the last Task reached the fakes 32.5 s
+into the round; with 65535 paho re-scanned every unacknowledged message on each PUBACK (O(N^2): its network
+thread's CPU doubled); 0 skips that scan. paho keeps every unacknowledged message either way (queue
+unbounded); packet ids are 16 bits, so more than 65 535 messages in flight at once would reuse ids."""
+
+
 class WireCountingClient(mqtt.Client):
     """A paho client that counts the bytes it writes to and reads from its socket (MQTT level, under TLS)."""
 
@@ -211,7 +221,7 @@ class CoordinatorLink:
         if tls:
             files = tls_files or TlsFiles()
             self.client.tls_set(ca_certs=files.ca_file, certfile=files.cert_file, keyfile=files.key_file)
-        self.client.max_inflight_messages_set(64)
+        self.client.max_inflight_messages_set(MAX_INFLIGHT)
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(min_delay=1, max_delay=15)
         self.client.on_connect = self._on_connect

@@ -10,8 +10,10 @@ round closes, retries or fails.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,7 @@ import torch
 
 from cloud.checkpoints import OpenRound, rng_from_state
 from cloud.coordinator_services import STATUS_PAYLOAD_BYTES, CoordinatorServices, log
+from cloud.mqtt_link import PublishResult
 from cloud.round_collector import RoundCollector
 from cloud.run_config import RunConfig
 from cloud.run_execution import RunExecution, checkpoint_of, execution_from_checkpoint
@@ -159,32 +162,60 @@ class RoundLifecycle(CoordinatorServices):
         ex.broadcast_s, ex.published_at = time.perf_counter() - encode_started, time.time()
 
     def _send_round(self, ex: RunExecution, selected: tuple[str, ...], new_devices: tuple[str, ...]) -> None:
+        """Publish the round's model (once: retained) and a new Task (new deadline) for every selected device
+        not yet accepted; ``new_devices`` (all of ``selected`` when the round opens, a retry's extras) are
+        charged the model."""
         c, r = ex.config, ex.server_round + 1
         if not ex.model_chunk_topics:  # retained: a retry's extra devices subscribe and get it, no re-publish
             result, ex.model_chunk_topics = self.link.publish_model(ex.run_id, r, ex.broadcast)
             self._count_publish(topics.model(ex.run_id, r), result)
         ex.deadline = time.time() + c.round_timeout_s
         fraction = ex.readjust_fraction
-        task = Task(ex.run_id, r, selected, model_round=r, local_epochs=c.local_epochs, batch_size=c.batch_size,
-                    lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
-                    prox_mu=ex.prox_mu,
-                    readjust=fraction > 0, alpha=fraction, deadline_unix=ex.deadline, seed=c.seed,
-                    model_name=c.model, task_nonce=ex.task_nonce)
-        task_bytes = ex.task_bytes = self._sign(task)
-        self._publish(topics.task(ex.run_id), task_bytes, topics.QOS_TASK)
+        template = Task(ex.run_id, r, (), model_round=r, local_epochs=c.local_epochs, batch_size=c.batch_size,
+                        lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                        prox_mu=ex.prox_mu,
+                        readjust=fraction > 0, alpha=fraction, deadline_unix=ex.deadline, seed=c.seed,
+                        model_name=c.model, task_nonce=ex.task_nonce)
+        accepted = ex.collector.accepted if ex.collector is not None else {}
+        pending = [d for d in selected if d not in accepted]
+        started = time.perf_counter()
+        # All signed before the first is published: once Tasks are out, updates arrive and the decoder thread
+        # competes for the GIL (signing each just before its publish took 9.7 s for 10 000, docs/results.md).
+        for device_id in pending:
+            ex.task_bytes[device_id] = self._sign(dataclasses.replace(template, selected=(device_id,)))
+        signed_s = time.perf_counter() - started
+        self._deliver_tasks(ex, pending)
+        ex.tasks_s = time.perf_counter() - started
+        log.info("round %s: %d tasks signed in %.3f s, handed to the MQTT client in %.3f s", r, len(pending),
+                 signed_s, ex.tasks_s - signed_s)
         self._charge_model_download(ex, new_devices)
 
+    def _deliver_tasks(self, ex: RunExecution, devices: Iterable[str]) -> None:
+        """Publish each device's Task of the open round (``ex.task_bytes``) on its own inbox and charge the
+        device those bytes (topic layout revision 3: nothing on the run's task topic; see protocol/topics.py).
+        Used by the round's send, the re-send to a device that registers again and the re-announce."""
+        queued: list[str] = []
+        for device_id in devices:
+            data = ex.task_bytes[device_id]
+            result = self.link.publish(topics.inbox(device_id), data, qos=topics.QOS_TASK)
+            if not result.ok:
+                queued.append(result.detail)
+            self.registry.add_bytes_down((device_id,), len(data))
+        if queued:  # one warning for the lot (at 10 000 devices, not 10 000 lines)
+            self._count_publish(topics.inbox("+"), PublishResult(False, f"{len(queued)} tasks: {queued[0]}"))
+
     def _charge_model_download(self, ex: RunExecution, devices: tuple[str, ...]) -> None:
-        """Count the round's model (and its Task) as downloaded by ``devices``: run total, metric, per device."""
+        """Count the round's model as downloaded by ``devices``: run total, metric, per device (each device's
+        Task is charged by :meth:`_deliver_tasks`, its own bytes)."""
         ex.download_bytes += len(ex.broadcast) * len(devices)
         self.metrics.download_bytes.inc(len(ex.broadcast) * len(devices))
-        self.registry.add_bytes_down(devices, len(ex.broadcast) + len(ex.task_bytes))
+        self.registry.add_bytes_down(devices, len(ex.broadcast))
 
     def _resend_task_to(self, device_id: str) -> None:
-        """A device that (re)registers while selected for the open round and not yet accepted gets the Task
+        """A device that (re)registers while selected for the open round and not yet accepted gets its Task
         again on its inbox (a restarted agent's new session never saw it); the model is retained."""
         ex = self._execution
-        if ex is None or ex.collector is None or not ex.task_bytes:
+        if ex is None or ex.collector is None or device_id not in ex.task_bytes:
             return
         collector = ex.collector
         if device_id not in collector.selected or device_id in collector.accepted:
@@ -192,26 +223,26 @@ class RoundLifecycle(CoordinatorServices):
         ex.counters["task_resent_on_register"] += 1
         log.info("device %s registered during round %s it is selected for; re-sending its task", device_id,
                  collector.server_round)
-        self._publish(topics.inbox(device_id), ex.task_bytes, topics.QOS_TASK)
-        self.registry.add_bytes_down((device_id,), len(ex.task_bytes))
+        self._deliver_tasks(ex, (device_id,))
 
     def _reannounce_open_round(self) -> None:
         """The broker came back without this coordinator's session (restarted without persistence): what
         devices published while it was not subscribed (re-sent updates) is gone, and so are the retained model
-        chunks. Publish the open round's model chunks and its Task again (same nonce and deadline): a device that
-        kept its update re-sends it on the repeated Task, one still training goes on, one still waiting for the
-        model gets it. Download bytes are counted for the selected devices not yet accepted."""
+        chunks. Publish the open round's model chunks and each pending device's Task again (same bytes: nonce
+        and deadline): a device that kept its update re-sends it on the repeated Task, one still training goes
+        on, one still waiting for the model gets it. Model and Task bytes are charged to the selected devices
+        not yet accepted."""
         ex = self._execution
         if ex is None or ex.collector is None or not ex.task_bytes or not ex.broadcast:
             return
         collector = ex.collector
-        pending = tuple(d for d in collector.selected if d not in collector.accepted)
+        pending = tuple(d for d in collector.selected if d not in collector.accepted and d in ex.task_bytes)
         ex.counters["round_reannounced"] += 1
         log.warning("the broker lost this coordinator's session; re-publishing round %s's model and task for %d "
                     "pending devices", collector.server_round, len(pending))
         result, ex.model_chunk_topics = self.link.publish_model(ex.run_id, collector.server_round, ex.broadcast)
         self._count_publish(topics.model(ex.run_id, collector.server_round), result)
-        self._publish(topics.task(ex.run_id), ex.task_bytes, topics.QOS_TASK)
+        self._deliver_tasks(ex, pending)
         self._charge_model_download(ex, pending)
 
     def _retry_round(self, ex: RunExecution, now: float) -> None:
@@ -268,7 +299,8 @@ class RoundLifecycle(CoordinatorServices):
             "status_upload_bytes": ex.counters[STATUS_PAYLOAD_BYTES],
             "layer_density": {name: float(m.to(torch.float32).mean()) for name, m in new_state.masks.items()},
             "started_at": ex.round_started, "closed_at": time.time(),
-            "broadcast_s": ex.broadcast_s, "published_at": ex.published_at, "aggregation_s": aggregation_s,
+            "broadcast_s": ex.broadcast_s, "tasks_s": ex.tasks_s, "published_at": ex.published_at,
+            "aggregation_s": aggregation_s,
             "update_received_at": dict(sorted(ex.update_received_at.items())),
             "errors": {d: {"code": c, "detail": t} for d, (c, t) in sorted(collector.errors.items())},
         }

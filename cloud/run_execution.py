@@ -39,11 +39,13 @@ class RunExecution:
     retries: int = 0
     round_started: float = 0.0
     broadcast: bytes = b""
-    broadcast_s: float = 0.0  # open round: signing + encoding the ModelBroadcast, handing it and the Task to paho
-    published_at: float = 0.0  # open round: Unix time its model and Task were handed to paho
+    broadcast_s: float = 0.0  # open round: signing + encoding the ModelBroadcast, handing it and the Tasks to paho
+    tasks_s: float = 0.0  # open round (last send, a retry's included): signing the Tasks and handing them to paho
+    published_at: float = 0.0  # open round: Unix time its model and Tasks were handed to paho
     update_received_at: dict[str, float] = field(default_factory=dict)  # device -> Unix time its update arrived
     model_chunk_topics: int = 0  # retained chunk topics of the open round's model (cleared when it closes)
-    task_bytes: bytes = b""  # the open round's signed Task (re-sent to a selected device that registers again)
+    task_bytes: dict[str, bytes] = field(default_factory=dict)  # open round: device -> its signed Task, as sent
+    # (published again on the device's inbox when it registers again, or after a lost broker session)
     task_nonce: int = 0  # of the open round: the updates answering its Task must echo it
     readjust_fraction: float = 0.0  # alpha_t of the open round
     prox_mu: float = 0.0

@@ -53,8 +53,10 @@ class RoundOut(BaseModel):
     started_at: float | None = Field(None, description="Unix seconds when the round's task was first sent.")
     closed_at: float | None = Field(None, description="Unix seconds when the round closed.")
     broadcast_s: float | None = Field(None, description="Seconds the coordinator spent signing and encoding the "
-                                      "round's ModelBroadcast and handing it and the Task to the MQTT client.")
-    published_at: float | None = Field(None, description="Unix seconds when the round's model and Task were "
+                                      "round's ModelBroadcast and handing it and the Tasks to the MQTT client.")
+    tasks_s: float | None = Field(None, description="The part of broadcast_s (or of the last retry's send) spent "
+                                  "signing each selected device's Task and handing it to the MQTT client.")
+    published_at: float | None = Field(None, description="Unix seconds when the round's model and Tasks were "
                                        "handed to the MQTT client.")
     aggregation_s: float | None = Field(None, description="Seconds spent aggregating the accepted updates "
                                         "(streaming adds + finish).")

@@ -10,8 +10,10 @@ the ``ModelBroadcast`` of its ``model_round`` may arrive in either order; once b
 the (run, round) has not been handled before, training starts (a repeated task is handled once).
 Model delivery: a Task that selects this device makes it subscribe to that round's retained model
 chunk topics (``topics.model_filter``); it unsubscribes once the model is whole. Unselected devices
-never receive model bytes. Tasks arrive on the run's task topic, or on this device's inbox when
-the coordinator re-sends one to a device that registered again mid-round.
+never receive model bytes. Tasks arrive on this device's inbox, one per round listing only this
+device (topic layout revision 3; also the re-send to a device that registered again mid-round), or
+on the run's task topic, which the agent still subscribes to for revision-2 coordinators (one Task
+listing every selected id).
 
 Deadlines are relative: the time left is the Task's ``deadline_unix`` minus its envelope
 timestamp (both on the coordinator's clock), counted from receipt on this device's monotonic

@@ -103,7 +103,9 @@ class Status:
 
 @dataclass(frozen=True)
 class Task:
-    """Coordinator -> devices, once per round on the run's task topic.
+    """Coordinator -> devices, once per round: to each selected device on its own inbox, ``selected``
+    listing only that device (topic layout revision 3, see :mod:`protocol.topics`); a revision-2
+    coordinator publishes one Task listing every selected id on the run's task topic.
 
     Only the devices in ``selected`` train. ``deadline_unix`` is the Unix time (seconds) by
     which the update must arrive. ``readjust`` asks for a mask readjustment with fraction

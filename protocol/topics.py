@@ -3,7 +3,7 @@
 Layout (``<run>`` and ``<device>`` are identifiers, see ``protocol.messages.IDENTIFIER_PATTERN``,
 so they never contain ``/``, ``+`` or ``#``)::
 
-    feddst/v1/runs/<run>/task              coordinator -> all devices  Task (lists the selected ids)
+    feddst/v1/runs/<run>/task              coordinator -> all devices  nothing since revision 3 (was: the Task)
     feddst/v1/runs/<run>/model/<round>/<i> coordinator -> selected     chunk i of round's ModelBroadcast (retained)
     feddst/v1/runs/<run>/control           coordinator -> all devices  Abort
     feddst/v1/runs/<run>/final             coordinator -> subscribers  RunCompleted (the final model, chunked)
@@ -11,7 +11,7 @@ so they never contain ``/``, ``+`` or ``#``)::
     feddst/v1/runs/<run>/ack/<device>      coordinator -> device       Ack of an update
     feddst/v1/devices/<device>/register    device -> coordinator       Register
     feddst/v1/devices/<device>/status      device -> coordinator       Status heartbeat + last will
-    feddst/v1/devices/<device>/inbox       coordinator -> device       Ack of a register
+    feddst/v1/devices/<device>/inbox       coordinator -> device       this device's Task; Ack of a register
 
 Runs and devices live under different second-level segments (``runs`` / ``devices``) so no run
 id can collide with a device topic. Everything a device may *write* ends in its own id, so a
@@ -27,6 +27,21 @@ bytes, while the broker still does the fan-out (the coordinator uploads the mode
 chunks also reach a device selected later (a retried round) or one that restarted mid-round and
 subscribes again. The coordinator clears them (empty retained publishes) when the round closes;
 devices ignore empty payloads.
+
+Task delivery (topic layout revision 3): each selected device gets its own Task, listing only
+itself in ``selected``, on its own ``devices/<device>/inbox`` (same message type, schema and
+signature as before: each is Ed25519-signed by the coordinator with its own seq); nothing is
+published on ``runs/<run>/task`` any more, so unselected devices receive nothing. Why: in revision
+2 one Task listing every selected id went to every device of the run, O(N^2) bytes through the
+broker: at 10 000 selected devices the Task was 120 KB, 1.2 GB per round (12 MB at 1000), and every
+device decoded a 10 000-id tuple; a per-device Task is ~225 bytes, 2.25 MB per round at 10 000.
+The cost moves to the coordinator: N signatures and N publishes when the round opens (10 000 Tasks:
+0.75 s to encode and sign, 0.4-0.6 s to hand to paho, isolated; 3-10 s of the main loop in a loaded
+10 000-device round; see docs/results.md "Fleet scale, per-device Task").
+Compatibility: agents still subscribe to ``runs/<run>/task`` (and accept a Task on either topic),
+so a revision-2 coordinator still works with revision-3 agents; revision-2 agents already accept a
+Task on their inbox (the re-send to a device that registers mid-round), so they work with a
+revision-3 coordinator. The ACL templates keep ``runs/+/task`` for that reason.
 
 QoS and retain (see :data:`TOPIC_POLICIES` for the per-topic reasons): everything uses QoS 1
 (at least once; decoders tolerate duplicates: chunk duplicates are ignored and messages carry
@@ -73,8 +88,9 @@ class TopicPolicy:
 
 TOPIC_POLICIES: tuple[TopicPolicy, ...] = (
     TopicPolicy(f"{ROOT}/runs/<run>/task", "coordinator", QOS_TASK, RETAIN_TASK,
-                "Published once per round; not retained so a device joining later never acts on a "
-                "stale round; devices use persistent sessions so QoS 1 queues it across short drops."),
+                "Nothing since topic layout revision 3 (the Task goes to each selected device's inbox); "
+                "devices still subscribe, for revision-2 coordinators, which publish the round's one Task "
+                "here; not retained so a device joining later never acts on a stale round."),
     TopicPolicy(f"{ROOT}/runs/<run>/model/<round>/<chunk>", "coordinator", QOS_MODEL, RETAIN_MODEL,
                 "One retained topic per chunk, so a device that subscribes when a Task selects it "
                 "(or again after a restart) gets every chunk, and unselected devices get none; "
@@ -93,8 +109,10 @@ TOPIC_POLICIES: tuple[TopicPolicy, ...] = (
     TopicPolicy(f"{ROOT}/devices/<device>/status", "device", QOS_STATUS, RETAIN_STATUS,
                 "Retained so a restarting coordinator immediately sees every device's last state; "
                 "the MQTT last will is a retained Status 'offline' on this topic."),
-    TopicPolicy(f"{ROOT}/devices/<device>/inbox", "coordinator", QOS_ACK, RETAIN_ACK,
-                "Direct replies to a device (Ack of Register); not retained."),
+    TopicPolicy(f"{ROOT}/devices/<device>/inbox", "coordinator", QOS_TASK, RETAIN_ACK,
+                "To one device: its Task of a round (revision 3; QoS 1, and devices use persistent "
+                "sessions, so it is queued across short drops) and Acks of its Register; not retained, "
+                "so a device joining later never acts on a stale round."),
 )
 
 
