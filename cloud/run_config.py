@@ -64,6 +64,12 @@ class CapabilityFilter(BaseModel):
     arch: str | None = None
 
 
+MAX_CLIENTS_PER_ROUND = 20_000
+"""The coordinator keeps any number of QoS 1 messages in flight (``cloud.mqtt_link.MAX_INFLIGHT``) and a round
+sends each selected device its own Task and Ack: with more than 65 535 unacknowledged at once, packet ids
+(16 bits) would be reused. 20 000 devices per round leave room for both plus the model chunks."""
+
+
 class RunConfig(BaseModel):
     """One federated run. Defaults are the paper's MNIST setting, except the model (digits_cnn)."""
 
@@ -81,7 +87,9 @@ class RunConfig(BaseModel):
     prox_mu: float = Field(0.0, ge=0.0)
     server_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="fedavgm only")
     min_votes: int = Field(1, ge=1)
-    clients_per_round: int = Field(20, ge=1)
+    clients_per_round: int = Field(20, ge=1, le=MAX_CLIENTS_PER_ROUND,
+                                   description="devices selected per round (at most 20 000: each gets its own "
+                                               "QoS 1 Task and Ack, and MQTT packet ids are 16 bits)")
     rounds: int = Field(200, ge=1)
     local_epochs: int = Field(10, ge=0)
     batch_size: int = Field(32, ge=1)

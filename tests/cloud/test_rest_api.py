@@ -30,6 +30,7 @@ def api(mosquitto, tmp_path):
 @pytest.mark.parametrize("body, field", [
     ({"sparsity": 1.5}, "sparsity"), ({"algorithm": "sgd"}, "algorithm"), ({"model": "resnet"}, "model"),
     ({"quorum": 5, "clients_per_round": 2}, "quorum"), ({"bogus": 1}, "bogus"), ({"rounds": 0}, "rounds"),
+    ({"clients_per_round": 20_001}, "clients_per_round"),  # more per-device Tasks than packet ids can cover
 ])
 def test_bad_run_configs_are_422_with_the_field_named(api, body, field):
     client, _ = api
