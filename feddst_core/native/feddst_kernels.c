@@ -42,7 +42,7 @@ static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
 static inline v8 splat8(float w) { return (v8){w, w, w, w, w, w, w, w}; }
 
-int feddst_abi_version(void) { return 6; }
+int feddst_abi_version(void) { return 7; }
 
 /* Every entry point returns FEDDST_OK, or FEDDST_ENOMEM when a scratch allocation failed (outputs are
  * then incomplete: the Python wrapper raises MemoryError and drops them). */
@@ -451,11 +451,13 @@ static inline void maxpool_row_s1(const float *x0, int W, int K, int Wo, int rel
  * is computed into a per-thread scratch (padded layout, row stride W, as in feddst_sconv_forward) and
  * pooled from there while it is in cache, so the (B, O, Ho, Wo) convolution output is never written.
  * y (B, O, Hp, Wp) and arg (B, O, Hp, Wp) uint8 are exactly feddst_maxpool_forward's outputs on
- * feddst_sconv_forward's output (the same sums in the same order): Hp = Ho - Kp + 1, Wp = Wo - Kp + 1. */
+ * feddst_sconv_forward's output (the same sums in the same order): Hp = Ho - Kp + 1, Wp = Wo - Kp + 1.
+ * batch_last != 0 writes y batch-last instead, (O, Hp, Wp, B) (the (features, B) layout the CSR linear layer
+ * reads, so a following Flatten needs no transposing copy); arg stays (B, O, Hp, Wp). */
 FEDDST_CLONES
 int feddst_sconv_pool_forward(const float *x, int B, int C, int H, int W, const int32_t *crow, const int32_t *col,
-                               const float *val, const float *bias, int O, int K, int Kp, int relu, float *y,
-                               uint8_t *arg, int nthreads) {
+                               const float *val, const float *bias, int O, int K, int Kp, int relu, int batch_last,
+                               float *y, uint8_t *arg, int nthreads) {
     const int Ho = H - K + 1, Wo = W - K + 1, KK = K * K, plane = H * W;
     const int Hp = Ho - Kp + 1, Wp = Wo - Kp + 1;
     const int Lv = (Ho - 1) * W + Wo;
@@ -469,7 +471,7 @@ int feddst_sconv_pool_forward(const float *x, int B, int C, int H, int W, const 
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
-        float *tmp = malloc(sizeof(float) * (size_t)(Lv + VL));
+        float *tmp = malloc(sizeof(float) * (size_t)(Lv + VL + Wp)); /* the conv plane, then one pooled row */
         if (!tmp) {
             #pragma omp atomic write
             failed = 1;
@@ -489,9 +491,15 @@ int feddst_sconv_pool_forward(const float *x, int B, int C, int H, int W, const 
                 tmp[i] = a;
             }
             const size_t out0 = ((size_t)b * O + o) * Hp * Wp;
-            for (int r = 0; r < Hp; r++) /* reads tmp rows r..r+Kp-1, columns < Wo: all computed */
-                maxpool_row_s1(tmp + (size_t)r * W, W, Kp, Wp, relu, y + out0 + (size_t)r * Wp,
-                               arg + out0 + (size_t)r * Wp);
+            float *pooled = tmp + Lv + VL;
+            for (int r = 0; r < Hp; r++) { /* reads tmp rows r..r+Kp-1, columns < Wo: all computed */
+                float *yr = batch_last ? pooled : y + out0 + (size_t)r * Wp;
+                maxpool_row_s1(tmp + (size_t)r * W, W, Kp, Wp, relu, yr, arg + out0 + (size_t)r * Wp);
+                if (batch_last) {
+                    float *yb = y + (((size_t)o * Hp + r) * Wp) * B + b;
+                    for (int q = 0; q < Wp; q++) yb[(size_t)q * B] = pooled[q];
+                }
+            }
         }
         free(tmp);
     }
@@ -545,12 +553,17 @@ int feddst_maxpool_forward(const float *x, long N, int H, int W, int K, int S, i
 /* One plane of a stride-1 max-pool's backward, as a gather: gx[i] for i < Hi * ld (rows of the pool's
  * input, Hi x Wi, at row stride ld >= Wi; columns >= Wi come out 0) = the sum over window offsets d, in
  * (kh, kw) order, of gy[i - d] where arg == d. g, a: scratch of P + Hi*ld (P = (K-1)*ld + K-1) floats and
- * ints, zero except at the (Hi-K+1) x (Wi-K+1) pooled positions, which this call overwrites. */
-static inline void maxpool_backward_plane_s1(const float *gy, const uint8_t *arg, int Hi, int Wi, int ld, int K,
-                                             float *restrict g, int32_t *restrict a, float *restrict gx) {
+ * ints, zero except at the (Hi-K+1) x (Wi-K+1) pooled positions, which this call overwrites. The pooled
+ * gradient's element (r, q) is gy[(r*Wo + q) * gy_step] (1: one contiguous plane; B: a batch-last tensor). */
+static inline void maxpool_backward_plane_s1(const float *gy, long gy_step, const uint8_t *arg, int Hi, int Wi,
+                                             int ld, int K, float *restrict g, int32_t *restrict a,
+                                             float *restrict gx) {
     const int Ho = Hi - K + 1, Wo = Wi - K + 1, P = (K - 1) * ld + (K - 1), n = Hi * ld;
     for (int r = 0; r < Ho; r++) { /* columns >= Wo and the padding stay 0 */
-        memcpy(g + P + r * ld, gy + r * Wo, sizeof(float) * (size_t)Wo);
+        if (gy_step == 1)
+            memcpy(g + P + r * ld, gy + r * Wo, sizeof(float) * (size_t)Wo);
+        else
+            for (int q = 0; q < Wo; q++) g[P + r * ld + q] = gy[((long)r * Wo + q) * gy_step];
         int32_t *restrict ar = a + P + r * ld;
         const uint8_t *restrict src = arg + r * Wo;
         for (int q = 0; q < Wo; q++) ar[q] = src[q];
@@ -600,7 +613,7 @@ int feddst_maxpool_backward(const float *gy, const uint8_t *arg, long N, int H, 
                     }
                 continue;
             }
-            maxpool_backward_plane_s1(gyp, ap, H, W, W, K, g, a, gp);
+            maxpool_backward_plane_s1(gyp, 1, ap, H, W, W, K, g, a, gp);
         }
         free(g);
         free(a);
@@ -616,9 +629,11 @@ int feddst_maxpool_backward(const float *gy, const uint8_t *arg, long N, int H, 
  * position of each W^T entry in W's values val) and the per-thread partial gval (nnz,), gbias (O,) (skipped
  * if NULL). The same sums in the same order as feddst_maxpool_backward, then feddst_sconv_backward_input
  * (values val[perm]) and feddst_sconv_backward_weight, for the same nthreads: gx and gbias bit-identical, gval
- * to float rounding (the compiler may contract multiply-adds differently where the dot loop is inlined). */
+ * to float rounding (the compiler may contract multiply-adds differently where the dot loop is inlined).
+ * gp_batch_last != 0: gp is batch-last, (O, Hp, Wp, B) (what feddst_sconv_pool_forward's batch_last writes). */
 FEDDST_CLONES
-int feddst_sconv_pool_backward(const float *x, const float *gp, const uint8_t *arg, int B, int C, int H, int W,
+int feddst_sconv_pool_backward(const float *x, const float *gp, int gp_batch_last, const uint8_t *arg, int B, int C,
+                               int H, int W,
                                int O, int K, int Kp, const int32_t *crow, const int32_t *col, const float *val,
                                const int32_t *t_crow, const int32_t *t_row, const int32_t *perm, float *gx,
                                float *gval, float *gbias, int nthreads) {
@@ -666,7 +681,9 @@ int feddst_sconv_pool_backward(const float *x, const float *gp, const uint8_t *a
             for (int b = b0; b < b1; b++) {
                 for (int o = 0; o < O; o++) {
                     const size_t po = ((size_t)b * O + o) * Hp * Wp;
-                    maxpool_backward_plane_s1(gp + po, arg + po, Ho, Wo, W, Kp, g, a, pad + (size_t)o * stride + P);
+                    const float *gpo = gp_batch_last ? gp + (size_t)o * Hp * Wp * B + b : gp + po;
+                    maxpool_backward_plane_s1(gpo, gp_batch_last ? B : 1, arg + po, Ho, Wo, W, Kp, g, a,
+                                              pad + (size_t)o * stride + P);
                 }
                 if (gx)
                     for (int c = 0; c < C; c++) {
@@ -698,4 +715,43 @@ int feddst_sconv_pool_backward(const float *x, const float *gp, const uint8_t *a
     free(t_off);
     free(off);
     return failed ? FEDDST_ENOMEM : FEDDST_OK;
+}
+
+/* One torch.optim.SGD step (dampening 0, no Nesterov) of n parameters p in place, from the gradient g, as
+ * feddst_core.training.sgd_update does it in torch ops, in one pass and one thread (no OpenMP region: a
+ * step updates a few small tensors and one of ~10^5-10^6 values, memory-bound either way):
+ *     g' = g + mu * (p - anchor)      (FedProx; skipped when anchor is NULL)
+ *     g' = g' * mask                  (mask uint8 0/1; skipped when NULL)
+ *     g' = g' + weight_decay * p      (skipped when weight_decay == 0)
+ *     buf = g' (first != 0) or momentum * buf + g'; p -= lr * buf   (momentum != 0; buf (n,) required)
+ *     p -= lr * g'                    (momentum == 0; buf unused)
+ * Chunks of SGD_CHUNK values go through each term's own loop (each vectorises) in an L1-resident scratch. */
+#define SGD_CHUNK 512
+FEDDST_CLONES
+int feddst_sgd_step(float *restrict p, const float *restrict g, float *restrict buf, const uint8_t *restrict mask,
+                    const float *restrict anchor, long n, float lr, float momentum, float weight_decay, float mu,
+                    int first) {
+    float d[SGD_CHUNK];
+    for (long i0 = 0; i0 < n; i0 += SGD_CHUNK) {
+        const int m = n - i0 < SGD_CHUNK ? (int)(n - i0) : SGD_CHUNK;
+        float *restrict pc = p + i0;
+        memcpy(d, g + i0, sizeof(float) * (size_t)m);
+        if (anchor)
+            for (int k = 0; k < m; k++) d[k] = d[k] + mu * (pc[k] - anchor[i0 + k]);
+        if (mask)
+            for (int k = 0; k < m; k++) d[k] = d[k] * (float)mask[i0 + k];
+        if (weight_decay != 0.0f)
+            for (int k = 0; k < m; k++) d[k] = d[k] + weight_decay * pc[k];
+        if (momentum != 0.0f) {
+            float *restrict bc = buf + i0;
+            if (first)
+                memcpy(bc, d, sizeof(float) * (size_t)m);
+            else
+                for (int k = 0; k < m; k++) bc[k] = d[k] + momentum * bc[k];
+            for (int k = 0; k < m; k++) pc[k] = pc[k] - lr * bc[k];
+        } else {
+            for (int k = 0; k < m; k++) pc[k] = pc[k] - lr * d[k];
+        }
+    }
+    return FEDDST_OK;
 }

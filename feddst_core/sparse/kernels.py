@@ -312,20 +312,22 @@ class NativeSparseConv2dFunction(torch.autograd.Function):
 class NativeSparseConv2dPoolFunction(torch.autograd.Function):
     """Sparse conv2d (valid, stride 1) -> stride-1 max-pool (-> ReLU) as one autograd node, native kernels.
 
-    x (B, C, H, W), values (nnz,), bias (out,) -> (B, out, Hp, Wp), Hp = H - k - pool_kernel + 2.
+    x (B, C, H, W), values (nnz,), bias (out,) -> (B, out, Hp, Wp), Hp = H - k - pool_kernel + 2
+    (stored batch-last when ``batch_last``: see ``native.sparse_conv2d_pool_forward``).
     Forward never writes the convolution's output (``native.sparse_conv2d_pool_forward``), nor does
     backward: one native call (``native.sparse_conv2d_pool_backward``) routes the gradient through the
-    saved uint8 argmax and runs the sparse convolution's two gradients image by image.
+    saved uint8 argmax and runs the sparse convolution's two gradients image by image; a batch-last
+    gradient (what a Flatten of the batch-last output hands back) is read in place.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, pattern: CsrPattern,
-                pool_kernel: int, relu: bool) -> torch.Tensor:
+                pool_kernel: int, relu: bool, batch_last: bool = False) -> torch.Tensor:
         out_c, in_c, kh, kw = pattern.weight_shape
         assert x.dim() == 4 and x.shape[1] == in_c and kh == kw, "x must be (B, in_channels, H, W); square kernels"
         x = x.contiguous()
         y, arg = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values.detach(), bias.detach(),
-                                                   out_c, kh, pool_kernel, relu)
+                                                   out_c, kh, pool_kernel, relu, batch_last)
         ctx.pattern, ctx.pool_kernel = pattern, pool_kernel
         ctx.save_for_backward(x, values, arg)
         return y
@@ -335,11 +337,12 @@ class NativeSparseConv2dPoolFunction(torch.autograd.Function):
         x, values, arg = ctx.saved_tensors
         pattern: CsrPattern = ctx.pattern
         kh = pattern.weight_shape[2]
+        grad_out = grad_out if native.is_batch_last(grad_out) else grad_out.contiguous()
         grad_x, grad_values, grad_bias = native.sparse_conv2d_pool_backward(
-            x, grad_out.contiguous(), arg, pattern.crow, pattern.col, values.detach(), pattern.t_crow,
+            x, grad_out, arg, pattern.crow, pattern.col, values.detach(), pattern.t_crow,
             pattern.t_col_int32, pattern.transpose_perm, kh, ctx.pool_kernel, input_grad=ctx.needs_input_grad[0],
             with_bias=ctx.needs_input_grad[2], trusted_arg=True)
-        return grad_x, grad_values if ctx.needs_input_grad[1] else None, grad_bias, None, None, None
+        return grad_x, grad_values if ctx.needs_input_grad[1] else None, grad_bias, None, None, None, None
 
 
 class SparseConv2dFunction(torch.autograd.Function):
@@ -399,16 +402,18 @@ def sparse_conv2d(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
 
 def sparse_conv2d_pool(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, pattern: CsrPattern,
                        pool_kernel: int, pool_stride: int, relu: bool, use_native: bool | None = None,
-                       ) -> torch.Tensor:
+                       batch_last: bool = False) -> torch.Tensor:
     """``max_pool2d(sparse_conv2d(x, ...), pool_kernel, pool_stride, relu)``, fused into one pass when the
     native kernels are built and the pool has stride 1 (the paper CNNs); composed otherwise (same values).
 
-    x (B, C, H, W) -> (B, out, (H-k+1-pool_kernel)//pool_stride + 1, likewise W).
+    x (B, C, H, W) -> (B, out, (H-k+1-pool_kernel)//pool_stride + 1, likewise W). batch_last: the fused
+    pass stores the output batch-last (for a Flatten to ``(features, B)`` without a copy); the same values
+    either way, and the composed path ignores it.
     """
     if use_native is None:
         use_native = native.available() and x.dtype == torch.float32
     if use_native and pool_stride == 1 and pool_kernel <= 15:
-        return NativeSparseConv2dPoolFunction.apply(x, values, bias, pattern, pool_kernel, relu)
+        return NativeSparseConv2dPoolFunction.apply(x, values, bias, pattern, pool_kernel, relu, batch_last)
     from feddst_core.pooling import max_pool2d
 
     return max_pool2d(sparse_conv2d(x, values, bias, pattern, use_native), pool_kernel, pool_stride, relu=relu)
