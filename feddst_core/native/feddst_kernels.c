@@ -396,6 +396,19 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 
 typedef uint8_t v8u8 __attribute__((vector_size(8)));
 
+/* dst[k * dst_step] = src[k * src_step] for k < n (one side is the batch-last layout's stride B), unrolled. */
+static inline void strided_copy(const float *restrict src, long src_step, float *restrict dst, long dst_step, int n) {
+    int k = 0;
+    for (; k + 4 <= n; k += 4, src += 4 * src_step, dst += 4 * dst_step) {
+        const float v0 = src[0], v1 = src[src_step], v2 = src[2 * src_step], v3 = src[3 * src_step];
+        dst[0] = v0;
+        dst[dst_step] = v1;
+        dst[2 * dst_step] = v2;
+        dst[3 * dst_step] = v3;
+    }
+    for (; k < n; k++, src += src_step, dst += dst_step) *dst = *src;
+}
+
 /* One output row of a stride-1 max-pool: yr[q], ar[q] for q < Wo from the input rows starting at x0.
  * Blocks of 8 outputs stay in registers across the K*K window offsets; the last block overlaps the one
  * before it when Wo is not a multiple of 8 (recomputing the same outputs), so there is no scalar tail. */
@@ -495,10 +508,8 @@ int feddst_sconv_pool_forward(const float *x, int B, int C, int H, int W, const 
             for (int r = 0; r < Hp; r++) { /* reads tmp rows r..r+Kp-1, columns < Wo: all computed */
                 float *yr = batch_last ? pooled : y + out0 + (size_t)r * Wp;
                 maxpool_row_s1(tmp + (size_t)r * W, W, Kp, Wp, relu, yr, arg + out0 + (size_t)r * Wp);
-                if (batch_last) {
-                    float *yb = y + (((size_t)o * Hp + r) * Wp) * B + b;
-                    for (int q = 0; q < Wp; q++) yb[(size_t)q * B] = pooled[q];
-                }
+                if (batch_last)
+                    strided_copy(pooled, 1, y + (((size_t)o * Hp + r) * Wp) * B + b, B, Wp);
             }
         }
         free(tmp);
@@ -563,14 +574,14 @@ static inline void maxpool_backward_plane_s1(const float *gy, long gy_step, cons
         if (gy_step == 1)
             memcpy(g + P + r * ld, gy + r * Wo, sizeof(float) * (size_t)Wo);
         else
-            for (int q = 0; q < Wo; q++) g[P + r * ld + q] = gy[((long)r * Wo + q) * gy_step];
+            strided_copy(gy + (long)r * Wo * gy_step, gy_step, g + P + r * ld, 1, Wo);
         int32_t *restrict ar = a + P + r * ld;
         const uint8_t *restrict src = arg + r * Wo;
         for (int q = 0; q < Wo; q++) ar[q] = src[q];
     }
-    memset(gx, 0, sizeof(float) * (size_t)n);
+    for (int i = 0; i < n; i++) gx[i] = a[P + i] == 0 ? g[P + i] : 0.0f; /* offset 0 writes (no memset) */
     for (int kh = 0; kh < K; kh++)
-        for (int kw = 0; kw < K; kw++) {
+        for (int kw = (kh == 0); kw < K; kw++) {
             const int32_t d = kh * K + kw;
             const float *restrict gs = g + P - (kh * ld + kw);
             const int32_t *restrict as = a + P - (kh * ld + kw);
