@@ -302,6 +302,40 @@ def csr_sddmm(crow: torch.Tensor, col: torch.Tensor, left: torch.Tensor, right_t
     return grad, grad_bias
 
 
+def csr_linear_backward(crow: torch.Tensor, col: torch.Tensor, t_crow: torch.Tensor, t_row: torch.Tensor,
+                        perm: torch.Tensor, values: torch.Tensor, grad_out_t: torch.Tensor, x_t: torch.Tensor,
+                        input_grad: bool = True, with_bias: bool = True,
+                        ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """A CSR linear layer's whole backward in one native call (one OpenMP region): (dx^T = W^T dy^T (Cn, B) or
+    None if not ``input_grad``, dL/dvalues (nnz,) at the mask, dL/dbias (R,) or None), the same numbers as
+    ``csr_matmul(t_crow, t_row, values, grad_out_t, perm=perm)`` and ``csr_sddmm(crow, col, grad_out_t, x_t)``.
+
+    W (R, Cn): crow, col (int32), values (nnz,); W^T: t_crow, t_row (int16 or int32), perm (int32, entry ->
+    position in values). grad_out_t = dy^T (R, B), x_t = x^T (Cn, B)."""
+    lib = _require()
+    _check("grad_out_t", grad_out_t, torch.float32, 2)
+    _check("x_t", x_t, torch.float32, 2)
+    _check("col", col, torch.int32, 1)
+    _check("values", values, torch.float32, 1)
+    _check("perm", perm, torch.int32, 1)
+    (rows, b), cols = grad_out_t.shape, x_t.shape[0]
+    if x_t.shape[1] != b:
+        raise ValueError(f"grad_out_t {tuple(grad_out_t.shape)} and x_t {tuple(x_t.shape)} disagree on B")
+    nnz = _check_csr(crow, col, rows, cols)
+    if _check_csr(t_crow, t_row, cols, rows) != nnz or values.shape[0] != nnz or perm.shape[0] != nnz:
+        raise ValueError(f"W ({nnz} entries), W^T ({t_row.shape[0]}), values ({values.shape[0]}) and perm "
+                         f"({perm.shape[0]}) disagree")
+    _check_index("perm", perm, nnz)
+    gx_t = torch.empty(cols, b) if input_grad else None
+    grad = torch.empty(nnz)
+    grad_bias = torch.empty(rows) if with_bias else None
+    _run(lib.feddst_csr_linear_backward, _ptr(crow), _ptr(col), _ptr(t_crow),
+         _ptr(t_row) if t_row.dtype == torch.int32 else None, _ptr(t_row) if t_row.dtype == torch.int16 else None,
+         _ptr(perm), _ptr(values), rows, cols, _ptr(grad_out_t), _ptr(x_t), b, _ptr(gx_t), _ptr(grad),
+         _ptr(grad_bias), _threads())
+    return gx_t, grad, grad_bias
+
+
 POOL_CLIPPED = 255  # argmax of an output the fused ReLU set to 0: no gradient flows back through it
 
 

@@ -187,6 +187,10 @@ class _LinearBackend:
     input_grad: Callable[[CsrPattern, torch.Tensor, torch.Tensor], torch.Tensor]  # -> dx^T = W^T dy^T
     # -> (dL/dvalues (nnz,) at the mask, dL/dbias (out,) or None)
     weight_grad: Callable[[CsrPattern, torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor | None]]
+    # Both at once (pattern, values, dy^T, x^T, input_grad, with_bias) -> (dx^T or None, dvalues, dbias or None);
+    # None: input_grad then weight_grad.
+    backward: Callable[[CsrPattern, torch.Tensor, torch.Tensor, torch.Tensor, bool, bool],
+                       tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]] | None = None
 
 
 def _torch_weight_grad(pattern: CsrPattern, grad_out_t: torch.Tensor, x_t: torch.Tensor,
@@ -207,6 +211,9 @@ _NATIVE_LINEAR = _LinearBackend(
     input_grad=lambda p, values, grad_out_t: native.csr_matmul(p.t_crow, p.t_col, values, grad_out_t,
                                                                perm=p.transpose_perm),
     weight_grad=lambda p, grad_out_t, x_t, with_bias: native.csr_sddmm(p.crow, p.col, grad_out_t, x_t, with_bias),
+    # one native call and one OpenMP region for the whole backward
+    backward=lambda p, values, grad_out_t, x_t, input_grad, with_bias: native.csr_linear_backward(
+        p.crow, p.col, p.t_crow, p.t_col, p.transpose_perm, values, grad_out_t, x_t, input_grad, with_bias),
 )
 
 
@@ -227,6 +234,10 @@ def _linear_backward(ctx, grad_out: torch.Tensor):
     backend: _LinearBackend = ctx.backend
     grad_out_t = grad_out.t().contiguous()  # (out, B)
     grad_x = grad_values = grad_bias = None
+    if backend.backward is not None and ctx.needs_input_grad[1]:
+        grad_x_t, grad_values, grad_bias = backend.backward(pattern, values.detach(), grad_out_t, x_t,
+                                                            ctx.needs_input_grad[0], ctx.needs_input_grad[2])
+        return None if grad_x_t is None else grad_x_t.t(), grad_values, grad_bias, None
     if ctx.needs_input_grad[0]:
         grad_x = backend.input_grad(pattern, values.detach(), grad_out_t).t()  # (B, in)
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
