@@ -33,7 +33,9 @@ typedef float v8 __attribute__((vector_size(32)));
 #endif
 
 /* Helpers are always inlined: each then runs as the clone (AVX-512, AVX2/FMA, baseline) that calls it. A helper
- * gcc chose not to inline was compiled once, for the baseline (SSE2, no FMA), whatever CPU ran it. */
+ * gcc chose not to inline is compiled once, for the baseline (SSE2, no FMA), whatever CPU runs it. Exception:
+ * plane_dots_add stays out of line as before (forced inline was only measured together with -fwrapv, which
+ * made the pool backward 1.3-1.6x slower; build_flags.py now passes -fno-wrapv). */
 #define FEDDST_INLINE static inline __attribute__((always_inline))
 
 FEDDST_INLINE v8 load8(const float *p) {
@@ -178,7 +180,7 @@ FEDDST_INLINE float dot_finish(v8 a0, v8 a1, const float *row, const float *p, i
 /* pg[j] += row[0:Lv] . xb[off[j] + 0:Lv] for j0 <= j < j1: the convolution's weight gradient for one (b, o)
  * plane (row: gy at the input's row stride W, zero in columns >= Wo). Four weights at a time share each load
  * of row; every dot keeps its own two accumulators, so each sum is the same as computed one at a time. */
-FEDDST_INLINE void plane_dots_add(const float *row, int Lv, const float *xb, const int32_t *off, int j0, int j1,
+static inline void plane_dots_add(const float *row, int Lv, const float *xb, const int32_t *off, int j0, int j1,
                                   float *pg) {
     int j = j0;
     for (; j + 4 <= j1; j += 4) {
