@@ -29,10 +29,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from feddst_core.native.tensor_kernels import (
         POOL_CLIPPED,
+        csr_linear_backward,
         csr_matmul,
         csr_sddmm,
+        is_batch_last,
         max_pool2d_backward,
         max_pool2d_forward,
+        sgd_step_,
         sparse_conv2d_backward_input,
         sparse_conv2d_backward_weight,
         sparse_conv2d_forward,
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
         sparse_conv2d_pool_forward,
     )
 
-ABI_VERSION = 6
+ABI_VERSION = 7
 _LIB_STEM = "_feddst_kernels"
 
 _lib: ctypes.CDLL | None = None
@@ -58,13 +61,17 @@ _SIGNATURES = {
     "feddst_sconv_backward_weight": [_f32p, _f32p, _int, _int, _int, _int, _int, _int, _i32p, _i32p, _f32p,
                                      _f32p, _int],
     "feddst_sconv_pool_forward": [_f32p, _int, _int, _int, _int, _i32p, _i32p, _f32p, _f32p, _int, _int, _int,
-                                  _int, _f32p, _u8p, _int],
-    "feddst_sconv_pool_backward": [_f32p, _f32p, _u8p, _int, _int, _int, _int, _int, _int, _int, _i32p, _i32p,
-                                   _f32p, _i32p, _i32p, _i32p, _f32p, _f32p, _f32p, _int],
+                                  _int, _int, _f32p, _u8p, _int],
+    "feddst_sconv_pool_backward": [_f32p, _f32p, _int, _u8p, _int, _int, _int, _int, _int, _int, _int, _i32p,
+                                   _i32p, _f32p, _i32p, _i32p, _i32p, _f32p, _f32p, _f32p, _int],
     "feddst_csr_matmul": [_i32p, _i32p, _i16p, _f32p, _i32p, _f32p, _int, _f32p, _int, _f32p, _int],
     "feddst_csr_sddmm": [_i32p, _i32p, _int, _f32p, _f32p, _int, _f32p, _f32p, _int],
+    "feddst_csr_linear_backward": [_i32p, _i32p, _i32p, _i32p, _i16p, _i32p, _f32p, _int, _int, _f32p, _f32p, _int,
+                                   _f32p, _f32p, _f32p, _int],
     "feddst_maxpool_forward": [_f32p, _long, _int, _int, _int, _int, _int, _f32p, _u8p, _int],
     "feddst_maxpool_backward": [_f32p, _u8p, _long, _int, _int, _int, _int, _f32p, _int],
+    "feddst_sgd_step": [_f32p, _f32p, _f32p, _u8p, _f32p, _long, ctypes.c_float, ctypes.c_float, ctypes.c_float,
+                        ctypes.c_float, _int],
 }
 
 
@@ -164,14 +171,15 @@ def _require() -> ctypes.CDLL:
     return _lib
 
 
-TENSOR_KERNELS = ("POOL_CLIPPED", "csr_matmul", "csr_sddmm", "max_pool2d_backward", "max_pool2d_forward",
+TENSOR_KERNELS = ("POOL_CLIPPED", "csr_linear_backward", "csr_matmul", "csr_sddmm", "max_pool2d_backward",
+                  "max_pool2d_forward",
                   "sparse_conv2d_backward_input", "sparse_conv2d_backward_weight", "sparse_conv2d_forward",
-                  "sparse_conv2d_pool_backward", "sparse_conv2d_pool_forward")
+                  "sparse_conv2d_pool_backward", "sparse_conv2d_pool_forward", "sgd_step_", "is_batch_last")
 """The names :mod:`feddst_core.native.tensor_kernels` provides through this module."""
-__all__ = ["ABI_VERSION", "POOL_CLIPPED", "available", "csr_matmul", "csr_sddmm", "library_path",
+__all__ = ["ABI_VERSION", "POOL_CLIPPED", "available", "csr_linear_backward", "csr_matmul", "csr_sddmm", "library_path",
            "max_pool2d_backward", "max_pool2d_forward", "sparse_conv2d_backward_input",
            "sparse_conv2d_backward_weight", "sparse_conv2d_forward", "sparse_conv2d_pool_backward",
-           "sparse_conv2d_pool_forward", "status"]
+           "sparse_conv2d_pool_forward", "sgd_step_", "is_batch_last", "status"]
 
 
 def __getattr__(name: str) -> Any:  # noqa: ANN401 - PEP 562: the torch wrappers, imported on first use

@@ -12,7 +12,9 @@ or a device image built on one machine must run on every machine of its architec
 
 from __future__ import annotations
 
-COMMON_COMPILE_ARGS = ("-O3", "-std=gnu11", "-fopenmp", "-Wno-psabi")
+# -fno-wrapv undoes the -fwrapv of Python's own CFLAGS (the kernels never rely on signed overflow wrapping):
+# with it, the fused conv + pool backward measured 1.3-1.6x slower (2026-12-03, one thread).
+COMMON_COMPILE_ARGS = ("-O3", "-std=gnu11", "-fopenmp", "-Wno-psabi", "-fno-wrapv")
 LINK_ARGS = ("-fopenmp",)
 ARCH_COMPILE_ARGS = {
     "aarch64": ("-march=armv8-a+simd",),

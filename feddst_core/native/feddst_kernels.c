@@ -32,17 +32,23 @@ typedef float v8 __attribute__((vector_size(32)));
 #define FEDDST_CLONES
 #endif
 
-static inline v8 load8(const float *p) {
+/* Helpers are always inlined: each then runs as the clone (AVX-512, AVX2/FMA, baseline) that calls it. A helper
+ * gcc chose not to inline is compiled once, for the baseline (SSE2, no FMA), whatever CPU runs it. Exception:
+ * plane_dots_add stays out of line as before (forced inline was only measured together with -fwrapv, which
+ * made the pool backward 1.3-1.6x slower; build_flags.py now passes -fno-wrapv). */
+#define FEDDST_INLINE static inline __attribute__((always_inline))
+
+FEDDST_INLINE v8 load8(const float *p) {
     v8 v;
     memcpy(&v, p, sizeof v);
     return v;
 }
 
-static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+FEDDST_INLINE void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
-static inline v8 splat8(float w) { return (v8){w, w, w, w, w, w, w, w}; }
+FEDDST_INLINE v8 splat8(float w) { return (v8){w, w, w, w, w, w, w, w}; }
 
-int feddst_abi_version(void) { return 6; }
+int feddst_abi_version(void) { return 7; }
 
 /* Every entry point returns FEDDST_OK, or FEDDST_ENOMEM when a scratch allocation failed (outputs are
  * then incomplete: the Python wrapper raises MemoryError and drops them). */
@@ -52,7 +58,7 @@ int feddst_abi_version(void) { return 6; }
 /* acc[0:VL] = start + sum_{j0 <= j < j1} w[j] * src[idx[j] * ld + 0:VL]; idx int32 or int16 (the other NULL),
  * w = val[j], or val[perm[j]] when perm is given. Inlined with constant arguments at each call site, so
  * the NULL tests fold away. The VL outputs stay in four vector registers while the weights stream past. */
-static inline void gather_axpy_block(float *acc, float start, const float *src, long ld, const int32_t *idx32,
+FEDDST_INLINE void gather_axpy_block(float *acc, float start, const float *src, long ld, const int32_t *idx32,
                                      const int16_t *idx16, const float *val, const int32_t *perm, int j0, int j1) {
     v8 a0 = splat8(start), a1 = a0, a2 = a0, a3 = a0;
     for (int j = j0; j < j1; j++) {
@@ -163,7 +169,7 @@ int feddst_sconv_backward_input(const float *gy, int B, int O, const int32_t *t_
 }
 
 /* Final sum of one weight-gradient dot: the two accumulators, their 8 lanes in order, then the scalar tail. */
-static inline float dot_finish(v8 a0, v8 a1, const float *row, const float *p, int i, int Lv) {
+FEDDST_INLINE float dot_finish(v8 a0, v8 a1, const float *row, const float *p, int i, int Lv) {
     a0 += a1;
     float d = 0.0f;
     for (int q = 0; q < 8; q++) d += a0[q];
@@ -284,6 +290,45 @@ int feddst_sconv_backward_weight(const float *x, const float *gy, int B, int C, 
 
 /* ---- sparse linear layer: W (O, I) in CSR, activations transposed (features, B) ---------------------- */
 
+/* Row r of out (R, B) = [bias +] M @ src (see feddst_csr_matmul); gathered: a per-thread buffer of the longest
+ * row's length when perm is given (each row's values are first gathered into it: the independent random reads
+ * run ahead instead of inside the multiply-add chain). */
+FEDDST_INLINE void csr_matmul_row(int r, const int32_t *crow, const int32_t *idx32, const int16_t *idx16,
+                                  const float *val, const int32_t *perm, const float *bias, const float *src, int B,
+                                  float *out, float *gathered) {
+    const int j0 = crow[r], n = crow[r + 1] - j0;
+    const int32_t *c32 = idx32 ? idx32 + j0 : NULL;
+    const int16_t *c16 = idx16 ? idx16 + j0 : NULL;
+    const float *rv = val + (perm ? 0 : j0);
+    if (perm) {
+        for (int j = 0; j < n; j++) gathered[j] = val[perm[j0 + j]];
+        rv = gathered;
+    }
+    const float start = bias ? bias[r] : 0.0f;
+    float *o = out + (long)r * B;
+    int b0 = 0;
+    for (; b0 + VL <= B; b0 += VL)
+        gather_axpy_block(o + b0, start, src + b0, B, c32, c16, rv, NULL, 0, n);
+    for (; b0 + 8 <= B; b0 += 8) { /* batch tail of 8-31 columns (e.g. a round's last batch): one vector */
+        v8 acc = splat8(start);
+        for (int j = 0; j < n; j++)
+            acc += splat8(rv[j]) * load8(src + (long)(c32 ? c32[j] : c16[j]) * B + b0);
+        store8(o + b0, acc);
+    }
+    for (int b = b0; b < B; b++) { /* batch tail */
+        float a = start;
+        for (int j = 0; j < n; j++) a += rv[j] * src[(long)(c32 ? c32[j] : c16[j]) * B + b];
+        o[b] = a;
+    }
+}
+
+static int csr_longest_row(const int32_t *crow, int R) {
+    int longest = 1;
+    for (int r = 0; r < R; r++)
+        if (crow[r + 1] - crow[r] > longest) longest = crow[r + 1] - crow[r];
+    return longest;
+}
+
 /* out (R, B) = [bias +] M @ src, M a CSR (R, Cn) given by crow, column idx (int32 or int16) and values
  * (val[j], or val[perm[j]] when perm is given); src (Cn, B) row-major. Used for y^T = b + W x^T (M = W)
  * and dx^T = W^T dy^T (M = W^T: its CSR indices plus the permutation into W's value order). */
@@ -291,10 +336,7 @@ FEDDST_CLONES
 int feddst_csr_matmul(const int32_t *crow, const int32_t *idx32, const int16_t *idx16, const float *val,
                        const int32_t *perm, const float *bias, int R, const float *src, int B, float *out,
                        int nthreads) {
-    int longest = 1; /* with perm, each row's values are first gathered into a per-thread buffer: the */
-    if (perm)        /* independent random reads run ahead instead of inside the multiply-add chain */
-        for (int r = 0; r < R; r++)
-            if (crow[r + 1] - crow[r] > longest) longest = crow[r + 1] - crow[r];
+    const int longest = perm ? csr_longest_row(crow, R) : 1;
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
@@ -305,40 +347,15 @@ int feddst_csr_matmul(const int32_t *crow, const int32_t *idx32, const int16_t *
             failed = 1;
         }
         #pragma omp for schedule(dynamic, 16)
-        for (int r = 0; r < R; r++) {
-            if (missing) continue;
-            const int j0 = crow[r], n = crow[r + 1] - j0;
-            const int32_t *c32 = idx32 ? idx32 + j0 : NULL;
-            const int16_t *c16 = idx16 ? idx16 + j0 : NULL;
-            const float *rv = val + (perm ? 0 : j0);
-            if (perm) {
-                for (int j = 0; j < n; j++) gathered[j] = val[perm[j0 + j]];
-                rv = gathered;
-            }
-            const float start = bias ? bias[r] : 0.0f;
-            float *o = out + (long)r * B;
-            int b0 = 0;
-            for (; b0 + VL <= B; b0 += VL)
-                gather_axpy_block(o + b0, start, src + b0, B, c32, c16, rv, NULL, 0, n);
-            for (; b0 + 8 <= B; b0 += 8) { /* batch tail of 8-31 columns (e.g. a round's last batch): one vector */
-                v8 acc = splat8(start);
-                for (int j = 0; j < n; j++)
-                    acc += splat8(rv[j]) * load8(src + (long)(c32 ? c32[j] : c16[j]) * B + b0);
-                store8(o + b0, acc);
-            }
-            for (int b = b0; b < B; b++) { /* batch tail */
-                float a = start;
-                for (int j = 0; j < n; j++) a += rv[j] * src[(long)(c32 ? c32[j] : c16[j]) * B + b];
-                o[b] = a;
-            }
-        }
+        for (int r = 0; r < R; r++)
+            if (!missing) csr_matmul_row(r, crow, idx32, idx16, val, perm, bias, src, B, out, gathered);
         free(gathered);
     }
     return failed ? FEDDST_ENOMEM : FEDDST_OK;
 }
 
 /* r[k] = sum of the 8 lanes of a[k], k < 8 (a transposition tree of shuffles instead of 8 scalar sums). */
-static inline v8 hsum8x8(const v8 *a) {
+FEDDST_INLINE v8 hsum8x8(const v8 *a) {
     typedef int32_t m8 __attribute__((vector_size(32)));
     const m8 s1a = {0, 8, 1, 9, 4, 12, 5, 13}, s1b = {2, 10, 3, 11, 6, 14, 7, 15};
     const m8 s2a = {0, 1, 8, 9, 4, 5, 12, 13}, s2b = {2, 3, 10, 11, 6, 7, 14, 15};
@@ -351,57 +368,106 @@ static inline v8 hsum8x8(const v8 *a) {
     return __builtin_shuffle(w[0], w[1], s3a) + __builtin_shuffle(w[0], w[1], s3b);
 }
 
+/* Row r of the SDDMM (see feddst_csr_sddmm). */
+FEDDST_INLINE void sddmm_row(int r, const int32_t *crow, const int32_t *col, const float *dyt, const float *xt, int B,
+                             float *gval, float *gbias) {
+    const float *d = dyt + (long)r * B;
+    if (gbias) {
+        float s = 0.0f;
+        for (int b = 0; b < B; b++) s += d[b];
+        gbias[r] = s;
+    }
+    const int B8 = B & ~7;
+    int j = crow[r];
+    for (; j + 8 <= crow[r + 1]; j += 8) {
+        const float *p[8];
+        v8 acc[8];
+        for (int q = 0; q < 8; q++) {
+            p[q] = xt + (long)col[j + q] * B;
+            acc[q] = splat8(0.0f);
+        }
+        for (int b = 0; b < B8; b += 8) {
+            const v8 dv = load8(d + b);
+            for (int q = 0; q < 8; q++) acc[q] += dv * load8(p[q] + b);
+        }
+        v8 sums = hsum8x8(acc);
+        for (int b = B8; b < B; b++)
+            for (int q = 0; q < 8; q++) sums[q] += d[b] * p[q][b];
+        store8(gval + j, sums);
+    }
+    for (; j < crow[r + 1]; j++) {
+        const float *p = xt + (long)col[j] * B;
+        float s = 0.0f;
+        for (int b = 0; b < B; b++) s += d[b] * p[b];
+        gval[j] = s;
+    }
+}
+
 /* SDDMM: gval[j] = dy^T[r] . x^T[col[j]] for every active (r, col[j]) of W's CSR; dy^T (R, B), x^T (Cn, B);
  * gbias[r] = sum_b dy^T[r, b] (skipped if NULL). Eight active weights at a time share each dy^T load. */
 FEDDST_CLONES
 int feddst_csr_sddmm(const int32_t *crow, const int32_t *col, int R, const float *dyt, const float *xt, int B,
                       float *gval, float *gbias, int nthreads) {
     #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
-    for (int r = 0; r < R; r++) {
-        const float *d = dyt + (long)r * B;
-        if (gbias) {
-            float s = 0.0f;
-            for (int b = 0; b < B; b++) s += d[b];
-            gbias[r] = s;
-        }
-        const int B8 = B & ~7;
-        int j = crow[r];
-        for (; j + 8 <= crow[r + 1]; j += 8) {
-            const float *p[8];
-            v8 acc[8];
-            for (int q = 0; q < 8; q++) {
-                p[q] = xt + (long)col[j + q] * B;
-                acc[q] = splat8(0.0f);
-            }
-            for (int b = 0; b < B8; b += 8) {
-                const v8 dv = load8(d + b);
-                for (int q = 0; q < 8; q++) acc[q] += dv * load8(p[q] + b);
-            }
-            v8 sums = hsum8x8(acc);
-            for (int b = B8; b < B; b++)
-                for (int q = 0; q < 8; q++) sums[q] += d[b] * p[q][b];
-            store8(gval + j, sums);
-        }
-        for (; j < crow[r + 1]; j++) {
-            const float *p = xt + (long)col[j] * B;
-            float s = 0.0f;
-            for (int b = 0; b < B; b++) s += d[b] * p[b];
-            gval[j] = s;
-        }
-    }
+    for (int r = 0; r < R; r++) sddmm_row(r, crow, col, dyt, xt, B, gval, gbias);
     return FEDDST_OK;
+}
+
+/* The whole backward of a CSR linear layer W (R, Cn) in ONE parallel region: gx^T (Cn, B) = W^T dy^T (skipped
+ * if NULL; W^T's CSR t_crow, t_row (int16 or int32, the other NULL), perm into W's values val) and the SDDMM
+ * gval (nnz,), gbias (R,) (skipped if NULL) from dy^T (R, B) and x^T (Cn, B). The two loops share no output,
+ * so threads go from the first to the second without a barrier ("nowait"); each sum is computed exactly as
+ * by feddst_csr_matmul and feddst_csr_sddmm (bit for bit the same outputs). */
+FEDDST_CLONES
+int feddst_csr_linear_backward(const int32_t *crow, const int32_t *col, const int32_t *t_crow, const int32_t *t_row32,
+                               const int16_t *t_row16, const int32_t *perm, const float *val, int R, int Cn,
+                               const float *dyt, const float *xt, int B, float *gxt, float *gval, float *gbias,
+                               int nthreads) {
+    const int longest = gxt ? csr_longest_row(t_crow, Cn) : 1;
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float *gathered = gxt ? malloc(sizeof(float) * (size_t)longest) : NULL;
+        const int missing = gxt && !gathered;
+        if (missing) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        if (gxt) {
+            #pragma omp for schedule(dynamic, 16) nowait
+            for (int r = 0; r < Cn; r++)
+                if (!missing) csr_matmul_row(r, t_crow, t_row32, t_row16, val, perm, NULL, dyt, B, gxt, gathered);
+        }
+        #pragma omp for schedule(dynamic, 16) nowait
+        for (int r = 0; r < R; r++) sddmm_row(r, crow, col, dyt, xt, B, gval, gbias);
+        free(gathered);
+    }
+    return failed ? FEDDST_ENOMEM : FEDDST_OK;
 }
 
 typedef int32_t v8i __attribute__((vector_size(32)));
 
 typedef uint8_t v8u8 __attribute__((vector_size(8)));
 
+/* dst[k * dst_step] = src[k * src_step] for k < n (one side is the batch-last layout's stride B), unrolled. */
+FEDDST_INLINE void strided_copy(const float *restrict src, long src_step, float *restrict dst, long dst_step, int n) {
+    int k = 0;
+    for (; k + 4 <= n; k += 4, src += 4 * src_step, dst += 4 * dst_step) {
+        const float v0 = src[0], v1 = src[src_step], v2 = src[2 * src_step], v3 = src[3 * src_step];
+        dst[0] = v0;
+        dst[dst_step] = v1;
+        dst[2 * dst_step] = v2;
+        dst[3 * dst_step] = v3;
+    }
+    for (; k < n; k++, src += src_step, dst += dst_step) *dst = *src;
+}
+
 /* One output row of a stride-1 max-pool: yr[q], ar[q] for q < Wo from the input rows starting at x0.
  * Blocks of 8 outputs stay in registers across the K*K window offsets; the last block overlaps the one
  * before it when Wo is not a multiple of 8 (recomputing the same outputs), so there is no scalar tail. */
 #define POOL_CLIPPED 255 /* argmax sentinel: the fused ReLU zeroed this output, no gradient flows */
 
-static inline void maxpool_row_s1(const float *x0, int W, int K, int Wo, int relu, float *yr, uint8_t *ar) {
+FEDDST_INLINE void maxpool_row_s1(const float *x0, int W, int K, int Wo, int relu, float *yr, uint8_t *ar) {
     if (Wo < 8) {
         for (int q = 0; q < Wo; q++) {
             float mv = x0[q];
@@ -451,11 +517,13 @@ static inline void maxpool_row_s1(const float *x0, int W, int K, int Wo, int rel
  * is computed into a per-thread scratch (padded layout, row stride W, as in feddst_sconv_forward) and
  * pooled from there while it is in cache, so the (B, O, Ho, Wo) convolution output is never written.
  * y (B, O, Hp, Wp) and arg (B, O, Hp, Wp) uint8 are exactly feddst_maxpool_forward's outputs on
- * feddst_sconv_forward's output (the same sums in the same order): Hp = Ho - Kp + 1, Wp = Wo - Kp + 1. */
+ * feddst_sconv_forward's output (the same sums in the same order): Hp = Ho - Kp + 1, Wp = Wo - Kp + 1.
+ * batch_last != 0 writes y batch-last instead, (O, Hp, Wp, B) (the (features, B) layout the CSR linear layer
+ * reads, so a following Flatten needs no transposing copy); arg stays (B, O, Hp, Wp). */
 FEDDST_CLONES
 int feddst_sconv_pool_forward(const float *x, int B, int C, int H, int W, const int32_t *crow, const int32_t *col,
-                               const float *val, const float *bias, int O, int K, int Kp, int relu, float *y,
-                               uint8_t *arg, int nthreads) {
+                               const float *val, const float *bias, int O, int K, int Kp, int relu, int batch_last,
+                               float *y, uint8_t *arg, int nthreads) {
     const int Ho = H - K + 1, Wo = W - K + 1, KK = K * K, plane = H * W;
     const int Hp = Ho - Kp + 1, Wp = Wo - Kp + 1;
     const int Lv = (Ho - 1) * W + Wo;
@@ -469,7 +537,7 @@ int feddst_sconv_pool_forward(const float *x, int B, int C, int H, int W, const 
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
-        float *tmp = malloc(sizeof(float) * (size_t)(Lv + VL));
+        float *tmp = malloc(sizeof(float) * (size_t)(Lv + VL + Wp)); /* the conv plane, then one pooled row */
         if (!tmp) {
             #pragma omp atomic write
             failed = 1;
@@ -489,9 +557,13 @@ int feddst_sconv_pool_forward(const float *x, int B, int C, int H, int W, const 
                 tmp[i] = a;
             }
             const size_t out0 = ((size_t)b * O + o) * Hp * Wp;
-            for (int r = 0; r < Hp; r++) /* reads tmp rows r..r+Kp-1, columns < Wo: all computed */
-                maxpool_row_s1(tmp + (size_t)r * W, W, Kp, Wp, relu, y + out0 + (size_t)r * Wp,
-                               arg + out0 + (size_t)r * Wp);
+            float *pooled = tmp + Lv + VL;
+            for (int r = 0; r < Hp; r++) { /* reads tmp rows r..r+Kp-1, columns < Wo: all computed */
+                float *yr = batch_last ? pooled : y + out0 + (size_t)r * Wp;
+                maxpool_row_s1(tmp + (size_t)r * W, W, Kp, Wp, relu, yr, arg + out0 + (size_t)r * Wp);
+                if (batch_last)
+                    strided_copy(pooled, 1, y + (((size_t)o * Hp + r) * Wp) * B + b, B, Wp);
+            }
         }
         free(tmp);
     }
@@ -545,19 +617,24 @@ int feddst_maxpool_forward(const float *x, long N, int H, int W, int K, int S, i
 /* One plane of a stride-1 max-pool's backward, as a gather: gx[i] for i < Hi * ld (rows of the pool's
  * input, Hi x Wi, at row stride ld >= Wi; columns >= Wi come out 0) = the sum over window offsets d, in
  * (kh, kw) order, of gy[i - d] where arg == d. g, a: scratch of P + Hi*ld (P = (K-1)*ld + K-1) floats and
- * ints, zero except at the (Hi-K+1) x (Wi-K+1) pooled positions, which this call overwrites. */
-static inline void maxpool_backward_plane_s1(const float *gy, const uint8_t *arg, int Hi, int Wi, int ld, int K,
-                                             float *restrict g, int32_t *restrict a, float *restrict gx) {
+ * ints, zero except at the (Hi-K+1) x (Wi-K+1) pooled positions, which this call overwrites. The pooled
+ * gradient's element (r, q) is gy[(r*Wo + q) * gy_step] (1: one contiguous plane; B: a batch-last tensor). */
+FEDDST_INLINE void maxpool_backward_plane_s1(const float *gy, long gy_step, const uint8_t *arg, int Hi, int Wi,
+                                             int ld, int K, float *restrict g, int32_t *restrict a,
+                                             float *restrict gx) {
     const int Ho = Hi - K + 1, Wo = Wi - K + 1, P = (K - 1) * ld + (K - 1), n = Hi * ld;
     for (int r = 0; r < Ho; r++) { /* columns >= Wo and the padding stay 0 */
-        memcpy(g + P + r * ld, gy + r * Wo, sizeof(float) * (size_t)Wo);
+        if (gy_step == 1)
+            memcpy(g + P + r * ld, gy + r * Wo, sizeof(float) * (size_t)Wo);
+        else
+            strided_copy(gy + (long)r * Wo * gy_step, gy_step, g + P + r * ld, 1, Wo);
         int32_t *restrict ar = a + P + r * ld;
         const uint8_t *restrict src = arg + r * Wo;
         for (int q = 0; q < Wo; q++) ar[q] = src[q];
     }
-    memset(gx, 0, sizeof(float) * (size_t)n);
+    for (int i = 0; i < n; i++) gx[i] = a[P + i] == 0 ? g[P + i] : 0.0f; /* offset 0 writes (no memset) */
     for (int kh = 0; kh < K; kh++)
-        for (int kw = 0; kw < K; kw++) {
+        for (int kw = (kh == 0); kw < K; kw++) {
             const int32_t d = kh * K + kw;
             const float *restrict gs = g + P - (kh * ld + kw);
             const int32_t *restrict as = a + P - (kh * ld + kw);
@@ -600,7 +677,7 @@ int feddst_maxpool_backward(const float *gy, const uint8_t *arg, long N, int H, 
                     }
                 continue;
             }
-            maxpool_backward_plane_s1(gyp, ap, H, W, W, K, g, a, gp);
+            maxpool_backward_plane_s1(gyp, 1, ap, H, W, W, K, g, a, gp);
         }
         free(g);
         free(a);
@@ -616,9 +693,11 @@ int feddst_maxpool_backward(const float *gy, const uint8_t *arg, long N, int H, 
  * position of each W^T entry in W's values val) and the per-thread partial gval (nnz,), gbias (O,) (skipped
  * if NULL). The same sums in the same order as feddst_maxpool_backward, then feddst_sconv_backward_input
  * (values val[perm]) and feddst_sconv_backward_weight, for the same nthreads: gx and gbias bit-identical, gval
- * to float rounding (the compiler may contract multiply-adds differently where the dot loop is inlined). */
+ * to float rounding (the compiler may contract multiply-adds differently where the dot loop is inlined).
+ * gp_batch_last != 0: gp is batch-last, (O, Hp, Wp, B) (what feddst_sconv_pool_forward's batch_last writes). */
 FEDDST_CLONES
-int feddst_sconv_pool_backward(const float *x, const float *gp, const uint8_t *arg, int B, int C, int H, int W,
+int feddst_sconv_pool_backward(const float *x, const float *gp, int gp_batch_last, const uint8_t *arg, int B, int C,
+                               int H, int W,
                                int O, int K, int Kp, const int32_t *crow, const int32_t *col, const float *val,
                                const int32_t *t_crow, const int32_t *t_row, const int32_t *perm, float *gx,
                                float *gval, float *gbias, int nthreads) {
@@ -666,7 +745,9 @@ int feddst_sconv_pool_backward(const float *x, const float *gp, const uint8_t *a
             for (int b = b0; b < b1; b++) {
                 for (int o = 0; o < O; o++) {
                     const size_t po = ((size_t)b * O + o) * Hp * Wp;
-                    maxpool_backward_plane_s1(gp + po, arg + po, Ho, Wo, W, Kp, g, a, pad + (size_t)o * stride + P);
+                    const float *gpo = gp_batch_last ? gp + (size_t)o * Hp * Wp * B + b : gp + po;
+                    maxpool_backward_plane_s1(gpo, gp_batch_last ? B : 1, arg + po, Ho, Wo, W, Kp, g, a,
+                                              pad + (size_t)o * stride + P);
                 }
                 if (gx)
                     for (int c = 0; c < C; c++) {
@@ -698,4 +779,43 @@ int feddst_sconv_pool_backward(const float *x, const float *gp, const uint8_t *a
     free(t_off);
     free(off);
     return failed ? FEDDST_ENOMEM : FEDDST_OK;
+}
+
+/* One torch.optim.SGD step (dampening 0, no Nesterov) of n parameters p in place, from the gradient g, as
+ * feddst_core.training.sgd_update does it in torch ops, in one pass and one thread (no OpenMP region: a
+ * step updates a few small tensors and one of ~10^5-10^6 values, memory-bound either way):
+ *     g' = g + mu * (p - anchor)      (FedProx; skipped when anchor is NULL)
+ *     g' = g' * mask                  (mask uint8 0/1; skipped when NULL)
+ *     g' = g' + weight_decay * p      (skipped when weight_decay == 0)
+ *     buf = g' (first != 0) or momentum * buf + g'; p -= lr * buf   (momentum != 0; buf (n,) required)
+ *     p -= lr * g'                    (momentum == 0; buf unused)
+ * Chunks of SGD_CHUNK values go through each term's own loop (each vectorises) in an L1-resident scratch. */
+#define SGD_CHUNK 512
+FEDDST_CLONES
+int feddst_sgd_step(float *restrict p, const float *restrict g, float *restrict buf, const uint8_t *restrict mask,
+                    const float *restrict anchor, long n, float lr, float momentum, float weight_decay, float mu,
+                    int first) {
+    float d[SGD_CHUNK];
+    for (long i0 = 0; i0 < n; i0 += SGD_CHUNK) {
+        const int m = n - i0 < SGD_CHUNK ? (int)(n - i0) : SGD_CHUNK;
+        float *restrict pc = p + i0;
+        memcpy(d, g + i0, sizeof(float) * (size_t)m);
+        if (anchor)
+            for (int k = 0; k < m; k++) d[k] = d[k] + mu * (pc[k] - anchor[i0 + k]);
+        if (mask)
+            for (int k = 0; k < m; k++) d[k] = d[k] * (float)mask[i0 + k];
+        if (weight_decay != 0.0f)
+            for (int k = 0; k < m; k++) d[k] = d[k] + weight_decay * pc[k];
+        if (momentum != 0.0f) {
+            float *restrict bc = buf + i0;
+            if (first)
+                memcpy(bc, d, sizeof(float) * (size_t)m);
+            else
+                for (int k = 0; k < m; k++) bc[k] = d[k] + momentum * bc[k];
+            for (int k = 0; k < m; k++) pc[k] = pc[k] - lr * bc[k];
+        } else {
+            for (int k = 0; k < m; k++) pc[k] = pc[k] - lr * d[k];
+        }
+    }
+    return FEDDST_OK;
 }

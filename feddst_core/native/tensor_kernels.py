@@ -124,11 +124,14 @@ def sparse_conv2d_forward(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor
 
 def sparse_conv2d_pool_forward(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
                                bias: torch.Tensor, out_channels: int, kernel: int, pool_kernel: int,
-                               relu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                               relu: bool = False, batch_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Valid stride-1 sparse conv (as ``sparse_conv2d_forward``) then a stride-1 ``pool_kernel`` max-pool
     (then ReLU if ``relu``), without writing the convolution's output: x (B, C, H, W) ->
     (pooled (B, O, Hp, Wp), argmax uint8 (B, O, Hp, Wp) as ``max_pool2d_forward`` returns them),
-    Hp = H - kernel - pool_kernel + 2 (likewise Wp)."""
+    Hp = H - kernel - pool_kernel + 2 (likewise Wp).
+
+    batch_last: the pooled tensor is stored batch-last, a ``(B, O, Hp, Wp)`` view of contiguous
+    ``(O, Hp, Wp, B)`` memory (same values), so flattening it to ``(O*Hp*Wp, B)`` is free."""
     lib = _require()
     _check("x", x, torch.float32, 4)
     _check("bias", bias, torch.float32, 1)
@@ -143,11 +146,17 @@ def sparse_conv2d_pool_forward(x: torch.Tensor, crow: torch.Tensor, col: torch.T
     if _check_csr(crow, col, out_channels, c * kernel * kernel) != values.shape[0]:
         raise ValueError(f"{values.shape[0]} values for a pattern of {col.shape[0]} entries")
     hp, wp = h - kernel - pool_kernel + 2, w - kernel - pool_kernel + 2
-    y = torch.empty(b, out_channels, hp, wp)
+    y = torch.empty(out_channels, hp, wp, b).permute(3, 0, 1, 2) if batch_last else torch.empty(b, out_channels, hp, wp)
     arg = torch.empty(b, out_channels, hp, wp, dtype=torch.uint8)
     _run(lib.feddst_sconv_pool_forward, _ptr(x), b, c, h, w, _ptr(crow), _ptr(col), _ptr(values), _ptr(bias),
-         out_channels, kernel, pool_kernel, int(relu), _ptr(y), _ptr(arg), _threads())
+         out_channels, kernel, pool_kernel, int(relu), int(batch_last), _ptr(y), _ptr(arg), _threads())
     return y, arg
+
+
+def is_batch_last(t: torch.Tensor) -> bool:
+    """True for a 4-D ``(B, O, H, W)`` tensor stored as contiguous ``(O, H, W, B)`` (and not also plain
+    contiguous, as when B == 1): the layout ``sparse_conv2d_pool_forward(batch_last=True)`` returns."""
+    return t.dim() == 4 and not t.is_contiguous() and t.permute(1, 2, 3, 0).is_contiguous()
 
 
 def sparse_conv2d_pool_backward(x: torch.Tensor, grad_out: torch.Tensor, arg: torch.Tensor, crow: torch.Tensor,
@@ -162,10 +171,12 @@ def sparse_conv2d_pool_backward(x: torch.Tensor, grad_out: torch.Tensor, arg: to
     The weight is W's CSR (crow, col, values) plus W^T's (t_crow, t_row int32, perm: entry -> position
     in values). The same sums as ``max_pool2d_backward`` then ``sparse_conv2d_backward_input`` and
     ``sparse_conv2d_backward_weight`` (dx and dbias bit for bit, dvalues to float rounding).
+    grad_out is contiguous or batch-last (``is_batch_last``: read in place, no transposing copy).
     trusted_arg: arg is the forward's own output (its O(n) range check is skipped)."""
     lib = _require()
     _check("x", x, torch.float32, 4)
-    _check("grad_out", grad_out, torch.float32, 4)
+    batch_last = is_batch_last(grad_out)
+    _check("grad_out", grad_out.permute(1, 2, 3, 0) if batch_last else grad_out, torch.float32, 4)
     _check("arg", arg, torch.uint8, 4)
     _check_kernel(kernel)
     _check_kernel(pool_kernel)
@@ -191,7 +202,8 @@ def sparse_conv2d_pool_backward(x: torch.Tensor, grad_out: torch.Tensor, arg: to
     gx = torch.empty(b, c, h, w) if input_grad else None
     grad_values = torch.empty(nnz)
     grad_bias = torch.empty(o) if with_bias else None
-    _run(lib.feddst_sconv_pool_backward, _ptr(x), _ptr(grad_out), _ptr(arg), b, c, h, w, o, kernel, pool_kernel,
+    _run(lib.feddst_sconv_pool_backward, _ptr(x), _ptr(grad_out), int(batch_last), _ptr(arg), b, c, h, w, o, kernel,
+         pool_kernel,
          _ptr(crow), _ptr(col), _ptr(values), _ptr(t_crow), _ptr(t_row), _ptr(perm), _ptr(gx), _ptr(grad_values),
          _ptr(grad_bias), _threads())
     return gx, grad_values, grad_bias
@@ -290,6 +302,40 @@ def csr_sddmm(crow: torch.Tensor, col: torch.Tensor, left: torch.Tensor, right_t
     return grad, grad_bias
 
 
+def csr_linear_backward(crow: torch.Tensor, col: torch.Tensor, t_crow: torch.Tensor, t_row: torch.Tensor,
+                        perm: torch.Tensor, values: torch.Tensor, grad_out_t: torch.Tensor, x_t: torch.Tensor,
+                        input_grad: bool = True, with_bias: bool = True,
+                        ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """A CSR linear layer's whole backward in one native call (one OpenMP region): (dx^T = W^T dy^T (Cn, B) or
+    None if not ``input_grad``, dL/dvalues (nnz,) at the mask, dL/dbias (R,) or None), the same numbers as
+    ``csr_matmul(t_crow, t_row, values, grad_out_t, perm=perm)`` and ``csr_sddmm(crow, col, grad_out_t, x_t)``.
+
+    W (R, Cn): crow, col (int32), values (nnz,); W^T: t_crow, t_row (int16 or int32), perm (int32, entry ->
+    position in values). grad_out_t = dy^T (R, B), x_t = x^T (Cn, B)."""
+    lib = _require()
+    _check("grad_out_t", grad_out_t, torch.float32, 2)
+    _check("x_t", x_t, torch.float32, 2)
+    _check("col", col, torch.int32, 1)
+    _check("values", values, torch.float32, 1)
+    _check("perm", perm, torch.int32, 1)
+    (rows, b), cols = grad_out_t.shape, x_t.shape[0]
+    if x_t.shape[1] != b:
+        raise ValueError(f"grad_out_t {tuple(grad_out_t.shape)} and x_t {tuple(x_t.shape)} disagree on B")
+    nnz = _check_csr(crow, col, rows, cols)
+    if _check_csr(t_crow, t_row, cols, rows) != nnz or values.shape[0] != nnz or perm.shape[0] != nnz:
+        raise ValueError(f"W ({nnz} entries), W^T ({t_row.shape[0]}), values ({values.shape[0]}) and perm "
+                         f"({perm.shape[0]}) disagree")
+    _check_index("perm", perm, nnz)
+    gx_t = torch.empty(cols, b) if input_grad else None
+    grad = torch.empty(nnz)
+    grad_bias = torch.empty(rows) if with_bias else None
+    _run(lib.feddst_csr_linear_backward, _ptr(crow), _ptr(col), _ptr(t_crow),
+         _ptr(t_row) if t_row.dtype == torch.int32 else None, _ptr(t_row) if t_row.dtype == torch.int16 else None,
+         _ptr(perm), _ptr(values), rows, cols, _ptr(grad_out_t), _ptr(x_t), b, _ptr(gx_t), _ptr(grad),
+         _ptr(grad_bias), _threads())
+    return gx_t, grad, grad_bias
+
+
 POOL_CLIPPED = 255  # argmax of an output the fused ReLU set to 0: no gradient flows back through it
 
 
@@ -337,3 +383,26 @@ def max_pool2d_backward(grad_out: torch.Tensor, arg: torch.Tensor, input_hw: tup
     gx = torch.empty(*grad_out.shape[:-2], h, w)
     _run(lib.feddst_maxpool_backward, _ptr(grad_out), _ptr(arg), n, h, w, kernel, stride, _ptr(gx), _threads())
     return gx
+
+
+def sgd_step_(param: torch.Tensor, grad: torch.Tensor, buffer: torch.Tensor | None, lr: float, momentum: float = 0.0,
+              weight_decay: float = 0.0, mask: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
+              prox_mu: float = 0.0, first: bool = False) -> None:
+    """One ``torch.optim.SGD`` step of ``param`` in place, as ``feddst_core.training.sgd_update`` (and the
+    FedProx term before it) computes it, in one native pass: ``g = grad + prox_mu * (param - anchor)``
+    (anchor given), ``g *= mask`` (bool, given), ``g += weight_decay * param``; with momentum
+    ``buffer = g`` (``first``) or ``momentum * buffer + g``, ``param -= lr * buffer``; else
+    ``param -= lr * g``. ``grad`` is not modified. All float32 tensors contiguous, of param's size."""
+    lib = _require()
+    n = param.numel()
+    for name, t, dtype in (("param", param, torch.float32), ("grad", grad, torch.float32),
+                           ("buffer", buffer, torch.float32), ("mask", mask, torch.bool),
+                           ("anchor", anchor, torch.float32)):
+        if t is not None:
+            _check(name, t, dtype)
+            if t.numel() != n:
+                raise ValueError(f"{name} has {t.numel()} elements, param {n}")
+    if momentum and buffer is None:
+        raise ValueError("momentum needs a buffer")
+    _run(lib.feddst_sgd_step, _ptr(param), _ptr(grad), _ptr(buffer), _ptr(mask), _ptr(anchor), n, lr, momentum,
+         weight_decay, prox_mu if anchor is not None else 0.0, int(first))

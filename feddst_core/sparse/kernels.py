@@ -187,6 +187,10 @@ class _LinearBackend:
     input_grad: Callable[[CsrPattern, torch.Tensor, torch.Tensor], torch.Tensor]  # -> dx^T = W^T dy^T
     # -> (dL/dvalues (nnz,) at the mask, dL/dbias (out,) or None)
     weight_grad: Callable[[CsrPattern, torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor | None]]
+    # Both at once (pattern, values, dy^T, x^T, input_grad, with_bias) -> (dx^T or None, dvalues, dbias or None);
+    # None: input_grad then weight_grad.
+    backward: Callable[[CsrPattern, torch.Tensor, torch.Tensor, torch.Tensor, bool, bool],
+                       tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]] | None = None
 
 
 def _torch_weight_grad(pattern: CsrPattern, grad_out_t: torch.Tensor, x_t: torch.Tensor,
@@ -207,6 +211,9 @@ _NATIVE_LINEAR = _LinearBackend(
     input_grad=lambda p, values, grad_out_t: native.csr_matmul(p.t_crow, p.t_col, values, grad_out_t,
                                                                perm=p.transpose_perm),
     weight_grad=lambda p, grad_out_t, x_t, with_bias: native.csr_sddmm(p.crow, p.col, grad_out_t, x_t, with_bias),
+    # one native call and one OpenMP region for the whole backward
+    backward=lambda p, values, grad_out_t, x_t, input_grad, with_bias: native.csr_linear_backward(
+        p.crow, p.col, p.t_crow, p.t_col, p.transpose_perm, values, grad_out_t, x_t, input_grad, with_bias),
 )
 
 
@@ -227,6 +234,10 @@ def _linear_backward(ctx, grad_out: torch.Tensor):
     backend: _LinearBackend = ctx.backend
     grad_out_t = grad_out.t().contiguous()  # (out, B)
     grad_x = grad_values = grad_bias = None
+    if backend.backward is not None and ctx.needs_input_grad[1]:
+        grad_x_t, grad_values, grad_bias = backend.backward(pattern, values.detach(), grad_out_t, x_t,
+                                                            ctx.needs_input_grad[0], ctx.needs_input_grad[2])
+        return None if grad_x_t is None else grad_x_t.t(), grad_values, grad_bias, None
     if ctx.needs_input_grad[0]:
         grad_x = backend.input_grad(pattern, values.detach(), grad_out_t).t()  # (B, in)
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
@@ -312,20 +323,22 @@ class NativeSparseConv2dFunction(torch.autograd.Function):
 class NativeSparseConv2dPoolFunction(torch.autograd.Function):
     """Sparse conv2d (valid, stride 1) -> stride-1 max-pool (-> ReLU) as one autograd node, native kernels.
 
-    x (B, C, H, W), values (nnz,), bias (out,) -> (B, out, Hp, Wp), Hp = H - k - pool_kernel + 2.
+    x (B, C, H, W), values (nnz,), bias (out,) -> (B, out, Hp, Wp), Hp = H - k - pool_kernel + 2
+    (stored batch-last when ``batch_last``: see ``native.sparse_conv2d_pool_forward``).
     Forward never writes the convolution's output (``native.sparse_conv2d_pool_forward``), nor does
     backward: one native call (``native.sparse_conv2d_pool_backward``) routes the gradient through the
-    saved uint8 argmax and runs the sparse convolution's two gradients image by image.
+    saved uint8 argmax and runs the sparse convolution's two gradients image by image; a batch-last
+    gradient (what a Flatten of the batch-last output hands back) is read in place.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, pattern: CsrPattern,
-                pool_kernel: int, relu: bool) -> torch.Tensor:
+                pool_kernel: int, relu: bool, batch_last: bool = False) -> torch.Tensor:
         out_c, in_c, kh, kw = pattern.weight_shape
         assert x.dim() == 4 and x.shape[1] == in_c and kh == kw, "x must be (B, in_channels, H, W); square kernels"
         x = x.contiguous()
         y, arg = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values.detach(), bias.detach(),
-                                                   out_c, kh, pool_kernel, relu)
+                                                   out_c, kh, pool_kernel, relu, batch_last)
         ctx.pattern, ctx.pool_kernel = pattern, pool_kernel
         ctx.save_for_backward(x, values, arg)
         return y
@@ -335,11 +348,12 @@ class NativeSparseConv2dPoolFunction(torch.autograd.Function):
         x, values, arg = ctx.saved_tensors
         pattern: CsrPattern = ctx.pattern
         kh = pattern.weight_shape[2]
+        grad_out = grad_out if native.is_batch_last(grad_out) else grad_out.contiguous()
         grad_x, grad_values, grad_bias = native.sparse_conv2d_pool_backward(
-            x, grad_out.contiguous(), arg, pattern.crow, pattern.col, values.detach(), pattern.t_crow,
+            x, grad_out, arg, pattern.crow, pattern.col, values.detach(), pattern.t_crow,
             pattern.t_col_int32, pattern.transpose_perm, kh, ctx.pool_kernel, input_grad=ctx.needs_input_grad[0],
             with_bias=ctx.needs_input_grad[2], trusted_arg=True)
-        return grad_x, grad_values if ctx.needs_input_grad[1] else None, grad_bias, None, None, None
+        return grad_x, grad_values if ctx.needs_input_grad[1] else None, grad_bias, None, None, None, None
 
 
 class SparseConv2dFunction(torch.autograd.Function):
@@ -399,16 +413,18 @@ def sparse_conv2d(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
 
 def sparse_conv2d_pool(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, pattern: CsrPattern,
                        pool_kernel: int, pool_stride: int, relu: bool, use_native: bool | None = None,
-                       ) -> torch.Tensor:
+                       batch_last: bool = False) -> torch.Tensor:
     """``max_pool2d(sparse_conv2d(x, ...), pool_kernel, pool_stride, relu)``, fused into one pass when the
     native kernels are built and the pool has stride 1 (the paper CNNs); composed otherwise (same values).
 
-    x (B, C, H, W) -> (B, out, (H-k+1-pool_kernel)//pool_stride + 1, likewise W).
+    x (B, C, H, W) -> (B, out, (H-k+1-pool_kernel)//pool_stride + 1, likewise W). batch_last: the fused
+    pass stores the output batch-last (for a Flatten to ``(features, B)`` without a copy); the same values
+    either way, and the composed path ignores it.
     """
     if use_native is None:
         use_native = native.available() and x.dtype == torch.float32
     if use_native and pool_stride == 1 and pool_kernel <= 15:
-        return NativeSparseConv2dPoolFunction.apply(x, values, bias, pattern, pool_kernel, relu)
+        return NativeSparseConv2dPoolFunction.apply(x, values, bias, pattern, pool_kernel, relu, batch_last)
     from feddst_core.pooling import max_pool2d
 
     return max_pool2d(sparse_conv2d(x, values, bias, pattern, use_native), pool_kernel, pool_stride, relu=relu)

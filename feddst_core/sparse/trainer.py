@@ -12,13 +12,15 @@ converted back to CSR. When the policy keeps every layer dense, ``train`` simply
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from feddst_core.models import Conv, Linear, MaxPool, ModelSpec, forward, run_layers
+from feddst_core import native
+from feddst_core.models import Conv, Flatten, Linear, MaxPool, ModelSpec, forward, forward_plan, run_layers
 from feddst_core.pooling import max_pool2d
 from feddst_core.readjust import LayerReadjustment, readjust_masks
 from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_conv2d_pool, sparse_linear
@@ -32,11 +34,14 @@ class CsrLayers:
     its CSR kernel, a sparse Conv followed by a MaxPool runs fused with it (``sparse_conv2d_pool``).
 
     ``leaves["<layer>.weight"]`` is the (nnz,) CSR values when ``"<layer>.weight"`` is in ``patterns``,
-    else the dense weight; biases are dense.
+    else the dense weight; biases are dense. A fused conv + pool whose output goes straight into Flatten
+    (``batch_last_convs``) writes it batch-last, so Flatten's ``(features, B)`` layout costs no copy.
     """
 
-    def __init__(self, leaves: Mapping[str, torch.Tensor], patterns: Mapping[str, CsrPattern], b: int):
+    def __init__(self, leaves: Mapping[str, torch.Tensor], patterns: Mapping[str, CsrPattern], b: int,
+                 batch_last_convs: frozenset[str] = frozenset()):
         self.leaves, self.patterns, self.b = leaves, patterns, b
+        self.batch_last_convs = batch_last_convs
 
     def conv(self, layer: Conv, act: torch.Tensor) -> torch.Tensor:
         weight, bias = self.leaves[f"{layer.name}.weight"], self.leaves[f"{layer.name}.bias"]
@@ -51,7 +56,8 @@ class CsrLayers:
     def conv_pool(self, layer: Conv, pool: MaxPool, relu: bool, act: torch.Tensor) -> torch.Tensor:
         name = f"{layer.name}.weight"
         return sparse_conv2d_pool(act, self.leaves[name], self.leaves[f"{layer.name}.bias"], self.patterns[name],
-                                  pool.kernel, pool.stride, relu=relu)
+                                  pool.kernel, pool.stride, relu=relu,
+                                  batch_last=layer.name in self.batch_last_convs)
 
     def max_pool(self, pool: MaxPool, relu: bool, act: torch.Tensor) -> torch.Tensor:
         return max_pool2d(act, pool.kernel, pool.stride, relu=relu)
@@ -60,8 +66,8 @@ class CsrLayers:
         return F.relu(act)
 
     def flatten(self, act: torch.Tensor) -> torch.Tensor:
-        # (B, C*H*W) in per-sample C, H, W order, laid out as a contiguous (C*H*W, B) transposed:
-        # one copy, and the (in, B) operand sparse_linear / addmm use is then already contiguous.
+        # (B, C*H*W) in per-sample C, H, W order, laid out as a contiguous (C*H*W, B) transposed: one
+        # copy (none for a batch-last act), and the (in, B) operand sparse_linear / addmm use is contiguous.
         return act.permute(*range(1, act.dim()), 0).reshape(-1, self.b).contiguous().t()
 
     def linear(self, layer: Linear, act: torch.Tensor) -> torch.Tensor:
@@ -77,7 +83,16 @@ def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns:
                   x: torch.Tensor) -> torch.Tensor:
     """Logits of one client's model on x (B, C, H, W) -> (B, classes): ``models.run_layers`` with
     :class:`CsrLayers` (see there for ``leaves`` and ``patterns``)."""
-    return run_layers(spec, CsrLayers(leaves, patterns, x.shape[0]), x.contiguous())
+    return run_layers(spec, CsrLayers(leaves, patterns, x.shape[0], convs_before_flatten(spec)), x.contiguous())
+
+
+@functools.lru_cache(maxsize=64)
+def convs_before_flatten(spec: ModelSpec) -> frozenset[str]:
+    """Names of the Convs whose pooled output (a MaxPool, or MaxPool + ReLU, right after them in
+    ``forward_plan``) is the input of Flatten."""
+    plan = forward_plan(spec.layers)
+    return frozenset(layer.name for layer, after in zip(plan, plan[2:], strict=False)
+                     if isinstance(layer, Conv) and isinstance(after, Flatten))
 
 
 @dataclass
@@ -208,13 +223,24 @@ class SparseLocalTrainer:
 
     @torch.no_grad()
     def _sgd_step(self, state: ClientState, grads: Mapping[str, torch.Tensor]) -> None:
-        """LocalTrainer's SGD; CSR values need no mask (all of them are active)."""
+        """LocalTrainer's SGD; CSR values need no mask (all of them are active). With the native kernels
+        each leaf's FedProx term, mask, decay, momentum and update are one native pass
+        (``native.sgd_step_``: the same formula as ``sgd_update``, to float rounding)."""
         cfg = self.config
+        use_native = native.available()
         for name, p in state.leaves.items():
             g = grads[name].contiguous()
-            if state.anchors is not None:
-                g = g.add(p - state.anchors[name], alpha=cfg.prox_mu)  # d/dp of mu/2 * ||p - p_global||^2
+            anchor = state.anchors[name] if state.anchors is not None else None
             mask = state.masks.get(name)  # None for sparse values (all active) and unmasked leaves
+            if use_native and p.dtype == torch.float32 and (anchor is None or anchor.is_contiguous()):
+                buf = state.buffers.get(name)
+                first = buf is None
+                if cfg.momentum and buf is None:
+                    buf = state.buffers[name] = torch.empty_like(p)
+                native.sgd_step_(p, g, buf, cfg.lr, cfg.momentum, cfg.weight_decay, mask, anchor, cfg.prox_mu, first)
+                continue
+            if anchor is not None:
+                g = g.add(p - anchor, alpha=cfg.prox_mu)  # d/dp of mu/2 * ||p - p_global||^2
             sgd_update(name, p, g, mask, state.buffers, cfg)
 
     def _readjust_state(self, state: ClientState, global_params: Mapping[str, torch.Tensor], data: ClientData,

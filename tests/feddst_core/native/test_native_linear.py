@@ -265,3 +265,45 @@ def test_index_check_cache_sees_in_place_changes(small) -> None:
     crow[1] = int(crow[2]) + 1  # decreasing at row 1, endpoints unchanged
     with pytest.raises(ValueError, match="never decrease"):
         native.csr_sddmm(crow, p.col, dy_t, x_t)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("t_row_dtype", [torch.int16, torch.int32])
+@pytest.mark.parametrize("batch", (7, 32, 45))
+@pytest.mark.parametrize("kind", MASKS)
+def test_linear_backward_in_one_call_equals_the_two_kernels_exactly(kind, batch, t_row_dtype, threads) -> None:
+    """csr_linear_backward (one OpenMP region) gives bit for bit what csr_matmul (W^T through the permutation)
+    and csr_sddmm give, with and without the input and bias gradients."""
+    rows, cols = SHAPES[1]
+    g = torch.Generator().manual_seed(11)
+    pattern = CsrPattern.from_mask(_mask(kind, rows, cols, g))
+    values = torch.randn(pattern.nnz, generator=g)
+    dy_t, x_t = torch.randn(rows, batch, generator=g), torch.randn(cols, batch, generator=g)
+    t_row = pattern.t_col.to(t_row_dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gx_ref = native.csr_matmul(pattern.t_crow, t_row, values, dy_t, perm=pattern.transpose_perm)
+        gv_ref, gb_ref = native.csr_sddmm(pattern.crow, pattern.col, dy_t, x_t, with_bias=True)
+        args = (pattern.crow, pattern.col, pattern.t_crow, t_row, pattern.transpose_perm, values, dy_t, x_t)
+        gx, gv, gb = native.csr_linear_backward(*args)
+        no_gx, gv_only, no_gb = native.csr_linear_backward(*args, input_grad=False, with_bias=False)
+    finally:
+        torch.set_num_threads(before)
+    assert gx is not None and gb is not None and gb_ref is not None
+    assert torch.equal(gx, gx_ref) and torch.equal(gv, gv_ref) and torch.equal(gb, gb_ref)
+    assert no_gx is None and no_gb is None and torch.equal(gv_only, gv_ref)
+
+
+def test_linear_backward_refuses_mismatched_patterns() -> None:
+    g = torch.Generator().manual_seed(2)
+    pattern = CsrPattern.from_mask(_mask("0.3", 13, 29, g))
+    other = CsrPattern.from_mask(_mask("0.05", 13, 29, g))
+    values = torch.randn(pattern.nnz, generator=g)
+    dy_t, x_t = torch.randn(13, 8, generator=g), torch.randn(29, 8, generator=g)
+    with pytest.raises(ValueError, match="disagree"):
+        native.csr_linear_backward(pattern.crow, pattern.col, other.t_crow, other.t_col, other.transpose_perm,
+                                   values, dy_t, x_t)
+    with pytest.raises(ValueError, match="disagree on B"):
+        native.csr_linear_backward(pattern.crow, pattern.col, pattern.t_crow, pattern.t_col, pattern.transpose_perm,
+                                   values, dy_t, x_t[:, :7].contiguous())

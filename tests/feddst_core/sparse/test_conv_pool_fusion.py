@@ -142,3 +142,81 @@ def test_fused_backward_refuses_bad_input_naming_it():
         native.sparse_conv2d_pool_backward(x, grad, torch.full_like(arg, 9), *args, 3)
     with pytest.raises(ValueError, match="values"):
         native.sparse_conv2d_pool_backward(x, grad, arg, pattern.crow, pattern.col, values[:-1], *args[3:], 3)
+
+
+@pytest.mark.skipif(not native.available(), reason=native.status())
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_batch_last_output_and_gradient_equal_the_nchw_ones_exactly(shape, threads):
+    """The batch-last forward stores the very same values (and argmax) in (O, Hp, Wp, B) memory, and the
+    backward reads a batch-last gradient in place to the very same dx, dvalues and dbias."""
+    out_c, in_c, k, _, _, pool = shape
+    mask, weight, bias, x, g = _problem(shape, 0.3)
+    pattern = CsrPattern.from_mask(mask)
+    values = pattern.gather(weight)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y, arg = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values, bias, out_c, k, pool, True)
+        y_bl, arg_bl = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values, bias, out_c, k, pool,
+                                                         True, batch_last=True)
+        grad_out = torch.randn(y.shape, generator=g)
+        grad_bl = grad_out.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+        args = (arg, pattern.crow, pattern.col, values, pattern.t_crow, pattern.t_col_int32, pattern.transpose_perm,
+                k, pool)
+        ref = native.sparse_conv2d_pool_backward(x, grad_out, *args)
+        got = native.sparse_conv2d_pool_backward(x, grad_bl, *args)
+    finally:
+        torch.set_num_threads(before)
+    assert native.is_batch_last(y_bl) and native.is_batch_last(grad_bl) and not native.is_batch_last(y)
+    assert torch.equal(y_bl, y) and torch.equal(arg_bl, arg)
+    for r, t in zip(ref, got, strict=True):
+        assert torch.equal(t, r)
+
+
+@pytest.mark.skipif(not native.available(), reason=native.status())
+def test_flatten_after_batch_last_conv_pool_copies_nothing_and_matches_autograd(monkeypatch):
+    """forward_mixed runs the conv feeding Flatten batch-last: fc1's (features, B) operand is the fused
+    kernel's own output memory (no copy), and the gradients still equal torch autograd's."""
+    from feddst_core.models import MNIST_CNN, init_params
+    from feddst_core.sparse.trainer import convs_before_flatten, forward_mixed
+
+    assert convs_before_flatten(MNIST_CNN) == frozenset({"conv2"})
+    g = torch.Generator().manual_seed(5)
+    params = init_params(MNIST_CNN, g)
+    masks = {nm: torch.rand(params[nm].shape, generator=g) < 0.3 for nm in MNIST_CNN.masked_names()}
+    patterns = {nm: CsrPattern.from_mask(masks[nm]) for nm in ("conv2.weight", "fc1.weight")}
+    leaves = {nm: (patterns[nm].gather(t) if nm in patterns else t * masks.get(nm, 1)).requires_grad_()
+              for nm, t in params.items()}
+    x, y = torch.rand(6, 1, 28, 28, generator=g), torch.randint(0, 10, (6,), generator=g)
+    pooled, fc1_inputs = [], []
+    conv_pool, linear = native.sparse_conv2d_pool_forward, native.csr_matmul
+
+    def conv_pool_spy(*args, **kwargs):
+        out, arg = conv_pool(*args, **kwargs)
+        pooled.append(out)
+        return out, arg
+
+    def linear_spy(crow, index, values, src, bias=None, perm=None):
+        if bias is not None:  # a forward (input gradients pass no bias)
+            fc1_inputs.append(src)
+        return linear(crow, index, values, src, bias=bias, perm=perm)
+
+    monkeypatch.setattr(native, "sparse_conv2d_pool_forward", conv_pool_spy)
+    monkeypatch.setattr(native, "csr_matmul", linear_spy)
+    loss = F.cross_entropy(forward_mixed(MNIST_CNN, leaves, patterns, x), y)
+    monkeypatch.undo()
+    assert len(pooled) == 1 and len(fc1_inputs) == 1
+    assert native.is_batch_last(pooled[0]) and fc1_inputs[0].data_ptr() == pooled[0].data_ptr()
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+
+    dense = {nm: (t * masks[nm] if nm in masks else t).detach().requires_grad_() for nm, t in params.items()}
+    act = F.relu(F.max_pool2d(F.conv2d(x, dense["conv1.weight"], dense["conv1.bias"]), 3, 1))
+    act = F.relu(F.max_pool2d(F.conv2d(act, dense["conv2.weight"], dense["conv2.bias"]), 3, 1))
+    act = F.relu(F.linear(act.flatten(1), dense["fc1.weight"], dense["fc1.bias"]))
+    ref_loss = F.cross_entropy(F.linear(act, dense["fc2.weight"], dense["fc2.bias"]), y)
+    ref = torch.autograd.grad(ref_loss, list(dense.values()))
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    for nm, got, want in zip(leaves, grads, ref, strict=True):
+        want = patterns[nm].gather(want) if nm in patterns else want
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=nm)
