@@ -18,6 +18,15 @@ SHAPES = [  # (out, in, k, H=W, batch, pool kernel)
 ]
 
 
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """Run the test at 1 and at 2 torch threads (the native kernels' OpenMP team); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 def _problem(shape, density, seed=3):
     out_c, in_c, k, hw, batch, _ = shape
     g = torch.Generator().manual_seed(seed)
@@ -94,7 +103,6 @@ def test_strided_pool_composes_the_unfused_layers():
 
 
 @pytest.mark.skipif(not native.available(), reason=native.status())
-@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fused_backward_equals_pool_then_conv_gradients_exactly(shape, threads):
     """One native backward pass gives the numbers of the three native kernels it replaces, run in turn: the
@@ -104,25 +112,20 @@ def test_fused_backward_equals_pool_then_conv_gradients_exactly(shape, threads):
     mask, weight, bias, x, g = _problem(shape, 0.3)
     pattern = CsrPattern.from_mask(mask)
     values = pattern.gather(weight)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        y, arg = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values, bias, out_c, k, pool,
-                                                   relu=True)
-        grad_out = torch.randn(y.shape, generator=g)
-        conv_hw = (x.shape[2] - k + 1, x.shape[3] - k + 1)
-        grad_conv = native.max_pool2d_backward(grad_out, arg, conv_hw, pool, 1)
-        gx_ref = native.sparse_conv2d_backward_input(grad_conv, pattern.t_crow, pattern.t_col_int32,
-                                                     values[pattern.transpose_perm.long()], in_c, x.shape[2:], k)
-        gv_ref, gb_ref = native.sparse_conv2d_backward_weight(x, grad_conv, pattern.crow, pattern.col, k)
-        gx, gv, gb = native.sparse_conv2d_pool_backward(x, grad_out, arg, pattern.crow, pattern.col, values,
-                                                        pattern.t_crow, pattern.t_col_int32, pattern.transpose_perm,
-                                                        k, pool)
-        no_gx, gv_only, no_gb = native.sparse_conv2d_pool_backward(
-            x, grad_out, arg, pattern.crow, pattern.col, values, pattern.t_crow, pattern.t_col_int32,
-            pattern.transpose_perm, k, pool, input_grad=False, with_bias=False)
-    finally:
-        torch.set_num_threads(before)
+    y, arg = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values, bias, out_c, k, pool,
+                                               relu=True)
+    grad_out = torch.randn(y.shape, generator=g)
+    conv_hw = (x.shape[2] - k + 1, x.shape[3] - k + 1)
+    grad_conv = native.max_pool2d_backward(grad_out, arg, conv_hw, pool, 1)
+    gx_ref = native.sparse_conv2d_backward_input(grad_conv, pattern.t_crow, pattern.t_col_int32,
+                                                 values[pattern.transpose_perm.long()], in_c, x.shape[2:], k)
+    gv_ref, gb_ref = native.sparse_conv2d_backward_weight(x, grad_conv, pattern.crow, pattern.col, k)
+    gx, gv, gb = native.sparse_conv2d_pool_backward(x, grad_out, arg, pattern.crow, pattern.col, values,
+                                                    pattern.t_crow, pattern.t_col_int32, pattern.transpose_perm,
+                                                    k, pool)
+    no_gx, gv_only, no_gb = native.sparse_conv2d_pool_backward(
+        x, grad_out, arg, pattern.crow, pattern.col, values, pattern.t_crow, pattern.t_col_int32,
+        pattern.transpose_perm, k, pool, input_grad=False, with_bias=False)
     assert torch.equal(gx, gx_ref) and torch.equal(gb, gb_ref)
     torch.testing.assert_close(gv, gv_ref, rtol=1e-5, atol=1e-5)
     assert no_gx is None and no_gb is None and torch.equal(gv_only, gv)
@@ -145,7 +148,6 @@ def test_fused_backward_refuses_bad_input_naming_it():
 
 
 @pytest.mark.skipif(not native.available(), reason=native.status())
-@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_batch_last_output_and_gradient_equal_the_nchw_ones_exactly(shape, threads):
     """The batch-last forward stores the very same values (and argmax) in (O, Hp, Wp, B) memory, and the
@@ -154,20 +156,15 @@ def test_batch_last_output_and_gradient_equal_the_nchw_ones_exactly(shape, threa
     mask, weight, bias, x, g = _problem(shape, 0.3)
     pattern = CsrPattern.from_mask(mask)
     values = pattern.gather(weight)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        y, arg = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values, bias, out_c, k, pool, True)
-        y_bl, arg_bl = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values, bias, out_c, k, pool,
-                                                         True, batch_last=True)
-        grad_out = torch.randn(y.shape, generator=g)
-        grad_bl = grad_out.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
-        args = (arg, pattern.crow, pattern.col, values, pattern.t_crow, pattern.t_col_int32, pattern.transpose_perm,
-                k, pool)
-        ref = native.sparse_conv2d_pool_backward(x, grad_out, *args)
-        got = native.sparse_conv2d_pool_backward(x, grad_bl, *args)
-    finally:
-        torch.set_num_threads(before)
+    y, arg = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values, bias, out_c, k, pool, True)
+    y_bl, arg_bl = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values, bias, out_c, k, pool,
+                                                     True, batch_last=True)
+    grad_out = torch.randn(y.shape, generator=g)
+    grad_bl = grad_out.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+    args = (arg, pattern.crow, pattern.col, values, pattern.t_crow, pattern.t_col_int32, pattern.transpose_perm,
+            k, pool)
+    ref = native.sparse_conv2d_pool_backward(x, grad_out, *args)
+    got = native.sparse_conv2d_pool_backward(x, grad_bl, *args)
     assert native.is_batch_last(y_bl) and native.is_batch_last(grad_bl) and not native.is_batch_last(y)
     assert torch.equal(y_bl, y) and torch.equal(arg_bl, arg)
     for r, t in zip(ref, got, strict=True):
