@@ -73,6 +73,15 @@ def test_unknown_settings_key(tmp_path):
     _one_error_line(result, "unknown setting 'brokr_url'")
 
 
+@pytest.mark.parametrize("value", ["0", '"lots"'])
+def test_bad_receive_queue_bound(tmp_path, value):
+    config = tmp_path / "cloud.toml"
+    config.write_text(f"mqtt_receive_queue_bytes = {value}\n")
+    result = _serve("--state-dir", str(tmp_path / "s"), "--config", str(config))
+    _one_error_line(result, "mqtt_receive_queue_bytes")
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())  # nothing half-written
+
+
 def test_unreachable_broker_serves_degraded(tmp_path):
     served = CoordinatorProcess(tmp_path / "s", f"mqtt://127.0.0.1:{free_port()}")
     served.headers = {}
