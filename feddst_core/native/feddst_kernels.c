@@ -55,6 +55,20 @@ int feddst_abi_version(void) { return 7; }
 #define FEDDST_OK 0
 #define FEDDST_ENOMEM 1
 
+/* A thread's scratch buffer, allocated inside a parallel region: n elements of `size` bytes, zeroed if `zeroed`.
+ * NULL when n == 0 (nothing asked: not a failure) or when the allocation failed, which also sets *failed (shared
+ * by the team; the entry point then returns FEDDST_ENOMEM). free(NULL) is fine either way. Inlined like the other
+ * helpers (kept out of line, it changed how gcc contracted the SDDMM next to it: no longer bit-equal to csr_sddmm). */
+FEDDST_INLINE void *thread_scratch(size_t n, size_t size, int zeroed, int *failed) {
+    if (n == 0) return NULL;
+    void *p = zeroed ? calloc(n, size) : malloc(n * size);
+    if (!p) {
+        #pragma omp atomic write
+        *failed = 1;
+    }
+    return p;
+}
+
 /* acc[0:VL] = start + sum_{j0 <= j < j1} w[j] * src[idx[j] * ld + 0:VL]; idx int32 or int16 (the other NULL),
  * w = val[j], or val[perm[j]] when perm is given. Inlined with constant arguments at each call site, so
  * the NULL tests fold away. The VL outputs stay in four vector registers while the weights stream past. */
@@ -92,11 +106,7 @@ int feddst_sconv_forward(const float *x, int B, int C, int H, int W, const int32
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
-        float *tmp = malloc(sizeof(float) * (size_t)(Lv + VL));
-        if (!tmp) {
-            #pragma omp atomic write
-            failed = 1;
-        }
+        float *tmp = thread_scratch((size_t)(Lv + VL), sizeof(float), 0, &failed);
         #pragma omp for schedule(static)
         for (long task = 0; task < (long)B * O; task++) {
             if (!tmp) continue;
@@ -138,12 +148,8 @@ int feddst_sconv_backward_input(const float *gy, int B, int O, const int32_t *t_
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
-        float *pad = calloc((size_t)O * stride, sizeof(float)); /* zeros outside the rows stay zero */
+        float *pad = thread_scratch((size_t)O * stride, sizeof(float), 1, &failed); /* zeros off the rows stay 0 */
         float tmp[VL];
-        if (!pad) {
-            #pragma omp atomic write
-            failed = 1;
-        }
         #pragma omp for schedule(static)
         for (int b = 0; b < B; b++) {
             if (!pad) continue;
@@ -256,11 +262,7 @@ int feddst_sconv_backward_weight(const float *x, const float *gy, int B, int C, 
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
-        float *row = calloc((size_t)Lv + VL, sizeof(float)); /* gy plane at stride W, zero-padded */
-        if (!row) {
-            #pragma omp atomic write
-            failed = 1;
-        }
+        float *row = thread_scratch((size_t)Lv + VL, sizeof(float), 1, &failed); /* gy plane at stride W, 0-padded */
         #pragma omp for schedule(static)
         for (int t = 0; t < nthreads; t++) {
             if (!row) continue;
@@ -340,12 +342,8 @@ int feddst_csr_matmul(const int32_t *crow, const int32_t *idx32, const int16_t *
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
-        float *gathered = perm ? malloc(sizeof(float) * (size_t)longest) : NULL;
+        float *gathered = thread_scratch(perm ? (size_t)longest : 0, sizeof(float), 0, &failed);
         const int missing = perm && !gathered;
-        if (missing) {
-            #pragma omp atomic write
-            failed = 1;
-        }
         #pragma omp for schedule(dynamic, 16)
         for (int r = 0; r < R; r++)
             if (!missing) csr_matmul_row(r, crow, idx32, idx16, val, perm, bias, src, B, out, gathered);
@@ -427,12 +425,8 @@ int feddst_csr_linear_backward(const int32_t *crow, const int32_t *col, const in
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
-        float *gathered = gxt ? malloc(sizeof(float) * (size_t)longest) : NULL;
+        float *gathered = thread_scratch(gxt ? (size_t)longest : 0, sizeof(float), 0, &failed);
         const int missing = gxt && !gathered;
-        if (missing) {
-            #pragma omp atomic write
-            failed = 1;
-        }
         if (gxt) {
             #pragma omp for schedule(dynamic, 16) nowait
             for (int r = 0; r < Cn; r++)
@@ -537,11 +531,7 @@ int feddst_sconv_pool_forward(const float *x, int B, int C, int H, int W, const 
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
-        float *tmp = malloc(sizeof(float) * (size_t)(Lv + VL + Wp)); /* the conv plane, then one pooled row */
-        if (!tmp) {
-            #pragma omp atomic write
-            failed = 1;
-        }
+        float *tmp = thread_scratch((size_t)(Lv + VL + Wp), sizeof(float), 0, &failed); /* conv plane, pooled row */
         #pragma omp for schedule(static)
         for (long task = 0; task < (long)B * O; task++) {
             if (!tmp) continue;
@@ -654,13 +644,9 @@ int feddst_maxpool_backward(const float *gy, const uint8_t *arg, long N, int H, 
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
-        float *restrict g = S == 1 ? calloc((size_t)(P + plane), sizeof(float)) : NULL;
-        int32_t *restrict a = S == 1 ? calloc((size_t)(P + plane), sizeof(int32_t)) : NULL;
+        float *restrict g = thread_scratch(S == 1 ? (size_t)(P + plane) : 0, sizeof(float), 1, &failed);
+        int32_t *restrict a = thread_scratch(S == 1 ? (size_t)(P + plane) : 0, sizeof(int32_t), 1, &failed);
         const int missing = S == 1 && (!g || !a);
-        if (missing) {
-            #pragma omp atomic write
-            failed = 1;
-        }
         #pragma omp for schedule(static)
         for (long n = 0; n < N; n++) {
             float *restrict gp = gx + n * plane;
@@ -728,15 +714,11 @@ int feddst_sconv_pool_backward(const float *x, const float *gp, int gp_batch_las
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
-        float *pad = calloc((size_t)O * stride, sizeof(float)); /* zeros outside the rows stay zero */
-        float *g = calloc((size_t)(Pp + Ho * W), sizeof(float));
-        int32_t *a = calloc((size_t)(Pp + Ho * W), sizeof(int32_t));
+        float *pad = thread_scratch((size_t)O * stride, sizeof(float), 1, &failed); /* zeros off the rows stay 0 */
+        float *g = thread_scratch((size_t)(Pp + Ho * W), sizeof(float), 1, &failed);
+        int32_t *a = thread_scratch((size_t)(Pp + Ho * W), sizeof(int32_t), 1, &failed);
         float tmp[VL];
         const int missing = !pad || !g || !a;
-        if (missing) {
-            #pragma omp atomic write
-            failed = 1;
-        }
         #pragma omp for schedule(static)
         for (int t = 0; t < nthreads; t++) {
             if (missing) continue;
