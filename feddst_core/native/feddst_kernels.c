@@ -33,9 +33,9 @@ typedef float v8 __attribute__((vector_size(32)));
 #endif
 
 /* Helpers are always inlined: each then runs as the clone (AVX-512, AVX2/FMA, baseline) that calls it. A helper
- * gcc chose not to inline is compiled once, for the baseline (SSE2, no FMA), whatever CPU runs it. Exception:
- * plane_dots_add stays out of line as before (forced inline was only measured together with -fwrapv, which
- * made the pool backward 1.3-1.6x slower; build_flags.py now passes -fno-wrapv). */
+ * gcc chose not to inline is compiled once, for the baseline (SSE2, no FMA), whatever CPU runs it: so was
+ * plane_dots_add until ABI 7 (the convolutions' weight gradient, 4-wide without FMA on AVX-512 machines: 2x slower
+ * than inlined; inlining it was slower only together with Python's -fwrapv, which build_flags.py now undoes). */
 #define FEDDST_INLINE static inline __attribute__((always_inline))
 
 FEDDST_INLINE v8 load8(const float *p) {
@@ -174,6 +174,19 @@ int feddst_sconv_backward_input(const float *gy, int B, int O, const int32_t *t_
     return failed ? FEDDST_ENOMEM : FEDDST_OK;
 }
 
+/* v[0] + ... + v[n-1] as 8 lane sums (element i in lane i mod 8), the lanes added in order, then the tail: a
+ * convolution's bias gradient over a gy plane at the input's row stride (its columns >= Wo hold zeros), the same
+ * order in every kernel, so they agree bit for bit (one chain of 8-wide adds, not n dependent scalar adds). */
+FEDDST_INLINE float plane_sum(const float *v, int n) {
+    v8 a = splat8(0.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) a += load8(v + i);
+    float s = 0.0f;
+    for (int q = 0; q < 8; q++) s += a[q];
+    for (; i < n; i++) s += v[i];
+    return s;
+}
+
 /* Final sum of one weight-gradient dot: the two accumulators, their 8 lanes in order, then the scalar tail. */
 FEDDST_INLINE float dot_finish(v8 a0, v8 a1, const float *row, const float *p, int i, int Lv) {
     a0 += a1;
@@ -186,7 +199,7 @@ FEDDST_INLINE float dot_finish(v8 a0, v8 a1, const float *row, const float *p, i
 /* pg[j] += row[0:Lv] . xb[off[j] + 0:Lv] for j0 <= j < j1: the convolution's weight gradient for one (b, o)
  * plane (row: gy at the input's row stride W, zero in columns >= Wo). Four weights at a time share each load
  * of row; every dot keeps its own two accumulators, so each sum is the same as computed one at a time. */
-static inline void plane_dots_add(const float *row, int Lv, const float *xb, const int32_t *off, int j0, int j1,
+FEDDST_INLINE void plane_dots_add(const float *row, int Lv, const float *xb, const int32_t *off, int j0, int j1,
                                   float *pg) {
     int j = j0;
     for (; j + 4 <= j1; j += 4) {
@@ -272,12 +285,9 @@ int feddst_sconv_backward_weight(const float *x, const float *gy, int B, int C, 
                 const float *xb = x + (size_t)b * C * plane;
                 for (int o = 0; o < O; o++) {
                     const float *gyo = gy + ((size_t)b * O + o) * Ho * Wo;
-                    float s = 0.0f;
-                    for (int r = 0; r < Ho; r++) {
-                        memcpy(row + r * W, gyo + r * Wo, sizeof(float) * Wo); /* columns >= Wo stay 0 */
-                        for (int q = 0; q < Wo; q++) s += gyo[r * Wo + q];
-                    }
-                    pb[o] += s;
+                    for (int r = 0; r < Ho; r++) /* columns >= Wo stay 0 */
+                        memcpy(row + r * W, gyo + r * Wo, sizeof(float) * Wo);
+                    pb[o] += plane_sum(row, Lv);
                     plane_dots_add(row, Lv, xb, off, crow[o], crow[o + 1], pg);
                 }
             }
@@ -744,10 +754,7 @@ int feddst_sconv_pool_backward(const float *x, const float *gp, int gp_batch_las
                 const float *xb = x + (size_t)b * C * plane;
                 for (int o = 0; o < O; o++) {
                     const float *row = pad + (size_t)o * stride + P;
-                    float s = 0.0f;
-                    for (int r = 0; r < Ho; r++)
-                        for (int q = 0; q < Wo; q++) s += row[r * W + q];
-                    pb[o] += s;
+                    pb[o] += plane_sum(row, Lv); /* columns >= Wo are 0 */
                     plane_dots_add(row, Lv, xb, off, crow[o], crow[o + 1], pg);
                 }
             }
