@@ -90,6 +90,25 @@ FEDDST_INLINE void gather_axpy_block(float *acc, float start, const float *src, 
     store8(acc + 24, a3);
 }
 
+/* One output plane of the sparse convolution at the input's row stride: tmp[i] = start + sum_{j0 <= j < j1}
+ * val[j] * xb[off[j] + i] for i < Lv, in blocks of VL; the last block ends at Lv (overlapping the one before it
+ * and recomputing the same values), so there is no scalar tail and no read beyond the input plane. A plane
+ * shorter than one block is computed element by element (the same sums). */
+FEDDST_INLINE void conv_plane(const float *xb, const int32_t *off, const float *val, int j0, int j1, float start,
+                              int Lv, float *tmp) {
+    int i0 = 0;
+    for (; i0 + VL <= Lv; i0 += VL) gather_axpy_block(tmp + i0, start, xb + i0, 1, off, NULL, val, NULL, j0, j1);
+    if (i0 < Lv && Lv >= VL) {
+        gather_axpy_block(tmp + Lv - VL, start, xb + Lv - VL, 1, off, NULL, val, NULL, j0, j1);
+        return;
+    }
+    for (int i = i0; i < Lv; i++) {
+        float a = start;
+        for (int j = j0; j < j1; j++) a += val[j] * xb[off[j] + i];
+        tmp[i] = a;
+    }
+}
+
 /* y (B, O, Ho, Wo) = bias + sparse W (*) x (B, C, H, W).  off: scratch (nnz,) int32. */
 FEDDST_CLONES
 int feddst_sconv_forward(const float *x, int B, int C, int H, int W, const int32_t *crow, const int32_t *col,
@@ -113,14 +132,7 @@ int feddst_sconv_forward(const float *x, int B, int C, int H, int W, const int32
             const int b = (int)(task / O), o = (int)(task % O);
             const float *xb = x + (size_t)b * C * plane;
             const int j0 = crow[o], n = crow[o + 1] - j0;
-            int i0 = 0;
-            for (; i0 + VL <= Lv; i0 += VL)
-                gather_axpy_block(tmp + i0, bias[o], xb + i0, 1, off, NULL, val, NULL, j0, j0 + n);
-            for (int i = i0; i < Lv; i++) { /* tail: scalar, stays inside the input plane */
-                float a = bias[o];
-                for (int j = 0; j < n; j++) a += val[j0 + j] * xb[off[j0 + j] + i];
-                tmp[i] = a;
-            }
+            conv_plane(xb, off, val, j0, j0 + n, bias[o], Lv, tmp);
             float *yo = y + ((size_t)b * O + o) * Ho * Wo;
             for (int r = 0; r < Ho; r++) memcpy(yo + r * Wo, tmp + r * W, sizeof(float) * Wo);
         }
@@ -187,8 +199,13 @@ FEDDST_INLINE float plane_sum(const float *v, int n) {
     return s;
 }
 
-/* Final sum of one weight-gradient dot: the two accumulators, their 8 lanes in order, then the scalar tail. */
+/* Final sum of one weight-gradient dot: one more 8-wide step if 8 elements remain, the two accumulators, their
+ * 8 lanes in order, then the scalar tail (< 8 elements). */
 FEDDST_INLINE float dot_finish(v8 a0, v8 a1, const float *row, const float *p, int i, int Lv) {
+    if (i + 8 <= Lv) { /* one more 8-wide step before the scalar tail */
+        a0 += load8(row + i) * load8(p + i);
+        i += 8;
+    }
     a0 += a1;
     float d = 0.0f;
     for (int q = 0; q < 8; q++) d += a0[q];
@@ -548,14 +565,7 @@ int feddst_sconv_pool_forward(const float *x, int B, int C, int H, int W, const 
             const int b = (int)(task / O), o = (int)(task % O);
             const float *xb = x + (size_t)b * C * plane;
             const int j0 = crow[o], n = crow[o + 1] - j0;
-            int i0 = 0;
-            for (; i0 + VL <= Lv; i0 += VL)
-                gather_axpy_block(tmp + i0, bias[o], xb + i0, 1, off, NULL, val, NULL, j0, j0 + n);
-            for (int i = i0; i < Lv; i++) {
-                float a = bias[o];
-                for (int j = 0; j < n; j++) a += val[j0 + j] * xb[off[j0 + j] + i];
-                tmp[i] = a;
-            }
+            conv_plane(xb, off, val, j0, j0 + n, bias[o], Lv, tmp);
             const size_t out0 = ((size_t)b * O + o) * Hp * Wp;
             float *pooled = tmp + Lv + VL;
             for (int r = 0; r < Hp; r++) { /* reads tmp rows r..r+Kp-1, columns < Wo: all computed */
