@@ -184,5 +184,8 @@ __all__ = ["ABI_VERSION", "POOL_CLIPPED", "available", "csr_linear_backward", "c
 
 def __getattr__(name: str) -> Any:  # noqa: ANN401 - PEP 562: the torch wrappers, imported on first use
     if name in TENSOR_KERNELS:
-        return getattr(importlib.import_module("feddst_core.native.tensor_kernels"), name)
+        wrappers = importlib.import_module("feddst_core.native.tensor_kernels")
+        # bound here once: later look-ups (a dozen per training step) are plain module attributes, not this hook
+        globals().update({n: getattr(wrappers, n) for n in TENSOR_KERNELS})
+        return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
