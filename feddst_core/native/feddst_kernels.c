@@ -187,8 +187,9 @@ int feddst_sconv_backward_input(const float *gy, int B, int O, const int32_t *t_
 }
 
 /* v[0] + ... + v[n-1] as 8 lane sums (element i in lane i mod 8), the lanes added in order, then the tail: a
- * convolution's bias gradient over a gy plane at the input's row stride (its columns >= Wo hold zeros), the same
- * order in every kernel, so they agree bit for bit (one chain of 8-wide adds, not n dependent scalar adds). */
+ * convolution's bias gradient over a gy plane at the input's row stride (its columns >= Wo hold zeros), a linear
+ * layer's over a row of dy^T; the same order in every kernel, so they agree bit for bit (one chain of 8-wide adds,
+ * not n dependent scalar adds). */
 FEDDST_INLINE float plane_sum(const float *v, int n) {
     v8 a = splat8(0.0f);
     int i = 0;
@@ -397,11 +398,7 @@ FEDDST_INLINE v8 hsum8x8(const v8 *a) {
 FEDDST_INLINE void sddmm_row(int r, const int32_t *crow, const int32_t *col, const float *dyt, const float *xt, int B,
                              float *gval, float *gbias) {
     const float *d = dyt + (long)r * B;
-    if (gbias) {
-        float s = 0.0f;
-        for (int b = 0; b < B; b++) s += d[b];
-        gbias[r] = s;
-    }
+    if (gbias) gbias[r] = plane_sum(d, B);
     const int B8 = B & ~7;
     int j = crow[r];
     for (; j + 8 <= crow[r + 1]; j += 8) {
@@ -420,10 +417,13 @@ FEDDST_INLINE void sddmm_row(int r, const int32_t *crow, const int32_t *col, con
             for (int q = 0; q < 8; q++) sums[q] += d[b] * p[q][b];
         store8(gval + j, sums);
     }
-    for (; j < crow[r + 1]; j++) {
+    for (; j < crow[r + 1]; j++) { /* the last < 8 entries one at a time: 8 lanes, then in order, then the tail */
         const float *p = xt + (long)col[j] * B;
+        v8 acc = splat8(0.0f);
+        for (int b = 0; b < B8; b += 8) acc += load8(d + b) * load8(p + b);
         float s = 0.0f;
-        for (int b = 0; b < B; b++) s += d[b] * p[b];
+        for (int q = 0; q < 8; q++) s += acc[q];
+        for (int b = B8; b < B; b++) s += d[b] * p[b];
         gval[j] = s;
     }
 }
