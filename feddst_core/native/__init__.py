@@ -13,7 +13,7 @@ first such attribute imports that module, and so torch.
 Every wrapper checks dtypes (float32 data, int32 indices), contiguity and shapes and raises
 ``ValueError`` naming the problem, so the C code never sees memory it does not own. Outputs are
 freshly allocated torch tensors. Kernels run on torch's own OpenMP thread pool
-(``torch.get_num_threads()`` threads; see the C file's header).
+(``torch.get_num_threads()`` threads, or ``kernel_threads(n)``'s; see the C file's header).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         csr_matmul,
         csr_sddmm,
         is_batch_last,
+        kernel_threads,
         max_pool2d_backward,
         max_pool2d_forward,
         sgd_step_,
@@ -174,12 +175,13 @@ def _require() -> ctypes.CDLL:
 TENSOR_KERNELS = ("POOL_CLIPPED", "csr_linear_backward", "csr_matmul", "csr_sddmm", "max_pool2d_backward",
                   "max_pool2d_forward",
                   "sparse_conv2d_backward_input", "sparse_conv2d_backward_weight", "sparse_conv2d_forward",
-                  "sparse_conv2d_pool_backward", "sparse_conv2d_pool_forward", "sgd_step_", "is_batch_last")
+                  "sparse_conv2d_pool_backward", "sparse_conv2d_pool_forward", "sgd_step_", "is_batch_last",
+                  "kernel_threads")
 """The names :mod:`feddst_core.native.tensor_kernels` provides through this module."""
 __all__ = ["ABI_VERSION", "POOL_CLIPPED", "available", "csr_linear_backward", "csr_matmul", "csr_sddmm", "library_path",
            "max_pool2d_backward", "max_pool2d_forward", "sparse_conv2d_backward_input",
            "sparse_conv2d_backward_weight", "sparse_conv2d_forward", "sparse_conv2d_pool_backward",
-           "sparse_conv2d_pool_forward", "sgd_step_", "is_batch_last", "status"]
+           "sparse_conv2d_pool_forward", "sgd_step_", "is_batch_last", "kernel_threads", "status"]
 
 
 def __getattr__(name: str) -> Any:  # noqa: ANN401 - PEP 562: the torch wrappers, imported on first use

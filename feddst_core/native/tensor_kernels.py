@@ -10,7 +10,9 @@ Callers reach these as ``feddst_core.native.NAME`` too.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 
 import torch
@@ -98,8 +100,25 @@ def _run(fn, *args) -> None:
         raise MemoryError(f"{fn.__name__}: out of memory for its scratch buffers")
 
 
+_KERNEL_THREADS: ContextVar[int | None] = ContextVar("feddst_native_kernel_threads", default=None)
+
+
+@contextmanager
+def kernel_threads(n: int) -> Iterator[None]:
+    """Inside this block the native kernels run n threads (>= 1) whatever ``torch.get_num_threads()`` says:
+    a caller can run its tiny torch ops on one thread (``torch.set_num_threads(1)``) and keep the kernels
+    on all of them."""
+    token = _KERNEL_THREADS.set(max(1, int(n)))
+    try:
+        yield
+    finally:
+        _KERNEL_THREADS.reset(token)
+
+
 def _threads() -> int:
-    return max(1, torch.get_num_threads())
+    """The kernels' thread count: ``kernel_threads``'s inside one, else ``torch.get_num_threads()``."""
+    n = _KERNEL_THREADS.get()
+    return n if n is not None else max(1, torch.get_num_threads())
 
 
 def sparse_conv2d_forward(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,

@@ -95,6 +95,13 @@ def convs_before_flatten(spec: ModelSpec) -> frozenset[str]:
                      if isinstance(layer, Conv) and isinstance(after, Flatten))
 
 
+SMALL_DENSE_LEAF = 1 << 16
+"""Values of the largest dense leaf (weight or bias) for which a step runs its torch ops on one thread while
+the native kernels keep all of them: fc2 (512 x 10), biases, the loss on (32, 10) logits each cost more in a
+2-thread parallel region's fork and join than they gain (measured 2026-12-03: the step's torch-side time
+0.44 ms on one thread, 0.66-1.37 ms on two)."""
+
+
 @dataclass
 class ClientState:
     """One client's training state during a round.
@@ -108,6 +115,8 @@ class ClientState:
     masks: dict[str, torch.Tensor]  # bool masks of the masked *dense* leaves (sparse ones: ``patterns``)
     anchors: dict[str, torch.Tensor] | None  # FedProx anchor per leaf (same shape), None if mu == 0
     buffers: dict[str, torch.Tensor]
+    # every dense leaf has at most SMALL_DENSE_LEAF values: the step's torch ops then run on one thread
+    small_dense: bool = False
 
     def all_masks(self) -> dict[str, torch.Tensor]:
         """Bool masks of every masked name, in parameter order; a sparse layer's is rebuilt from its
@@ -195,10 +204,24 @@ class SparseLocalTrainer:
         leaves = self._initial_leaves(global_params, masks, patterns)
         anchors = ({nm: (patterns[nm].gather(t) if nm in patterns else t).detach()
                     for nm, t in global_params.items()} if self.config.prox_mu > 0 else None)
-        return ClientState(leaves, patterns, masks, anchors, {})
+        small_dense = all(t.numel() <= SMALL_DENSE_LEAF for nm, t in leaves.items() if nm not in patterns)
+        return ClientState(leaves, patterns, masks, anchors, {}, small_dense=small_dense)
 
     def step(self, state: ClientState, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        """One SGD step on a batch xb (b, C, H, W), yb (b,); returns the batch's mean loss (detached)."""
+        """One SGD step on a batch xb (b, C, H, W), yb (b,); returns the batch's mean loss (detached).
+        With only small dense leaves (``state.small_dense``) and the native kernels, torch runs this step's
+        ops on one thread and the kernels on ``torch.get_num_threads()`` (restored afterwards)."""
+        threads = torch.get_num_threads()
+        if not (state.small_dense and threads > 1 and native.available()):
+            return self._step(state, xb, yb)
+        with native.kernel_threads(threads):
+            torch.set_num_threads(1)
+            try:
+                return self._step(state, xb, yb)
+            finally:
+                torch.set_num_threads(threads)
+
+    def _step(self, state: ClientState, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         names = list(state.leaves)
         logits = forward_mixed(self.spec, state.leaves, state.patterns, xb)  # (b, classes)
         loss = F.cross_entropy(logits, yb)

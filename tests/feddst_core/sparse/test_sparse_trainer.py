@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from feddst_core import native
 from feddst_core.masks import init_masks, layer_budgets
 from feddst_core.models import DIGITS_CNN, MNIST_CNN, ModelSpec, init_params
 from feddst_core.sparse import (
@@ -165,3 +166,50 @@ def test_sparse_state_holds_no_dense_tensor_of_a_sparse_layer() -> None:
     for nm, pattern in state.patterns.items():
         assert state.leaves[nm].shape == state.buffers[nm].shape == (pattern.nnz,)
         assert torch.equal(state.all_masks()[nm], masks[nm])
+
+
+@pytest.mark.skipif(not native.available(), reason="native kernels not built")
+def test_step_with_small_dense_leaves_runs_torch_on_one_thread_and_kernels_on_all(monkeypatch) -> None:
+    """FC-heavy CNN at density 0.1 (conv1, conv2, fc1 sparse; fc2 and the biases dense and small): the step's torch
+    ops (here the loss) see one thread, the native kernels the caller's two, the caller's setting is restored,
+    and the step's outcome is the same as a step run on one thread throughout (to float rounding)."""
+    import feddst_core.native.tensor_kernels as wrappers
+    import feddst_core.sparse.trainer as trainer_module
+
+    params, masks, data = _setup(FC_HEAVY_MNIST_CNN, 0.9, 32)
+    trainer = SparseLocalTrainer(FC_HEAVY_MNIST_CNN, TrainConfig(batch_size=32), kernels="sparse")
+    seen_torch: list[int] = []
+    seen_kernels: list[int] = []
+    loss_fn, threads_fn = trainer_module.F.cross_entropy, wrappers._threads
+    monkeypatch.setattr(trainer_module.F, "cross_entropy",
+                        lambda *a, **k: seen_torch.append(torch.get_num_threads()) or loss_fn(*a, **k))
+    monkeypatch.setattr(wrappers, "_threads", lambda: seen_kernels.append(threads_fn()) or seen_kernels[-1])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = trainer.start(params, masks)
+        assert one.small_dense
+        trainer.step(one, data.x, data.y)
+        torch.set_num_threads(2)
+        two = trainer.start(params, masks)
+        seen_torch.clear()
+        seen_kernels.clear()
+        trainer.step(two, data.x, data.y)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen_torch == [1] and seen_kernels and set(seen_kernels) == {2}
+    for nm, t in one.leaves.items():
+        torch.testing.assert_close(two.leaves[nm], t, atol=1e-6, rtol=1e-5)
+
+
+def test_kernel_threads_overrides_torch_setting_inside_the_block_only() -> None:
+    import feddst_core.native.tensor_kernels as wrappers
+
+    outside = wrappers._threads()
+    with native.kernel_threads(3):
+        assert wrappers._threads() == 3
+        with native.kernel_threads(0):
+            assert wrappers._threads() == 1
+        assert wrappers._threads() == 3
+    assert wrappers._threads() == outside == max(1, torch.get_num_threads())
