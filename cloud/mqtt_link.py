@@ -153,6 +153,10 @@ class _RawPacket:
     held: bool = False  # arrived beyond the byte bound: PUBACKed when the decoder takes it
 
 
+SEND_CHUNK_VERSION = 1
+"""Chunking version of what the coordinator sends (models, final models): 1, which agents from before chunking
+version 2 read too (it hashes the whole message once per broadcast). It reads both versions; devices send 2."""
+
 READ_PAUSE_S = 0.05
 """Longest wait of the network thread for room in the receive queue per loop pass (then it sends and pings)."""
 
@@ -406,14 +410,15 @@ class CoordinatorLink:
     # --- publishing -----------------------------------------------------------------------------
 
     def publish(self, topic: str, data: bytes, qos: int = 1, retain: bool = False) -> PublishResult:
-        """Publish one encoded message (chunked when larger than ``max_packet``), every chunk on ``topic``."""
-        packets = split_into_chunks(data, self.max_packet)
+        """Publish one encoded message (chunked when larger than ``max_packet``, chunking version
+        :data:`SEND_CHUNK_VERSION`), every chunk on ``topic``."""
+        packets = split_into_chunks(data, self.max_packet, SEND_CHUNK_VERSION)
         return self._publish_packets([(topic, packet) for packet in packets], qos, retain)
 
     def publish_model(self, run_id: str, server_round: int, data: bytes) -> tuple[PublishResult, int]:
         """Publish a round's encoded ModelBroadcast, chunk ``i`` retained on ``topics.model_chunk(run, round, i)``;
         returns the result and the number of chunk topics (for :meth:`clear_model`)."""
-        packets = split_into_chunks(data, self.max_packet)
+        packets = split_into_chunks(data, self.max_packet, SEND_CHUNK_VERSION)
         pairs = [(topics.model_chunk(run_id, server_round, i), packet) for i, packet in enumerate(packets)]
         return self._publish_packets(pairs, topics.QOS_MODEL, topics.RETAIN_MODEL), len(pairs)
 
