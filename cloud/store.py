@@ -332,6 +332,8 @@ class CoordinatorStore:
             cursor.close()
         finally:
             connection.close()  # back to the pool
+        if row is None:
+            raise RuntimeError("the enrollment_generation row is missing: the schema is not at migration 0003")
         return int(row[0])
 
     # --- device sequence numbers (replay protection) ----------------------------------------------

@@ -75,7 +75,7 @@ class ByteReader:
         if position + 4 > self.end:
             self.require(4, what)
         self.position = position + 4
-        return _U32.unpack_from(self.view, position)[0]  # type: ignore[no-any-return]
+        return _U32.unpack_from(self.view, position)[0]
 
     def u64(self, what: str) -> int:
         return self._unpack(_U64, what)  # type: ignore[return-value]
