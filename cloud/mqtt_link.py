@@ -49,7 +49,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -68,7 +68,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Inbound:
-    """One event for the main loop: a decoded message, an undecodable one, or a connection change."""
+    """One event for the main loop: a decoded message, an undecodable one, or a connection change.
+
+    ``decoded.envelope.payload`` is empty: the message's bytes are let go once decoded (the decoded values
+    are copies), so an update waiting in ``inbound`` holds its values, not also its 163 KB of wire bytes."""
 
     kind: str  # "message" | "invalid" | "connected" | "disconnected"
     topic: str = ""
@@ -156,6 +159,8 @@ class _RawPacket:
 SEND_CHUNK_VERSION = 1
 """Chunking version of what the coordinator sends (models, final models): 1, which agents from before chunking
 version 2 read too (it hashes the whole message once per broadcast). It reads both versions; devices send 2."""
+
+_NO_BYTES = memoryview(b"")
 
 READ_PAUSE_S = 0.05
 """Longest wait of the network thread for room in the receive queue per loop pass (then it sends and pings)."""
@@ -379,6 +384,7 @@ class CoordinatorLink:
             if whole is None:
                 return None
             decoded = decode_message_with_envelope(whole, self._verifier())
+            decoded = DecodedMessage(replace(decoded.envelope, payload=_NO_BYTES), decoded.message)
         except ProtocolError as exc:
             return Inbound("invalid", topic=packet.topic, size=len(packet.payload),
                            error=f"{type(exc).__name__}: {exc}", received_at=packet.received_at)
