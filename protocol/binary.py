@@ -30,7 +30,9 @@ def as_byte_view(data: object) -> memoryview:
         return memoryview(data).toreadonly()
     if isinstance(data, memoryview):
         if data.c_contiguous:
-            return data.cast("B").toreadonly() if data.ndim or data.format != "B" else data.toreadonly()
+            if data.ndim == 1 and data.format == "B":  # already flat bytes (a payload view): no cast
+                return data if data.readonly else data.toreadonly()
+            return data.cast("B").toreadonly()
         return memoryview(data.tobytes())
     raise MalformedError(f"expected bytes, got {type(data).__name__}")
 
