@@ -6,7 +6,7 @@ Lifecycle of a run (one run is active at a time; starting a second one is a ``Ru
    ``rng = np.random.default_rng(seed)`` and, if configured, the held-out evaluator.
 2. Each round waits (up to ``device_wait_s``) for :func:`~cloud.run_phase.devices_needed`
    eligible devices, selects ``min(clients_per_round, eligible)`` with ``strategy.configure_round``,
-   publishes the ``ModelBroadcast`` (chunked) then the ``Task``.
+   publishes one ``Task`` per selected device, then the ``ModelBroadcast`` (chunked, retained).
 3. Updates are checked and judged by :class:`~cloud.round_collector.RoundCollector` (invalid ones
    rejected with their reason, weights capped at the registered sample count) and folded into the
    aggregation; each gets an ``Ack`` (``ok=false`` with the reason when rejected). The round
