@@ -42,6 +42,7 @@ its command queue) is built on :class:`~cloud.inbound_handling.InboundHandling` 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -70,7 +71,10 @@ class Coordinator(InboundHandling):
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self, connect_timeout_s: float = 10.0) -> bool:
-        """Connect to the broker and start the main loop; False if the broker did not accept us."""
+        """Connect to the broker and start the main loop; False if the broker did not accept us. Sets the
+        process's GIL switch interval first (setting ``gil_switch_interval_s``)."""
+        if self.settings.gil_switch_interval_s is not None:
+            sys.setswitchinterval(self.settings.gil_switch_interval_s)
         ok = self.link.connect(connect_timeout_s)
         self._thread = threading.Thread(target=self._main_loop, name="coordinator", daemon=True)
         self._thread.start()
