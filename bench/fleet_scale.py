@@ -30,7 +30,7 @@ one machine and CPU seconds read from ``/proc`` (via psutil) at the round's star
 * each broker's ``$SYS`` counters (``sys_interval 1``) over the round: messages and bytes received and
   sent, and their rates (``broker_sys``, and ``broker_sys_1`` for the bridged broker).
 
-``--profile`` adds cProfile of the coordinator's main-loop and decoder threads (top functions by own
+``--profile`` adds cProfile of the coordinator's main-loop, decoder and paho network threads (top functions by own
 time, printed on stderr; the profiler slows the Python code it watches, so the timed round is not
 comparable with an unprofiled one).
 """
@@ -126,6 +126,9 @@ def coordinator_process(url: str, state_dir: str, agents: int, profile: bool) ->
     if profile:
         Coordinator._main_loop = _profiled(Coordinator._main_loop, profiles)  # type: ignore[method-assign]
         CoordinatorLink._decode_loop = _profiled(CoordinatorLink._decode_loop, profiles)  # type: ignore
+        import paho.mqtt.client as mqtt  # paho's network thread (loop_start runs Client._thread_main)
+
+        mqtt.Client._thread_main = _profiled(mqtt.Client._thread_main, profiles)  # type: ignore[method-assign]
     coordinator = make_coordinator(url, Path(state_dir))
     try:
         wait_until(lambda: len(coordinator.registry.online_ids()) >= agents, 600, "fake agents online")

@@ -168,6 +168,32 @@ def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[s
     return result
 
 
+def wait_for_agents_online(coordinator, procs: list[subprocess.Popen], logs: Path,  # noqa: ANN001
+                           timeout_s: float) -> None:
+    """Until every agent ``dev-NNN`` (``procs[NNN]``) is online at the coordinator. Fails at once when an agent
+    process has exited, and on timeout names the devices still missing; either way with the tail of their logs."""
+    wanted = {f"dev-{i:03d}": p for i, p in enumerate(procs)}
+
+    def tails(devices: list[str]) -> str:
+        return "".join(f"\n--- {d} (last lines of {logs / f'{d}.log'}):\n"
+                       + "\n".join((logs / f"{d}.log").read_text(errors="replace").splitlines()[-8:])
+                       for d in devices[:3])
+
+    end = time.monotonic() + timeout_s
+    while True:
+        exited = [f"{d} (exit code {p.returncode})" for d, p in wanted.items() if p.poll() is not None]
+        if exited:
+            raise RuntimeError(f"agent process exited before the run: {', '.join(exited)}"
+                               + tails([e.split()[0] for e in exited]))
+        missing = sorted(set(wanted) - set(coordinator.registry.online_ids()))
+        if not missing:
+            return
+        if time.monotonic() > end:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for agents online: {len(missing)} of "
+                               f"{len(wanted)} not online ({', '.join(missing[:10])})" + tails(missing))
+        time.sleep(0.1)
+
+
 def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels: str,
                  preload: bool = False) -> tuple[float, dict]:
     """Seconds per live round, and the stage breakdown (:func:`stage_breakdown`). ``preload``: agents run with
@@ -191,7 +217,7 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
                      *(["--preload-training"] if preload else [])],
                     stdout=subprocess.DEVNULL, stderr=agent_log, env=env, cwd=ROOT))
         # up to 10 min: 20 agents loading MNIST on a loaded machine (setup, not measured)
-        wait_until(lambda: len(coordinator.registry.online_ids()) == agents, 600, "agents online")
+        wait_for_agents_online(coordinator, procs, logs, 600)
         if preload:
             wait_until(lambda: all(PRELOADED_LINE in (logs / f"dev-{i:03d}.log").read_text(errors="replace")
                                    for i in range(agents)), 600, "agents preloaded torch")

@@ -49,7 +49,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -68,7 +68,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Inbound:
-    """One event for the main loop: a decoded message, an undecodable one, or a connection change."""
+    """One event for the main loop: a decoded message, an undecodable one, or a connection change.
+
+    ``decoded.envelope.payload`` is empty for a message of more than ``RELEASE_BYTES``: its bytes are let go
+    once decoded (the decoded values are copies), so an update waiting in ``inbound`` holds its values, not
+    also its 163 KB of wire bytes."""
 
     kind: str  # "message" | "invalid" | "connected" | "disconnected"
     topic: str = ""
@@ -181,6 +185,15 @@ class _RawPacket:
     connection: int = 0  # the link's ``connects`` when it arrived: a PUBACK only goes back on that connection
     held: bool = False  # arrived beyond the byte bound: PUBACKed when the decoder takes it
 
+
+SEND_CHUNK_VERSION = 1
+"""Chunking version of what the coordinator sends (models, final models): 1, which agents from before chunking
+version 2 read too (it hashes the whole message once per broadcast). It reads both versions; devices send 2."""
+
+_NO_BYTES = memoryview(b"")
+RELEASE_BYTES = 4096
+"""Messages larger than this let go of their wire bytes once decoded (see :class:`Inbound`); a heartbeat's
+hundred bytes are not worth the 4 us of copying its envelope."""
 
 READ_PAUSE_S = 0.05
 """Longest wait of the network thread for room in the receive queue per loop pass (then it sends and pings)."""
@@ -404,6 +417,8 @@ class CoordinatorLink:
             if whole is None:
                 return None
             decoded = decode_message_with_envelope(whole, self._verifier())
+            if len(whole) > RELEASE_BYTES:
+                decoded = DecodedMessage(replace(decoded.envelope, payload=_NO_BYTES), decoded.message)
         except ProtocolError as exc:
             return Inbound("invalid", topic=packet.topic, size=len(packet.payload),
                            error=f"{type(exc).__name__}: {exc}", received_at=packet.received_at)
@@ -435,14 +450,15 @@ class CoordinatorLink:
     # --- publishing -----------------------------------------------------------------------------
 
     def publish(self, topic: str, data: bytes, qos: int = 1, retain: bool = False) -> PublishResult:
-        """Publish one encoded message (chunked when larger than ``max_packet``), every chunk on ``topic``."""
-        packets = split_into_chunks(data, self.max_packet)
+        """Publish one encoded message (chunked when larger than ``max_packet``, chunking version
+        :data:`SEND_CHUNK_VERSION`), every chunk on ``topic``."""
+        packets = split_into_chunks(data, self.max_packet, SEND_CHUNK_VERSION)
         return self._publish_packets([(topic, packet) for packet in packets], qos, retain)
 
     def publish_model(self, run_id: str, server_round: int, data: bytes) -> tuple[PublishResult, int]:
         """Publish a round's encoded ModelBroadcast, chunk ``i`` retained on ``topics.model_chunk(run, round, i)``;
         returns the result and the number of chunk topics (for :meth:`clear_model`)."""
-        packets = split_into_chunks(data, self.max_packet)
+        packets = split_into_chunks(data, self.max_packet, SEND_CHUNK_VERSION)
         pairs = [(topics.model_chunk(run_id, server_round, i), packet) for i, packet in enumerate(packets)]
         return self._publish_packets(pairs, topics.QOS_MODEL, topics.RETAIN_MODEL), len(pairs)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+
+from feddst_cli.stack_lifetime import stack_lifetime
 
 if TYPE_CHECKING:  # imported lazily at run time: the demo's --help must stay fast
     from cloud.coordinator import Coordinator
@@ -55,9 +56,7 @@ def demo(
     the printed token."""
     out.mkdir(parents=True, exist_ok=True)
     stack = DemoStack(out, agents, seed)
-    interrupted = False
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
+    with stack_lifetime(stack, (DemoError,)):
         url = broker or stack.start_broker()
         stack.start_coordinator(url)
         stack.start_agents(url)
@@ -66,23 +65,7 @@ def demo(
             _print_summary(report, out)
             stack.serve(api_port)
             return
-    except KeyboardInterrupt:
-        interrupted = True
-        typer.secho("interrupted: shutting everything down", fg=typer.colors.YELLOW, err=True)
-    except DemoError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        stack.shutdown()
-        raise typer.Exit(1) from exc
-    finally:
-        stack.shutdown()
-        signal.signal(signal.SIGTERM, previous)
-    if interrupted:
-        raise typer.Exit(130)
     _print_summary(report, out)
-
-
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 class DemoError(RuntimeError):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import typer
+
+from feddst_cli.stack_lifetime import stack_lifetime
 
 app = typer.Typer(help="Field trials: FedDST and its baselines over a real broker and real agents on shaped links "
                   "(run), or predicted in the simulator with a link model (plan). Spec format: docs/field_trials.md.",
@@ -73,10 +74,6 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC", help="Trial spec 
         typer.echo(json.dumps(result))
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 @app.command("run")
 def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="Trial spec (TOML)."),
         out: Path = typer.Option(..., help="Output directory: <algorithm>/report.json, trial.json, trial.csv, "
@@ -104,9 +101,8 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="Trial spec (
             typer.echo(f"planning {algorithm} in the simulator ...", err=True)
             predicted[algorithm] = [r.predicted_s for r in plan_rounds(spec, algorithm, os.cpu_count() or 1)]
     stack = TrialStack(out, spec)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     reports: dict[str, dict[str, Any]] = {}
-    try:
+    with stack_lifetime(stack, (DemoError, NetemError)):
         url = stack.start_broker() if spec.trial.broker == "embedded" else spec.trial.broker
         stack.start_coordinator(url)
         stack.start_agents(url)
@@ -118,17 +114,6 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="Trial spec (
             reports[algorithm] = report
             typer.echo(f"[{algorithm}] done in {time.monotonic() - started:.0f}s: accuracy "
                        f"{report['final_accuracy']:.4f}", err=True)
-    except KeyboardInterrupt:
-        typer.secho("interrupted: shutting everything down", fg=typer.colors.YELLOW, err=True)
-        stack.shutdown()
-        raise typer.Exit(130) from None
-    except (DemoError, NetemError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        stack.shutdown()
-        raise typer.Exit(1) from exc
-    finally:
-        stack.shutdown()
-        signal.signal(signal.SIGTERM, previous)
     trial = write_trial(out, spec, reports)
     for r in trial["runs"]:
         typer.echo(f"{r['algorithm']}: accuracy {r['final_accuracy']:.4f}, payload up "

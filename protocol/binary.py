@@ -30,7 +30,9 @@ def as_byte_view(data: object) -> memoryview:
         return memoryview(data).toreadonly()
     if isinstance(data, memoryview):
         if data.c_contiguous:
-            return data.cast("B").toreadonly() if data.ndim or data.format != "B" else data.toreadonly()
+            if data.ndim == 1 and data.format == "B":  # already flat bytes (a payload view): no cast
+                return data if data.readonly else data.toreadonly()
+            return data.cast("B").toreadonly()
         return memoryview(data.tobytes())
     raise MalformedError(f"expected bytes, got {type(data).__name__}")
 
@@ -49,32 +51,42 @@ class ByteReader:
 
     def require(self, size: int, what: str) -> None:
         """Raise :class:`TruncatedError` unless ``size`` more bytes are present."""
-        if size < 0 or size > self.remaining:
+        if size < 0 or size > self.end - self.position:
             raise TruncatedError(f"{what}: need {size} bytes, {self.remaining} present")
 
     def _unpack(self, layout: struct.Struct, what: str) -> object:
-        self.require(layout.size, what)
-        (value,) = layout.unpack_from(self.view, self.position)
-        self.position += layout.size
-        return value
+        """One field of ``layout`` (``u8`` and ``u32``, the most frequent fields, inline it)."""
+        position = self.position
+        if position + layout.size > self.end:
+            self.require(layout.size, what)
+        self.position = position + layout.size
+        return layout.unpack_from(self.view, position)[0]
 
     def u8(self, what: str) -> int:
-        return int(self._unpack(_U8, what))  # type: ignore[call-overload]
+        position = self.position
+        if position >= self.end:
+            self.require(1, what)
+        self.position = position + 1
+        return self.view[position]
 
     def u16(self, what: str) -> int:
-        return int(self._unpack(_U16, what))  # type: ignore[call-overload]
+        return self._unpack(_U16, what)  # type: ignore[return-value]
 
     def u32(self, what: str) -> int:
-        return int(self._unpack(_U32, what))  # type: ignore[call-overload]
+        position = self.position
+        if position + 4 > self.end:
+            self.require(4, what)
+        self.position = position + 4
+        return _U32.unpack_from(self.view, position)[0]
 
     def u64(self, what: str) -> int:
-        return int(self._unpack(_U64, what))  # type: ignore[call-overload]
+        return self._unpack(_U64, what)  # type: ignore[return-value]
 
     def f32(self, what: str) -> float:
-        return float(self._unpack(_F32, what))  # type: ignore[arg-type]
+        return self._unpack(_F32, what)  # type: ignore[return-value]
 
     def f64(self, what: str) -> float:
-        return float(self._unpack(_F64, what))  # type: ignore[arg-type]
+        return self._unpack(_F64, what)  # type: ignore[return-value]
 
     def boolean(self, what: str) -> bool:
         value = self.u8(what)

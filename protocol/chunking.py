@@ -4,10 +4,10 @@ A chunk is (little-endian)::
 
     offset  size  field
     0       4     magic b"FDSC"
-    4       1     chunking version (1)
+    4       1     chunking version (1 or 2)
     5       1     flags, must be 0
     6       2     reserved, must be 0
-    8       8     transfer id (first 8 bytes of BLAKE2b-64 of the whole message)
+    8       8     transfer id (BLAKE2b-64: version 1 of the whole message; version 2 of its edges, below)
     16      4     u32 total length of the whole message in bytes
     20      4     u32 chunk count
     24      4     u32 chunk index (0-based)
@@ -17,9 +17,18 @@ Every chunk but the last carries ``piece_size = max_packet - 28`` bytes; the las
 rest. The reassembled message is an ordinary envelope (checked by its own CRC and tag), so
 chunks themselves carry no checksum. Receivers check that every piece but the last has the same
 size ``L``, that ``(count - 1) * L < total <= count * L`` and the last piece holds the rest, and
-that the transfer id is the BLAKE2b-64 of the reassembled bytes (``MalformedError`` otherwise).
-A message no larger than ``max_packet`` is sent as is
+that the transfer id is the one its chunking version defines for the reassembled bytes
+(``MalformedError`` otherwise). A message no larger than ``max_packet`` is sent as is
 (no chunk header); :meth:`ChunkReassembler.add` passes such messages straight through.
+
+Transfer ids: version 1, the BLAKE2b-64 of the whole message (one hash over every byte, by the sender
+and again by the receiver: 0.18 ms of a 163 KB update); version 2, the BLAKE2b-64 of the message's
+*edges*: its first ``EDGE_BYTES`` (64) bytes followed by its last 64 (the whole message when it is
+shorter than 128 bytes), a constant-time hash. The edges of an envelope hold its fixed header (type,
+round, seq, timestamp, id lengths), the start of its ids, its CRC-32 over every byte and its tag, so two
+messages of a sender get the same version-2 id only if they agree there (and pieces mixed between them
+still fail the envelope's CRC and tag). Receivers read both versions; :func:`split_into_chunks` writes
+version 2 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -40,7 +49,11 @@ from protocol.errors import (
 )
 from protocol.limits import DEFAULT_LIMITS, KIB, MIB
 
-CHUNK_VERSION = 1
+CHUNK_VERSION = 2
+"""The chunking version :func:`split_into_chunks` writes by default."""
+SUPPORTED_CHUNK_VERSIONS = frozenset({1, 2})
+EDGE_BYTES = 64
+"""Bytes at each end of the message that a version-2 transfer id hashes."""
 CHUNK_HEADER = struct.Struct("<4sBBH8sIII")
 CHUNK_HEADER_BYTES = CHUNK_HEADER.size  # 28
 DEFAULT_MAX_PACKET = 128 * KIB
@@ -51,27 +64,36 @@ PIECE_OVERHEAD_BYTES = 64
 """Bookkeeping charged per stored piece against ``max_pending_bytes``."""
 
 
-def transfer_id_of(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=8).digest()
+def transfer_id_of(data: bytes | memoryview, version: int = CHUNK_VERSION) -> bytes:
+    """The 8-byte transfer id of the whole message ``data`` in chunking ``version`` (see the module docstring)."""
+    if version == 1:
+        return hashlib.blake2b(data, digest_size=8).digest()
+    view = memoryview(data)
+    edges = hashlib.blake2b(view[:EDGE_BYTES], digest_size=8)
+    edges.update(view[max(EDGE_BYTES, len(view) - EDGE_BYTES):])
+    return edges.digest()
 
 
-def split_into_chunks(data: bytes, max_packet: int = DEFAULT_MAX_PACKET) -> list[bytes]:
-    """Split an encoded message into packets of at most ``max_packet`` bytes.
+def split_into_chunks(data: bytes, max_packet: int = DEFAULT_MAX_PACKET, version: int = CHUNK_VERSION) -> list[bytes]:
+    """Split an encoded message into packets of at most ``max_packet`` bytes, in chunking ``version``
+    (1 or 2: its transfer id; every receiver reads both, a receiver from before version 2 only version 1).
 
     Returns ``[data]`` unchanged when it already fits.
     """
     if max_packet < MIN_MAX_PACKET:
         raise InvalidMessageError(f"max_packet must be at least {MIN_MAX_PACKET} bytes")
+    if version not in SUPPORTED_CHUNK_VERSIONS:
+        raise InvalidMessageError(f"chunking version must be one of {sorted(SUPPORTED_CHUNK_VERSIONS)}")
     if len(data) <= max_packet:
         return [bytes(data)]
     piece_size = max_packet - CHUNK_HEADER_BYTES
     count = -(-len(data) // piece_size)
     if len(data) > 0xFFFFFFFF or count > 0xFFFFFFFF:
         raise InvalidMessageError("message too large to chunk")
-    transfer_id = transfer_id_of(data)
+    transfer_id = transfer_id_of(data, version)
     view = memoryview(data)
     return [
-        CHUNK_HEADER.pack(CHUNK_MAGIC, CHUNK_VERSION, 0, 0, transfer_id, len(data), count, index)
+        CHUNK_HEADER.pack(CHUNK_MAGIC, version, 0, 0, transfer_id, len(data), count, index)
         + view[index * piece_size : (index + 1) * piece_size]
         for index in range(count)
     ]
@@ -86,6 +108,7 @@ class _PendingSet:
     total_length: int
     count: int
     first_seen: float
+    version: int
     pieces: dict[int, memoryview] = field(default_factory=dict)
     received_bytes: int = 0
     charged_bytes: int = SET_OVERHEAD_BYTES
@@ -166,8 +189,9 @@ class ChunkReassembler:
             CHUNK_HEADER.unpack_from(packet, 0)
         if magic != CHUNK_MAGIC:
             raise MalformedError(f"bad chunk magic {magic!r}")
-        if version != CHUNK_VERSION:
-            raise UnsupportedVersionError(f"chunking version {version} is not supported")
+        if version not in SUPPORTED_CHUNK_VERSIONS:
+            raise UnsupportedVersionError(f"chunking version {version} is not supported "
+                                          f"(supported: {sorted(SUPPORTED_CHUNK_VERSIONS)})")
         if flags or reserved:
             raise MalformedError("reserved chunk header fields must be 0")
         if total_length > self.max_message_bytes:
@@ -180,13 +204,13 @@ class ChunkReassembler:
         if pending is None:
             if self.pending_bytes + SET_OVERHEAD_BYTES > self.max_pending_bytes:
                 raise LimitExceededError(f"pending chunk memory would exceed {self.max_pending_bytes} bytes")
-            pending = _PendingSet(total_length, count, now)
+            pending = _PendingSet(total_length, count, now, version)
             self._pending[key] = pending
             self._oldest = min(self._oldest, now)
             self.pending_bytes += pending.charged_bytes
-        elif (pending.total_length, pending.count) != (total_length, count):
+        elif (pending.total_length, pending.count, pending.version) != (total_length, count, version):
             self._drop(key)
-            raise MalformedError("chunk disagrees with its set on total length or count")
+            raise MalformedError("chunk disagrees with its set on total length, count or chunking version")
         if index in pending.pieces:
             return None  # duplicate delivery (QoS 1): ignore
         problem = pending.check_piece(index, len(piece))
@@ -214,6 +238,7 @@ class ChunkReassembler:
         whole = b"".join(pending.pieces[i] for i in range(count))
         if len(whole) != total_length:
             raise MalformedError("reassembled length differs from the declared total length")
-        if transfer_id_of(whole) != transfer_id:
-            raise MalformedError("the transfer id is not the BLAKE2b-64 of the reassembled message")
+        if transfer_id_of(whole, version) != transfer_id:
+            what = "message" if version == 1 else "message's edges"
+            raise MalformedError(f"the transfer id is not the BLAKE2b-64 of the reassembled {what} (version {version})")
         return whole

@@ -34,7 +34,6 @@ bytes present, CRC, authentication, payload.
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -51,6 +50,7 @@ from protocol.auth import (
     as_signer,
 )
 from protocol.binary import as_byte_view
+from protocol.checksum import crc32
 from protocol.errors import (
     AuthenticationError,
     ChecksumError,
@@ -135,7 +135,7 @@ def encode_envelope(message_type: int, run_id: str, server_round: int, sender_id
     parts = [header, run_raw, sender_raw, payload]
     crc = 0
     for part in parts:
-        crc = zlib.crc32(part, crc)
+        crc = crc32(part, crc)
     parts.append(struct.pack("<I", crc))
     if signer is None:
         return b"".join(parts)
@@ -220,7 +220,7 @@ def decode_envelope(data: bytes | bytearray | memoryview, key: KeySource = None,
     if size > expected_size:
         raise MalformedError(f"{size - expected_size} trailing bytes after the message")
     (stored_crc,) = struct.unpack_from("<I", view, crc_start)
-    if zlib.crc32(view[:crc_start]) != stored_crc:
+    if crc32(view[:crc_start]) != stored_crc:
         raise ChecksumError("CRC-32 mismatch: the message was corrupted")
     run_raw = bytes(view[FIXED_HEADER_BYTES : FIXED_HEADER_BYTES + run_length])
     sender_raw = bytes(view[FIXED_HEADER_BYTES + run_length : payload_start])

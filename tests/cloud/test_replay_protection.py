@@ -95,6 +95,15 @@ def _round_open(coordinator, r: int) -> bool:  # noqa: ANN001
     return ex is not None and ex.collector is not None and ex.collector.server_round == r
 
 
+def _one_round_run_open(coordinator):  # noqa: ANN001, ANN202
+    """With all 3 devices online, start a 1-round run; once its round is open: (coordinator, run, params, masks)."""
+    wait_until(lambda: len(coordinator.registry.online_ids()) == 3, what="3 devices online")
+    run = _run(coordinator, 1)
+    wait_until(lambda: _round_open(coordinator, 1), what="round 1 open")
+    params, masks = coordinator.store.load_model(run.id)
+    return coordinator, run, params, masks
+
+
 def test_replays_across_rounds_runs_and_restarts_are_rejected_and_counted(setup):
     broker, holder, sniffer, devices, state, keys_file = setup
     coordinator = holder["coordinator"]
@@ -131,11 +140,7 @@ def test_replays_across_rounds_runs_and_restarts_are_rejected_and_counted(setup)
 
 def test_an_update_signed_with_a_key_claiming_to_be_b_is_rejected(setup):
     broker, holder, sniffer, devices, state, keys_file = setup
-    coordinator = holder["coordinator"]
-    wait_until(lambda: len(coordinator.registry.online_ids()) == 3, what="3 devices online")
-    run = _run(coordinator, 1)
-    wait_until(lambda: _round_open(coordinator, 1), what="round 1 open")
-    params, masks = coordinator.store.load_model(run.id)
+    coordinator, run, params, masks = _one_round_run_open(holder["coordinator"])
     nonce = coordinator._execution.task_nonce
     forged = update_message(run.id, 1, "dev-002", params, masks, masks, 10**6, 0.0, 0.0)
     import dataclasses
@@ -152,11 +157,7 @@ def test_an_update_signed_with_a_key_claiming_to_be_b_is_rejected(setup):
 
 def test_an_update_without_its_task_nonce_gets_a_negative_ack(setup):
     broker, holder, sniffer, devices, state, keys_file = setup
-    coordinator = holder["coordinator"]
-    wait_until(lambda: len(coordinator.registry.online_ids()) == 3, what="3 devices online")
-    run = _run(coordinator, 1)
-    wait_until(lambda: _round_open(coordinator, 1), what="round 1 open")
-    params, masks = coordinator.store.load_model(run.id)
+    coordinator, run, params, masks = _one_round_run_open(holder["coordinator"])
     stale = update_message(run.id, 1, "dev-002", params, masks, masks, 10, 0.0, 0.0)  # task_nonce 0
     data = encode_message(stale, KEYS["dev-002"], seq=2**62)  # fresh seq, right key, wrong nonce
     sniffer.replay([(topics.update(run.id, "dev-002"), p) for p in _chunks(data)])

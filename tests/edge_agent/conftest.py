@@ -23,6 +23,14 @@ def coordinator(mosquitto) -> Iterator[FakeCoordinator]:
 
 
 @pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    """dev-003's device key (DEVICE_KEY, hex) in a file, for ``--key-file`` of an agent process."""
+    path = tmp_path / "dev.key"
+    path.write_text(DEVICE_KEY.hex() + "\n")
+    return path
+
+
+@pytest.fixture
 def start_agent() -> Iterator[Callable[..., AgentThread]]:
     """Factory: ``start_agent(settings, **kwargs)``; every agent started is stopped at teardown."""
     started: list[AgentThread] = []

@@ -12,8 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from agent_harness import DEVICE_KEY, global_model, is_update_for, make_task, send_round, start_agent_process
+from agent_harness import global_model, is_update_for, make_task, send_round, start_agent_process
 
 from protocol import Register, Status, Update
 
@@ -24,13 +23,6 @@ def torch_libraries_mapped(pid: int) -> list[str]:
     """The torch shared objects mapped into process ``pid`` (empty: torch was never imported)."""
     paths = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "/" in line}
     return sorted(p for p in paths if any(name in p for name in TORCH_LIBRARIES))
-
-
-@pytest.fixture
-def key_file(tmp_path):  # type: ignore[no-untyped-def]
-    path = tmp_path / "dev.key"
-    path.write_text(DEVICE_KEY.hex() + "\n")
-    return path
 
 
 def test_registered_idle_agent_has_not_imported_torch_and_its_first_round_does(mosquitto, coordinator,

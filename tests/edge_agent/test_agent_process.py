@@ -36,13 +36,6 @@ def stop_process(proc: subprocess.Popen) -> str:
     return out
 
 
-@pytest.fixture
-def key_file(tmp_path):  # type: ignore[no-untyped-def]
-    path = tmp_path / "dev.key"
-    path.write_text(DEVICE_KEY.hex() + "\n")
-    return path
-
-
 def test_sigkill_leaves_a_retained_offline_will_and_sigterm_goes_offline_cleanly(mosquitto, coordinator,
                                                                                    key_file) -> None:
     proc = start_agent_process("--broker", mosquitto.url, "--device-id", "dev-003", "--partition", "3/8",

@@ -143,10 +143,11 @@ def test_a_negative_ack_stops_the_resending_and_is_logged(mosquitto, coordinator
     with caplog.at_level("WARNING", logger="feddst.agent"):
         coordinator.send(Ack(RUN, 1, "dev-003", False, "non_finite: conv1.weight: 3 of 40 values are NaN"),
                          topics.ack(RUN, "dev-003"))
-        assert wait_until(lambda: agent.agent.stats["updates_rejected"] == 1)
+        # the agent counts the rejection, then logs it (another thread): wait for both, not just the count
+        assert wait_until(lambda: agent.agent.stats["updates_rejected"] == 1 and any(
+            "non_finite: conv1.weight" in r.getMessage() and "not re-sent" in r.getMessage()
+            for r in caplog.records)), (dict(agent.agent.stats), [r.getMessage() for r in caplog.records])
     assert not agent.agent.state.uploads
-    assert any("non_finite: conv1.weight" in r.getMessage() and "not re-sent" in r.getMessage()
-               for r in caplog.records)
     time.sleep(0.2)  # let in-flight copies land
     while not coordinator.received.empty():
         coordinator.received.get_nowait()

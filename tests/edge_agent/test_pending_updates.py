@@ -110,16 +110,24 @@ def _first_update(coordinator, deadline_s: float) -> tuple[Update, float]:  # ty
     return coordinator.expect(Update, is_update_for(1), timeout=60).message, task.deadline_unix
 
 
+def _stopped_with_round_1_pending(coordinator, start_agent, settings, state: Path,  # type: ignore[no-untyped-def]
+                                  deadline_s: float) -> tuple[Update, float]:
+    """Start an agent, let it train round 1 and store its update, stop it cleanly before any Ack: the update
+    file is still in ``state``. Returns the update it sent and the task's deadline."""
+    agent = start_agent(settings)
+    coordinator.expect(Register)
+    update, deadline = _first_update(coordinator, deadline_s=deadline_s)
+    assert wait_until(lambda: _pending_files(state) == [f"{RUN}.1.update"])
+    agent.close()  # no Ack came
+    assert _pending_files(state) == [f"{RUN}.1.update"]  # still there after a clean stop
+    return update, deadline
+
+
 def test_an_agent_stopped_before_its_ack_sends_the_same_update_after_restart(mosquitto, coordinator, start_agent,
                                                                              tmp_path) -> None:
     state = tmp_path / "agent-state"
     settings = agent_settings(mosquitto.url, state_dir=str(state), ack_timeout_s=0.3)
-    first_agent = start_agent(settings)
-    coordinator.expect(Register)
-    first, _ = _first_update(coordinator, deadline_s=60)
-    assert wait_until(lambda: _pending_files(state) == [f"{RUN}.1.update"])
-    first_agent.close()  # no Ack came
-    assert _pending_files(state) == [f"{RUN}.1.update"]  # still there after a clean stop
+    first, _ = _stopped_with_round_1_pending(coordinator, start_agent, settings, state, deadline_s=60)
     coordinator.drain()
 
     second_agent = start_agent(settings)
@@ -209,12 +217,7 @@ def test_a_stored_update_past_its_deadline_is_dropped_not_sent(mosquitto, coordi
                                                                tmp_path) -> None:
     state = tmp_path / "agent-state"
     settings = agent_settings(mosquitto.url, state_dir=str(state), ack_timeout_s=0.3)
-    first_agent = start_agent(settings)
-    coordinator.expect(Register)
-    _, deadline = _first_update(coordinator, deadline_s=12)
-    assert wait_until(lambda: _pending_files(state) == [f"{RUN}.1.update"])
-    first_agent.close()
-    assert _pending_files(state) == [f"{RUN}.1.update"]  # stopped while the deadline still allowed
+    _, deadline = _stopped_with_round_1_pending(coordinator, start_agent, settings, state, deadline_s=12)
     assert time.time() < deadline
     time.sleep(max(0.0, deadline - time.time()) + 0.5)  # now past it
     coordinator.drain()

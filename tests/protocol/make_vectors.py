@@ -14,7 +14,7 @@ re-encode: Ed25519 signatures are deterministic). Negative vectors have ``"expec
 "<ProtocolError subclass name>"`` instead of a message.
 
 Chunking vectors (``"kind": "chunks"``) list ``chunk_files``, the packets of ``message_file`` split
-with ``max_packet``; a positive one must be reproduced by the splitter and reassemble (in any
+with ``max_packet`` in ``chunking_version``; a positive one must be reproduced by the splitter and reassemble (in any
 order) to the message, a negative one (``expect_error``) must fail reassembly.
 ``reencode_exact`` is false for zstd vectors (another zstd version may compress differently) and
 for int8 (re-quantizing decoded values may move the scale by an ulp).
@@ -264,27 +264,38 @@ def _zstd_trailing() -> bytes:
 
 
 def _write_chunk_vectors(message: bytes) -> int:
-    packets = split_into_chunks(message, CHUNK_MAX_PACKET)
-    assert len(packets) >= 3, len(packets)
-    cases = [("chunks_model", "model_broadcast.bin split with max_packet 160", packets, None)]
-    bad_id = [p[:8] + bytes(8) + p[16:] for p in packets]
-    short = [packets[0][:-1]] + packets[1:]
-    cases += [
-        ("chunks_bad_transfer_id", "Every chunk's transfer id zeroed: not the BLAKE2b-64 of the message", bad_id,
+    v1 = split_into_chunks(message, CHUNK_MAX_PACKET, version=1)
+    v2 = split_into_chunks(message, CHUNK_MAX_PACKET, version=2)
+    assert len(v1) >= 3, len(v1)
+    cases = [
+        ("chunks_model", "model_broadcast.bin split with max_packet 160, chunking version 1", v1, 1, None),
+        ("chunks_bad_transfer_id", "Every chunk's transfer id zeroed: not the BLAKE2b-64 of the message", _with_id(v1),
+         1, "MalformedError"),
+        ("chunks_short_piece", "First piece one byte short: the pieces cannot tile the total length",
+         [v1[0][:-1]] + v1[1:], 1, "MalformedError"),
+        ("chunks_model_v2", "model_broadcast.bin split with max_packet 160, chunking version 2 (transfer id: "
+         "BLAKE2b-64 of the first 64 and the last 64 bytes of the message)", v2, 2, None),
+        ("chunks_v2_bad_transfer_id", "Chunking version 2, every transfer id zeroed", _with_id(v2), 2,
          "MalformedError"),
-        ("chunks_short_piece", "First piece one byte short: the pieces cannot tile the total length", short,
-         "MalformedError"),
+        ("chunks_v2_whole_message_id", "Chunking version 2 carrying the version-1 id (BLAKE2b-64 of the whole "
+         "message): not the id of its edges", _with_id(v2, v1[0][8:16]), 2, "MalformedError"),
     ]
-    for name, description, chunks, error in cases:
+    for name, description, chunks, version, error in cases:
         files = [f"{name}_{i}.bin" for i in range(len(chunks))]
         for file, chunk in zip(files, chunks, strict=True):
             (VECTOR_DIR / file).write_bytes(chunk)
         record = {"description": description, "kind": "chunks", "message_file": "model_broadcast.bin",
-                  "max_packet": CHUNK_MAX_PACKET, "chunk_header_bytes": CHUNK_HEADER_BYTES, "chunk_files": files}
+                  "max_packet": CHUNK_MAX_PACKET, "chunk_header_bytes": CHUNK_HEADER_BYTES,
+                  "chunking_version": version, "chunk_files": files}
         if error:
             record["expect_error"] = error
         (VECTOR_DIR / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
     return len(cases)
+
+
+def _with_id(packets: list[bytes], transfer_id: bytes = bytes(8)) -> list[bytes]:
+    """``packets`` with every chunk header's transfer id (bytes 8..16) replaced."""
+    return [p[:8] + transfer_id + p[16:] for p in packets]
 
 
 def _decoded(data: bytes, key: object):

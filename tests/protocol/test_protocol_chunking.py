@@ -153,3 +153,52 @@ def test_non_contiguous_and_non_bytes_packets():
         reassembler.add(memoryview(np.zeros((4, 4))[:, ::2]))
     with pytest.raises(ProtocolError):
         reassembler.add("text")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [30, 100, 127, 128, 129, 5000])
+def test_each_chunking_version_carries_its_own_transfer_id(size):
+    """Version 1: BLAKE2b-64 of the whole message; version 2: of its first 64 and last 64 bytes (all of a message
+    shorter than 128). Both reassemble; the hash is recomputed here from the spec, not from the module."""
+    import hashlib
+
+    data = b"FDST" + os.urandom(size - 4)
+    edges = data if size < 128 else data[:64] + data[-64:]
+    expected = {1: hashlib.blake2b(data, digest_size=8).digest(), 2: hashlib.blake2b(edges, digest_size=8).digest()}
+    for version, transfer_id in expected.items():
+        packets = split_into_chunks(data, 29, version=version)
+        assert {(p[4], p[8:16]) for p in packets} == {(version, transfer_id)}
+        reassembler = ChunkReassembler()
+        assert [reassembler.add(p, now=0.0) for p in packets][-1] == data
+    assert split_into_chunks(data, 29) == split_into_chunks(data, 29, version=2)  # the default
+
+
+def test_a_changed_middle_byte_passes_the_version_2_id_and_fails_the_envelope_crc():
+    """The version-2 id hashes only the edges: a corrupted middle reassembles, and the envelope's CRC refuses it."""
+    from protocol import ChecksumError
+
+    data = encode_message(Status("dev-1", "busy", "x" * 3000))
+    packets = split_into_chunks(data, 1000)
+    hurt = bytearray(packets[1])
+    hurt[500] ^= 0xFF
+    reassembler = ChunkReassembler()
+    whole = [reassembler.add(p, now=0.0) for p in [packets[0], bytes(hurt), *packets[2:]]][-1]
+    assert whole is not None and whole != data
+    with pytest.raises(ChecksumError):
+        decode_message(whole)
+
+
+def test_chunks_of_two_versions_do_not_form_one_set_and_unknown_versions_are_refused():
+    from protocol import UnsupportedVersionError
+
+    data = b"FDST" + os.urandom(3000)
+    v1, v2 = split_into_chunks(data, 1000, version=1), split_into_chunks(data, 1000, version=2)
+    mixed = v2[0][:4] + b"\x01" + v2[1][5:]  # a version-1 header on a piece of the version-2 set (same id)
+    reassembler = ChunkReassembler()
+    reassembler.add(v2[0], now=0.0)
+    with pytest.raises(MalformedError, match="chunking version"):
+        reassembler.add(mixed, now=0.0)
+    assert reassembler.pending_sets == 0
+    with pytest.raises(UnsupportedVersionError):
+        ChunkReassembler().add(v1[0][:4] + b"\x03" + v1[0][5:])
+    with pytest.raises(InvalidMessageError):
+        split_into_chunks(data, 1000, version=3)

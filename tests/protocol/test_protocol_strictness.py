@@ -112,3 +112,17 @@ def test_chunks_must_tile_the_message_and_carry_its_transfer_id():
     last_first.add(chunks[3])
     with pytest.raises(MalformedError, match="chunk sizes"):
         last_first.add(header[:24] + struct.pack("<I", 1) + pieces[1][:-1])
+
+
+def test_the_envelope_crc_is_zlibs_crc32_whichever_implementation_computes_it():
+    """protocol.checksum may use zlib-ng: its CRC must be zlib's (ISO-HDLC), whole and continued, on any view."""
+    import zlib
+
+    from protocol.checksum import crc32
+
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 15, 64, 1000, 163_000):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert crc32(data) == zlib.crc32(data)
+        assert crc32(memoryview(data)[size // 3:]) == zlib.crc32(data[size // 3:])
+        assert crc32(data[size // 2:], crc32(data[: size // 2])) == zlib.crc32(data)

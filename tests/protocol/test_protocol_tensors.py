@@ -199,3 +199,21 @@ def test_zero_sized_and_scalar_tensors_round_trip():
                "scalar": SparseTensor((), np.array([3.5], np.float32))}
     for compression in ("none", "zstd"):
         assert decode_tensor_set(encode_tensor_set(tensors, compression=compression)) == tensors
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+@pytest.mark.parametrize("value_format", ["float32", "float16", "int8"])
+def test_decoded_values_and_masks_are_copies_of_the_input_bytes(compression, value_format):
+    """The coordinator lets a message's bytes go once decoded (cloud.mqtt_link): nothing decoded may view them."""
+    from protocol import Update, decode_message, encode_message
+
+    rng = np.random.default_rng(1)
+    mask = rng.random((40, 50)) < 0.3
+    tensors = {"w": SparseTensor((40, 50), rng.standard_normal(int(mask.sum())).astype(np.float32), mask),
+               "b": SparseTensor((9,), rng.standard_normal(9).astype(np.float32))}
+    data = bytearray(encode_message(Update("run-1", 1, "dev-1", tensors, {}, 3, 0.0, 0.0),
+                                    value_format=value_format, compression=compression))
+    decoded = decode_message(data)
+    expected = decode_message(bytes(data))
+    data[:] = bytes(len(data))
+    assert decoded == expected

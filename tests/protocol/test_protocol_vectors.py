@@ -85,7 +85,7 @@ def test_chunk_vector(path):
             for chunk in chunks:
                 reassembler.add(chunk)
         return
-    assert split_into_chunks(message, record["max_packet"]) == chunks
+    assert split_into_chunks(message, record["max_packet"], version=record["chunking_version"]) == chunks
     for order in (chunks, chunks[::-1], chunks[1:] + chunks[:1]):
         reassembler = ChunkReassembler()
         results = [reassembler.add(chunk) for chunk in order]
