@@ -64,6 +64,7 @@ class FakeFleet:
         self.answered: set[tuple[str, int, str]] = set()  # (run, round, device)
         self.uploads: list[asyncio.Future] = []
         self.times: dict[str, float] = {}  # model_at, first_at, sent_at, acked_at (see report)
+        self.task_rx: list[float] = []  # unix s each Task (or inbox message) reached its device's callback
         self.model: dict = {}
         self.payloads: dict[tuple, bytes] = {}  # (run, round, nonce) -> the update payload
         self.reassembler = ChunkReassembler()
@@ -105,6 +106,8 @@ class FakeFleet:
         def on_message(client, topic, payload, qos, properties):  # noqa: ANN001, ANN202
             if topic == inbox or topic.endswith("/task"):  # Tasks (an Ack of Register on the inbox is dropped later)
                 self.received.append((device_id, bytes(payload)))
+                self.times["task_rx_at"] = time.time()
+                self.task_rx.append(self.times["task_rx_at"])
                 self.work.set()
             return 0
 
@@ -131,6 +134,7 @@ class FakeFleet:
                     msg = decode_message(whole)
                     if isinstance(msg, ModelBroadcast):
                         self.model["msg"] = msg
+                        self.times["model_rx_at"] = time.time()
                         self.work.set()
             return 0
 
@@ -239,6 +243,8 @@ class FakeFleet:
 
     async def report(self) -> dict:
         """After the round: ``model_at`` (unix s: the process held the model and the last Task it got),
+        ``model_rx_at`` (its model receiver reassembled the model), ``task_rx_at`` (the last Task reached
+        one of its devices' sockets' callbacks),
         ``sent_at`` (the last update handed to its socket), ``acked_at`` (the broker acknowledged the last),
         ``encode_s`` (wall seconds from the first Task answered to ``sent_at``: the bench's encoding and
         publishing, upload-window waits included), ``updates`` (devices answered)."""
@@ -246,6 +252,7 @@ class FakeFleet:
         await self._drained()
         t = self.times
         return {"model_at": t.get("model_at"), "sent_at": t.get("sent_at"), "acked_at": t.get("acked_at"),
+                "model_rx_at": t.get("model_rx_at"), "task_rx_at": t.get("task_rx_at"), "task_rx": self.task_rx,
                 "encode_s": t.get("sent_at", 0.0) - t.get("first_at", 0.0), "updates": len(self.uploads)}
 
     async def close(self) -> None:

@@ -349,11 +349,16 @@ def breakdown(result: dict, fakes: list[dict], cpu_before: dict, cpu_after: dict
     t0 = result["started_at"]
     timeline = {"broadcast": result["broadcast_s"], "tasks": result.get("tasks_s") or 0.0,
                 "model_at": max(f["model_at"] for f in fakes) - t0,
+                "model_rx_at": max(f.get("model_rx_at") or t0 for f in fakes) - t0,
+                "task_rx_at": max(f.get("task_rx_at") or t0 for f in fakes) - t0,
                 "fakes_sent_at": max(f["sent_at"] for f in fakes) - t0,
                 "fakes_acked_at": max(f["acked_at"] for f in fakes) - t0,
                 "first_update_at": result["first_update_at"] - t0,
                 "last_update_at": result["last_update_at"] - t0,
                 "closed_at": result["closed_at"] - t0}
+    tasks_at = sorted(t - t0 for f in fakes for t in f.get("task_rx", ()) if t >= t0)
+    if tasks_at:
+        timeline.update(task_rx_p50=tasks_at[len(tasks_at) // 2], task_rx_p90=tasks_at[int(len(tasks_at) * 0.9)])
     cpu = {f"coordinator_{k}": v for k, v in result["cpu_s"].items()}
     cpu.update({k: cpu_after[k] - cpu_before[k] for k in cpu_before})
     cpu["fakes_encode"] = sum(f["encode_s"] for f in fakes)
@@ -375,7 +380,9 @@ def print_breakdown(agents: int, result: dict) -> None:
           f"heartbeat {b.get('heartbeat_s')} s, upload window {b.get('upload_window')} per process; seconds from "
           "the round's start):")
     print(f"  broadcast done {t['broadcast']:.3f} (of which Tasks signed + handed to paho {t.get('tasks', 0.0):.3f})  "
-          f"last fake has model+task {t['model_at']:.3f}  "
+          f"last fake has model+task {t['model_at']:.3f} (model {t.get('model_rx_at', 0.0):.3f}; Tasks at the fakes: "
+          f"median {t.get('task_rx_p50', 0.0):.3f}, 90 % {t.get('task_rx_p90', 0.0):.3f}, last "
+          f"{t.get('task_rx_at', 0.0):.3f})  "
           f"fakes done sending (bench) {t['fakes_sent_at']:.3f}  all acked by broker {t['fakes_acked_at']:.3f}")
     print(f"  first update at coordinator {t['first_update_at']:.3f}  last {t['last_update_at']:.3f}  "
           f"round closed {t['closed_at']:.3f} (aggregation adds + finish {result['scale_aggregation_s']:.3f} s)")

@@ -6,7 +6,7 @@ Lifecycle of a run (one run is active at a time; starting a second one is a ``Ru
    ``rng = np.random.default_rng(seed)`` and, if configured, the held-out evaluator.
 2. Each round waits (up to ``device_wait_s``) for :func:`~cloud.run_phase.devices_needed`
    eligible devices, selects ``min(clients_per_round, eligible)`` with ``strategy.configure_round``,
-   publishes the ``ModelBroadcast`` (chunked) then the ``Task``.
+   publishes one ``Task`` per selected device, then the ``ModelBroadcast`` (chunked, retained).
 3. Updates are checked and judged by :class:`~cloud.round_collector.RoundCollector` (invalid ones
    rejected with their reason, weights capped at the registered sample count) and folded into the
    aggregation; each gets an ``Ack`` (``ok=false`` with the reason when rejected). The round
@@ -42,6 +42,7 @@ its command queue) is built on :class:`~cloud.inbound_handling.InboundHandling` 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -70,7 +71,10 @@ class Coordinator(InboundHandling):
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self, connect_timeout_s: float = 10.0) -> bool:
-        """Connect to the broker and start the main loop; False if the broker did not accept us."""
+        """Connect to the broker and start the main loop; False if the broker did not accept us. Sets the
+        process's GIL switch interval first (setting ``gil_switch_interval_s``)."""
+        if self.settings.gil_switch_interval_s is not None:
+            sys.setswitchinterval(self.settings.gil_switch_interval_s)
         ok = self.link.connect(connect_timeout_s)
         self._thread = threading.Thread(target=self._main_loop, name="coordinator", daemon=True)
         self._thread.start()

@@ -144,7 +144,7 @@ class InboundHandling(RoundLifecycle):
             ex.counters.update(verdict.counter_keys)
             if verdict.kind == "accepted":
                 ex.update_received_at[update.device_id] = item.received_at
-        self.metrics.updates.labels(verdict=verdict.kind).inc()
+        self.metrics.updates_by_verdict[verdict.kind].inc()
         if verdict.kind == "invalid":  # answered too (ok=false), so the device stops re-sending it
             log.warning("rejected update from %s for round %s (%s): %s", update.device_id, update.server_round,
                         verdict.reason, verdict.detail)

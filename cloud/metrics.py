@@ -111,10 +111,10 @@ class CoordinatorMetrics:
               registry=r).set_function(lambda: 1.0 if broker_connected() else 0.0)
         Gauge("feddst_active_runs", "Runs running now (0 or 1).", registry=r).set_function(active_runs)
         r.register(_LinkCollector(link_counters))
-        for direction in ("received", "sent"):  # zeros from the start, so rates work from the first scrape
-            self.mqtt_bytes.labels(direction=direction)
-        for verdict in VERDICTS:
-            self.updates.labels(verdict=verdict)
+        # The labelled children, made once (zeros from the start, so rates work from the first scrape); the hot
+        # paths (every MQTT packet, every update) use these: ``labels()`` costs ~35 us a call.
+        self.mqtt_bytes_by_direction = {d: self.mqtt_bytes.labels(direction=d) for d in ("received", "sent")}
+        self.updates_by_verdict = {verdict: self.updates.labels(verdict=verdict) for verdict in VERDICTS}
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -59,6 +59,13 @@ class CloudSettings(BaseSettings):
         64 * 1024 * 1024, ge=1, description="Bound of the same queue in payload bytes: PUBACKs wait until the "
         "decoder takes a packet and the network thread stops reading while the queue holds more, so the broker "
         "holds a backlog (its max_queued_messages / max_queued_bytes must allow it), not the coordinator's RAM.")
+    gil_switch_interval_s: float | None = Field(
+        None, gt=0, le=1.0, description="sys.setswitchinterval for the coordinator process (seconds a thread "
+        "keeps the GIL while another waits; None, the default: Python's 0.005). The MQTT network thread, the "
+        "decoder and the main loop share the GIL: each C call that releases it (socket I/O, zstd, hashing) "
+        "waits up to the interval to get it back. 1 ms took a 10 000-device round from 26.8 / 40.4 s to 21.3 / "
+        "25.0 s before the decoder got cheaper (branch ingest2), and changed nothing after it (19.45 vs 19.68 s; "
+        "docs/results.md, \"roundpath\").")
     device_keys_file: Path | None = Field(
         None, description="JSON object device id -> hex HMAC key; when set, updates must be authenticated.")
     coordinator_key_hex: SecretStr | None = Field(
