@@ -316,6 +316,8 @@ def main() -> None:
                 stages["alone"] = alone
             sim_s = (sim_before + sim_after) / 2
             stages["simulated_train_per_client_s"] = sim_s / args.agents
+            if "alone" in stages:
+                stages["contention"] = contention_estimate(stages, args.agents, os.cpu_count() or 1, live_s, sim_s)
             result.update(live_round_s=live_s, simulated_round_s=sim_s, overhead_ratio=live_s / sim_s,
                           simulated_before_s=sim_before, simulated_after_s=sim_after, stages=stages)
         if not args.skip_scale:
@@ -348,6 +350,24 @@ def main() -> None:
         print_breakdown(args.scale_agents, result)
 
 
+def contention_estimate(stages: dict, agents: int, cores: int, live_round_s: float, simulated_round_s: float) -> dict:
+    """What sharing ``cores`` between ``agents`` one-thread agent processes costs, from the measured stages.
+
+    ``time_sliced_train_s``: one agent's training alone x agents / cores, the training time per device if the
+    processes took turns on the cores at no cost; ``train_contention_s``: the measured training beyond it;
+    ``outside_contention_s``: the critical path outside training beyond one agent's alone. The live round minus
+    both, over the simulated round, is ``ratio_without_contention`` (an estimate: the product's own overhead)."""
+    alone = stages["alone"]
+    time_sliced = alone["train_s"] * agents / cores
+    train_contention = max(0.0, stages["train_s"] - time_sliced)
+    outside = (stages["critical_path_s"] - stages["train_s"]) - (alone["critical_path_s"] - alone["train_s"])
+    outside_contention = max(0.0, outside)
+    without = live_round_s - train_contention - outside_contention
+    return {"time_sliced_train_s": time_sliced, "train_contention_s": train_contention,
+            "outside_contention_s": outside_contention, "round_without_contention_s": without,
+            "ratio_without_contention": without / simulated_round_s}
+
+
 def print_stages(stages: dict, agents: int) -> None:
     """The stage table: mean seconds per device per round, each stage's share of the mean round, and (when
     measured) the same stage of one agent alone on the machine: the difference is the other agents' contention."""
@@ -371,6 +391,14 @@ def print_stages(stages: dict, agents: int) -> None:
         solo_protocol = alone["critical_path_s"] - alone["train_s"]
         print(f"  critical path outside training: {protocol:.3f} s live vs {solo_protocol:.3f} s alone "
               f"(the rest, {protocol - solo_protocol:.3f} s, is {agents} agents sharing {os.cpu_count()} cores)")
+    contention = stages.get("contention")
+    if alone and contention:
+        print(f"  train if {agents} agents took turns on {os.cpu_count()} cores at no cost: {agents} x "
+              f"{alone['train_s']:.3f} / {os.cpu_count()} = {contention['time_sliced_train_s']:.3f} s; measured "
+              f"{stages['train_s']:.3f} s, so {contention['train_contention_s']:.3f} s is the sharing itself")
+        print(f"  live round without the sharing (training {contention['train_contention_s']:.3f} s + outside "
+              f"{contention['outside_contention_s']:.3f} s): {contention['round_without_contention_s']:.2f} s "
+              f"-> ratio {contention['ratio_without_contention']:.3f} (an estimate of the product's own overhead)")
 
 
 if __name__ == "__main__":
