@@ -156,10 +156,13 @@ class WireCountingClient(mqtt.Client):
 
     def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
                       info: mqtt.MQTTMessageInfo | None = None) -> MQTTErrorCode:
-        wake = self._sockpairW
-        if self._thread is None or self._on_socket_register_write is not None or wake is None:
+        # paho's private attributes, read with defaults: a paho without them gets paho's own way, not a crash
+        wake = getattr(self, "_sockpairW", None)
+        out_packets = getattr(self, "_out_packet", None)
+        if (getattr(self, "_thread", None) is None or getattr(self, "_on_socket_register_write", True) is not None
+                or wake is None or out_packets is None):
             return super()._packet_queue(command, packet, mid, qos, info)  # not loop_start's thread: paho's way
-        self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0, "to_process": len(packet),
+        out_packets.append({"command": command, "mid": mid, "qos": qos, "pos": 0, "to_process": len(packet),
                                  "packet": packet, "info": info})
         if self._wake_sent_on is not wake:
             self._wake_sent_on = wake
