@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import MQTTErrorCode
 
 from cloud.mqtt_link import CoordinatorLink, WireCountingClient
+from field_trial.private_mosquitto import PrivateMosquitto
 
 
 class RecordingPair:
@@ -71,7 +75,19 @@ def test_without_a_network_thread_paho_writes_itself() -> None:
     assert pair.sent == 2  # paho's own path, one byte each
 
 
-def test_publishes_from_several_threads_all_arrive_in_order(mosquitto) -> None:
+@pytest.fixture
+def unqueued_mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
+    """A mosquitto that queues any number of QoS 1 messages for a slow subscriber (its default, 1000, drops
+    the rest: 1200 messages to an observer that a loaded machine slows would lose some at the broker)."""
+    broker = PrivateMosquitto(tmp_path / "mosquitto", extra_config=["max_queued_messages 0"]).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def test_publishes_from_several_threads_all_arrive_in_order(unqueued_mosquitto: PrivateMosquitto) -> None:
+    mosquitto = unqueued_mosquitto
     got: queue.Queue[bytes] = queue.Queue()
     subscribed = threading.Event()
     observer = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="wakeup-observer")
@@ -94,7 +110,12 @@ def test_publishes_from_several_threads_all_arrive_in_order(mosquitto) -> None:
             w.start()
         for w in workers:
             w.join()
-        received = [got.get(timeout=30) for _ in range(per_thread * threads)]
+        received: list[bytes] = []
+        try:
+            while len(received) < per_thread * threads:
+                received.append(got.get(timeout=30))
+        except queue.Empty:
+            pytest.fail(f"{len(received)} of {per_thread * threads} publishes reached the observer in 30 s")
         for k in range(threads):
             mine = [int(r.split()[1]) for r in received if r.split()[0] == b"%d" % k]
             assert mine == list(range(per_thread))
