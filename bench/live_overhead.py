@@ -181,10 +181,10 @@ def wait_for_agents_online(coordinator, procs: list[subprocess.Popen], logs: Pat
 
     end = time.monotonic() + timeout_s
     while True:
-        exited = [f"{d} (exit code {p.returncode})" for d, p in wanted.items() if p.poll() is not None]
+        exited = [d for d, p in wanted.items() if p.poll() is not None]
         if exited:
-            raise RuntimeError(f"agent process exited before the run: {', '.join(exited)}"
-                               + tails([e.split()[0] for e in exited]))
+            codes = ", ".join(f"{d} (exit code {wanted[d].returncode})" for d in exited)
+            raise RuntimeError(f"agent process exited before the run: {codes}" + tails(exited))
         missing = sorted(set(wanted) - set(coordinator.registry.online_ids()))
         if not missing:
             return
