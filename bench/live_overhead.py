@@ -36,6 +36,12 @@ processes run on this machine, so their wall clocks agree.
 running (``--skip-alone`` skips it): a stage's live value minus its ``alone`` value is what the other agents'
 contention for the cores added; the product's own cost of the stage is the ``alone`` value.
 
+``stages.control`` (``bench/contention_control.py``; ``--skip-control`` skips it): the same number of one-thread
+processes training the same clients for the same rounds, released together each round, with no coordinator,
+broker or MQTT: the machine's 20-processes-on-2-cores contention measured directly. ``overhead_vs_control_ratio``
+= live round / control round is what the product adds on top of that contention (the live path's own cost);
+``overhead_ratio`` stays live / simulated.
+
 ``simulated_train_per_client_s`` (the unbatched simulation's round time / clients per round) sits
 beside ``train``: the agents train the same clients with the same kernels, so their ratio is the
 slow-down of 20 single-threaded agent processes sharing this machine's cores.
@@ -287,11 +293,15 @@ def main() -> None:
                              "torch (the simulation's process has it imported too); default: cold agents")
     parser.add_argument("--skip-alone", action="store_true",
                         help="skip the one-agent round whose stages are printed beside the live ones")
+    parser.add_argument("--skip-control", action="store_true",
+                        help="skip the contention control (bench/contention_control.py: the agents' training in as "
+                             "many processes at once, without the product)")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     import torch
+    from contention_control import measure_contention_control
     from fleet_scale import measure_scale, print_breakdown
 
     result: dict = {"overhead_ratio": None, "scale_agents": args.scale_agents, "scale_round_s": None,
@@ -307,6 +317,10 @@ def main() -> None:
             log(f"live run: {args.agents} agents x {args.rounds} rounds over mosquitto (--kernels {args.kernels})...")
             live_s, stages = measure_live(args.rounds, args.data_dir, work, args.agents, args.kernels,
                                           args.preload_training)
+            if not args.skip_control:
+                log(f"contention control: {args.agents} processes training the same clients at once, no product...")
+                stages["control"] = measure_contention_control(args.agents, args.rounds, args.data_dir, args.kernels)
+                result["overhead_vs_control_ratio"] = live_s / stages["control"]["round_s"]
             log("simulating again (bracketing the live run)...")
             sim_after = measure_simulated(args.rounds, args.data_dir, args.kernels, args.agents)
             if not args.skip_alone:
@@ -331,8 +345,8 @@ def main() -> None:
                           scale_broadcast_s=scale["broadcast_s"], scale_aggregation_s=scale["aggregation_s"],
                           scale_bridge=args.scale_bridge)
     if args.json:
-        print(json.dumps({k: result.get(k) for k in ("overhead_ratio", "scale_agents", "scale_round_s",
-                                                     "scale_peak_mb", "stages", "scale_broadcast_s",
+        print(json.dumps({k: result.get(k) for k in ("overhead_ratio", "overhead_vs_control_ratio", "scale_agents",
+                                                     "scale_round_s", "scale_peak_mb", "stages", "scale_broadcast_s",
                                                      "scale_aggregation_s", "scale_breakdown",
                                                      "scale_bridge")}))
         return
@@ -341,6 +355,7 @@ def main() -> None:
               f"s/round (before {result['simulated_before_s']:.2f}, after {result['simulated_after_s']:.2f}) "
               f"-> ratio {result['overhead_ratio']:.3f} (target <= 1.05)")
         print_stages(result["stages"], args.agents)
+        print_control(result)
     if result["scale_round_s"] is not None:
         print(f"scale: {args.scale_agents} fake agents, one round incl. aggregation {result['scale_round_s']:.2f} s "
               f"(targets: 1000 <= 2 s, 10 000 <= 10 s), {result['scale_accepted']} updates accepted; coordinator "
@@ -366,6 +381,20 @@ def contention_estimate(stages: dict, agents: int, cores: int, live_round_s: flo
     return {"time_sliced_train_s": time_sliced, "train_contention_s": train_contention,
             "outside_contention_s": outside_contention, "round_without_contention_s": without,
             "ratio_without_contention": without / simulated_round_s}
+
+
+def print_control(result: dict) -> None:
+    """The contention control's lines (when it ran): its rounds beside the live and simulated ones."""
+    control = result["stages"].get("control")
+    if not control:
+        return
+    spans = ", ".join(f"{s:.2f}" for s in control["round_spans_s"])
+    print(f"contention control: {control['agents']} processes training the same clients at once with no coordinator, "
+          f"broker or MQTT: {control['round_s']:.2f} s/round ({spans}; train {control['train_s']:.3f} s per "
+          f"process) -> the machine's sharing alone x{control['round_s'] / result['simulated_round_s']:.3f} the "
+          f"simulated round")
+    print(f"  live / control = {result['live_round_s']:.2f} / {control['round_s']:.2f} -> "
+          f"{result['overhead_vs_control_ratio']:.3f} (what the product adds beyond the contention; target <= 1.05)")
 
 
 def print_stages(stages: dict, agents: int) -> None:
