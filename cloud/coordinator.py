@@ -61,7 +61,8 @@ from protocol import Abort, topics
 __all__ = ["SHUTDOWN_REASON", "Coordinator"]
 
 INBOUND_BATCH = 256  # inbound items admitted (replay state written) in one transaction, then handled
-GROUP_COMMIT_S = 0.02  # a batch with a durable replay-state write waits this long for more items (one fsync)
+GROUP_COMMIT_S = 0.02  # a batch with a durable replay-state write waits this long for more items (one fsync),
+# unless it completes the open round (InboundHandling._completes_round: nothing more is awaited)
 STOP_WAIT_S = 30.0  # POST stop waits this long for the main loop to stop the run
 
 
@@ -222,7 +223,8 @@ class Coordinator(InboundHandling):
                 except queue.Empty:
                     items = []
                 while items:
-                    if len(items) < INBOUND_BATCH and any(self._writes_durably(item) for item in items):
+                    if (len(items) < INBOUND_BATCH and any(self._writes_durably(item) for item in items)
+                            and not self._completes_round(items)):
                         items += self._take_queued(INBOUND_BATCH - len(items), GROUP_COMMIT_S)
                     self._handle_batch(items)
                     items = self._take_queued(INBOUND_BATCH)

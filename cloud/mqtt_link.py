@@ -62,6 +62,7 @@ from protocol import (
     split_into_chunks,
     topics,
 )
+from protocol.endpoint import disable_nagle
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +273,8 @@ class CoordinatorLink:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        # an Ack then the next round's Task: two small writes, the second held ~40 ms by Nagle without this
+        self.client.on_socket_open = lambda client, userdata, sock: disable_nagle(sock)
 
     # --- lifecycle ------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from paho.mqtt.properties import Properties
 
 from edge_agent import link_shaping
 from edge_agent.config import AgentSettings
+from protocol.endpoint import disable_nagle
 
 log = logging.getLogger("feddst.agent.mqtt")
 
@@ -281,6 +282,7 @@ class DeviceLink:
     def _on_socket_open(self, client: mqtt.Client, userdata: object, sock: object) -> None:
         # TCP (and TLS) are up and CONNECT is about to go out: from now on only the broker's answer counts.
         self._attempt_started = time.monotonic()
+        disable_nagle(sock)  # small writes (PUBACK, SUBSCRIBE) go out at once, not ~40 ms later
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
                     reason_code: mqtt.ReasonCode, properties: Properties | None) -> None:

@@ -1,5 +1,6 @@
 """The MQTT endpoint both sides connect to: one broker-URL parser for the coordinator and the agent,
-and the warning category both sides give for a deprecated setting name.
+the socket option both sides set on their connection (:func:`disable_nagle`), and the warning category
+both sides give for a deprecated setting name.
 
 Accepted: ``mqtt://HOST[:PORT]`` (plain, default port 1883) and ``mqtts://HOST[:PORT]`` (TLS,
 default 8883); ``tcp://`` and ``ssl://`` are accepted synonyms. No path, query, fragment or
@@ -9,6 +10,7 @@ credentials in the URL (credentials go in their own settings, so they never end 
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -59,3 +61,23 @@ def parse_broker_url(url: str) -> BrokerAddress:
                              f"use the MQTT user name and password settings; {BROKER_URL_HINT}")
     tls = parts.scheme in TLS_SCHEMES
     return BrokerAddress(unquote(parts.hostname), port or (8883 if tls else 1883), tls)
+
+
+def disable_nagle(sock: object) -> bool:
+    """Set ``TCP_NODELAY`` on an MQTT client's connection (paho hands it to ``on_socket_open``); returns
+    whether it was set (False for a socket without TCP options, e.g. a Unix socket or a websocket wrapper).
+
+    MQTT is a write-write-read protocol: a device acknowledges a Task (PUBACK) and subscribes to the
+    round's model in two small writes, then waits for the model. With Nagle's algorithm the second write
+    waits for the broker's TCP ACK of the first, which the broker's delayed ACK holds for ~40 ms: 40 ms per
+    round on every device's critical path (measured: bench/live_overhead.py, docs/results.md). paho 2.x
+    does not set the option itself. Each packet is one ``send`` already, so no coalescing is lost."""
+    setsockopt = getattr(sock, "setsockopt", None)
+    family = getattr(sock, "family", None)
+    if setsockopt is None or family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True

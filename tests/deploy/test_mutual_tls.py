@@ -9,6 +9,7 @@ certificate from another CA.
 from __future__ import annotations
 
 import queue
+import socket
 import time
 from pathlib import Path
 
@@ -57,6 +58,10 @@ def agent_link(port: int, ca: CertificateAuthority, cert: Path | None,
     return link, events
 
 
+def no_delay(sock: object) -> bool:
+    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))  # type: ignore[attr-defined]
+
+
 def wait_link_up(events: queue.Queue, timeout_s: float = 4.0) -> bool:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -74,6 +79,7 @@ def test_agent_with_a_valid_client_certificate_connects_as_its_cn(tls_broker, tm
     link, events = agent_link(tls_port, ca, device.cert, device.key)
     try:
         assert wait_link_up(events)
+        assert no_delay(link.client.socket())  # set on the TLS socket too (protocol.endpoint.disable_nagle)
         # The CN is the user name: dev-a's ACL role lets it write its own status, not dev-b's.
         assert link.publish(topics.status("dev-a"), b"x", qos=1)
         assert link.publish(topics.status("dev-b"), b"x", qos=1)
@@ -113,6 +119,7 @@ def test_coordinator_connects_with_private_ca_and_client_certificate(tls_broker)
                            tls_files=TlsFiles(str(ca.cert_file), str(issued.cert), str(issued.key)))
     try:
         assert link.connect(5.0)
+        assert no_delay(link.client.socket())
         assert link.publish(topics.task("run-1"), b"x").ok
     finally:
         link.close()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from pydantic import ValidationError
 
 from cloud.settings import CloudSettings
 from edge_agent.config import AgentConfigError, AgentSettings
-from protocol.endpoint import BrokerAddress, BrokerUrlError, parse_broker_url
+from protocol.endpoint import BrokerAddress, BrokerUrlError, disable_nagle, parse_broker_url
 
 GOOD = {
     "mqtt://broker.local": BrokerAddress("broker.local", 1883, False),
@@ -46,3 +48,18 @@ def test_bad_urls_are_refused_by_both_sides_with_the_same_reason(url, words):
 def test_canonical_url():
     assert parse_broker_url("ssl://h").url == "mqtts://h:8883"
     assert parse_broker_url("mqtt://[::1]").url == "mqtt://[::1]:1883"
+
+
+def test_disable_nagle_sets_tcp_nodelay_on_a_tcp_connection() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        with socket.create_connection(server.getsockname()) as client:
+            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # the kernel's default
+            assert disable_nagle(client)
+            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_disable_nagle_leaves_what_has_no_tcp_options_alone() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX)
+    with left, right:
+        assert not disable_nagle(left)
+    assert not disable_nagle(object())  # e.g. a websocket wrapper without setsockopt
