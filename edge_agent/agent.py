@@ -90,6 +90,12 @@ MODEL_CACHE_SIZE = 4
 HANDLED_MEMORY = 4096
 EXIT_OK, EXIT_FAILURE, EXIT_REFUSED = 0, 1, 3
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK reason: the broker does not speak this MQTT version
+# The main loop blocks on its event queue until the next heartbeat or upload resend is due, and wakes at
+# least this often for the coarser deadlines (task and upload expiry, CONNACK timeout: seconds). Every
+# wake-up costs the training thread a GIL hand-off, which on a CPU shared by many processes costs a
+# scheduler slice: a thread waking every 0.2 s slowed 20 one-thread training processes on 2 cores by 7-8 %
+# (docs/results.md, "Live path latency").
+TICK_MAX_S = 1.0
 CONNACK_TIMEOUT_S = 3.0  # --mqtt-protocol auto: an MQTT 5 CONNECT unanswered this long means 3.1.1 only
 REPEATED_TASK_ACK_WAIT_S = 2.0
 """A repeated Task for a round whose update this process already published re-sends it only if no Ack came
@@ -191,7 +197,7 @@ class EdgeAgent:
         try:
             while not stop.is_set() and self._exit_code is None:
                 try:
-                    event = self.events.get(timeout=0.2)
+                    event = self.events.get(timeout=self._wait_s())
                 except queue.Empty:
                     event = None
                 while event is not None:
@@ -285,6 +291,14 @@ class EdgeAgent:
         log.info("the broker does not speak MQTT 5 (%s); reconnecting with MQTT 3.1.1", why)
         self.stats["protocol_fallbacks"] += 1
         self.link.fall_back_to_mqtt311()
+
+    def _wait_s(self) -> float:
+        """Seconds the main loop may wait for an event: until the next heartbeat or upload (re)send is due
+        (while connected: neither happens offline), at most ``TICK_MAX_S``."""
+        if not self.link.connected:
+            return TICK_MAX_S
+        due = min([self._next_heartbeat] + [u.next_send for u in self.state.uploads.values() if u.in_doubt])
+        return min(TICK_MAX_S, max(0.0, due - time.monotonic()))
 
     def _tick(self) -> None:
         if self.link.can_fall_back and self.link.connack_overdue(CONNACK_TIMEOUT_S):
