@@ -318,9 +318,12 @@ def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: boo
             p.stdin.write("\n")
             p.stdin.flush()
         fake_reports = [json.loads(p.stdout.readline()) for p in fakes if p.stdout is not None]
+        lost = sum(f.get("lost_connections", 0) for f in fake_reports)
+        if lost:
+            raise RuntimeError(f"{lost} fake devices lost their broker connection during the round (see mosquitto.log)")
         result["breakdown"] = breakdown(result, fake_reports, cpu_before, cpu_after, sys_counters)
         result["breakdown"].update(brokers=len(brokers), fake_procs=len(fakes), heartbeat_s=heartbeat_s,
-                                   upload_window=upload_window,
+                                   upload_window=upload_window, fakes_loop=fake_reports[0].get("loop"),
                                    cpu_window_s={"coordinator": result["cpu_window"][1] - result["cpu_window"][0],
                                                  "brokers_fakes": window_end - window_start,
                                                  "before_round": result["started_at"] - result["cpu_window"][0],
@@ -377,7 +380,8 @@ def print_breakdown(agents: int, result: dict) -> None:
     b = result["scale_breakdown"]
     t, cpu = b["timeline_s"], b["cpu_s"]
     print(f"scale breakdown ({agents} agents, {b.get('fake_procs')} fake processes, {b.get('brokers')} broker(s), "
-          f"heartbeat {b.get('heartbeat_s')} s, upload window {b.get('upload_window')} per process; seconds from "
+          f"heartbeat {b.get('heartbeat_s')} s, upload window {b.get('upload_window')} per process, fakes on "
+          f"{b.get('fakes_loop')}; seconds from "
           "the round's start):")
     print(f"  broadcast done {t['broadcast']:.3f} (of which Tasks signed + handed to paho {t.get('tasks', 0.0):.3f})  "
           f"last fake has model+task {t['model_at']:.3f} (model {t.get('model_rx_at', 0.0):.3f}; Tasks at the fakes: "
