@@ -211,6 +211,13 @@ BRIDGE_TOPICS = [f"{t} 1" for t in (
     "feddst/v1/runs/+/model/+/+ in", "feddst/v1/runs/+/final in", "feddst/v1/devices/+/inbox in")]
 UPLOAD_WINDOW = 64  # devices per fake process uploading at once (bench/fleet_fakes.py FakeFleet.serve)
 BROKER_CONFIG = ["max_queued_messages 0", "max_inflight_messages 0", "sys_interval 1", "max_connections -1"]
+BROKER_CONFIG_ENV = "FLEET_SCALE_BROKER_CONFIG"  # extra mosquitto config lines, ";"-separated (experiments)
+
+
+def broker_config() -> list[str]:
+    """The scale brokers' config lines: :data:`BROKER_CONFIG` plus any in ``$FLEET_SCALE_BROKER_CONFIG``."""
+    extra = [line.strip() for line in os.environ.get(BROKER_CONFIG_ENV, "").split(";") if line.strip()]
+    return [*BROKER_CONFIG, *extra]
 
 
 def start_brokers(workdir: Path, bridge: bool) -> list:
@@ -219,10 +226,10 @@ def start_brokers(workdir: Path, bridge: bool) -> list:
     sys.path.insert(0, str(ROOT / "tests"))
     from brokers import MosquittoBroker
 
-    brokers = [MosquittoBroker(workdir / "mosquitto-scale", extra_config=list(BROKER_CONFIG)).start()]
+    brokers = [MosquittoBroker(workdir / "mosquitto-scale", extra_config=broker_config()).start()]
     if bridge:
         try:
-            brokers.append(MosquittoBroker(workdir / "mosquitto-scale-b", extra_config=list(BROKER_CONFIG),
+            brokers.append(MosquittoBroker(workdir / "mosquitto-scale-b", extra_config=broker_config(),
                                            bridge_to=brokers[0].port, bridge_topics=BRIDGE_TOPICS).start())
             _wait_for_bridge(brokers[1].port, brokers[0].port)
         except BaseException:
@@ -324,6 +331,7 @@ def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: boo
         result["breakdown"] = breakdown(result, fake_reports, cpu_before, cpu_after, sys_counters)
         result["breakdown"].update(brokers=len(brokers), fake_procs=len(fakes), heartbeat_s=heartbeat_s,
                                    upload_window=upload_window, fakes_loop=fake_reports[0].get("loop"),
+                                   broker_config=broker_config(),
                                    cpu_window_s={"coordinator": result["cpu_window"][1] - result["cpu_window"][0],
                                                  "brokers_fakes": window_end - window_start,
                                                  "before_round": result["started_at"] - result["cpu_window"][0],
@@ -383,6 +391,8 @@ def print_breakdown(agents: int, result: dict) -> None:
           f"heartbeat {b.get('heartbeat_s')} s, upload window {b.get('upload_window')} per process, fakes on "
           f"{b.get('fakes_loop')}; seconds from "
           "the round's start):")
+    if b.get("broker_config", BROKER_CONFIG) != BROKER_CONFIG:
+        print(f"  mosquitto config beyond the listener and auth: {'; '.join(b['broker_config'])}")
     print(f"  broadcast done {t['broadcast']:.3f} (of which Tasks signed + handed to paho {t.get('tasks', 0.0):.3f})  "
           f"last fake has model+task {t['model_at']:.3f} (model {t.get('model_rx_at', 0.0):.3f}; Tasks at the fakes: "
           f"median {t.get('task_rx_p50', 0.0):.3f}, 90 % {t.get('task_rx_p90', 0.0):.3f}, last "
