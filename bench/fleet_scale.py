@@ -193,14 +193,15 @@ class SysCounters:
         self.client.disconnect()
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int, system_only: bool = False) -> float:
+    """CPU seconds (user + system, or ``system_only``: in the kernel) of process ``pid`` so far (0 once gone)."""
     import psutil
 
     try:
         times = psutil.Process(pid).cpu_times()
     except psutil.Error:
         return 0.0
-    return times.user + times.system
+    return times.system if system_only else times.user + times.system
 
 
 # Bridge topics (on the second broker, pointing at the first, where the coordinator is): what devices
@@ -212,6 +213,18 @@ BRIDGE_TOPICS = [f"{t} 1" for t in (
 UPLOAD_WINDOW = 64  # devices per fake process uploading at once (bench/fleet_fakes.py FakeFleet.serve)
 BROKER_CONFIG = ["max_queued_messages 0", "max_inflight_messages 0", "sys_interval 1", "max_connections -1"]
 BROKER_CONFIG_ENV = "FLEET_SCALE_BROKER_CONFIG"  # extra mosquitto config lines, ";"-separated (experiments)
+# glibc's allocator in mosquitto: without these it returns the memory of each forwarded 128 KiB packet to the
+# kernel (heap trimming, or mmap/munmap) and faults it in again, zeroed, for the next one: about half its CPU in a
+# 10 000 round (perf: clear_page_erms under memmove page faults). Nothing about what mosquitto does changes.
+BROKER_MALLOC_TUNABLES = "glibc.malloc.trim_threshold=536870912:glibc.malloc.mmap_threshold=16777216"
+BROKER_TUNABLES_ENV = "FLEET_SCALE_BROKER_TUNABLES"  # GLIBC_TUNABLES for the scale brokers ("" = glibc's defaults)
+
+
+def broker_environment() -> dict[str, str]:
+    """The scale brokers' extra environment: ``GLIBC_TUNABLES`` (:data:`BROKER_MALLOC_TUNABLES`, or
+    ``$FLEET_SCALE_BROKER_TUNABLES`` when set; none when that is empty)."""
+    tunables = os.environ.get(BROKER_TUNABLES_ENV, BROKER_MALLOC_TUNABLES)
+    return {"GLIBC_TUNABLES": tunables} if tunables else {}
 
 
 def broker_config() -> list[str]:
@@ -226,10 +239,12 @@ def start_brokers(workdir: Path, bridge: bool) -> list:
     sys.path.insert(0, str(ROOT / "tests"))
     from brokers import MosquittoBroker
 
-    brokers = [MosquittoBroker(workdir / "mosquitto-scale", extra_config=broker_config()).start()]
+    brokers = [MosquittoBroker(workdir / "mosquitto-scale", extra_config=broker_config(),
+                               environment=broker_environment()).start()]
     if bridge:
         try:
             brokers.append(MosquittoBroker(workdir / "mosquitto-scale-b", extra_config=broker_config(),
+                                           environment=broker_environment(),
                                            bridge_to=brokers[0].port, bridge_topics=BRIDGE_TOPICS).start())
             _wait_for_bridge(brokers[1].port, brokers[0].port)
         except BaseException:
@@ -283,6 +298,8 @@ def _party_cpu(brokers: list, fakes: list[subprocess.Popen]) -> dict[str, float]
     out = {f"broker_{i}": _cpu_seconds(b.process.pid) for i, b in enumerate(brokers)}
     out["broker"] = sum(out.values())
     out["fakes"] = sum(_cpu_seconds(p.pid) for p in fakes)
+    out["system_broker"] = sum(_cpu_seconds(b.process.pid, system_only=True) for b in brokers)
+    out["system_fakes"] = sum(_cpu_seconds(p.pid, system_only=True) for p in fakes)
     return out
 
 
@@ -331,7 +348,7 @@ def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: boo
         result["breakdown"] = breakdown(result, fake_reports, cpu_before, cpu_after, sys_counters)
         result["breakdown"].update(brokers=len(brokers), fake_procs=len(fakes), heartbeat_s=heartbeat_s,
                                    upload_window=upload_window, fakes_loop=fake_reports[0].get("loop"),
-                                   broker_config=broker_config(),
+                                   broker_config=broker_config(), broker_environment=broker_environment(),
                                    cpu_window_s={"coordinator": result["cpu_window"][1] - result["cpu_window"][0],
                                                  "brokers_fakes": window_end - window_start,
                                                  "before_round": result["started_at"] - result["cpu_window"][0],
@@ -393,6 +410,8 @@ def print_breakdown(agents: int, result: dict) -> None:
           "the round's start):")
     if b.get("broker_config", BROKER_CONFIG) != BROKER_CONFIG:
         print(f"  mosquitto config beyond the listener and auth: {'; '.join(b['broker_config'])}")
+    if b.get("broker_environment"):
+        print("  mosquitto environment: " + " ".join(f"{k}={v}" for k, v in b["broker_environment"].items()))
     print(f"  broadcast done {t['broadcast']:.3f} (of which Tasks signed + handed to paho {t.get('tasks', 0.0):.3f})  "
           f"last fake has model+task {t['model_at']:.3f} (model {t.get('model_rx_at', 0.0):.3f}; Tasks at the fakes: "
           f"median {t.get('task_rx_p50', 0.0):.3f}, 90 % {t.get('task_rx_p90', 0.0):.3f}, last "
@@ -403,8 +422,9 @@ def print_breakdown(agents: int, result: dict) -> None:
     print("  CPU s during the round: coordinator " + ", ".join(
         f"{k.removeprefix('coordinator_')} {v:.2f}" for k, v in cpu.items() if k.startswith("coordinator_")))
     brokers = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if k.startswith("broker_"))
-    print(f"  CPU s during the round: mosquitto {cpu['broker']:.2f} ({brokers}), fake agents {cpu['fakes']:.2f} "
-          f"(encoding+publishing updates {cpu['fakes_encode']:.2f} s wall)")
+    print(f"  CPU s during the round: mosquitto {cpu['broker']:.2f} ({brokers}; in the kernel "
+          f"{cpu.get('system_broker', 0.0):.2f}), fake agents {cpu['fakes']:.2f} (in the kernel "
+          f"{cpu.get('system_fakes', 0.0):.2f}; encoding+publishing updates {cpu['fakes_encode']:.2f} s wall)")
     total = cpu["coordinator_process"] + cpu["broker"] + cpu["fakes"]
     cores, window = os.cpu_count() or 1, b["cpu_window_s"]
     print(f"  CPU budget: coordinator + mosquitto + fakes = {total:.2f} CPU s, read over {window['coordinator']:.2f} s "
