@@ -294,6 +294,17 @@ def start_fakes(brokers: list, agents: int, procs_count: int, heartbeat_s: float
                                  str(heartbeat_s), str(upload_window)])
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """Process ``pid``'s peak resident set (``VmHWM``, MB), or None when it cannot be read."""
+    try:
+        for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def _party_cpu(brokers: list, fakes: list[subprocess.Popen]) -> dict[str, float]:
     out = {f"broker_{i}": _cpu_seconds(b.process.pid) for i, b in enumerate(brokers)}
     out["broker"] = sum(out.values())
@@ -332,6 +343,7 @@ def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: boo
         cpu_before, window_start = _party_cpu(brokers, fakes), time.time()
         out = coord.stdout.readline()
         cpu_after, window_end = _party_cpu(brokers, fakes), time.time()
+        broker_peak_mb = [peak_rss_mb(b.process.pid) for b in brokers]
         coord.wait(60)
         result = json.loads(out)
         if result["status"] != "completed":
@@ -349,6 +361,7 @@ def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: boo
         result["breakdown"].update(brokers=len(brokers), fake_procs=len(fakes), heartbeat_s=heartbeat_s,
                                    upload_window=upload_window, fakes_loop=fake_reports[0].get("loop"),
                                    broker_config=broker_config(), broker_environment=broker_environment(),
+                                   broker_peak_mb=broker_peak_mb,
                                    cpu_window_s={"coordinator": result["cpu_window"][1] - result["cpu_window"][0],
                                                  "brokers_fakes": window_end - window_start,
                                                  "before_round": result["started_at"] - result["cpu_window"][0],
@@ -422,8 +435,9 @@ def print_breakdown(agents: int, result: dict) -> None:
     print("  CPU s during the round: coordinator " + ", ".join(
         f"{k.removeprefix('coordinator_')} {v:.2f}" for k, v in cpu.items() if k.startswith("coordinator_")))
     brokers = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if k.startswith("broker_"))
+    peaks = "/".join(f"{mb:.0f}" for mb in b.get("broker_peak_mb") or () if mb is not None) or "?"
     print(f"  CPU s during the round: mosquitto {cpu['broker']:.2f} ({brokers}; in the kernel "
-          f"{cpu.get('system_broker', 0.0):.2f}), fake agents {cpu['fakes']:.2f} (in the kernel "
+          f"{cpu.get('system_broker', 0.0):.2f}; peak RSS {peaks} MB), fake agents {cpu['fakes']:.2f} (in the kernel "
           f"{cpu.get('system_fakes', 0.0):.2f}; encoding+publishing updates {cpu['fakes_encode']:.2f} s wall)")
     total = cpu["coordinator_process"] + cpu["broker"] + cpu["fakes"]
     cores, window = os.cpu_count() or 1, b["cpu_window_s"]
