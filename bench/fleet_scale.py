@@ -213,9 +213,10 @@ BRIDGE_TOPICS = [f"{t} 1" for t in (
 UPLOAD_WINDOW = 64  # devices per fake process uploading at once (bench/fleet_fakes.py FakeFleet.serve)
 BROKER_CONFIG = ["max_queued_messages 0", "max_inflight_messages 0", "sys_interval 1", "max_connections -1"]
 BROKER_CONFIG_ENV = "FLEET_SCALE_BROKER_CONFIG"  # extra mosquitto config lines, ";"-separated (experiments)
-# glibc's allocator in mosquitto: without these it returns the memory of each forwarded 128 KiB packet to the
-# kernel (heap trimming, or mmap/munmap) and faults it in again, zeroed, for the next one: about half its CPU in a
-# 10 000 round (perf: clear_page_erms under memmove page faults). Nothing about what mosquitto does changes.
+# glibc's allocator in mosquitto: keep freed heap (no trimming below 512 MiB, no mmap per 128 KiB packet) so that
+# freed packet memory is reused instead of returned and faulted in again, zeroed. perf puts 18-46 % of the broker's
+# CPU in a 10 000 round in such page faults (clear_page_erms under memmove), mostly first touches of the backlog it
+# holds; these tunables measured within noise (docs/results.md, branch fakes2). What mosquitto does is unchanged.
 BROKER_MALLOC_TUNABLES = "glibc.malloc.trim_threshold=536870912:glibc.malloc.mmap_threshold=16777216"
 BROKER_TUNABLES_ENV = "FLEET_SCALE_BROKER_TUNABLES"  # GLIBC_TUNABLES for the scale brokers ("" = glibc's defaults)
 
@@ -305,6 +306,20 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def _fake_reports(fakes: list[subprocess.Popen]) -> list[dict]:
+    """Tell each fake process the round closed and read its report (``bench/fleet_fakes.py``); ``RuntimeError``
+    if any device lost its broker connection (a fake never reconnects)."""
+    for p in fakes:
+        assert p.stdin is not None
+        p.stdin.write("\n")
+        p.stdin.flush()
+    reports = [json.loads(p.stdout.readline()) for p in fakes if p.stdout is not None]
+    lost = sum(f.get("lost_connections", 0) for f in reports)
+    if lost:
+        raise RuntimeError(f"{lost} fake devices lost their broker connection during the round (see mosquitto.log)")
+    return reports
+
+
 def _party_cpu(brokers: list, fakes: list[subprocess.Popen]) -> dict[str, float]:
     out = {f"broker_{i}": _cpu_seconds(b.process.pid) for i, b in enumerate(brokers)}
     out["broker"] = sum(out.values())
@@ -349,14 +364,7 @@ def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: boo
         if result["status"] != "completed":
             raise RuntimeError(f"scale round {result['status']}: {result['error']}")
         time.sleep(1.5)  # one more $SYS sample after the round's close
-        for p in fakes:  # the round closed: each fake process stops answering and reports
-            assert p.stdin is not None
-            p.stdin.write("\n")
-            p.stdin.flush()
-        fake_reports = [json.loads(p.stdout.readline()) for p in fakes if p.stdout is not None]
-        lost = sum(f.get("lost_connections", 0) for f in fake_reports)
-        if lost:
-            raise RuntimeError(f"{lost} fake devices lost their broker connection during the round (see mosquitto.log)")
+        fake_reports = _fake_reports(fakes)
         result["breakdown"] = breakdown(result, fake_reports, cpu_before, cpu_after, sys_counters)
         result["breakdown"].update(brokers=len(brokers), fake_procs=len(fakes), heartbeat_s=heartbeat_s,
                                    upload_window=upload_window, fakes_loop=fake_reports[0].get("loop"),
