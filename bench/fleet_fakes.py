@@ -6,7 +6,8 @@ asyncio's) with the lean MQTT 3.1.1 client of ``bench/fleet_mqtt.py`` (an asynci
 connection parsing packets as they arrive: no thread, no read task, no wake-up socket pair), so a device
 costs one loopback port and one file descriptor on each side. (paho needs a network thread and a
 ``_socketpair_compat`` wake-up pair per client, ~3 loopback ports each: 10 000 of them do not fit in the
-ephemeral range 32768-60999; gmqtt, used here before, spent about twice this client's CPU per packet.)
+ephemeral range 32768-60999. The fakes used gmqtt before: about twice today's CPU per round, with this
+client, the frames below and uvloop measured together, docs/results.md "Fleet scale, the bench's own CPU".)
 
 Per device, as a real agent does on the wire: a will (retained ``Status`` offline, QoS 1), a retained
 ``Status`` online at connect and every ``heartbeat_s`` (each device at its own phase of the interval,
