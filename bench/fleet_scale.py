@@ -193,14 +193,15 @@ class SysCounters:
         self.client.disconnect()
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int, system_only: bool = False) -> float:
+    """CPU seconds (user + system, or ``system_only``: in the kernel) of process ``pid`` so far (0 once gone)."""
     import psutil
 
     try:
         times = psutil.Process(pid).cpu_times()
     except psutil.Error:
         return 0.0
-    return times.user + times.system
+    return times.system if system_only else times.user + times.system
 
 
 # Bridge topics (on the second broker, pointing at the first, where the coordinator is): what devices
@@ -211,6 +212,26 @@ BRIDGE_TOPICS = [f"{t} 1" for t in (
     "feddst/v1/runs/+/model/+/+ in", "feddst/v1/runs/+/final in", "feddst/v1/devices/+/inbox in")]
 UPLOAD_WINDOW = 64  # devices per fake process uploading at once (bench/fleet_fakes.py FakeFleet.serve)
 BROKER_CONFIG = ["max_queued_messages 0", "max_inflight_messages 0", "sys_interval 1", "max_connections -1"]
+BROKER_CONFIG_ENV = "FLEET_SCALE_BROKER_CONFIG"  # extra mosquitto config lines, ";"-separated (experiments)
+# glibc's allocator in mosquitto: keep freed heap (no trimming below 512 MiB, no mmap per 128 KiB packet) so that
+# freed packet memory is reused instead of returned and faulted in again, zeroed. perf puts 18-46 % of the broker's
+# CPU in a 10 000 round in such page faults (clear_page_erms under memmove), mostly first touches of the backlog it
+# holds; these tunables measured within noise (docs/results.md, branch fakes2). What mosquitto does is unchanged.
+BROKER_MALLOC_TUNABLES = "glibc.malloc.trim_threshold=536870912:glibc.malloc.mmap_threshold=16777216"
+BROKER_TUNABLES_ENV = "FLEET_SCALE_BROKER_TUNABLES"  # GLIBC_TUNABLES for the scale brokers ("" = glibc's defaults)
+
+
+def broker_environment() -> dict[str, str]:
+    """The scale brokers' extra environment: ``GLIBC_TUNABLES`` (:data:`BROKER_MALLOC_TUNABLES`, or
+    ``$FLEET_SCALE_BROKER_TUNABLES`` when set; none when that is empty)."""
+    tunables = os.environ.get(BROKER_TUNABLES_ENV, BROKER_MALLOC_TUNABLES)
+    return {"GLIBC_TUNABLES": tunables} if tunables else {}
+
+
+def broker_config() -> list[str]:
+    """The scale brokers' config lines: :data:`BROKER_CONFIG` plus any in ``$FLEET_SCALE_BROKER_CONFIG``."""
+    extra = [line.strip() for line in os.environ.get(BROKER_CONFIG_ENV, "").split(";") if line.strip()]
+    return [*BROKER_CONFIG, *extra]
 
 
 def start_brokers(workdir: Path, bridge: bool) -> list:
@@ -219,10 +240,12 @@ def start_brokers(workdir: Path, bridge: bool) -> list:
     sys.path.insert(0, str(ROOT / "tests"))
     from brokers import MosquittoBroker
 
-    brokers = [MosquittoBroker(workdir / "mosquitto-scale", extra_config=list(BROKER_CONFIG)).start()]
+    brokers = [MosquittoBroker(workdir / "mosquitto-scale", extra_config=broker_config(),
+                               environment=broker_environment()).start()]
     if bridge:
         try:
-            brokers.append(MosquittoBroker(workdir / "mosquitto-scale-b", extra_config=list(BROKER_CONFIG),
+            brokers.append(MosquittoBroker(workdir / "mosquitto-scale-b", extra_config=broker_config(),
+                                           environment=broker_environment(),
                                            bridge_to=brokers[0].port, bridge_topics=BRIDGE_TOPICS).start())
             _wait_for_bridge(brokers[1].port, brokers[0].port)
         except BaseException:
@@ -272,10 +295,37 @@ def start_fakes(brokers: list, agents: int, procs_count: int, heartbeat_s: float
                                  str(heartbeat_s), str(upload_window)])
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """Process ``pid``'s peak resident set (``VmHWM``, MB), or None when it cannot be read."""
+    try:
+        for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _fake_reports(fakes: list[subprocess.Popen]) -> list[dict]:
+    """Tell each fake process the round closed and read its report (``bench/fleet_fakes.py``); ``RuntimeError``
+    if any device lost its broker connection (a fake never reconnects)."""
+    for p in fakes:
+        assert p.stdin is not None
+        p.stdin.write("\n")
+        p.stdin.flush()
+    reports = [json.loads(p.stdout.readline()) for p in fakes if p.stdout is not None]
+    lost = sum(f.get("lost_connections", 0) for f in reports)
+    if lost:
+        raise RuntimeError(f"{lost} fake devices lost their broker connection during the round (see mosquitto.log)")
+    return reports
+
+
 def _party_cpu(brokers: list, fakes: list[subprocess.Popen]) -> dict[str, float]:
     out = {f"broker_{i}": _cpu_seconds(b.process.pid) for i, b in enumerate(brokers)}
     out["broker"] = sum(out.values())
     out["fakes"] = sum(_cpu_seconds(p.pid) for p in fakes)
+    out["system_broker"] = sum(_cpu_seconds(b.process.pid, system_only=True) for b in brokers)
+    out["system_fakes"] = sum(_cpu_seconds(p.pid, system_only=True) for p in fakes)
     return out
 
 
@@ -308,19 +358,18 @@ def measure_scale(agents: int, workdir: Path, procs_count: int = 4, profile: boo
         cpu_before, window_start = _party_cpu(brokers, fakes), time.time()
         out = coord.stdout.readline()
         cpu_after, window_end = _party_cpu(brokers, fakes), time.time()
+        broker_peak_mb = [peak_rss_mb(b.process.pid) for b in brokers]
         coord.wait(60)
         result = json.loads(out)
         if result["status"] != "completed":
             raise RuntimeError(f"scale round {result['status']}: {result['error']}")
         time.sleep(1.5)  # one more $SYS sample after the round's close
-        for p in fakes:  # the round closed: each fake process stops answering and reports
-            assert p.stdin is not None
-            p.stdin.write("\n")
-            p.stdin.flush()
-        fake_reports = [json.loads(p.stdout.readline()) for p in fakes if p.stdout is not None]
+        fake_reports = _fake_reports(fakes)
         result["breakdown"] = breakdown(result, fake_reports, cpu_before, cpu_after, sys_counters)
         result["breakdown"].update(brokers=len(brokers), fake_procs=len(fakes), heartbeat_s=heartbeat_s,
-                                   upload_window=upload_window,
+                                   upload_window=upload_window, fakes_loop=fake_reports[0].get("loop"),
+                                   broker_config=broker_config(), broker_environment=broker_environment(),
+                                   broker_peak_mb=broker_peak_mb,
                                    cpu_window_s={"coordinator": result["cpu_window"][1] - result["cpu_window"][0],
                                                  "brokers_fakes": window_end - window_start,
                                                  "before_round": result["started_at"] - result["cpu_window"][0],
@@ -377,8 +426,13 @@ def print_breakdown(agents: int, result: dict) -> None:
     b = result["scale_breakdown"]
     t, cpu = b["timeline_s"], b["cpu_s"]
     print(f"scale breakdown ({agents} agents, {b.get('fake_procs')} fake processes, {b.get('brokers')} broker(s), "
-          f"heartbeat {b.get('heartbeat_s')} s, upload window {b.get('upload_window')} per process; seconds from "
+          f"heartbeat {b.get('heartbeat_s')} s, upload window {b.get('upload_window')} per process, fakes on "
+          f"{b.get('fakes_loop')}; seconds from "
           "the round's start):")
+    if b.get("broker_config", BROKER_CONFIG) != BROKER_CONFIG:
+        print(f"  mosquitto config beyond the listener and auth: {'; '.join(b['broker_config'])}")
+    if b.get("broker_environment"):
+        print("  mosquitto environment: " + " ".join(f"{k}={v}" for k, v in b["broker_environment"].items()))
     print(f"  broadcast done {t['broadcast']:.3f} (of which Tasks signed + handed to paho {t.get('tasks', 0.0):.3f})  "
           f"last fake has model+task {t['model_at']:.3f} (model {t.get('model_rx_at', 0.0):.3f}; Tasks at the fakes: "
           f"median {t.get('task_rx_p50', 0.0):.3f}, 90 % {t.get('task_rx_p90', 0.0):.3f}, last "
@@ -389,8 +443,10 @@ def print_breakdown(agents: int, result: dict) -> None:
     print("  CPU s during the round: coordinator " + ", ".join(
         f"{k.removeprefix('coordinator_')} {v:.2f}" for k, v in cpu.items() if k.startswith("coordinator_")))
     brokers = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if k.startswith("broker_"))
-    print(f"  CPU s during the round: mosquitto {cpu['broker']:.2f} ({brokers}), fake agents {cpu['fakes']:.2f} "
-          f"(encoding+publishing updates {cpu['fakes_encode']:.2f} s wall)")
+    peaks = "/".join(f"{mb:.0f}" for mb in b.get("broker_peak_mb") or () if mb is not None) or "?"
+    print(f"  CPU s during the round: mosquitto {cpu['broker']:.2f} ({brokers}; in the kernel "
+          f"{cpu.get('system_broker', 0.0):.2f}; peak RSS {peaks} MB), fake agents {cpu['fakes']:.2f} (in the kernel "
+          f"{cpu.get('system_fakes', 0.0):.2f}; encoding+publishing updates {cpu['fakes_encode']:.2f} s wall)")
     total = cpu["coordinator_process"] + cpu["broker"] + cpu["fakes"]
     cores, window = os.cpu_count() or 1, b["cpu_window_s"]
     print(f"  CPU budget: coordinator + mosquitto + fakes = {total:.2f} CPU s, read over {window['coordinator']:.2f} s "

@@ -69,8 +69,9 @@ class PrivateMosquitto:
     ``sys_interval_s`` how often mosquitto republishes ``$SYS`` (0: never); ``passwords`` (username ->
     password) a password file (``mosquitto_passwd``); ``acl_lines`` an ``acl_file``; ``dynsec_config``
     the dynamic-security plugin's file (users and roles changed at run time; ``mosquitto_ctrl dynsec
-    init`` makes one); ``extra_config`` lines appended as they are; ``bridge_to`` the port of another
-    broker on 127.0.0.1 that this one bridges to (MQTT 3.1.1, clean session, QoS as each ``bridge_topics``
+    init`` makes one); ``extra_config`` lines appended as they are; ``environment`` variables set for the
+    mosquitto process on top of this one's (e.g. ``GLIBC_TUNABLES`` for its allocator); ``bridge_to`` the port
+    of another broker on 127.0.0.1 that this one bridges to (MQTT 3.1.1, clean session, QoS as each ``bridge_topics``
     line says: ``pattern in|out|both qos``, mosquitto's ``topic`` syntax; loop-free by ``try_private``).
     """
 
@@ -84,6 +85,7 @@ class PrivateMosquitto:
     dynsec_config: Path | None = None
     bridge_to: int | None = None
     bridge_topics: list[str] = field(default_factory=lambda: ["# both 1"])
+    environment: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
     @property
@@ -140,7 +142,8 @@ class PrivateMosquitto:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(self.config_lines()) + "\n", encoding="utf-8")
         log = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115 - kept open for the process
-        self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+        env = {**os.environ, **self.environment} if self.environment else None
+        self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log, env=env)
         log.close()
         try:
             wait_for_port(self.port)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -41,3 +44,18 @@ def test_a_port_in_use_is_a_clear_error(tmp_path):
             PrivateMosquitto(tmp_path / "b", port=first.port).start()
     finally:
         first.stop()
+
+
+def test_the_environment_reaches_the_mosquitto_process(tmp_path):
+    broker = PrivateMosquitto(tmp_path / "m", environment={"FEDDST_TEST_MARK": "m-42"}).start()
+    plain = PrivateMosquitto(tmp_path / "p").start()
+    try:
+        def environ(b: PrivateMosquitto) -> list[bytes]:
+            return (Path("/proc") / str(b.process.pid) / "environ").read_bytes().split(b"\0")
+
+        assert b"FEDDST_TEST_MARK=m-42" in environ(broker)
+        assert b"PATH=" + os.environ["PATH"].encode() in environ(broker)  # on top of ours, not instead
+        assert not any(v.startswith(b"FEDDST_TEST_MARK=") for v in environ(plain))
+    finally:
+        broker.stop()
+        plain.stop()
