@@ -61,7 +61,7 @@ def test_a_pass_stops_after_its_socket_reads_and_leaves_nothing_buffered(connect
     client, broker, received = connected
     monkeypatch.setattr(paho_client, "READ_SIZE", 1000)
     monkeypatch.setattr(paho_client, "SOCKET_READS_PER_PASS", 2)
-    sent = [("t/%d" % i, bytes([i % 251]) * 300) for i in range(40)]  # 12 KB: more than one pass reads
+    sent = [(f"t/{i}", bytes([i % 251]) * 300) for i in range(40)]  # 12 KB: more than one pass reads
     broker.sendall(b"".join(publish_packet(t, p) for t, p in sent))
     client.loop_read()
     assert client.socket_reads == 2
