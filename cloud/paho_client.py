@@ -80,11 +80,11 @@ class WireCountingClient(mqtt.Client):
             return self._read_buffer[at:self._read_at]
         if self._socket_reads_left <= 0 or (self._read_gate is not None and not self._read_gate()):
             raise BlockingIOError  # paho: MQTT_ERR_AGAIN, the read is tried again on its next loop pass
-        data = super()._sock_recv(max(bufsize, READ_SIZE))
+        data = super()._sock_recv(max(bufsize, READ_SIZE))  # a large read (a payload) is not read beyond
         self._socket_reads_left -= 1
         self.socket_reads += 1
         self.wire_received_bytes += len(data)
-        if len(data) <= bufsize:
+        if len(data) <= bufsize:  # all of it for paho: no copy
             return data
         self._read_buffer, self._read_at = data, bufsize
         return data[:bufsize]
