@@ -12,6 +12,7 @@ What it changes in paho's network thread (paho 2.x internals, which ``pyproject.
   included, are written) and always ends with the buffer empty, so ``select()`` on the socket still tells
   whether data waits. The read gate (``read_gate``) is asked before every socket read, not before a
   buffered one: when it says "not now" at most one read's worth (:data:`READ_SIZE`) is still handed on;
+* **one payload copy** per received PUBLISH (MQTT 3.1.1, QoS 0/1) instead of paho's three;
 * **coalesced writes**: consecutive small queued packets that need nothing after their write (PUBACKs,
   QoS >= 1 PUBLISHes of at most :data:`COALESCE_PACKET_BYTES`) leave in one ``send`` of at most
   :data:`COALESCE_BYTES`, in their order;
@@ -101,6 +102,34 @@ class WireCountingClient(mqtt.Client):
                 return self._loop_rc_handle(rc)
             if rc == MQTTErrorCode.MQTT_ERR_AGAIN and not self._buffered_bytes():
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        """paho's handling of a received PUBLISH, for MQTT 3.1.1 with QoS 0 or 1 (what the coordinator
+        receives) with one copy of the payload: paho's ``decode_publish`` copies the packet three times
+        (``struct.unpack`` of the topic length, the topic and the packet id, each with the rest). MQTT 5, QoS 2
+        and malformed packets take paho's own way."""
+        packet, header = self._in_packet["packet"], self._in_packet["command"]
+        qos = (header & 0x06) >> 1
+        if self._protocol == mqtt.MQTTv5 or qos > 1 or len(packet) < 2:
+            return super()._handle_publish()
+        topic_length = (packet[0] << 8) | packet[1]
+        start = 2 + topic_length + (2 if qos else 0)
+        if topic_length == 0 or start > len(packet):
+            return super()._handle_publish()  # paho raises MalformedPacket
+        with memoryview(packet) as view:
+            message = mqtt.MQTTMessage(mid=(packet[start - 2] << 8) | packet[start - 1] if qos else 0,
+                                       topic=bytes(view[2:2 + topic_length]))
+            message.payload = bytes(view[start:])
+        message.dup, message.qos, message.retain = bool(header & 0x08), qos, bool(header & 0x01)
+        if self._logger is not None or self.on_log is not None:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received PUBLISH (d%d, q%d, r%d, m%d), '%s', ...  (%d bytes)",
+                           message.dup, qos, message.retain, message.mid,
+                           message._topic.decode("utf-8", "backslashreplace"), len(message.payload))
+        message.timestamp = mqtt.time_func()
+        self._handle_on_message(message)
+        if qos == 1 and not self._manual_ack:
+            return self._send_puback(message.mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # --- writing ------------------------------------------------------------------------------------
 

@@ -170,3 +170,55 @@ def test_a_partly_sent_joined_packet_keeps_its_remaining_bytes() -> None:
         client._packet_write()
     client._sock = None
     assert b"".join(sock.sends) == b"".join(acks)
+
+
+def publish_with(header: int, topic: bytes, mid: int | None, payload: bytes) -> bytes:
+    """An MQTT 3.1.1 PUBLISH with the given first byte (QoS, retain, dup flags) and packet id."""
+    body = struct.pack("!H", len(topic)) + topic + (struct.pack("!H", mid) if mid is not None else b"") + payload
+    return bytes([header]) + remaining_length(len(body)) + body
+
+
+def handled_by(client: mqtt.Client, data: bytes) -> list[tuple]:
+    """What ``client`` hands its on_message for ``data`` (every field paho sets), and the bytes it writes back."""
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    got: list[tuple] = []
+    client.on_message = lambda c, u, m: got.append((m.topic, bytes(m.payload), type(m.payload), m.qos, m.mid,
+                                                     m.retain, m.dup, m.timestamp > 0))
+    client._sock = ours  # type: ignore[assignment]
+    broker.sendall(data)
+    for _ in range(len(data)):  # paho's own client reads one packet per pass
+        client.loop_read()
+    client._sock = None
+    ours.close()
+    broker.close()
+    return got + [tuple(p["packet"] for p in client._out_packet)]
+
+
+@pytest.mark.parametrize("manual_ack", [False, True])
+def test_a_received_publish_is_handed_on_exactly_as_paho_does(manual_ack: bool) -> None:
+    data = b"".join([
+        publish_with(0x30, b"feddst/v1/devices/dev-1/status", None, b"qos0"),
+        publish_with(0x31, b"retained", None, b"kept"),  # retain
+        publish_with(0x32, b"feddst/v1/runs/r/update/dev-1", 0x1234, bytes(range(256)) * 300),  # QoS 1
+        publish_with(0x3A, b"dup", 7, b"again"),  # QoS 1, dup
+        publish_with(0x32, b"empty", 65535, b""),
+        publish_with(0x30, "t/\u00e9".encode(), None, b"utf-8 topic"),
+    ])
+    ours = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours", manual_ack=manual_ack)
+    paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho", manual_ack=manual_ack)
+    expected = handled_by(paho, data)
+    assert len(expected) == 7
+    assert handled_by(ours, data) == expected  # same messages, same PUBACKs queued (none with manual_ack)
+
+
+def test_mqtt5_and_qos2_publishes_take_pahos_own_way() -> None:
+    body = struct.pack("!H", 5) + b"topic" + struct.pack("!H", 9) + b"\x00" + b"v5 payload"  # no properties
+    v5 = bytes([0x32]) + remaining_length(len(body)) + body
+    ours = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours5", protocol=mqtt.MQTTv5)
+    got = handled_by(ours, v5)
+    assert got[0][:5] == ("topic", b"v5 payload", bytes, 1, 9)
+    qos2 = publish_with(0x34, b"two", 3, b"exactly once")
+    ours = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours2")
+    paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho2")
+    assert handled_by(ours, qos2) == handled_by(paho, qos2)
