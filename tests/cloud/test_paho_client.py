@@ -129,13 +129,19 @@ def queue_packet(client: WireCountingClient, command: int, data: bytes, qos: int
                                "packet": data, "info": info})
 
 
-def test_small_packets_that_need_nothing_after_their_write_leave_in_one_send() -> None:
+def client_with_acks(sock: RecordingSocket, count: int) -> tuple[WireCountingClient, list[bytes]]:
+    """A client writing to ``sock`` with ``count`` PUBACKs queued (and those PUBACKs' bytes)."""
     client = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="writes")
-    sock = RecordingSocket()
     client._sock = sock  # type: ignore[assignment]
-    acks = [b"\x40\x02\x00" + bytes([i]) for i in range(1, 6)]
+    acks = [b"\x40\x02\x00" + bytes([i]) for i in range(1, count + 1)]
     for ack in acks:
         queue_packet(client, mqtt.PUBACK, ack, 0)
+    return client, acks
+
+
+def test_small_packets_that_need_nothing_after_their_write_leave_in_one_send() -> None:
+    sock = RecordingSocket()
+    client, acks = client_with_acks(sock, 5)
     queue_packet(client, mqtt.PUBLISH | 2, b"\x32qos1-publish", 1)
     info = mqtt.MQTTMessageInfo(7)
     queue_packet(client, mqtt.PUBLISH, b"\x30qos0-publish", 0, info)  # paho marks it published after its write
@@ -160,12 +166,8 @@ def test_a_partly_sent_joined_packet_keeps_its_remaining_bytes() -> None:
             self.sends.append(part)
             return len(part)
 
-    client = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="partial")
     sock = HalfSocket()
-    client._sock = sock  # type: ignore[assignment]
-    acks = [b"\x40\x02\x00" + bytes([i]) for i in range(1, 9)]
-    for ack in acks:
-        queue_packet(client, mqtt.PUBACK, ack, 0)
+    client, acks = client_with_acks(sock, 8)
     while client._out_packet:
         client._packet_write()
     client._sock = None
