@@ -1,4 +1,5 @@
-"""Build hook for the one compiled part: the native CPU kernels (``feddst_core/native/feddst_kernels.c``).
+"""Build hook for the compiled parts: the native CPU kernels (``feddst_core/native/feddst_kernels.c``) and the
+protocol's value kernels (``protocol/value_kernels.c``: numpy-only callers, loaded with ctypes, optional too).
 
 Everything else is declared in pyproject.toml. The extension is optional: without a C compiler the
 install still succeeds and ``feddst_core.native.available()`` reports why the torch fallback is used.
@@ -26,6 +27,12 @@ setup(
             extra_compile_args=build_flags.compile_args(platform.machine()),
             extra_link_args=build_flags.link_args(platform.machine()),
             optional=True,
-        )
+        ),
+        Extension(  # protocol/value_kernels.py: the unshuffle of zstd value blocks etc.; numpy forms without it
+            "protocol._value_kernels",
+            sources=["protocol/value_kernels.c"],
+            extra_compile_args=["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-wrapv"],
+            optional=True,
+        ),
     ]
 )

@@ -19,8 +19,8 @@ of its profiled time in a 1000-agent round.) For a broker that does not wait for
 (``max_inflight_messages 0``) the network thread also stops reading the socket while the queue holds
 more than ``receive_queue_bytes`` (TCP back-pressure; it waits at most 50 ms per loop pass, so it
 still sends PUBACKs, pings and publishes in between, and reads again as soon as the decoder made
-room): the queue never holds more than the bound plus the one packet that crossed it
-(``peak_queued_bytes``).
+room): the queue never holds more than the bound plus the one packet that crossed it and the packets
+left in the client's read buffer (at most one socket read, ``cloud.paho_client.READ_SIZE``; ``peak_queued_bytes``).
 The broker must then be able to hold the backlog (mosquitto's ``max_queued_messages`` and
 ``max_queued_bytes`` per client; beyond them it drops QoS 1 messages).
 
@@ -54,6 +54,7 @@ from dataclasses import dataclass, replace
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
+from cloud.paho_client import WireCountingClient
 from protocol import (
     ChunkReassembler,
     DecodedMessage,
@@ -123,63 +124,8 @@ thread's CPU doubled); 0 skips that scan. paho keeps every unacknowledged messag
 unbounded); packet ids are 16 bits, so more than 65 535 messages in flight at once would reuse ids."""
 
 
-class WireCountingClient(mqtt.Client):
-    """A paho client that counts the bytes it writes to and reads from its socket (MQTT level, under TLS)."""
-
-    def __init__(self, *args: object, read_gate: Callable[[], bool] | None = None, **kwargs: object) -> None:
-        """``read_gate`` (optional, asked before every socket read): False = not now (paho sees no data yet)."""
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.wire_sent_bytes = 0
-        self.wire_received_bytes = 0
-        self._read_gate = read_gate
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._read_gate is not None and not self._read_gate():
-            raise BlockingIOError  # paho: MQTT_ERR_AGAIN, the read is tried again on its next loop pass
-        data = super()._sock_recv(bufsize)
-        self.wire_received_bytes += len(data)
-        return data
-
-    def _sock_send(self, buf: bytes | bytearray) -> int:
-        sent = super()._sock_send(buf)
-        self.wire_sent_bytes += sent
-        return sent
-
-    # --- one wake-up of the network thread per pass, not one per packet ---------------------------
-    # paho writes a byte to its socket pair for every packet queued (publish, PUBACK), to break the network
-    # thread out of select(): 2000+ syscalls (and GIL hand-offs) per 1000-device round on the main loop alone
-    # (0.47 s of its profiled round). One byte is enough until the network thread's next write pass: the
-    # packet is queued first, then the byte is skipped only if one was sent on the same socket pair since that
-    # pass began (``loop_write`` clears the mark before it drains the queue, so it drains this packet too, or
-    # leaves it for its next select(), which then waits for the socket to be writable).
-
-    _wake_sent_on: object = None  # the socket pair a wake-up byte went to since the last write pass began
-
-    def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
-                      info: mqtt.MQTTMessageInfo | None = None) -> MQTTErrorCode:
-        # paho's private attributes, read with defaults: a paho without them gets paho's own way, not a crash
-        wake = getattr(self, "_sockpairW", None)
-        out_packets = getattr(self, "_out_packet", None)
-        if (getattr(self, "_thread", None) is None or getattr(self, "_on_socket_register_write", True) is not None
-                or wake is None or out_packets is None):
-            return super()._packet_queue(command, packet, mid, qos, info)  # not loop_start's thread: paho's way
-        out_packets.append({"command": command, "mid": mid, "qos": qos, "pos": 0, "to_process": len(packet),
-                                 "packet": packet, "info": info})
-        if self._wake_sent_on is not wake:
-            self._wake_sent_on = wake
-            try:
-                wake.send(b"0")
-            except BlockingIOError:  # the pair's buffer is full of wake-ups: the thread wakes anyway
-                pass
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def loop_write(self) -> MQTTErrorCode:
-        self._wake_sent_on = None  # before the queue is drained: a packet queued from now on sends a byte
-        return super().loop_write()
-
-
-@dataclass(frozen=True)
-class _RawPacket:
+@dataclass(slots=True)
+class _RawPacket:  # one per received packet: a slots class is made in a fifth of a frozen dataclass's time
     topic: str
     payload: bytes
     retained: bool

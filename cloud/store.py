@@ -84,6 +84,7 @@ class CoordinatorStore:
         self._engine = open_database(self.state_dir, database_url)
         self.backend = self._engine.dialect.name  # "sqlite" or "postgresql"
         self._insert = postgresql_insert if self.backend == "postgresql" else sqlite_insert
+        self._upserts: dict[tuple[str, tuple[str, ...]], Any] = {}  # (table, columns) -> its upsert statement
 
     @classmethod
     def from_settings(cls, settings: CloudSettings) -> CoordinatorStore:
@@ -110,12 +111,19 @@ class CoordinatorStore:
         return self._engine.connect().execution_options(**{WRITE: True})
 
     def _upsert(self, table: Table, values: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
-        """INSERT ... ON CONFLICT (primary key) DO UPDATE every other column (SQLite's INSERT OR REPLACE)."""
-        statement = self._insert(table)
-        keys = [c.name for c in table.primary_key.columns]
-        updated = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys and
-                   c.name in values[0]}
-        return statement.on_conflict_do_update(index_elements=keys, set_=updated), values
+        """INSERT ... ON CONFLICT (primary key) DO UPDATE every other column (SQLite's INSERT OR REPLACE).
+
+        The statement is built once per table and set of columns (building it cost ~150 us of the ~450 us of
+        CPU of a one-row transaction; the replay guard writes one per batch of updates)."""
+        shape = (table.name, tuple(values[0]))
+        cached = self._upserts.get(shape)
+        if cached is None:
+            statement = self._insert(table)
+            keys = [c.name for c in table.primary_key.columns]
+            updated = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys and
+                       c.name in values[0]}
+            cached = self._upserts[shape] = statement.on_conflict_do_update(index_elements=keys, set_=updated)
+        return cached, values
 
     # --- runs -------------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocol import MaskChange, ProtocolError, Update, apply_mask_changes
+from protocol.value_kernels import all_finite
 
 REJECT_REASONS = ("sample_count", "non_finite", "tensor_names", "tensor_shape", "outside_mask", "mask_budget")
 
@@ -89,7 +90,7 @@ def check_update(update: Update, expect: RoundExpectations) -> dict[str, np.ndar
             raise UpdateRejected("non_finite", f"{field_name} is {getattr(update, field_name)}")
     _check_names_and_shapes(update, expect)
     for name, tensor in update.tensors.items():
-        if not bool(np.isfinite(tensor.values).all()):
+        if not all_finite(tensor.values):
             bad = int(np.count_nonzero(~np.isfinite(tensor.values)))
             raise UpdateRejected("non_finite", f"{name}: {bad} of {tensor.values.size} values are NaN or infinite")
     held: dict[str, np.ndarray] = {}

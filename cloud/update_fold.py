@@ -8,7 +8,8 @@ carries a fifth of the values. :class:`SparseFold` adds only what an update hold
 * a masked tensor whose held mask is the one the round sent (the update changed nothing: every
   round without readjustment, most tensors in the others) adds ``weight * values`` (float64) to a
   compact vector over the sent mask's positions, in the values' own order, and ``weight`` and one
-  vote to two scalars: no indexing at all;
+  vote to two scalars: no indexing at all (:func:`protocol.value_kernels.add_scaled`: one compiled pass
+  that keeps the GIL when built, numpy's multiply and add otherwise, the same sums bit for bit);
 * a masked tensor with another mask adds ``weight * values`` at its held positions of the
   accumulator's ``weighted_sum``, ``weight`` at the same positions of ``mask_weight`` and 1 to ``votes``;
 * a dense tensor (a bias) adds ``weight * values`` everywhere;
@@ -31,6 +32,7 @@ import numpy as np
 from feddst_core.aggregation import MaskedMeanAccumulator
 from feddst_core.strategies import RoundAggregation
 from protocol import Update
+from protocol.value_kernels import add_scaled
 
 
 def can_fold(aggregation: RoundAggregation) -> bool:
@@ -62,16 +64,17 @@ class SparseFold:
         tensor's values sit on, C order) with aggregation weight ``weight`` (samples, >= 1)."""
         acc, w = self.acc, float(weight)
         for name, tensor in update.tensors.items():
-            scaled = np.multiply(tensor.values, w, out=self._scratch[name][:tensor.values.size], dtype=np.float64)
-            if name not in acc.masked:
-                acc.weighted_sum[name].numpy().reshape(-1)[:] += scaled
+            scratch = self._scratch[name]
+            if name not in acc.masked:  # .numpy() shares the tensor's memory
+                add_scaled(acc.weighted_sum[name].numpy().reshape(-1), tensor.values, w, scratch)
             elif held[name] is self.sent[name]:
-                self.compact[name] += scaled
+                add_scaled(self.compact[name], tensor.values, w, scratch)
                 self.compact_weight[name] += w
                 self.compact_votes[name] += 1
             else:
+                scaled = np.multiply(tensor.values, w, out=scratch[:tensor.values.size], dtype=np.float64)
                 at = np.flatnonzero(held[name])  # unique: no accumulation within one update
-                acc.weighted_sum[name].numpy().reshape(-1)[at] += scaled  # .numpy() shares the tensor's memory
+                acc.weighted_sum[name].numpy().reshape(-1)[at] += scaled
                 acc.mask_weight[name].numpy().reshape(-1)[at] += w
                 acc.votes[name].numpy().reshape(-1)[at] += 1
         acc.total_weight += w

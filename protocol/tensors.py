@@ -97,6 +97,18 @@ class SparseTensor:
         object.__setattr__(self, "mask", mask)
 
     @classmethod
+    def _decoded(cls, shape: tuple[int, ...], values: np.ndarray, mask: np.ndarray | None) -> SparseTensor:
+        """A tensor as :func:`read_tensor_set` read it, without ``__post_init__``'s conversions, whose checks hold
+        by construction there: ``shape`` Python ints >= 0 (u32 fields), ``values`` a new 1-D contiguous float32
+        array (:func:`protocol.values.decode_value_block`) of at most ``prod(shape)`` values, ``mask`` None or a
+        bool array of ``shape`` with exactly ``values.size`` set positions (counted where it was read)."""
+        tensor = object.__new__(cls)
+        object.__setattr__(tensor, "shape", shape)
+        object.__setattr__(tensor, "values", values)
+        object.__setattr__(tensor, "mask", mask)
+        return tensor
+
+    @classmethod
     def from_dense(cls, array: np.ndarray, mask: np.ndarray | None = None) -> SparseTensor:
         """Take the values of ``array`` at the set positions of ``mask`` (all values if None)."""
         array = np.asarray(array, dtype=np.float32)
@@ -284,16 +296,17 @@ def read_tensor_set(reader: ByteReader, limits: Limits, element_budget: int
             raise MalformedError(f"tensor {name!r}: unknown value format {code}")
         kind, nnz, flat_mask, positions = decode_position_block(reader, n, TENSOR_KINDS)
         values = decode_value_block(reader, code, nnz)
+        if positions is not None:  # Golomb-Rice positions: the constructor counts the mask they set
+            held = np.zeros(n, dtype=bool)
+            held[positions] = True
+            tensors[name] = SparseTensor(shape, values, held.reshape(shape))
+            continue
         mask: np.ndarray | None = None
         if kind == KIND_ALL:
             mask = np.ones(shape, dtype=bool)
-        elif flat_mask is not None:
+        elif flat_mask is not None:  # its set bits were counted against nnz (decode_position_block)
             mask = flat_mask.reshape(shape)
-        elif positions is not None:
-            mask = np.zeros(n, dtype=bool)
-            mask[positions] = True
-            mask = mask.reshape(shape)
-        tensors[name] = SparseTensor(shape, values, mask)
+        tensors[name] = SparseTensor._decoded(shape, values, mask)
     return tensors, element_budget
 
 

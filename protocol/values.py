@@ -21,7 +21,8 @@ Value codecs, one byte on the wire:
 * ``1`` zstd: ``u32 compressed_length`` then one Zstandard frame (content size present in the
   frame header) whose content is the *byte-shuffled* values: all first bytes of every value,
   then all second bytes, and so on (``width`` planes of ``count`` bytes). Shuffling groups the
-  low-entropy sign/exponent bytes of floats, which is where zstd finds its gain.
+  low-entropy sign/exponent bytes of floats, which is where zstd finds its gain. The decoder's unshuffle is
+  :func:`protocol.value_kernels.unshuffle` (compiled when built, numpy otherwise).
 
 :func:`error_bound` returns, for a value format, an upper bound on ``|decoded - original|``
 over the finite values; it is 0 for ``float32``.
@@ -36,6 +37,7 @@ import zstandard
 
 from protocol.binary import ByteReader, ByteWriter
 from protocol.errors import InvalidMessageError, MalformedError
+from protocol.value_kernels import unshuffle
 
 VALUE_FORMATS: dict[str, int] = {"float32": 0, "float16": 1, "bfloat16": 2, "int8": 3}
 VALUE_FORMAT_NAMES: dict[int, str] = {code: name for name, code in VALUE_FORMATS.items()}
@@ -183,21 +185,6 @@ def decode_value_block(reader: ByteReader, code: int, count: int) -> np.ndarray:
     else:
         raise MalformedError(f"unknown value codec {codec}")
     return dequantize(stored, code, scale)
-
-
-def unshuffle(planes: np.ndarray, width: int) -> np.ndarray:
-    """Undo the byte shuffle: ``width`` planes of ``count`` bytes (1-D uint8) -> a new uint8 array of
-    ``count`` values of ``width`` bytes each (value ``i`` is byte ``i`` of every plane).
-
-    One contiguous read and one stride-``width`` write per plane; the transpose copy
-    (``planes.reshape(width, count).T.copy()``) reads with stride ``count`` and was 6x slower here."""
-    if width == 1:
-        return planes
-    count = planes.size // width
-    out = np.empty((count, width), dtype=np.uint8)
-    for i, plane in enumerate(planes.reshape(width, count)):
-        out[:, i] = plane
-    return out.reshape(-1)
 
 
 _DECOMPRESSORS = threading.local()

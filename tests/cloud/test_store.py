@@ -411,3 +411,17 @@ def test_settings_choose_the_back_end_from_the_environment(backend_url, tmp_path
     assert (tmp_path / "state" / "coordinator.sqlite3").exists() == (backend_url is None)
     with pytest.raises(ValueError, match="back end 'mysql' is not supported"):
         CloudSettings(state_dir=tmp_path, database_url="mysql://root@127.0.0.1/x")
+
+
+def test_an_upsert_statement_is_built_once_per_table_and_columns_and_rewrites_rows(store: CoordinatorStore,
+                                                                                    open_store: OpenStore):
+    from cloud.store_schema import device_sequences
+
+    first = store._upsert(device_sequences, [{"device_id": "a", "last_seq": "1", "will_seq": "0", "will_used": 0}])[0]
+    again = store._upsert(device_sequences, [{"device_id": "b", "last_seq": "2", "will_seq": "0", "will_used": 0}])[0]
+    fewer = store._upsert(device_sequences, [{"device_id": "c", "last_seq": "3"}])[0]
+    assert first is again and fewer is not first
+    for seq in (5, 6, 7):  # the same statement, new values each time: each write lands
+        store.save_sequences([SequenceRow("dev-1", seq, seq - 1, seq == 7), SequenceRow("dev-2", 10 * seq, 0, False)])
+    rows = {row.device_id: row for row in open_store().load_sequences()}
+    assert rows["dev-1"] == SequenceRow("dev-1", 7, 6, True) and rows["dev-2"].last_seq == 70

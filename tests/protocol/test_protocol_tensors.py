@@ -217,3 +217,23 @@ def test_decoded_values_and_masks_are_copies_of_the_input_bytes(compression, val
     expected = decode_message(bytes(data))
     data[:] = bytes(len(data))
     assert decoded == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(tensor_sets, st.sampled_from(["float32", "float16", "bfloat16", "int8"]), st.sampled_from(["none", "zstd"]))
+def test_decoded_tensors_hold_what_the_constructor_makes(tensors, value_format, compression):
+    """The decoder builds tensors without ``__post_init__`` (``SparseTensor._decoded``): every field must still be
+    what the constructor would make of it (shape of ints, a new contiguous writable 1-D float32 array, a bool mask
+    of the shape with one set position per value)."""
+    for tensor in decode_tensor_set(encode_tensor_set(tensors, value_format, compression)).values():
+        rebuilt = SparseTensor(tensor.shape, tensor.values, tensor.mask)
+        assert type(tensor.shape) is tuple and all(type(dim) is int for dim in tensor.shape)
+        assert tensor.shape == rebuilt.shape
+        assert tensor.values.dtype == np.float32 and tensor.values.ndim == 1
+        assert tensor.values.flags.c_contiguous and tensor.values.flags.writeable
+        assert tensor.values.size == 0 or np.shares_memory(tensor.values, rebuilt.values)  # not converted
+        if tensor.mask is not None:
+            assert tensor.mask.dtype == np.bool_ and tensor.mask.shape == tensor.shape
+            assert int(np.count_nonzero(tensor.mask)) == tensor.values.size
+        else:
+            assert tensor.values.size <= math.prod(tensor.shape)

@@ -1,0 +1,198 @@
+"""``WireCountingClient``: the coordinator's paho-mqtt v2 client, with its byte counts and fewer syscalls.
+
+What it changes in paho's network thread (paho 2.x internals, which ``pyproject.toml`` bounds below 3):
+
+* **counts** every byte written to and read from the socket (``wire_sent_bytes``, ``wire_received_bytes``:
+  MQTT level, under TLS);
+* **buffered reads**: paho reads each packet with three or more ``recv`` calls (the command byte, each
+  remaining-length byte, the rest), and reads one packet per ``select()`` when nothing of its own is in
+  flight. This client asks the socket for at least :data:`READ_SIZE` bytes per read and hands paho the
+  packets from that buffer; one :meth:`loop_read` pass reads packets until the socket has nothing more
+  (at most :data:`SOCKET_READS_PER_PASS` socket reads, so the pass ends and the packets it queued, PUBACKs
+  included, are written) and always ends with the buffer empty, so ``select()`` on the socket still tells
+  whether data waits. The read gate (``read_gate``) is asked before every socket read, not before a
+  buffered one: when it says "not now" at most one read's worth (:data:`READ_SIZE`) is still handed on;
+* **one payload copy** per received PUBLISH (MQTT 3.1.1, QoS 0/1) instead of paho's three;
+* **coalesced writes**: consecutive small queued packets that need nothing after their write (PUBACKs,
+  QoS >= 1 PUBLISHes of at most :data:`COALESCE_PACKET_BYTES`) leave in one ``send`` of at most
+  :data:`COALESCE_BYTES`, in their order;
+* **one wake-up per write pass** for packets queued from other threads (below).
+
+Measured (docs/results.md, branch ``ingest3``): 20 000 heartbeats through mosquitto into a ``CoordinatorLink``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+
+READ_SIZE = 64 * 1024
+"""Bytes asked of the socket per read (paho itself asks for one byte, then the packet's remaining bytes)."""
+SOCKET_READS_PER_PASS = 8
+"""Socket reads of one :meth:`WireCountingClient.loop_read` pass (then the buffer is drained and the pass ends)."""
+COALESCE_PACKET_BYTES = 4096
+"""Largest queued packet joined with its neighbours into one ``send`` (a model chunk is sent on its own)."""
+COALESCE_BYTES = 64 * 1024
+"""Largest ``send`` made of joined packets."""
+
+_PUBLISH = 0x30
+_PUBACK = 0x40
+
+
+def _needs_nothing_after_write(packet: dict) -> bool:
+    """Whether paho does nothing once ``packet`` is written: a PUBACK, or a PUBLISH with QoS >= 1 (paho marks
+    a QoS 0 PUBLISH published and runs ``on_publish`` after its write, and a DISCONNECT closes the socket)."""
+    kind = packet["command"] & 0xF0
+    return kind == _PUBACK or (kind == _PUBLISH and packet["qos"] > 0)
+
+
+class WireCountingClient(mqtt.Client):
+    """A paho client that counts the bytes it writes to and reads from its socket, reads through a buffer and
+    joins small writes (see the module docstring)."""
+
+    def __init__(self, *args: object, read_gate: Callable[[], bool] | None = None, **kwargs: object) -> None:
+        """``read_gate`` (optional, asked before every socket read): False = not now (paho sees no data yet)."""
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.wire_sent_bytes = 0
+        self.wire_received_bytes = 0
+        self.socket_reads = 0  # recv calls on the socket that returned data or end of stream
+        self.socket_writes = 0  # send calls on the socket
+        self._read_gate = read_gate
+        self._read_buffer = b""  # bytes read from ``_read_socket`` and not yet handed to paho, from ``_read_at``
+        self._read_at = 0
+        self._read_socket: object = None  # the socket the buffer came from (a new connection starts empty)
+        self._socket_reads_left = SOCKET_READS_PER_PASS
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    def _buffered_bytes(self) -> int:
+        """Bytes in the read buffer for the current socket (a buffer of a closed connection is dropped)."""
+        if self._read_socket is not self._sock:
+            self._read_buffer, self._read_at, self._read_socket = b"", 0, self._sock
+        return len(self._read_buffer) - self._read_at
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buffered = self._buffered_bytes()
+        if buffered:
+            at = self._read_at
+            self._read_at = at + min(bufsize, buffered)
+            return self._read_buffer[at:self._read_at]
+        if self._socket_reads_left <= 0 or (self._read_gate is not None and not self._read_gate()):
+            raise BlockingIOError  # paho: MQTT_ERR_AGAIN, the read is tried again on its next loop pass
+        data = super()._sock_recv(max(bufsize, READ_SIZE))  # a large read (a payload) is not read beyond
+        self._socket_reads_left -= 1
+        self.socket_reads += 1
+        self.wire_received_bytes += len(data)
+        if len(data) <= bufsize:  # all of it for paho: no copy
+            return data
+        self._read_buffer, self._read_at = data, bufsize
+        return data[:bufsize]
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """Read and handle packets until the socket has no more (at most :data:`SOCKET_READS_PER_PASS` socket
+        reads), the buffer drained; ``max_packets`` is ignored (paho's own loop passes its default)."""
+        self._socket_reads_left = SOCKET_READS_PER_PASS
+        while True:
+            if self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN and not self._buffered_bytes():
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        """paho's handling of a received PUBLISH, for MQTT 3.1.1 with QoS 0 or 1 (what the coordinator
+        receives) with one copy of the payload: paho's ``decode_publish`` copies the packet three times
+        (``struct.unpack`` of the topic length, the topic and the packet id, each with the rest). MQTT 5, QoS 2
+        and malformed packets take paho's own way."""
+        packet, header = self._in_packet["packet"], self._in_packet["command"]
+        qos = (header & 0x06) >> 1
+        if self._protocol == mqtt.MQTTv5 or qos > 1 or len(packet) < 2:
+            return super()._handle_publish()
+        topic_length = (packet[0] << 8) | packet[1]
+        start = 2 + topic_length + (2 if qos else 0)
+        if topic_length == 0 or start > len(packet):
+            return super()._handle_publish()  # paho raises MalformedPacket
+        with memoryview(packet) as view:
+            message = mqtt.MQTTMessage(mid=(packet[start - 2] << 8) | packet[start - 1] if qos else 0,
+                                       topic=bytes(view[2:2 + topic_length]))
+            message.payload = bytes(view[start:])
+        message.dup, message.qos, message.retain = bool(header & 0x08), qos, bool(header & 0x01)
+        if self._logger is not None or self.on_log is not None:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received PUBLISH (d%d, q%d, r%d, m%d), '%s', ...  (%d bytes)",
+                           message.dup, qos, message.retain, message.mid,
+                           message._topic.decode("utf-8", "backslashreplace"), len(message.payload))
+        message.timestamp = mqtt.time_func()
+        self._handle_on_message(message)
+        if qos == 1 and not self._manual_ack:
+            return self._send_puback(message.mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    # --- writing ------------------------------------------------------------------------------------
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        sent = super()._sock_send(buf)
+        self.socket_writes += 1
+        self.wire_sent_bytes += sent
+        return sent
+
+    def _packet_write(self) -> MQTTErrorCode:
+        self._coalesce_queued()
+        return super()._packet_write()
+
+    def _coalesce_queued(self) -> None:
+        """Join the small packets at the head of the out queue that need nothing after their write into one
+        (network thread only: it alone takes packets from the queue's head; other threads append at its tail)."""
+        out = getattr(self, "_out_packet", None)
+        if out is None or len(out) < 2:
+            return
+        taken: list[dict] = []
+        size = 0
+        while out:
+            head = out[0]
+            if (not _needs_nothing_after_write(head) or head["to_process"] > COALESCE_PACKET_BYTES
+                    or size + head["to_process"] > COALESCE_BYTES):
+                break
+            taken.append(out.popleft())
+            size += head["to_process"]
+        if len(taken) == 1:
+            out.appendleft(taken[0])
+        elif taken:
+            joined = b"".join(p["packet"][p["pos"]:] for p in taken)
+            out.appendleft({"command": _PUBACK, "mid": 0, "qos": 0, "pos": 0, "to_process": len(joined),
+                            "packet": joined, "info": None})
+
+    # --- one wake-up of the network thread per pass, not one per packet ---------------------------
+    # paho writes a byte to its socket pair for every packet queued (publish, PUBACK), to break the network
+    # thread out of select(): 2000+ syscalls (and GIL hand-offs) per 1000-device round on the main loop alone
+    # (0.47 s of its profiled round). One byte is enough until the network thread's next write pass: the
+    # packet is queued first, then the byte is skipped only if one was sent on the same socket pair since that
+    # pass began (``loop_write`` clears the mark before it drains the queue, so it drains this packet too, or
+    # leaves it for its next select(), which then waits for the socket to be writable).
+
+    _wake_sent_on: object = None  # the socket pair a wake-up byte went to since the last write pass began
+
+    def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
+                      info: mqtt.MQTTMessageInfo | None = None) -> MQTTErrorCode:
+        # paho's private attributes, read with defaults: a paho without them gets paho's own way, not a crash
+        wake = getattr(self, "_sockpairW", None)
+        out_packets = getattr(self, "_out_packet", None)
+        if (getattr(self, "_thread", None) is None or getattr(self, "_on_socket_register_write", True) is not None
+                or wake is None or out_packets is None):
+            return super()._packet_queue(command, packet, mid, qos, info)  # not loop_start's thread: paho's way
+        out_packets.append({"command": command, "mid": mid, "qos": qos, "pos": 0, "to_process": len(packet),
+                            "packet": packet, "info": info})
+        if self._wake_sent_on is not wake:
+            self._wake_sent_on = wake
+            try:
+                wake.send(b"0")
+            except BlockingIOError:  # the pair's buffer is full of wake-ups: the thread wakes anyway
+                pass
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def loop_write(self) -> MQTTErrorCode:
+        self._wake_sent_on = None  # before the queue is drained: a packet queued from now on sends a byte
+        return super().loop_write()
