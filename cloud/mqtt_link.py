@@ -220,7 +220,11 @@ class CoordinatorLink:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         # an Ack then the next round's Task: two small writes, the second held ~40 ms by Nagle without this
-        self.client.on_socket_open = lambda client, userdata, sock: disable_nagle(sock)
+        self.client.on_socket_open = self._on_socket_open
+
+    @staticmethod
+    def _on_socket_open(client: mqtt.Client, userdata: object, sock: object) -> None:
+        disable_nagle(sock)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
