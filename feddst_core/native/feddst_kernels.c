@@ -46,7 +46,10 @@ FEDDST_INLINE v8 load8(const float *p) {
 
 FEDDST_INLINE void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
-FEDDST_INLINE v8 splat8(float w) { return (v8){w, w, w, w, w, w, w, w}; }
+/* All eight lanes = w. A macro, not a helper returning a vector: such a helper is compiled for the baseline target
+ * (its vector return lowered to SSE halves), and inlined into an AVX clone it still built every splat from 7
+ * vinsertps + vinsertf128 instead of one vbroadcastss. x - (+0) = x for every float (-0 and NaN included). */
+#define splat8(w) ((float)(w) - (v8){0})
 
 int feddst_abi_version(void) { return 7; }
 
