@@ -558,14 +558,19 @@ int feddst_sconv_pool_forward(const float *x, int B, int C, int H, int W, const 
         int c = col[j] / KK, r = col[j] % KK;
         off[j] = c * plane + (r / K) * W + (r % K);
     }
+    /* Tasks are (b, o) planes, image by image (each image's planes reuse it from L1). Batch-last, the output
+     * channels are first split into G groups, one per thread: threads that wrote the same (o, r, q) row's batch
+     * halves at once made two cores fight over neighbouring cache lines (2 threads ran no faster than one). */
+    const int G = batch_last ? (nthreads < O ? (nthreads > 1 ? nthreads : 1) : O) : 1, Og = (O + G - 1) / G;
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
         float *tmp = thread_scratch((size_t)(Lv + VL + Wp), sizeof(float), 0, &failed); /* conv plane, pooled row */
         #pragma omp for schedule(static)
-        for (long task = 0; task < (long)B * O; task++) {
-            if (!tmp) continue;
-            const int b = (int)(task / O), o = (int)(task % O);
+        for (long task = 0; task < (long)G * B * Og; task++) {
+            const long in_group = task % ((long)B * Og);
+            const int b = (int)(in_group / Og), o = (int)(task / ((long)B * Og)) * Og + (int)(in_group % Og);
+            if (!tmp || o >= O) continue;
             const float *xb = x + (size_t)b * C * plane;
             const int j0 = crow[o], n = crow[o + 1] - j0;
             conv_plane(xb, off, val, j0, j0 + n, bias[o], Lv, tmp);
