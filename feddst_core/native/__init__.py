@@ -176,13 +176,14 @@ def _require() -> ctypes.CDLL:
     return _lib
 
 
-TENSOR_KERNELS = ("POOL_CLIPPED", "csr_linear_backward", "csr_linear_backward_sgd_", "csr_matmul", "csr_sddmm", "max_pool2d_backward",
-                  "max_pool2d_forward",
+TENSOR_KERNELS = ("POOL_CLIPPED", "csr_linear_backward", "csr_linear_backward_sgd_", "csr_matmul", "csr_sddmm",
+                  "max_pool2d_backward", "max_pool2d_forward",
                   "sparse_conv2d_backward_input", "sparse_conv2d_backward_weight", "sparse_conv2d_forward",
                   "sparse_conv2d_pool_backward", "sparse_conv2d_pool_forward", "sgd_step_", "is_batch_last",
                   "kernel_threads")
 """The names :mod:`feddst_core.native.tensor_kernels` provides through this module."""
-__all__ = ["ABI_VERSION", "POOL_CLIPPED", "available", "csr_linear_backward", "csr_linear_backward_sgd_", "csr_matmul", "csr_sddmm", "library_path",
+__all__ = ["ABI_VERSION", "POOL_CLIPPED", "available", "csr_linear_backward", "csr_linear_backward_sgd_", "csr_matmul",
+           "csr_sddmm", "library_path",
            "max_pool2d_backward", "max_pool2d_forward", "sparse_conv2d_backward_input",
            "sparse_conv2d_backward_weight", "sparse_conv2d_forward", "sparse_conv2d_pool_backward",
            "sparse_conv2d_pool_forward", "sgd_step_", "is_batch_last", "kernel_threads", "status"]

@@ -207,8 +207,8 @@ def test_step_with_small_dense_leaves_runs_torch_on_one_thread_and_kernels_on_al
 @pytest.mark.parametrize("prox_mu", [0.0, 0.1])
 def test_sparse_linear_weights_take_their_sgd_step_in_their_backward(monkeypatch, prox_mu: float) -> None:
     """fc1 and fc2 (sparse Linears) step inside their backward: autograd is never asked for their gradients and
-    sgd_step_ never sees them, and three steps (momentum buffer created on the first) leave every leaf and buffer where the
-    separate gradient-then-SGD path leaves them, to float rounding."""
+    sgd_step_ never sees them, and three steps (momentum buffer created on the first) leave every leaf and buffer
+    where the separate gradient-then-SGD path leaves them, to float rounding."""
     import feddst_core.sparse.trainer as trainer_module
 
     params, masks, data = _setup(FC_HEAVY_MNIST_CNN, 0.9, 64)
