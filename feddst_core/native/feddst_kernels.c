@@ -421,10 +421,28 @@ FEDDST_INLINE void sgd_value(float *p, long j, float g, const sgd_params *sgd) {
     }
 }
 
+/* The same for the 8 values p[j:j+8] with their gradients g (one vector per term). */
+FEDDST_INLINE void sgd_values8(float *p, long j, v8 g, const sgd_params *sgd) {
+    const v8 pv = load8(p + j);
+    v8 d = g;
+    if (sgd->anchor) d = d + sgd->mu * (pv - load8(sgd->anchor + j));
+    if (sgd->weight_decay != 0.0f) d = d + sgd->weight_decay * pv;
+    if (sgd->momentum != 0.0f) {
+        const v8 b = sgd->first ? d : d + sgd->momentum * load8(sgd->buf + j);
+        store8(sgd->buf + j, b);
+        store8(p + j, pv - sgd->lr * b);
+    } else {
+        store8(p + j, pv - sgd->lr * d);
+    }
+}
+
 /* Row r of the SDDMM (see feddst_csr_sddmm): gval[j] = the gradient, or (sgd given) the SGD step of val[j] with
  * it (gval unused). */
 FEDDST_INLINE void sddmm_row(int r, const int32_t *crow, const int32_t *col, const float *dyt, const float *xt, int B,
-                             float *gval, float *gbias, float *val, const sgd_params *sgd) {
+                             float *gval, float *gbias, float *val, const sgd_params *sgd_given) {
+    /* a copy: the stores into val cannot then alias the parameters (kept in registers across the row) */
+    const sgd_params sgd_copy = sgd_given ? *sgd_given : (sgd_params){0};
+    const sgd_params *sgd = sgd_given ? &sgd_copy : NULL;
     const float *d = dyt + (long)r * B;
     if (gbias) gbias[r] = plane_sum(d, B);
     const int B8 = B & ~7;
@@ -444,7 +462,7 @@ FEDDST_INLINE void sddmm_row(int r, const int32_t *crow, const int32_t *col, con
         for (int b = B8; b < B; b++)
             for (int q = 0; q < 8; q++) sums[q] += d[b] * p[q][b];
         if (sgd)
-            for (int q = 0; q < 8; q++) sgd_value(val, j + q, sums[q], sgd);
+            sgd_values8(val, j, sums, sgd);
         else
             store8(gval + j, sums);
     }
