@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from feddst_core.native.tensor_kernels import (
         POOL_CLIPPED,
         csr_linear_backward,
+        csr_linear_backward_sgd_,
         csr_matmul,
         csr_sddmm,
         is_batch_last,
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
         sparse_conv2d_pool_forward,
     )
 
-ABI_VERSION = 7
+ABI_VERSION = 8
 _LIB_STEM = "_feddst_kernels"
 
 _lib: ctypes.CDLL | None = None
@@ -69,6 +70,9 @@ _SIGNATURES = {
     "feddst_csr_sddmm": [_i32p, _i32p, _int, _f32p, _f32p, _int, _f32p, _f32p, _int],
     "feddst_csr_linear_backward": [_i32p, _i32p, _i32p, _i32p, _i16p, _i32p, _f32p, _int, _int, _f32p, _f32p, _int,
                                    _f32p, _f32p, _f32p, _int],
+    "feddst_csr_linear_backward_sgd": [_i32p, _i32p, _i32p, _i32p, _i16p, _i32p, _f32p, _int, _int, _f32p, _f32p, _int,
+                                       _f32p, _f32p, _f32p, _f32p, ctypes.c_float, ctypes.c_float, ctypes.c_float,
+                                       ctypes.c_float, _int, _int],
     "feddst_maxpool_forward": [_f32p, _long, _int, _int, _int, _int, _int, _f32p, _u8p, _int],
     "feddst_maxpool_backward": [_f32p, _u8p, _long, _int, _int, _int, _int, _f32p, _int],
     "feddst_sgd_step": [_f32p, _f32p, _f32p, _u8p, _f32p, _long, ctypes.c_float, ctypes.c_float, ctypes.c_float,
@@ -172,13 +176,14 @@ def _require() -> ctypes.CDLL:
     return _lib
 
 
-TENSOR_KERNELS = ("POOL_CLIPPED", "csr_linear_backward", "csr_matmul", "csr_sddmm", "max_pool2d_backward",
-                  "max_pool2d_forward",
+TENSOR_KERNELS = ("POOL_CLIPPED", "csr_linear_backward", "csr_linear_backward_sgd_", "csr_matmul", "csr_sddmm",
+                  "max_pool2d_backward", "max_pool2d_forward",
                   "sparse_conv2d_backward_input", "sparse_conv2d_backward_weight", "sparse_conv2d_forward",
                   "sparse_conv2d_pool_backward", "sparse_conv2d_pool_forward", "sgd_step_", "is_batch_last",
                   "kernel_threads")
 """The names :mod:`feddst_core.native.tensor_kernels` provides through this module."""
-__all__ = ["ABI_VERSION", "POOL_CLIPPED", "available", "csr_linear_backward", "csr_matmul", "csr_sddmm", "library_path",
+__all__ = ["ABI_VERSION", "POOL_CLIPPED", "available", "csr_linear_backward", "csr_linear_backward_sgd_", "csr_matmul",
+           "csr_sddmm", "library_path",
            "max_pool2d_backward", "max_pool2d_forward", "sparse_conv2d_backward_input",
            "sparse_conv2d_backward_weight", "sparse_conv2d_forward", "sparse_conv2d_pool_backward",
            "sparse_conv2d_pool_forward", "sgd_step_", "is_batch_last", "kernel_threads", "status"]

@@ -46,9 +46,12 @@ FEDDST_INLINE v8 load8(const float *p) {
 
 FEDDST_INLINE void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
-FEDDST_INLINE v8 splat8(float w) { return (v8){w, w, w, w, w, w, w, w}; }
+/* All eight lanes = w. A macro, not a helper returning a vector: such a helper is compiled for the baseline target
+ * (its vector return lowered to SSE halves), and inlined into an AVX clone it still built every splat from 7
+ * vinsertps + vinsertf128 instead of one vbroadcastss. x - (+0) = x for every float (-0 and NaN included). */
+#define splat8(w) ((float)(w) - (v8){0})
 
-int feddst_abi_version(void) { return 7; }
+int feddst_abi_version(void) { return 8; }
 
 /* Every entry point returns FEDDST_OK, or FEDDST_ENOMEM when a scratch allocation failed (outputs are
  * then incomplete: the Python wrapper raises MemoryError and drops them). */
@@ -394,9 +397,52 @@ FEDDST_INLINE v8 hsum8x8(const v8 *a) {
     return __builtin_shuffle(w[0], w[1], s3a) + __builtin_shuffle(w[0], w[1], s3b);
 }
 
-/* Row r of the SDDMM (see feddst_csr_sddmm). */
+/* The SGD step feddst_sgd_step applies (no mask: CSR values are all active), fused into the SDDMM so that the
+ * weight gradient is never written: buf (nnz,) the momentum (unused when momentum == 0), anchor (nnz,) FedProx's
+ * (NULL: mu unused). */
+typedef struct {
+    float *buf;
+    const float *anchor;
+    float lr, momentum, weight_decay, mu;
+    int first;
+} sgd_params;
+
+/* p[j] -= lr * (momentum buffer of) the gradient g of p[j]: feddst_sgd_step's formula for one value. */
+FEDDST_INLINE void sgd_value(float *p, long j, float g, const sgd_params *sgd) {
+    float d = g;
+    if (sgd->anchor) d = d + sgd->mu * (p[j] - sgd->anchor[j]);
+    if (sgd->weight_decay != 0.0f) d = d + sgd->weight_decay * p[j];
+    if (sgd->momentum != 0.0f) {
+        const float b = sgd->first ? d : d + sgd->momentum * sgd->buf[j];
+        sgd->buf[j] = b;
+        p[j] = p[j] - sgd->lr * b;
+    } else {
+        p[j] = p[j] - sgd->lr * d;
+    }
+}
+
+/* The same for the 8 values p[j:j+8] with their gradients g (one vector per term). */
+FEDDST_INLINE void sgd_values8(float *p, long j, v8 g, const sgd_params *sgd) {
+    const v8 pv = load8(p + j);
+    v8 d = g;
+    if (sgd->anchor) d = d + sgd->mu * (pv - load8(sgd->anchor + j));
+    if (sgd->weight_decay != 0.0f) d = d + sgd->weight_decay * pv;
+    if (sgd->momentum != 0.0f) {
+        const v8 b = sgd->first ? d : d + sgd->momentum * load8(sgd->buf + j);
+        store8(sgd->buf + j, b);
+        store8(p + j, pv - sgd->lr * b);
+    } else {
+        store8(p + j, pv - sgd->lr * d);
+    }
+}
+
+/* Row r of the SDDMM (see feddst_csr_sddmm): gval[j] = the gradient, or (sgd given) the SGD step of val[j] with
+ * it (gval unused). */
 FEDDST_INLINE void sddmm_row(int r, const int32_t *crow, const int32_t *col, const float *dyt, const float *xt, int B,
-                             float *gval, float *gbias) {
+                             float *gval, float *gbias, float *val, const sgd_params *sgd_given) {
+    /* a copy: the stores into val cannot then alias the parameters (kept in registers across the row) */
+    const sgd_params sgd_copy = sgd_given ? *sgd_given : (sgd_params){0};
+    const sgd_params *sgd = sgd_given ? &sgd_copy : NULL;
     const float *d = dyt + (long)r * B;
     if (gbias) gbias[r] = plane_sum(d, B);
     const int B8 = B & ~7;
@@ -415,7 +461,10 @@ FEDDST_INLINE void sddmm_row(int r, const int32_t *crow, const int32_t *col, con
         v8 sums = hsum8x8(acc);
         for (int b = B8; b < B; b++)
             for (int q = 0; q < 8; q++) sums[q] += d[b] * p[q][b];
-        store8(gval + j, sums);
+        if (sgd)
+            sgd_values8(val, j, sums, sgd);
+        else
+            store8(gval + j, sums);
     }
     for (; j < crow[r + 1]; j++) { /* the last < 8 entries one at a time: 8 lanes, then in order, then the tail */
         const float *p = xt + (long)col[j] * B;
@@ -424,7 +473,10 @@ FEDDST_INLINE void sddmm_row(int r, const int32_t *crow, const int32_t *col, con
         float s = 0.0f;
         for (int q = 0; q < 8; q++) s += acc[q];
         for (int b = B8; b < B; b++) s += d[b] * p[b];
-        gval[j] = s;
+        if (sgd)
+            sgd_value(val, j, s, sgd);
+        else
+            gval[j] = s;
     }
 }
 
@@ -434,15 +486,39 @@ FEDDST_CLONES
 int feddst_csr_sddmm(const int32_t *crow, const int32_t *col, int R, const float *dyt, const float *xt, int B,
                       float *gval, float *gbias, int nthreads) {
     #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
-    for (int r = 0; r < R; r++) sddmm_row(r, crow, col, dyt, xt, B, gval, gbias);
+    for (int r = 0; r < R; r++) sddmm_row(r, crow, col, dyt, xt, B, gval, gbias, NULL, NULL);
     return FEDDST_OK;
 }
 
 /* The whole backward of a CSR linear layer W (R, Cn) in ONE parallel region: gx^T (Cn, B) = W^T dy^T (skipped
  * if NULL; W^T's CSR t_crow, t_row (int16 or int32, the other NULL), perm into W's values val) and the SDDMM
- * gval (nnz,), gbias (R,) (skipped if NULL) from dy^T (R, B) and x^T (Cn, B). The two loops share no output,
- * so threads go from the first to the second without a barrier ("nowait"); each sum is computed exactly as
- * by feddst_csr_matmul and feddst_csr_sddmm (bit for bit the same outputs). */
+ * gval (nnz,), gbias (R,) (skipped if NULL) from dy^T (R, B) and x^T (Cn, B). Without sgd the two loops share no
+ * output, so threads go from the first to the second without a barrier ("nowait"); with sgd the SDDMM updates val
+ * in place (gval unused), so it waits until every input-gradient row has read val. Each sum is computed exactly as
+ * by feddst_csr_matmul and feddst_csr_sddmm (bit for bit the same outputs).
+ * This is one thread's part, called inside the entry point's parallel region (orphaned worksharing loops): a
+ * parallel region inside an inlined helper is outlined from the helper, i.e. compiled once for the baseline
+ * target, not for the entry point's AVX clone. */
+FEDDST_INLINE void csr_linear_backward_team(const int32_t *crow, const int32_t *col, const int32_t *t_crow,
+                                            const int32_t *t_row32, const int16_t *t_row16, const int32_t *perm,
+                                            float *val, int R, int Cn, const float *dyt, const float *xt, int B,
+                                            float *gxt, float *gval, float *gbias, const sgd_params *sgd,
+                                            int longest, int *failed) {
+    float *gathered = thread_scratch(gxt ? (size_t)longest : 0, sizeof(float), 0, failed);
+    const int missing = gxt && !gathered;
+    if (gxt) {
+        #pragma omp for schedule(dynamic, 16) nowait
+        for (int r = 0; r < Cn; r++)
+            if (!missing) csr_matmul_row(r, t_crow, t_row32, t_row16, val, perm, NULL, dyt, B, gxt, gathered);
+    }
+    if (sgd && gxt) {
+        #pragma omp barrier
+    }
+    #pragma omp for schedule(dynamic, 16) nowait
+    for (int r = 0; r < R; r++) sddmm_row(r, crow, col, dyt, xt, B, gval, gbias, val, sgd);
+    free(gathered);
+}
+
 FEDDST_CLONES
 int feddst_csr_linear_backward(const int32_t *crow, const int32_t *col, const int32_t *t_crow, const int32_t *t_row32,
                                const int16_t *t_row16, const int32_t *perm, const float *val, int R, int Cn,
@@ -451,18 +527,27 @@ int feddst_csr_linear_backward(const int32_t *crow, const int32_t *col, const in
     const int longest = gxt ? csr_longest_row(t_crow, Cn) : 1;
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
-    {
-        float *gathered = thread_scratch(gxt ? (size_t)longest : 0, sizeof(float), 0, &failed);
-        const int missing = gxt && !gathered;
-        if (gxt) {
-            #pragma omp for schedule(dynamic, 16) nowait
-            for (int r = 0; r < Cn; r++)
-                if (!missing) csr_matmul_row(r, t_crow, t_row32, t_row16, val, perm, NULL, dyt, B, gxt, gathered);
-        }
-        #pragma omp for schedule(dynamic, 16) nowait
-        for (int r = 0; r < R; r++) sddmm_row(r, crow, col, dyt, xt, B, gval, gbias);
-        free(gathered);
-    }
+    csr_linear_backward_team(crow, col, t_crow, t_row32, t_row16, perm, (float *)val, R, Cn, dyt, xt, B, gxt, gval,
+                             gbias, NULL, longest, &failed);
+    return failed ? FEDDST_ENOMEM : FEDDST_OK;
+}
+
+/* feddst_csr_linear_backward with the values' SGD step fused into the SDDMM (ABI 8): val (nnz,) is updated in
+ * place as feddst_sgd_step would update it with the weight gradient (buf the momentum, anchor FedProx's or NULL,
+ * first: the buffer starts as the gradient), which is never written; gx^T (skipped if NULL) and gbias (skipped if
+ * NULL) are computed from the values before the step. */
+FEDDST_CLONES
+int feddst_csr_linear_backward_sgd(const int32_t *crow, const int32_t *col, const int32_t *t_crow,
+                                   const int32_t *t_row32, const int16_t *t_row16, const int32_t *perm, float *val,
+                                   int R, int Cn, const float *dyt, const float *xt, int B, float *gxt, float *gbias,
+                                   float *buf, const float *anchor, float lr, float momentum, float weight_decay,
+                                   float mu, int first, int nthreads) {
+    const sgd_params sgd = {buf, anchor, lr, momentum, weight_decay, mu, first};
+    const int longest = gxt ? csr_longest_row(t_crow, Cn) : 1;
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads)
+    csr_linear_backward_team(crow, col, t_crow, t_row32, t_row16, perm, val, R, Cn, dyt, xt, B, gxt, NULL, gbias,
+                             &sgd, longest, &failed);
     return failed ? FEDDST_ENOMEM : FEDDST_OK;
 }
 
@@ -555,14 +640,19 @@ int feddst_sconv_pool_forward(const float *x, int B, int C, int H, int W, const 
         int c = col[j] / KK, r = col[j] % KK;
         off[j] = c * plane + (r / K) * W + (r % K);
     }
+    /* Tasks are (b, o) planes, image by image (each image's planes reuse it from L1). Batch-last, the output
+     * channels are first split into G groups, one per thread: threads that wrote the same (o, r, q) row's batch
+     * halves at once made two cores fight over neighbouring cache lines (2 threads ran no faster than one). */
+    const int G = batch_last ? (nthreads < O ? (nthreads > 1 ? nthreads : 1) : O) : 1, Og = (O + G - 1) / G;
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
         float *tmp = thread_scratch((size_t)(Lv + VL + Wp), sizeof(float), 0, &failed); /* conv plane, pooled row */
         #pragma omp for schedule(static)
-        for (long task = 0; task < (long)B * O; task++) {
-            if (!tmp) continue;
-            const int b = (int)(task / O), o = (int)(task % O);
+        for (long task = 0; task < (long)G * B * Og; task++) {
+            const long in_group = task % ((long)B * Og);
+            const int b = (int)(in_group / Og), o = (int)(task / ((long)B * Og)) * Og + (int)(in_group % Og);
+            if (!tmp || o >= O) continue;
             const float *xb = x + (size_t)b * C * plane;
             const int j0 = crow[o], n = crow[o + 1] - j0;
             conv_plane(xb, off, val, j0, j0 + n, bias[o], Lv, tmp);

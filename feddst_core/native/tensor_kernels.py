@@ -321,17 +321,10 @@ def csr_sddmm(crow: torch.Tensor, col: torch.Tensor, left: torch.Tensor, right_t
     return grad, grad_bias
 
 
-def csr_linear_backward(crow: torch.Tensor, col: torch.Tensor, t_crow: torch.Tensor, t_row: torch.Tensor,
-                        perm: torch.Tensor, values: torch.Tensor, grad_out_t: torch.Tensor, x_t: torch.Tensor,
-                        input_grad: bool = True, with_bias: bool = True,
-                        ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-    """A CSR linear layer's whole backward in one native call (one OpenMP region): (dx^T = W^T dy^T (Cn, B) or
-    None if not ``input_grad``, dL/dvalues (nnz,) at the mask, dL/dbias (R,) or None), the same numbers as
-    ``csr_matmul(t_crow, t_row, values, grad_out_t, perm=perm)`` and ``csr_sddmm(crow, col, grad_out_t, x_t)``.
-
-    W (R, Cn): crow, col (int32), values (nnz,); W^T: t_crow, t_row (int16 or int32), perm (int32, entry ->
-    position in values). grad_out_t = dy^T (R, B), x_t = x^T (Cn, B)."""
-    lib = _require()
+def _check_linear_backward(crow: torch.Tensor, col: torch.Tensor, t_crow: torch.Tensor, t_row: torch.Tensor,
+                           perm: torch.Tensor, values: torch.Tensor, grad_out_t: torch.Tensor,
+                           x_t: torch.Tensor) -> tuple[int, int, int, int]:
+    """The arguments of the CSR linear backward kernels, checked: (rows R, columns Cn, batch B, nnz)."""
     _check("grad_out_t", grad_out_t, torch.float32, 2)
     _check("x_t", x_t, torch.float32, 2)
     _check("col", col, torch.int32, 1)
@@ -345,14 +338,61 @@ def csr_linear_backward(crow: torch.Tensor, col: torch.Tensor, t_crow: torch.Ten
         raise ValueError(f"W ({nnz} entries), W^T ({t_row.shape[0]}), values ({values.shape[0]}) and perm "
                          f"({perm.shape[0]}) disagree")
     _check_index("perm", perm, nnz)
+    return rows, cols, b, nnz
+
+
+def _t_row_args(t_row: torch.Tensor) -> tuple[int | None, int | None]:
+    """W^T's row index as the kernels' (int32 pointer, int16 pointer) pair, the other NULL."""
+    return (_ptr(t_row), None) if t_row.dtype == torch.int32 else (None, _ptr(t_row))
+
+
+def csr_linear_backward(crow: torch.Tensor, col: torch.Tensor, t_crow: torch.Tensor, t_row: torch.Tensor,
+                        perm: torch.Tensor, values: torch.Tensor, grad_out_t: torch.Tensor, x_t: torch.Tensor,
+                        input_grad: bool = True, with_bias: bool = True,
+                        ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """A CSR linear layer's whole backward in one native call (one OpenMP region): (dx^T = W^T dy^T (Cn, B) or
+    None if not ``input_grad``, dL/dvalues (nnz,) at the mask, dL/dbias (R,) or None), the same numbers as
+    ``csr_matmul(t_crow, t_row, values, grad_out_t, perm=perm)`` and ``csr_sddmm(crow, col, grad_out_t, x_t)``.
+
+    W (R, Cn): crow, col (int32), values (nnz,); W^T: t_crow, t_row (int16 or int32), perm (int32, entry ->
+    position in values). grad_out_t = dy^T (R, B), x_t = x^T (Cn, B)."""
+    lib = _require()
+    rows, cols, b, nnz = _check_linear_backward(crow, col, t_crow, t_row, perm, values, grad_out_t, x_t)
     gx_t = torch.empty(cols, b) if input_grad else None
     grad = torch.empty(nnz)
     grad_bias = torch.empty(rows) if with_bias else None
-    _run(lib.feddst_csr_linear_backward, _ptr(crow), _ptr(col), _ptr(t_crow),
-         _ptr(t_row) if t_row.dtype == torch.int32 else None, _ptr(t_row) if t_row.dtype == torch.int16 else None,
+    _run(lib.feddst_csr_linear_backward, _ptr(crow), _ptr(col), _ptr(t_crow), *_t_row_args(t_row),
          _ptr(perm), _ptr(values), rows, cols, _ptr(grad_out_t), _ptr(x_t), b, _ptr(gx_t), _ptr(grad),
          _ptr(grad_bias), _threads())
     return gx_t, grad, grad_bias
+
+
+def csr_linear_backward_sgd_(crow: torch.Tensor, col: torch.Tensor, t_crow: torch.Tensor, t_row: torch.Tensor,
+                             perm: torch.Tensor, values: torch.Tensor, grad_out_t: torch.Tensor, x_t: torch.Tensor,
+                             buffer: torch.Tensor | None, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                             anchor: torch.Tensor | None = None, prox_mu: float = 0.0, first: bool = False,
+                             input_grad: bool = True, with_bias: bool = True,
+                             ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``csr_linear_backward`` with the values' SGD step fused in (one native call, one OpenMP region): returns
+    (dx^T (Cn, B) or None, dL/dbias (R,) or None), both from the values before the step, and updates ``values``
+    (and ``buffer``) in place as ``sgd_step_(values, dL/dvalues, buffer, lr, momentum, weight_decay, None, anchor,
+    prox_mu, first)`` would; the weight gradient itself is never written."""
+    lib = _require()
+    rows, cols, b, nnz = _check_linear_backward(crow, col, t_crow, t_row, perm, values, grad_out_t, x_t)
+    for name, t in (("buffer", buffer), ("anchor", anchor)):
+        if t is not None:
+            _check(name, t, torch.float32, 1)
+            if t.shape[0] != nnz:
+                raise ValueError(f"{name} has {t.shape[0]} elements, values {nnz}")
+    if momentum and buffer is None:
+        raise ValueError("momentum needs a buffer")
+    gx_t = torch.empty(cols, b) if input_grad else None
+    grad_bias = torch.empty(rows) if with_bias else None
+    _run(lib.feddst_csr_linear_backward_sgd, _ptr(crow), _ptr(col), _ptr(t_crow), *_t_row_args(t_row),
+         _ptr(perm), _ptr(values), rows, cols, _ptr(grad_out_t), _ptr(x_t), b, _ptr(gx_t), _ptr(grad_bias),
+         _ptr(buffer), _ptr(anchor), lr, momentum, weight_decay, prox_mu if anchor is not None else 0.0, int(first),
+         _threads())
+    return gx_t, grad_bias
 
 
 POOL_CLIPPED = 255  # argmax of an output the fused ReLU set to 0: no gradient flows back through it

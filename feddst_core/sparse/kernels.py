@@ -246,17 +246,44 @@ def _linear_backward(ctx, grad_out: torch.Tensor):
     return grad_x, grad_values, grad_bias, None
 
 
+@dataclass
+class FusedSgd:
+    """An SGD step run inside a native sparse linear layer's backward: the layer's values are updated in place as
+    ``native.sgd_step_(values, grad, buffer, lr, momentum, weight_decay, None, anchor, prox_mu, first)`` would with
+    their gradient, which is never written (autograd gets None for the values). buffer: (nnz,) momentum, required
+    when momentum != 0; first: the buffer starts as the gradient; anchor: (nnz,) FedProx's, or None."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+    buffer: torch.Tensor | None
+    first: bool
+    anchor: torch.Tensor | None = None
+    prox_mu: float = 0.0
+
+
 class NativeSparseLinearFunction(torch.autograd.Function):
-    """y = x @ W^T + b with W as CSR values, native kernels.  x (B, in), values (nnz,), bias (out,) -> (B, out)."""
+    """y = x @ W^T + b with W as CSR values, native kernels.  x (B, in), values (nnz,), bias (out,) -> (B, out).
+    sgd: the values' SGD step, fused into the backward (see ``FusedSgd``), or None."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
-                pattern: CsrPattern) -> torch.Tensor:
+                pattern: CsrPattern, sgd: FusedSgd | None = None) -> torch.Tensor:
+        ctx.sgd = sgd
         return _linear_forward(ctx, x, values, bias, pattern, _NATIVE_LINEAR)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        return _linear_backward(ctx, grad_out)
+        sgd: FusedSgd | None = ctx.sgd
+        if sgd is None or not ctx.needs_input_grad[1]:
+            return *_linear_backward(ctx, grad_out), None
+        x_t, values = ctx.saved_tensors
+        p: CsrPattern = ctx.pattern
+        grad_x_t, grad_bias = native.csr_linear_backward_sgd_(
+            p.crow, p.col, p.t_crow, p.t_col, p.transpose_perm, values.detach(), grad_out.t().contiguous(), x_t,
+            sgd.buffer, sgd.lr, sgd.momentum, sgd.weight_decay, sgd.anchor, sgd.prox_mu, sgd.first,
+            ctx.needs_input_grad[0], ctx.needs_input_grad[2])
+        return None if grad_x_t is None else grad_x_t.t(), None, grad_bias, None, None
 
 
 class SparseLinearFunction(torch.autograd.Function):
@@ -273,15 +300,19 @@ class SparseLinearFunction(torch.autograd.Function):
 
 
 def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
-                  pattern: CsrPattern, use_native: bool | None = None) -> torch.Tensor:
+                  pattern: CsrPattern, use_native: bool | None = None, sgd: FusedSgd | None = None) -> torch.Tensor:
     """x (B, in) -> (B, out) through a CSR weight; differentiable w.r.t. x, values and bias.
 
     use_native: None = the native kernels when built, else torch.sparse; True / False force one.
+    sgd: the values' SGD step run by the backward instead of returning their gradient (native kernels only;
+    ``ValueError`` otherwise).
     """
     if use_native is None:
         use_native = native.available() and x.dtype == torch.float32 and pattern.col.dtype == torch.int32
     if use_native:
-        return NativeSparseLinearFunction.apply(x, values, bias, pattern)
+        return NativeSparseLinearFunction.apply(x, values, bias, pattern, sgd)
+    if sgd is not None:
+        raise ValueError("a fused SGD step needs the native kernels (float32, int32 CSR indices)")
     return SparseLinearFunction.apply(x, values, bias, pattern)
 
 

@@ -23,7 +23,7 @@ from feddst_core import native
 from feddst_core.models import Conv, Flatten, Linear, MaxPool, ModelSpec, forward, forward_plan, run_layers
 from feddst_core.pooling import max_pool2d
 from feddst_core.readjust import LayerReadjustment, readjust_masks
-from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_conv2d_pool, sparse_linear
+from feddst_core.sparse.kernels import CsrPattern, FusedSgd, sparse_conv2d, sparse_conv2d_pool, sparse_linear
 from feddst_core.sparse.policy import SparseThreshold, choose_layer_kernels, validate_kernels
 from feddst_core.training import ClientData, ClientOutcome, LocalTrainer, TrainConfig, sgd_update
 
@@ -35,13 +35,15 @@ class CsrLayers:
 
     ``leaves["<layer>.weight"]`` is the (nnz,) CSR values when ``"<layer>.weight"`` is in ``patterns``,
     else the dense weight; biases are dense. A fused conv + pool whose output goes straight into Flatten
-    (``batch_last_convs``) writes it batch-last, so Flatten's ``(features, B)`` layout costs no copy.
+    (``batch_last_convs``) writes it batch-last, so Flatten's ``(features, B)`` layout costs no copy. A sparse
+    linear weight named in ``fused_sgd`` takes its SGD step inside its backward (``FusedSgd``).
     """
 
     def __init__(self, leaves: Mapping[str, torch.Tensor], patterns: Mapping[str, CsrPattern], b: int,
-                 batch_last_convs: frozenset[str] = frozenset()):
+                 batch_last_convs: frozenset[str] = frozenset(), fused_sgd: Mapping[str, FusedSgd] | None = None):
         self.leaves, self.patterns, self.b = leaves, patterns, b
         self.batch_last_convs = batch_last_convs
+        self.fused_sgd = fused_sgd or {}
 
     def conv(self, layer: Conv, act: torch.Tensor) -> torch.Tensor:
         weight, bias = self.leaves[f"{layer.name}.weight"], self.leaves[f"{layer.name}.bias"]
@@ -76,14 +78,21 @@ class CsrLayers:
         if pattern is None:
             # W @ x^T: autograd returns a contiguous (out, in) weight gradient (as models.GroupedLayers).
             return torch.addmm(bias.unsqueeze(1), weight, act.t()).t()  # (B, out)
-        return sparse_linear(act, weight, bias, pattern)  # (B, out)
+        return sparse_linear(act, weight, bias, pattern, sgd=self.fused_sgd.get(f"{layer.name}.weight"))  # (B, out)
 
 
 def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns: Mapping[str, CsrPattern],
-                  x: torch.Tensor) -> torch.Tensor:
+                  x: torch.Tensor, fused_sgd: Mapping[str, FusedSgd] | None = None) -> torch.Tensor:
     """Logits of one client's model on x (B, C, H, W) -> (B, classes): ``models.run_layers`` with
-    :class:`CsrLayers` (see there for ``leaves`` and ``patterns``)."""
-    return run_layers(spec, CsrLayers(leaves, patterns, x.shape[0], convs_before_flatten(spec)), x.contiguous())
+    :class:`CsrLayers` (see there for ``leaves``, ``patterns`` and ``fused_sgd``)."""
+    layers = CsrLayers(leaves, patterns, x.shape[0], convs_before_flatten(spec), fused_sgd)
+    return run_layers(spec, layers, x.contiguous())
+
+
+@functools.lru_cache(maxsize=64)
+def linear_weight_names(spec: ModelSpec) -> frozenset[str]:
+    """``"<layer>.weight"`` of every Linear layer of the spec."""
+    return frozenset(f"{layer.name}.weight" for layer in spec.layers if isinstance(layer, Linear))
 
 
 @functools.lru_cache(maxsize=64)
@@ -222,12 +231,34 @@ class SparseLocalTrainer:
                 torch.set_num_threads(threads)
 
     def _step(self, state: ClientState, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        names = list(state.leaves)
-        logits = forward_mixed(self.spec, state.leaves, state.patterns, xb)  # (b, classes)
+        fused = self._fused_sgd(state)  # these leaves take their step in their layer's backward
+        names = [nm for nm in state.leaves if nm not in fused]
+        logits = forward_mixed(self.spec, state.leaves, state.patterns, xb, fused)  # (b, classes)
         loss = F.cross_entropy(logits, yb)
         grads = torch.autograd.grad(loss, [state.leaves[nm] for nm in names])
         self._sgd_step(state, dict(zip(names, grads, strict=True)))
         return loss.detach()
+
+    def _fused_sgd(self, state: ClientState) -> dict[str, FusedSgd]:
+        """The SGD steps the native sparse linear layers run inside their backward (``FusedSgd``: the same
+        formula as ``_sgd_step``'s ``native.sgd_step_``, so their (nnz,) gradients are never written): every
+        float32 sparse Linear weight when the native kernels are built, else none. Creates a zero momentum
+        buffer on first use (a zero buffer plus the gradient is the gradient: the first step's buffer)."""
+        if not native.available():
+            return {}
+        cfg = self.config
+        fused = {}
+        for name in linear_weight_names(self.spec):
+            values = state.leaves.get(name)
+            if name not in state.patterns or values is None or values.dtype != torch.float32:
+                continue
+            buffer = state.buffers.get(name)
+            if cfg.momentum and buffer is None:
+                buffer = state.buffers[name] = torch.zeros_like(values)
+            anchor = state.anchors[name] if state.anchors is not None else None
+            fused[name] = FusedSgd(cfg.lr, cfg.momentum, cfg.weight_decay, buffer, False,
+                                   None if anchor is None else anchor.contiguous(), cfg.prox_mu)
+        return fused
 
     @staticmethod
     def _initial_leaves(global_params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
@@ -248,11 +279,12 @@ class SparseLocalTrainer:
     def _sgd_step(self, state: ClientState, grads: Mapping[str, torch.Tensor]) -> None:
         """LocalTrainer's SGD; CSR values need no mask (all of them are active). With the native kernels
         each leaf's FedProx term, mask, decay, momentum and update are one native pass
-        (``native.sgd_step_``: the same formula as ``sgd_update``, to float rounding)."""
+        (``native.sgd_step_``: the same formula as ``sgd_update``, to float rounding). grads: the leaves to step
+        (those whose step was fused into their backward, ``_fused_sgd``, are not in it)."""
         cfg = self.config
         use_native = native.available()
-        for name, p in state.leaves.items():
-            g = grads[name].contiguous()
+        for name, grad in grads.items():
+            p, g = state.leaves[name], grad.contiguous()
             anchor = state.anchors[name] if state.anchors is not None else None
             mask = state.masks.get(name)  # None for sparse values (all active) and unmasked leaves
             if use_native and p.dtype == torch.float32 and (anchor is None or anchor.is_contiguous()):

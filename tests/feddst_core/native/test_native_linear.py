@@ -307,3 +307,54 @@ def test_linear_backward_refuses_mismatched_patterns() -> None:
     with pytest.raises(ValueError, match="disagree on B"):
         native.csr_linear_backward(pattern.crow, pattern.col, pattern.t_crow, pattern.t_col, pattern.transpose_perm,
                                    values, dy_t, x_t[:, :7].contiguous())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("momentum", "weight_decay", "prox_mu", "first"),
+                         [(0.9, 0.0, 0.0, True), (0.9, 1e-3, 0.0, False), (0.0, 1e-3, 0.0, False),
+                          (0.5, 0.0, 0.01, False)])
+@pytest.mark.parametrize("batch", (7, 32))
+def test_linear_backward_with_fused_sgd_equals_backward_then_sgd_step(batch, momentum, weight_decay, prox_mu, first,
+                                                                       threads) -> None:
+    """csr_linear_backward_sgd_ returns the input and bias gradients of csr_linear_backward (from the values before
+    the step) and leaves values and buffer as sgd_step_ leaves them with csr_linear_backward's weight gradient."""
+    rows, cols = SHAPES[1]
+    g = torch.Generator().manual_seed(5)
+    pattern = CsrPattern.from_mask(_mask("0.3", rows, cols, g))
+    values, buffer = torch.randn(pattern.nnz, generator=g), torch.randn(pattern.nnz, generator=g)
+    anchor = torch.randn(pattern.nnz, generator=g) if prox_mu else None
+    dy_t, x_t = torch.randn(rows, batch, generator=g), torch.randn(cols, batch, generator=g)
+    args = (pattern.crow, pattern.col, pattern.t_crow, pattern.t_col, pattern.transpose_perm)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gx_ref, gv_ref, gb_ref = native.csr_linear_backward(*args, values, dy_t, x_t)
+        values_ref, buffer_ref = values.clone(), buffer.clone()
+        native.sgd_step_(values_ref, gv_ref, buffer_ref, 0.05, momentum, weight_decay, None, anchor, prox_mu, first)
+        gx, gb = native.csr_linear_backward_sgd_(*args, values, dy_t, x_t, buffer, 0.05, momentum, weight_decay,
+                                                 anchor, prox_mu, first)
+        no_gx, no_gb = native.csr_linear_backward_sgd_(*args, values.clone(), dy_t, x_t, buffer.clone(), 0.05,
+                                                       momentum, weight_decay, anchor, prox_mu, first,
+                                                       input_grad=False, with_bias=False)
+    finally:
+        torch.set_num_threads(before)
+    assert gx is not None and gb is not None and gb_ref is not None and no_gx is None and no_gb is None
+    assert torch.equal(gx, gx_ref) and torch.equal(gb, gb_ref)
+    assert not torch.equal(values, values_ref.add(1.0))  # the step happened in place (values moved)
+    torch.testing.assert_close(values, values_ref, rtol=1e-6, atol=1e-6)
+    if momentum:
+        torch.testing.assert_close(buffer, buffer_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_linear_backward_with_fused_sgd_refuses_bad_buffers() -> None:
+    g = torch.Generator().manual_seed(2)
+    pattern = CsrPattern.from_mask(_mask("0.3", 13, 29, g))
+    values = torch.randn(pattern.nnz, generator=g)
+    dy_t, x_t = torch.randn(13, 4, generator=g), torch.randn(29, 4, generator=g)
+    args = (pattern.crow, pattern.col, pattern.t_crow, pattern.t_col, pattern.transpose_perm, values, dy_t, x_t)
+    with pytest.raises(ValueError, match="momentum needs a buffer"):
+        native.csr_linear_backward_sgd_(*args, None, 0.1, 0.9)
+    with pytest.raises(ValueError, match="buffer has"):
+        native.csr_linear_backward_sgd_(*args, torch.zeros(pattern.nnz + 1), 0.1, 0.9)
+    with pytest.raises(ValueError, match="anchor has"):
+        native.csr_linear_backward_sgd_(*args, torch.zeros(pattern.nnz), 0.1, 0.9, anchor=torch.zeros(3), prox_mu=0.1)

@@ -172,6 +172,27 @@ def test_batch_last_output_and_gradient_equal_the_nchw_ones_exactly(shape, threa
 
 
 @pytest.mark.skipif(not native.available(), reason=native.status())
+@pytest.mark.parametrize(("out_c", "team"), [(5, 2), (7, 3), (2, 3), (1, 4)])
+def test_batch_last_forward_splits_channels_over_any_team_to_the_one_thread_values(out_c, team):
+    """The batch-last forward gives each thread its own group of output channels: whatever the team size (more
+    threads than channels included), every (b, o) plane is computed once, to the one-thread NCHW values."""
+    mask, weight, bias, x, _ = _problem((out_c, 3, 3, 12, 5, 2), 0.4)
+    pattern = CsrPattern.from_mask(mask)
+    values = pattern.gather(weight)
+    args = (x, pattern.crow, pattern.col, values, bias, out_c, 3, 2, True)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y, arg = native.sparse_conv2d_pool_forward(*args)
+        torch.set_num_threads(team)
+        y_bl, arg_bl = native.sparse_conv2d_pool_forward(*args, batch_last=True)
+    finally:
+        torch.set_num_threads(before)
+    assert native.is_batch_last(y_bl)
+    assert torch.equal(y_bl, y) and torch.equal(arg_bl, arg)
+
+
+@pytest.mark.skipif(not native.available(), reason=native.status())
 def test_flatten_after_batch_last_conv_pool_copies_nothing_and_matches_autograd(monkeypatch):
     """forward_mixed runs the conv feeding Flatten batch-last: fc1's (features, B) operand is the fused
     kernel's own output memory (no copy), and the gradients still equal torch autograd's."""

@@ -203,6 +203,36 @@ def test_step_with_small_dense_leaves_runs_torch_on_one_thread_and_kernels_on_al
         torch.testing.assert_close(two.leaves[nm], t, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.skipif(not native.available(), reason=native.status())
+@pytest.mark.parametrize("prox_mu", [0.0, 0.1])
+def test_sparse_linear_weights_take_their_sgd_step_in_their_backward(monkeypatch, prox_mu: float) -> None:
+    """fc1 and fc2 (sparse Linears) step inside their backward: autograd is never asked for their gradients and
+    sgd_step_ never sees them, and three steps (momentum buffer created on the first) leave every leaf and buffer
+    where the separate gradient-then-SGD path leaves them, to float rounding."""
+    import feddst_core.sparse.trainer as trainer_module
+
+    params, masks, data = _setup(FC_HEAVY_MNIST_CNN, 0.9, 64)
+    cfg = TrainConfig(batch_size=32, weight_decay=1e-3, prox_mu=prox_mu)
+    trainer = SparseLocalTrainer(FC_HEAVY_MNIST_CNN, cfg, kernels="sparse")
+    stepped: list[int] = []
+    sgd_fn = native.sgd_step_
+    monkeypatch.setattr(native, "sgd_step_", lambda p, *a, **k: stepped.append(p.data_ptr()) or sgd_fn(p, *a, **k))
+    fused = trainer.start(params, masks)
+    for start in (0, 32, 0):
+        trainer.step(fused, data.x[start:start + 32], data.y[start:start + 32])
+    linear = {fused.leaves[nm].data_ptr() for nm in ("fc1.weight", "fc2.weight")}
+    assert set(fused.patterns) >= {"fc1.weight", "fc2.weight"} and not linear & set(stepped)
+    assert len(stepped) == 3 * (len(fused.leaves) - 2)
+    monkeypatch.setattr(trainer_module.SparseLocalTrainer, "_fused_sgd", lambda self, state: {})
+    separate = trainer.start(params, masks)
+    for start in (0, 32, 0):
+        trainer.step(separate, data.x[start:start + 32], data.y[start:start + 32])
+    assert not torch.equal(fused.leaves["fc1.weight"], trainer.start(params, masks).leaves["fc1.weight"])
+    for nm, t in separate.leaves.items():
+        torch.testing.assert_close(fused.leaves[nm], t, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(fused.buffers[nm], separate.buffers[nm], atol=1e-6, rtol=1e-5)
+
+
 def test_kernel_threads_overrides_torch_setting_inside_the_block_only() -> None:
     import feddst_core.native.tensor_kernels as wrappers
 
