@@ -38,8 +38,10 @@ def fleet(tmp_path):
     for i in range(DEVICES):
         rows = slice(24 * i, 24 * (i + 1))
         data = ClientData(torch.from_numpy(digits.x_train[rows]), torch.from_numpy(digits.y_train[rows]))
+        # delay_s: each round lasts >= 0.5 s, so the kill (within ~0.2 s of the round count being seen) lands
+        # before the run ends; rounds of tens of ms let the last ones finish first (no resume to test)
         devices.append(FakeDevice(f"dev-{i}", broker.port, index=i, data=data, sample_count=len(data),
-                                  resend_on_repeated_task=True).start())
+                                  resend_on_repeated_task=True, delay_s=0.5).start())
     try:
         yield broker
     finally:
