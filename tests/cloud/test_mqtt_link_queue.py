@@ -59,6 +59,12 @@ class Observer:
         self.client.loop_stop()
 
 
+def accounted(link: CoordinatorLink, inbound: queue.Queue) -> int:
+    """Packets the stuck link has seen: dropped, queued, in inbound, and the one the decoder holds (blocked on
+    the full inbound) once inbound has its item."""
+    return link.dropped_packets + link.raw.qsize() + inbound.qsize() + (1 if inbound.full() else 0)
+
+
 @pytest.fixture
 def stuck_link(mosquitto):
     """A link whose decoder is stuck: its inbound queue (1 slot) is never consumed after the connect event."""
@@ -80,21 +86,23 @@ def test_a_burst_beyond_the_bound_is_dropped_and_counted(mosquitto, stuck_link) 
         publisher.burst(300)
     finally:
         publisher.close()
-    # Whatever the timing: one item waits in inbound, one in the decoder's hand, 8 in the queue; the rest dropped.
-    wait_until(lambda: link.dropped_packets == 300 - 10, 20, f"290 dropped (now {link.dropped_packets})")
-    assert inbound.qsize() == 1 and link.raw.qsize() == 8
+    # One item waits in inbound, one in the decoder's hand, at most 8 in the queue; the rest dropped. How many of
+    # the 8 are still queued depends on whether the decoder took its two before the burst filled the queue (paho's
+    # thread reads all buffered packets per pass): 290-292 dropped, every packet accounted for.
+    wait_until(lambda: accounted(link, inbound) == 300, 20, f"300 accounted for (dropped {link.dropped_packets})")
+    assert 290 <= link.dropped_packets <= 292 and inbound.qsize() == 1 and 6 <= link.raw.qsize() <= 8
     assert inbound.get_nowait().kind == "invalid"  # the first packet, decoded (undecodable) and handed on
 
 
 def test_the_network_thread_keeps_pinging_acking_and_reconnecting_while_the_decoder_is_stuck(mosquitto,
                                                                                           stuck_link) -> None:
-    link, _ = stuck_link
+    link, inbound = stuck_link
     publisher = Publisher(mosquitto.port)
     try:
         publisher.burst(100)  # every QoS 1 packet was PUBACKed by the link's network thread
     finally:
         publisher.close()
-    wait_until(lambda: link.dropped_packets == 90, 20, "the queue full")
+    wait_until(lambda: accounted(link, inbound) == 100, 20, f"the queue full (dropped {link.dropped_packets})")
     received = link.wire_received_bytes
     time.sleep(5.0)  # 2.5 keepalives of 2 s: a blocked network thread would be cut off by the broker
     assert link.wire_received_bytes >= received + 2 * 2  # at least two 2-byte PINGRESPs
