@@ -45,7 +45,7 @@ if TYPE_CHECKING:
         sparse_conv2d_pool_forward,
     )
 
-ABI_VERSION = 8
+ABI_VERSION = 9
 _LIB_STEM = "_feddst_kernels"
 
 _lib: ctypes.CDLL | None = None
@@ -70,9 +70,9 @@ _SIGNATURES = {
     "feddst_csr_sddmm": [_i32p, _i32p, _int, _f32p, _f32p, _int, _f32p, _f32p, _int],
     "feddst_csr_linear_backward": [_i32p, _i32p, _i32p, _i32p, _i16p, _i32p, _f32p, _int, _int, _f32p, _f32p, _int,
                                    _f32p, _f32p, _f32p, _int],
-    "feddst_csr_linear_backward_sgd": [_i32p, _i32p, _i32p, _i32p, _i16p, _i32p, _f32p, _int, _int, _f32p, _f32p, _int,
-                                       _f32p, _f32p, _f32p, _f32p, ctypes.c_float, ctypes.c_float, ctypes.c_float,
-                                       ctypes.c_float, _int, _int],
+    "feddst_csr_linear_backward_sgd": [_i32p, _i32p, _i16p, _f32p, _int, _int, _f32p, _f32p, _int, _f32p, _f32p,
+                                       _f32p, _f32p, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float,
+                                       _int, _int],
     "feddst_maxpool_forward": [_f32p, _long, _int, _int, _int, _int, _int, _f32p, _u8p, _int],
     "feddst_maxpool_backward": [_f32p, _u8p, _long, _int, _int, _int, _int, _f32p, _int],
     "feddst_sgd_step": [_f32p, _f32p, _f32p, _u8p, _f32p, _long, ctypes.c_float, ctypes.c_float, ctypes.c_float,

@@ -20,6 +20,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define omp_get_thread_num_or_0() omp_get_thread_num()
+#define omp_get_num_threads_or_1() omp_get_num_threads()
+#else
+#define omp_get_thread_num_or_0() 0
+#define omp_get_num_threads_or_1() 1
+#endif
 
 #define VL 32 /* outputs kept in registers per block: 4 x 8 floats */
 
@@ -51,7 +59,7 @@ FEDDST_INLINE void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
  * vinsertps + vinsertf128 instead of one vbroadcastss. x - (+0) = x for every float (-0 and NaN included). */
 #define splat8(w) ((float)(w) - (v8){0})
 
-int feddst_abi_version(void) { return 8; }
+int feddst_abi_version(void) { return 9; }
 
 /* Every entry point returns FEDDST_OK, or FEDDST_ENOMEM when a scratch allocation failed (outputs are
  * then incomplete: the Python wrapper raises MemoryError and drops them). */
@@ -532,23 +540,121 @@ int feddst_csr_linear_backward(const int32_t *crow, const int32_t *col, const in
     return failed ? FEDDST_ENOMEM : FEDDST_OK;
 }
 
-/* feddst_csr_linear_backward with the values' SGD step fused into the SDDMM (ABI 8): val (nnz,) is updated in
- * place as feddst_sgd_step would update it with the weight gradient (buf the momentum, anchor FedProx's or NULL,
- * first: the buffer starts as the gradient), which is never written; gx^T (skipped if NULL) and gbias (skipped if
- * NULL) are computed from the values before the step. */
+/* One row r of the single-pass backward (feddst_csr_linear_backward_sgd): the SDDMM's gradients of the row's values
+ * (the same sums as sddmm_row), each value's input-gradient term scattered into gx rows, gx[col[j]] += val[j] * dy^T[r]
+ * with the value before its step, then the SGD step of the values (as sddmm_row with sgd). col int32 or int16 (the
+ * other NULL); gx NULL: no input gradient. */
+FEDDST_INLINE void sddmm_scatter_row(int r, const int32_t *crow, const int32_t *col32, const int16_t *col16,
+                                     const float *dyt, const float *xt, int B, float *gx, float *gbias, float *val,
+                                     const sgd_params *sgd_given) {
+    const sgd_params sgd_copy = *sgd_given; /* a copy: the stores into val cannot alias the parameters */
+    const sgd_params *sgd = &sgd_copy;
+    const float *d = dyt + (long)r * B;
+    if (gbias) gbias[r] = plane_sum(d, B);
+    const int B8 = B & ~7;
+    int j = crow[r];
+    for (; j + 8 <= crow[r + 1]; j += 8) {
+        long c[8];
+        v8 acc[8];
+        for (int q = 0; q < 8; q++) {
+            c[q] = col32 ? col32[j + q] : col16[j + q];
+            acc[q] = splat8(0.0f);
+        }
+        const v8 w = load8(val + j); /* the values before the step */
+        for (int b = 0; b < B8; b += 8) {
+            const v8 dv = load8(d + b);
+            for (int q = 0; q < 8; q++) acc[q] += dv * load8(xt + c[q] * B + b);
+            if (gx)
+                for (int q = 0; q < 8; q++) {
+                    float *g = gx + c[q] * B + b;
+                    store8(g, load8(g) + splat8(w[q]) * dv);
+                }
+        }
+        v8 sums = hsum8x8(acc);
+        for (int b = B8; b < B; b++)
+            for (int q = 0; q < 8; q++) {
+                sums[q] += d[b] * xt[c[q] * B + b];
+                if (gx) gx[c[q] * B + b] += w[q] * d[b];
+            }
+        sgd_values8(val, j, sums, sgd);
+    }
+    for (; j < crow[r + 1]; j++) { /* the last < 8 entries one at a time, as sddmm_row sums them */
+        const long cj = col32 ? col32[j] : col16[j];
+        const float *p = xt + cj * B, wj = val[j];
+        float *g = gx ? gx + cj * B : NULL;
+        v8 acc = splat8(0.0f);
+        for (int b = 0; b < B8; b += 8) {
+            const v8 dv = load8(d + b);
+            acc += dv * load8(p + b);
+            if (g) store8(g + b, load8(g + b) + splat8(wj) * dv);
+        }
+        float s = 0.0f;
+        for (int q = 0; q < 8; q++) s += acc[q];
+        for (int b = B8; b < B; b++) {
+            s += d[b] * p[b];
+            if (g) g[b] += wj * d[b];
+        }
+        sgd_value(val, j, s, sgd);
+    }
+}
+
+/* The backward of a CSR linear layer W (R, Cn) with the values' SGD step fused in, in ONE pass over W's CSR (ABI 9):
+ * per row r, the SDDMM's gradient of each value (summed exactly as feddst_csr_sddmm), its term of the input gradient
+ * gx^T (Cn, B) += val[j] * dy^T[r] scattered into row col[j] (skipped if gxt is NULL), then the value's SGD step, in
+ * place, as feddst_sgd_step would take it with that gradient (buf the momentum, anchor FedProx's or NULL, first: the
+ * buffer starts as the gradient); gbias (skipped if NULL). gx and gbias come from the values before the step. No
+ * W^T, no permutation, no gathered values: each value, its column and its momentum are read once.
+ * Thread t takes a fixed run of rows with about nnz / nthreads entries and scatters into its own gx copy (thread 0's
+ * is gxt); after a barrier the copies are added into gxt in thread order, so the input gradient is deterministic for
+ * a given nthreads (with one thread the same sums, in the same order, as feddst_csr_matmul on W^T). col int32 or
+ * int16 (the other NULL: int16 halves the index bytes read when Cn < 2^15). */
 FEDDST_CLONES
-int feddst_csr_linear_backward_sgd(const int32_t *crow, const int32_t *col, const int32_t *t_crow,
-                                   const int32_t *t_row32, const int16_t *t_row16, const int32_t *perm, float *val,
-                                   int R, int Cn, const float *dyt, const float *xt, int B, float *gxt, float *gbias,
+int feddst_csr_linear_backward_sgd(const int32_t *crow, const int32_t *col32, const int16_t *col16, float *val, int R,
+                                   int Cn, const float *dyt, const float *xt, int B, float *gxt, float *gbias,
                                    float *buf, const float *anchor, float lr, float momentum, float weight_decay,
                                    float mu, int first, int nthreads) {
     const sgd_params sgd = {buf, anchor, lr, momentum, weight_decay, mu, first};
-    const int longest = gxt ? csr_longest_row(t_crow, Cn) : 1;
-    int failed = 0;
+    if (nthreads < 1) nthreads = 1;
+    const size_t gx_n = (size_t)Cn * B;
+    float *copies = gxt && nthreads > 1 ? malloc(sizeof(float) * gx_n * (size_t)(nthreads - 1)) : NULL;
+    int *bounds = malloc(sizeof(int) * (size_t)(nthreads + 1));
+    if ((gxt && nthreads > 1 && !copies) || !bounds) {
+        free(copies);
+        free(bounds);
+        return FEDDST_ENOMEM;
+    }
+    const long nnz = crow[R];
+    bounds[0] = 0;
+    for (int t = 1, r = 0; t <= nthreads; t++) { /* first row of thread t: entries before it >= t * nnz / nthreads */
+        const long target = nnz * t / nthreads;
+        while (r < R && crow[r] < target) r++;
+        bounds[t] = t == nthreads ? R : r;
+    }
     #pragma omp parallel num_threads(nthreads)
-    csr_linear_backward_team(crow, col, t_crow, t_row32, t_row16, perm, val, R, Cn, dyt, xt, B, gxt, NULL, gbias,
-                             &sgd, longest, &failed);
-    return failed ? FEDDST_ENOMEM : FEDDST_OK;
+    {
+        const int t = omp_get_thread_num_or_0(), team = omp_get_num_threads_or_1();
+        float *gx = !gxt ? NULL : t == 0 ? gxt : copies + gx_n * (size_t)(t - 1);
+        if (gx) memset(gx, 0, sizeof(float) * gx_n);
+        if (team == nthreads) /* a smaller team (nested, limits) runs every row on thread 0 */
+            for (int r = bounds[t]; r < bounds[t + 1]; r++)
+                sddmm_scatter_row(r, crow, col32, col16, dyt, xt, B, gx, gbias, val, &sgd);
+        else if (t == 0)
+            for (int r = 0; r < R; r++) sddmm_scatter_row(r, crow, col32, col16, dyt, xt, B, gx, gbias, val, &sgd);
+        if (gxt && team == nthreads && nthreads > 1) {
+            #pragma omp barrier
+            #pragma omp for schedule(static)
+            for (long i0 = 0; i0 < (long)gx_n; i0 += 256) { /* gxt += the other threads' copies, in thread order */
+                const int m = (long)gx_n - i0 < 256 ? (int)((long)gx_n - i0) : 256;
+                for (int k = 1; k < nthreads; k++) {
+                    const float *src = copies + gx_n * (size_t)(k - 1) + i0;
+                    for (int e = 0; e < m; e++) gxt[i0 + e] += src[e];
+                }
+            }
+        }
+    }
+    free(copies);
+    free(bounds);
+    return FEDDST_OK;
 }
 
 typedef int32_t v8i __attribute__((vector_size(32)));

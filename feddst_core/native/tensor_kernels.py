@@ -342,7 +342,8 @@ def _check_linear_backward(crow: torch.Tensor, col: torch.Tensor, t_crow: torch.
 
 
 def _t_row_args(t_row: torch.Tensor) -> tuple[int | None, int | None]:
-    """W^T's row index as the kernels' (int32 pointer, int16 pointer) pair, the other NULL."""
+    """A CSR index (W^T's row index, or W's column index) as the kernels' (int32 pointer, int16 pointer) pair, the
+    other NULL."""
     return (_ptr(t_row), None) if t_row.dtype == torch.int32 else (None, _ptr(t_row))
 
 
@@ -367,18 +368,31 @@ def csr_linear_backward(crow: torch.Tensor, col: torch.Tensor, t_crow: torch.Ten
     return gx_t, grad, grad_bias
 
 
-def csr_linear_backward_sgd_(crow: torch.Tensor, col: torch.Tensor, t_crow: torch.Tensor, t_row: torch.Tensor,
-                             perm: torch.Tensor, values: torch.Tensor, grad_out_t: torch.Tensor, x_t: torch.Tensor,
-                             buffer: torch.Tensor | None, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
-                             anchor: torch.Tensor | None = None, prox_mu: float = 0.0, first: bool = False,
-                             input_grad: bool = True, with_bias: bool = True,
+def csr_linear_backward_sgd_(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, grad_out_t: torch.Tensor,
+                             x_t: torch.Tensor, buffer: torch.Tensor | None, lr: float, momentum: float = 0.0,
+                             weight_decay: float = 0.0, anchor: torch.Tensor | None = None, prox_mu: float = 0.0,
+                             first: bool = False, input_grad: bool = True, with_bias: bool = True,
                              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``csr_linear_backward`` with the values' SGD step fused in (one native call, one OpenMP region): returns
-    (dx^T (Cn, B) or None, dL/dbias (R,) or None), both from the values before the step, and updates ``values``
-    (and ``buffer``) in place as ``sgd_step_(values, dL/dvalues, buffer, lr, momentum, weight_decay, None, anchor,
-    prox_mu, first)`` would; the weight gradient itself is never written."""
+    """A CSR linear layer's backward with the values' SGD step fused in, in one pass over W's CSR (one native call,
+    one OpenMP region; no W^T needed): returns (dx^T = W^T dy^T (Cn, B) or None, dL/dbias (R,) or None), both from
+    the values before the step, and updates ``values`` (and ``buffer``) in place as ``sgd_step_(values, dL/dvalues,
+    buffer, lr, momentum, weight_decay, None, anchor, prox_mu, first)`` would with ``csr_sddmm``'s weight gradient
+    (the same sums), which is never written. dx^T is deterministic for a given thread count and, on one thread, the
+    same sums as ``csr_matmul`` on W^T; on more it may differ from that by float rounding (each thread sums its
+    rows, then the partial sums are added in thread order).
+
+    W (R, Cn): crow (int32), col (int32, or int16: fewer bytes to read), values (nnz,).
+    grad_out_t = dy^T (R, B), x_t = x^T (Cn, B)."""
     lib = _require()
-    rows, cols, b, nnz = _check_linear_backward(crow, col, t_crow, t_row, perm, values, grad_out_t, x_t)
+    _check("grad_out_t", grad_out_t, torch.float32, 2)
+    _check("x_t", x_t, torch.float32, 2)
+    _check("values", values, torch.float32, 1)
+    (rows, b), cols = grad_out_t.shape, x_t.shape[0]
+    if x_t.shape[1] != b:
+        raise ValueError(f"grad_out_t {tuple(grad_out_t.shape)} and x_t {tuple(x_t.shape)} disagree on B")
+    nnz = _check_csr(crow, col, rows, cols)
+    if values.shape[0] != nnz:
+        raise ValueError(f"{values.shape[0]} values for a pattern of {nnz} entries")
     for name, t in (("buffer", buffer), ("anchor", anchor)):
         if t is not None:
             _check(name, t, torch.float32, 1)
@@ -388,10 +402,9 @@ def csr_linear_backward_sgd_(crow: torch.Tensor, col: torch.Tensor, t_crow: torc
         raise ValueError("momentum needs a buffer")
     gx_t = torch.empty(cols, b) if input_grad else None
     grad_bias = torch.empty(rows) if with_bias else None
-    _run(lib.feddst_csr_linear_backward_sgd, _ptr(crow), _ptr(col), _ptr(t_crow), *_t_row_args(t_row),
-         _ptr(perm), _ptr(values), rows, cols, _ptr(grad_out_t), _ptr(x_t), b, _ptr(gx_t), _ptr(grad_bias),
-         _ptr(buffer), _ptr(anchor), lr, momentum, weight_decay, prox_mu if anchor is not None else 0.0, int(first),
-         _threads())
+    _run(lib.feddst_csr_linear_backward_sgd, _ptr(crow), *_t_row_args(col), _ptr(values), rows, cols,
+         _ptr(grad_out_t), _ptr(x_t), b, _ptr(gx_t), _ptr(grad_bias), _ptr(buffer), _ptr(anchor), lr, momentum,
+         weight_decay, prox_mu if anchor is not None else 0.0, int(first), _threads())
     return gx_t, grad_bias
 
 

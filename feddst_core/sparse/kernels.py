@@ -68,6 +68,12 @@ class CsrPattern:
         """``t_col`` as int32 (what the native convolution takes), built once per pattern."""
         return self.t_col.to(torch.int32)
 
+    @functools.cached_property
+    def col_narrow(self) -> torch.Tensor:
+        """``col`` as int16 when every column fits (< 2^15: fc1's 5120), else ``col`` itself: what the native
+        linear kernels read (half the index bytes per pass). Built once per pattern."""
+        return self.col.to(torch.int16) if self.shape[1] < 2**15 else self.col
+
     @staticmethod
     def from_mask(mask: torch.Tensor) -> CsrPattern:
         """Pattern of a bool mask of any weight shape; dim 0 is the output dimension."""
@@ -207,7 +213,7 @@ _TORCH_LINEAR = _LinearBackend(
 # Native: row-parallel CSR x dense products (W^T read through the stored permutation: no transposed
 # copy of the values) and an SDDMM fused with the bias gradient.
 _NATIVE_LINEAR = _LinearBackend(
-    forward=lambda p, values, bias, x_t: native.csr_matmul(p.crow, p.col, values, x_t, bias=bias),
+    forward=lambda p, values, bias, x_t: native.csr_matmul(p.crow, p.col_narrow, values, x_t, bias=bias),
     input_grad=lambda p, values, grad_out_t: native.csr_matmul(p.t_crow, p.t_col, values, grad_out_t,
                                                                perm=p.transpose_perm),
     weight_grad=lambda p, grad_out_t, x_t, with_bias: native.csr_sddmm(p.crow, p.col, grad_out_t, x_t, with_bias),
@@ -280,7 +286,7 @@ class NativeSparseLinearFunction(torch.autograd.Function):
         x_t, values = ctx.saved_tensors
         p: CsrPattern = ctx.pattern
         grad_x_t, grad_bias = native.csr_linear_backward_sgd_(
-            p.crow, p.col, p.t_crow, p.t_col, p.transpose_perm, values.detach(), grad_out.t().contiguous(), x_t,
+            p.crow, p.col_narrow, values.detach(), grad_out.t().contiguous(), x_t,
             sgd.buffer, sgd.lr, sgd.momentum, sgd.weight_decay, sgd.anchor, sgd.prox_mu, sgd.first,
             ctx.needs_input_grad[0], ctx.needs_input_grad[2])
         return None if grad_x_t is None else grad_x_t.t(), None, grad_bias, None, None
