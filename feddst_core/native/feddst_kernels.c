@@ -280,6 +280,29 @@ static void reduce_thread_partials(const float *partial, int nthreads, int nnz, 
         }
 }
 
+/* gval[j] (nnz) and gbias[o] (O, when given) from per-image partial sums partial (B, nnz + O), added exactly as
+ * feddst_sconv_backward_weight's nthreads threads add them: each of nthreads runs of images (the static split
+ * b0 = B * t / nthreads) summed image by image from 0, then the runs' sums in run order from 0. So a kernel that
+ * hands its images to threads dynamically (whichever thread is free takes the next image) still gives the bits
+ * of the static split, whatever thread ran which image. */
+static void reduce_image_partials(const float *partial, int B, int nthreads, int nnz, int O, float *gval,
+                                  float *gbias) {
+    const int width = nnz + O, n = gbias ? width : nnz;
+    for (int j = 0; j < n; j++) {
+        float total = 0.0f;
+        for (int t = 0; t < nthreads; t++) {
+            const int b0 = (int)((long)B * t / nthreads), b1 = (int)((long)B * (t + 1) / nthreads);
+            float run = 0.0f;
+            for (int b = b0; b < b1; b++) run += partial[(size_t)b * width + j];
+            total += run;
+        }
+        if (j < nnz)
+            gval[j] = total;
+        else
+            gbias[j - nnz] = total;
+    }
+}
+
 /* gval (nnz,) = dL/dW at the active positions; gbias (O,) = sum of gy (skipped if NULL).
  * Deterministic for a given nthreads: per-thread partial sums over a static batch split, reduced in order. */
 FEDDST_CLONES
@@ -911,7 +934,7 @@ int feddst_sconv_pool_backward(const float *x, const float *gp, int gp_batch_las
     if (nthreads < 1) nthreads = 1;
     int32_t *off = malloc(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
     int32_t *t_off = malloc(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
-    float *partial = calloc((size_t)nthreads * (nnz + O), sizeof(float));
+    float *partial = calloc((size_t)B * (nnz + O), sizeof(float)); /* per image: reduced in a fixed order */
     if (!off || !t_off || !partial) {
         free(off);
         free(t_off);
@@ -935,41 +958,40 @@ int feddst_sconv_pool_backward(const float *x, const float *gp, int gp_batch_las
         int32_t *a = thread_scratch((size_t)(Pp + Ho * W), sizeof(int32_t), 1, &failed);
         float tmp[VL];
         const int missing = !pad || !g || !a;
-        #pragma omp for schedule(static)
-        for (int t = 0; t < nthreads; t++) {
+        /* image by image to whichever thread is free (a thread that starts late, or loses its core for a while,
+         * no longer holds up a fixed half of the batch); each image's sums go to its own partial row */
+        #pragma omp for schedule(dynamic, 1)
+        for (int b = 0; b < B; b++) {
             if (missing) continue;
-            float *pg = partial + (size_t)t * (nnz + O), *pb = pg + nnz;
-            const int b0 = (int)((long)B * t / nthreads), b1 = (int)((long)B * (t + 1) / nthreads);
-            for (int b = b0; b < b1; b++) {
-                for (int o = 0; o < O; o++) {
-                    const size_t po = ((size_t)b * O + o) * Hp * Wp;
-                    const float *gpo = gp_batch_last ? gp + (size_t)o * Hp * Wp * B + b : gp + po;
-                    maxpool_backward_plane_s1(gpo, gp_batch_last ? B : 1, arg + po, Ho, Wo, W, Kp, g, a,
-                                              pad + (size_t)o * stride + P);
-                }
-                if (gx)
-                    for (int c = 0; c < C; c++) {
-                        const int e0 = t_crow[c * KK], e1 = t_crow[(c + 1) * KK];
-                        float *gxc = gx + ((size_t)b * C + c) * plane;
-                        for (int i0 = 0; i0 < plane; i0 += VL) {
-                            gather_axpy_block(tmp, 0.0f, pad + i0, 1, t_off, NULL, val, perm, e0, e1);
-                            const int m = plane - i0 < VL ? plane - i0 : VL;
-                            memcpy(gxc + i0, tmp, sizeof(float) * m);
-                        }
+            float *pg = partial + (size_t)b * (nnz + O), *pb = pg + nnz;
+            for (int o = 0; o < O; o++) {
+                const size_t po = ((size_t)b * O + o) * Hp * Wp;
+                const float *gpo = gp_batch_last ? gp + (size_t)o * Hp * Wp * B + b : gp + po;
+                maxpool_backward_plane_s1(gpo, gp_batch_last ? B : 1, arg + po, Ho, Wo, W, Kp, g, a,
+                                          pad + (size_t)o * stride + P);
+            }
+            if (gx)
+                for (int c = 0; c < C; c++) {
+                    const int e0 = t_crow[c * KK], e1 = t_crow[(c + 1) * KK];
+                    float *gxc = gx + ((size_t)b * C + c) * plane;
+                    for (int i0 = 0; i0 < plane; i0 += VL) {
+                        gather_axpy_block(tmp, 0.0f, pad + i0, 1, t_off, NULL, val, perm, e0, e1);
+                        const int m = plane - i0 < VL ? plane - i0 : VL;
+                        memcpy(gxc + i0, tmp, sizeof(float) * m);
                     }
-                const float *xb = x + (size_t)b * C * plane;
-                for (int o = 0; o < O; o++) {
-                    const float *row = pad + (size_t)o * stride + P;
-                    pb[o] += plane_sum(row, Lv); /* columns >= Wo are 0 */
-                    plane_dots_add(row, Lv, xb, off, crow[o], crow[o + 1], pg);
                 }
+            const float *xb = x + (size_t)b * C * plane;
+            for (int o = 0; o < O; o++) {
+                const float *row = pad + (size_t)o * stride + P;
+                pb[o] += plane_sum(row, Lv); /* columns >= Wo are 0 */
+                plane_dots_add(row, Lv, xb, off, crow[o], crow[o + 1], pg);
             }
         }
         free(pad);
         free(g);
         free(a);
     }
-    reduce_thread_partials(partial, nthreads, nnz, O, gval, gbias);
+    reduce_image_partials(partial, B, nthreads, nnz, O, gval, gbias);
     free(partial);
     free(t_off);
     free(off);

@@ -238,3 +238,26 @@ def test_flatten_after_batch_last_conv_pool_copies_nothing_and_matches_autograd(
     for nm, got, want in zip(leaves, grads, ref, strict=True):
         want = patterns[nm].gather(want) if nm in patterns else want
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=nm)
+
+
+@pytest.mark.skipif(not native.available(), reason=native.status())
+def test_fused_backward_with_images_handed_out_dynamically_gives_the_same_bits_every_call():
+    """The fused backward hands images to whichever thread is free; each image's sums go to its own partial row,
+    reduced in the static split's order, so two threads give the same bits on every call (and the bias gradient
+    the weight kernel's, checked above)."""
+    out_c, in_c, k, _, _, pool = SHAPES[0]
+    mask, weight, bias, x, g = _problem(SHAPES[0], 0.3)
+    pattern = CsrPattern.from_mask(mask)
+    values = pattern.gather(weight)
+    y, arg = native.sparse_conv2d_pool_forward(x, pattern.crow, pattern.col, values, bias, out_c, k, pool, relu=True)
+    grad_out = torch.randn(y.shape, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = [native.sparse_conv2d_pool_backward(x, grad_out, arg, pattern.crow, pattern.col, values, pattern.t_crow,
+                                                   pattern.t_col_int32, pattern.transpose_perm, k, pool)
+                for _ in range(6)]
+    finally:
+        torch.set_num_threads(before)
+    for gx, gv, gb in runs[1:]:
+        assert torch.equal(gx, runs[0][0]) and torch.equal(gv, runs[0][1]) and torch.equal(gb, runs[0][2])
