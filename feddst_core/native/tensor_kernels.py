@@ -321,19 +321,26 @@ def csr_sddmm(crow: torch.Tensor, col: torch.Tensor, left: torch.Tensor, right_t
     return grad, grad_bias
 
 
+def _check_linear_operands(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, grad_out_t: torch.Tensor,
+                           x_t: torch.Tensor) -> tuple[int, int, int, int]:
+    """W's CSR (col int32 or int16), its values and dy^T, x^T of a CSR linear backward, checked: (rows R, columns Cn,
+    batch B, nnz)."""
+    _check("grad_out_t", grad_out_t, torch.float32, 2)
+    _check("x_t", x_t, torch.float32, 2)
+    _check("values", values, torch.float32, 1)
+    (rows, b), cols = grad_out_t.shape, x_t.shape[0]
+    if x_t.shape[1] != b:
+        raise ValueError(f"grad_out_t {tuple(grad_out_t.shape)} and x_t {tuple(x_t.shape)} disagree on B")
+    return rows, cols, b, _check_csr(crow, col, rows, cols)
+
+
 def _check_linear_backward(crow: torch.Tensor, col: torch.Tensor, t_crow: torch.Tensor, t_row: torch.Tensor,
                            perm: torch.Tensor, values: torch.Tensor, grad_out_t: torch.Tensor,
                            x_t: torch.Tensor) -> tuple[int, int, int, int]:
     """The arguments of the CSR linear backward kernels, checked: (rows R, columns Cn, batch B, nnz)."""
-    _check("grad_out_t", grad_out_t, torch.float32, 2)
-    _check("x_t", x_t, torch.float32, 2)
     _check("col", col, torch.int32, 1)
-    _check("values", values, torch.float32, 1)
     _check("perm", perm, torch.int32, 1)
-    (rows, b), cols = grad_out_t.shape, x_t.shape[0]
-    if x_t.shape[1] != b:
-        raise ValueError(f"grad_out_t {tuple(grad_out_t.shape)} and x_t {tuple(x_t.shape)} disagree on B")
-    nnz = _check_csr(crow, col, rows, cols)
+    rows, cols, b, nnz = _check_linear_operands(crow, col, values, grad_out_t, x_t)
     if _check_csr(t_crow, t_row, cols, rows) != nnz or values.shape[0] != nnz or perm.shape[0] != nnz:
         raise ValueError(f"W ({nnz} entries), W^T ({t_row.shape[0]}), values ({values.shape[0]}) and perm "
                          f"({perm.shape[0]}) disagree")
@@ -384,13 +391,7 @@ def csr_linear_backward_sgd_(crow: torch.Tensor, col: torch.Tensor, values: torc
     W (R, Cn): crow (int32), col (int32, or int16: fewer bytes to read), values (nnz,).
     grad_out_t = dy^T (R, B), x_t = x^T (Cn, B)."""
     lib = _require()
-    _check("grad_out_t", grad_out_t, torch.float32, 2)
-    _check("x_t", x_t, torch.float32, 2)
-    _check("values", values, torch.float32, 1)
-    (rows, b), cols = grad_out_t.shape, x_t.shape[0]
-    if x_t.shape[1] != b:
-        raise ValueError(f"grad_out_t {tuple(grad_out_t.shape)} and x_t {tuple(x_t.shape)} disagree on B")
-    nnz = _check_csr(crow, col, rows, cols)
+    rows, cols, b, nnz = _check_linear_operands(crow, col, values, grad_out_t, x_t)
     if values.shape[0] != nnz:
         raise ValueError(f"{values.shape[0]} values for a pattern of {nnz} entries")
     for name, t in (("buffer", buffer), ("anchor", anchor)):
