@@ -769,15 +769,19 @@ int feddst_sconv_pool_forward(const float *x, int B, int C, int H, int W, const 
         int c = col[j] / KK, r = col[j] % KK;
         off[j] = c * plane + (r / K) * W + (r % K);
     }
-    /* Tasks are (b, o) planes, image by image (each image's planes reuse it from L1). Batch-last, the output
-     * channels are first split into G groups, one per thread: threads that wrote the same (o, r, q) row's batch
-     * halves at once made two cores fight over neighbouring cache lines (2 threads ran no faster than one). */
-    const int G = batch_last ? (nthreads < O ? (nthreads > 1 ? nthreads : 1) : O) : 1, Og = (O + G - 1) / G;
+    /* Tasks are (b, o) planes, image by image (each image's planes reuse it from L1), handed out dynamically in
+     * chunks (a thread that starts late no longer holds up a fixed share): NCHW, one image's Og = O planes a chunk.
+     * Batch-last, the output channels are first split into G groups (about 4 per thread) and a chunk is 16 images
+     * of one group: a chunk then writes whole 64-byte lines of each (o, r, q) row (16 floats of the batch), so no
+     * two threads write one line (threads that wrote the same row's batch halves at once made two cores fight over
+     * neighbouring cache lines: 2 threads ran no faster than one). */
+    const int G = batch_last ? (4 * nthreads < O ? 4 * (nthreads > 1 ? nthreads : 1) : O) : 1, Og = (O + G - 1) / G;
+    const int chunk = batch_last ? 16 * Og : Og;
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
         float *tmp = thread_scratch((size_t)(Lv + VL + Wp), sizeof(float), 0, &failed); /* conv plane, pooled row */
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(dynamic, chunk)
         for (long task = 0; task < (long)G * B * Og; task++) {
             const long in_group = task % ((long)B * Og);
             const int b = (int)(in_group / Og), o = (int)(task / ((long)B * Og)) * Og + (int)(in_group % Og);
