@@ -639,7 +639,7 @@ int feddst_csr_linear_backward_sgd(const int32_t *crow, const int32_t *col32, co
     const sgd_params sgd = {buf, anchor, lr, momentum, weight_decay, mu, first};
     if (nthreads < 1) nthreads = 1;
     const size_t gx_n = (size_t)Cn * B;
-    float *copies = gxt && nthreads > 1 ? malloc(sizeof(float) * gx_n * (size_t)(nthreads - 1)) : NULL;
+    float *copies = gxt && nthreads > 1 ? malloc(sizeof(float) * (gx_n > 0 ? gx_n : 1) * (size_t)(nthreads - 1)) : NULL;
     int *bounds = malloc(sizeof(int) * (size_t)(nthreads + 1));
     if ((gxt && nthreads > 1 && !copies) || !bounds) {
         free(copies);
@@ -938,7 +938,7 @@ int feddst_sconv_pool_backward(const float *x, const float *gp, int gp_batch_las
     if (nthreads < 1) nthreads = 1;
     int32_t *off = malloc(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
     int32_t *t_off = malloc(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
-    float *partial = calloc((size_t)B * (nnz + O), sizeof(float)); /* per image: reduced in a fixed order */
+    float *partial = calloc((size_t)(B > 0 ? B : 1) * (nnz + O), sizeof(float)); /* per image, reduced in order */
     if (!off || !t_off || !partial) {
         free(off);
         free(t_off);
