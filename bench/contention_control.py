@@ -60,6 +60,8 @@ def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels:
     """Start ``agents`` workers, release them together ``rounds`` times; return ``round_s`` (mean seconds from
     the first start to the last end of a round), ``round_spans_s`` (each round's), ``train_s`` (mean seconds
     per worker per round), ``rounds`` and ``agents``. Raises RuntimeError naming the worker when one exits early."""
+    from cpu_accounting import CpuWindow
+
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, str(Path(__file__).resolve()), "--rounds", str(rounds), "--data-dir", data_dir,
                "--kernels", kernels]
@@ -68,6 +70,9 @@ def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels:
     try:
         for i, worker in enumerate(workers):
             read_line(worker, i, READY)  # setup (loading MNIST), not measured
+        cpu = CpuWindow(agents=[w.pid for w in workers])
+        cpu.start()
+        window_start = time.perf_counter()
         spans: list[float] = []
         trains: list[float] = []
         for _ in range(rounds):
@@ -78,12 +83,24 @@ def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels:
             done = [json.loads(read_line(worker, i)) for i, worker in enumerate(workers)]
             spans.append(max(d["end"] for d in done) - min(d["start"] for d in done))
             trains.extend(d["end"] - d["start"] for d in done)
+        cpu.stop()
         return {"agents": agents, "rounds": rounds, "round_s": sum(spans) / rounds,
-                "train_s": sum(trains) / len(trains), "round_spans_s": spans}
+                "train_s": sum(trains) / len(trains), "round_spans_s": spans,
+                "cpu": control_cpu_per_round(cpu.seconds(), rounds, time.perf_counter() - window_start)}
     finally:
         for worker in workers:
             worker.kill()
             worker.wait()
+
+
+def control_cpu_per_round(seconds: dict, rounds: int, window_s: float) -> dict:
+    """CPU seconds per round of the workers (``workers_total``; ``workers_main``: their main threads, which
+    train) and of the machine (busy / idle / steal over all cores), from :meth:`cpu_accounting.CpuWindow.seconds`."""
+    out = {"workers_total": seconds["agents"]["total"], "workers_main": seconds["agents"]["main"],
+           **{f"machine_{k}": seconds[f"machine_{k}"] for k in ("busy", "idle", "steal")}}
+    per_round = {k: v / rounds for k, v in out.items()}
+    per_round["window_s"] = window_s / rounds
+    return per_round
 
 
 def read_line(worker: subprocess.Popen, index: int, expected: str | None = None) -> str:

@@ -204,6 +204,8 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
                  preload: bool = False) -> tuple[float, dict]:
     """Seconds per live round, and the stage breakdown (:func:`stage_breakdown`). ``preload``: agents run with
     ``--preload-training`` and the run starts once every agent has logged that torch is imported."""
+    from cpu_accounting import CpuWindow, live_cpu_per_round
+
     from cloud.run_config import RunConfig
 
     broker = start_mosquitto(workdir / "mosquitto")
@@ -231,16 +233,21 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
         config = RunConfig(model="mnist_cnn", round_timeout_s=600, quorum=agents, min_devices=agents,
                            readjust_until=rounds, **cfg)
         run = coordinator.create_run(config)
+        cpu = CpuWindow(agents=[p.pid for p in procs], others={"mosquitto": broker.process.pid}, own_threads=True)
+        cpu.start()
         t0 = time.perf_counter()
         coordinator.start_run(run.id)
         final = coordinator.wait_for_run(run.id, 3600)
         elapsed = time.perf_counter() - t0
+        cpu.stop()
         if final.status != "completed":
             raise RuntimeError(f"live run {final.status}: {final.error}")
         _, records = coordinator.get_run(run.id)
         time.sleep(1.0)  # let the agents' last log lines reach their files
         lines = {f"dev-{i:03d}": agent_stage_lines(logs / f"dev-{i:03d}.log") for i in range(agents)}
-        return elapsed / rounds, stage_breakdown(records, lines)
+        stages = stage_breakdown(records, lines)
+        stages["cpu"] = live_cpu_per_round(cpu.seconds(), rounds, elapsed)
+        return elapsed / rounds, stages
     finally:
         for p in procs:
             p.terminate()
@@ -302,6 +309,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
     from contention_control import measure_contention_control
+    from cpu_accounting import cpu_attribution, print_cpu
     from fleet_scale import measure_scale, print_breakdown
 
     result: dict = {"overhead_ratio": None, "scale_agents": args.scale_agents, "scale_round_s": None,
@@ -321,6 +329,9 @@ def main() -> None:
                 log(f"contention control: {args.agents} processes training the same clients at once, no product...")
                 stages["control"] = measure_contention_control(args.agents, args.rounds, args.data_dir, args.kernels)
                 result["overhead_vs_control_ratio"] = live_s / stages["control"]["round_s"]
+                stages["cpu_attribution"] = cpu_attribution(live_s, stages["cpu"], stages["control"]["round_s"],
+                                                            stages["control"]["cpu"], os.cpu_count() or 1,
+                                                            args.agents)
             log("simulating again (bracketing the live run)...")
             sim_after = measure_simulated(args.rounds, args.data_dir, args.kernels, args.agents)
             if not args.skip_alone:
@@ -356,6 +367,7 @@ def main() -> None:
               f"-> ratio {result['overhead_ratio']:.3f} (target <= 1.05)")
         print_stages(result["stages"], args.agents)
         print_control(result)
+        print_cpu(result["stages"], args.agents)
     if result["scale_round_s"] is not None:
         print(f"scale: {args.scale_agents} fake agents, one round incl. aggregation {result['scale_round_s']:.2f} s "
               f"(targets: 1000 <= 2 s, 10 000 <= 10 s), {result['scale_accepted']} updates accepted; coordinator "
