@@ -75,6 +75,7 @@ def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels:
         window_start = time.perf_counter()
         spans: list[float] = []
         trains: list[float] = []
+        train_by_round: list[float] = []
         for _ in range(rounds):
             for worker in workers:
                 assert worker.stdin is not None
@@ -83,9 +84,11 @@ def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels:
             done = [json.loads(read_line(worker, i)) for i, worker in enumerate(workers)]
             spans.append(max(d["end"] for d in done) - min(d["start"] for d in done))
             trains.extend(d["end"] - d["start"] for d in done)
+            train_by_round.append(sum(d["end"] - d["start"] for d in done) / agents)
         cpu.stop()
         return {"agents": agents, "rounds": rounds, "round_s": sum(spans) / rounds,
                 "train_s": sum(trains) / len(trains), "round_spans_s": spans,
+                "train_by_round_s": train_by_round,
                 "cpu": control_cpu_per_round(cpu.seconds(), rounds, time.perf_counter() - window_start)}
     finally:
         for worker in workers:

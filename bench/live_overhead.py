@@ -139,7 +139,7 @@ def agent_stage_lines(log_path: Path) -> dict[int, dict[str, float]]:
 def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[str, float]]]) -> dict:
     """Mean seconds of each stage (see the module docstring) over every accepted (round, device)."""
     per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
-    critical, other, round_s, closes = [], [], [], []
+    critical, other, round_s, closes, train_by_round = [], [], [], [], []
     for record in records:
         r = record["round"]
         per_stage["broadcast"].append(record["broadcast_s"])
@@ -157,6 +157,7 @@ def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[s
             paths.append((received_at, delivery + agent["load"] + agent["decode"] + agent["train"] + agent["encode"]
                           + upload))
         if paths:
+            train_by_round.append(sum(per_stage["train"][-len(paths):]) / len(paths))
             last_arrival, last_path = max(paths)
             close = record["closed_at"] - last_arrival
             closes.append(close)
@@ -170,7 +171,7 @@ def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[s
 
     result = {f"{name}_s": mean(values) for name, values in per_stage.items()}
     result.update(close_s=mean(closes), critical_path_s=mean(critical), other_s=mean(other), round_s=mean(round_s),
-                  samples=len(per_stage["train"]))
+                  samples=len(per_stage["train"]), round_spans_s=round_s, train_by_round_s=train_by_round)
     return result
 
 
@@ -405,6 +406,10 @@ def print_control(result: dict) -> None:
           f"broker or MQTT: {control['round_s']:.2f} s/round ({spans}; train {control['train_s']:.3f} s per "
           f"process) -> the machine's sharing alone x{control['round_s'] / result['simulated_round_s']:.3f} the "
           f"simulated round")
+    live = result["stages"]
+    print(f"  per round: live {', '.join(f'{s:.2f}' for s in live['round_spans_s'])}; mean train per device: live "
+          f"{', '.join(f'{s:.3f}' for s in live['train_by_round_s'])}, control "
+          f"{', '.join(f'{s:.3f}' for s in control['train_by_round_s'])}")
     print(f"  live / control = {result['live_round_s']:.2f} / {control['round_s']:.2f} -> "
           f"{result['overhead_vs_control_ratio']:.3f} (what the product adds beyond the contention; target <= 1.05)")
 
