@@ -98,9 +98,11 @@ def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels:
 
 def control_cpu_per_round(seconds: dict, rounds: int, window_s: float) -> dict:
     """CPU seconds per round of the workers (``workers_total``; ``workers_main``: their main threads, which
-    train) and of the machine (busy / idle / steal over all cores), from :meth:`cpu_accounting.CpuWindow.seconds`."""
+    train) and of the machine (busy / idle / steal over all cores; ``machine_outside``: busy CPU not the workers'),
+    from :meth:`cpu_accounting.CpuWindow.seconds`."""
     out = {"workers_total": seconds["agents"]["total"], "workers_main": seconds["agents"]["main"],
            **{f"machine_{k}": seconds[f"machine_{k}"] for k in ("busy", "idle", "steal")}}
+    out["machine_outside"] = out["machine_busy"] - out["workers_total"]
     per_round = {k: v / rounds for k, v in out.items()}
     per_round["window_s"] = window_s / rounds
     return per_round

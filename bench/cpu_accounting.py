@@ -112,7 +112,9 @@ class CpuWindow:
 def live_cpu_per_round(seconds: dict, rounds: int, window_s: float) -> dict:
     """CPU seconds per round of the live run's parties (:meth:`cpu_accounting.CpuWindow.seconds` over the
     run): the agents' training threads, main loops and paho threads, the coordinator (its process, and its
-    main loop / decoder / paho threads), mosquitto, their sum ``live_total``, and the machine's busy / idle."""
+    main loop / decoder / paho threads), mosquitto, their sum ``live_total``, and the machine's busy / idle /
+    steal; ``machine_outside`` = busy - live_total is CPU spent outside the bench's parties (another job on the
+    machine disturbs the figure)."""
     agents = seconds["agents"]
     out = {"agents_train": agents["short_lived"], "agents_main_loop": agents["main"],
            "agents_paho": agents["persistent"], "agents_total": agents["total"],
@@ -122,6 +124,7 @@ def live_cpu_per_round(seconds: dict, rounds: int, window_s: float) -> dict:
            "mosquitto": seconds["mosquitto"], "machine_busy": seconds["machine_busy"],
            "machine_idle": seconds["machine_idle"], "machine_steal": seconds["machine_steal"]}
     out["live_total"] = out["agents_total"] + out["coordinator"] + out["mosquitto"]
+    out["machine_outside"] = out["machine_busy"] - out["live_total"]
     per_round = {k: v / rounds for k, v in out.items()}
     per_round["window_s"] = window_s / rounds
     return per_round
@@ -154,12 +157,13 @@ def print_cpu(stages: dict, agents: int) -> None:
           f"{live['agents_main_loop']:.3f}, paho {live['agents_paho']:.3f}); coordinator {live['coordinator']:.3f} "
           f"(main loop {live['coordinator_main_loop']:.3f}, decoder {live['coordinator_decoder']:.3f}, paho "
           f"{live['coordinator_paho_network']:.3f}); mosquitto {live['mosquitto']:.3f}; sum "
-          f"{live['live_total']:.2f}; machine busy {live['machine_busy']:.2f}, idle {live['machine_idle']:.2f}, "
-          f"steal {live['machine_steal']:.2f}")
+          f"{live['live_total']:.2f}; machine busy {live['machine_busy']:.2f} (outside the bench "
+          f"{live['machine_outside']:.2f}), idle {live['machine_idle']:.2f}, steal {live['machine_steal']:.2f}")
     if not control:
         return
     print(f"control CPU s per round (window {control['window_s']:.2f} s): workers {control['workers_total']:.2f}; "
-          f"machine busy {control['machine_busy']:.2f}, idle {control['machine_idle']:.2f}, steal "
+          f"machine busy {control['machine_busy']:.2f} (outside the workers {control['machine_outside']:.2f}), idle "
+          f"{control['machine_idle']:.2f}, steal "
           f"{control['machine_steal']:.2f}")
     a = stages.get("cpu_attribution")
     if a:
