@@ -7,7 +7,8 @@ not the product adds anything. This control measures that cost directly: ``agent
 (one torch thread each, as the agents) each build the simulator's state for the paper's MNIST setting, hold
 client ``i`` (the live agents hold partitions 0..N-1), and, released together once per round, train that
 client for one round with the simulator's per-client trainer (``Simulation.train_clients``: the agents'
-own training path, ``edge_agent/local_training.py``), with no coordinator, broker, MQTT, encoding or
+own training path, ``edge_agent/local_training.py``; like an agent, each worker freezes the objects loaded
+before its first round out of the garbage collector's reach), with no coordinator, broker, MQTT, encoding or
 decoding. A control round lasts from the first worker's start to the last worker's end.
 
 So: control round / simulated round is the machine's contention alone; live round / control round is
@@ -40,12 +41,14 @@ def run_worker(client: int, rounds: int, data_dir: str, kernels: str, config: di
     import torch
 
     torch.set_num_threads(1)
+    from edge_agent.local_training import freeze_loaded_objects
     from simulator.config import SimulationConfig
     from simulator.engine import Simulation
 
     sim = Simulation(SimulationConfig(dataset="mnist", data_dir=data_dir, clients=400, eval_every=10 ** 6,
                                       readjust_until=rounds, client_batching=False, kernels=kernels, **config))
     client_ids = list(range(sim.config.clients))
+    freeze_loaded_objects()  # as the agents do once their training modules are loaded
     print(READY, flush=True)
     for server_round in range(1, rounds + 1):
         if sys.stdin.readline().strip() != GO:
