@@ -42,6 +42,17 @@ broker or MQTT: the machine's 20-processes-on-2-cores contention measured direct
 = live round / control round is what the product adds on top of that contention (the live path's own cost);
 ``overhead_ratio`` stays live / simulated.
 
+``stages.cpu`` (``bench/cpu_accounting.py``): CPU seconds per live round of each party, read from ``/proc`` at
+the run's start and end: the agents' training threads (started and ended each round), main loops (decode,
+encode, events) and paho threads, the coordinator's process and its main loop / decoder / paho threads,
+mosquitto, their sum, and the machine's busy / idle / steal (``machine_outside``: busy CPU of processes outside
+the bench, a disturbed run); ``stages.control.cpu`` the same for the control's workers. ``stages.cpu_attribution``:
+with the cores fully shared, (live CPU - control CPU) / cores is the wall time the product's own work takes
+(``product_cpu_s``), and the rest of live round - control round is contention inflation (``inflation_s``);
+``train_cpu_per_device_s`` against ``control_cpu_per_worker_s`` says whether an agent's training does more work
+than the control's or only waits longer. ``round_spans_s`` and ``train_by_round_s`` (live and control): each
+round's span and mean training per device.
+
 ``simulated_train_per_client_s`` (the unbatched simulation's round time / clients per round) sits
 beside ``train``: the agents train the same clients with the same kernels, so their ratio is the
 slow-down of 20 single-threaded agent processes sharing this machine's cores.
