@@ -138,14 +138,20 @@ def cpu_attribution(live_round_s: float, live_cpu: dict, control_round_s: float,
     over ``cores``, is wall time the product's own work takes (``product_cpu_s``); what is left of the live
     round's excess over the control is contention inflation (``inflation_s``: waiting, cache, context switches).
     ``train_cpu_per_device_s`` beside the control's ``control_cpu_per_worker_s`` says whether the agents' training
-    does more work than the control's or only waits longer for a core."""
+    does more work than the control's or only waits longer for a core. ``product_cpu_s`` is the sum of
+    ``outside_training_wall_s`` (every CPU second but the agents' training threads', over the cores: decode,
+    encode, MQTT, coordinator, mosquitto) and ``train_cpu_excess_wall_s`` (the agents' training threads' CPU
+    beyond the control workers', over the cores)."""
     extra_cpu = live_cpu["live_total"] - control_cpu["workers_total"]
     product = extra_cpu / cores
     excess = live_round_s - control_round_s
+    outside_training = live_cpu["live_total"] - live_cpu["agents_train"]
     return {"live_cpu_s": live_cpu["live_total"], "control_cpu_s": control_cpu["workers_total"],
             "extra_cpu_s": extra_cpu, "product_cpu_s": product, "round_excess_s": excess,
             "inflation_s": excess - product, "train_cpu_per_device_s": live_cpu["agents_train"] / agents,
-            "control_cpu_per_worker_s": control_cpu["workers_total"] / agents}
+            "control_cpu_per_worker_s": control_cpu["workers_total"] / agents,
+            "outside_training_cpu_s": outside_training, "outside_training_wall_s": outside_training / cores,
+            "train_cpu_excess_wall_s": (live_cpu["agents_train"] - control_cpu["workers_total"]) / cores}
 
 
 def print_cpu(stages: dict, agents: int) -> None:
@@ -170,5 +176,6 @@ def print_cpu(stages: dict, agents: int) -> None:
         print(f"  training CPU per device: live {a['train_cpu_per_device_s']:.3f} s vs control "
               f"{a['control_cpu_per_worker_s']:.3f} s per worker")
         print(f"  live - control round = {a['round_excess_s']:.3f} s: the product's own CPU ({a['live_cpu_s']:.2f} - "
-              f"{a['control_cpu_s']:.2f}) / {cores} cores = {a['product_cpu_s']:.3f} s, contention inflation "
-              f"{a['inflation_s']:.3f} s")
+              f"{a['control_cpu_s']:.2f}) / {cores} cores = {a['product_cpu_s']:.3f} s (outside training "
+              f"{a['outside_training_wall_s']:.3f} s + training threads beyond the control's "
+              f"{a['train_cpu_excess_wall_s']:.3f} s), contention inflation {a['inflation_s']:.3f} s")

@@ -113,3 +113,7 @@ def test_attribution_by_hand() -> None:
     assert got["inflation_s"] == pytest.approx(0.2)
     assert got["train_cpu_per_device_s"] == pytest.approx(0.16)
     assert got["control_cpu_per_worker_s"] == pytest.approx(0.15)
+    # of the 0.6 extra CPU s, 3.6 - 3.2 = 0.4 are outside training (0.2 s on 2 cores), 3.2 - 3.0 = 0.2 the training
+    # threads beyond the control's (0.1 s); the two add up to product_cpu_s
+    assert got["outside_training_wall_s"] == pytest.approx(0.2)
+    assert got["train_cpu_excess_wall_s"] == pytest.approx(0.1)
