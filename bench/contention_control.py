@@ -37,7 +37,8 @@ GO = "go"
 
 def run_worker(client: int, rounds: int, data_dir: str, kernels: str, config: dict) -> None:
     """Worker process: build the simulation, print ``ready``, then per round wait for ``go`` on stdin, train
-    ``client`` for that round and print ``{"round", "start", "end"}`` (unix seconds) as one JSON line."""
+    ``client`` for that round and print ``{"round", "start", "end"}`` (unix seconds) and ``cpu`` (the training's
+    CPU seconds, ``time.thread_time``) as one JSON line."""
     import torch
 
     torch.set_num_threads(1)
@@ -54,9 +55,10 @@ def run_worker(client: int, rounds: int, data_dir: str, kernels: str, config: di
         if sys.stdin.readline().strip() != GO:
             return
         plan = sim.strategy.configure_round(server_round, sim.state, client_ids, sim.rng)
-        start = time.time()
+        start, cpu_start = time.time(), time.thread_time()
         sim.train_clients([client], plan.readjust_fraction, plan.prox_mu, server_round)
-        print(json.dumps({"round": server_round, "start": start, "end": time.time()}), flush=True)
+        print(json.dumps({"round": server_round, "start": start, "end": time.time(),
+                          "cpu": time.thread_time() - cpu_start}), flush=True)
 
 
 def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels: str) -> dict:
@@ -79,6 +81,7 @@ def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels:
         spans: list[float] = []
         trains: list[float] = []
         train_by_round: list[float] = []
+        train_cpu_by_round: list[float] = []
         for _ in range(rounds):
             for worker in workers:
                 assert worker.stdin is not None
@@ -88,10 +91,11 @@ def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels:
             spans.append(max(d["end"] for d in done) - min(d["start"] for d in done))
             trains.extend(d["end"] - d["start"] for d in done)
             train_by_round.append(sum(d["end"] - d["start"] for d in done) / agents)
+            train_cpu_by_round.append(sum(d["cpu"] for d in done) / agents)
         cpu.stop()
         return {"agents": agents, "rounds": rounds, "round_s": sum(spans) / rounds,
                 "train_s": sum(trains) / len(trains), "round_spans_s": spans,
-                "train_by_round_s": train_by_round,
+                "train_by_round_s": train_by_round, "train_cpu_by_round_s": train_cpu_by_round,
                 "cpu": control_cpu_per_round(cpu.seconds(), rounds, time.perf_counter() - window_start)}
     finally:
         for worker in workers:

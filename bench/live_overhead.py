@@ -133,7 +133,7 @@ def paper_config(rounds: int, clients: int = 20) -> dict:
 
 STAGE_LINE = re.compile(r"stage timing (?P<run>\S+) round (?P<round>\d+): model_at=(?P<model_at>\S+) "
                         r"decode=(?P<decode>\S+) train=(?P<train>\S+) encode=(?P<encode>\S+) "
-                        r"published_at=(?P<published_at>\S+)(?: load=(?P<load>\S+))?")
+                        r"published_at=(?P<published_at>\S+)(?: load=(?P<load>\S+))?(?: train_cpu=(?P<train_cpu>\S+))?")
 STAGES = ("broadcast", "delivery", "decode", "load", "train", "encode", "upload", "aggregation")
 PRELOADED_LINE = "training modules loaded ahead of the first round"
 
@@ -143,19 +143,19 @@ def agent_stage_lines(log_path: Path) -> dict[int, dict[str, float]]:
     out: dict[int, dict[str, float]] = {}
     for m in STAGE_LINE.finditer(log_path.read_text(errors="replace")):
         out.setdefault(int(m["round"]), {k: float(m[k] or 0.0) for k in ("model_at", "decode", "train", "encode",
-                                                                          "published_at", "load")})
+                                                                          "published_at", "load", "train_cpu")})
     return out
 
 
 def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[str, float]]]) -> dict:
     """Mean seconds of each stage (see the module docstring) over every accepted (round, device)."""
     per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
-    critical, other, round_s, closes, train_by_round = [], [], [], [], []
+    critical, other, round_s, closes, train_by_round, train_cpu_by_round = [], [], [], [], [], []
     for record in records:
         r = record["round"]
         per_stage["broadcast"].append(record["broadcast_s"])
         per_stage["aggregation"].append(record["aggregation_s"])
-        paths = []
+        paths, cpus = [], []
         for device, received_at in record["update_received_at"].items():
             agent = agent_lines.get(device, {}).get(r)
             if agent is None:
@@ -165,10 +165,12 @@ def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[s
             for name, value in (("delivery", delivery), ("load", agent["load"]), ("decode", agent["decode"]),
                                 ("train", agent["train"]), ("encode", agent["encode"]), ("upload", upload)):
                 per_stage[name].append(value)
+            cpus.append(agent.get("train_cpu", 0.0))
             paths.append((received_at, delivery + agent["load"] + agent["decode"] + agent["train"] + agent["encode"]
                           + upload))
         if paths:
             train_by_round.append(sum(per_stage["train"][-len(paths):]) / len(paths))
+            train_cpu_by_round.append(sum(cpus) / len(cpus))
             last_arrival, last_path = max(paths)
             close = record["closed_at"] - last_arrival
             closes.append(close)
@@ -182,7 +184,8 @@ def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[s
 
     result = {f"{name}_s": mean(values) for name, values in per_stage.items()}
     result.update(close_s=mean(closes), critical_path_s=mean(critical), other_s=mean(other), round_s=mean(round_s),
-                  samples=len(per_stage["train"]), round_spans_s=round_s, train_by_round_s=train_by_round)
+                  samples=len(per_stage["train"]), round_spans_s=round_s, train_by_round_s=train_by_round,
+                  train_cpu_by_round_s=train_cpu_by_round)
     return result
 
 
@@ -421,6 +424,8 @@ def print_control(result: dict) -> None:
     print(f"  per round: live {', '.join(f'{s:.2f}' for s in live['round_spans_s'])}; mean train per device: live "
           f"{', '.join(f'{s:.3f}' for s in live['train_by_round_s'])}, control "
           f"{', '.join(f'{s:.3f}' for s in control['train_by_round_s'])}")
+    print(f"  mean training CPU per device per round: live "
+          f"{', '.join(f'{s:.3f}' for s in live['train_cpu_by_round_s'])}; control {', '.join(f'{s:.3f}' for s in control['train_cpu_by_round_s'])}")
     print(f"  live / control = {result['live_round_s']:.2f} / {control['round_s']:.2f} -> "
           f"{result['overhead_vs_control_ratio']:.3f} (what the product adds beyond the contention; target <= 1.05)")
 
