@@ -425,7 +425,8 @@ def print_control(result: dict) -> None:
           f"{', '.join(f'{s:.3f}' for s in live['train_by_round_s'])}, control "
           f"{', '.join(f'{s:.3f}' for s in control['train_by_round_s'])}")
     print(f"  mean training CPU per device per round: live "
-          f"{', '.join(f'{s:.3f}' for s in live['train_cpu_by_round_s'])}; control {', '.join(f'{s:.3f}' for s in control['train_cpu_by_round_s'])}")
+          f"{', '.join(f'{s:.3f}' for s in live['train_cpu_by_round_s'])}; control "
+          f"{', '.join(f'{s:.3f}' for s in control['train_cpu_by_round_s'])}")
     print(f"  live / control = {result['live_round_s']:.2f} / {control['round_s']:.2f} -> "
           f"{result['overhead_vs_control_ratio']:.3f} (what the product adds beyond the contention; target <= 1.05)")
 
