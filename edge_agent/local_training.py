@@ -78,7 +78,8 @@ def freeze_loaded_objects() -> None:
     allocations have aged into the oldest generation. The unbatched simulation pays that once for all its
     clients; 20 agents sharing 2 cores pay it 20 times, inside each other's training (measured in one process
     training one client: the second round 0.17 s, of which 0.093 s one full collection, against 0.07-0.08 s
-    for the next rounds; with the freeze 0.10 s; docs/results.md, "Branch live4"). Refcounting still frees
+    for the next rounds; with the freeze 0.10 s; docs/results.md, "Branch live4"; an agent's first full
+    collection after start-up came a few seconds after a 5-round run). Refcounting still frees
     frozen objects; only cycles among them are never collected (none are expected among loaded modules)."""
     global _frozen
     with _freeze_lock:
