@@ -7,7 +7,8 @@ not the product adds anything. This control measures that cost directly: ``agent
 (one torch thread each, as the agents) each build the simulator's state for the paper's MNIST setting, hold
 client ``i`` (the live agents hold partitions 0..N-1), and, released together once per round, train that
 client for one round with the simulator's per-client trainer (``Simulation.train_clients``: the agents'
-own training path, ``edge_agent/local_training.py``), with no coordinator, broker, MQTT, encoding or
+own training path, ``edge_agent/local_training.py``; like an agent, each worker freezes the objects loaded
+before its first round out of the garbage collector's reach), with no coordinator, broker, MQTT, encoding or
 decoding. A control round lasts from the first worker's start to the last worker's end.
 
 So: control round / simulated round is the machine's contention alone; live round / control round is
@@ -36,30 +37,36 @@ GO = "go"
 
 def run_worker(client: int, rounds: int, data_dir: str, kernels: str, config: dict) -> None:
     """Worker process: build the simulation, print ``ready``, then per round wait for ``go`` on stdin, train
-    ``client`` for that round and print ``{"round", "start", "end"}`` (unix seconds) as one JSON line."""
+    ``client`` for that round and print ``{"round", "start", "end"}`` (unix seconds) and ``cpu`` (the training's
+    CPU seconds, ``time.thread_time``) as one JSON line."""
     import torch
 
     torch.set_num_threads(1)
+    from edge_agent.local_training import freeze_loaded_objects
     from simulator.config import SimulationConfig
     from simulator.engine import Simulation
 
     sim = Simulation(SimulationConfig(dataset="mnist", data_dir=data_dir, clients=400, eval_every=10 ** 6,
                                       readjust_until=rounds, client_batching=False, kernels=kernels, **config))
     client_ids = list(range(sim.config.clients))
+    freeze_loaded_objects()  # as the agents do once their training modules are loaded
     print(READY, flush=True)
     for server_round in range(1, rounds + 1):
         if sys.stdin.readline().strip() != GO:
             return
         plan = sim.strategy.configure_round(server_round, sim.state, client_ids, sim.rng)
-        start = time.time()
+        start, cpu_start = time.time(), time.thread_time()
         sim.train_clients([client], plan.readjust_fraction, plan.prox_mu, server_round)
-        print(json.dumps({"round": server_round, "start": start, "end": time.time()}), flush=True)
+        print(json.dumps({"round": server_round, "start": start, "end": time.time(),
+                          "cpu": time.thread_time() - cpu_start}), flush=True)
 
 
 def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels: str) -> dict:
     """Start ``agents`` workers, release them together ``rounds`` times; return ``round_s`` (mean seconds from
     the first start to the last end of a round), ``round_spans_s`` (each round's), ``train_s`` (mean seconds
     per worker per round), ``rounds`` and ``agents``. Raises RuntimeError naming the worker when one exits early."""
+    from cpu_accounting import CpuWindow
+
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, str(Path(__file__).resolve()), "--rounds", str(rounds), "--data-dir", data_dir,
                "--kernels", kernels]
@@ -68,8 +75,13 @@ def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels:
     try:
         for i, worker in enumerate(workers):
             read_line(worker, i, READY)  # setup (loading MNIST), not measured
+        cpu = CpuWindow(agents=[w.pid for w in workers])
+        cpu.start()
+        window_start = time.perf_counter()
         spans: list[float] = []
         trains: list[float] = []
+        train_by_round: list[float] = []
+        train_cpu_by_round: list[float] = []
         for _ in range(rounds):
             for worker in workers:
                 assert worker.stdin is not None
@@ -78,12 +90,29 @@ def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels:
             done = [json.loads(read_line(worker, i)) for i, worker in enumerate(workers)]
             spans.append(max(d["end"] for d in done) - min(d["start"] for d in done))
             trains.extend(d["end"] - d["start"] for d in done)
+            train_by_round.append(sum(d["end"] - d["start"] for d in done) / agents)
+            train_cpu_by_round.append(sum(d["cpu"] for d in done) / agents)
+        cpu.stop()
         return {"agents": agents, "rounds": rounds, "round_s": sum(spans) / rounds,
-                "train_s": sum(trains) / len(trains), "round_spans_s": spans}
+                "train_s": sum(trains) / len(trains), "round_spans_s": spans,
+                "train_by_round_s": train_by_round, "train_cpu_by_round_s": train_cpu_by_round,
+                "cpu": control_cpu_per_round(cpu.seconds(), rounds, time.perf_counter() - window_start)}
     finally:
         for worker in workers:
             worker.kill()
             worker.wait()
+
+
+def control_cpu_per_round(seconds: dict, rounds: int, window_s: float) -> dict:
+    """CPU seconds per round of the workers (``workers_total``; ``workers_main``: their main threads, which
+    train) and of the machine (busy / idle / steal over all cores; ``machine_outside``: busy CPU not the workers'),
+    from :meth:`cpu_accounting.CpuWindow.seconds`."""
+    out = {"workers_total": seconds["agents"]["total"], "workers_main": seconds["agents"]["main"],
+           **{f"machine_{k}": seconds[f"machine_{k}"] for k in ("busy", "idle", "steal")}}
+    out["machine_outside"] = out["machine_busy"] - out["workers_total"]
+    per_round = {k: v / rounds for k, v in out.items()}
+    per_round["window_s"] = window_s / rounds
+    return per_round
 
 
 def read_line(worker: subprocess.Popen, index: int, expected: str | None = None) -> str:

@@ -42,6 +42,17 @@ broker or MQTT: the machine's 20-processes-on-2-cores contention measured direct
 = live round / control round is what the product adds on top of that contention (the live path's own cost);
 ``overhead_ratio`` stays live / simulated.
 
+``stages.cpu`` (``bench/cpu_accounting.py``): CPU seconds per live round of each party, read from ``/proc`` at
+the run's start and end: the agents' training threads (started and ended each round), main loops (decode,
+encode, events) and paho threads, the coordinator's process and its main loop / decoder / paho threads,
+mosquitto, their sum, and the machine's busy / idle / steal (``machine_outside``: busy CPU of processes outside
+the bench, a disturbed run); ``stages.control.cpu`` the same for the control's workers. ``stages.cpu_attribution``:
+with the cores fully shared, (live CPU - control CPU) / cores is the wall time the product's own work takes
+(``product_cpu_s``), and the rest of live round - control round is contention inflation (``inflation_s``);
+``train_cpu_per_device_s`` against ``control_cpu_per_worker_s`` says whether an agent's training does more work
+than the control's or only waits longer. ``round_spans_s`` and ``train_by_round_s`` (live and control): each
+round's span and mean training per device.
+
 ``simulated_train_per_client_s`` (the unbatched simulation's round time / clients per round) sits
 beside ``train``: the agents train the same clients with the same kernels, so their ratio is the
 slow-down of 20 single-threaded agent processes sharing this machine's cores.
@@ -122,7 +133,7 @@ def paper_config(rounds: int, clients: int = 20) -> dict:
 
 STAGE_LINE = re.compile(r"stage timing (?P<run>\S+) round (?P<round>\d+): model_at=(?P<model_at>\S+) "
                         r"decode=(?P<decode>\S+) train=(?P<train>\S+) encode=(?P<encode>\S+) "
-                        r"published_at=(?P<published_at>\S+)(?: load=(?P<load>\S+))?")
+                        r"published_at=(?P<published_at>\S+)(?: load=(?P<load>\S+))?(?: train_cpu=(?P<train_cpu>\S+))?")
 STAGES = ("broadcast", "delivery", "decode", "load", "train", "encode", "upload", "aggregation")
 PRELOADED_LINE = "training modules loaded ahead of the first round"
 
@@ -132,19 +143,19 @@ def agent_stage_lines(log_path: Path) -> dict[int, dict[str, float]]:
     out: dict[int, dict[str, float]] = {}
     for m in STAGE_LINE.finditer(log_path.read_text(errors="replace")):
         out.setdefault(int(m["round"]), {k: float(m[k] or 0.0) for k in ("model_at", "decode", "train", "encode",
-                                                                          "published_at", "load")})
+                                                                          "published_at", "load", "train_cpu")})
     return out
 
 
 def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[str, float]]]) -> dict:
     """Mean seconds of each stage (see the module docstring) over every accepted (round, device)."""
     per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
-    critical, other, round_s, closes = [], [], [], []
+    critical, other, round_s, closes, train_by_round, train_cpu_by_round = [], [], [], [], [], []
     for record in records:
         r = record["round"]
         per_stage["broadcast"].append(record["broadcast_s"])
         per_stage["aggregation"].append(record["aggregation_s"])
-        paths = []
+        paths, cpus = [], []
         for device, received_at in record["update_received_at"].items():
             agent = agent_lines.get(device, {}).get(r)
             if agent is None:
@@ -154,9 +165,12 @@ def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[s
             for name, value in (("delivery", delivery), ("load", agent["load"]), ("decode", agent["decode"]),
                                 ("train", agent["train"]), ("encode", agent["encode"]), ("upload", upload)):
                 per_stage[name].append(value)
+            cpus.append(agent.get("train_cpu", 0.0))
             paths.append((received_at, delivery + agent["load"] + agent["decode"] + agent["train"] + agent["encode"]
                           + upload))
         if paths:
+            train_by_round.append(sum(per_stage["train"][-len(paths):]) / len(paths))
+            train_cpu_by_round.append(sum(cpus) / len(cpus))
             last_arrival, last_path = max(paths)
             close = record["closed_at"] - last_arrival
             closes.append(close)
@@ -170,7 +184,8 @@ def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[s
 
     result = {f"{name}_s": mean(values) for name, values in per_stage.items()}
     result.update(close_s=mean(closes), critical_path_s=mean(critical), other_s=mean(other), round_s=mean(round_s),
-                  samples=len(per_stage["train"]))
+                  samples=len(per_stage["train"]), round_spans_s=round_s, train_by_round_s=train_by_round,
+                  train_cpu_by_round_s=train_cpu_by_round)
     return result
 
 
@@ -204,6 +219,8 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
                  preload: bool = False) -> tuple[float, dict]:
     """Seconds per live round, and the stage breakdown (:func:`stage_breakdown`). ``preload``: agents run with
     ``--preload-training`` and the run starts once every agent has logged that torch is imported."""
+    from cpu_accounting import CpuWindow, live_cpu_per_round
+
     from cloud.run_config import RunConfig
 
     broker = start_mosquitto(workdir / "mosquitto")
@@ -231,16 +248,21 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
         config = RunConfig(model="mnist_cnn", round_timeout_s=600, quorum=agents, min_devices=agents,
                            readjust_until=rounds, **cfg)
         run = coordinator.create_run(config)
+        cpu = CpuWindow(agents=[p.pid for p in procs], others={"mosquitto": broker.process.pid}, own_threads=True)
+        cpu.start()
         t0 = time.perf_counter()
         coordinator.start_run(run.id)
         final = coordinator.wait_for_run(run.id, 3600)
         elapsed = time.perf_counter() - t0
+        cpu.stop()
         if final.status != "completed":
             raise RuntimeError(f"live run {final.status}: {final.error}")
         _, records = coordinator.get_run(run.id)
         time.sleep(1.0)  # let the agents' last log lines reach their files
         lines = {f"dev-{i:03d}": agent_stage_lines(logs / f"dev-{i:03d}.log") for i in range(agents)}
-        return elapsed / rounds, stage_breakdown(records, lines)
+        stages = stage_breakdown(records, lines)
+        stages["cpu"] = live_cpu_per_round(cpu.seconds(), rounds, elapsed)
+        return elapsed / rounds, stages
     finally:
         for p in procs:
             p.terminate()
@@ -302,6 +324,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
     from contention_control import measure_contention_control
+    from cpu_accounting import cpu_attribution, print_cpu
     from fleet_scale import measure_scale, print_breakdown
 
     result: dict = {"overhead_ratio": None, "scale_agents": args.scale_agents, "scale_round_s": None,
@@ -321,6 +344,9 @@ def main() -> None:
                 log(f"contention control: {args.agents} processes training the same clients at once, no product...")
                 stages["control"] = measure_contention_control(args.agents, args.rounds, args.data_dir, args.kernels)
                 result["overhead_vs_control_ratio"] = live_s / stages["control"]["round_s"]
+                stages["cpu_attribution"] = cpu_attribution(live_s, stages["cpu"], stages["control"]["round_s"],
+                                                            stages["control"]["cpu"], os.cpu_count() or 1,
+                                                            args.agents)
             log("simulating again (bracketing the live run)...")
             sim_after = measure_simulated(args.rounds, args.data_dir, args.kernels, args.agents)
             if not args.skip_alone:
@@ -356,6 +382,7 @@ def main() -> None:
               f"-> ratio {result['overhead_ratio']:.3f} (target <= 1.05)")
         print_stages(result["stages"], args.agents)
         print_control(result)
+        print_cpu(result["stages"], args.agents)
     if result["scale_round_s"] is not None:
         print(f"scale: {args.scale_agents} fake agents, one round incl. aggregation {result['scale_round_s']:.2f} s "
               f"(targets: 1000 <= 2 s, 10 000 <= 10 s), {result['scale_accepted']} updates accepted; coordinator "
@@ -393,6 +420,13 @@ def print_control(result: dict) -> None:
           f"broker or MQTT: {control['round_s']:.2f} s/round ({spans}; train {control['train_s']:.3f} s per "
           f"process) -> the machine's sharing alone x{control['round_s'] / result['simulated_round_s']:.3f} the "
           f"simulated round")
+    live = result["stages"]
+    print(f"  per round: live {', '.join(f'{s:.2f}' for s in live['round_spans_s'])}; mean train per device: live "
+          f"{', '.join(f'{s:.3f}' for s in live['train_by_round_s'])}, control "
+          f"{', '.join(f'{s:.3f}' for s in control['train_by_round_s'])}")
+    print(f"  mean training CPU per device per round: live "
+          f"{', '.join(f'{s:.3f}' for s in live['train_cpu_by_round_s'])}; control "
+          f"{', '.join(f'{s:.3f}' for s in control['train_cpu_by_round_s'])}")
     print(f"  live / control = {result['live_round_s']:.2f} / {control['round_s']:.2f} -> "
           f"{result['overhead_vs_control_ratio']:.3f} (what the product adds beyond the contention; target <= 1.05)")
 

@@ -113,6 +113,7 @@ class TrainingDone:
     error_code: str = "training_failed"  # the DeviceError code when update is None
     job_s: float = 0.0  # the training job after load_s: model tensors to torch, training (update.compute_s), packing
     load_s: float = 0.0  # importing torch and the learning core (the first round only; 0 once loaded)
+    job_cpu_s: float = 0.0  # the training thread's CPU seconds over job_s (time.thread_time)
 
 
 @dataclass
@@ -127,6 +128,7 @@ class PendingUpload:
     in_doubt: bool = True  # publish (again) when connected: never sent, or its delivery is in doubt
     pack_s: float = 0.0  # job time outside compute_s (tensor conversion, update packing); 0 when restored
     load_s: float = 0.0  # the round's import of torch and the learning core (TrainingDone.load_s); 0 when restored
+    job_cpu_s: float = 0.0  # CPU seconds of the training job (TrainingDone.job_cpu_s); 0 when restored
 
 
 @dataclass
@@ -575,12 +577,14 @@ class EdgeAgent:
         """Training thread: never touches agent state, only posts the outcome."""
         try:
             load_s = load_training_modules()
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             update = train_on_task(task, model, self.data, self.device_id, self.settings.client_index,
                                    self.settings.kernels, self.settings.kernel_threshold_table)
+            job_cpu_s = time.thread_time() - cpu_started
             if self.settings.compute_factor > 1:  # trials: emulate a slower device
                 time.sleep(update.compute_s * (self.settings.compute_factor - 1))
-            self.events.put(TrainingDone(task, update, job_s=time.perf_counter() - started, load_s=load_s))
+            self.events.put(TrainingDone(task, update, job_s=time.perf_counter() - started, load_s=load_s,
+                                         job_cpu_s=job_cpu_s))
         except Exception as exc:  # noqa: BLE001 - a failed round must not kill the agent
             if not isinstance(exc, TrainingError):
                 log.exception("training crashed")
@@ -607,7 +611,8 @@ class EdgeAgent:
             now = time.monotonic()
             upload = PendingUpload(topics.update(task.run_id, self.device_id), update,
                                    self.state.deadlines.get(key, now), next_send=now,
-                                   pack_s=max(0.0, done.job_s - update.compute_s), load_s=done.load_s)
+                                   pack_s=max(0.0, done.job_s - update.compute_s), load_s=done.load_s,
+                                   job_cpu_s=done.job_cpu_s)
             self.state.uploads[key] = upload
             self._save_pending(key, upload)
             self._retry_uploads(now)
@@ -659,12 +664,13 @@ class EdgeAgent:
         decode of the model, ``train`` the update's ``compute_s``, ``encode`` packing (``pack_s``) plus envelope,
         HMAC and chunking of the first publish, ``published_at`` when the update was handed to the MQTT client,
         ``load`` the import of torch and the learning core before training (first round only, unless
-        ``--preload-training`` did it at start-up)."""
+        ``--preload-training`` did it at start-up), ``train_cpu`` the training thread's CPU seconds over the job
+        (model tensors, training, update packing): against ``train``'s wall time, how long it waited for a core."""
         timing = self._model_timing.get(key)  # the coordinator's Task names its own round as the model round
         model_at, decode_s = timing if timing is not None else (float("nan"), float("nan"))
         log.info("stage timing %s round %d: model_at=%.6f decode=%.6f train=%.6f encode=%.6f published_at=%.6f "
-                 "load=%.6f", *key, model_at, decode_s, upload.update.compute_s, upload.pack_s + encode_s,
-                 published_at, upload.load_s)
+                 "load=%.6f train_cpu=%.6f", *key, model_at, decode_s, upload.update.compute_s,
+                 upload.pack_s + encode_s, published_at, upload.load_s, upload.job_cpu_s)
 
     def _save_pending(self, key: RoundKey, upload: PendingUpload) -> None:
         """Keep the update on disk (``--state-dir``) with its deadline on this device's wall clock."""

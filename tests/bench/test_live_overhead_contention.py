@@ -33,3 +33,22 @@ def test_no_contention_is_never_negative() -> None:
     got = contention_estimate(stages, agents=20, cores=2, live_round_s=1.0, simulated_round_s=1.0)
     assert got["train_contention_s"] == 0.0 and got["outside_contention_s"] == 0.0
     assert got["ratio_without_contention"] == pytest.approx(1.0)
+
+
+def test_stage_breakdown_keeps_each_rounds_span_and_mean_training() -> None:
+    from live_overhead import stage_breakdown
+
+    # two rounds, two devices; each device's stage line gives its training; the per-round means are by hand
+    records = [{"round": r, "broadcast_s": 0.01, "aggregation_s": 0.02, "published_at": 100.0 * r,
+                "update_received_at": {"a": 100.0 * r + 1.0, "b": 100.0 * r + 2.0}, "closed_at": 100.0 * r + 2.5,
+                "seconds": seconds} for r, seconds in ((1, 3.0), (2, 1.5))]
+
+    def line(r: int, train: float) -> dict[str, float]:
+        return {"model_at": 100.0 * r + 0.1, "decode": 0.01, "train": train, "encode": 0.01,
+                "published_at": 100.0 * r + 0.5, "load": 0.0}
+
+    lines = {"a": {1: line(1, 0.4), 2: line(2, 0.2)}, "b": {1: line(1, 0.8), 2: line(2, 0.3)}}
+    got = stage_breakdown(records, lines)
+    assert got["round_spans_s"] == [3.0, 1.5]
+    assert got["train_by_round_s"] == pytest.approx([0.6, 0.25])  # (0.4 + 0.8) / 2, (0.2 + 0.3) / 2
+    assert got["train_s"] == pytest.approx(0.425)  # all four updates

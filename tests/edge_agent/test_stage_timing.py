@@ -15,7 +15,7 @@ from agent_harness import RUN, agent_settings, global_model, is_update_for, make
 from protocol import Register, Update, topics
 
 LINE = re.compile(r"stage timing (\S+) round (\d+): model_at=(\S+) decode=(\S+) train=(\S+) encode=(\S+) "
-                  r"published_at=(\S+) load=(\S+)$")
+                  r"published_at=(\S+) load=(\S+) train_cpu=(\S+)$")
 
 
 def bench_stage_line() -> re.Pattern:
@@ -45,15 +45,17 @@ def test_one_stage_timing_line_per_trained_round(mosquitto, coordinator, start_a
     assert wait_until(lambda: len(_stage_lines(caplog)) == 1)
     (line,) = _stage_lines(caplog)
     run, server_round = line.group(1), int(line.group(2))
-    model_at, decode, train, encode, published_at, load = (float(line.group(i)) for i in range(3, 9))
+    model_at, decode, train, encode, published_at, load, train_cpu = (float(line.group(i)) for i in range(3, 10))
     assert (run, server_round) == (RUN, 1)
     assert train == pytest.approx(got.message.compute_s, abs=1e-5)  # the update's own field
     assert sent_at <= model_at < published_at <= received_at  # the model came after it was sent, etc.
     assert published_at - model_at >= train + load  # loading and training happened in between
     assert decode > 0 and encode > 0 and load >= 0
+    assert 0 < train_cpu <= published_at - model_at  # a thread's CPU time within the wall time it ran in
 
     parsed = bench_stage_line().search(line.group(0))  # the bench reads the same line to the same values
     assert parsed is not None and float(parsed["load"]) == load and float(parsed["encode"]) == encode
+    assert float(parsed["train_cpu"]) == train_cpu
 
     coordinator.send(task, topics.task(RUN))  # a repeated Task: the update is re-sent, not re-timed
     coordinator.expect(Update, is_update_for(1))
