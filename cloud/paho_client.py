@@ -12,7 +12,11 @@ What it changes in paho's network thread (paho 2.x internals, which ``pyproject.
   included, are written) and always ends with the buffer empty, so ``select()`` on the socket still tells
   whether data waits. The read gate (``read_gate``) is asked before every socket read, not before a
   buffered one: when it says "not now" at most one read's worth (:data:`READ_SIZE`) is still handed on;
-* **one payload copy** per received PUBLISH (MQTT 3.1.1, QoS 0/1) instead of paho's three;
+* **one payload copy** per received PUBLISH (MQTT 3.1.1, QoS 0/1) instead of paho's three, in a message made
+  without paho's ``MQTTMessageInfo`` (a ``threading.Condition`` per message, unused for a received one) and handed
+  straight to ``on_message`` while no per-topic callback is set (paho decodes the topic three times and walks its
+  topic matcher for each);
+* **PUBACKs** (``ack``, manual ack) packed and queued without paho's generic command path;
 * **coalesced writes**: consecutive small queued packets that need nothing after their write (PUBACKs,
   QoS >= 1 PUBLISHes of at most :data:`COALESCE_PACKET_BYTES`) leave in one ``send`` of at most
   :data:`COALESCE_BYTES`, in their order;
@@ -46,6 +50,14 @@ def _needs_nothing_after_write(packet: dict) -> bool:
     a QoS 0 PUBLISH published and runs ``on_publish`` after its write, and a DISCONNECT closes the socket)."""
     kind = packet["command"] & 0xF0
     return kind == _PUBACK or (kind == _PUBLISH and packet["qos"] > 0)
+
+
+def _received_message() -> mqtt.MQTTMessage:
+    """An empty received message without paho's per-message ``MQTTMessageInfo`` (``info`` is None: it is for
+    published messages)."""
+    message = mqtt.MQTTMessage.__new__(mqtt.MQTTMessage)
+    message.state, message.info, message.properties = mqtt.mqtt_ms_invalid, None, None  # type: ignore[assignment]
+    return message
 
 
 class WireCountingClient(mqtt.Client):
@@ -116,9 +128,10 @@ class WireCountingClient(mqtt.Client):
         start = 2 + topic_length + (2 if qos else 0)
         if topic_length == 0 or start > len(packet):
             return super()._handle_publish()  # paho raises MalformedPacket
+        message = _received_message()
+        message.mid = (packet[start - 2] << 8) | packet[start - 1] if qos else 0
         with memoryview(packet) as view:
-            message = mqtt.MQTTMessage(mid=(packet[start - 2] << 8) | packet[start - 1] if qos else 0,
-                                       topic=bytes(view[2:2 + topic_length]))
+            message._topic = bytes(view[2:2 + topic_length])
             message.payload = bytes(view[start:])
         message.dup, message.qos, message.retain = bool(header & 0x08), qos, bool(header & 0x01)
         if self._logger is not None or self.on_log is not None:
@@ -126,10 +139,34 @@ class WireCountingClient(mqtt.Client):
                            message.dup, qos, message.retain, message.mid,
                            message._topic.decode("utf-8", "backslashreplace"), len(message.payload))
         message.timestamp = mqtt.time_func()
-        self._handle_on_message(message)
+        on_message = self.on_message
+        if self._topic_callbacks or on_message is None:
+            self._handle_on_message(message)  # paho's dispatch: per-topic callbacks, its error handling
+        else:
+            with self._in_callback_mutex:
+                try:
+                    on_message(self, self._userdata, message)
+                except Exception as err:
+                    self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
         if qos == 1 and not self._manual_ack:
             return self._send_puback(message.mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    _topic_callbacks = False  # whether message_callback_add was ever called (then paho dispatches each message)
+
+    def message_callback_add(self, sub: str, callback: object) -> None:  # type: ignore[override]
+        self._topic_callbacks = True
+        super().message_callback_add(sub, callback)  # type: ignore[arg-type]
+
+    def ack(self, mid: int, qos: int) -> MQTTErrorCode:
+        """paho's ``ack`` (manual ack), a QoS 1 PUBACK packed here: 4 bytes, no generic command path."""
+        if not (self._manual_ack and qos == 1):
+            return super().ack(mid, qos)
+        if self._logger is not None or self.on_log is not None:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Sending PUBACK (Mid: %d)", mid)
+        return self._packet_queue(_PUBACK, bytes((_PUBACK, 2, mid >> 8, mid & 0xFF)), mid, 1)
 
     # --- writing ------------------------------------------------------------------------------------
 

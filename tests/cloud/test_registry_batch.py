@@ -10,13 +10,15 @@ from protocol import Capabilities
 
 
 class CountingStore(CoordinatorStore):
-    """The real SQLite store, counting its ``save_devices`` transactions."""
+    """The real SQLite store, counting its device-row transactions (and the rows they wrote)."""
 
     saves = 0
+    rows_written: list[str]
 
-    def save_devices(self, rows):  # noqa: ANN001, ANN201
-        self.saves += 1
-        return super().save_devices(rows)
+    def save_device_values(self, values):  # noqa: ANN001, ANN201
+        self.saves += bool(values)
+        self.rows_written = getattr(self, "rows_written", []) + [v[0] for v in values]
+        return super().save_device_values(values)
 
 
 def test_a_batch_of_state_changes_is_written_once_when_its_block_ends(tmp_path):
