@@ -156,7 +156,7 @@ class WireCountingClient(mqtt.Client):
 
     _topic_callbacks = False  # whether message_callback_add was ever called (then paho dispatches each message)
 
-    def message_callback_add(self, sub: str, callback: object) -> None:  # type: ignore[override]
+    def message_callback_add(self, sub: str, callback: object) -> None:
         self._topic_callbacks = True
         super().message_callback_add(sub, callback)  # type: ignore[arg-type]
 
