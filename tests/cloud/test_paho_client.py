@@ -224,3 +224,48 @@ def test_mqtt5_and_qos2_publishes_take_pahos_own_way() -> None:
     ours = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours2")
     paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho2")
     assert handled_by(ours, qos2) == handled_by(paho, qos2)
+
+
+def test_per_topic_callbacks_and_on_message_errors_behave_as_in_paho() -> None:
+    data = publish_with(0x30, b"feddst/v1/devices/dev-1/status", None, b"a") + publish_with(0x30, b"other", None, b"b")
+    results = []
+    for client in (WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours"),
+                   mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho")):
+        routed: list[tuple[str, bytes]] = []
+        client.message_callback_add("feddst/v1/devices/+/status", lambda c, u, m: routed.append((m.topic, m.payload)))
+        results.append((handled_by(client, data), routed))  # "other" goes to on_message, the status only to routed
+    assert results[0] == results[1]
+    assert results[0][1] == [("feddst/v1/devices/dev-1/status", b"a")] and len(results[0][0]) == 2
+
+    def failing(c, u, m) -> None:  # noqa: ANN001
+        raise ValueError("boom")
+
+    for client in (WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours-err"),
+                   mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-err")):
+        ours, broker = socket.socketpair()
+        ours.setblocking(False)
+        client.on_message = failing
+        client._sock = ours  # type: ignore[assignment]
+        broker.sendall(publish_with(0x30, b"t", None, b"x"))
+        with pytest.raises(ValueError, match="boom"):
+            client.loop_read()
+        client._sock = None
+        ours.close()
+        broker.close()
+
+
+@pytest.mark.parametrize("mid", [1, 0x1234, 65535])
+def test_a_manual_ack_sends_the_same_puback_as_paho(mid: int) -> None:
+    sent = []
+    for client in (WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours", manual_ack=True),
+                   mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho", manual_ack=True)):
+        ours, broker = socket.socketpair()
+        client._sock = ours  # type: ignore[assignment]
+        assert client.ack(mid, 1) == mqtt.MQTT_ERR_SUCCESS  # no network thread: paho writes it at once
+        assert client.ack(mid, 0) == mqtt.MQTT_ERR_SUCCESS  # QoS 0: nothing to acknowledge
+        broker.settimeout(1.0)
+        sent.append(broker.recv(100))
+        client._sock = None
+        ours.close()
+        broker.close()
+    assert sent[0] == sent[1] == struct.pack("!BBH", 0x40, 2, mid)
