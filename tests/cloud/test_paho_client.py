@@ -232,7 +232,8 @@ def test_per_topic_callbacks_and_on_message_errors_behave_as_in_paho() -> None:
     for client in (WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours"),
                    mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho")):
         routed: list[tuple[str, bytes]] = []
-        client.message_callback_add("feddst/v1/devices/+/status", lambda c, u, m: routed.append((m.topic, m.payload)))
+        client.message_callback_add("feddst/v1/devices/+/status",
+                                    lambda c, u, m, routed=routed: routed.append((m.topic, m.payload)))
         results.append((handled_by(client, data), routed))  # "other" goes to on_message, the status only to routed
     assert results[0] == results[1]
     assert results[0][1] == [("feddst/v1/devices/dev-1/status", b"a")] and len(results[0][0]) == 2
