@@ -10,8 +10,11 @@ What it changes in paho's network thread (paho 2.x internals, which ``pyproject.
   packets from that buffer; one :meth:`loop_read` pass reads packets until the socket has nothing more
   (at most :data:`SOCKET_READS_PER_PASS` socket reads, so the pass ends and the packets it queued, PUBACKs
   included, are written) and always ends with the buffer empty, so ``select()`` on the socket still tells
-  whether data waits. The read gate (``read_gate``) is asked before every socket read, not before a
-  buffered one: when it says "not now" at most one read's worth (:data:`READ_SIZE`) is still handed on;
+  whether data waits. A packet that lies whole in the buffer is cut out of it at once (paho's own reading asks
+  for its command byte, each remaining-length byte and the rest, each through ``_sock_recv``, and takes a
+  mutex per packet for its keepalive clock, which is set once per pass instead). The read gate
+  (``read_gate``) is asked before every socket read, not before a buffered one: when it says "not now" at
+  most one read's worth (:data:`READ_SIZE`) is still handed on;
 * **one payload copy** per received PUBLISH (MQTT 3.1.1, QoS 0/1) instead of paho's three, in a message made
   without paho's ``MQTTMessageInfo`` (a ``threading.Condition`` per message, unused for a received one) and handed
   straight to ``on_message`` while no per-topic callback is set (paho decodes the topic three times and walks its
@@ -31,6 +34,7 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 
 READ_SIZE = 64 * 1024
 """Bytes asked of the socket per read (paho itself asks for one byte, then the packet's remaining bytes)."""
@@ -106,14 +110,57 @@ class WireCountingClient(mqtt.Client):
         """Read and handle packets until the socket has no more (at most :data:`SOCKET_READS_PER_PASS` socket
         reads), the buffer drained; ``max_packets`` is ignored (paho's own loop passes its default)."""
         self._socket_reads_left = SOCKET_READS_PER_PASS
-        while True:
-            if self._sock is None:
-                return MQTTErrorCode.MQTT_ERR_NO_CONN
-            rc = self._packet_read()
-            if rc > 0:
-                return self._loop_rc_handle(rc)
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN and not self._buffered_bytes():
-                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        try:
+            while True:
+                if self._sock is None:
+                    return MQTTErrorCode.MQTT_ERR_NO_CONN
+                rc = self._buffered_packet_read()
+                if rc > 0:
+                    return self._loop_rc_handle(rc)
+                if rc == MQTTErrorCode.MQTT_ERR_AGAIN and not self._buffered_bytes():
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS
+        finally:
+            if self._whole_packets_read:
+                self._whole_packets_read = 0
+                with self._msgtime_mutex:
+                    self._last_bytes_received = mqtt.time_func()
+
+    _whole_packets_read = 0  # packets cut from the buffer since the keepalive clock was last set
+
+    def _buffered_packet_read(self) -> MQTTErrorCode:
+        """paho's ``_packet_read``, for a packet whole in the read buffer without going through ``_sock_recv``
+        (no partly read packet pending); anything else (a packet still arriving, an empty buffer) goes paho's way."""
+        buffered = self._buffered_bytes() if self._in_packet["command"] == 0 else 0
+        if buffered < 2:
+            return self._packet_read()
+        data, at = self._read_buffer, self._read_at
+        length, shift, i = 0, 0, at + 1
+        while True:  # the remaining length: 1 to 4 bytes, 7 bits each, least significant first
+            if i - at > 4 or i >= len(data):
+                return self._packet_read()  # malformed or cut off: paho reads (and refuses) it
+            byte = data[i]
+            length |= (byte & 127) << shift
+            shift, i = shift + 7, i + 1
+            if not byte & 128:
+                break
+        if i + length > len(data):
+            return self._packet_read()
+        command = data[at]
+        self._read_at = i + length
+        with memoryview(data) as view:
+            body = bytearray(view[i:i + length])  # one copy, the type paho's handlers take
+        self._in_packet = {"command": command, "have_remaining": 1, "remaining_count": [], "remaining_mult": 1,
+                           "remaining_length": length, "pos": 0, "to_process": 0,
+                           "packet": body}
+        try:
+            rc = self._packet_handle()
+        except MalformedPacket as exc:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+                           "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
+        self._whole_packets_read += 1
+        return rc
 
     def _handle_publish(self) -> MQTTErrorCode:
         """paho's handling of a received PUBLISH, for MQTT 3.1.1 with QoS 0 or 1 (what the coordinator

@@ -270,3 +270,23 @@ def test_a_manual_ack_sends_the_same_puback_as_paho(mid: int) -> None:
         ours.close()
         broker.close()
     assert sent[0] == sent[1] == struct.pack("!BBH", 0x40, 2, mid)
+
+
+def test_packets_cut_whole_from_the_buffer_are_handled_as_paho_does() -> None:
+    """Every packet after the first of a socket read lies whole in the buffer: 1-, 2- and 3-byte remaining lengths,
+    a PUBACK for one of our publishes, a QoS 2 PUBLISH (paho's own handling) and a packet cut off by the read."""
+    data = b"".join([
+        publish_with(0x30, b"first", None, b"read through paho's way"),
+        publish_with(0x30, b"short", None, b"x" * 10),
+        publish_with(0x32, b"two-byte-length", 0x0102, b"y" * 300),
+        publish_with(0x31, b"three-byte-length", None, b"z" * 20000),
+        bytes([0x40, 2, 0, 9]),  # PUBACK of mid 9 (nothing in flight: paho ignores it)
+        publish_with(0x34, b"qos2", 3, b"exactly once"),
+        publish_with(0x30, b"last", None, b"w" * 60000),  # crosses the first 64 KiB read
+    ])
+    ours = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours-cut")
+    paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-cut")
+    expected = handled_by(paho, data)
+    handled = ["first", "short", "two-byte-length", "three-byte-length", "last"]  # QoS 2: on_message at PUBREL
+    assert [m[0] for m in expected[:-1]] == handled
+    assert handled_by(ours, data) == expected
