@@ -19,7 +19,9 @@ What it changes in paho's network thread (paho 2.x internals, which ``pyproject.
   without paho's ``MQTTMessageInfo`` (a ``threading.Condition`` per message, unused for a received one) and handed
   straight to ``on_message`` while no per-topic callback is set (paho decodes the topic three times and walks its
   topic matcher for each);
-* **PUBACKs** (``ack``, manual ack) packed and queued without paho's generic command path;
+* **PUBACKs** (``ack``, manual ack) packed and queued without paho's generic command path; a PUBACK for one of
+  its own QoS 1 publishes (MQTT 3.1.1, no ``on_publish``) is handled without the ``ReasonCode`` and
+  ``Properties`` objects paho builds for it (only ``on_publish`` would see them);
 * **coalesced writes**: consecutive small queued packets that need nothing after their write (PUBACKs,
   QoS >= 1 PUBLISHes of at most :data:`COALESCE_PACKET_BYTES`) leave in one ``send`` of at most
   :data:`COALESCE_BYTES`, in their order;
@@ -31,10 +33,14 @@ Measured (docs/results.md, branch ``ingest3``): 20 000 heartbeats through mosqui
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 READ_SIZE = 64 * 1024
 """Bytes asked of the socket per read (paho itself asks for one byte, then the packet's remaining bytes)."""
@@ -47,6 +53,8 @@ COALESCE_BYTES = 64 * 1024
 
 _PUBLISH = 0x30
 _PUBACK = 0x40
+_PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)  # what paho makes for every MQTT 3.1.1 PUBACK (never handed on)
+_NO_PROPERTIES = Properties(PacketTypes.PUBACK)
 
 
 def _needs_nothing_after_write(packet: dict) -> bool:
@@ -206,6 +214,18 @@ class WireCountingClient(mqtt.Client):
     def message_callback_add(self, sub: str, callback: object) -> None:
         self._topic_callbacks = True
         super().message_callback_add(sub, callback)  # type: ignore[arg-type]
+
+    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        if cmd != "PUBACK" or self._protocol == mqtt.MQTTv5 or len(packet) != 2 or self.on_publish is not None:
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        if self._logger is not None or self.on_log is not None:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received %s (Mid: %d)", cmd, mid)
+        with self._out_message_mutex:
+            if mid in self._out_messages:  # paho's _do_on_publish: the message is done, its in-flight slot freed
+                return self._do_on_publish(mid, _PUBACK_SUCCESS, _NO_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def ack(self, mid: int, qos: int) -> MQTTErrorCode:
         """paho's ``ack`` (manual ack), a QoS 1 PUBACK packed here: 4 bytes, no generic command path."""

@@ -290,3 +290,25 @@ def test_packets_cut_whole_from_the_buffer_are_handled_as_paho_does() -> None:
     handled = ["first", "short", "two-byte-length", "three-byte-length", "last"]  # QoS 2: on_message at PUBREL
     assert [m[0] for m in expected[:-1]] == handled
     assert handled_by(ours, data) == expected
+
+
+def test_a_puback_for_our_publish_frees_it_as_in_paho() -> None:
+    """A PUBACK for one of the client's QoS 1 publishes: the message is marked published and leaves the
+    in-flight set, as paho does (paho's objects for its reason code go to ``on_publish`` only)."""
+    states = []
+    for client in (WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours-pub"),
+                   mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-pub")):
+        ours, broker = socket.socketpair()
+        ours.setblocking(False)
+        client._sock = ours  # type: ignore[assignment]
+        client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+        infos = [client.publish(f"t/{i}", b"payload", qos=1) for i in range(3)]
+        broker.recv(1000)
+        broker.sendall(bytes([0x40, 2, 0, infos[1].mid]) + bytes([0x40, 2, 0, 200]))  # one of ours, one unknown
+        client.loop_read()
+        states.append(([info.is_published() for info in infos], sorted(client._out_messages),
+                       client._inflight_messages))
+        client._sock = None
+        ours.close()
+        broker.close()
+    assert states[0] == states[1] == ([False, True, False], [1, 3], 2)
