@@ -100,7 +100,7 @@ def _thread_cpu() -> dict[str, float]:
 def _profiled(method, profiles: list):  # noqa: ANN001, ANN202
     """Wrap a thread's loop method so it runs under its own cProfile.Profile (kept in ``profiles``)."""
     def run(self) -> None:  # noqa: ANN001
-        profile = cProfile.Profile()
+        profile = cProfile.Profile(time.thread_time) if os.environ.get("FLEET_PROFILE_CPU") else cProfile.Profile()
         profiles.append((method.__qualname__, profile))
         profile.runcall(method, self)
     return run
@@ -110,6 +110,8 @@ def _print_profiles(profiles: list, top: int = 25) -> None:
     for name, profile in profiles:
         out = io.StringIO()
         pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(top)
+        if os.environ.get("FLEET_PROFILE_DIR"):  # the whole profile, for pstats (cumulative views)
+            profile.dump_stats(str(Path(os.environ["FLEET_PROFILE_DIR"]) / f"{name}.prof"))
         _log(f"--- cProfile of {name} (top {top} by own time) ---\n{out.getvalue()}")
 
 

@@ -66,7 +66,6 @@ class CoordinatorServices:
             password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
             protocol=settings.mqtt_protocol, tls=settings.broker_tls, max_packet=settings.max_packet,
             key_snapshot=self.keyring.verification_key_lookup, tls_files=settings.tls_files(),
-            count_bytes=lambda direction, n: self.metrics.mqtt_bytes_by_direction[direction].inc(n),
             raw_queue_packets=settings.mqtt_receive_queue_packets,
             receive_queue_bytes=settings.mqtt_receive_queue_bytes)
         self.signer = Ed25519Signer(load_or_create_signing_key(settings.signing_key_path))

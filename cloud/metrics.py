@@ -24,7 +24,7 @@ Metric names (the ``_total`` suffix of counters is added by the exposition forma
 * ``feddst_mqtt_dropped_packets_total``: received packets dropped because the link's callback ->
   decoder queue was full (``mqtt_receive_queue_packets``; the network thread never blocks, anything
   here is lost work); ``feddst_broker_disconnects_total``: losses of the broker connection.
-  These and the wire bytes are counted by the MQTT link itself and read when scraped.
+  These, the payload bytes and the wire bytes are counted by the MQTT link itself and read when scraped.
 * ``feddst_updates_total{verdict}``: update verdicts (``accepted``, ``duplicate``, ``stale``,
   ``unselected``, ``invalid``; an update for a run that is not active is ``stale``).
 * ``feddst_device_errors_total{code}``: error reports from devices, by reason code.
@@ -62,16 +62,22 @@ class _LinkCollector(Collector):
 
     @staticmethod
     def _families(counts: LinkCounters | None) -> Iterator[Metric]:
+        payload = CounterMetricFamily("feddst_mqtt_payload_bytes", "MQTT payload bytes received or published by the "
+                                      "coordinator (chunk headers included, MQTT framing excluded).",
+                                      labels=("direction",))
         wire = CounterMetricFamily("feddst_mqtt_wire_bytes", "Bytes the coordinator's MQTT client read from / "
                                    "wrote to its broker socket (all MQTT packets).", labels=("direction",))
         dropped = CounterMetricFamily("feddst_mqtt_dropped_packets", "MQTT packets dropped because the callback "
                                       "-> decoder queue was full.")
         disconnects = CounterMetricFamily("feddst_broker_disconnects", "Losses of the MQTT broker connection.")
         if counts is not None:
+            payload.add_metric(("received",), counts.payload_received_bytes)
+            payload.add_metric(("sent",), counts.payload_sent_bytes)
             wire.add_metric(("received",), counts.wire_received_bytes)
             wire.add_metric(("sent",), counts.wire_sent_bytes)
             dropped.add_metric((), counts.dropped_packets)
             disconnects.add_metric((), counts.broker_disconnects)
+        yield payload
         yield wire
         yield dropped
         yield disconnects
@@ -97,9 +103,6 @@ class CoordinatorMetrics:
                                     "rounds' upload_bytes).", registry=r)
         self.download_bytes = Counter("feddst_download_payload_bytes", "Encoded model broadcast bytes x devices "
                                       "sent to (the rounds' download_bytes).", registry=r)
-        self.mqtt_bytes = Counter("feddst_mqtt_payload_bytes", "MQTT payload bytes received or published by the "
-                                  "coordinator (chunk headers included, MQTT framing excluded).",
-                                  labelnames=("direction",), registry=r)
         self.updates = Counter("feddst_updates", "Updates received, by verdict.", labelnames=("verdict",),
                                registry=r)
         self.device_errors = Counter("feddst_device_errors", "Error reports from devices, by reason code.",
@@ -112,8 +115,7 @@ class CoordinatorMetrics:
         Gauge("feddst_active_runs", "Runs running now (0 or 1).", registry=r).set_function(active_runs)
         r.register(_LinkCollector(link_counters))
         # The labelled children, made once (zeros from the start, so rates work from the first scrape); the hot
-        # paths (every MQTT packet, every update) use these: ``labels()`` costs ~35 us a call.
-        self.mqtt_bytes_by_direction = {d: self.mqtt_bytes.labels(direction=d) for d in ("received", "sent")}
+        # path (every update) uses these: ``labels()`` costs ~35 us a call.
         self.updates_by_verdict = {verdict: self.updates.labels(verdict=verdict) for verdict in VERDICTS}
 
     def render(self) -> bytes:

@@ -10,9 +10,18 @@ What it changes in paho's network thread (paho 2.x internals, which ``pyproject.
   packets from that buffer; one :meth:`loop_read` pass reads packets until the socket has nothing more
   (at most :data:`SOCKET_READS_PER_PASS` socket reads, so the pass ends and the packets it queued, PUBACKs
   included, are written) and always ends with the buffer empty, so ``select()`` on the socket still tells
-  whether data waits. The read gate (``read_gate``) is asked before every socket read, not before a
-  buffered one: when it says "not now" at most one read's worth (:data:`READ_SIZE`) is still handed on;
-* **one payload copy** per received PUBLISH (MQTT 3.1.1, QoS 0/1) instead of paho's three;
+  whether data waits. A packet that lies whole in the buffer is cut out of it at once (paho's own reading asks
+  for its command byte, each remaining-length byte and the rest, each through ``_sock_recv``, and takes a
+  mutex per packet for its keepalive clock, which is set once per pass instead). The read gate
+  (``read_gate``) is asked before every socket read, not before a buffered one: when it says "not now" at
+  most one read's worth (:data:`READ_SIZE`) is still handed on;
+* **one payload copy** per received PUBLISH (MQTT 3.1.1, QoS 0/1) instead of paho's three, in a message made
+  without paho's ``MQTTMessageInfo`` (a ``threading.Condition`` per message, unused for a received one) and handed
+  straight to ``on_message`` while no per-topic callback is set (paho decodes the topic three times and walks its
+  topic matcher for each);
+* **PUBACKs** (``ack``, manual ack) packed and queued without paho's generic command path; a PUBACK for one of
+  its own QoS 1 publishes (MQTT 3.1.1, no ``on_publish``) is handled without the ``ReasonCode`` and
+  ``Properties`` objects paho builds for it (only ``on_publish`` would see them);
 * **coalesced writes**: consecutive small queued packets that need nothing after their write (PUBACKs,
   QoS >= 1 PUBLISHes of at most :data:`COALESCE_PACKET_BYTES`) leave in one ``send`` of at most
   :data:`COALESCE_BYTES`, in their order;
@@ -24,9 +33,14 @@ Measured (docs/results.md, branch ``ingest3``): 20 000 heartbeats through mosqui
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 READ_SIZE = 64 * 1024
 """Bytes asked of the socket per read (paho itself asks for one byte, then the packet's remaining bytes)."""
@@ -39,6 +53,8 @@ COALESCE_BYTES = 64 * 1024
 
 _PUBLISH = 0x30
 _PUBACK = 0x40
+_PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)  # what paho makes for every MQTT 3.1.1 PUBACK (never handed on)
+_NO_PROPERTIES = Properties(PacketTypes.PUBACK)
 
 
 def _needs_nothing_after_write(packet: dict) -> bool:
@@ -46,6 +62,14 @@ def _needs_nothing_after_write(packet: dict) -> bool:
     a QoS 0 PUBLISH published and runs ``on_publish`` after its write, and a DISCONNECT closes the socket)."""
     kind = packet["command"] & 0xF0
     return kind == _PUBACK or (kind == _PUBLISH and packet["qos"] > 0)
+
+
+def _received_message() -> mqtt.MQTTMessage:
+    """An empty received message without paho's per-message ``MQTTMessageInfo`` (``info`` is None: it is for
+    published messages)."""
+    message = mqtt.MQTTMessage.__new__(mqtt.MQTTMessage)
+    message.state, message.info, message.properties = mqtt.mqtt_ms_invalid, None, None  # type: ignore[assignment]
+    return message
 
 
 class WireCountingClient(mqtt.Client):
@@ -94,14 +118,57 @@ class WireCountingClient(mqtt.Client):
         """Read and handle packets until the socket has no more (at most :data:`SOCKET_READS_PER_PASS` socket
         reads), the buffer drained; ``max_packets`` is ignored (paho's own loop passes its default)."""
         self._socket_reads_left = SOCKET_READS_PER_PASS
-        while True:
-            if self._sock is None:
-                return MQTTErrorCode.MQTT_ERR_NO_CONN
-            rc = self._packet_read()
-            if rc > 0:
-                return self._loop_rc_handle(rc)
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN and not self._buffered_bytes():
-                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        try:
+            while True:
+                if self._sock is None:
+                    return MQTTErrorCode.MQTT_ERR_NO_CONN
+                rc = self._buffered_packet_read()
+                if rc > 0:
+                    return self._loop_rc_handle(rc)
+                if rc == MQTTErrorCode.MQTT_ERR_AGAIN and not self._buffered_bytes():
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS
+        finally:
+            if self._whole_packets_read:
+                self._whole_packets_read = 0
+                with self._msgtime_mutex:
+                    self._last_bytes_received = mqtt.time_func()
+
+    _whole_packets_read = 0  # packets cut from the buffer since the keepalive clock was last set
+
+    def _buffered_packet_read(self) -> MQTTErrorCode:
+        """paho's ``_packet_read``, for a packet whole in the read buffer without going through ``_sock_recv``
+        (no partly read packet pending); anything else (a packet still arriving, an empty buffer) goes paho's way."""
+        buffered = self._buffered_bytes() if self._in_packet["command"] == 0 else 0
+        if buffered < 2:
+            return self._packet_read()
+        data, at = self._read_buffer, self._read_at
+        length, shift, i = 0, 0, at + 1
+        while True:  # the remaining length: 1 to 4 bytes, 7 bits each, least significant first
+            if i - at > 4 or i >= len(data):
+                return self._packet_read()  # malformed or cut off: paho reads (and refuses) it
+            byte = data[i]
+            length |= (byte & 127) << shift
+            shift, i = shift + 7, i + 1
+            if not byte & 128:
+                break
+        if i + length > len(data):
+            return self._packet_read()
+        command = data[at]
+        self._read_at = i + length
+        with memoryview(data) as view:
+            body = bytearray(view[i:i + length])  # one copy, the type paho's handlers take
+        self._in_packet = {"command": command, "have_remaining": 1, "remaining_count": [], "remaining_mult": 1,
+                           "remaining_length": length, "pos": 0, "to_process": 0,
+                           "packet": body}
+        try:
+            rc = self._packet_handle()
+        except MalformedPacket as exc:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+                           "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
+        self._whole_packets_read += 1
+        return rc
 
     def _handle_publish(self) -> MQTTErrorCode:
         """paho's handling of a received PUBLISH, for MQTT 3.1.1 with QoS 0 or 1 (what the coordinator
@@ -116,9 +183,10 @@ class WireCountingClient(mqtt.Client):
         start = 2 + topic_length + (2 if qos else 0)
         if topic_length == 0 or start > len(packet):
             return super()._handle_publish()  # paho raises MalformedPacket
+        message = _received_message()
+        message.mid = (packet[start - 2] << 8) | packet[start - 1] if qos else 0
         with memoryview(packet) as view:
-            message = mqtt.MQTTMessage(mid=(packet[start - 2] << 8) | packet[start - 1] if qos else 0,
-                                       topic=bytes(view[2:2 + topic_length]))
+            message._topic = bytes(view[2:2 + topic_length])
             message.payload = bytes(view[start:])
         message.dup, message.qos, message.retain = bool(header & 0x08), qos, bool(header & 0x01)
         if self._logger is not None or self.on_log is not None:
@@ -126,10 +194,46 @@ class WireCountingClient(mqtt.Client):
                            message.dup, qos, message.retain, message.mid,
                            message._topic.decode("utf-8", "backslashreplace"), len(message.payload))
         message.timestamp = mqtt.time_func()
-        self._handle_on_message(message)
+        on_message = self.on_message
+        if self._topic_callbacks or on_message is None:
+            self._handle_on_message(message)  # paho's dispatch: per-topic callbacks, its error handling
+        else:
+            with self._in_callback_mutex:
+                try:
+                    on_message(self, self._userdata, message)
+                except Exception as err:
+                    self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
         if qos == 1 and not self._manual_ack:
             return self._send_puback(message.mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    _topic_callbacks = False  # whether message_callback_add was ever called (then paho dispatches each message)
+
+    def message_callback_add(self, sub: str, callback: object) -> None:
+        self._topic_callbacks = True
+        super().message_callback_add(sub, callback)  # type: ignore[arg-type]
+
+    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        if cmd != "PUBACK" or self._protocol == mqtt.MQTTv5 or len(packet) != 2 or self.on_publish is not None:
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        if self._logger is not None or self.on_log is not None:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received %s (Mid: %d)", cmd, mid)
+        with self._out_message_mutex:
+            if mid in self._out_messages:  # paho's _do_on_publish: the message is done, its in-flight slot freed
+                return self._do_on_publish(mid, _PUBACK_SUCCESS, _NO_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def ack(self, mid: int, qos: int) -> MQTTErrorCode:
+        """paho's ``ack`` (manual ack), a QoS 1 PUBACK packed here: 4 bytes, no generic command path."""
+        if not (self._manual_ack and qos == 1):
+            return super().ack(mid, qos)
+        if self._logger is not None or self.on_log is not None:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Sending PUBACK (Mid: %d)", mid)
+        return self._packet_queue(_PUBACK, bytes((_PUBACK, 2, mid >> 8, mid & 0xFF)), mid, 1)
 
     # --- writing ------------------------------------------------------------------------------------
 

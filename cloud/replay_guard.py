@@ -53,6 +53,10 @@ class ReplayGuard:
     def admit(self, device_id: str, seq: int, message: object) -> bool:
         """True (and the seq recorded) if ``message`` from ``device_id`` is fresh; False if it is a replay."""
         row = self._rows.get(device_id)
+        if row is not None and seq > row.last_seq and type(message) is Status and message.state != "offline":
+            self._rows[device_id] = SequenceRow(device_id, seq, row.will_seq, row.will_used)  # a heartbeat
+            self._dirty.add(device_id)
+            return True
         if row is None or seq > row.last_seq:
             will_seq = row.will_seq if row is not None else 0
             will_used = row.will_used if row is not None else False

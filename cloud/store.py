@@ -85,6 +85,8 @@ class CoordinatorStore:
         self.backend = self._engine.dialect.name  # "sqlite" or "postgresql"
         self._insert = postgresql_insert if self.backend == "postgresql" else sqlite_insert
         self._upserts: dict[tuple[str, tuple[str, ...]], Any] = {}  # (table, columns) -> its upsert statement
+        self._placeholder = "?" if self._engine.dialect.paramstyle == "qmark" else "%s"
+        self._row_upserts: dict[str, str] = {}  # table -> its upsert of whole rows, in the driver's SQL
 
     @classmethod
     def from_settings(cls, settings: CloudSettings) -> CoordinatorStore:
@@ -124,6 +126,24 @@ class CoordinatorStore:
                        c.name in values[0]}
             cached = self._upserts[shape] = statement.on_conflict_do_update(index_elements=keys, set_=updated)
         return cached, values
+
+    def _upsert_rows(self, table: Table, rows: list[tuple[Any, ...]]) -> None:
+        """Upsert whole rows (values in the table's column order) in one transaction, straight through the
+        driver's ``executemany``: SQLAlchemy Core's per-row parameter processing and a dict per row cost more
+        CPU than SQLite's own work (the coordinator writes ~100 000 device rows per 10 000-device round).
+        ``INSERT ... ON CONFLICT (key) DO UPDATE``: the same SQL on SQLite (>= 3.24) and PostgreSQL."""
+        if not rows:
+            return
+        sql = self._row_upserts.get(table.name)
+        if sql is None:
+            names = [c.name for c in table.columns]
+            keys = [c.name for c in table.primary_key.columns]
+            updated = ", ".join(f"{n} = excluded.{n}" for n in names if n not in keys)
+            sql = self._row_upserts[table.name] = (
+                f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join([self._placeholder] * len(names))})"
+                f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updated}")
+        with self._writing() as conn, conn.begin():
+            conn.exec_driver_sql(sql, rows)
 
     # --- runs -------------------------------------------------------------------------------------
 
@@ -276,12 +296,13 @@ class CoordinatorStore:
 
     def save_devices(self, rows: list[DeviceRow]) -> None:
         """Upsert devices in one transaction (one commit, so one fsync on SQLite, however many rows)."""
-        if not rows:
-            return
-        self._write(self._upsert(devices, [{
-            "id": row.id, "capabilities": json.dumps(row.capabilities), "sample_count": row.sample_count,
-            "state": row.state, "last_seen": row.last_seen, "rounds_done": row.rounds_done,
-            "bytes_up": row.bytes_up, "bytes_down": row.bytes_down} for row in rows]))
+        self.save_device_values([(row.id, json.dumps(row.capabilities), row.sample_count, row.state, row.last_seen,
+                                  row.rounds_done, row.bytes_up, row.bytes_down) for row in rows])
+
+    def save_device_values(self, values: list[tuple[str, str, int, str, float, int, int, int]]) -> None:
+        """:meth:`save_devices` for rows given as ``(id, capabilities JSON, sample_count, state, last_seen,
+        rounds_done, bytes_up, bytes_down)`` (the registry keeps each device's capabilities JSON)."""
+        self._upsert_rows(devices, values)
 
     def add_device_error(self, error: DeviceErrorRow) -> None:
         self._write(device_errors.insert().values(device_id=error.device_id, run_id=error.run_id, round=error.round,
@@ -348,11 +369,8 @@ class CoordinatorStore:
 
     def save_sequences(self, rows: list[SequenceRow]) -> None:
         """Persist devices' replay state in one transaction (u64 values are stored as decimal text)."""
-        if not rows:
-            return
-        values = [{"device_id": r.device_id, "last_seq": str(r.last_seq), "will_seq": str(r.will_seq),
-                   "will_used": int(r.will_used)} for r in rows]
-        self._write(self._upsert(device_sequences, values))
+        self._upsert_rows(device_sequences, [(r.device_id, str(r.last_seq), str(r.will_seq), int(r.will_used))
+                                             for r in rows])
 
     def load_sequences(self) -> list[SequenceRow]:
         s = device_sequences.c

@@ -224,3 +224,91 @@ def test_mqtt5_and_qos2_publishes_take_pahos_own_way() -> None:
     ours = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours2")
     paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho2")
     assert handled_by(ours, qos2) == handled_by(paho, qos2)
+
+
+def test_per_topic_callbacks_and_on_message_errors_behave_as_in_paho() -> None:
+    data = publish_with(0x30, b"feddst/v1/devices/dev-1/status", None, b"a") + publish_with(0x30, b"other", None, b"b")
+    results = []
+    for client in (WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours"),
+                   mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho")):
+        routed: list[tuple[str, bytes]] = []
+        client.message_callback_add("feddst/v1/devices/+/status",
+                                    lambda c, u, m, routed=routed: routed.append((m.topic, m.payload)))
+        results.append((handled_by(client, data), routed))  # "other" goes to on_message, the status only to routed
+    assert results[0] == results[1]
+    assert results[0][1] == [("feddst/v1/devices/dev-1/status", b"a")] and len(results[0][0]) == 2
+
+    def failing(c, u, m) -> None:  # noqa: ANN001
+        raise ValueError("boom")
+
+    for client in (WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours-err"),
+                   mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-err")):
+        ours, broker = socket.socketpair()
+        ours.setblocking(False)
+        client.on_message = failing
+        client._sock = ours  # type: ignore[assignment]
+        broker.sendall(publish_with(0x30, b"t", None, b"x"))
+        with pytest.raises(ValueError, match="boom"):
+            client.loop_read()
+        client._sock = None
+        ours.close()
+        broker.close()
+
+
+@pytest.mark.parametrize("mid", [1, 0x1234, 65535])
+def test_a_manual_ack_sends_the_same_puback_as_paho(mid: int) -> None:
+    sent = []
+    for client in (WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours", manual_ack=True),
+                   mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho", manual_ack=True)):
+        ours, broker = socket.socketpair()
+        client._sock = ours  # type: ignore[assignment]
+        assert client.ack(mid, 1) == mqtt.MQTT_ERR_SUCCESS  # no network thread: paho writes it at once
+        assert client.ack(mid, 0) == mqtt.MQTT_ERR_SUCCESS  # QoS 0: nothing to acknowledge
+        broker.settimeout(1.0)
+        sent.append(broker.recv(100))
+        client._sock = None
+        ours.close()
+        broker.close()
+    assert sent[0] == sent[1] == struct.pack("!BBH", 0x40, 2, mid)
+
+
+def test_packets_cut_whole_from_the_buffer_are_handled_as_paho_does() -> None:
+    """Every packet after the first of a socket read lies whole in the buffer: 1-, 2- and 3-byte remaining lengths,
+    a PUBACK for one of our publishes, a QoS 2 PUBLISH (paho's own handling) and a packet cut off by the read."""
+    data = b"".join([
+        publish_with(0x30, b"first", None, b"read through paho's way"),
+        publish_with(0x30, b"short", None, b"x" * 10),
+        publish_with(0x32, b"two-byte-length", 0x0102, b"y" * 300),
+        publish_with(0x31, b"three-byte-length", None, b"z" * 20000),
+        bytes([0x40, 2, 0, 9]),  # PUBACK of mid 9 (nothing in flight: paho ignores it)
+        publish_with(0x34, b"qos2", 3, b"exactly once"),
+        publish_with(0x30, b"last", None, b"w" * 60000),  # crosses the first 64 KiB read
+    ])
+    ours = WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours-cut")
+    paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-cut")
+    expected = handled_by(paho, data)
+    handled = ["first", "short", "two-byte-length", "three-byte-length", "last"]  # QoS 2: on_message at PUBREL
+    assert [m[0] for m in expected[:-1]] == handled
+    assert handled_by(ours, data) == expected
+
+
+def test_a_puback_for_our_publish_frees_it_as_in_paho() -> None:
+    """A PUBACK for one of the client's QoS 1 publishes: the message is marked published and leaves the
+    in-flight set, as paho does (paho's objects for its reason code go to ``on_publish`` only)."""
+    states = []
+    for client in (WireCountingClient(mqtt.CallbackAPIVersion.VERSION2, client_id="ours-pub"),
+                   mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-pub")):
+        ours, broker = socket.socketpair()
+        ours.setblocking(False)
+        client._sock = ours  # type: ignore[assignment]
+        client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+        infos = [client.publish(f"t/{i}", b"payload", qos=1) for i in range(3)]
+        broker.recv(1000)
+        broker.sendall(bytes([0x40, 2, 0, infos[1].mid]) + bytes([0x40, 2, 0, 200]))  # one of ours, one unknown
+        client.loop_read()
+        states.append(([info.is_published() for info in infos], sorted(client._out_messages),
+                       client._inflight_messages))
+        client._sock = None
+        ours.close()
+        broker.close()
+    assert states[0] == states[1] == ([False, True, False], [1, 3], 2)
