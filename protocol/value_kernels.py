@@ -1,6 +1,6 @@
 """Array kernels for decoded values: the byte unshuffle of zstd value blocks, a finiteness test and a scaled
 float64 accumulation; compiled when the install built ``value_kernels.c``, numpy otherwise. With the library and
-the system's libzstd (``libzstd.so.1``, found by ``ctypes.util``), :func:`zstd_unshuffle` decodes a whole zstd
+a libzstd of the version ``zstandard`` bundles (:func:`open_zstd`), :func:`zstd_unshuffle` decodes a whole zstd
 value block (decompress + unshuffle) in one call; without libzstd the caller decompresses with ``zstandard``.
 
 The compiled library (``protocol/_value_kernels*.so``, built by ``setup.py`` as an optional extension, plain C
@@ -44,6 +44,8 @@ _SIGNATURES = {
 }
 RELEASE_GIL_MIN_BYTES = 64 * 1024
 """zstd value blocks of at least this many decoded bytes are decoded with the GIL released (see the docstring)."""
+LIBZSTD_ENV = "FEDDST_LIBZSTD"
+"""Path of the libzstd to decode zstd value blocks with (default: the system's; empty: none), see :func:`open_zstd`."""
 SCRATCH_MAX_BYTES = 4 * 1024 * 1024
 """Each thread keeps a scratch buffer for the byte planes of blocks up to this size (larger ones get their own)."""
 
@@ -109,16 +111,42 @@ class _DCtx:
 
 
 def open_zstd(lib: ctypes.PyDLL | None, kernels_path: Path | None) -> tuple[_Zstd | None, str]:
-    """(libzstd for :func:`zstd_unshuffle`, status line), or (None, why the caller decompresses with zstandard)."""
+    """(libzstd for :func:`zstd_unshuffle`, status line), or (None, why the caller decompresses with zstandard).
+
+    The library is ``$FEDDST_LIBZSTD`` (a path; empty: none) or the system's (``ctypes.util.find_library``), and it
+    is used only when its version is the one ``zstandard`` bundles: zstd versions differ in which damaged frames
+    they detect (1.5.4 decodes some that 1.5.7 reports as corrupt), so only the same version refuses exactly the
+    frames the ``zstandard`` path refuses (valid frames decode to the same bytes with any version)."""
     if lib is None or kernels_path is None:
-        return None, "no value kernels"
-    name = ctypes.util.find_library("zstd")
+        return None, "no value kernels: zstandard decompresses"
+    name = os.environ.get(LIBZSTD_ENV, None)
     if name is None:
+        name = ctypes.util.find_library("zstd")
+    if not name:
         return None, "libzstd not found: zstandard decompresses"
     try:
-        return _Zstd(ctypes.CDLL(name), kernels_path), f"{name}: one call per zstd value block"
+        libzstd = ctypes.CDLL(name)
+        version_number = libzstd.ZSTD_versionNumber
+        version_number.restype, version_number.argtypes = ctypes.c_uint, []
+        found = version_number()
+        wanted = _zstandard_version()
+        if found != wanted:
+            return None, (f"{name} is zstd {_dotted(found)}, zstandard bundles {_dotted(wanted)}: "
+                          "zstandard decompresses")
+        return _Zstd(libzstd, kernels_path), f"{name} (zstd {_dotted(found)}): one call per zstd value block"
     except (OSError, AttributeError) as exc:
         return None, f"cannot use {name}: {exc}: zstandard decompresses"
+
+
+def _zstandard_version() -> int:
+    import zstandard  # the protocol's dependency; imported here so this module's import needs numpy only
+
+    major, minor, patch = zstandard.ZSTD_VERSION
+    return major * 10000 + minor * 100 + patch
+
+
+def _dotted(version: int) -> str:
+    return f"{version // 10000}.{version // 100 % 100}.{version % 100}"
 
 
 _zstd, ZSTD_STATUS = open_zstd(_lib, library_path())

@@ -4,6 +4,7 @@ bit, and without the library (not built, disabled, stale) the numpy forms run an
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -135,3 +136,140 @@ def test_protocol_decodes_with_the_kernels_disabled() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={"FEDDST_PROTOCOL_KERNELS": "0",
                                                                            "PATH": "/usr/bin:/bin",
                                                                            "PYTHONPATH": str(ROOT)})
+
+
+needs_zstd = pytest.mark.skipif(vk._zstd is None, reason=f"libzstd path not in use: {vk.ZSTD_STATUS}")
+
+
+def zstd_block(values: np.ndarray, width: int) -> tuple[bytes, bytes]:
+    """(frame, unshuffled bytes) of ``values`` (count x width uint8) as the encoder writes a zstd value block."""
+    import zstandard
+
+    planes = values.T.copy().tobytes()
+    frame = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(planes)
+    return frame, values.tobytes()
+
+
+@needs_zstd
+@pytest.mark.parametrize("width", [1, 2, 4])
+@pytest.mark.parametrize("count", [1, 700, vk.RELEASE_GIL_MIN_BYTES // 4 - 1, vk.RELEASE_GIL_MIN_BYTES, 300_001])
+def test_zstd_unshuffle_gives_the_zstandard_decode(width: int, count: int) -> None:
+    rng = np.random.default_rng(count + width)
+    values = (rng.standard_normal(count * width) * 1e-3).astype(np.float32).view(np.uint8)[:count * width]
+    values = values.reshape(count, width)
+    frame, expected = zstd_block(values, width)
+    import zstandard
+
+    oracle = np.frombuffer(zstandard.ZstdDecompressor().decompress(frame), np.uint8)
+    assert oracle.reshape(width, count).T.tobytes() == expected  # the oracle: zstandard + a numpy transpose
+    got = vk.zstd_unshuffle(memoryview(frame), count, width)
+    assert got is not None and got.dtype == np.uint8 and got.tobytes() == expected
+
+
+@needs_zstd
+def test_zstd_unshuffle_refuses_what_is_not_exactly_one_good_frame() -> None:
+    values = np.random.default_rng(4).integers(0, 8, size=(40_000, 4), dtype=np.uint8)
+    frame, _ = zstd_block(values, 4)
+    assert vk.zstd_unshuffle(frame, 40_000, 4) is not None
+    assert vk.zstd_unshuffle(frame + b"\0", 40_000, 4) is None  # a byte after the frame
+    assert vk.zstd_unshuffle(frame + frame, 40_000, 4) is None  # two frames
+    assert vk.zstd_unshuffle(frame[:-9], 40_000, 4) is None  # truncated
+    assert vk.zstd_unshuffle(frame, 40_001, 4) is None  # another content size
+    assert vk.zstd_unshuffle(frame, 39_999, 4) is None
+    assert vk.zstd_unshuffle(b"", 40_000, 4) is None
+
+
+@needs_zstd
+def test_large_blocks_release_the_gil_small_ones_keep_it() -> None:
+    assert vk._zstd is not None
+    pythonapi = ctypes._FUNCFLAG_PYTHONAPI  # type: ignore[attr-defined]
+    assert not vk._zstd.released._flags_ & pythonapi  # CDLL: the call releases the GIL
+    assert vk._lib is not None and vk._lib.feddst_zstd_unshuffle._flags_ & pythonapi  # PyDLL: keeps it
+
+
+@needs_zstd
+def test_zstd_unshuffle_from_many_threads_at_once() -> None:
+    import threading
+
+    blocks = []
+    for seed in range(6):
+        values = np.random.default_rng(seed).integers(0, 4, size=(50_000 + seed, 4), dtype=np.uint8)
+        blocks.append((*zstd_block(values, 4), 50_000 + seed))
+    failures: list[int] = []
+
+    def decode_all(offset: int) -> None:
+        for i in range(30):
+            frame, expected, count = blocks[(i + offset) % len(blocks)]
+            got = vk.zstd_unshuffle(frame, count, 4)
+            if got is None or got.tobytes() != expected:
+                failures.append(offset)
+
+    threads = [threading.Thread(target=decode_all, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+
+def test_without_libzstd_zstandard_decodes(monkeypatch) -> None:  # noqa: ANN001
+    from protocol import SparseTensor, decode_tensor_set, encode_tensor_set
+
+    monkeypatch.delenv(vk.LIBZSTD_ENV, raising=False)
+    monkeypatch.setattr(vk.ctypes.util, "find_library", lambda name: None)
+    zstd, status = vk.open_zstd(vk._lib, vk.library_path())
+    assert zstd is None and "not found" in status
+    monkeypatch.setenv(vk.LIBZSTD_ENV, "")
+    assert vk.open_zstd(vk._lib, vk.library_path())[0] is None
+    monkeypatch.setattr(vk, "_zstd", None)
+    values = np.random.default_rng(2).standard_normal(70_000).astype(np.float32)
+    out = decode_tensor_set(encode_tensor_set({"w": SparseTensor((70_000,), values)}, compression="zstd"))
+    assert out["w"].values.tobytes() == values.tobytes()
+
+
+def decode_outcome(data: bytes) -> tuple[str, str]:
+    """("ok", the values' bytes) or (error type, message) of decoding the tensor set ``data``."""
+    from protocol import ProtocolError, decode_tensor_set
+
+    try:
+        return "ok", decode_tensor_set(data)["w"].values.tobytes().hex()
+    except ProtocolError as exc:
+        return type(exc).__name__, str(exc)
+
+
+@needs_zstd
+def test_damaged_blocks_decode_or_fail_as_with_zstandard(monkeypatch) -> None:  # noqa: ANN001
+    """Flip bytes all over an encoded zstd block (frame header, blocks, end): the libzstd path gives what the
+    zstandard path gives, the same values or the same error."""
+    from protocol import SparseTensor, encode_tensor_set
+
+    values = (np.random.default_rng(6).standard_normal(20_000) * 1e-2).astype(np.float32)
+    data = encode_tensor_set({"w": SparseTensor((20_000,), values)}, compression="zstd")
+    frame_start = data.index(b"\x28\xb5\x2f\xfd")  # zstd's magic number
+    damaged = [data]
+    for at in [*range(frame_start, frame_start + 24), *range(frame_start + 24, len(data), 97), len(data) - 1]:
+        for flip in (0x01, 0x80, 0xFF):
+            copy = bytearray(data)
+            copy[at] ^= flip
+            damaged.append(bytes(copy))
+    with_libzstd = [decode_outcome(d) for d in damaged]
+    monkeypatch.setattr(vk, "_zstd", None)
+    with_zstandard = [decode_outcome(d) for d in damaged]
+    assert with_libzstd == with_zstandard
+    assert with_libzstd[0] == ("ok", values.tobytes().hex())
+    assert sum(kind != "ok" for kind, _ in with_libzstd) > 50  # (zstd frames carry no checksum: most decode)
+
+
+@needs_library
+def test_a_libzstd_of_another_version_than_zstandard_bundles_is_not_used(monkeypatch) -> None:  # noqa: ANN001
+    """zstd 1.5.4 decodes damaged frames that 1.5.7 reports as corrupt (found by the test above): only the
+    version zstandard bundles may decode, so the refused frames stay the same."""
+    import zstandard
+
+    name = os.environ.get(vk.LIBZSTD_ENV) or vk.ctypes.util.find_library("zstd")
+    if not name:
+        pytest.skip("no libzstd on this machine")
+    major, minor, patch = zstandard.ZSTD_VERSION
+    monkeypatch.setattr(vk, "_zstandard_version", lambda: major * 10000 + minor * 100 + patch + 1)
+    zstd, status = vk.open_zstd(vk._lib, vk.library_path())
+    assert zstd is None and "zstandard bundles" in status
