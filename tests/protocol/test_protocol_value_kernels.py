@@ -273,3 +273,14 @@ def test_a_libzstd_of_another_version_than_zstandard_bundles_is_not_used(monkeyp
     monkeypatch.setattr(vk, "_zstandard_version", lambda: major * 10000 + minor * 100 + patch + 1)
     zstd, status = vk.open_zstd(vk._lib, vk.library_path())
     assert zstd is None and "zstandard bundles" in status
+
+
+@pytest.mark.parametrize("size", [0, 1, 5119, 5120, 5121, 10_240, 162_969])
+def test_crc32_keeping_gil_is_the_crc32(size: int) -> None:
+    import zlib
+
+    from protocol.checksum import crc32_keeping_gil
+
+    data = np.random.default_rng(size).integers(0, 256, size=size + 3, dtype=np.uint8).tobytes()
+    view = memoryview(data)[3:]  # an offset view, as the envelope check passes
+    assert crc32_keeping_gil(view) == zlib.crc32(view)  # the oracle: zlib's CRC in one call
