@@ -93,7 +93,8 @@ class _Zstd:
         self.functions = [ctypes.cast(getattr(libzstd, name), _ptr).value for name in
                           ("ZSTD_decompressDCtx", "ZSTD_findFrameCompressedSize", "ZSTD_isError")]
         released = ctypes.CDLL(str(kernels_path)).feddst_zstd_unshuffle  # CDLL: the call releases the GIL
-        released.argtypes, released.restype = _SIGNATURES["feddst_zstd_unshuffle"]
+        argtypes, restype = _SIGNATURES["feddst_zstd_unshuffle"]
+        released.argtypes, released.restype = argtypes, restype  # type: ignore[assignment]
         self.released = released
         self.local = threading.local()  # per thread: dctx (a _DCtx) and scratch (uint8 array)
 
@@ -166,13 +167,15 @@ def zstd_unshuffle(frame: memoryview | bytes, count: int, width: int) -> np.ndar
         dctx = local.dctx = _DCtx(zstd)
     size = count * width
     out = np.empty(size, dtype=np.uint8)
-    scratch = out
+    scratch: np.ndarray = out
     if width > 1:
-        scratch = getattr(local, "scratch", None)
+        kept = getattr(local, "scratch", None)
         if size > SCRATCH_MAX_BYTES:
             scratch = np.empty(size, dtype=np.uint8)
-        elif scratch is None or scratch.size < size:
+        elif kept is None or kept.size < size:
             scratch = local.scratch = np.empty(max(size, 256 * 1024), dtype=np.uint8)
+        else:
+            scratch = kept
     source = np.frombuffer(frame, dtype=np.uint8)
     call = zstd.released if size >= RELEASE_GIL_MIN_BYTES else _lib.feddst_zstd_unshuffle  # type: ignore[union-attr]
     if call(*zstd.functions, dctx.pointer, source.ctypes.data, source.size, scratch.ctypes.data, count, width,
