@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define FEDDST_VALUE_KERNELS_ABI 2
+#define FEDDST_VALUE_KERNELS_ABI 1
 
 int feddst_value_kernels_abi(void) { return FEDDST_VALUE_KERNELS_ABI; }
 
@@ -31,33 +31,6 @@ void feddst_unshuffle(const uint8_t *restrict planes, int64_t count, int32_t wid
     }
     for (int32_t b = 0; b < width; b++)
         for (int64_t i = 0; i < count; i++) out[i * width + b] = planes[b * count + i];
-}
-
-/* libzstd's functions as the caller found them (protocol/value_kernels.py loads libzstd.so.1 with ctypes and passes
- * their addresses): this file needs neither zstd.h nor a link against libzstd. */
-typedef size_t (*zstd_decompress_dctx_fn)(void *dctx, void *dst, size_t capacity, const void *src, size_t src_size);
-typedef size_t (*zstd_frame_size_fn)(const void *src, size_t src_size);
-typedef unsigned (*zstd_is_error_fn)(size_t code);
-
-/* One zstd value block: the frame (which must fill frame_len exactly: one frame, nothing after it) decompresses to
- * exactly `count * width` bytes of byte planes, written unshuffled to out (count values of width bytes). scratch
- * holds the planes (count * width bytes; unused when width is 1: the frame decompresses straight into out).
- * Returns 0, or -1 when the frame is invalid, not alone in frame_len, or of another content size (the caller then
- * decodes it again to say why). One call for the whole block, so a caller may release the GIL around it. */
-int32_t feddst_zstd_unshuffle(void *decompress_dctx, void *frame_size, void *is_error, void *dctx,
-                              const uint8_t *frame, int64_t frame_len, uint8_t *scratch, int64_t count,
-                              int32_t width, uint8_t *out) {
-    zstd_decompress_dctx_fn decompress = (zstd_decompress_dctx_fn)decompress_dctx;
-    zstd_frame_size_fn compressed_size = (zstd_frame_size_fn)frame_size;
-    zstd_is_error_fn failed = (zstd_is_error_fn)is_error;
-    size_t size = (size_t)count * (size_t)width;
-    size_t used = compressed_size(frame, (size_t)frame_len);
-    if (failed(used) || used != (size_t)frame_len) return -1;
-    uint8_t *planes = width == 1 ? out : scratch;
-    size_t got = decompress(dctx, planes, size, frame, (size_t)frame_len);
-    if (failed(got) || got != size) return -1;
-    if (width > 1) feddst_unshuffle(planes, count, width, out);
-    return 0;
 }
 
 /* 1 if every one of the n float32 values is finite (no NaN, no +-Inf), else 0. */

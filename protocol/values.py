@@ -37,7 +37,7 @@ import zstandard
 
 from protocol.binary import ByteReader, ByteWriter
 from protocol.errors import InvalidMessageError, MalformedError
-from protocol.value_kernels import unshuffle, zstd_unshuffle
+from protocol.value_kernels import unshuffle
 
 VALUE_FORMATS: dict[str, int] = {"float32": 0, "float16": 1, "bfloat16": 2, "int8": 3}
 VALUE_FORMAT_NAMES: dict[int, str] = {code: name for name, code in VALUE_FORMATS.items()}
@@ -179,33 +179,12 @@ def decode_value_block(reader: ByteReader, code: int, count: int) -> np.ndarray:
         stored = np.frombuffer(reader.take(size, "values"), dtype=dtype)
     elif codec == CODEC_ZSTD:
         frame = reader.take(reader.u32("compressed length"), "zstd frame")
-        stored = _zstd_block(frame, count, width).view(dtype)
+        stored = unshuffle(np.frombuffer(_decompress_exact(frame, size), dtype=np.uint8), width).view(dtype)
         if code == 0:  # unshuffle made a new writable float32 array: no second copy
             return stored.astype(np.float32, copy=False)
     else:
         raise MalformedError(f"unknown value codec {codec}")
     return dequantize(stored, code, scale)
-
-
-def _zstd_block(frame: memoryview, count: int, width: int) -> np.ndarray:
-    """The unshuffled bytes (a new uint8 array) of a zstd value block of ``count`` values of ``width`` bytes: one
-    call into the value kernels with libzstd when they are in use, else (or for a frame they refuse: the same frame
-    then raises the reason) ``zstandard`` and :func:`protocol.value_kernels.unshuffle`."""
-    size = count * width
-    _check_declared_size(frame, size)
-    decoded = zstd_unshuffle(frame, count, width)
-    if decoded is not None:
-        return decoded
-    return unshuffle(np.frombuffer(_decompress_exact(frame, size), dtype=np.uint8), width)
-
-
-def _check_declared_size(frame: memoryview, size: int) -> None:
-    try:
-        declared = zstandard.frame_content_size(frame)
-    except zstandard.ZstdError as error:
-        raise MalformedError("zstd: invalid frame header") from error
-    if declared != size:
-        raise MalformedError(f"zstd: frame declares {declared} bytes, expected {size}")
 
 
 _DECOMPRESSORS = threading.local()
@@ -222,7 +201,12 @@ def _decompress_exact(frame: memoryview, size: int) -> bytes:
     one-shot decompression into a buffer of the declared size; a frame that fails it is decoded again
     by :func:`_diagnose_frame` for the reason.
     """
-    _check_declared_size(frame, size)
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as error:
+        raise MalformedError("zstd: invalid frame header") from error
+    if declared != size:
+        raise MalformedError(f"zstd: frame declares {declared} bytes, expected {size}")
     decompressor = getattr(_DECOMPRESSORS, "zstd", None)
     if decompressor is None:
         decompressor = _DECOMPRESSORS.zstd = zstandard.ZstdDecompressor()
