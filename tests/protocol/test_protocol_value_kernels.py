@@ -135,4 +135,3 @@ def test_protocol_decodes_with_the_kernels_disabled() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={"FEDDST_PROTOCOL_KERNELS": "0",
                                                                            "PATH": "/usr/bin:/bin",
                                                                            "PYTHONPATH": str(ROOT)})
-
