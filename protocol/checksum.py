@@ -3,6 +3,11 @@
 zlib-ng (the ``zlib-ng`` package, in the ``cloud`` extra) computes the same CRC with carry-less
 multiplication: 3 us instead of 38-120 us for a 163 KB update on the coordinator's machine, where every
 received message is checked. Without it (an agent, a minimal install) this is ``zlib.crc32``: the same values.
+
+:func:`crc32_keeping_gil` (the envelope check) feeds zlib-ng at most :data:`GIL_KEPT_BYTES` per call: zlib-ng, as
+zlib, releases the GIL for longer inputs, and on the coordinator, where three threads share it, the decoder then
+waits up to the switch interval (5 ms by default) to get it back after 3 us of work. 32 calls for a 163 KB update
+cost ~7 us, one GIL hand-off fewer per message.
 """
 
 from __future__ import annotations
@@ -20,3 +25,17 @@ try:
 except ImportError:  # optional
     crc32 = zlib.crc32
     SOURCE = "zlib"
+
+GIL_KEPT_BYTES = 5120
+"""zlib and zlib-ng release the GIL for inputs longer than this (CPython's zlibmodule: ``len > 1024 * 5``)."""
+
+
+def crc32_keeping_gil(view: memoryview) -> int:
+    """``crc32(view)`` (a flat byte view), computed in pieces that keep the GIL when zlib-ng is the source (plain
+    zlib, ~20x slower, takes it whole: it may as well let other threads run meanwhile)."""
+    if SOURCE != "zlib-ng" or len(view) <= GIL_KEPT_BYTES:
+        return crc32(view)
+    crc = 0
+    for start in range(0, len(view), GIL_KEPT_BYTES):
+        crc = crc32(view[start:start + GIL_KEPT_BYTES], crc)
+    return crc

@@ -50,7 +50,7 @@ from protocol.auth import (
     as_signer,
 )
 from protocol.binary import as_byte_view
-from protocol.checksum import crc32
+from protocol.checksum import crc32, crc32_keeping_gil
 from protocol.errors import (
     AuthenticationError,
     ChecksumError,
@@ -220,7 +220,7 @@ def decode_envelope(data: bytes | bytearray | memoryview, key: KeySource = None,
     if size > expected_size:
         raise MalformedError(f"{size - expected_size} trailing bytes after the message")
     (stored_crc,) = struct.unpack_from("<I", view, crc_start)
-    if crc32(view[:crc_start]) != stored_crc:
+    if crc32_keeping_gil(view[:crc_start]) != stored_crc:
         raise ChecksumError("CRC-32 mismatch: the message was corrupted")
     run_raw = bytes(view[FIXED_HEADER_BYTES : FIXED_HEADER_BYTES + run_length])
     sender_raw = bytes(view[FIXED_HEADER_BYTES + run_length : payload_start])

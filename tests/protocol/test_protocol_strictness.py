@@ -9,6 +9,7 @@ accepted pieces that cannot come from the splitter and a transfer id that is not
 from __future__ import annotations
 
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -126,3 +127,58 @@ def test_the_envelope_crc_is_zlibs_crc32_whichever_implementation_computes_it():
         assert crc32(data) == zlib.crc32(data)
         assert crc32(memoryview(data)[size // 3:]) == zlib.crc32(data[size // 3:])
         assert crc32(data[size // 2:], crc32(data[: size // 2])) == zlib.crc32(data)
+
+
+@pytest.mark.parametrize("size", [0, 1, 5119, 5120, 5121, 10_240, 162_969])
+def test_the_envelope_check_s_crc_in_pieces_is_the_crc32(size: int) -> None:
+    import zlib
+
+    from protocol.checksum import crc32_keeping_gil
+
+    data = np.random.default_rng(size).integers(0, 256, size=size + 3, dtype=np.uint8).tobytes()
+    view = memoryview(data)[3:]  # an offset view, as the envelope check passes
+    assert crc32_keeping_gil(view) == zlib.crc32(view)  # the oracle: zlib's CRC in one call
+
+
+def _other_thread_progress(call) -> int:  # noqa: ANN001
+    """How far a Python thread that wants the GIL got while ``call()`` ran on this one (0: the GIL was held)."""
+    import sys
+    import threading
+
+    progress, stop = [0], threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            progress[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.2)  # no forced switch away from this thread during the call
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        while progress[0] == 0:
+            time.sleep(0.001)  # the spinner runs; this thread then waits for the GIL
+        before = progress[0]
+        for _ in range(10):  # ~1 ms of CRC each: ample time for a woken thread to run if the GIL was let go
+            call()
+        return progress[0] - before
+    finally:
+        stop.set()
+        spinner.join()
+        sys.setswitchinterval(interval)
+
+
+def test_the_envelope_check_s_crc_keeps_the_gil() -> None:
+    """zlib-ng releases the GIL for inputs over 5120 bytes; the envelope check's CRC must not (the coordinator's
+    decoder would wait up to a switch interval to get it back after a few microseconds of work)."""
+    from protocol import checksum
+
+    if checksum.SOURCE != "zlib-ng":
+        pytest.skip("zlib-ng not installed: zlib's CRC releases the GIL and is not split")
+    from protocol.envelope import decode_envelope, encode_envelope
+
+    payload = np.random.default_rng(1).integers(0, 256, 32 * 1024 * 1024, dtype=np.uint8).tobytes()
+    message = encode_envelope(Update.MESSAGE_TYPE, "run-1", 1, "dev-1", 1, 1, payload, None)
+    assert _other_thread_progress(lambda: checksum.crc32(message)) > 0  # the probe works: one call lets it run
+    assert _other_thread_progress(lambda: checksum.crc32_keeping_gil(memoryview(message))) == 0
+    assert _other_thread_progress(lambda: decode_envelope(message)) == 0
