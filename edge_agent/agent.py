@@ -290,9 +290,11 @@ class EdgeAgent:
                 log.warning("the broker refused the connection (%s); retrying", event.reason)
 
     def _fall_back(self, why: str) -> None:
+        if not self.link.fall_back_to_mqtt311():
+            log.info("the broker's MQTT 5 answer arrived as the fall-back was due (%s); staying on MQTT 5", why)
+            return
         log.info("the broker does not speak MQTT 5 (%s); reconnecting with MQTT 3.1.1", why)
         self.stats["protocol_fallbacks"] += 1
-        self.link.fall_back_to_mqtt311()
 
     def _wait_s(self) -> float:
         """Seconds the main loop may wait for an event: until the next heartbeat or upload (re)send is due

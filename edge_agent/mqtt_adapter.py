@@ -34,6 +34,7 @@ import logging
 import queue
 import random
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -122,6 +123,9 @@ class DeviceLink:
         self._connected = False
         self._attempt_started: float | None = None  # when a CONNECT went out on an open socket, unanswered
         self._v5_confirmed = False
+        # the fall-back decision (main loop) and a v5 CONNACK (paho's thread) can meet at the timeout: one wins
+        self._protocol_lock = threading.Lock()
+        self._retiring: mqtt.Client | None = None  # the v5 client a fall-back is replacing: its CONNACK is moot
         self._topics_by_mid: dict[int, str] = {}  # in-flight QoS 1 publishes, to name refused ones
         self.protocol = "3.1.1" if settings.mqtt_protocol == "3.1.1" else "5"
         # every MQTT byte goes through the shaper: wire counters, uplink cap, trial emulation (link_shaping)
@@ -191,17 +195,24 @@ class DeviceLink:
         started = self._attempt_started
         return started is not None and time.monotonic() - started > timeout_s
 
-    def fall_back_to_mqtt311(self) -> None:
-        """The broker does not speak MQTT 5 (e.g. the embedded amqtt broker): reconnect with 3.1.1."""
-        if not self.can_fall_back:
+    def fall_back_to_mqtt311(self) -> bool:
+        """The broker does not speak MQTT 5 (e.g. the embedded amqtt broker): reconnect with 3.1.1. False (and
+        nothing changes) when the broker's MQTT 5 CONNACK won the race against the caller's timeout: the v5
+        connection stands. Raises RuntimeError unless ``--mqtt-protocol auto`` started on MQTT 5."""
+        if self.settings.mqtt_protocol != "auto" or self._retiring is not None:
             raise RuntimeError("fall_back_to_mqtt311() needs --mqtt-protocol auto and a v5 client")
-        self.client.loop_stop()
+        with self._protocol_lock:
+            if not self.can_fall_back:
+                return False
+            self.protocol, self._retiring = "3.1.1", self.client
+        self.client.loop_stop()  # outside the lock: paho's thread may be waiting for it in _on_connect
         self._started = False
         self._connected = False
         self.protocol = "3.1.1"
         self._attempt_started = None
         self.client = self._build_client()
         self.start()
+        return True
 
     def stop(self, timeout_s: float = 3.0) -> None:
         """Wait up to ``timeout_s`` seconds for in-flight QoS 1 publishes to be acknowledged (while
@@ -293,8 +304,11 @@ class DeviceLink:
             permanent = value in PERMANENT_REFUSALS
             self.events.put(LinkRefused(PERMANENT_REFUSALS.get(value, str(reason_code)), permanent, value))
             return
-        self._connected = True
-        self._v5_confirmed = self._v5_confirmed or self.protocol == "5"
+        with self._protocol_lock:
+            if client is self._retiring:
+                return  # the fall-back to 3.1.1 was decided first: this client is being replaced
+            self._connected = True
+            self._v5_confirmed = self._v5_confirmed or self.protocol == "5"
         self.events.put(LinkUp(bool(flags.session_present)))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
