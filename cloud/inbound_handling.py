@@ -208,7 +208,6 @@ class InboundHandling(RoundLifecycle):
                 ex.collector.report_error(report.device_id, report.code, report.detail)
 
 
-
 def _is_heartbeat(item: Inbound) -> bool:
     """An online or busy Status (not a last will, not a Register): it only refreshes its device's row."""
     decoded = item.decoded

@@ -54,8 +54,7 @@ class ReplayGuard:
         """True (and the seq recorded) if ``message`` from ``device_id`` is fresh; False if it is a replay."""
         row = self._rows.get(device_id)
         if row is not None and seq > row.last_seq and type(message) is Status and message.state != "offline":
-            self._rows[device_id] = SequenceRow(device_id, seq, row.will_seq, row.will_used)  # a heartbeat
-            self._dirty.add(device_id)
+            self._save(SequenceRow(device_id, seq, row.will_seq, row.will_used), False)  # a heartbeat
             return True
         if row is None or seq > row.last_seq:
             will_seq = row.will_seq if row is not None else 0
