@@ -23,6 +23,7 @@ from feddst_core import native
 from feddst_core.models import Conv, Flatten, Linear, MaxPool, ModelSpec, forward, forward_plan, run_layers
 from feddst_core.pooling import max_pool2d
 from feddst_core.readjust import LayerReadjustment, readjust_masks
+from feddst_core.sparse.direct_step import direct_step, supports_direct_step
 from feddst_core.sparse.kernels import CsrPattern, FusedSgd, sparse_conv2d, sparse_conv2d_pool, sparse_linear
 from feddst_core.sparse.policy import SparseThreshold, choose_layer_kernels, validate_kernels
 from feddst_core.training import ClientData, ClientOutcome, LocalTrainer, TrainConfig, sgd_update
@@ -144,11 +145,13 @@ class SparseLocalTrainer:
 
     kernels: "auto" | "sparse" | "dense" (see ``feddst_core.sparse.policy``). thresholds: the auto
     policy's table (default: the measured ``DEFAULT_THRESHOLDS``). layer_kernels: per-layer overrides.
+    use_direct_step: run a step without autograd (``feddst_core.sparse.direct_step``) when every layer is on
+    the native path (the same numbers); False always takes the autograd path.
     """
 
     def __init__(self, spec: ModelSpec, config: TrainConfig, kernels: str = "auto",
                  thresholds: Mapping[str, Sequence[SparseThreshold]] | None = None,
-                 layer_kernels: Mapping[str, str] | None = None):
+                 layer_kernels: Mapping[str, str] | None = None, use_direct_step: bool = True):
         if config.batch_size < 1 or config.local_epochs < 0:
             raise ValueError("batch_size must be >= 1 and local_epochs >= 0")
         self.spec = spec
@@ -156,6 +159,7 @@ class SparseLocalTrainer:
         self.kernels = validate_kernels(kernels)
         self.thresholds = thresholds
         self.layer_kernels = dict(layer_kernels or {})
+        self.use_direct_step = use_direct_step
         self.last_layer_kernels: dict[str, str] = {}  # the choice of the last train() call, for reports
 
     def layer_choice(self, global_masks: Mapping[str, torch.Tensor]) -> dict[str, str]:
@@ -232,6 +236,10 @@ class SparseLocalTrainer:
 
     def _step(self, state: ClientState, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         fused = self._fused_sgd(state)  # these leaves take their step in their layer's backward
+        if self.use_direct_step and supports_direct_step(self.spec, state.leaves, state.patterns, fused):
+            loss, grads = direct_step(self.spec, state.leaves, state.patterns, fused, xb, yb)
+            self._sgd_step(state, {nm: grads[nm] for nm in state.leaves if nm in grads})
+            return loss
         names = [nm for nm in state.leaves if nm not in fused]
         logits = forward_mixed(self.spec, state.leaves, state.patterns, xb, fused)  # (b, classes)
         loss = F.cross_entropy(logits, yb)

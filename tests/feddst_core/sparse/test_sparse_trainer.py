@@ -171,17 +171,18 @@ def test_sparse_state_holds_no_dense_tensor_of_a_sparse_layer() -> None:
 @pytest.mark.skipif(not native.available(), reason="native kernels not built")
 def test_step_with_small_dense_leaves_runs_torch_on_one_thread_and_kernels_on_all(monkeypatch) -> None:
     """FC-heavy CNN at density 0.1 (conv1, conv2, fc1 sparse; fc2 and the biases dense and small): the step's torch
-    ops (here the loss) see one thread, the native kernels the caller's two, the caller's setting is restored,
-    and the step's outcome is the same as a step run on one thread throughout (to float rounding)."""
+    ops (here the loss: the direct step's log-softmax) see one thread, the native kernels the caller's two, the
+    caller's setting is restored, and the step's outcome is the same as a step run on one thread throughout (to
+    float rounding)."""
     import feddst_core.native.tensor_kernels as wrappers
-    import feddst_core.sparse.trainer as trainer_module
+    import feddst_core.sparse.direct_step as direct_module
 
     params, masks, data = _setup(FC_HEAVY_MNIST_CNN, 0.9, 32)
     trainer = SparseLocalTrainer(FC_HEAVY_MNIST_CNN, TrainConfig(batch_size=32), kernels="sparse")
     seen_torch: list[int] = []
     seen_kernels: list[int] = []
-    loss_fn, threads_fn = trainer_module.F.cross_entropy, wrappers._threads
-    monkeypatch.setattr(trainer_module.F, "cross_entropy",
+    loss_fn, threads_fn = direct_module.F.log_softmax, wrappers._threads
+    monkeypatch.setattr(direct_module.F, "log_softmax",
                         lambda *a, **k: seen_torch.append(torch.get_num_threads()) or loss_fn(*a, **k))
     monkeypatch.setattr(wrappers, "_threads", lambda: seen_kernels.append(threads_fn()) or seen_kernels[-1])
     before = torch.get_num_threads()
