@@ -237,8 +237,8 @@ class SparseLocalTrainer:
     def _step(self, state: ClientState, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         fused = self._fused_sgd(state)  # these leaves take their step in their layer's backward
         if self.use_direct_step and supports_direct_step(self.spec, state.leaves, state.patterns, fused):
-            loss, grads = direct_step(self.spec, state.leaves, state.patterns, fused, xb, yb)
-            self._sgd_step(state, {nm: grads[nm] for nm in state.leaves if nm in grads})
+            loss, direct_grads = direct_step(self.spec, state.leaves, state.patterns, fused, xb, yb)
+            self._sgd_step(state, {nm: direct_grads[nm] for nm in state.leaves if nm in direct_grads})
             return loss
         names = [nm for nm in state.leaves if nm not in fused]
         logits = forward_mixed(self.spec, state.leaves, state.patterns, xb, fused)  # (b, classes)
