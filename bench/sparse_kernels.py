@@ -4,12 +4,17 @@ Cases (2 threads, densities 1.0, 0.5, 0.2, 0.1, 0.05, uniform per-layer density,
 
 * ``fc_heavy_step``: one training step (forward + backward + SGD with momentum) of the paper's MNIST
   CNN with fc1 widened to 5120 -> 512 (``FC_HEAVY_MNIST_CNN``), batch 32. Dense = LocalTrainer's
-  own step (K = 1); sparse = ``SparseLocalTrainer(kernels="auto")``'s step.
+  own step (K = 1); sparse = ``SparseLocalTrainer(kernels="auto")``'s step (its autograd-free direct
+  step when every layer is on the native path), or LocalTrainer's own step when the auto policy keeps
+  every layer dense (what ``SparseLocalTrainer.train`` runs then; ``extra.sparse_path`` says which).
 * ``paper_round``: one local round of the paper's MNIST CNN (40 images, 10 epochs, batch 32).
   Dense = ``LocalTrainer`` (K = 1); sparse = ``SparseLocalTrainer(kernels="auto")``.
 
-Times: dense and sparse alternate repeat by repeat in this process (another job may share the
-CPU); each figure is the median over the repeats. Peak memory: each (case, density, kernels) runs
+Times: dense and sparse run in pairs in this process (another job may share the CPU), the order
+alternating pair by pair (sparse then dense, dense then sparse, ...); ``time_ratio`` is the median of
+the per-pair sparse / dense ratios (robust to load that changes between pairs), ``dense_s`` /
+``sparse_s`` the medians of each side's times, and ``extra.ratio_of_medians`` = sparse_s / dense_s
+(the figure ``time_ratio`` was before 2026-12-04, printed as "(old)"). Peak memory: each (case, density, kernels) runs
 in a fresh subprocess; peak = VmHWM after the work minus VmRSS before the model state existed,
 with the high-water mark reset (``/proc/self/clear_refs``) once the state is built and temporaries
 freed, and glibc's mmap threshold pinned so freed blocks go back to the OS (see docs/sparse_kernels.md).
@@ -41,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from feddst_core import native  # noqa: E402
 from feddst_core.models import MNIST_CNN, ModelSpec, init_params  # noqa: E402
 from feddst_core.sparse import FC_HEAVY_MNIST_CNN, SparseLocalTrainer  # noqa: E402
+from feddst_core.sparse.direct_step import supports_direct_step  # noqa: E402
 from feddst_core.sparse.kernels import CsrPattern, sparse_conv2d, sparse_linear  # noqa: E402
 from feddst_core.sparse.policy import (  # noqa: E402
     CalibrationPoint,
@@ -96,8 +102,28 @@ def dense_step_runner(spec: ModelSpec, params, masks, data) -> Callable[[], None
     return step
 
 
+SPARSE_PATHS = ("local_trainer", "direct_step", "autograd")
+"""``extra.sparse_path``: what the sparse side ran. local_trainer: the policy kept every layer dense, so
+SparseLocalTrainer.train would run LocalTrainer (and the bench runs LocalTrainer's step); direct_step: the
+autograd-free step (``feddst_core.sparse.direct_step``); autograd: SparseLocalTrainer's autograd step."""
+
+
+def sparse_path(trainer: SparseLocalTrainer, params, masks) -> str:
+    """Which of ``SPARSE_PATHS`` this trainer's steps take for these masks."""
+    if all(choice == "dense" for choice in trainer.layer_choice(masks).values()):
+        return "local_trainer"
+    state = trainer.start(params, masks)
+    direct = trainer.use_direct_step and supports_direct_step(trainer.spec, state.leaves, state.patterns,
+                                                              trainer._fused_sgd(state))
+    return "direct_step" if direct else "autograd"
+
+
 def sparse_step_runner(spec: ModelSpec, params, masks, data, kernels: str = "auto") -> Callable[[], None]:
+    """SparseLocalTrainer's step, or LocalTrainer's (``dense_step_runner``) when the policy keeps every layer
+    dense: what a round would run (``sparse_path``)."""
     trainer = SparseLocalTrainer(spec, TrainConfig(batch_size=BATCH), kernels=kernels)
+    if sparse_path(trainer, params, masks) == "local_trainer":
+        return dense_step_runner(spec, params, masks, data)
     state = trainer.start(params, masks)
     xb, yb = data.x[:BATCH], data.y[:BATCH]
     return lambda: trainer.step(state, xb, yb) and None
@@ -122,6 +148,24 @@ CASES = {
     "fc_heavy_step": (FC_HEAVY_MNIST_CNN, BATCH, dense_step_runner, sparse_step_runner),
     "paper_round": (MNIST_CNN, 40, dense_round_runner, sparse_round_runner),
 }
+
+
+def paired_times(dense: Callable[[], None], sparse: Callable[[], None], repeats: int, warmup: int = 3,
+                 clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], list[float], list[float]]:
+    """``repeats`` pairs of one dense and one sparse run, sparse first in even pairs and dense first in odd ones
+    (so neither side always runs right after the other, in a warmer cache): (dense times, sparse times,
+    per-pair sparse / dense ratios), in pair order. Each runner is first called ``warmup`` times."""
+    for run in (dense, sparse):
+        for _ in range(warmup):
+            run()
+    dense_t: list[float] = []
+    sparse_t: list[float] = []
+    for pair in range(repeats):
+        for side in ((sparse, sparse_t), (dense, dense_t)) if pair % 2 == 0 else ((dense, dense_t), (sparse, sparse_t)):
+            t0 = clock()
+            side[0]()
+            side[1].append(clock() - t0)
+    return dense_t, sparse_t, [s / d for s, d in zip(sparse_t, dense_t, strict=True)]
 
 
 def interleaved_medians(runners: list[Callable[[], None]], repeats: int, warmup: int = 3) -> list[float]:
@@ -254,26 +298,29 @@ def run_cases(cases: list[str], densities: list[float], repeats: dict[str, int],
             params, masks, data = make_problem(spec, density, n)
             sparse_trainer = SparseLocalTrainer(spec, TrainConfig(), kernels="auto")
             sparse_layers = [ly for ly, k in sparse_trainer.layer_choice(masks).items() if k == "sparse"]
-            dense_s, sparse_s = interleaved_medians(
-                [dense_runner(spec, params, masks, data), sparse_runner(spec, params, masks, data)],
-                repeats[case])
+            dense_t, sparse_t, ratios = paired_times(dense_runner(spec, params, masks, data),
+                                                     sparse_runner(spec, params, masks, data), repeats[case])
+            dense_s, sparse_s = statistics.median(dense_t), statistics.median(sparse_t)
             mem_ratio = None
             dense_mem = sparse_mem = None
             if with_memory:
                 dense_mem = measure_memory(case, density, "dense")
                 sparse_mem = measure_memory(case, density, "auto")
                 mem_ratio = sparse_mem / dense_mem if dense_mem else None
+            time_ratio = statistics.median(ratios)
             row = {"case": case, "density": density, "dense_s": dense_s, "sparse_s": sparse_s,
-                   "time_ratio": sparse_s / dense_s, "mem_ratio": mem_ratio,
+                   "time_ratio": time_ratio, "mem_ratio": mem_ratio,
                    "dense_peak_bytes": dense_mem, "sparse_peak_bytes": sparse_mem,
-                   "floor_fraction": density / (sparse_s / dense_s), "sparse_layers": sparse_layers}
+                   "floor_fraction": density / time_ratio, "sparse_layers": sparse_layers,
+                   "ratio_of_medians": sparse_s / dense_s,
+                   "sparse_path": sparse_path(sparse_trainer, params, masks)}
             rows.append(row)
             log(format_row(row))
     return rows
 
 
-HEADER = (f"{'case':<14} {'density':>7} {'dense ms':>9} {'sparse ms':>9} {'time x':>7} {'mem x':>6} "
-          f"{'dense MiB':>9} {'sparse MiB':>10} {'floor %':>7}  sparse layers (auto)")
+HEADER = (f"{'case':<14} {'density':>7} {'dense ms':>9} {'sparse ms':>9} {'time x':>7} {'(old)':>6} {'mem x':>6} "
+          f"{'dense MiB':>9} {'sparse MiB':>10} {'floor %':>7}  sparse layers (auto), sparse path")
 
 
 def format_row(r: dict) -> str:
@@ -281,8 +328,9 @@ def format_row(r: dict) -> str:
         return f"{v / 2**20:9.1f}" if v is not None else f"{'-':>9}"
     mem = f"{r['mem_ratio']:6.2f}" if r["mem_ratio"] is not None else f"{'-':>6}"
     return (f"{r['case']:<14} {r['density']:>7.2f} {r['dense_s'] * 1e3:>9.2f} {r['sparse_s'] * 1e3:>9.2f} "
-            f"{r['time_ratio']:>7.2f} {mem} {mib(r['dense_peak_bytes'])} {mib(r['sparse_peak_bytes']):>10} "
-            f"{100 * r['floor_fraction']:>6.0f}%  {','.join(r['sparse_layers']) or '-'}")
+            f"{r['time_ratio']:>7.2f} {r['ratio_of_medians']:>6.2f} {mem} {mib(r['dense_peak_bytes'])} "
+            f"{mib(r['sparse_peak_bytes']):>10} {100 * r['floor_fraction']:>6.0f}%  "
+            f"{','.join(r['sparse_layers']) or '-'}, {r['sparse_path']}")
 
 
 def main() -> None:
@@ -327,7 +375,8 @@ def main() -> None:
             write_thresholds(rows, args.write_thresholds, log)
         return
     log(f"torch {torch.__version__}, {args.threads} threads; native CPU kernels: {native.status()}")
-    log("medians of interleaved repeats; floor % = density / time ratio (100% = time falls exactly with density)")
+    log("time x: median of per-pair sparse/dense ratios (pairs in alternating order); (old): ratio of the medians; "
+        "floor % = density / time x (100% = time falls exactly with density)")
     log(HEADER)
     rows = run_cases(args.cases.split(","), [float(d) for d in args.densities.split(",")],
                      {"fc_heavy_step": args.step_repeats, "paper_round": args.round_repeats},
