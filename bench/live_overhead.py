@@ -142,6 +142,8 @@ TRAIN_USAGE = ("train_cpu", "train_faults", "train_vcsw", "train_ivcsw")
 """The training thread's usage per device per round (``<name>_by_round_s`` for cpu, ``<name>_by_round`` else)."""
 STAGES = ("broadcast", "delivery", "decode", "load", "train", "encode", "upload", "aggregation")
 PRELOADED_LINE = "training modules loaded ahead of the first round"
+IDLE_SETTLE_S = 2.0
+HEARTBEAT_S = 2.0  # the live agents' --heartbeat-s
 
 
 def agent_stage_lines(log_path: Path) -> dict[int, dict[str, float]]:
@@ -229,10 +231,13 @@ def wait_for_agents_online(coordinator, procs: list[subprocess.Popen], logs: Pat
 
 
 def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels: str,
-                 preload: bool = False) -> tuple[float, dict]:
+                 preload: bool = False, idle_window_s: float = 0.0) -> tuple[float, dict]:
     """Seconds per live round, and the stage breakdown (:func:`stage_breakdown`). ``preload``: agents run with
-    ``--preload-training`` and the run starts once every agent has logged that torch is imported."""
+    ``--preload-training`` and the run starts once every agent has logged that torch is imported.
+    ``idle_window_s`` > 0: before the run, the parties' CPU per second over that long with every agent online and
+    no round (``stages["idle_floor"]``, ``bench/idle_floor.py``)."""
     from cpu_accounting import CpuWindow, live_cpu_per_round
+    from idle_floor import idle_floor
 
     from cloud.run_config import RunConfig
 
@@ -248,7 +253,7 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "feddst_cli.main", "agent", "run", "--broker", broker.url, "--device-id",
                      f"dev-{i:03d}", "--dataset", "mnist", "--data-dir", data_dir, "--partition", f"{i}/400",
-                     "--seed", "0", "--threads", "1", "--heartbeat-s", "2", "--log-level", "info",
+                     "--seed", "0", "--threads", "1", "--heartbeat-s", str(HEARTBEAT_S), "--log-level", "info",
                      "--kernels", kernels, "--coordinator-public-key", coordinator.public_key_hex,
                      *(["--preload-training"] if preload else [])],
                     stdout=subprocess.DEVNULL, stderr=agent_log, env=env, cwd=ROOT))
@@ -257,6 +262,10 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
         if preload:
             wait_until(lambda: all(PRELOADED_LINE in (logs / f"dev-{i:03d}.log").read_text(errors="replace")
                                    for i in range(agents)), 600, "agents preloaded torch")
+        floor = None
+        if idle_window_s > 0:
+            time.sleep(IDLE_SETTLE_S)  # the agents' start-up (registration, first statuses) out of the window
+            floor = idle_floor([p.pid for p in procs], {"mosquitto": broker.process.pid}, idle_window_s)
         cfg = paper_config(rounds, agents)
         config = RunConfig(model="mnist_cnn", round_timeout_s=600, quorum=agents, min_devices=agents,
                            readjust_until=rounds, **cfg)
@@ -275,6 +284,8 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
         lines = {f"dev-{i:03d}": agent_stage_lines(logs / f"dev-{i:03d}.log") for i in range(agents)}
         stages = stage_breakdown(records, lines)
         stages["cpu"] = live_cpu_per_round(cpu.seconds(), rounds, elapsed)
+        if floor is not None:
+            stages["idle_floor"] = floor
         return elapsed / rounds, stages
     finally:
         for p in procs:
@@ -331,6 +342,9 @@ def main() -> None:
     parser.add_argument("--skip-control", action="store_true",
                         help="skip the contention control (bench/contention_control.py: the agents' training in as "
                              "many processes at once, without the product)")
+    parser.add_argument("--idle-window-s", type=float, default=8.0,
+                        help="seconds, before the live run, of measuring each party's CPU with every agent online "
+                             "and no round (heartbeats, idle wake-ups: bench/idle_floor.py); 0 skips it")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -339,7 +353,7 @@ def main() -> None:
     from contention_control import measure_contention_control
     from cpu_accounting import cpu_attribution, print_cpu
     from fleet_scale import measure_scale, print_breakdown
-    from live_overhead_report import print_control, print_stages
+    from live_overhead_report import print_control, print_idle_floor, print_stages
 
     result: dict = {"overhead_ratio": None, "scale_agents": args.scale_agents, "scale_round_s": None,
                     "scale_peak_mb": None, "stages": None}
@@ -353,7 +367,7 @@ def main() -> None:
             sim_before = measure_simulated(args.rounds, args.data_dir, args.kernels, args.agents)
             log(f"live run: {args.agents} agents x {args.rounds} rounds over mosquitto (--kernels {args.kernels})...")
             live_s, stages = measure_live(args.rounds, args.data_dir, work, args.agents, args.kernels,
-                                          args.preload_training)
+                                          args.preload_training, args.idle_window_s)
             if not args.skip_control:
                 log(f"contention control: {args.agents} processes training the same clients at once, no product...")
                 stages["control"] = measure_contention_control(args.agents, args.rounds, args.data_dir, args.kernels)
@@ -397,6 +411,7 @@ def main() -> None:
         print_stages(result["stages"], args.agents)
         print_control(result)
         print_cpu(result["stages"], args.agents)
+        print_idle_floor(result["stages"], args.agents, result["live_round_s"])
     if result["scale_round_s"] is not None:
         print(f"scale: {args.scale_agents} fake agents, one round incl. aggregation {result['scale_round_s']:.2f} s "
               f"(targets: 1000 <= 2 s, 10 000 <= 10 s), {result['scale_accepted']} updates accepted; coordinator "

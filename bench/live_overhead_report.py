@@ -80,3 +80,35 @@ def print_stages(stages: dict, agents: int) -> None:
         print(f"  live round without the sharing (training {contention['train_contention_s']:.3f} s + outside "
               f"{contention['outside_contention_s']:.3f} s): {contention['round_without_contention_s']:.2f} s "
               f"-> ratio {contention['ratio_without_contention']:.3f} (an estimate of the product's own overhead)")
+
+
+def print_idle_floor(stages: dict, agents: int, round_s: float) -> None:
+    """The parties' CPU with every agent online and no round (``stages["idle_floor"]``, when measured), and what
+    it makes of the live round's CPU outside the training threads: the floor over the round's length, and the
+    rest, the round's own work, per party and per agent."""
+    from idle_floor import floor_share
+    from live_overhead import HEARTBEAT_S
+
+    floor, live = stages.get("idle_floor"), stages["cpu"]
+    if not floor:
+        return
+    cores = os.cpu_count() or 1
+    print(f"idle floor (all {agents} agents online, no round, a Status every {HEARTBEAT_S:g} s each; "
+          f"{floor['window_s']:.1f} s window), CPU ms per second: agents' main loops "
+          f"{1000 * floor['agents_main_loop']:.2f} ({1000 * floor['agents_main_loop'] / agents:.3f} per agent), "
+          f"their other threads (paho) {1000 * floor['agents_other']:.2f}; coordinator "
+          f"{1000 * floor['coordinator']:.2f} (main loop {1000 * floor['coordinator_main_loop']:.2f}, decoder "
+          f"{1000 * floor['coordinator_decoder']:.2f}, paho {1000 * floor['coordinator_paho_network']:.2f}); "
+          f"mosquitto {1000 * floor['mosquitto']:.2f}; total {1000 * floor['total']:.2f}")
+    share = floor_share(floor, live, round_s)
+    print(f"  over a live round of {round_s:.2f} s the floor is {share['floor_per_round_cpu_s']:.3f} CPU s of the "
+          f"{share['outside_training_cpu_s']:.3f} outside the training threads; the round's own work "
+          f"{share['round_messages_cpu_s']:.3f} CPU s ({share['round_messages_cpu_s'] / cores:.3f} s over {cores} "
+          f"cores)")
+    parts = (("agents' main loops", live["agents_main_loop"], floor["agents_main_loop"]),
+             ("agents' paho", live["agents_paho"], floor["agents_other"]),
+             ("coordinator", live["coordinator"], floor["coordinator"]),
+             ("mosquitto", live["mosquitto"], floor["mosquitto"]))
+    print("  the round's own work per agent per round (live minus floor), CPU ms: "
+          + ", ".join(f"{name} {1000 * (on_round - per_s * round_s) / agents:.2f}"
+                      for name, on_round, per_s in parts))
