@@ -67,8 +67,10 @@ def test_idle_floor_counts_a_busy_main_thread_and_not_a_sleeping_one() -> None:
         return next(t.user_time + t.system_time for t in threads if t.id == child.pid)
 
     by_ticks = main_cpu(main_after) - main_cpu(main_before)  # a slightly wider window than idle_floor's
-    assert floor["agents_main_loop"] * floor["window_s"] == pytest.approx(by_ticks, abs=0.05)
-    assert floor["agents_main_loop"] * floor["window_s"] > 0.05  # it did burn
+    measured = floor["agents_main_loop"] * floor["window_s"]
+    # the tick-counted window encloses idle_floor's (so it may hold a little more), each reading within 10 ms
+    assert by_ticks - 0.06 <= measured <= by_ticks + 0.02
+    assert measured > 0  # it did burn (however loaded the machine)
     assert floor["agents_other"] * floor["window_s"] < 0.02  # the sleeping thread, the stdin reader
     assert floor["total"] >= floor["agents_main_loop"]
 
