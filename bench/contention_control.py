@@ -33,16 +33,21 @@ sys.path.insert(0, str(ROOT))
 
 READY = "ready"
 GO = "go"
+WORKER_USAGE = {"cpu": "train_cpu_by_round_s", "faults": "train_faults_by_round", "vcsw": "train_vcsw_by_round",
+                "ivcsw": "train_ivcsw_by_round"}
+"""A worker line's usage field -> the per-round mean's name in the result (as the live stages')."""
 
 
 def run_worker(client: int, rounds: int, data_dir: str, kernels: str, config: dict) -> None:
     """Worker process: build the simulation, print ``ready``, then per round wait for ``go`` on stdin, train
-    ``client`` for that round and print ``{"round", "start", "end"}`` (unix seconds) and ``cpu`` (the training's
-    CPU seconds, ``time.thread_time``) as one JSON line."""
+    ``client`` for that round and print ``{"round", "start", "end"}`` (unix seconds), ``cpu`` (the training's
+    CPU seconds, ``time.thread_time``) and ``faults`` / ``vcsw`` / ``ivcsw`` (its thread's minor page faults and
+    voluntary / involuntary context switches, as the agents' ``stage timing`` line) as one JSON line."""
     import torch
 
     torch.set_num_threads(1)
     from edge_agent.local_training import freeze_loaded_objects
+    from edge_agent.thread_usage import read_thread_usage
     from simulator.config import SimulationConfig
     from simulator.engine import Simulation
 
@@ -55,10 +60,12 @@ def run_worker(client: int, rounds: int, data_dir: str, kernels: str, config: di
         if sys.stdin.readline().strip() != GO:
             return
         plan = sim.strategy.configure_round(server_round, sim.state, client_ids, sim.rng)
-        start, cpu_start = time.time(), time.thread_time()
+        start, cpu_start, usage_start = time.time(), time.thread_time(), read_thread_usage()
         sim.train_clients([client], plan.readjust_fraction, plan.prox_mu, server_round)
-        print(json.dumps({"round": server_round, "start": start, "end": time.time(),
-                          "cpu": time.thread_time() - cpu_start}), flush=True)
+        cpu, usage = time.thread_time() - cpu_start, read_thread_usage() - usage_start
+        print(json.dumps({"round": server_round, "start": start, "end": time.time(), "cpu": cpu,
+                          "faults": usage.minor_faults, "vcsw": usage.voluntary_switches,
+                          "ivcsw": usage.involuntary_switches}), flush=True)
 
 
 def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels: str) -> dict:
@@ -81,7 +88,7 @@ def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels:
         spans: list[float] = []
         trains: list[float] = []
         train_by_round: list[float] = []
-        train_cpu_by_round: list[float] = []
+        usage_by_round: dict[str, list[float]] = {name: [] for name in WORKER_USAGE.values()}
         for _ in range(rounds):
             for worker in workers:
                 assert worker.stdin is not None
@@ -91,11 +98,12 @@ def measure_contention_control(agents: int, rounds: int, data_dir: str, kernels:
             spans.append(max(d["end"] for d in done) - min(d["start"] for d in done))
             trains.extend(d["end"] - d["start"] for d in done)
             train_by_round.append(sum(d["end"] - d["start"] for d in done) / agents)
-            train_cpu_by_round.append(sum(d["cpu"] for d in done) / agents)
+            for field, name in WORKER_USAGE.items():
+                usage_by_round[name].append(sum(d.get(field, 0) for d in done) / agents)
         cpu.stop()
         return {"agents": agents, "rounds": rounds, "round_s": sum(spans) / rounds,
                 "train_s": sum(trains) / len(trains), "round_spans_s": spans,
-                "train_by_round_s": train_by_round, "train_cpu_by_round_s": train_cpu_by_round,
+                "train_by_round_s": train_by_round, **usage_by_round,
                 "cpu": control_cpu_per_round(cpu.seconds(), rounds, time.perf_counter() - window_start)}
     finally:
         for worker in workers:

@@ -133,29 +133,43 @@ def paper_config(rounds: int, clients: int = 20) -> dict:
 
 STAGE_LINE = re.compile(r"stage timing (?P<run>\S+) round (?P<round>\d+): model_at=(?P<model_at>\S+) "
                         r"decode=(?P<decode>\S+) train=(?P<train>\S+) encode=(?P<encode>\S+) "
-                        r"published_at=(?P<published_at>\S+)(?: load=(?P<load>\S+))?(?: train_cpu=(?P<train_cpu>\S+))?")
+                        r"published_at=(?P<published_at>\S+)(?: load=(?P<load>\S+))?(?: train_cpu=(?P<train_cpu>\S+))?"
+                        r"(?: train_faults=(?P<train_faults>\d+))?(?: train_vcsw=(?P<train_vcsw>\d+))?"
+                        r"(?: train_ivcsw=(?P<train_ivcsw>\d+))?")
+STAGE_FIELDS = ("model_at", "decode", "train", "encode", "published_at", "load", "train_cpu", "train_faults",
+                "train_vcsw", "train_ivcsw")
+TRAIN_USAGE = ("train_cpu", "train_faults", "train_vcsw", "train_ivcsw")
+"""The training thread's usage per device per round (``<name>_by_round_s`` for cpu, ``<name>_by_round`` else)."""
 STAGES = ("broadcast", "delivery", "decode", "load", "train", "encode", "upload", "aggregation")
 PRELOADED_LINE = "training modules loaded ahead of the first round"
+IDLE_SETTLE_S = 2.0
+HEARTBEAT_S = 2.0  # the live agents' --heartbeat-s
 
 
 def agent_stage_lines(log_path: Path) -> dict[int, dict[str, float]]:
-    """Round -> the agent's ``stage timing`` values (first line per round)."""
+    """Round -> the agent's ``stage timing`` values (first line per round; a field the line lacks, as an older
+    agent's, is 0)."""
     out: dict[int, dict[str, float]] = {}
     for m in STAGE_LINE.finditer(log_path.read_text(errors="replace")):
-        out.setdefault(int(m["round"]), {k: float(m[k] or 0.0) for k in ("model_at", "decode", "train", "encode",
-                                                                          "published_at", "load", "train_cpu")})
+        out.setdefault(int(m["round"]), {k: float(m[k] or 0.0) for k in STAGE_FIELDS})
     return out
+
+
+def usage_key(name: str) -> str:
+    """``--json`` name of the per-round means of a :data:`TRAIN_USAGE` field."""
+    return f"{name}_by_round_s" if name == "train_cpu" else f"{name}_by_round"
 
 
 def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[str, float]]]) -> dict:
     """Mean seconds of each stage (see the module docstring) over every accepted (round, device)."""
     per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
-    critical, other, round_s, closes, train_by_round, train_cpu_by_round = [], [], [], [], [], []
+    critical, other, round_s, closes, train_by_round = [], [], [], [], []
+    usage_by_round: dict[str, list[float]] = {name: [] for name in TRAIN_USAGE}
     for record in records:
         r = record["round"]
         per_stage["broadcast"].append(record["broadcast_s"])
         per_stage["aggregation"].append(record["aggregation_s"])
-        paths, cpus = [], []
+        paths, usages = [], []
         for device, received_at in record["update_received_at"].items():
             agent = agent_lines.get(device, {}).get(r)
             if agent is None:
@@ -165,12 +179,13 @@ def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[s
             for name, value in (("delivery", delivery), ("load", agent["load"]), ("decode", agent["decode"]),
                                 ("train", agent["train"]), ("encode", agent["encode"]), ("upload", upload)):
                 per_stage[name].append(value)
-            cpus.append(agent.get("train_cpu", 0.0))
+            usages.append(agent)
             paths.append((received_at, delivery + agent["load"] + agent["decode"] + agent["train"] + agent["encode"]
                           + upload))
         if paths:
             train_by_round.append(sum(per_stage["train"][-len(paths):]) / len(paths))
-            train_cpu_by_round.append(sum(cpus) / len(cpus))
+            for name, means in usage_by_round.items():
+                means.append(sum(u.get(name, 0.0) for u in usages) / len(usages))
             last_arrival, last_path = max(paths)
             close = record["closed_at"] - last_arrival
             closes.append(close)
@@ -185,7 +200,7 @@ def stage_breakdown(records: list[dict], agent_lines: dict[str, dict[int, dict[s
     result = {f"{name}_s": mean(values) for name, values in per_stage.items()}
     result.update(close_s=mean(closes), critical_path_s=mean(critical), other_s=mean(other), round_s=mean(round_s),
                   samples=len(per_stage["train"]), round_spans_s=round_s, train_by_round_s=train_by_round,
-                  train_cpu_by_round_s=train_cpu_by_round)
+                  **{usage_key(name): means for name, means in usage_by_round.items()})
     return result
 
 
@@ -216,10 +231,13 @@ def wait_for_agents_online(coordinator, procs: list[subprocess.Popen], logs: Pat
 
 
 def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels: str,
-                 preload: bool = False) -> tuple[float, dict]:
+                 preload: bool = False, idle_window_s: float = 0.0) -> tuple[float, dict]:
     """Seconds per live round, and the stage breakdown (:func:`stage_breakdown`). ``preload``: agents run with
-    ``--preload-training`` and the run starts once every agent has logged that torch is imported."""
+    ``--preload-training`` and the run starts once every agent has logged that torch is imported.
+    ``idle_window_s`` > 0: before the run, the parties' CPU per second over that long with every agent online and
+    no round (``stages["idle_floor"]``, ``bench/idle_floor.py``)."""
     from cpu_accounting import CpuWindow, live_cpu_per_round
+    from idle_floor import idle_floor
 
     from cloud.run_config import RunConfig
 
@@ -235,7 +253,7 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "feddst_cli.main", "agent", "run", "--broker", broker.url, "--device-id",
                      f"dev-{i:03d}", "--dataset", "mnist", "--data-dir", data_dir, "--partition", f"{i}/400",
-                     "--seed", "0", "--threads", "1", "--heartbeat-s", "2", "--log-level", "info",
+                     "--seed", "0", "--threads", "1", "--heartbeat-s", str(HEARTBEAT_S), "--log-level", "info",
                      "--kernels", kernels, "--coordinator-public-key", coordinator.public_key_hex,
                      *(["--preload-training"] if preload else [])],
                     stdout=subprocess.DEVNULL, stderr=agent_log, env=env, cwd=ROOT))
@@ -244,6 +262,10 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
         if preload:
             wait_until(lambda: all(PRELOADED_LINE in (logs / f"dev-{i:03d}.log").read_text(errors="replace")
                                    for i in range(agents)), 600, "agents preloaded torch")
+        floor = None
+        if idle_window_s > 0:
+            time.sleep(IDLE_SETTLE_S)  # the agents' start-up (registration, first statuses) out of the window
+            floor = idle_floor([p.pid for p in procs], {"mosquitto": broker.process.pid}, idle_window_s)
         cfg = paper_config(rounds, agents)
         config = RunConfig(model="mnist_cnn", round_timeout_s=600, quorum=agents, min_devices=agents,
                            readjust_until=rounds, **cfg)
@@ -262,6 +284,8 @@ def measure_live(rounds: int, data_dir: str, workdir: Path, agents: int, kernels
         lines = {f"dev-{i:03d}": agent_stage_lines(logs / f"dev-{i:03d}.log") for i in range(agents)}
         stages = stage_breakdown(records, lines)
         stages["cpu"] = live_cpu_per_round(cpu.seconds(), rounds, elapsed)
+        if floor is not None:
+            stages["idle_floor"] = floor
         return elapsed / rounds, stages
     finally:
         for p in procs:
@@ -318,6 +342,9 @@ def main() -> None:
     parser.add_argument("--skip-control", action="store_true",
                         help="skip the contention control (bench/contention_control.py: the agents' training in as "
                              "many processes at once, without the product)")
+    parser.add_argument("--idle-window-s", type=float, default=8.0,
+                        help="seconds, before the live run, of measuring each party's CPU with every agent online "
+                             "and no round (heartbeats, idle wake-ups: bench/idle_floor.py); 0 skips it")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -326,6 +353,7 @@ def main() -> None:
     from contention_control import measure_contention_control
     from cpu_accounting import cpu_attribution, print_cpu
     from fleet_scale import measure_scale, print_breakdown
+    from live_overhead_report import print_control, print_idle_floor, print_stages
 
     result: dict = {"overhead_ratio": None, "scale_agents": args.scale_agents, "scale_round_s": None,
                     "scale_peak_mb": None, "stages": None}
@@ -339,7 +367,7 @@ def main() -> None:
             sim_before = measure_simulated(args.rounds, args.data_dir, args.kernels, args.agents)
             log(f"live run: {args.agents} agents x {args.rounds} rounds over mosquitto (--kernels {args.kernels})...")
             live_s, stages = measure_live(args.rounds, args.data_dir, work, args.agents, args.kernels,
-                                          args.preload_training)
+                                          args.preload_training, args.idle_window_s)
             if not args.skip_control:
                 log(f"contention control: {args.agents} processes training the same clients at once, no product...")
                 stages["control"] = measure_contention_control(args.agents, args.rounds, args.data_dir, args.kernels)
@@ -383,6 +411,7 @@ def main() -> None:
         print_stages(result["stages"], args.agents)
         print_control(result)
         print_cpu(result["stages"], args.agents)
+        print_idle_floor(result["stages"], args.agents, result["live_round_s"])
     if result["scale_round_s"] is not None:
         print(f"scale: {args.scale_agents} fake agents, one round incl. aggregation {result['scale_round_s']:.2f} s "
               f"(targets: 1000 <= 2 s, 10 000 <= 10 s), {result['scale_accepted']} updates accepted; coordinator "
@@ -408,60 +437,6 @@ def contention_estimate(stages: dict, agents: int, cores: int, live_round_s: flo
     return {"time_sliced_train_s": time_sliced, "train_contention_s": train_contention,
             "outside_contention_s": outside_contention, "round_without_contention_s": without,
             "ratio_without_contention": without / simulated_round_s}
-
-
-def print_control(result: dict) -> None:
-    """The contention control's lines (when it ran): its rounds beside the live and simulated ones."""
-    control = result["stages"].get("control")
-    if not control:
-        return
-    spans = ", ".join(f"{s:.2f}" for s in control["round_spans_s"])
-    print(f"contention control: {control['agents']} processes training the same clients at once with no coordinator, "
-          f"broker or MQTT: {control['round_s']:.2f} s/round ({spans}; train {control['train_s']:.3f} s per "
-          f"process) -> the machine's sharing alone x{control['round_s'] / result['simulated_round_s']:.3f} the "
-          f"simulated round")
-    live = result["stages"]
-    print(f"  per round: live {', '.join(f'{s:.2f}' for s in live['round_spans_s'])}; mean train per device: live "
-          f"{', '.join(f'{s:.3f}' for s in live['train_by_round_s'])}, control "
-          f"{', '.join(f'{s:.3f}' for s in control['train_by_round_s'])}")
-    print(f"  mean training CPU per device per round: live "
-          f"{', '.join(f'{s:.3f}' for s in live['train_cpu_by_round_s'])}; control "
-          f"{', '.join(f'{s:.3f}' for s in control['train_cpu_by_round_s'])}")
-    print(f"  live / control = {result['live_round_s']:.2f} / {control['round_s']:.2f} -> "
-          f"{result['overhead_vs_control_ratio']:.3f} (what the product adds beyond the contention; target <= 1.05)")
-
-
-def print_stages(stages: dict, agents: int) -> None:
-    """The stage table: mean seconds per device per round, each stage's share of the mean round, and (when
-    measured) the same stage of one agent alone on the machine: the difference is the other agents' contention."""
-    round_s, alone = stages["round_s"], stages.get("alone")
-    print(f"live stages (mean s per device per round over {stages['samples']} updates; round {round_s:.2f} s)"
-          + ("; 'alone': one preloaded agent, one client, one round, nothing else running:" if alone else ":"))
-    for name in STAGES:
-        value = stages[f"{name}_s"]
-        share = f"{100 * value / round_s:5.1f} %" if value is not None and round_s else "   n/a"
-        solo = f"   alone {alone[f'{name}_s']:8.3f} s" if alone and alone.get(f"{name}_s") is not None else ""
-        print(f"  {name:<12} {value if value is not None else float('nan'):8.3f} s  {share}{solo}")
-    solo = f"   alone {alone['close_s']:8.3f} s" if alone else ""
-    print(f"  {'close':<12} {stages['close_s']:8.3f} s  (last update's arrival to the round's close){solo}")
-    print(f"  {'critical path':<12} {stages['critical_path_s']:8.3f} s  (broadcast + slowest device + close); "
-          f"other {stages['other_s']:.3f} s" + (f"; alone {alone['critical_path_s']:.3f} s" if alone else ""))
-    sim = stages["simulated_train_per_client_s"]
-    print(f"  train per client: live {stages['train_s']:.3f} s vs simulated {sim:.3f} s "
-          f"(x{stages['train_s'] / sim:.2f}: {agents} one-thread agents on {os.cpu_count()} cores)")
-    if alone:
-        protocol = stages["critical_path_s"] - stages["train_s"]
-        solo_protocol = alone["critical_path_s"] - alone["train_s"]
-        print(f"  critical path outside training: {protocol:.3f} s live vs {solo_protocol:.3f} s alone "
-              f"(the rest, {protocol - solo_protocol:.3f} s, is {agents} agents sharing {os.cpu_count()} cores)")
-    contention = stages.get("contention")
-    if alone and contention:
-        print(f"  train if {agents} agents took turns on {os.cpu_count()} cores at no cost: {agents} x "
-              f"{alone['train_s']:.3f} / {os.cpu_count()} = {contention['time_sliced_train_s']:.3f} s; measured "
-              f"{stages['train_s']:.3f} s, so {contention['train_contention_s']:.3f} s is the sharing itself")
-        print(f"  live round without the sharing (training {contention['train_contention_s']:.3f} s + outside "
-              f"{contention['outside_contention_s']:.3f} s): {contention['round_without_contention_s']:.2f} s "
-              f"-> ratio {contention['ratio_without_contention']:.3f} (an estimate of the product's own overhead)")
 
 
 if __name__ == "__main__":

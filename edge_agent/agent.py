@@ -60,6 +60,7 @@ from edge_agent.local_training import TrainingError, classify_failure, load_trai
 from edge_agent.model_snapshot import ModelSnapshotWriter
 from edge_agent.mqtt_adapter import DeviceLink, Inbound, LinkDown, LinkRefused, LinkUp, PublishRefused
 from edge_agent.pending_updates import PendingUpdateStore, StoredUpdate
+from edge_agent.thread_usage import ThreadUsage, read_thread_usage
 from feddst_core import native
 from feddst_core.sparse import default_thresholds, describe_thresholds
 from protocol import (
@@ -114,6 +115,7 @@ class TrainingDone:
     job_s: float = 0.0  # the training job after load_s: model tensors to torch, training (update.compute_s), packing
     load_s: float = 0.0  # importing torch and the learning core (the first round only; 0 once loaded)
     job_cpu_s: float = 0.0  # the training thread's CPU seconds over job_s (time.thread_time)
+    job_usage: ThreadUsage = ThreadUsage()  # the training thread's faults and context switches over job_s
 
 
 @dataclass
@@ -129,6 +131,7 @@ class PendingUpload:
     pack_s: float = 0.0  # job time outside compute_s (tensor conversion, update packing); 0 when restored
     load_s: float = 0.0  # the round's import of torch and the learning core (TrainingDone.load_s); 0 when restored
     job_cpu_s: float = 0.0  # CPU seconds of the training job (TrainingDone.job_cpu_s); 0 when restored
+    job_usage: ThreadUsage = ThreadUsage()  # TrainingDone.job_usage; zeros when restored
 
 
 @dataclass
@@ -579,14 +582,14 @@ class EdgeAgent:
         """Training thread: never touches agent state, only posts the outcome."""
         try:
             load_s = load_training_modules()
-            started, cpu_started = time.perf_counter(), time.thread_time()
+            started, cpu_started, usage_started = time.perf_counter(), time.thread_time(), read_thread_usage()
             update = train_on_task(task, model, self.data, self.device_id, self.settings.client_index,
                                    self.settings.kernels, self.settings.kernel_threshold_table)
-            job_cpu_s = time.thread_time() - cpu_started
+            job_cpu_s, job_usage = time.thread_time() - cpu_started, read_thread_usage() - usage_started
             if self.settings.compute_factor > 1:  # trials: emulate a slower device
                 time.sleep(update.compute_s * (self.settings.compute_factor - 1))
             self.events.put(TrainingDone(task, update, job_s=time.perf_counter() - started, load_s=load_s,
-                                         job_cpu_s=job_cpu_s))
+                                         job_cpu_s=job_cpu_s, job_usage=job_usage))
         except Exception as exc:  # noqa: BLE001 - a failed round must not kill the agent
             if not isinstance(exc, TrainingError):
                 log.exception("training crashed")
@@ -614,7 +617,7 @@ class EdgeAgent:
             upload = PendingUpload(topics.update(task.run_id, self.device_id), update,
                                    self.state.deadlines.get(key, now), next_send=now,
                                    pack_s=max(0.0, done.job_s - update.compute_s), load_s=done.load_s,
-                                   job_cpu_s=done.job_cpu_s)
+                                   job_cpu_s=done.job_cpu_s, job_usage=done.job_usage)
             self.state.uploads[key] = upload
             self._save_pending(key, upload)
             self._retry_uploads(now)
@@ -667,12 +670,16 @@ class EdgeAgent:
         HMAC and chunking of the first publish, ``published_at`` when the update was handed to the MQTT client,
         ``load`` the import of torch and the learning core before training (first round only, unless
         ``--preload-training`` did it at start-up), ``train_cpu`` the training thread's CPU seconds over the job
-        (model tensors, training, update packing): against ``train``'s wall time, how long it waited for a core."""
+        (model tensors, training, update packing): against ``train``'s wall time, how long it waited for a core;
+        ``train_faults`` / ``train_vcsw`` / ``train_ivcsw`` that thread's minor page faults and voluntary /
+        involuntary context switches over the same job (``edge_agent.thread_usage``; 0 when restored)."""
         timing = self._model_timing.get(key)  # the coordinator's Task names its own round as the model round
         model_at, decode_s = timing if timing is not None else (float("nan"), float("nan"))
         log.info("stage timing %s round %d: model_at=%.6f decode=%.6f train=%.6f encode=%.6f published_at=%.6f "
-                 "load=%.6f train_cpu=%.6f", *key, model_at, decode_s, upload.update.compute_s,
-                 upload.pack_s + encode_s, published_at, upload.load_s, upload.job_cpu_s)
+                 "load=%.6f train_cpu=%.6f train_faults=%d train_vcsw=%d train_ivcsw=%d", *key, model_at, decode_s,
+                 upload.update.compute_s, upload.pack_s + encode_s, published_at, upload.load_s, upload.job_cpu_s,
+                 upload.job_usage.minor_faults, upload.job_usage.voluntary_switches,
+                 upload.job_usage.involuntary_switches)
 
     def _save_pending(self, key: RoundKey, upload: PendingUpload) -> None:
         """Keep the update on disk (``--state-dir``) with its deadline on this device's wall clock."""

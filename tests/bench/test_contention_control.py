@@ -23,6 +23,11 @@ def test_two_workers_two_rounds() -> None:
     # a round spans from the first start to the last end, so it is at least as long as a worker's mean training
     assert got["round_s"] >= got["train_s"] > 0
     assert got["round_s"] == pytest.approx(sum(got["round_spans_s"]) / 2)
+    # each worker's training thread reports its usage as the agents' stage line does: its first training faults
+    # pages in (later rounds reuse them: ~1 fault)
+    assert len(got["train_faults_by_round"]) == len(got["train_vcsw_by_round"]) == 2
+    assert got["train_faults_by_round"][0] > 100 and all(c > 0 for c in got["train_cpu_by_round_s"])
+    assert all(n >= 0 for n in got["train_ivcsw_by_round"])
 
 
 def test_a_worker_that_cannot_start_is_named_with_its_error(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from agent_harness import RUN, agent_settings, global_model, is_update_for, make
 from protocol import Register, Update, topics
 
 LINE = re.compile(r"stage timing (\S+) round (\d+): model_at=(\S+) decode=(\S+) train=(\S+) encode=(\S+) "
-                  r"published_at=(\S+) load=(\S+) train_cpu=(\S+)$")
+                  r"published_at=(\S+) load=(\S+) train_cpu=(\S+) train_faults=(\d+) train_vcsw=(\d+) "
+                  r"train_ivcsw=(\d+)$")
 
 
 def bench_stage_line() -> re.Pattern:
@@ -52,10 +53,13 @@ def test_one_stage_timing_line_per_trained_round(mosquitto, coordinator, start_a
     assert published_at - model_at >= train + load  # loading and training happened in between
     assert decode > 0 and encode > 0 and load >= 0
     assert 0 < train_cpu <= published_at - model_at  # a thread's CPU time within the wall time it ran in
+    faults, vcsw, ivcsw = (int(line.group(i)) for i in range(10, 13))
+    assert faults > 0 and vcsw >= 0 and ivcsw >= 0  # training allocates: its thread faults pages in
 
     parsed = bench_stage_line().search(line.group(0))  # the bench reads the same line to the same values
     assert parsed is not None and float(parsed["load"]) == load and float(parsed["encode"]) == encode
     assert float(parsed["train_cpu"]) == train_cpu
+    assert (int(parsed["train_faults"]), int(parsed["train_vcsw"]), int(parsed["train_ivcsw"])) == (faults, vcsw, ivcsw)
 
     coordinator.send(task, topics.task(RUN))  # a repeated Task: the update is re-sent, not re-timed
     coordinator.expect(Update, is_update_for(1))
