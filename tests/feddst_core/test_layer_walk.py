@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from dense_reference import dense_logits
 
 from feddst_core.models import (
     CIFAR10_CNN,
@@ -36,22 +36,6 @@ RELU_FLATTEN = ModelSpec("relu_flatten", (1, 8, 8), 10, (Conv("conv1", 1, 4, 3),
                                                          Linear("fc1", 144, 10)))
 
 
-def _reference(spec: ModelSpec, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    act = x
-    for layer in spec.layers:
-        if isinstance(layer, Conv):
-            act = F.conv2d(act, params[f"{layer.name}.weight"], params[f"{layer.name}.bias"])
-        elif isinstance(layer, MaxPool):
-            act = F.max_pool2d(act, layer.kernel, layer.stride)
-        elif isinstance(layer, ReLU):
-            act = F.relu(act)
-        elif isinstance(layer, Flatten):
-            act = act.flatten(1)
-        else:
-            act = F.linear(act, params[f"{layer.name}.weight"], params[f"{layer.name}.bias"])
-    return act
-
-
 def _sparse_model(spec: ModelSpec, density: float, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     params = init_params(spec, g)
@@ -64,7 +48,7 @@ def _sparse_model(spec: ModelSpec, density: float, seed: int = 0):
 def test_both_executors_compute_the_reference_logits(spec: ModelSpec, sparse_layers: str) -> None:
     params, masks = _sparse_model(spec, 0.3)
     x = torch.randn(5, *spec.input_shape, generator=torch.Generator().manual_seed(1))
-    want = _reference(spec, params, x)
+    want = dense_logits(spec, params, x)
     grouped = forward(spec, {n: p.unsqueeze(0) for n, p in params.items()}, x.unsqueeze(0))[0]
     torch.testing.assert_close(grouped, want, **TOL)
     names = {"none": [], "all": list(masks), "convs": [n for n in masks if n.startswith("conv")]}[sparse_layers]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from dense_reference import dense_logits
 
 import feddst_core.sparse.trainer as trainer_module
 from feddst_core import native
@@ -102,18 +103,7 @@ def _dense_oracle(spec: ModelSpec, params, masks, data, cfg: TrainConfig, batch:
     losses = []
     for i in range(steps):
         start = (i * batch) % len(data)
-        act = data.x[start:start + batch].double()
-        for layer in spec.layers:
-            if isinstance(layer, Conv):
-                act = F.conv2d(act, p[f"{layer.name}.weight"], p[f"{layer.name}.bias"])
-            elif isinstance(layer, MaxPool):
-                act = F.max_pool2d(act, layer.kernel, layer.stride)
-            elif isinstance(layer, ReLU):
-                act = F.relu(act)
-            elif isinstance(layer, Flatten):
-                act = act.flatten(1)
-            else:
-                act = F.linear(act, p[f"{layer.name}.weight"], p[f"{layer.name}.bias"])
+        act = dense_logits(spec, p, data.x[start:start + batch].double())
         loss = F.cross_entropy(act, data.y[start:start + batch])
         grads = torch.autograd.grad(loss, list(p.values()))
         with torch.no_grad():
