@@ -6,9 +6,9 @@ dealt evenly, so at most 120 images of a class are needed and digits has at leas
 every agent trains every round (clients_per_round = agents), 5 local epochs, batch 16, lr 0.05,
 FedDST at 80% sparsity with readjustment every 5 rounds (alpha 0.05). The same flags in
 ``feddst simulate --no-client-batching`` give the same accuracy as the demo, round by round:
-0.9359 after 20 rounds with seed 0 (global test set 0.9220; both re-checked 2026-12-03 18:40 after the step4
-kernels, on an AMD EPYC: float rounding depends on the kernels and the CPU's SIMD clone; 0.9393 after fcstep3 on
-an Intel Xeon, 0.9478 before it)"""
+0.9393 after 20 rounds with seed 0 (global test set 0.9220; the demo re-checked 2026-12-04 after the direct step,
+on an AMD EPYC, simulate not re-checked then: float rounding depends on the kernels and the CPU's SIMD clone;
+0.9359 after the step4 kernels, 0.9393 after fcstep3 on an Intel Xeon, 0.9478 before it)"""
 
 from __future__ import annotations
 
