@@ -178,7 +178,8 @@ def test_a_repeated_task_without_an_ack_still_gets_the_update_again(mosquitto, c
     sent_at = time.monotonic()
     again = coordinator.expect(Update, is_update_for(1), timeout=15)
     assert again.message == first and time.monotonic() - sent_at >= REPEATED_TASK_ACK_WAIT_S - 0.5
-    assert agent.agent.stats["update_resends"] == 1
+    # the main loop counts the re-send after paho took it: on a loaded machine the copy can arrive first
+    assert wait_until(lambda: agent.agent.stats["update_resends"] == 1)
 
 
 def test_an_agent_killed_before_its_ack_sends_the_same_update_after_restart(mosquitto, coordinator,
