@@ -50,6 +50,22 @@ class LocalData:
         return ClientData(torch.from_numpy(self.x), torch.from_numpy(self.y))
 
 
+def row_major_array(a: np.ndarray, dtype: type) -> np.ndarray:
+    """``a`` as ``dtype`` with row-major (C order) strides in every dimension, size-1 ones included.
+
+    ``np.ascontiguousarray`` keeps an array numpy already calls C-contiguous, and numpy ignores the stride of a
+    size-1 axis: an MNIST share (n, 1, 28, 28) indexed out of the ``[:, None]`` view that the loaders return
+    keeps strides (3136, 4, 112, 4). torch reads those as channels-last too, so the round's convolutions ran
+    channels-last and skipped the native NCHW max-pool that the simulator's (torch-indexed) batches take
+    (``feddst_core.models.row_major``)."""
+    out = np.asarray(a, dtype=dtype)
+    step, strides = out.itemsize, []
+    for size in reversed(out.shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return out if out.strides == tuple(reversed(strides)) else np.array(out, dtype=dtype, order="C", copy=True)
+
+
 def load_source(settings: AgentSettings) -> Dataset:
     """The whole dataset named by ``--dataset`` / ``--data-dir`` (raises ``DataSourceError``)."""
     if settings.dataset == "image-folder":
@@ -83,5 +99,5 @@ def load_local_data(settings: AgentSettings, dataset: Dataset | None = None) -> 
         x, y = data.x_train[idx], data.y_train[idx]
     if len(y) == 0:
         raise LocalDataError(f"--dataset {settings.dataset}: this device's share holds no training samples")
-    return LocalData(data.name, np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64),
+    return LocalData(data.name, row_major_array(x, np.float32), row_major_array(y, np.int64),
                      data.num_classes)

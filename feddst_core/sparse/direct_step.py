@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from feddst_core import native
-from feddst_core.models import Conv, Flatten, FusedMaxPoolReLU, Linear, MaxPool, ModelSpec, ReLU, forward_plan
+from feddst_core.models import (Conv, Flatten, FusedMaxPoolReLU, Linear, MaxPool, ModelSpec, ReLU, forward_plan,
+                                 row_major)
 from feddst_core.sparse.kernels import CsrPattern, FusedSgd
 
 
@@ -117,7 +118,7 @@ def direct_step(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns: M
     convs, linears = stages
     b = xb.shape[0]
     grads: dict[str, torch.Tensor] = {}
-    act = xb.contiguous()
+    act = row_major(xb)
     conv_saved: list[tuple[torch.Tensor, torch.Tensor]] = []  # (input, argmax) per conv stage
     for stage in convs:
         name = stage.layer.name

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from feddst_core import native
-from feddst_core.models import Conv, Flatten, Linear, MaxPool, ModelSpec, forward, forward_plan, run_layers
+from feddst_core.models import (Conv, Flatten, Linear, MaxPool, ModelSpec, forward, forward_plan, row_major,
+                                 run_layers)
 from feddst_core.pooling import max_pool2d
 from feddst_core.readjust import LayerReadjustment, readjust_masks
 from feddst_core.sparse.direct_step import direct_step, supports_direct_step
@@ -87,7 +88,7 @@ def forward_mixed(spec: ModelSpec, leaves: Mapping[str, torch.Tensor], patterns:
     """Logits of one client's model on x (B, C, H, W) -> (B, classes): ``models.run_layers`` with
     :class:`CsrLayers` (see there for ``leaves``, ``patterns`` and ``fused_sgd``)."""
     layers = CsrLayers(leaves, patterns, x.shape[0], convs_before_flatten(spec), fused_sgd)
-    return run_layers(spec, layers, x.contiguous())
+    return run_layers(spec, layers, row_major(x))
 
 
 @functools.lru_cache(maxsize=64)
@@ -179,7 +180,8 @@ class SparseLocalTrainer:
             self.last_layer_kernels = self.layer_choice(global_masks)
             return LocalTrainer(self.spec, self.config).train(global_params, global_masks, datasets, seeds,
                                                               readjust_fraction)
-        data, seed = datasets[0], seeds[0]
+        # Row-major once per round, so every batch ``data.x[idx]`` is too (see ``models.row_major``).
+        data, seed = ClientData(row_major(datasets[0].x), datasets[0].y), seeds[0]
         cfg = self.config
         n = len(data)
         state = self.start(global_params, global_masks)
