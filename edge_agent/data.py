@@ -58,8 +58,8 @@ def row_major_array(a: np.ndarray, dtype: type) -> np.ndarray:
     keeps strides (3136, 4, 112, 4). torch reads those as channels-last too, so the round's convolutions ran
     channels-last and skipped the native NCHW max-pool that the simulator's (torch-indexed) batches take
     (``feddst_core.models.row_major``)."""
-    out = np.asarray(a, dtype=dtype)
-    step, strides = out.itemsize, []
+    out: np.ndarray = np.asarray(a, dtype=dtype)
+    step, strides = out.itemsize, []  # the row-major strides of out.shape, innermost first
     for size in reversed(out.shape):
         strides.append(step)
         step *= max(size, 1)

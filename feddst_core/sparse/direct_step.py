@@ -26,8 +26,17 @@ import torch
 import torch.nn.functional as F
 
 from feddst_core import native
-from feddst_core.models import (Conv, Flatten, FusedMaxPoolReLU, Linear, MaxPool, ModelSpec, ReLU, forward_plan,
-                                 row_major)
+from feddst_core.models import (
+    Conv,
+    Flatten,
+    FusedMaxPoolReLU,
+    Linear,
+    MaxPool,
+    ModelSpec,
+    ReLU,
+    forward_plan,
+    row_major,
+)
 from feddst_core.sparse.kernels import CsrPattern, FusedSgd
 
 

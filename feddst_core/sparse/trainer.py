@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from feddst_core import native
-from feddst_core.models import (Conv, Flatten, Linear, MaxPool, ModelSpec, forward, forward_plan, row_major,
-                                 run_layers)
+from feddst_core.models import Conv, Flatten, Linear, MaxPool, ModelSpec, forward, forward_plan, row_major, run_layers
 from feddst_core.pooling import max_pool2d
 from feddst_core.readjust import LayerReadjustment, readjust_masks
 from feddst_core.sparse.direct_step import direct_step, supports_direct_step
