@@ -54,6 +54,7 @@ def load_training_modules() -> float:
     import torch
 
     import feddst_core.models
+    import feddst_core.native.tensor_kernels  # the kernels' torch wrappers: else imported by the round's first step
     import feddst_core.sparse.trainer
     import feddst_core.training
     import feddst_core.wire_format  # noqa: F401 - imported for the round's later use, not here
