@@ -666,8 +666,9 @@ int feddst_csr_linear_backward_sgd(const int32_t *crow, const int32_t *col32, co
         if (gxt) memset(gxt + (size_t)c0 * B, 0, sizeof(float) * (size_t)(c1 - c0) * (size_t)B);
         for (int r = 0; r < R; r++)
             cur[r] = c0 == 0 ? crow[r] : first_column_at_least(col32, col16, crow[r], crow[r + 1], c0);
-        for (int a = c0; a < c1; a += tile) {
-            const int e = c1 - a < tile ? c1 : a + tile;
+        const int tiles = (c1 - c0 + tile - 1) / tile; /* as few as fit, of equal width (not 4096 + 1024) */
+        for (int k = 0; k < tiles; k++) {
+            const int e = c0 + (int)((long)(c1 - c0) * (k + 1) / tiles); /* this tile: columns < e from the cursors */
             for (int r = 0; r < R; r++) {
                 const int j0 = cur[r], end = crow[r + 1];
                 int j1 = j0;
