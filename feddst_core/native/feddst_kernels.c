@@ -633,7 +633,8 @@ FEDDST_INLINE int first_column_at_least(const int32_t *col32, const int16_t *col
 /* Bytes of x^T and gx^T rows (2 * 4 * B per column) one column tile of the single-pass backward covers: while every
  * row of W passes over a tile, its x^T and gx^T rows stay in a 1 MB L2 cache (a Raspberry Pi 4's shared L2, a Zen 4
  * core's own). fc1's (5120 x 32) x^T and gx^T are 1.3 MB; 2 threads own 0.65 MB each, one tile. Measured on one
- * thread (2026-12-04, Zen 4, fc1 at density 0.1): 256 KB tiles 8 % slower than 1 MB, no tiling 10 % slower. */
+ * thread (2026-12-04, Zen 4, fc1 at density 0.1, the whole FC-heavy step): two 1 MB tiles 0.955x main's step, no
+ * tiling 0.991x; on two threads no difference (one tile each). 256 KB tiles were slower than 1 MB (kernel alone). */
 #ifndef LINEAR_TILE_BYTES
 #define LINEAR_TILE_BYTES (1024 * 1024)
 #endif
