@@ -384,9 +384,8 @@ def csr_linear_backward_sgd_(crow: torch.Tensor, col: torch.Tensor, values: torc
     one OpenMP region; no W^T needed): returns (dx^T = W^T dy^T (Cn, B) or None, dL/dbias (R,) or None), both from
     the values before the step, and updates ``values`` (and ``buffer``) in place as ``sgd_step_(values, dL/dvalues,
     buffer, lr, momentum, weight_decay, None, anchor, prox_mu, first)`` would with ``csr_sddmm``'s weight gradient
-    (the same sums), which is never written. dx^T is deterministic for a given thread count and, on one thread, the
-    same sums as ``csr_matmul`` on W^T; on more it may differ from that by float rounding (each thread sums its
-    rows, then the partial sums are added in thread order).
+    (the same sums), which is never written. dx^T is the same sums as ``csr_matmul`` on W^T (each element summed over
+    W's rows in row order), on any thread count: each thread owns a range of dx^T's rows (W's columns).
 
     W (R, Cn): crow (int32), col (int32, or int16: fewer bytes to read), values (nnz,).
     grad_out_t = dy^T (R, B), x_t = x^T (Cn, B)."""

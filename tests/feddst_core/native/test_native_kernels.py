@@ -303,3 +303,23 @@ def test_env_var_disables_native() -> None:
     ).stdout
     assert out.startswith("False"), out
     assert "FEDDST_NATIVE" in out, out
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_stride1_max_pool_backward_sums_each_element_in_window_offset_order(relu: bool) -> None:
+    """The stride-1 backward adds the windows' gradients into each input element in window-offset (kh, kw) order:
+    bit for bit the float32 sums of a torch oracle that adds one offset's masked, shifted gradient plane at a time
+    (ties input: most elements take several windows' gradients, where the order changes the rounding)."""
+    g = torch.Generator().manual_seed(21)
+    kernel, (n, h, w) = 3, (6, 17, 23)
+    x = _pool_input((n, h, w), "ties", g) - 1.0  # -1, 0, 1: the ReLU clips some windows
+    y, arg = native.max_pool2d_forward(x, kernel, 1, relu=relu)
+    grad_out = torch.randn(y.shape, generator=g) * 1e3  # large and small terms: rounding depends on order
+    ho, wo = y.shape[-2:]
+    expected = torch.zeros(n, h, w)
+    for d in range(kernel * kernel):  # (kh, kw) order; POOL_CLIPPED (255) matches no offset
+        kh, kw = divmod(d, kernel)
+        expected[:, kh:kh + ho, kw:kw + wo] += torch.where(arg.long() == d, grad_out, torch.zeros(()))
+    assert int((arg.long() < kernel * kernel).sum()) > 0 and (not relu or int((arg == 255).sum()) > 0)
+    gx = native.max_pool2d_backward(grad_out, arg, (h, w), kernel, 1)
+    assert torch.equal(gx, expected)

@@ -385,3 +385,31 @@ def test_linear_backward_with_fused_sgd_refuses_bad_buffers() -> None:
         native.csr_linear_backward_sgd_(*args, torch.zeros(pattern.nnz + 1), 0.1, 0.9)
     with pytest.raises(ValueError, match="anchor has"):
         native.csr_linear_backward_sgd_(*args, torch.zeros(pattern.nnz), 0.1, 0.9, anchor=torch.zeros(3), prox_mu=0.1)
+
+
+@pytest.mark.parametrize("batch", [32, 13])
+def test_linear_backward_with_fused_sgd_input_gradient_is_the_same_on_any_thread_count(batch) -> None:
+    """Each thread owns a range of dx^T's rows, each summed over W's rows in row order: on 1, 2 and 3 threads the
+    same bits as csr_matmul on W^T (one sum per element), and equal to the dense product W^T dy^T (the oracle). A
+    layer wide enough to take several of the kernel's column tiles on one thread (1 MB of x^T + dx^T rows: 4096
+    columns at batch 32, 10082 at 13)."""
+    g = torch.Generator().manual_seed(11)
+    rows, cols = 70, 9000 if batch == 32 else 12000
+    pattern = CsrPattern.from_mask(_mask("0.3", rows, cols, g))
+    values = torch.randn(pattern.nnz, generator=g)
+    dy_t, x_t = torch.randn(rows, batch, generator=g), torch.randn(cols, batch, generator=g)
+    dense_gx = pattern.scatter(values).t() @ dy_t
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        matmul_gx = native.csr_matmul(pattern.t_crow, pattern.t_col_int32, values, dy_t, perm=pattern.transpose_perm)
+        runs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            runs.append(native.csr_linear_backward_sgd_(pattern.crow, pattern.col_narrow, values.clone(), dy_t, x_t,
+                                                        None, 0.1)[0])
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(matmul_gx, dense_gx, rtol=1e-4, atol=1e-4)
+    for gx in runs:
+        assert gx is not None and torch.equal(gx, matmul_gx)
