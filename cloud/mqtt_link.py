@@ -350,7 +350,9 @@ class CoordinatorLink:
         """The decoder took ``packet`` from the queue: its bytes leave the bound, and a held one is acknowledged."""
         with self._queue_lock:
             self.queued_bytes -= len(packet.payload)
-            if self.queued_bytes <= self.receive_queue_bytes:
+            # set only when cleared (it is cleared under this lock): Event.set takes its condition's lock and
+            # notifies, once per received packet otherwise
+            if not self._room.is_set() and self.queued_bytes <= self.receive_queue_bytes:
                 self._room.set()
         if packet.held:
             self._ack(packet)
