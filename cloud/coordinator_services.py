@@ -22,6 +22,7 @@ from cloud.access_tokens import TokenStore
 from cloud.checkpoints import CheckpointStore
 from cloud.device_registry import DeviceRegistry, eligible_devices
 from cloud.enrollment import DeviceKeyring
+from cloud.handoff_queue import HandOffQueue
 from cloud.metrics import CoordinatorMetrics
 from cloud.mqtt_link import CoordinatorLink, Inbound, PublishResult
 from cloud.replay_guard import ReplayGuard
@@ -52,7 +53,7 @@ class CoordinatorServices:
         self.tokens = TokenStore(self.store.state_dir)
         self.registry = DeviceRegistry(self.store, settings.heartbeat_s)
         self.events = RunEventLog()  # recent round/status/device_error events per run (the SSE endpoint)
-        self.inbound: queue.Queue[Inbound] = queue.Queue(maxsize=256)
+        self.inbound: HandOffQueue[Inbound] = HandOffQueue(maxsize=256)  # link -> main loop (one consumer)
         self._commands: queue.SimpleQueue[tuple[str, str, threading.Event | None]] = queue.SimpleQueue()
         self.keyring = DeviceKeyring(self.store, settings.device_keys(), settings.require_device_keys)
         self.metrics = CoordinatorMetrics(devices_online=lambda: len(self.registry.online_ids()),

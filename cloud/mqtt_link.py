@@ -54,6 +54,7 @@ from dataclasses import dataclass, replace
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
+from cloud.handoff_queue import HandOffQueue
 from cloud.paho_client import WireCountingClient
 from protocol import (
     ChunkReassembler,
@@ -158,7 +159,8 @@ class CoordinatorLink:
     for publishing, chunk headers included (in :meth:`counters`; plain integers: a Prometheus counter's
     ``inc`` per received packet cost the network thread ~4 us each)."""
 
-    def __init__(self, inbound: queue.Queue, *, host: str, port: int, client_id: str = "coordinator",
+    def __init__(self, inbound: HandOffQueue[Inbound] | queue.Queue[Inbound], *, host: str, port: int,
+                 client_id: str = "coordinator",
                  username: str | None = None, password: str | None = None, protocol: str = "3.1.1",
                  tls: bool = False, max_packet: int = 128 * 1024,
                  key_lookup: Callable[[str], bytes | None] | None = None,
@@ -180,7 +182,8 @@ class CoordinatorLink:
         self.payload_received_bytes = 0  # guarded by _queue_lock (network thread)
         self.payload_sent_bytes = 0  # guarded by _sent_lock (publishing threads)
         self._sent_lock = threading.Lock()
-        self.raw: queue.Queue[_RawPacket] = queue.Queue(maxsize=raw_queue_packets)
+        # paho callback -> decoder: a HandOffQueue, so the decoder's takes do no lock or notify work
+        self.raw: HandOffQueue[_RawPacket] = HandOffQueue(maxsize=raw_queue_packets)
         self.receive_queue_bytes = receive_queue_bytes
         self.queued_bytes = 0  # payload bytes in ``raw`` (guarded by _queue_lock)
         self.peak_queued_bytes = 0
@@ -347,7 +350,9 @@ class CoordinatorLink:
         """The decoder took ``packet`` from the queue: its bytes leave the bound, and a held one is acknowledged."""
         with self._queue_lock:
             self.queued_bytes -= len(packet.payload)
-            if self.queued_bytes <= self.receive_queue_bytes:
+            # set only when cleared (it is cleared under this lock): Event.set takes its condition's lock and
+            # notifies, once per received packet otherwise
+            if not self._room.is_set() and self.queued_bytes <= self.receive_queue_bytes:
                 self._room.set()
         if packet.held:
             self._ack(packet)

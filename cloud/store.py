@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from sqlalchemy import Connection, Table, func, select
+from sqlalchemy import Column, Connection, Table, func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -63,6 +63,10 @@ RUN_COLUMNS = (runs.c.id, runs.c.name, runs.c.config, runs.c.status, runs.c.crea
                runs.c.finished_at, runs.c.error, runs.c.model_round, runs.c.counters)
 DEVICE_COLUMNS = (devices.c.id, devices.c.capabilities, devices.c.sample_count, devices.c.state, devices.c.last_seen,
                   devices.c.rounds_done, devices.c.bytes_up, devices.c.bytes_down)
+"""A device row's columns in the order of :meth:`CoordinatorStore.save_device_values`' tuples (and of its reads)."""
+SEQUENCE_COLUMNS = (device_sequences.c.device_id, device_sequences.c.last_seq, device_sequences.c.will_seq,
+                    device_sequences.c.will_used)
+"""A replay-state row's columns in the order :meth:`CoordinatorStore.save_sequences` writes (and reads) them."""
 READ_ENROLLMENT_GENERATION = (f"SELECT {enrollment_generation.c.generation.name} FROM {enrollment_generation.name} "
                               f"WHERE {enrollment_generation.c.id.name} = 1")
 BUMP_ENROLLMENT_GENERATION = enrollment_generation.update().where(enrollment_generation.c.id == 1).values(
@@ -86,7 +90,7 @@ class CoordinatorStore:
         self._insert = postgresql_insert if self.backend == "postgresql" else sqlite_insert
         self._upserts: dict[tuple[str, tuple[str, ...]], Any] = {}  # (table, columns) -> its upsert statement
         self._placeholder = "?" if self._engine.dialect.paramstyle == "qmark" else "%s"
-        self._row_upserts: dict[str, str] = {}  # table -> its upsert of whole rows, in the driver's SQL
+        self._row_upserts: dict[tuple[str, tuple[Any, ...]], str] = {}  # (table, columns) -> upsert (driver SQL)
 
     @classmethod
     def from_settings(cls, settings: CloudSettings) -> CoordinatorStore:
@@ -127,19 +131,22 @@ class CoordinatorStore:
             cached = self._upserts[shape] = statement.on_conflict_do_update(index_elements=keys, set_=updated)
         return cached, values
 
-    def _upsert_rows(self, table: Table, rows: list[tuple[Any, ...]]) -> None:
-        """Upsert whole rows (values in the table's column order) in one transaction, straight through the
-        driver's ``executemany``: SQLAlchemy Core's per-row parameter processing and a dict per row cost more
-        CPU than SQLite's own work (the coordinator writes ~100 000 device rows per 10 000-device round).
-        ``INSERT ... ON CONFLICT (key) DO UPDATE``: the same SQL on SQLite (>= 3.24) and PostgreSQL."""
+    def _upsert_rows(self, columns: tuple[Column[Any], ...], rows: list[tuple[Any, ...]]) -> None:
+        """Upsert whole rows (values in the order of ``columns``, all of one table, its primary key among them)
+        in one transaction, straight through the driver's ``executemany``: SQLAlchemy Core's per-row parameter
+        processing and a dict per row cost more CPU than SQLite's own work (the coordinator writes ~100 000
+        device rows per 10 000-device round). The statement names its columns, so the rows never depend on the
+        table's column order. ``INSERT ... ON CONFLICT (key) DO UPDATE``: the same SQL on SQLite (>= 3.24) and
+        PostgreSQL."""
         if not rows:
             return
-        sql = self._row_upserts.get(table.name)
+        table = columns[0].table
+        sql = self._row_upserts.get((table.name, columns))
         if sql is None:
-            names = [c.name for c in table.columns]
-            keys = [c.name for c in table.primary_key.columns]
+            names = [c.name for c in columns]
+            keys = [c.name for c in columns if c.primary_key]
             updated = ", ".join(f"{n} = excluded.{n}" for n in names if n not in keys)
-            sql = self._row_upserts[table.name] = (
+            sql = self._row_upserts[(table.name, columns)] = (
                 f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join([self._placeholder] * len(names))})"
                 f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updated}")
         with self._writing() as conn, conn.begin():
@@ -302,7 +309,7 @@ class CoordinatorStore:
     def save_device_values(self, values: list[tuple[str, str, int, str, float, int, int, int]]) -> None:
         """:meth:`save_devices` for rows given as ``(id, capabilities JSON, sample_count, state, last_seen,
         rounds_done, bytes_up, bytes_down)`` (the registry keeps each device's capabilities JSON)."""
-        self._upsert_rows(devices, values)
+        self._upsert_rows(DEVICE_COLUMNS, values)
 
     def add_device_error(self, error: DeviceErrorRow) -> None:
         self._write(device_errors.insert().values(device_id=error.device_id, run_id=error.run_id, round=error.round,
@@ -369,12 +376,11 @@ class CoordinatorStore:
 
     def save_sequences(self, rows: list[SequenceRow]) -> None:
         """Persist devices' replay state in one transaction (u64 values are stored as decimal text)."""
-        self._upsert_rows(device_sequences, [(r.device_id, str(r.last_seq), str(r.will_seq), int(r.will_used))
+        self._upsert_rows(SEQUENCE_COLUMNS, [(r.device_id, str(r.last_seq), str(r.will_seq), int(r.will_used))
                                              for r in rows])
 
     def load_sequences(self) -> list[SequenceRow]:
-        s = device_sequences.c
-        rows = self._read(select(s.device_id, s.last_seq, s.will_seq, s.will_used).order_by(s.device_id))
+        rows = self._read(select(*SEQUENCE_COLUMNS).order_by(device_sequences.c.device_id))
         return [SequenceRow(r[0], int(r[1]), int(r[2]), bool(r[3])) for r in rows]
 
 

@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define FEDDST_VALUE_KERNELS_ABI 1
+#define FEDDST_VALUE_KERNELS_ABI 2
 
 int feddst_value_kernels_abi(void) { return FEDDST_VALUE_KERNELS_ABI; }
 
@@ -49,4 +49,12 @@ int32_t feddst_all_finite_f32(const float *restrict values, int64_t n) {
  * multiply(values, weight, dtype=float64) followed by add (built with -ffp-contract=off: no fused multiply-add). */
 void feddst_add_scaled_f32(double *restrict acc, const float *restrict values, int64_t n, double weight) {
     for (int64_t i = 0; i < n; i++) acc[i] += weight * (double)values[i];
+}
+
+/* feddst_add_scaled_f32 over `count` (accumulator, values, size) triples in one call: accs[k][i] += weight *
+ * (double)values[k][i] for i < sizes[k], k < count, each triple in turn (the same sums, bit for bit, as one
+ * feddst_add_scaled_f32 per triple; one ctypes call per update instead of one per tensor). */
+void feddst_add_scaled_many_f32(double *const *accs, const float *const *values, const int64_t *sizes,
+                                int64_t count, double weight) {
+    for (int64_t k = 0; k < count; k++) feddst_add_scaled_f32(accs[k], values[k], sizes[k], weight);
 }

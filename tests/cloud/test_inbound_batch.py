@@ -5,10 +5,10 @@ queue is drained in order, up to the batch's limit, waking a decoder that waits 
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 from types import SimpleNamespace
 
+from cloud.handoff_queue import HandOffQueue
 from cloud.inbound_handling import InboundHandling
 from cloud.mqtt_link import Inbound
 from protocol import DeviceError, Status, Update, decode_message_with_envelope, encode_message
@@ -55,7 +55,7 @@ def test_a_batch_ending_with_a_non_heartbeat_is_not_ticked_twice() -> None:
 
 
 def test_draining_takes_the_oldest_items_up_to_the_limit_and_wakes_a_waiting_producer() -> None:
-    inbound: queue.Queue[Inbound] = queue.Queue(maxsize=3)
+    inbound: HandOffQueue[Inbound] = HandOffQueue(maxsize=3)
     handling = InboundHandling.__new__(InboundHandling)
     handling.inbound = inbound
     for i in range(3):

@@ -8,7 +8,9 @@ round they answered is repeated (the restarted coordinator reopens the interrupt
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,6 +59,28 @@ def _final_model(coordinator: CoordinatorProcess, run_id: str) -> dict[str, torc
     return {**model.params, **{f"{n}.mask": m for n, m in model.masks.items()}}
 
 
+def reopens_a_round(run_dir: Path) -> bool:
+    """The oracle for ``rounds_reopened``, read from what a killed coordinator left in its checkpoint dir: an
+    open-round record of a round beyond the newest checkpoint. A record *of* the newest checkpoint's round is a
+    stale one: ``CheckpointStore.save`` makes the checkpoint visible (rename, then a directory fsync) before it
+    removes the record, so a kill in between leaves both, and the resume rightly ignores the record."""
+    record = run_dir / OPEN_ROUND_FILE
+    if not record.exists():
+        return False
+    checkpointed = [int(p.stem.split("-")[1]) for p in run_dir.glob("round-*.ckpt")]
+    return json.loads(record.read_bytes())["server_round"] > max(checkpointed, default=0)
+
+
+def test_the_oracle_ignores_an_open_round_record_its_checkpoint_superseded(tmp_path) -> None:
+    (tmp_path / "round-00002.ckpt").write_bytes(b"")
+    (tmp_path / "round-00003.ckpt").write_bytes(b"")
+    assert not reopens_a_round(tmp_path)
+    (tmp_path / OPEN_ROUND_FILE).write_text(json.dumps({"server_round": 3}))  # killed between save's two steps
+    assert not reopens_a_round(tmp_path)
+    (tmp_path / OPEN_ROUND_FILE).write_text(json.dumps({"server_round": 4}))  # killed with round 4 open
+    assert reopens_a_round(tmp_path)
+
+
 def _run_to_the_end(coordinator: CoordinatorProcess, run_id: str) -> dict:
     return coordinator.wait_run(run_id, lambda r: r["status"] not in ("created", "running"), 240, "the run's end")
 
@@ -83,7 +107,7 @@ def test_a_run_killed_at_a_random_round_and_restarted_ends_with_the_same_model(f
         crashed.wait_run(run_id, lambda r: len(r["rounds"]) >= kill_after, 120, f"round {kill_after}")
         crashed.kill9()
         # the oracle: what the killed process left on disk; a round it had opened (Task sent) is reopened
-        open_left = (crashed.state / "checkpoints" / run_id / OPEN_ROUND_FILE).exists()
+        open_left = reopens_a_round(crashed.state / "checkpoints" / run_id)
         crashed.start()  # resume_runs is on by default: it continues by itself
         done = _run_to_the_end(crashed, run_id)
         assert done["status"] == "completed", (kill_after, done.get("error"), crashed.log_text())

@@ -16,7 +16,7 @@ import pytest
 import torch
 from alembic import command
 from postgres_schemas import new_schema, unavailable_reason
-from sqlalchemy import create_engine, text
+from sqlalchemy import MetaData, Table, create_engine, text
 
 from cloud.errors import ModelNotAvailableError, RunNotFoundError
 from cloud.store import CoordinatorStore, DeviceErrorRow, DeviceRow, SequenceRow
@@ -208,6 +208,39 @@ def test_sequences_keep_unsigned_64_bit_values(store: CoordinatorStore):
     store.save_sequences([SequenceRow("b", 2**64 - 1, 2**63, True), SequenceRow("a", 1)])
     store.save_sequences([SequenceRow("a", 5, 6, False)])
     assert store.load_sequences() == [SequenceRow("a", 5, 6, False), SequenceRow("b", 2**64 - 1, 2**63, True)]
+
+
+def _reversed_table(table: Table) -> Table:
+    """``table`` with its columns in the reverse order (same names, types and keys), in a metadata of its own."""
+    return Table(table.name, MetaData(), *(column._copy() for column in reversed(table.columns)))
+
+
+def test_upserts_name_their_columns_whatever_the_tables_column_order(store: CoordinatorStore, monkeypatch):
+    """The devices and replay-state tables rebuilt with their columns in the reverse order (in the database and in
+    the store's schema objects): rows still land in their own columns (an upsert that took the table's column
+    order for its values' order would write a device's capabilities into bytes_down)."""
+    import cloud.store
+    from cloud.store_schema import device_sequences, devices
+
+    for table in (devices, device_sequences):
+        flipped = _reversed_table(table)
+        with store._engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE {table.name}"))
+            flipped.create(conn)
+        monkeypatch.setattr(cloud.store, table.name, flipped)
+    store.save_devices([DeviceRow("d1", {"ram_mb": 512}, 10, "online", 5.0, 1, 2**40, 3)])
+    store.save_devices([DeviceRow("d1", {"ram_mb": 1024}, 11, "busy", 6.5, 2, 2**40 + 1, 2**33),
+                        DeviceRow("d0", {}, 0, "offline", 0.0, 0, 0, 0)])
+    store.save_sequences([SequenceRow("b", 2**64 - 1, 2**63, True), SequenceRow("a", 1)])
+    store.save_sequences([SequenceRow("a", 5, 6, False)])
+    with store._engine.connect() as conn:  # read by name, straight from the database
+        device_rows = conn.execute(text("SELECT id, capabilities, sample_count, state, last_seen, rounds_done, "
+                                        "bytes_up, bytes_down FROM devices ORDER BY id")).all()
+        sequence_rows = conn.execute(text("SELECT device_id, last_seq, will_seq, will_used FROM device_sequences "
+                                          "ORDER BY device_id")).all()
+    assert [tuple(r) for r in device_rows] == [("d0", "{}", 0, "offline", 0.0, 0, 0, 0),
+                                               ("d1", '{"ram_mb": 1024}', 11, "busy", 6.5, 2, 2**40 + 1, 2**33)]
+    assert [tuple(r) for r in sequence_rows] == [("a", "5", "6", 0), ("b", str(2**64 - 1), str(2**63), 1)]
 
 
 def test_a_reopened_store_sees_everything(open_store: OpenStore):

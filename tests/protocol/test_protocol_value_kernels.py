@@ -135,3 +135,70 @@ def test_protocol_decodes_with_the_kernels_disabled() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={"FEDDST_PROTOCOL_KERNELS": "0",
                                                                            "PATH": "/usr/bin:/bin",
                                                                            "PYTHONPATH": str(ROOT)})
+
+
+def _scaled_sums_case() -> tuple[dict[str, np.ndarray], list[tuple[str, np.ndarray]]]:
+    """Accumulators of several sizes (under and over COMPILED_MIN_VALUES) and one update's values for them, one
+    strided (not contiguous: it must take the per-tensor path) and one key left out."""
+    rng = np.random.default_rng(21)
+    sizes = {"conv.w": 7_203, "conv.b": 32, "fc.w": 40_001, "fc.b": 10, "skip": 600, "strided": 900}
+    start = {key: rng.standard_normal(n) * 1e3 for key, n in sizes.items()}
+    values = {key: special_floats(n, len(key)) for key, n in sizes.items()}
+    for v in values.values():
+        v[v == np.finfo(np.float32).max] = 3.0e37
+    values["strided"] = special_floats(1800, 4)[::2]
+    return start, [(key, values[key]) for key in sizes if key != "skip"]
+
+
+@pytest.mark.parametrize("weight", [1.0, 40.0, 0.3, 2.0**31 - 1])
+def test_scaled_sums_equal_add_scaled_per_tensor_bit_for_bit(weight: float) -> None:
+    start, pairs = _scaled_sums_case()
+
+    def per_tensor() -> dict[str, np.ndarray]:
+        accs = {key: acc.copy() for key, acc in start.items()}
+        for _ in range(3):
+            for key, values in pairs:
+                vk.add_scaled(accs[key], values, weight)
+        return accs
+
+    def many() -> dict[str, np.ndarray]:
+        accs = {key: acc.copy() for key, acc in start.items()}
+        sums = vk.ScaledSums(accs)
+        for _ in range(3):
+            sums.add(pairs, weight)
+        return accs
+
+    lib = vk._lib
+    vk._lib = None
+    try:  # the oracle: numpy's multiply into float64 then add, tensor by tensor
+        expected = per_tensor()
+    finally:
+        vk._lib = lib
+    for got in (many(), per_tensor(), both(many)[1]):
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert got[key].tobytes() == expected[key].tobytes(), key
+    assert many()["skip"].tobytes() == start["skip"].tobytes()  # not in the update: untouched
+
+
+@needs_library
+def test_scaled_sums_make_one_compiled_call_per_update(monkeypatch) -> None:  # noqa: ANN001
+    start, pairs = _scaled_sums_case()
+    calls: list[int] = []
+    real = vk._lib
+
+    class Counting:
+        def __getattr__(self, name: str):  # noqa: ANN204
+            fn = getattr(real, name)
+            return (lambda *args: (calls.append(args[3]), fn(*args))[1]) if name == "feddst_add_scaled_many_f32" else fn
+
+    monkeypatch.setattr(vk, "_lib", Counting())
+    vk.ScaledSums({key: acc.copy() for key, acc in start.items()}).add(pairs, 3.0)
+    assert calls == [4]  # conv.w, conv.b, fc.w, fc.b in one call; the strided values on their own
+
+
+def test_scaled_sums_refuse_an_accumulator_they_cannot_write() -> None:
+    with pytest.raises(ValueError, match="float64"):
+        vk.ScaledSums({"a": np.zeros(10, dtype=np.float32)})
+    with pytest.raises(ValueError, match="C-contiguous"):
+        vk.ScaledSums({"a": np.zeros(20)[::2]})
