@@ -6,9 +6,10 @@ dealt evenly, so at most 120 images of a class are needed and digits has at leas
 every agent trains every round (clients_per_round = agents), 5 local epochs, batch 16, lr 0.05,
 FedDST at 80% sparsity with readjustment every 5 rounds (alpha 0.05). The same flags in
 ``feddst simulate --no-client-batching`` give the same accuracy as the demo, round by round:
-0.9393 after 20 rounds with seed 0 (global test set 0.9220; the demo re-checked 2026-12-04 after the direct step,
-on an AMD EPYC, simulate not re-checked then: float rounding depends on the kernels and the CPU's SIMD clone;
-0.9359 after the step4 kernels, 0.9393 after fcstep3 on an Intel Xeon, 0.9478 before it)"""
+0.9359 after 20 rounds with seed 0 (global test set 0.9220), both printed on 2026-12-04 on an AMD EPYC after the
+agent's input batches became row-major (live6; the same accuracy at rounds 10 and 20 to the last digit). Float
+rounding depends on the kernels and the CPU's SIMD clone: 0.9393 after fcstep3 on an Intel Xeon, 0.9478 before it;
+the demo alone printed 0.9393 on 2026-12-04 while its agents pooled through torch's channels-last kernel)"""
 
 from __future__ import annotations
 
