@@ -14,6 +14,7 @@ import numpy as np
 
 from datasources import Dataset, DataSourceError, load_dataset
 from edge_agent.config import AgentSettings
+from feddst_core.memory_layout import row_major_strides
 from feddst_core.partition import PartitionError, make_partition
 
 if TYPE_CHECKING:  # torch is imported at the first round (client_data), not by the idle agent
@@ -59,11 +60,9 @@ def row_major_array(a: np.ndarray, dtype: type) -> np.ndarray:
     channels-last and skipped the native NCHW max-pool that the simulator's (torch-indexed) batches take
     (``feddst_core.models.row_major``)."""
     out: np.ndarray = np.asarray(a, dtype=dtype)
-    step, strides = out.itemsize, []  # the row-major strides of out.shape, innermost first
-    for size in reversed(out.shape):
-        strides.append(step)
-        step *= max(size, 1)
-    return out if out.strides == tuple(reversed(strides)) else np.array(out, dtype=dtype, order="C", copy=True)
+    if out.strides == row_major_strides(out.shape, out.itemsize):
+        return out
+    return np.array(out, dtype=dtype, order="C", copy=True)
 
 
 def load_source(settings: AgentSettings) -> Dataset:

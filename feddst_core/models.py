@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from feddst_core import native
+from feddst_core.memory_layout import row_major_strides
 from feddst_core.pooling import max_pool2d
 
 Params = dict[str, torch.Tensor]
@@ -302,15 +303,6 @@ class GroupedLayers:
         # W @ x^T rather than x @ W^T: autograd then returns a contiguous (K, out, in) weight gradient,
         # which keeps the optimiser's element-wise passes over the big fc1 weight cache-friendly.
         return torch.baddbmm(bias.unsqueeze(2), weight, act.transpose(1, 2)).transpose(1, 2)  # (K, B, out)
-
-
-def row_major_strides(shape: Sequence[int]) -> tuple[int, ...]:
-    """The strides of a row-major (C order, NCHW for a 4-d batch) tensor of ``shape``, size-1 dims included."""
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= max(size, 1)
-    return tuple(reversed(strides))
 
 
 def row_major(x: torch.Tensor) -> torch.Tensor:
